@@ -1,0 +1,1 @@
+"""Attacks. Each module registers itself in ``robench.registry.ATTACKS``."""

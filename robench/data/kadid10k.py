@@ -1,0 +1,43 @@
+"""KADID-10k (Lin, Hosu, Saupe 2019): 81 references × 25 distortions × 5 levels, 512×384."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from robench.data.base import RealPairs, check_files_exist, check_labels, find_layout, require_file
+from robench.data.fetch import Archive
+from robench.errors import DataError
+from robench.registry import DATASETS
+
+
+@DATASETS.register("kadid10k", summary="KADID-10k: 81 refs × 25 distortions × 5 levels; DMOS 1–5, higher is better")
+class KADID10k(RealPairs):
+    name = "kadid10k"
+    label_name = "dmos (1–5; higher is better despite the name)"
+    layout = "kadid10k/images/I01.png … and kadid10k/dmos.csv"
+    archives = (Archive("https://datasets.vqa.mmsp-kn.de/archives/kadid10k.zip", "kadid10k.zip"),)
+
+    def read_table(self, root: Path) -> pd.DataFrame:
+        base = find_layout(root, self.name, ["dmos.csv", "images"])
+        label_file = require_file(base / "dmos.csv", "KADID-10k label file")
+        df = pd.read_csv(label_file)
+        df.columns = [c.strip() for c in df.columns]
+        need = {"dist_img", "ref_img", "dmos"}
+        if not need <= set(df.columns):
+            raise DataError(f"{label_file}: expected header dist_img,ref_img,dmos,var; got {list(df.columns)}")
+        rows = []
+        for r in df.itertuples(index=False):
+            stem = Path(str(r.dist_img)).stem  # I01_01_01
+            parts = stem.split("_")
+            if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+                raise DataError(f"{label_file}: distorted name {r.dist_img!r} is not I<ref>_<type>_<level>.png")
+            rows.append({"ref_path": str(base / "images" / str(r.ref_img)), "dist_path": str(base / "images" / str(r.dist_img)),
+                         "mos_raw": r.dmos, "ref_id": Path(str(r.ref_img)).stem, "source": Path(str(r.ref_img)).stem,
+                         "distortion": f"kadid{int(parts[1]):02d}", "level": int(parts[2])})
+        out = pd.DataFrame(rows)
+        check_labels(out, label_file)
+        out["mos"] = out["mos_raw"].astype(float)
+        check_files_exist(list(out["ref_path"].unique()) + list(out["dist_path"]), label_file)
+        return out

@@ -1,0 +1,1 @@
+"""Defences. Each module registers itself in ``robench.registry.DEFENSES``."""

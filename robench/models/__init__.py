@@ -1,0 +1,1 @@
+"""Targets (IQA models). Each module registers itself in ``robench.registry.MODELS``."""

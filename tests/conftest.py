@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/layouts.py
+
+
+@pytest.fixture(scope="session")
+def robench_home(tmp_path_factory) -> Path:
+    """One cache for the session, never the user's ~/.cache/robench."""
+    home = tmp_path_factory.mktemp("robench_home")
+    os.environ["ROBENCH_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(robench_home, monkeypatch):
+    monkeypatch.setenv("ROBENCH_HOME", str(robench_home))
+
+
+@pytest.fixture(scope="session")
+def tiny_mini(robench_home):
+    """A small mini build (32 px, one crop per source): same code path, seconds to build."""
+    from robench.data.mini import build_mini
+
+    return build_mini(size=32, crops_per_source=1, seed=0, progress=False)
