@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robench.data.base import RealTwoAFC, find_layout, read_rgb, to_tensor
+from robench.data.base import RealTwoAFC, find_layout
 from robench.data.fetch import Archive
 from robench.errors import DataError
 from robench.registry import DATASETS
@@ -74,11 +74,5 @@ class BAPPS2AFC(RealTwoAFC):
             raise DataError(f"{path}: judge must be one finite fraction in [0,1], got {arr!r}")
         return float(vals[0])
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.table.iloc[int(i)]
-        imgs = [read_rgb(row[k]) for k in ("ref_path", "p0_path", "p1_path")]
-        if not (imgs[0].shape == imgs[1].shape == imgs[2].shape):
-            raise DataError(f"size mismatch in triplet {row['ref_path']}, {row['p0_path']}, {row['p1_path']}")
-        return {"ref": to_tensor(imgs[0]), "p0": to_tensor(imgs[1]), "p1": to_tensor(imgs[2]),
-                "judge": self.read_judge(row["judge_path"]), "ref_id": row["ref_id"], "source": row["source"],
-                "distortion": row["distortion"]}
+    def _judge(self, row: pd.Series) -> float:
+        return self.read_judge(row["judge_path"])  # read lazily: the train split has ~150k judge files

@@ -198,9 +198,12 @@ class FileTwoAFC(IQADataset):
             raise DataError(f"size mismatch in triplet {row['ref_path']}, {row['p0_path']}, {row['p1_path']}")
         return {
             "ref": to_tensor(imgs[0]), "p0": to_tensor(imgs[1]), "p1": to_tensor(imgs[2]),
-            "judge": float(row["judge"]), "ref_id": str(row["ref_id"]), "source": str(row["source"]),
+            "judge": self._judge(row), "ref_id": str(row["ref_id"]), "source": str(row["source"]),
             "distortion": str(row["distortion"]),
         }
+
+    def _judge(self, row: pd.Series) -> float:
+        return float(row["judge"])
 
 
 def thurstone_preference(mu0: np.ndarray, sd0: np.ndarray, mu1: np.ndarray, sd1: np.ndarray) -> np.ndarray:

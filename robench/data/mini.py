@@ -18,7 +18,6 @@ so a killed build leaves nothing that loads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from PIL import Image
 
 from robench.data import distortions as D
 from robench.data.base import IQADataset, assign_splits, select_split, thurstone_preference, to_tensor
+from robench.data.fetch import sha256_file
 from robench.errors import DataError, RobenchError
 from robench.home import robench_home
 from robench.progress import progress_bar
@@ -76,14 +76,6 @@ SOURCES: tuple[Source, ...] = (
     Source("flower", "sklearn", "datasets/images/flower.jpg"),
     Source("grace_hopper", "matplotlib", "sample_data/grace_hopper.jpg"),
 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_source(src: Source) -> np.ndarray:
@@ -172,7 +164,7 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
         for src in SOURCES:
             img = _load_source(src)
             sources.append({"name": src.name, "package": src.package, "file": src.relpath,
-                            "sha256": _sha256(src.path()), "height": img.shape[0], "width": img.shape[1]})
+                            "sha256": sha256_file(src.path()), "height": img.shape[0], "width": img.shape[1]})
             for j, (y, x, crop) in enumerate(crop_references(img, size, crops_per_source)):
                 refs.append(crop)
                 rows.append({"ref_id": f"{src.name}_{j}", "source": src.name, "crop_y": y, "crop_x": x})
