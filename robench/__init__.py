@@ -15,4 +15,12 @@ def load_dataset(name: str, split: str = "train", **options):
     return DATASETS.get(name)(split=split, **options)
 
 
-__all__ = ["__version__", "load_dataset", "RobenchError", "UnknownNameError"]
+def load_model(name: str, weights=None, device: str = "cpu", **options):
+    """Load a target, e.g. ``load_model("birqa")`` (best available weights),
+    ``load_model("lpips.alex", weights="none")`` (random init) or ``load_model("topiq.fr", weights=path)``."""
+    from robench.models import load_model as _load
+
+    return _load(name, weights=weights, device=device, **options)
+
+
+__all__ = ["__version__", "load_dataset", "load_model", "RobenchError", "UnknownNameError"]

@@ -29,6 +29,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: build the built-in set, inspect, fetch and verify real ones.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+weights_app = typer.Typer(help="Weights cache: list, import, verify, fetch official files.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+bench_app = typer.Typer(help="Benchmarks measured side by side (speed).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 err = Console(stderr=True)
 
@@ -220,6 +224,187 @@ def data_fetch(
     paths = [str(fetch_archive(a, root, sha256=sha256, trust_on_first_use=trust_on_first_use, url=url)) for a in archives]
     out = {"name": name, "root": str(root), "extracted": paths}
     emit_json(out) if as_json else err.print(f"{name}: extracted to {', '.join(paths)}; load with root={root}")
+
+
+# ------------------------------------------------------------------------------------------
+# train / eval
+
+
+def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RobenchError(f"{what} must look like key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    model: str = typer.Option(..., help="Architecture to train: birqa, lpips.alex, lpips.vgg, topiq.fr."),
+    dataset: str = typer.Option("mini", help="A pairs dataset (train split trains, val split selects)."),
+    profile: str = typer.Option("quick", help="quick | paper"),
+    epochs: Optional[int] = typer.Option(None, help="Override the profile's epochs."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default $ROBENCH_HOME/runs/train/...)."),
+    seed: int = typer.Option(0),
+    lr: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    root: Optional[Path] = typer.Option(None, help="Dataset root (real datasets)."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="Architecture option key=value (e.g. width=0.5)."),
+    dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Clean training with the paper's loss MSE + λ(1 − PLCC); resumable; registers trained-here weights."""
+    from robench.train import train
+
+    r = train(model, dataset=dataset, profile=profile, epochs=epochs, out=out, seed=seed, lr=lr, batch_size=batch_size,
+              dataset_options={**({"root": root} if root else {}), **_parse_kv(dataset_option, "--dataset-option")},
+              model_options=_parse_kv(model_option, "--model-option"))
+    res = {"name": r.name, "out": str(r.out), "weights": str(r.best_path), "sha256": r.sha256,
+           "best_val_srocc": r.best_val_srocc, "best_epoch": r.best_epoch, "epochs": r.epochs,
+           "train_seconds": round(r.train_seconds, 1)}
+    emit_json(res) if as_json else err.print(f"{r.name}: best val SROCC {r.best_val_srocc:.4f} (epoch {r.best_epoch}), "
+                                             f"{r.train_seconds:.0f} s; weights {r.best_path}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    model: str = typer.Option(...),
+    dataset: str = typer.Option("mini"),
+    split: str = typer.Option("test"),
+    weights: Optional[str] = typer.Option(None, help="A weights file, or 'none' (default: best available)."),
+    profile: str = typer.Option("quick", help="Sets the mini image size."),
+    root: Optional[Path] = typer.Option(None),
+    seed: int = typer.Option(0, help="Split seed."),
+    dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """SROCC / PLCC / KROCC of a target on a dataset split."""
+    import robench
+    from robench.profiles import get_profile
+    from robench.train import evaluate
+
+    target = robench.load_model(model, weights=weights)
+    opts: dict[str, Any] = {"seed": seed}
+    if dataset in ("mini", "mini-2afc"):
+        opts["size"] = get_profile(profile).image_size
+    if root is not None:
+        opts["root"] = root
+    opts.update(_parse_kv(dataset_option, "--dataset-option"))
+    ds = robench.load_dataset(dataset, split=split, **opts)
+    res = evaluate(target, ds, progress=not as_json)
+    res.update({"model": model, "dataset": dataset, "split": split, "weights": target.card.weights.describe(),
+                "weights_sha256": target.card.weights.sha256})
+    emit_json(res) if as_json else err.print(
+        f"{model} on {dataset}/{split}: SROCC {res['srocc']:.4f}  PLCC {res['plcc']:.4f}  KROCC {res['krocc']:.4f}  (n={res['n']})")
+
+
+# ------------------------------------------------------------------------------------------
+# weights
+
+
+@weights_app.command("ls")
+@user_errors
+def weights_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Cached weight files with their sha256 and provenance."""
+    from robench.models import weights as W
+
+    rows = [{"name": k, **v} for k, v in sorted(W.read_index().items())]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title="robench weights")
+    for c in ("name", "source", "sha256", "file"):
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["source"], r["sha256"][:16], r["file"])
+    Console().print(table)
+
+
+@weights_app.command("import")
+@user_errors
+def weights_import(
+    path: Path = typer.Argument(..., help="A .pth/.pt (weights_only) or .safetensors file."),
+    model: str = typer.Option(..., help="Target name it belongs to (e.g. lpips.alex, topiq.fr, birqa)."),
+    role: Optional[str] = typer.Option(None, help="full | lin | trunk (LPIPS files); detected by default."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check that a file loads into the model (strict) and add it to the cache."""
+    from robench.models import weights as W
+
+    entry = W.import_weights(path, model, role)
+    emit_json(entry) if as_json else err.print(f"imported {path} as {entry['name']} (sha256 {entry['sha256'][:16]}…)")
+
+
+@weights_app.command("verify")
+@user_errors
+def weights_verify(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Recompute every cached file's sha256; exit 1 if any is missing or changed."""
+    from robench.models import weights as W
+
+    rows = W.verify_all()
+    if as_json:
+        emit_json(rows)
+    else:
+        for r in rows:
+            err.print(f"{r['status']:>16}  {r['name']}  {r['file']}")
+    if any(r["status"] != "ok" for r in rows):
+        raise typer.Exit(1)
+
+
+@weights_app.command("fetch")
+@user_errors
+def weights_fetch(
+    model: str = typer.Argument(...),
+    url: Optional[str] = typer.Option(None, help="Mirror URL (single-file cards)."),
+    sha256: Optional[str] = typer.Option(None, help="Expected full sha256 (overrides the published prefix)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Download a target's official weights (URLs in its card), verify, import."""
+    from robench.models import weights as W
+
+    entries = W.fetch_official(model, url=url, sha256=sha256)
+    emit_json(entries) if as_json else err.print("; ".join(f"{e['name']} ({e['sha256'][:16]}…)" for e in entries))
+
+
+# ------------------------------------------------------------------------------------------
+# bench
+
+
+@bench_app.command("speed")
+@user_errors
+def bench_speed(
+    models: str = typer.Option("birqa,topiq.fr,lpips.alex,lpips.vgg", help="Comma-separated targets."),
+    size: str = typer.Option("512x384", help="WxH."),
+    batch: int = typer.Option(1),
+    rounds: int = typer.Option(5),
+    device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Images/s end to end (features included), parameter counts, ratios to topiq.fr."""
+    from robench.bench import speed
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise RobenchError(f"--size must look like 512x384, got {size!r}") from None
+    res = speed([m.strip() for m in models.split(",") if m.strip()], (w, h), batch=batch, rounds=rounds, device=device)
+    if as_json:
+        emit_json(res)
+        return
+    table = Table(title=f"speed at {res['size']} ({res['machine']['device']}, {res['machine']['torch_threads']} threads)")
+    for c in ("model", "images/s", "params", "× topiq.fr"):
+        table.add_column(c)
+    for r in res["results"]:
+        ratio = r["ratio_to_topiq.fr"]
+        table.add_row(r["model"], f"{r['images_per_s']:.2f}", f"{r['parameters'] / 1e6:.2f} M", f"{ratio:.2f}" if ratio else "—")
+    Console().print(table)
 
 
 def main() -> None:  # console-script entry point

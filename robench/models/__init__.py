@@ -1,1 +1,117 @@
-"""Targets (IQA models). Each module registers itself in ``robench.registry.MODELS``."""
+"""Targets (IQA models). Each module registers itself in ``robench.registry.MODELS``;
+:func:`load_model` resolves ``arch.tag`` names to an architecture plus weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from robench.errors import RobenchError
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"birqa.aat"`` → ``("birqa", "aat")``; ``"lpips.alex"`` → ``("lpips.alex", None)``
+    (the longest registered prefix is the architecture, the rest the weights tag)."""
+    from robench.registry import MODELS
+
+    if name in MODELS or name.startswith("pyiqa:"):
+        return name, None
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        base = ".".join(parts[:i])
+        if base in MODELS:
+            return base, ".".join(parts[i:])
+    MODELS.entry(name)  # raises UnknownNameError with did-you-mean
+    raise AssertionError  # pragma: no cover
+
+
+def build(name: str, **kwargs: Any):
+    """The architecture only (random initialisation)."""
+    from robench.registry import MODELS
+
+    base, _ = split_name(name)
+    if base.startswith("pyiqa:"):
+        from robench.models.pyiqa_adapter import PyIQATarget
+
+        return PyIQATarget(base.split(":", 1)[1], **kwargs)
+    try:
+        return MODELS.get(base)(**kwargs)
+    except TypeError as exc:
+        raise RobenchError(f"model {base!r} does not accept {sorted(kwargs)}: {exc}") from None
+
+
+def load_model(name: str, weights: str | Path | None = None, device: str = "cpu", **kwargs: Any):
+    """Build target ``name`` and load its weights.
+
+    ``weights=None``: the best available — official weights, else weights trained here, else a
+    clear error naming the command that makes them. ``weights="none"``: random initialisation.
+    A path: that file (a robench checkpoint, or the upstream format of the architecture).
+    """
+    from robench.models import weights as W
+    from robench.target import WeightsInfo
+
+    base, tag = split_name(name)
+    if weights is not None and str(weights) not in ("none",) and Path(str(weights)).is_file():
+        path = Path(str(weights))
+        meta = W.safetensors_metadata(path) if path.suffix == ".safetensors" else {}
+        kwargs = {**json.loads(meta.get("config", "{}")), **kwargs}
+        target = build(base, **kwargs)
+        _load_file(target, path)
+        info = WeightsInfo("imported", W.sha256_file(path), str(path), json.loads(meta.get("provenance", "{}")))
+        target.card = target.card.with_weights(info, name=name)
+        return target.to(device).eval()
+    if weights is not None and str(weights) != "none":
+        raise RobenchError(f"weights file not found: {weights}")
+
+    entry = W.lookup(name) if weights is None else None
+    if entry is not None:  # robench weights (trained here or imported) carry their arch config
+        meta = W.safetensors_metadata(entry["path"]) if entry["path"].endswith(".safetensors") else {}
+        kwargs = {**json.loads(meta.get("config", "{}")), **kwargs}
+    target = build(base, **kwargs)
+    if weights == "none" or not getattr(target, "requires_weights", True):
+        src = "random" if getattr(target, "requires_weights", True) else "none"
+        target.card = target.card.with_weights(WeightsInfo(src), name=name)
+        return target.to(device).eval()
+    if tag is None and hasattr(target, "official_state"):  # official weights first
+        official = target.official_state()
+        if official is not None:
+            target.load_upstream(official, "official weights")
+            target.card = target.card.with_weights(WeightsInfo("official", _state_digest(official)), name=name)
+            return target.to(device).eval()
+    if entry is None:
+        hint = (f"`robench train --model {base} --dataset mini` trains it here" if tag is None else
+                f"`robench train --model {base} --defense {tag}` makes it")
+        raise RobenchError(f"no weights for {name!r}: no official weights found offline and none trained here; "
+                           f"{hint}, `robench weights import PATH --model {name}` adds a file, or pass weights='none' "
+                           f"for a random initialisation")
+    state = W.load_state_dict(entry["path"], sha256=entry["sha256"])
+    W.load_into(target, state, entry["path"])
+    target.card = target.card.with_weights(
+        WeightsInfo(entry["source"], entry["sha256"], entry["path"], entry.get("provenance", {})), name=name)
+    return target.to(device).eval()
+
+
+def _load_file(target, path: Path) -> None:
+    """A robench checkpoint (the Target's own keys) or the architecture's upstream format."""
+    from robench.models import weights as W
+
+    state = W.load_state_dict(path)
+    own = set(target.state_dict())
+    if set(state) == own:
+        W.load_into(target, state, str(path))
+    elif hasattr(target, "load_upstream"):
+        target.load_upstream(state, str(path))
+    else:
+        W.load_into(target, state, str(path))  # raises the readable key report
+
+
+def _state_digest(state) -> str:
+    """sha256 over a state dict's names and bytes (official weights assembled from several files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,304 @@
+"""Weights: a cache under ``$ROBENCH_HOME/weights`` with sha256 on every file and safe loading.
+
+* Loading is ``safetensors`` or ``torch.load(weights_only=True)``; anything that needs a general
+  unpickler is refused loudly (a pickle can run code), never loaded with ``weights_only=False``.
+* Every cached file is recorded in ``index.json`` (name → file, sha256, source, provenance) and its
+  sha256 is checked each time it is loaded: a tampered or truncated file is refused.
+* Names follow ``arch.tag``: ``birqa`` (clean), ``birqa.aat`` (a defended variant), ``lpips.alex``.
+  Extra files a target needs (LPIPS's ImageNet trunk) are stored under ``<name>#<role>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from robench.data.fetch import sha256_file  # noqa: F401  (re-exported: one implementation)
+from robench.errors import IntegrityError, RobenchError
+from robench.home import robench_home
+
+
+class WeightsError(RobenchError):
+    """A checkpoint is unsafe, corrupt, or does not fit the architecture."""
+
+
+def weights_dir() -> Path:
+    d = robench_home() / "weights"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# safe loading
+
+
+def load_state_dict(path: str | Path, sha256: str | None = None, sha256_prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a flat ``{name: tensor}`` dict, refusing unsafe or tampered files.
+
+    Understands the wrappers in the wild: pyiqa's ``{"params": ...}``, ``{"state_dict": ...}``,
+    ``{"model": ...}``, and DataParallel's ``module.`` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if sha256 is not None or sha256_prefix is not None:
+        actual = sha256_file(path)
+        if sha256 is not None and actual != sha256.lower():
+            raise IntegrityError(f"sha256 mismatch for {path}: expected {sha256.lower()}, got {actual}")
+        if sha256_prefix is not None and not actual.startswith(sha256_prefix.lower()):
+            raise IntegrityError(f"sha256 of {path} does not start with the published prefix {sha256_prefix} (got {actual[:16]}…)")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"corrupt safetensors file {path}: {exc}") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise WeightsError(
+                f"refusing to load {path}: it is not a plain tensor checkpoint (torch.load weights_only=True "
+                f"rejected it: {str(exc).splitlines()[0]}). robench never unpickles arbitrary objects; convert it "
+                f"to a state dict or safetensors first"
+            ) from None
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+            raise WeightsError(f"corrupt or truncated checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return flatten_checkpoint(obj, str(path))
+
+
+def flatten_checkpoint(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("params", "params_ema", "state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{where}: expected a dict of tensors, got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f"{where}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Strict load with a readable report of missing/unexpected keys and shape mismatches."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}")
+        raise WeightsError(f"{where} does not fit {type(module).__name__}: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None) -> str:
+    """Atomically write ``state`` as safetensors; returns its sha256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+# --------------------------------------------------------------------------------------------
+# the index
+
+
+def _index_path() -> Path:
+    return weights_dir() / "index.json"
+
+
+@contextmanager
+def _index_lock() -> Iterator[None]:
+    """An exclusive lock for read-modify-write of the index (fcntl; fine for one machine)."""
+    import fcntl
+
+    lock = weights_dir() / ".index.lock"
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_index() -> dict[str, dict[str, Any]]:
+    p = _index_path()
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"weights index {p} is corrupt: {exc}") from None
+
+
+def _write_index(index: dict[str, dict[str, Any]]) -> None:
+    p = _index_path()
+    tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+    os.replace(tmp, p)
+
+
+def register(name: str, src: str | Path, source: str, provenance: dict[str, Any] | None = None,
+             move: bool = False) -> dict[str, Any]:
+    """Copy (or move) ``src`` into the cache as weights ``name`` and record it in the index."""
+    src = Path(src)
+    digest = sha256_file(src)
+    safe_name = name.replace("#", "__")
+    dest = weights_dir() / "files" / f"{safe_name}-{digest[:12]}{''.join(src.suffixes[-1:]) or '.pt'}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.resolve() != dest.resolve():
+        tmp = dest.with_name(dest.name + f".{os.getpid()}.tmp")
+        (shutil.move if move else shutil.copyfile)(str(src), str(tmp))
+        os.replace(tmp, dest)
+    entry = {"name": name, "file": str(dest.relative_to(weights_dir())), "sha256": digest, "source": source,
+             "provenance": provenance or {}, "registered": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with _index_lock():
+        index = read_index()
+        index[name] = entry
+        _write_index(index)
+    return entry
+
+
+def lookup(name: str) -> dict[str, Any] | None:
+    entry = read_index().get(name)
+    if entry is None:
+        return None
+    return {**entry, "path": str(weights_dir() / entry["file"])}
+
+
+def verify_all() -> list[dict[str, Any]]:
+    """Recompute every cached file's sha256; report ok/mismatch/missing per entry."""
+    out = []
+    for name, entry in sorted(read_index().items()):
+        p = weights_dir() / entry["file"]
+        if not p.is_file():
+            status = "missing"
+        else:
+            status = "ok" if sha256_file(p) == entry["sha256"] else "sha256 mismatch"
+        out.append({"name": name, "file": str(p), "status": status, "sha256": entry["sha256"], "source": entry["source"]})
+    return out
+
+
+def load_cached(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load weights ``name`` from the cache, verifying its recorded sha256."""
+    entry = lookup(name)
+    if entry is None:
+        raise WeightsError(f"no cached weights named {name!r}")
+    return load_state_dict(entry["path"], sha256=entry["sha256"]), entry
+
+
+def torch_hub_checkpoint(filename: str) -> Path | None:
+    """Where torch.hub keeps a downloaded file (``$TORCH_HOME/hub/checkpoints``), if present."""
+    p = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return p if p.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------
+# import and fetch
+
+
+def detect_role(state: dict[str, torch.Tensor]) -> str:
+    """``lin`` (LPIPS lin-weights file), ``trunk`` (torchvision ``features.K.*``) or ``full``."""
+    keys = list(state)
+    if keys and all(k.startswith(("lin", "lins.")) for k in keys):
+        return "lin"
+    if keys and all(k.startswith(("features.", "classifier.")) for k in keys):
+        return "trunk"
+    return "full"
+
+
+def import_weights(path: str | Path, model: str, role: str | None = None) -> dict[str, Any]:
+    """Check that ``path`` loads into ``model`` and add it to the cache.
+
+    A robench checkpoint (the target's own keys) becomes weights ``model`` (source ``imported``);
+    an upstream checkpoint becomes ``model#official`` (or ``#lin`` / ``#trunk`` for LPIPS's two
+    files), which ``load_model`` prefers as official weights.
+    """
+    from robench.models import build, split_name
+
+    path = Path(path)
+    state = load_state_dict(path)
+    target = build(split_name(model)[0])
+    role = role or detect_role(state)
+    if role == "full" and set(state) == set(target.state_dict()):
+        load_into(target, state, str(path))
+        return register(model, path, source="imported", provenance={"imported_from": str(path.resolve())})
+    if role == "full":
+        if not hasattr(target, "load_upstream"):
+            load_into(target, state, str(path))  # raises the key report
+        target.load_upstream(state, str(path))
+        return register(f"{model}#official", path, source="official", provenance={"imported_from": str(path.resolve())})
+    if role in ("lin", "trunk") and hasattr(target, "load_lin_and_trunk"):
+        own = target.lpips.state_dict()
+        if role == "lin":
+            from robench.models.lpips import upstream_state_dict
+
+            lin = upstream_state_dict(state)
+            bad = [k for k in lin if k not in own or tuple(own[k].shape) != tuple(lin[k].shape)]
+            missing = [k for k in own if k.startswith("lin") and k not in lin]
+            if bad or missing:
+                raise WeightsError(f"{path} does not fit the {model} lin layers: unexpected/mis-shaped {bad[:3]}, "
+                                   f"missing {missing[:3]}")
+        else:
+            lin = {k: v for k, v in own.items() if k.startswith("lin")}
+            target.load_lin_and_trunk(lin, state, str(path))
+        return register(f"{model}#{role}", path, source="official", provenance={"imported_from": str(path.resolve())})
+    raise WeightsError(f"role {role!r} does not apply to {model!r}")
+
+
+def fetch_official(model: str, url: str | None = None, sha256: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Download the files listed in ``model``'s card, check their sha256 (full or published
+    prefix), and import them. ``url``/``sha256`` override a single-file card (mirrors, tests)."""
+    from robench.data.fetch import download
+    from robench.models import build, split_name
+
+    target = build(split_name(model)[0])
+    files = list(target.card.official_weights)
+    if not files:
+        raise RobenchError(f"{model!r} has no official weights (robench trains it: `robench train --model {model}`)")
+    if (url or sha256) and len(files) > 1:
+        raise RobenchError(f"{model!r} has {len(files)} official files; --url/--sha256 need a single-file card")
+    out = []
+    for f in files:
+        dest = weights_dir() / "downloads" / f.filename
+        expected = sha256 or f.sha256
+        path = download(url or f.url, dest, expected, progress=progress)
+        if expected is None and f.sha256_prefix and not sha256_file(path).startswith(f.sha256_prefix):
+            path.unlink()
+            raise IntegrityError(f"{f.filename}: sha256 does not start with the published prefix {f.sha256_prefix}; deleted")
+        out.append(import_weights(path, model, role=f.role))
+    return out

@@ -1,0 +1,164 @@
+"""The Target contract: every IQA model robench benchmarks is a ``Target``.
+
+* ``target(dist, ref)`` (pyiqa's argument order) on ``N×3×H×W`` float tensors in [0, 1] returns a
+  tensor of ``N`` raw scores, differentiable w.r.t. ``dist``.
+* ``target.card`` (:class:`TargetCard`) says everything a user must know: score direction
+  (``lower_better``), range, expected input, weights source and sha256, license, paper.
+* ``target.oriented_quality(dist, ref)`` is ``q`` (``−score`` when ``lower_better``): attacks,
+  training losses and robustness scores use only ``q``, so they never branch on the metric.
+
+Inputs are validated at this boundary (4-D, 3 channels, same size, finite, in [0, 1]) and a
+non-finite score is an error, never a silently propagated NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from robench.errors import RobenchError
+
+
+@dataclass(frozen=True)
+class OfficialWeights:
+    """A published weight file. ``sha256`` is the full digest when robench could measure it;
+    otherwise ``sha256_prefix`` is the prefix the publisher put in the file name (torch.hub
+    convention: the first hex digits of the file's sha256)."""
+
+    url: str
+    filename: str
+    role: str = "full"  # full | lin | trunk
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    source: str  # official | trained-here | imported | random | none (analytic metric)
+    sha256: str | None = None
+    path: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.source == "trained-here":
+            p = self.provenance
+            return (f"trained-here on {p.get('dataset', '?')}, profile {p.get('profile', '?')}, "
+                    f"{(self.sha256 or '?')[:12]}")
+        if self.source in ("none", "random"):
+            return self.source
+        return f"{self.source} {(self.sha256 or '?')[:12]}"
+
+
+@dataclass(frozen=True)
+class TargetCard:
+    name: str
+    lower_better: bool
+    score_range: tuple[float, float] | None
+    summary: str = ""
+    input: str = "RGB float N×3×H×W in [0,1], dist and ref the same size"
+    min_size: int = 16
+    weights: WeightsInfo = WeightsInfo("none")
+    license: str = ""
+    paper: str = ""
+    official_weights: tuple[OfficialWeights, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["weights"]["describe"] = self.weights.describe()
+        return d
+
+    def with_weights(self, weights: WeightsInfo, name: str | None = None) -> "TargetCard":
+        return replace(self, weights=weights, name=name or self.name)
+
+
+def validate_pair(dist: torch.Tensor, ref: torch.Tensor, min_size: int = 1) -> None:
+    for label, t in (("dist", dist), ("ref", ref)):
+        if not isinstance(t, torch.Tensor):
+            raise RobenchError(f"{label} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise RobenchError(f"{label} must be N×3×H×W, got shape {tuple(t.shape)}")
+        if t.shape[1] != 3:
+            raise RobenchError(f"{label} must have 3 (RGB) channels, got {t.shape[1]} (shape {tuple(t.shape)})")
+        if not t.is_floating_point():
+            raise RobenchError(f"{label} must be a float tensor in [0,1], got {t.dtype}")
+    if dist.shape != ref.shape:
+        raise RobenchError(f"dist and ref must have the same shape, got {tuple(dist.shape)} and {tuple(ref.shape)}")
+    if min(dist.shape[-2:]) < min_size:
+        raise RobenchError(f"images must be at least {min_size}×{min_size} px for this target, got {tuple(dist.shape[-2:])}")
+    with torch.no_grad():
+        for label, t in (("dist", dist), ("ref", ref)):
+            if not torch.isfinite(t).all():
+                raise RobenchError(f"{label} contains NaN or inf")
+            lo, hi = float(t.min()), float(t.max())
+            if lo < 0.0 or hi > 1.0:
+                raise RobenchError(f"{label} must be in [0,1], got values in [{lo:.4g}, {hi:.4g}]")
+
+
+class Calibration(nn.Module):
+    """Learnable affine map ``ŷ = a·q + b`` with ``a = softplus(a_raw) > 0`` (method-notes §2):
+    puts a target whose score is not on the MOS scale (a distance) onto it for training losses
+    without changing its ranking."""
+
+    def __init__(self, a: float = 1.0, b: float = 0.0):
+        super().__init__()
+        # softplus⁻¹(a) so that the initial map is exactly a·q + b
+        self.a_raw = nn.Parameter(torch.tensor(float(a)).expm1().log())
+        self.b = nn.Parameter(torch.tensor(float(b)))
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return nn.functional.softplus(self.a_raw) * q + self.b
+
+
+class Target(nn.Module):
+    """Base class. Subclasses implement :meth:`score` and set ``card``."""
+
+    card: TargetCard
+    #: True where a trained mapping to the MOS scale is part of the model (BiRQA's head)
+    predicts_mos: bool = False
+    #: False for analytic metrics (PSNR, SSIM): nothing to load or train
+    requires_weights: bool = True
+    #: constructor options for a small, fast instance used by the generic tests
+    test_options: dict = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calibration = Calibration()
+
+    def score(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        validate_pair(dist, ref, self.card.min_size)
+        s = self.score(dist, ref)
+        if s.shape != (dist.shape[0],):
+            raise RobenchError(f"target {self.card.name} returned shape {tuple(s.shape)}, expected ({dist.shape[0]},)")
+        if not torch.isfinite(s.detach()).all():
+            raise RobenchError(f"target {self.card.name} returned non-finite scores "
+                               f"({int((~torch.isfinite(s.detach())).sum())} of {s.numel()})")
+        return s
+
+    @property
+    def lower_better(self) -> bool:
+        return self.card.lower_better
+
+    def orient(self, score: torch.Tensor) -> torch.Tensor:
+        return -score if self.card.lower_better else score
+
+    def oriented_quality(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """``q``: higher is better for every target."""
+        return self.orient(self(dist, ref))
+
+    def predict_mos(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Prediction on the MOS scale for training losses: ``q`` through the calibration
+        (identity-initialised; BiRQA's head already regresses MOS)."""
+        return self.calibration(self.oriented_quality(dist, ref))
+
+    def extra_repr(self) -> str:
+        return f"name={self.card.name}, lower_better={self.card.lower_better}, weights={self.card.weights.describe()}"
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
