@@ -156,6 +156,10 @@ class Target(nn.Module):
         (identity-initialised; BiRQA's head already regresses MOS)."""
         return self.calibration(self.oriented_quality(dist, ref))
 
+    def post_step(self) -> None:
+        """Called by training after every optimiser step (constraints such as LPIPS's
+        non-negative lin weights)."""
+
     def extra_repr(self) -> str:
         return f"name={self.card.name}, lower_better={self.card.lower_better}, weights={self.card.weights.describe()}"
 

@@ -229,6 +229,7 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
                 if prof.train_clip_grad:
                     torch.nn.utils.clip_grad_norm_(params, prof.train_clip_grad)
                 opt.step()
+                target.post_step()
                 losses.append(float(loss.detach()))
                 if bar:
                     bar.update(task, advance=1, description=f"training {base} · epoch {epoch}/{epochs} · loss {np.mean(losses[-20:]):.3f}")

@@ -174,6 +174,13 @@ class LPIPS(Target):
     def score(self, dist, ref):
         return self.lpips(dist, ref)
 
+    @torch.no_grad()
+    def post_step(self) -> None:
+        # upstream LPIPS training clamps the lin weights at 0 so the distance stays a
+        # non-negative combination of per-layer distances
+        for k in range(self.lpips.L):
+            getattr(self.lpips, f"lin{k}").model[1].weight.clamp_(min=0)
+
     # --- official weights -----------------------------------------------------------------
     def load_upstream(self, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
         """(a) a full upstream LPIPS state dict (scaling layer, trunk slices, lin layers)."""

@@ -252,7 +252,8 @@ def import_weights(path: str | Path, model: str, role: str | None = None) -> dic
 
     path = Path(path)
     state = load_state_dict(path)
-    target = build(split_name(model)[0])
+    config = json.loads(safetensors_metadata(path).get("config", "{}")) if path.suffix == ".safetensors" else {}
+    target = build(split_name(model)[0], **config)
     role = role or detect_role(state)
     if role == "full" and set(state) == set(target.state_dict()):
         load_into(target, state, str(path))
