@@ -189,6 +189,10 @@ class LPIPS(Target):
     def load_lin_and_trunk(self, lin: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor],
                            where: str = "lin+trunk") -> None:
         """(b) the upstream lin-weights file plus torchvision's ImageNet ``features.K.*`` trunk."""
+        self.load_upstream(self.assemble(lin, trunk, where), where)
+
+    def assemble(self, lin: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+        """A full upstream state dict from the lin-weights file and a torchvision trunk file."""
         lin = upstream_state_dict(lin)
         bad = [k for k in lin if not k.startswith("lin")]
         if bad:
@@ -203,9 +207,8 @@ class LPIPS(Target):
             if key is None:
                 raise W.WeightsError(f"{where}: trunk key {k!r} has no place in the LPIPS {self.net_type} trunk")
             trunk_keys[key] = v
-        state = {**trunk_keys, **lin, "scaling_layer.shift": self.lpips.scaling_layer.shift,
-                 "scaling_layer.scale": self.lpips.scaling_layer.scale}
-        W.load_into(self.lpips, state, where)
+        return {**trunk_keys, **lin, "scaling_layer.shift": self.lpips.scaling_layer.shift.clone(),
+                "scaling_layer.scale": self.lpips.scaling_layer.scale.clone()}
 
     def official_state(self) -> dict[str, torch.Tensor] | None:
         """Official weights available offline: a cached full dict, or lin + trunk files found in
@@ -223,9 +226,7 @@ class LPIPS(Target):
         lin = W.load_state_dict(lin_path, sha256=lin_entry["sha256"] if lin_entry else None)
         trunk = W.load_state_dict(trunk_path, sha256=trunk_entry["sha256"] if trunk_entry else None,
                                   sha256_prefix=None if trunk_entry else prefix)
-        probe = LPIPS(self.net_type)
-        probe.load_lin_and_trunk(lin, trunk, f"{lin_path} + {trunk_path}")
-        return {k: v.clone() for k, v in probe.lpips.state_dict().items()}
+        return self.assemble(lin, trunk, f"{lin_path} + {trunk_path}")
 
 
 def _packaged_lin(net: str) -> Path | None:
