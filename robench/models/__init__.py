@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +51,20 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
     from robench.target import WeightsInfo
 
     base, tag = split_name(name)
-    if weights is not None and str(weights) not in ("none",) and Path(str(weights)).is_file():
+    if weights is not None and str(weights) != "none":
         path = Path(str(weights))
-        meta = W.safetensors_metadata(path) if path.suffix == ".safetensors" else {}
-        kwargs = {**json.loads(meta.get("config", "{}")), **kwargs}
-        target = build(base, **kwargs)
-        _load_file(target, path)
-        info = WeightsInfo("imported", W.sha256_file(path), str(path), json.loads(meta.get("provenance", "{}")))
+        if not path.is_file():
+            raise RobenchError(f"weights file not found: {weights}")
+        config, provenance = W.checkpoint_meta(path)
+        target = build(base, **{**config, **kwargs})
+        W.load_checkpoint(target, W.load_state_dict(path), str(path))
+        info = WeightsInfo("imported", W.sha256_file(path), str(path), provenance)
         target.card = target.card.with_weights(info, name=name)
         return target.to(device).eval()
-    if weights is not None and str(weights) != "none":
-        raise RobenchError(f"weights file not found: {weights}")
 
     entry = W.lookup(name) if weights is None else None
     if entry is not None:  # robench weights (trained here or imported) carry their arch config
-        meta = W.safetensors_metadata(entry["path"]) if entry["path"].endswith(".safetensors") else {}
-        kwargs = {**json.loads(meta.get("config", "{}")), **kwargs}
+        kwargs = {**W.checkpoint_meta(entry["path"])[0], **kwargs}
     target = build(base, **kwargs)
     if weights == "none" or not getattr(target, "requires_weights", True):
         src = "random" if getattr(target, "requires_weights", True) else "none"
@@ -90,20 +87,6 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
     target.card = target.card.with_weights(
         WeightsInfo(entry["source"], entry["sha256"], entry["path"], entry.get("provenance", {})), name=name)
     return target.to(device).eval()
-
-
-def _load_file(target, path: Path) -> None:
-    """A robench checkpoint (the Target's own keys) or the architecture's upstream format."""
-    from robench.models import weights as W
-
-    state = W.load_state_dict(path)
-    own = set(target.state_dict())
-    if set(state) == own:
-        W.load_into(target, state, str(path))
-    elif hasattr(target, "load_upstream"):
-        target.load_upstream(state, str(path))
-    else:
-        W.load_into(target, state, str(path))  # raises the readable key report
 
 
 def _state_digest(state) -> str:

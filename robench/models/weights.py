@@ -133,6 +133,24 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(config, provenance)`` stored in a robench safetensors file; empty for other formats."""
+    if Path(path).suffix != ".safetensors":
+        return {}, {}
+    meta = safetensors_metadata(path)
+    return json.loads(meta.get("config", "{}")), json.loads(meta.get("provenance", "{}"))
+
+
+def load_checkpoint(target: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> str:
+    """Load a robench checkpoint (the target's own keys) or, failing that, the architecture's
+    upstream format; returns ``"own"`` or ``"upstream"``. Neither fitting raises the key report."""
+    if set(state) == set(target.state_dict()) or not hasattr(target, "load_upstream"):
+        load_into(target, state, where)
+        return "own"
+    target.load_upstream(state, where)
+    return "upstream"
+
+
 # --------------------------------------------------------------------------------------------
 # the index
 
@@ -172,9 +190,8 @@ def _write_index(index: dict[str, dict[str, Any]]) -> None:
     os.replace(tmp, p)
 
 
-def register(name: str, src: str | Path, source: str, provenance: dict[str, Any] | None = None,
-             move: bool = False) -> dict[str, Any]:
-    """Copy (or move) ``src`` into the cache as weights ``name`` and record it in the index."""
+def register(name: str, src: str | Path, source: str, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy ``src`` into the cache as weights ``name`` and record it in the index."""
     src = Path(src)
     digest = sha256_file(src)
     safe_name = name.replace("#", "__")
@@ -182,7 +199,7 @@ def register(name: str, src: str | Path, source: str, provenance: dict[str, Any]
     dest.parent.mkdir(parents=True, exist_ok=True)
     if src.resolve() != dest.resolve():
         tmp = dest.with_name(dest.name + f".{os.getpid()}.tmp")
-        (shutil.move if move else shutil.copyfile)(str(src), str(tmp))
+        shutil.copyfile(str(src), str(tmp))
         os.replace(tmp, dest)
     entry = {"name": name, "file": str(dest.relative_to(weights_dir())), "sha256": digest, "source": source,
              "provenance": provenance or {}, "registered": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -211,14 +228,6 @@ def verify_all() -> list[dict[str, Any]]:
             status = "ok" if sha256_file(p) == entry["sha256"] else "sha256 mismatch"
         out.append({"name": name, "file": str(p), "status": status, "sha256": entry["sha256"], "source": entry["source"]})
     return out
-
-
-def load_cached(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load weights ``name`` from the cache, verifying its recorded sha256."""
-    entry = lookup(name)
-    if entry is None:
-        raise WeightsError(f"no cached weights named {name!r}")
-    return load_state_dict(entry["path"], sha256=entry["sha256"]), entry
 
 
 def torch_hub_checkpoint(filename: str) -> Path | None:
@@ -252,17 +261,13 @@ def import_weights(path: str | Path, model: str, role: str | None = None) -> dic
 
     path = Path(path)
     state = load_state_dict(path)
-    config = json.loads(safetensors_metadata(path).get("config", "{}")) if path.suffix == ".safetensors" else {}
-    target = build(split_name(model)[0], **config)
+    target = build(split_name(model)[0], **checkpoint_meta(path)[0])
     role = role or detect_role(state)
-    if role == "full" and set(state) == set(target.state_dict()):
-        load_into(target, state, str(path))
-        return register(model, path, source="imported", provenance={"imported_from": str(path.resolve())})
     if role == "full":
-        if not hasattr(target, "load_upstream"):
-            load_into(target, state, str(path))  # raises the key report
-        target.load_upstream(state, str(path))
-        return register(f"{model}#official", path, source="official", provenance={"imported_from": str(path.resolve())})
+        provenance = {"imported_from": str(path.resolve())}
+        if load_checkpoint(target, state, str(path)) == "own":
+            return register(model, path, source="imported", provenance=provenance)
+        return register(f"{model}#official", path, source="official", provenance=provenance)
     if role in ("lin", "trunk") and hasattr(target, "load_lin_and_trunk"):
         own = target.lpips.state_dict()
         if role == "lin":
