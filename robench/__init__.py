@@ -23,4 +23,12 @@ def load_model(name: str, weights=None, device: str = "cpu", **options):
     return _load(name, weights=weights, device=device, **options)
 
 
-__all__ = ["__version__", "load_dataset", "load_model", "RobenchError", "UnknownNameError"]
+def load_attack(name: str, profile: str = "quick", seed: int = 0, **params):
+    """An attack with the profile's budgets and any hyper-parameter overridden, e.g.
+    ``load_attack("pgd", steps=20)``; ``attack(target, dist, ref, eps=[2/255, 8/255])``."""
+    from robench.registry import ATTACKS
+
+    return ATTACKS.get(name)(profile=profile, seed=seed, **params)
+
+
+__all__ = ["load_attack", "__version__", "load_dataset", "load_model", "RobenchError", "UnknownNameError"]

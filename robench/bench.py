@@ -55,3 +55,70 @@ def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1,
     for r in rows:
         r["ratio_to_topiq.fr"] = r["images_per_s"] / ref_row["images_per_s"] if ref_row else None
     return {"size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(), "results": rows}
+
+
+def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, rounds: int = 5, warmup: int = 1,
+                device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """One PGD step (forward, ∂q/∂x, signed update), three ways, interleaved round by round:
+
+    * ``naive``: the harness's settings (eval mode, frozen parameters, ``autograd.grad`` w.r.t.
+      the image) with the reference branch recomputed every step;
+    * ``cached``: the same with the reference branch computed once (``Target.reference``); the
+      goal figure is ``ratio = cached / naive`` (caching alone);
+    * ``textbook``: the loop most attack code writes — the model as loaded (parameters
+      requiring grad), ``target(x, ref)`` and ``loss.backward()`` — for context
+      (``ratio_vs_textbook``: everything the harness saves together).
+
+    The largest score and gradient differences between naive and cached are reported: caching
+    changes where the work is done, not what is computed."""
+    from robench.attacks.base import ModeGuard
+    from robench.models import load_model
+
+    w, h = size
+    gen = torch.Generator().manual_seed(seed)
+    ref = torch.rand(batch, 3, h, w, generator=gen).to(device)
+    dist = (ref + 0.05 * torch.randn(batch, 3, h, w, generator=gen).to(device)).clamp(0, 1)
+    target = load_model(model, weights="none", device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    trainable = [p for p in target.parameters() if p.requires_grad]
+    times: dict[str, list[float]] = {"naive": [], "cached": [], "textbook": []}
+    results = {}
+    with ModeGuard(target) as guard:
+        # one bind per attack (the cached path computes the reference branch here, once)
+        bound = {mode: target.bind(ref, cache=(mode == "cached")) for mode in ("naive", "cached")}
+        for i in range(warmup + rounds):
+            for mode in times:
+                t0 = time.perf_counter()
+                x = dist.clone().requires_grad_(True)
+                if mode == "textbook":
+                    for p in trainable:
+                        p.requires_grad_(True)
+                    target.orient(target(x, ref)).sum().backward()
+                    g = x.grad
+                else:
+                    q = bound[mode](x)
+                    g, = torch.autograd.grad(q.sum(), x)
+                    results[mode] = (q.detach(), g)
+                (x.detach() + (2 / 255) * g.sign()).clamp_(0, 1)
+                sync()
+                if i >= warmup:
+                    times[mode].append(time.perf_counter() - t0)
+                if mode == "textbook":
+                    for p in trainable:
+                        p.grad = None
+                        p.requires_grad_(False)
+        t0 = time.perf_counter()
+        target.bind(ref, cache=True)
+        sync()
+        ref_seconds = time.perf_counter() - t0
+        del guard
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    (qn, gn), (qc, gc) = results["naive"], results["cached"]
+    return {
+        "model": model, "size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(),
+        "naive_step_s": med["naive"], "cached_step_s": med["cached"], "textbook_step_s": med["textbook"],
+        "ratio": med["cached"] / med["naive"], "ratio_vs_textbook": med["cached"] / med["textbook"],
+        "reference_once_s": ref_seconds,
+        "max_abs_score_diff": float((qn - qc).abs().max()), "max_abs_grad_diff": float((gn - gc).abs().max()),
+        "grad_scale": float(gn.abs().max()),
+    }

@@ -31,7 +31,7 @@ data_app = typer.Typer(help="Datasets: build the built-in set, inspect, fetch an
 app.add_typer(data_app, name="data")
 weights_app = typer.Typer(help="Weights cache: list, import, verify, fetch official files.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
-bench_app = typer.Typer(help="Benchmarks measured side by side (speed).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks measured side by side (speed, attack step).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 err = Console(stderr=True)
@@ -305,6 +305,97 @@ def eval_cmd(
         f"{model} on {dataset}/{split}: SROCC {res['srocc']:.4f}  PLCC {res['plcc']:.4f}  KROCC {res['krocc']:.4f}  (n={res['n']})")
 
 
+def _dataset_defaults(dataset: str, profile: str, root: Optional[Path], extra: list[str] | None) -> dict[str, Any]:
+    from robench.profiles import get_profile
+
+    opts: dict[str, Any] = {}
+    if dataset in ("mini", "mini-2afc"):
+        opts["size"] = get_profile(profile).image_size
+    if root is not None:
+        opts["root"] = str(root)
+    opts.update(_parse_kv(extra, "--dataset-option"))
+    return opts
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    model: str = typer.Option(..., help="Target, e.g. birqa, lpips.alex, topiq.fr (arch.tag for a weights variant)."),
+    attacks: str = typer.Option("all", help="'all' (the seven) or a comma-separated list (robench ls attacks)."),
+    defense: Optional[str] = typer.Option(None, help="Defence (robench ls defenses); default none."),
+    dataset: str = typer.Option("mini", help="Dataset (pairs: SROCC; 2afc: accuracy)."),
+    split: str = typer.Option("test"),
+    eps: Optional[str] = typer.Option(None, help="Budgets in /255 units, e.g. 2,4,6,8,10 (default: the profile's)."),
+    profile: str = typer.Option("quick", help="quick | paper"),
+    n: Optional[int] = typer.Option(None, help="Items (stratified by distortion); 0 = whole split; default: the profile's."),
+    seed: int = typer.Option(0),
+    weights: Optional[str] = typer.Option(None, help="A weights file, or 'none' (default: best available)."),
+    store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells already in the store."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells already in the store (default)."),
+    root: Optional[Path] = typer.Option(None, help="Dataset root (real datasets)."),
+    dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
+    attack_option: Optional[list[str]] = typer.Option(None, "--attack-option",
+                                                      help="attack.param=value, e.g. pgd.steps=20 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Attack a target across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy)."""
+    from robench.runner import RunSpec, run
+
+    eps_list = None
+    if eps:
+        try:
+            eps_list = [float(e) for e in eps.split(",") if e.strip()]
+        except ValueError:
+            raise RobenchError(f"--eps must be comma-separated numbers in /255 units, got {eps!r}") from None
+    attack_params: dict[str, dict[str, Any]] = {}
+    for k, v in _parse_kv(attack_option, "--attack-option").items():
+        if "." not in k:
+            raise RobenchError(f"--attack-option must look like attack.param=value, got {k!r}")
+        a, p = k.split(".", 1)
+        attack_params.setdefault(a, {})[p] = v
+    spec = RunSpec(model=model, attacks=attacks, dataset=dataset, eps=eps_list, profile=profile, n=n, seed=seed,
+                   split=split, defense=defense, weights=weights, store=store, force=force or not resume,
+                   dataset_options=_dataset_defaults(dataset, profile, root, dataset_option),
+                   attack_params=attack_params)
+    report = run(spec, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"))
+    if as_json:
+        emit_json(report)
+    else:
+        print_summary(report)
+    if any(c.get("status") == "failed" for c in report["cells"]):
+        raise typer.Exit(1)
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    out = Console()
+    metric = "SROCC"
+    table = Table(title=f"{report['target']} on {report['dataset']}/{report['split']} (n={report['n']}, "
+                        f"profile {report['profile']}); store {report['store']}")
+    for c in ("attack", "ε/255", "clean", "attacked", "mean gain", "queries", "status", "flags"):
+        table.add_column(c)
+    for c in report["cells"]:
+        s = c.get("summary") or {}
+        if not s:
+            table.add_row(c["attack"], "—", "—", "—", "—", "—", c.get("status", "?"), c.get("error", "")[:60])
+            continue
+        if "clean_2afc" in s:
+            metric, clean, att = "2AFC", s["clean_2afc"], s["attacked_2afc"]
+        else:
+            clean, att = s["clean_srocc"], s["attacked_srocc"]
+        fl = c.get("flags") or {}
+        bad = [k for k, v in fl.items() if (k in ("gain_monotone_in_eps", "moves_target", "iterative_ge_single_step")
+                                            and v is False) or (k in ("eot_required", "suspect_gradient_masking") and v)
+               or (k in ("zero_grad", "nan_grad") and v)]
+        for k, e in enumerate(s["eps"]):
+            table.add_row(c["attack"] if k == 0 else "", f"{e:g}", f"{clean:.3f}" if k == 0 else "", f"{att[k]:.3f}",
+                          f"{s['mean_gain'][k]:+.4f}", f"{s['mean_queries'][k]:.0f}", c["status"] if k == 0 else "",
+                          ", ".join(bad) if k == 0 else "")
+    table.caption = (f"{metric} of oriented quality; {report['seconds']:.0f} s; harness overhead "
+                     + (f"{100 * report['harness_overhead']:.1f} %" if report.get("harness_overhead") is not None else "—"))
+    out.print(table)
+
+
 # ------------------------------------------------------------------------------------------
 # weights
 
@@ -405,6 +496,33 @@ def bench_speed(
         ratio = r["ratio_to_topiq.fr"]
         table.add_row(r["model"], f"{r['images_per_s']:.2f}", f"{r['parameters'] / 1e6:.2f} M", f"{ratio:.2f}" if ratio else "—")
     Console().print(table)
+
+
+@bench_app.command("attack")
+@user_errors
+def bench_attack(
+    model: str = typer.Option(..., help="Target (random weights: speed does not depend on them)."),
+    size: str = typer.Option("224x224", help="WxH."),
+    batch: int = typer.Option(8),
+    rounds: int = typer.Option(5),
+    device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One PGD step with the reference branch recomputed (naive) vs computed once (cached)."""
+    from robench.bench import attack_step
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise RobenchError(f"--size must look like 224x224, got {size!r}") from None
+    res = attack_step(model, (w, h), batch=batch, rounds=rounds, device=device)
+    if as_json:
+        emit_json(res)
+        return
+    err.print(f"{model} at {res['size']}, batch {batch}: naive step {res['naive_step_s'] * 1e3:.0f} ms, cached "
+              f"{res['cached_step_s'] * 1e3:.0f} ms → ratio {res['ratio']:.2f} (vs a textbook loop "
+              f"{res['textbook_step_s'] * 1e3:.0f} ms: {res['ratio_vs_textbook']:.2f}); max |Δscore| "
+              f"{res['max_abs_score_diff']:.2g}, max |Δgrad| {res['max_abs_grad_diff']:.2g}")
 
 
 def main() -> None:  # console-script entry point

@@ -6,7 +6,7 @@ where known and robench's documented choices where not (for GPUs).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from robench.errors import UnknownNameError
 
@@ -24,17 +24,51 @@ class Profile:
     train_warmup_steps: int = 50  # linear warm-up, then cosine decay to 0 over the run
     train_clip_grad: float | None = 10.0  # guards against spikes (a constant lr 1e-3 run diverged without it)
     eval_batch: int = 64
+    # attacks (robench run): ε in /255 units, items per cell (a subset stratified by distortion
+    # type and level; None = the whole split), attack batch, and per-attack hyper-parameters
+    # overriding each attack's stated defaults
+    eps: tuple[float, ...] = (2, 4, 6, 8, 10)
+    attack_n: int | None = None
+    attack_batch: int = 32
+    attacks: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def attack_params(self, name: str) -> dict:
+        return dict(self.attacks.get(name, {}))
+
+
+# Attack budgets. quick: the seven attacks on 32 images × 2 budgets fit in a few CPU minutes for
+# BiRQA at 128 px (README states the measured time); iterations and queries are cut hard, so quick
+# numbers show trends, not converged attacks. paper: the original papers' settings where they
+# exist (see each attack's docstring); robench's documented choice otherwise.
+QUICK_ATTACKS = {
+    "pgd": {"steps": 5},
+    "cw": {"binary_steps": 2, "steps": 6},
+    "autoattack": {"apgd_iter": 4, "square_queries": 16},
+    "square": {"queries": 32},
+    "parsimonious": {"queries": 32, "batch_blocks": 16},
+    "facpa": {"steps": 60, "crop": 64},
+}
+PAPER_ATTACKS = {
+    "pgd": {"steps": 20},
+    "cw": {"binary_steps": 5, "steps": 100},
+    "autoattack": {"apgd_iter": 100, "square_queries": 5000},
+    "square": {"queries": 10000},
+    "parsimonious": {"queries": 10000, "batch_blocks": 64},
+    "facpa": {"steps": None, "epochs": 5, "crop": 256},
+}
+
 
 PROFILES = {
     # quick: BiRQA trains in minutes on 2 CPU cores (README states the measured time and SROCC)
-    "quick": Profile(name="quick", image_size=128, train_epochs=8, train_batch=32, train_lr=1e-3, train_crop=64),
+    "quick": Profile(name="quick", image_size=128, train_epochs=8, train_batch=32, train_lr=1e-3, train_crop=64,
+                     eps=(2, 8), attack_n=32, attack_batch=32, attacks=QUICK_ATTACKS),
     # paper Table 10: Adam (0.9, 0.999), batch 32, 2500 epochs; the learning rate was lost in the
     # text extraction: 1e-4 is robench's choice. Whole images, no crop.
-    "paper": Profile(name="paper", image_size=512, train_epochs=2500, train_batch=32, train_lr=1e-4, train_crop=None),
+    "paper": Profile(name="paper", image_size=512, train_epochs=2500, train_batch=32, train_lr=1e-4, train_crop=None,
+                     eps=(2, 4, 6, 8, 10), attack_n=None, attack_batch=16, attacks=PAPER_ATTACKS),
 }
 
 

@@ -127,8 +127,27 @@ class Target(nn.Module):
         super().__init__()
         self.calibration = Calibration()
 
+    #: False for a target (or defence) whose gradient w.r.t. ``dist`` is not usable (JPEG, a
+    #: pyiqa metric with hard thresholds): gradient attacks refuse it, BPDA must be named
+    differentiable: bool = True
+
     def score(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # --- the reference branch is constant during an attack -------------------------------
+    # ``score(dist, ref) == score_with(dist, reference(ref))``. ``reference`` returns everything
+    # that depends on ``ref`` alone (a tensor or a list/dict of tensors, batch first), so an
+    # attack computes it once and each step pays for the distorted branch only. Targets with
+    # nothing to share keep the defaults.
+    def reference(self, ref: torch.Tensor):
+        return ref
+
+    def score_with(self, dist: torch.Tensor, prepared) -> torch.Tensor:
+        return self.score(dist, prepared)
+
+    def bind(self, ref: torch.Tensor, cache: bool = True) -> "BoundTarget":
+        """``q`` as a function of ``dist`` alone, with ``ref`` fixed (what an attack optimises)."""
+        return BoundTarget(self, ref, cache=cache)
 
     def forward(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         validate_pair(dist, ref, self.card.min_size)
@@ -162,6 +181,74 @@ class Target(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.card.name}, lower_better={self.card.lower_better}, weights={self.card.weights.describe()}"
+
+
+def index_prepared(prepared, idx):
+    """Rows ``idx`` of a prepared reference (a tensor, or a list/tuple/dict of them)."""
+    if isinstance(prepared, torch.Tensor):
+        return prepared[idx]
+    if isinstance(prepared, dict):
+        return {k: index_prepared(v, idx) for k, v in prepared.items()}
+    if isinstance(prepared, (list, tuple)):
+        return type(prepared)(index_prepared(v, idx) for v in prepared)
+    raise TypeError(f"cannot index a prepared reference of type {type(prepared).__name__}")
+
+
+class BoundTarget(nn.Module):
+    """A target with its reference batch fixed: ``bound(x, idx)`` is the oriented quality ``q``
+    of ``x`` against ``ref[idx]`` (all rows when ``idx`` is None).
+
+    * ``cache=True`` computes the reference branch once (no grad); ``cache=False`` recomputes it
+      on every call (the naive step ``robench bench attack`` compares against).
+    * ``queries`` counts forward evaluations per image (a gradient evaluation is one query).
+    * Non-finite scores are an error, as in :meth:`Target.forward`.
+    """
+
+    def __init__(self, target: Target, ref: torch.Tensor, cache: bool = True):
+        super().__init__()
+        validate_pair(ref, ref, target.card.min_size)
+        self.target = target
+        self.ref = ref.detach()
+        self.cache = cache
+        self.prepared = None
+        if cache:
+            with torch.no_grad():
+                self.prepared = target.reference(self.ref)
+        self.queries = torch.zeros(ref.shape[0], dtype=torch.long)
+
+    def scores(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        n = self.ref.shape[0] if idx is None else int(idx.numel())
+        if x.dim() != 4 or x.shape[0] != n or x.shape[1:] != self.ref.shape[1:]:
+            raise RobenchError(f"bound target expects {n}×{tuple(self.ref.shape[1:])}, got {tuple(x.shape)}")
+        if self.cache:
+            prep = self.prepared if idx is None else index_prepared(self.prepared, idx)
+            s = self.target.score_with(x, prep)
+        else:
+            s = self.target.score(x, self.ref if idx is None else self.ref[idx])
+        if s.shape != (n,):
+            raise RobenchError(f"target {self.target.card.name} returned shape {tuple(s.shape)}, expected ({n},)")
+        if not torch.isfinite(s.detach()).all():
+            raise RobenchError(f"target {self.target.card.name} returned non-finite scores during an attack")
+        if idx is None:
+            self.queries += 1
+        else:
+            self.queries[idx.cpu()] += 1
+        return s
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.target.orient(self.scores(x, idx))
+
+
+def fingerprint(target: nn.Module) -> str:
+    """sha256 identifying the exact numbers a target computes with: its weights file's digest
+    when it has one, else a digest of its state dict (random init, analytic metrics)."""
+    card = getattr(target, "card", None)
+    sha = card.weights.sha256 if card is not None else None
+    if sha:
+        return sha
+    from robench.models import state_digest
+
+    return state_digest(target.state_dict())
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

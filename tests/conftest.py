@@ -8,6 +8,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/layouts.py
 
+# pytest-xdist: N workers × torch's default (all cores) threads oversubscribe the CPU, and
+# OpenMP's spinning then slows small ops by 10-100×. One share of the cores per worker.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(scope="session")
 def robench_home(tmp_path_factory) -> Path:

@@ -144,3 +144,25 @@ def test_load_model_needs_weights_or_says_how(tmp_path, monkeypatch):
         robench.load_model("birq")
     with pytest.raises(RobenchError, match="robench train --model birqa --defense aat"):
         robench.load_model("birqa.aat")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_cache_gives_identical_scores_and_gradients(name):
+    """``score_with(dist, reference(ref))`` is ``score(dist, ref)``; a bound target with and
+    without the cache agrees in value and gradient, also on a subset of rows."""
+    t = _tiny(name)
+    dist, ref = _pair(n=3, size=64)
+    outs = {}
+    for cache in (True, False):
+        f = t.bind(ref, cache=cache)
+        x = dist.clone().requires_grad_(True)
+        q = f(x)
+        (g,) = torch.autograd.grad(q.sum(), x)
+        rows = torch.tensor([2, 0])
+        with torch.no_grad():
+            q_sub = f(dist[rows], rows)
+        outs[cache] = (q.detach(), g, q_sub, f.queries.clone())
+    (qa, ga, sa, na), (qb, gb, sb, nb) = outs[True], outs[False]
+    assert torch.allclose(qa, qb, atol=1e-6) and torch.allclose(ga, gb, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(sa, qa[[2, 0]], atol=1e-6) and torch.allclose(sb, sa, atol=1e-6)
+    assert na.tolist() == nb.tolist() == [2, 1, 2]  # queries counted per image

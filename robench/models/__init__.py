@@ -74,7 +74,7 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
         official = target.official_state()
         if official is not None:
             target.load_upstream(official, "official weights")
-            target.card = target.card.with_weights(WeightsInfo("official", _state_digest(official)), name=name)
+            target.card = target.card.with_weights(WeightsInfo("official", state_digest(official)), name=name)
             return target.to(device).eval()
     if entry is None:
         hint = (f"`robench train --model {base} --dataset mini` trains it here" if tag is None else
@@ -89,7 +89,7 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
     return target.to(device).eval()
 
 
-def _state_digest(state) -> str:
+def state_digest(state) -> str:
     """sha256 over a state dict's names and bytes (official weights assembled from several files)."""
     import hashlib
 

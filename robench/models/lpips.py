@@ -171,8 +171,14 @@ class LPIPS(Target):
         for p in self.lpips.scaling_layer.buffers():
             p.requires_grad_(False)
 
+    def reference(self, ref):
+        return self.lpips.features(ref)
+
+    def score_with(self, dist, prepared):
+        return self.lpips.distance(self.lpips.features(dist), prepared)
+
     def score(self, dist, ref):
-        return self.lpips(dist, ref)
+        return self.score_with(dist, self.reference(ref))
 
     @torch.no_grad()
     def post_step(self) -> None:

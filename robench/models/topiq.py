@@ -236,8 +236,14 @@ class TOPIQFR(Target):
                                               "cfanet_fr_kadid_res50-2c4cc61d.pth", role="full", sha256_prefix="2c4cc61d"),),
         )
 
+    def reference(self, ref):
+        return self.net.trunk_features(ref)
+
+    def score_with(self, dist, prepared):
+        return self.net.head(self.net.trunk_features(dist), prepared)
+
     def score(self, dist, ref):
-        return self.net(dist, ref)
+        return self.score_with(dist, self.reference(ref))
 
     def load_upstream(self, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
         W.load_into(self.net, state, where)

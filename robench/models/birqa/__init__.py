@@ -32,8 +32,11 @@ class BiRQA(Target):
         for p in self.calibration.parameters():
             p.requires_grad_(False)
 
-    def reference_stats(self, ref: torch.Tensor) -> dict[str, torch.Tensor]:
+    def reference(self, ref: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.features.reference_stats(ref)
 
+    def score_with(self, dist, prepared):
+        return self.net(self.features(dist, prepared))
+
     def score(self, dist, ref):
-        return self.net(self.features(dist, self.features.reference_stats(ref)))
+        return self.score_with(dist, self.reference(ref))

@@ -1,0 +1,322 @@
+"""The attack contract.
+
+An attack raises the oriented quality ``q`` of ``dist`` within ``‖δ‖∞ ≤ ε``, keeps ``ref``
+untouched and the image in [0, 1]. Two kinds, as in foolbox v3:
+
+* **fixed-ε** attacks (:meth:`Attack.perturb`) run once per budget;
+* **minimisation** attacks (:meth:`Attack.minimise`) run once and their perturbation is clipped
+  to every budget.
+
+Either way ``attack(target, dist, ref, eps=[e1, ..., eK])`` returns an :class:`AttackResult` with
+the K×N raw scores of the adversarial images (and the images), per-image query counts, L∞/L2
+norms and the sanity probes. Every batch is verified (L∞ ≤ ε + 1e-6, [0, 1], no NaN, ``ref`` and
+``dist`` unchanged); a violation raises :class:`BudgetViolation`, so it can never become a result.
+
+Conventions (stated once, here):
+
+* δ = 0 is always feasible, so per image the harness keeps the clean image when an attack ends
+  below it (a black-box attack's random start can). A broken attack therefore shows as zero gain,
+  which the runner's sanity checks flag.
+* Queries count forward evaluations of the target per image, a gradient evaluation being one.
+  The clean score and the sanity probes are not counted.
+* The target's train/eval mode (every submodule) and its parameters' ``requires_grad`` are saved,
+  the attack runs in eval mode with frozen parameters, and both are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+
+from robench.errors import RobenchError, UnknownNameError
+from robench.profiles import get_profile
+from robench.target import BoundTarget, Target, validate_pair
+
+#: ``--attacks all``
+SUITE = ("fgsm", "pgd", "cw", "autoattack", "square", "parsimonious", "facpa")
+WHITE_BOX_NEEDS = "gradients"
+BUDGET_TOL = 1e-6
+
+
+class BudgetViolation(RobenchError):
+    """An attack returned an image outside its budget, outside [0, 1], with NaN, or touched ref."""
+
+
+@dataclass
+class AttackResult:
+    eps: list[float]  # budgets in [0, 1] units
+    clean_scores: torch.Tensor  # N raw scores
+    scores: torch.Tensor  # K×N raw scores of the adversarial images
+    queries: torch.Tensor  # K×N forward evaluations per image
+    linf: torch.Tensor  # K×N
+    l2: torch.Tensor  # K×N
+    images: torch.Tensor | None = None  # K×N×3×H×W
+    probes: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. AutoAttack's winning component
+    #: seconds in the attack proper (prepare, perturb/minimise) and in scoring clean and adversarial
+    #: images; the rest of the call (probes, verification) is harness overhead
+    compute_seconds: float = 0.0
+
+    def oriented(self, lower_better: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        sign = -1.0 if lower_better else 1.0
+        return sign * self.clean_scores, sign * self.scores
+
+
+def as_eps(eps: float | Sequence[float]) -> list[float]:
+    """Budgets in [0, 1] units, e.g. ``[2/255, 8/255]``."""
+    vals = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
+    if not vals:
+        raise RobenchError("no ε budget given")
+    for e in vals:
+        if not (0.0 < e <= 1.0) or e != e:
+            raise RobenchError(f"ε must be in (0, 1] (e.g. 8/255 = {8 / 255:.4f}); got {e}")
+    return vals
+
+
+def score_scale(target: Target) -> float:
+    """Width of the target's score range: puts ``q − q_clean`` on a comparable scale for the
+    logits adapter and C&W's target gain (1 when the range is unknown)."""
+    r = target.card.score_range
+    if r is None or not all(map(lambda v: v == v and abs(v) != float("inf"), r)) or r[1] <= r[0]:
+        return 1.0
+    return float(r[1] - r[0])
+
+
+class ModeGuard:
+    """Save and restore every submodule's train flag and every parameter's requires_grad."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def __enter__(self) -> "ModeGuard":
+        self.modes = [(m, m.training) for m in self.module.modules()]
+        self.grads = [(p, p.requires_grad) for p in self.module.parameters()]
+        self.module.eval()
+        for p, _ in self.grads:
+            p.requires_grad_(False)  # the attack needs ∂q/∂x only
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, mode in self.modes:
+            m.training = mode
+        for p, rg in self.grads:
+            p.requires_grad_(rg)
+
+
+class Attack:
+    """Base class; subclasses register with ``@ATTACKS.register(name)``."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "fixed"  # or "minimisation"
+    needs: ClassVar[str] = WHITE_BOX_NEEDS  # or "scores"
+    iterative: ClassVar[bool] = True
+    #: every hyper-parameter with its default; profiles override some, users any
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, profile: str = "quick", seed: int = 0, **params: Any):
+        prof = get_profile(profile)
+        unknown = [k for k in params if k not in self.defaults]
+        if unknown:
+            k = unknown[0]
+            close = difflib.get_close_matches(k, list(self.defaults), n=1)
+            hint = f" did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"unknown parameter {k!r} for attack {self.name!r};{hint} "
+                                   f"(parameters: {', '.join(self.defaults) or 'none'})")
+        merged = dict(self.defaults)
+        merged.update(prof.attack_params(self.name))
+        merged.update(params)
+        self.params = merged
+        self.profile = prof.name
+        self.seed = int(seed)
+
+    @classmethod
+    def registry_meta(cls) -> dict[str, Any]:
+        return {"kind": cls.kind, "needs": cls.needs, "defaults": dict(cls.defaults)}
+
+    @property
+    def white_box(self) -> bool:
+        return self.needs == WHITE_BOX_NEEDS
+
+    def __getattr__(self, key: str) -> Any:
+        params = self.__dict__.get("params", {})
+        if key in params:
+            return params[key]
+        raise AttributeError(key)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args}{', ' if args else ''}seed={self.seed}, profile={self.profile!r})"
+
+    def config(self) -> dict[str, Any]:
+        """What a result records about the attack (with every resolved hyper-parameter)."""
+        return {"name": self.name, "kind": self.kind, "needs": self.needs, "params": dict(self.params)}
+
+    # --- what subclasses implement ------------------------------------------------------
+    def check(self, target: Target) -> None:
+        """Refuse a target that cannot give what this attack needs (before any compute)."""
+        if self.white_box and not getattr(target, "differentiable", True):
+            raise RobenchError(f"attack {self.name!r} needs gradients but target {target.card.name!r} is not "
+                               "differentiable; use a score-based attack or a BPDA defence wrapper")
+
+    def prepare(self, target: Target) -> None:
+        """Per-target set-up before the first batch (FACPA trains or loads its generator)."""
+
+    def perturb(self, f: BoundTarget, x: torch.Tensor, eps: float, q0: torch.Tensor) -> torch.Tensor:
+        """Fixed-ε attacks: adversarial images for one budget."""
+        raise NotImplementedError
+
+    def minimise(self, f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps_max: float) -> torch.Tensor:
+        """Minimisation attacks: one unbounded adversarial image per input (clipped by the caller)."""
+        raise NotImplementedError
+
+    # --- the harness ----------------------------------------------------------------------
+    def __call__(self, target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: float | Sequence[float],
+                 return_images: bool = True, batch_size: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> AttackResult:
+        epses = as_eps(eps)
+        self.check(target)
+        validate_pair(dist, ref, target.card.min_size)
+        n = dist.shape[0]
+        bs = batch_size or n
+        K = len(epses)
+        scores = torch.empty(K, n)
+        queries = torch.zeros(K, n, dtype=torch.long)
+        linf = torch.empty(K, n)
+        l2 = torch.empty(K, n)
+        clean = torch.empty(n)
+        images = torch.empty(K, *dist.shape) if return_images else None
+        probes = {"zero_grad": 0, "nan_grad": 0, "probed": 0, "randomised": False, "kept_clean": [0] * K}
+        extra: dict[str, torch.Tensor] = {}
+        compute = 0.0
+        with ModeGuard(target), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            t0 = time.perf_counter()
+            self.prepare(target)
+            compute += time.perf_counter() - t0
+            for start in range(0, n, bs):
+                sl = slice(start, min(n, start + bs))
+                x, r = dist[sl].detach().clone(), ref[sl].detach().clone()
+                x_keep, r_keep = x.clone(), r.clone()
+                t0 = time.perf_counter()
+                f = target.bind(r)
+                with torch.no_grad():
+                    s0 = target(x, r)
+                q0 = target.orient(s0)
+                clean[sl] = s0
+                compute += time.perf_counter() - t0
+                if start == 0:
+                    self._probe(target, f, x[: self.PROBE_N], probes)
+                t0 = time.perf_counter()
+                if self.kind == "minimisation":
+                    f.queries.zero_()
+                    far = self.minimise(f, x, q0, max(epses)).detach()
+                    spent = f.queries.clone()
+                compute += time.perf_counter() - t0
+                for k, e in enumerate(epses):
+                    if self.kind == "minimisation":
+                        adv = (x + (far - x).clamp(-e, e)).clamp(0.0, 1.0)
+                        queries[k, sl] = spent
+                    else:
+                        t0 = time.perf_counter()
+                        f.queries.zero_()
+                        adv = self.perturb(f, x, e, q0).detach()
+                        queries[k, sl] = f.queries
+                        compute += time.perf_counter() - t0
+                    for key, val in getattr(self, "_extra", {}).items():
+                        extra.setdefault(key, torch.zeros(K, n, dtype=val.dtype))[k, sl] = val
+                    adv = self._verify(adv, x, x_keep, r, r_keep, e)
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        s = target(adv, r)
+                    compute += time.perf_counter() - t0
+                    worse = target.orient(s) < q0
+                    if worse.any():  # δ = 0 is feasible: never report below the clean image
+                        adv[worse] = x[worse]
+                        s = torch.where(worse, s0, s)
+                        probes["kept_clean"][k] += int(worse.sum())
+                    scores[k, sl] = s
+                    d = (adv - x).flatten(1)
+                    linf[k, sl] = d.abs().amax(dim=1)
+                    l2[k, sl] = d.norm(dim=1)
+                    if images is not None:
+                        images[k, sl] = adv
+                if progress is not None:
+                    progress(sl.stop - sl.start)
+        return AttackResult(eps=epses, clean_scores=clean, scores=scores, queries=queries, linf=linf, l2=l2,
+                            images=images, probes=probes, extra=extra, compute_seconds=compute)
+
+    #: images of the first batch the probes look at (kept small: probes are harness overhead)
+    PROBE_N = 8
+
+    def _probe(self, target: Target, f: BoundTarget, x: torch.Tensor, probes: dict) -> None:
+        """Carlini et al. 2019 checks, not counted as queries: zero/NaN gradients at the clean
+        input (gradient masking or a broken target), and whether 5 forwards of the same input
+        differ (a randomised target needs EOT)."""
+        rows = torch.arange(x.shape[0])
+        probes["probed"] += x.shape[0]
+        if getattr(target, "differentiable", True):
+            with torch.enable_grad():
+                xg = x.clone().requires_grad_(True)
+                g, = torch.autograd.grad(f(xg, rows).sum(), xg, allow_unused=True)
+            if g is None:
+                probes["zero_grad"] += x.shape[0]
+            else:
+                g = g.flatten(1)
+                bad = ~torch.isfinite(g).all(dim=1)
+                probes["nan_grad"] += int(bad.sum())
+                probes["zero_grad"] += int(((g.abs().amax(dim=1) == 0) & ~bad).sum())
+        with torch.no_grad():
+            m = min(2, x.shape[0])
+            outs = torch.stack([target(x[:m], f.ref[:m]) for _ in range(5)])
+        probes["randomised"] = bool(probes["randomised"] or (outs - outs[0]).abs().max() > 0)
+        f.queries.zero_()
+
+    def _verify(self, adv: torch.Tensor, x: torch.Tensor, x_keep: torch.Tensor, r: torch.Tensor,
+                r_keep: torch.Tensor, eps: float) -> torch.Tensor:
+        where = f"attack {self.name!r} at ε={eps * 255:.4g}/255"
+        if adv.shape != x.shape:
+            raise BudgetViolation(f"{where} returned shape {tuple(adv.shape)}, expected {tuple(x.shape)}")
+        if not torch.isfinite(adv).all():
+            raise BudgetViolation(f"{where} returned NaN/inf pixels")
+        if not torch.equal(r, r_keep):
+            raise BudgetViolation(f"{where} modified the reference image")
+        if not torch.equal(x, x_keep):
+            raise BudgetViolation(f"{where} modified its input in place")
+        lo, hi = float(adv.min()), float(adv.max())
+        if lo < 0.0 or hi > 1.0:
+            raise BudgetViolation(f"{where} left [0,1]: values in [{lo:.4g}, {hi:.4g}]")
+        dev = (adv - x).abs().flatten(1).amax(dim=1)
+        if float(dev.max()) > eps + BUDGET_TOL:
+            i = int(dev.argmax())
+            raise BudgetViolation(f"{where}: image {i} has L∞ {float(dev[i]) * 255:.4g}/255 > ε")
+        return adv.clone()
+
+
+class ScoreLogits(torch.nn.Module):
+    """Two logits ``[0, (q − q_clean)/scale]`` for classifier-only attack code: with label 0 the
+    cross-entropy is ``softplus((q − q_clean)/scale)``, increasing in ``q``, so an untargeted
+    attack that raises the loss raises the quality (method-notes §4)."""
+
+    def __init__(self, f: BoundTarget, q_clean: torch.Tensor, scale: float):
+        super().__init__()
+        self.f = f
+        self.q_clean = q_clean.detach()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (self.f(x) - self.q_clean) / self.scale
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+def require(module: str, install: str):
+    """Import an optional attack library or fail with the command that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise RobenchError(f"{module} is not installed ({exc}); install it with: {install}") from None

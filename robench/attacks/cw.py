@@ -1,0 +1,66 @@
+"""Carlini & Wagner (IEEE S&P 2017) for a score, a minimisation attack (method-notes §4):
+
+    minimise ‖δ‖₂² + c · max((q_target − q(x + δ)) / scale, −κ),   q_target = q_clean + target_gain · scale
+
+in tanh space (x + δ = (tanh(w) + 1)/2, so the image stays in [0, 1]) with Adam, and a per-image
+binary search over c (×10 until the target gain is reached, then bisection). It returns, per
+image, the successful perturbation of smallest L2 (else the one with the highest ``q``); the
+harness clips it to every ε. ``scale`` is the width of the target's score range, so the target
+gain means the same fraction of the scale for every metric."""
+
+from __future__ import annotations
+
+import torch
+
+from robench.attacks.base import Attack, score_scale
+from robench.registry import ATTACKS
+
+
+@ATTACKS.register("cw", summary="C&W L2 for a score: tanh space, Adam, binary search over c (minimisation)")
+class CW(Attack):
+    name = "cw"
+    kind = "minimisation"
+    needs = "gradients"
+    defaults = {"binary_steps": 5, "steps": 100, "lr": 0.01, "c_init": 10.0, "kappa": 0.0, "target_gain": 0.25}
+
+    def minimise(self, f, x, q0, eps_max):
+        n = x.shape[0]
+        scale = score_scale(f.target)
+        q_target = q0 + self.target_gain * scale
+        c = torch.full((n,), float(self.c_init))
+        lo = torch.zeros(n)
+        hi = torch.full((n,), float("inf"))
+        best = x.clone()
+        best_l2 = torch.full((n,), float("inf"))
+        best_q = q0.clone()
+        found = torch.zeros(n, dtype=torch.bool)
+        w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        for _ in range(int(self.binary_steps)):
+            w = w0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=float(self.lr))
+            success = torch.zeros(n, dtype=torch.bool)
+            for _ in range(int(self.steps)):
+                adv = (torch.tanh(w) + 1) / 2
+                with torch.enable_grad():
+                    q = f(adv)
+                    l2 = (adv - x).flatten(1).pow(2).sum(dim=1)
+                    hinge = ((q_target - q) / scale).clamp_min(-float(self.kappa))
+                    loss = (l2 + c * hinge).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    ok = q >= q_target
+                    success |= ok
+                    better = ok & (l2 < best_l2)
+                    closer = ~found & ~ok & (q > best_q)
+                    upd = better | closer
+                    best[upd] = adv[upd].detach()
+                    best_l2 = torch.where(better, l2.detach(), best_l2)
+                    best_q = torch.where(upd, q.detach(), best_q)
+                    found |= ok
+            # binary search: success → smaller c, failure → larger c
+            hi = torch.where(success, torch.minimum(hi, c), hi)
+            lo = torch.where(success, lo, torch.maximum(lo, c))
+            c = torch.where(torch.isinf(hi), c * 10, (lo + hi) / 2)
+        return best

@@ -1,0 +1,141 @@
+"""FACPA (Shumitskaya et al., 2023): a universal perturbation *generator* trained per target.
+
+A small U-Net ``G`` maps the distorted image to a perturbation ``δ = ε · tanh(G(x))``; it is
+trained on the dataset's **train** split to maximise the mean oriented quality of the target
+(Adam, lr 1e-3, batch 8, 5 epochs in the paper; quick: 60 steps on 64-px crops, the generator
+being fully convolutional), then applied in one forward pass per image (ε scales the same
+generator for every budget; it is trained at ``train_eps`` = 8/255). Generators are cached under
+``$ROBENCH_HOME/attacks/facpa/<key>/`` with their provenance; the key covers the target's
+weights digest, every hyper-parameter, the dataset and the seed, so a changed target never
+reuses a stale generator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robench.attacks.base import Attack
+from robench.home import robench_home
+from robench.progress import progress_bar
+from robench.registry import ATTACKS
+from robench.target import fingerprint
+
+VERSION = 1  # bump when the generator or its training changes
+
+
+class Generator(nn.Module):
+    """U-Net with two down/up levels and skip connections (tanh applied by the caller)."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(o, o, 3, padding=1),
+                                 nn.LeakyReLU(0.2))
+
+        w = width
+        self.enc1, self.enc2, self.enc3 = block(3, w), block(w, 2 * w), block(2 * w, 4 * w)
+        self.dec2, self.dec1 = block(6 * w, 2 * w), block(3 * w, w)
+        self.out = nn.Conv2d(w, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x * 2 - 1)
+        e2 = self.enc2(F.avg_pool2d(e1, 2, ceil_mode=True))
+        e3 = self.enc3(F.avg_pool2d(e2, 2, ceil_mode=True))
+        d2 = self.dec2(torch.cat([F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False), e2], 1))
+        d1 = self.dec1(torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="bilinear", align_corners=False), e1], 1))
+        return self.out(d1)
+
+
+@ATTACKS.register("facpa", summary="FACPA: a U-Net perturbation generator trained per target, one forward pass")
+class FACPA(Attack):
+    name = "facpa"
+    kind = "fixed"
+    needs = "gradients"  # to train the generator; applying it is one forward pass
+    iterative = False
+    defaults = {"width": 16, "steps": None, "epochs": 5, "batch": 8, "lr": 1e-3, "train_eps": 8 / 255,
+                "crop": 256, "dataset": "mini", "dataset_options": {}}
+
+    def __init__(self, profile: str = "quick", seed: int = 0, **params):
+        super().__init__(profile=profile, seed=seed, **params)
+        self.generator: Generator | None = None
+        self.generator_info: dict | None = None
+
+    def cache_key(self, target) -> dict:
+        return {"version": VERSION, "target": target.card.name, "target_sha256": fingerprint(target),
+                "defense": getattr(target, "defense_config", None), "params": self.params, "seed": self.seed}
+
+    def prepare(self, target) -> None:
+        key = self.cache_key(target)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        folder = robench_home() / "attacks" / "facpa" / digest[:16]
+        gen = Generator(int(self.width))
+        if (folder / "meta.json").is_file():
+            from robench.models.weights import load_state_dict
+
+            meta = json.loads((folder / "meta.json").read_text())
+            gen.load_state_dict(load_state_dict(folder / "generator.safetensors", sha256=meta["sha256"]))
+        else:
+            meta = self._train(gen, target, key, folder)
+        self.generator = gen.eval().requires_grad_(False)
+        self.generator_info = {"path": str(folder), "sha256": meta["sha256"], "train_seconds": meta["train_seconds"]}
+
+    def _train(self, gen: Generator, target, key: dict, folder: Path) -> dict:
+        from torch.utils.data import DataLoader
+
+        from robench.models.weights import save_safetensors
+        from robench.registry import DATASETS
+        from robench.train import random_crop_pair
+
+        data = DATASETS.get(self.dataset)(split="train", **dict(self.dataset_options))
+        g = torch.Generator().manual_seed(self.seed)
+        loader = DataLoader(data, batch_size=int(self.batch), shuffle=True, generator=g, drop_last=True)
+        steps = int(self.steps) if self.steps else int(self.epochs) * len(loader)
+        opt = torch.optim.Adam(gen.parameters(), lr=float(self.lr))
+        gen.train()
+        t0 = time.perf_counter()
+        done = 0
+        with progress_bar() as bar:
+            task = bar.add_task(f"facpa: generator for {target.card.name}", total=steps) if bar else None
+            while done < steps:
+                for batch in loader:
+                    ref, dist = batch["ref"], batch["dist"]
+                    if self.crop and min(ref.shape[-2:]) > int(self.crop):
+                        ref, dist = random_crop_pair(ref, dist, int(self.crop), g)
+                    with torch.enable_grad():
+                        adv = (dist + float(self.train_eps) * torch.tanh(gen(dist))).clamp(0.0, 1.0)
+                        loss = -target.oriented_quality(adv, ref).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    done += 1
+                    if bar:
+                        bar.advance(task)
+                    if done >= steps:
+                        break
+        seconds = time.perf_counter() - t0
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        sha = save_safetensors(gen.state_dict(), tmp / "generator.safetensors")
+        meta = {"sha256": sha, "train_seconds": seconds, "steps": steps, "key": key,
+                "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        try:
+            os.replace(tmp, folder)  # atomic: a killed training leaves only a .tmp folder
+        except OSError:  # another process finished first: use its generator, drop ours
+            shutil.rmtree(tmp, ignore_errors=True)
+        return json.loads((folder / "meta.json").read_text())
+
+    def perturb(self, f, x, eps, q0):
+        with torch.no_grad():
+            delta = eps * torch.tanh(self.generator(x))
+        return (x + delta).clamp(0.0, 1.0)

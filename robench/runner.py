@@ -1,0 +1,393 @@
+"""``robench run``: expand a grid into cells, run the missing ones, store them, summarise.
+
+A *cell* is one target (+ weights digest) × defence × attack (+ every resolved hyper-parameter)
+× ε list × dataset (+ split + subset) × seed × profile. Its key is the sha256 of that canonical
+config plus the code version, so rerunning a command skips what is already in the store
+(``--resume``, the default) and recomputes it with ``--force``.
+
+Data flows one way: dataset → items → target → attack → records → store. :func:`run_cell` is a
+pure function of its inputs (an executor can send it elsewhere); the driver alone writes the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from robench import __version__
+from robench.attacks.base import SUITE, Attack, AttackResult, BudgetViolation
+from robench.errors import RobenchError
+from robench.home import robench_home
+from robench.profiles import get_profile
+from robench.registry import ATTACKS, DATASETS
+from robench.stats import correlations, twoafc_accuracy
+from robench.store import Store, cell_key
+from robench.target import Target, fingerprint
+
+# relative tolerance of the monotonicity / ordering checks (attacks with few queries are noisy)
+CHECK_TOL = 1e-6
+
+
+@dataclass
+class RunSpec:
+    model: str
+    attacks: list[str]
+    dataset: str = "mini"
+    eps: list[float] | None = None  # /255 units; None = the profile's
+    profile: str = "quick"
+    n: int | None = None  # items; None = the profile's (0 = whole split)
+    seed: int = 0
+    split: str = "test"
+    defense: str | None = None
+    weights: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    store: Path | None = None
+    force: bool = False
+
+
+def default_store() -> Path:
+    return robench_home() / "runs" / "results.sqlite"
+
+
+def expand_attacks(names: str | list[str]) -> list[str]:
+    items = names.split(",") if isinstance(names, str) else list(names)
+    out: list[str] = []
+    for raw in items:
+        name = raw.strip()
+        if not name:
+            continue
+        for a in (SUITE if name == "all" else (name,)):
+            ATTACKS.entry(a)  # unknown names fail here, with a did-you-mean
+            if a not in out:
+                out.append(a)
+    if not out:
+        raise RobenchError("no attack given (use --attacks all or a comma-separated list)")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# items
+
+
+def stratified_subset(table, n: int | None, seed: int) -> list[int]:
+    """``n`` rows spread over distortion types and levels: groups in a seeded order, one row of
+    each group per round (so every distortion type is present once ``n`` ≥ the number of types)."""
+    if not n or n >= len(table):
+        return list(range(len(table)))
+    rng = np.random.default_rng(seed)
+    keys = ["distortion"] + (["level"] if "level" in table.columns else [])
+    groups = [list(rng.permutation(idx)) for _, idx in sorted(table.groupby(keys).indices.items(), key=lambda kv: str(kv[0]))]
+    order = rng.permutation(len(groups))
+    # first pass by distortion type only so types are covered before levels repeat
+    by_type: dict[str, list[list[int]]] = {}
+    for gi in order:
+        g = groups[gi]
+        by_type.setdefault(str(table.iloc[g[0]]["distortion"]), []).append(g)
+    picked: list[int] = []
+    while len(picked) < n:
+        progressed = False
+        for glist in by_type.values():
+            for g in glist:
+                if g:
+                    picked.append(int(g.pop()))
+                    progressed = True
+                    break
+            if len(picked) >= n:
+                break
+        if not progressed:
+            break
+    return sorted(picked)
+
+
+@dataclass
+class Items:
+    """The tensors and labels a cell attacks (built once per run, shared by its cells)."""
+
+    kind: str  # pairs | 2afc
+    dist: torch.Tensor
+    ref: torch.Tensor
+    labels: dict[str, list]  # item_id, ref_id, distortion, level, mos | judge, attacked_side
+    other: torch.Tensor | None = None  # 2AFC: the image that is not attacked
+    digest: str = ""
+    load_seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.dist.shape[0])
+
+
+def load_items(dataset_name: str, split: str, n: int | None, seed: int, options: dict[str, Any]) -> Items:
+    t0 = time.perf_counter()
+    data = DATASETS.get(dataset_name)(split=split, **options)
+    rows = stratified_subset(data.table, n, seed)
+    data = data.subset(rows)
+    samples = [data[i] for i in range(len(data))]
+    if not samples:
+        raise RobenchError(f"dataset {dataset_name!r} split {split!r} has no items")
+    t = data.table
+    id_col = next((c for c in ("dist_path", "index", "p0_index", "p0_path") if c in t.columns), None)
+    ids = [str(v) for v in (t[id_col] if id_col else range(len(t)))]
+    if data.kind == "2afc":
+        id_col1 = "p1_index" if "p1_index" in t.columns else "p1_path"
+        ids = [f"{a}|{b}" for a, b in zip(ids, t[id_col1].astype(str))]
+        judge = [float(s["judge"]) for s in samples]
+        # attack the image people prefer less: p1 when fewer than half prefer it, else p0
+        side = [1 if j < 0.5 else 0 for j in judge]
+        dist = torch.stack([s["p1"] if k else s["p0"] for s, k in zip(samples, side)])
+        other = torch.stack([s["p0"] if k else s["p1"] for s, k in zip(samples, side)])
+        labels = {"judge": judge, "attacked_side": side}
+    else:
+        dist = torch.stack([s["dist"] for s in samples])
+        other = None
+        labels = {"mos": [float(s["mos"]) for s in samples], "level": [int(s.get("level", 0)) for s in samples]}
+    ref = torch.stack([s["ref"] for s in samples])
+    labels.update({"item_id": ids, "ref_id": [str(s["ref_id"]) for s in samples],
+                   "distortion": [str(s["distortion"]) for s in samples]})
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return Items(kind=data.kind, dist=dist, ref=ref, labels=labels, other=other, digest=digest,
+                 load_seconds=time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------------
+# cells
+
+
+def cell_config(target: Target, defense: dict[str, Any], attack: Attack, eps: list[float], spec: RunSpec,
+                items: Items, n: int | None) -> dict[str, Any]:
+    return {
+        "target": {"name": target.card.name, "weights_sha256": fingerprint(target),
+                   "weights_source": target.card.weights.source, "lower_better": bool(target.lower_better)},
+        "defense": defense,
+        "attack": attack.config(),
+        "eps": [float(e) for e in eps],
+        "dataset": {"name": spec.dataset, "split": spec.split, "kind": items.kind, "options": spec.dataset_options,
+                    "n": len(items), "n_requested": n, "subset_seed": spec.seed, "items_sha256": items.digest},
+        "seed": spec.seed,
+        "profile": attack.profile,
+    }
+
+
+def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
+             progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Attack every item at every ε; return the cell's record (summary, probes, flags, timing)
+    and its per-(item, ε) rows. Raises BudgetViolation rather than return an out-of-budget result."""
+    t0 = time.perf_counter()
+    res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False,
+                 batch_size=batch_size, progress=progress)
+    other_scores = None
+    t1 = time.perf_counter()
+    if items.other is not None:
+        with torch.no_grad():
+            other_scores = torch.cat([target(items.other[i:i + batch_size], items.ref[i:i + batch_size])
+                                      for i in range(0, len(items), batch_size)])
+    compute = res.compute_seconds + (time.perf_counter() - t1)
+    rows = make_rows(res, items, eps, other_scores)
+    summary = summarise(res, items, eps, target.lower_better, other_scores)
+    flags = cell_flags(res, summary, attack)
+    return {"summary": summary, "probes": res.probes, "flags": flags, "n_items": len(items),
+            "attack_seconds": compute, "seconds": time.perf_counter() - t0}, rows
+
+
+def make_rows(res: AttackResult, items: Items, eps: list[float], other_scores) -> list[dict[str, Any]]:
+    L = items.labels
+    rows = []
+    for k, e in enumerate(eps):
+        for i in range(len(items)):
+            rows.append({
+                "item": i, "eps": float(e), "item_id": L["item_id"][i], "ref_id": L["ref_id"][i],
+                "distortion": L["distortion"][i], "level": L["level"][i] if "level" in L else None,
+                "mos": L["mos"][i] if "mos" in L else None, "judge": L["judge"][i] if "judge" in L else None,
+                "attacked_side": L["attacked_side"][i] if "attacked_side" in L else None,
+                "other_score": float(other_scores[i]) if other_scores is not None else None,
+                "clean_score": float(res.clean_scores[i]), "score": float(res.scores[k, i]),
+                "linf": float(res.linf[k, i]), "l2": float(res.l2[k, i]), "queries": int(res.queries[k, i]),
+            })
+    return rows
+
+
+def summarise(res: AttackResult, items: Items, eps: list[float], lower_better: bool, other_scores) -> dict[str, Any]:
+    q0, q = (t.numpy() for t in res.oriented(lower_better))
+    out: dict[str, Any] = {"eps": list(eps), "mean_gain": [float((q[k] - q0).mean()) for k in range(len(eps))],
+                           "mean_queries": [float(res.queries[k].float().mean()) for k in range(len(eps))]}
+    if items.kind == "pairs":
+        mos = np.asarray(items.labels["mos"])
+        out["clean"] = correlations(q0, mos)
+        out["attacked"] = [correlations(q[k], mos) for k in range(len(eps))]
+        out["clean_srocc"] = out["clean"]["srocc"]
+        out["attacked_srocc"] = [c["srocc"] for c in out["attacked"]]
+    else:
+        sign = -1.0 if lower_better else 1.0
+        qo = sign * other_scores.numpy()
+        side = np.asarray(items.labels["attacked_side"])
+        judge = np.asarray(items.labels["judge"])
+
+        def acc(qa):
+            q_p0 = np.where(side == 0, qa, qo)
+            q_p1 = np.where(side == 1, qa, qo)
+            return twoafc_accuracy(q_p0, q_p1, judge)
+
+        out["clean_2afc"] = acc(q0)
+        out["attacked_2afc"] = [acc(q[k]) for k in range(len(eps))]
+    return out
+
+
+def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> dict[str, Any]:
+    """Per-cell sanity checks (method-notes §4 end); a flag is a warning recorded with the
+    result, not a failure."""
+    gains = summary["mean_gain"]
+    scale = max(abs(g) for g in gains) or 1.0
+    flags: dict[str, Any] = {
+        "gain_monotone_in_eps": all(b >= a - CHECK_TOL * scale for a, b in zip(gains, gains[1:])),
+        "moves_target": bool(max(gains) > 0),
+        "zero_grad": res.probes.get("zero_grad", 0), "nan_grad": res.probes.get("nan_grad", 0),
+        "randomised": res.probes.get("randomised", False),
+    }
+    if flags["randomised"] and int(attack.params.get("eot", 1) or 1) <= 1:
+        flags["eot_required"] = True  # a randomised target attacked without EOT is not a valid result
+    return flags
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+
+
+def resolve_target(spec: RunSpec) -> tuple[Target, dict[str, Any]]:
+    """The target and the defence record of a run."""
+    from robench.models import load_model
+
+    if spec.defense not in (None, "", "none"):
+        from robench.registry import DEFENSES
+
+        DEFENSES.entry(spec.defense)  # unknown names fail with a did-you-mean
+        raise RobenchError(f"defence {spec.defense!r} cannot be used by `robench run` yet")
+    return load_model(spec.model, weights=spec.weights), {"name": "none", "params": {}}
+
+
+def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    prof = get_profile(spec.profile)
+    names = expand_attacks(spec.attacks)
+    eps = [float(e) for e in (spec.eps if spec.eps else prof.eps)]
+    for e in eps:
+        if not (0 < e <= 255):
+            raise RobenchError(f"--eps values are in /255 units and must be in (0, 255], got {e:g}")
+    n = spec.n if spec.n is not None else prof.attack_n
+    attacks = []
+    for name in names:
+        params = dict(spec.attack_params.get(name, {}))
+        if name == "facpa":  # the generator trains on the same dataset's train split
+            params.setdefault("dataset", spec.dataset)
+            params.setdefault("dataset_options", dict(spec.dataset_options))
+        attacks.append(ATTACKS.get(name)(profile=prof.name, seed=spec.seed, **params))
+    target, defense = resolve_target(spec)
+    for a in attacks:  # refuse the whole grid before any compute
+        a.check(target)
+    items = load_items(spec.dataset, spec.split, n or None, spec.seed, spec.dataset_options)
+    store_path = Path(spec.store) if spec.store else default_store()
+    t_run = time.perf_counter()
+    report: dict[str, Any] = {"store": str(store_path), "cells": [], "profile": prof.name, "eps": eps,
+                              "target": target.card.name, "dataset": spec.dataset, "split": spec.split, "n": len(items)}
+    from robench.progress import progress_bar
+    from robench.train import git_commit, versions
+
+    commit, vers = git_commit(), versions()
+    compute_total, harness_total = 0.0, items.load_seconds
+    with Store(store_path) as store, progress_bar(progress) as bar:
+        for attack in attacks:
+            config = cell_config(target, defense, attack, eps, spec, items, n)
+            key = cell_key(config, __version__)
+            entry = {"key": key, "attack": attack.name, "repr": repr(attack)}
+            if not spec.force and store.status(key) == "done":
+                entry["status"] = "cached"
+                report["cells"].append(entry)
+                continue
+            task = bar.add_task(f"{target.card.name} · {attack.name}", total=len(items)) if bar else None
+            tick = (lambda k: bar.advance(task, k)) if bar else None
+            t_cell = time.perf_counter()
+            cell = {"config": config, "versions": vers, "git_commit": commit}
+            try:
+                record, rows = run_cell(target, attack, items, eps, prof.attack_batch, tick)
+            except BudgetViolation as exc:
+                store.record_failure(key, cell, str(exc))
+                entry.update(status="failed", error=str(exc))
+                report["cells"].append(entry)
+                if log:
+                    log(f"cell {attack.name} aborted: {exc}")
+                continue
+            if spec.force:
+                store.db.execute("DELETE FROM results WHERE cell_key=?", (key,))
+                store.db.execute("DELETE FROM cells WHERE key=?", (key,))
+            written = store.commit_cell(key, {**cell, **record}, rows, before_commit=_fault_hook(attack.name))
+            wall = time.perf_counter() - t_cell
+            compute_total += record["attack_seconds"]
+            harness_total += wall - record["attack_seconds"]
+            entry.update(status="done" if written else "cached", seconds=wall, attack_seconds=record["attack_seconds"])
+            report["cells"].append(entry)
+        cross_cell_checks(store, [c["key"] for c in report["cells"] if c.get("status") in ("done", "cached")])
+        table = store.cells(status=None)
+        for entry in report["cells"]:
+            row = table[table["key"] == entry["key"]]
+            if len(row):
+                r = row.iloc[0]
+                entry.update(summary=r["summary"], flags=r["flags"], status_in_store=r["status"])
+    report["seconds"] = time.perf_counter() - t_run
+    report["attack_compute_seconds"] = compute_total
+    report["harness_overhead"] = harness_total / compute_total if compute_total > 0 else None
+    return report
+
+
+def _fault_hook(attack_name: str):
+    """Fault injection for the crash tests: ``ROBENCH_FAULT=kill-before-commit:<attack>`` sends
+    SIGKILL to this process inside the cell's transaction, after its rows are written."""
+    if os.environ.get("ROBENCH_FAULT") == f"kill-before-commit:{attack_name}":
+        return lambda: os.kill(os.getpid(), signal.SIGKILL)
+    return None
+
+
+def cross_cell_checks(store: Store, keys: list[str]) -> None:
+    """Checks across the cells of one grid (same target, defence, items and ε): iterative ≥
+    single-step (PGD vs FGSM mean gain per ε), and white-box ≥ black-box per image (the share of
+    images where a score-only attack beats every gradient attack by more than 1 % of the score
+    range; a large share suggests gradient masking)."""
+    if not keys:
+        return
+    cells = store.cells(status="done")
+    cells = cells[cells["key"].isin(keys)]
+    if cells.empty:
+        return
+    res = {k: store.results(k) for k in cells["key"]}
+    for _, grp in cells.groupby(["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile"]):
+        by_attack = {r["attack"]: r for _, r in grp.iterrows()}
+        if "pgd" in by_attack and "fgsm" in by_attack:
+            gp, gf = by_attack["pgd"]["summary"]["mean_gain"], by_attack["fgsm"]["summary"]["mean_gain"]
+            if len(gp) == len(gf):
+                scale = max(map(abs, gp + gf)) or 1.0
+                ok = all(p >= f - 0.05 * scale for p, f in zip(gp, gf))
+                store.update_flags(by_attack["pgd"]["key"], {"iterative_ge_single_step": ok})
+        white = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "gradients"]
+        black = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "scores"]
+        if white and black:
+            def gains(r):
+                df = res[r["key"]]
+                return df.assign(g=df["score"] - df["clean_score"]).pivot(index="item", columns="eps", values="g")
+
+            wb = [gains(r) for r in white]
+            bb = [gains(r) for r in black]
+            sign = -1.0 if white[0]["config"]["target"]["lower_better"] else 1.0  # stored scores are raw
+            try:
+                w = np.maximum.reduce([sign * g.to_numpy() for g in wb])
+                b = np.maximum.reduce([sign * g.to_numpy() for g in bb])
+            except ValueError:
+                continue
+            spread = float(np.nanmax(np.abs(np.concatenate([w.ravel(), b.ravel()])))) or 1.0
+            frac = float(np.mean(b > w + 0.01 * spread))
+            for r in white + black:
+                store.update_flags(r["key"], {"black_box_beats_white_box": frac, "suspect_gradient_masking": frac > 0.1})
+

@@ -1,0 +1,172 @@
+"""The results store: one SQLite file in WAL mode.
+
+* ``cells``: one row per cell (key = sha256 of the canonical cell config + code version), with
+  its status, timing, versions, git commit, sanity-check flags and summary.
+* ``results``: one row per (cell, item, ε): ids, MOS (or 2AFC judgement), clean and attacked raw
+  score, L∞, L2, queries.
+
+A finished cell is written in **one** transaction (``BEGIN IMMEDIATE`` … ``COMMIT``): a process
+killed at any moment leaves either the whole cell or none of it, so rerunning the same command
+resumes without losing or duplicating anything. If another process committed the same cell
+first, the second commit is dropped (every cell exactly once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from robench.errors import RobenchError
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,                 -- done | failed
+    target TEXT, weights_sha256 TEXT, defense TEXT, attack TEXT, dataset TEXT, split TEXT,
+    kind TEXT, profile TEXT, seed INTEGER,
+    eps TEXT,                             -- JSON list, /255 units
+    config TEXT NOT NULL,                 -- canonical JSON of everything that defines the cell
+    summary TEXT, flags TEXT, probes TEXT, versions TEXT, git_commit TEXT, error TEXT,
+    n_items INTEGER, seconds REAL, attack_seconds REAL, finished REAL
+);
+CREATE TABLE IF NOT EXISTS results (
+    cell_key TEXT NOT NULL REFERENCES cells(key),
+    item INTEGER NOT NULL,                -- row of the (subset of the) split
+    eps REAL NOT NULL,                    -- /255 units
+    item_id TEXT, ref_id TEXT, distortion TEXT, level INTEGER,
+    mos REAL, judge REAL, attacked_side INTEGER, other_score REAL,
+    clean_score REAL NOT NULL, score REAL NOT NULL,
+    linf REAL NOT NULL, l2 REAL NOT NULL, queries INTEGER NOT NULL,
+    PRIMARY KEY (cell_key, item, eps)
+);
+"""
+RESULT_COLUMNS = ("item", "eps", "item_id", "ref_id", "distortion", "level", "mos", "judge", "attacked_side",
+                  "other_score", "clean_score", "score", "linf", "l2", "queries")
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def cell_key(config: dict[str, Any], code_version: str) -> str:
+    return hashlib.sha256(canonical({"config": config, "code": code_version}).encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=120.0, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise RobenchError(f"{self.path} is not a robench store (SQLite: {exc})") from None
+        if row is None:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise RobenchError(f"{self.path} has store schema {row[0]}, this robench reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- writing --------------------------------------------------------------------------
+    def status(self, key: str) -> str | None:
+        row = self.db.execute("SELECT status FROM cells WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def commit_cell(self, key: str, cell: dict[str, Any], rows: Iterable[dict[str, Any]], *, before_commit=None) -> bool:
+        """Write a finished cell and its rows atomically. False when the cell was already done
+        (another process won the race); a failed record of the same cell is replaced."""
+        rows = list(rows)
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.status(key) == "done":
+                db.execute("ROLLBACK")
+                return False
+            db.execute("DELETE FROM results WHERE cell_key=?", (key,))
+            db.execute("DELETE FROM cells WHERE key=?", (key,))
+            self._insert_cell(key, "done", cell)
+            db.executemany(
+                f"INSERT INTO results (cell_key, {', '.join(RESULT_COLUMNS)}) VALUES (?{', ?' * len(RESULT_COLUMNS)})",
+                [(key, *[r.get(c) for c in RESULT_COLUMNS]) for r in rows])
+            if before_commit is not None:  # tests: die between the writes and COMMIT
+                before_commit()
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def record_failure(self, key: str, cell: dict[str, Any], error: str) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.status(key) != "done":
+                db.execute("DELETE FROM cells WHERE key=?", (key,))
+                self._insert_cell(key, "failed", {**cell, "error": error})
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _insert_cell(self, key: str, status: str, c: dict[str, Any]) -> None:
+        cfg = c["config"]
+        self.db.execute(
+            "INSERT INTO cells (key, status, target, weights_sha256, defense, attack, dataset, split, kind, profile, seed, "
+            "eps, config, summary, flags, probes, versions, git_commit, error, n_items, seconds, attack_seconds, finished) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (key, status, cfg["target"]["name"], cfg["target"]["weights_sha256"], cfg["defense"]["name"],
+             cfg["attack"]["name"], cfg["dataset"]["name"], cfg["dataset"]["split"], cfg["dataset"]["kind"],
+             cfg["profile"], cfg["seed"], json.dumps(cfg["eps"]), canonical(cfg), json.dumps(c.get("summary")),
+             json.dumps(c.get("flags")), json.dumps(c.get("probes")), json.dumps(c.get("versions")),
+             c.get("git_commit"), c.get("error"), c.get("n_items"), c.get("seconds"), c.get("attack_seconds"),
+             time.time()))
+
+    def update_flags(self, key: str, flags: dict[str, Any]) -> None:
+        """Merge cross-cell sanity flags into a finished cell (the runner's grid-level checks)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT flags FROM cells WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                merged = {**(json.loads(row[0]) or {}), **flags}
+                db.execute("UPDATE cells SET flags=? WHERE key=?", (json.dumps(merged), key))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # --- reading --------------------------------------------------------------------------
+    def cells(self, status: str | None = "done") -> pd.DataFrame:
+        q = "SELECT * FROM cells" + (" WHERE status=?" if status else "") + " ORDER BY finished"
+        df = pd.read_sql_query(q, self.db, params=(status,) if status else ())
+        for col in ("eps", "config", "summary", "flags", "probes", "versions"):
+            df[col] = df[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+        return df
+
+    def results(self, key: str | None = None) -> pd.DataFrame:
+        if key is None:
+            return pd.read_sql_query("SELECT * FROM results ORDER BY cell_key, eps, item", self.db)
+        return pd.read_sql_query("SELECT * FROM results WHERE cell_key=? ORDER BY eps, item", self.db, params=(key,))
