@@ -372,8 +372,9 @@ def print_summary(report: dict[str, Any]) -> None:
     metric = "SROCC"
     table = Table(title=f"{report['target']} on {report['dataset']}/{report['split']} (n={report['n']}, "
                         f"profile {report['profile']}); store {report['store']}")
-    for c in ("attack", "ε/255", "clean", "attacked", "mean gain", "queries", "status", "flags"):
-        table.add_column(c)
+    for c in ("attack", "ε/255", "clean", "attacked", "mean gain", "queries", "status"):
+        table.add_column(c, no_wrap=True)
+    table.add_column("flags", overflow="fold")
     for c in report["cells"]:
         s = c.get("summary") or {}
         if not s:
