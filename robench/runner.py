@@ -321,10 +321,8 @@ def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None 
                 if log:
                     log(f"cell {attack.name} aborted: {exc}")
                 continue
-            if spec.force:
-                store.db.execute("DELETE FROM results WHERE cell_key=?", (key,))
-                store.db.execute("DELETE FROM cells WHERE key=?", (key,))
-            written = store.commit_cell(key, {**cell, **record}, rows, before_commit=_fault_hook(attack.name))
+            written = store.commit_cell(key, {**cell, **record}, rows, replace=spec.force,
+                                        before_commit=_fault_hook(attack.name))
             wall = time.perf_counter() - t_cell
             compute_total += record["attack_seconds"]
             harness_total += wall - record["attack_seconds"]

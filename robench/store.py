@@ -92,14 +92,16 @@ class Store:
         row = self.db.execute("SELECT status FROM cells WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
-    def commit_cell(self, key: str, cell: dict[str, Any], rows: Iterable[dict[str, Any]], *, before_commit=None) -> bool:
+    def commit_cell(self, key: str, cell: dict[str, Any], rows: Iterable[dict[str, Any]], *, replace: bool = False,
+                    before_commit=None) -> bool:
         """Write a finished cell and its rows atomically. False when the cell was already done
-        (another process won the race); a failed record of the same cell is replaced."""
+        (another process won the race) unless ``replace`` (``--force``); a failed record of the
+        same cell is always replaced."""
         rows = list(rows)
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if self.status(key) == "done":
+            if self.status(key) == "done" and not replace:
                 db.execute("ROLLBACK")
                 return False
             db.execute("DELETE FROM results WHERE cell_key=?", (key,))

@@ -53,6 +53,9 @@ def test_store_cell_is_one_transaction_and_exactly_once(tmp_path):
         assert st.status("k") is None and len(st.results()) == 0  # nothing half-written
         assert st.commit_cell("k", _cell(), _rows()) is True
         assert st.commit_cell("k", _cell(), _rows()) is False  # a second writer loses: exactly once
+        assert st.commit_cell("k", _cell(), _rows(2), replace=True) is True  # --force replaces, atomically
+        assert len(st.results("k")) == 2
+        st.commit_cell("k", _cell(), _rows(), replace=True)
         assert len(st.results("k")) == 3 and len(st.cells()) == 1
         assert st.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
