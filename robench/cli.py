@@ -257,10 +257,22 @@ def train_cmd(
     root: Optional[Path] = typer.Option(None, help="Dataset root (real datasets)."),
     model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="Architecture option key=value (e.g. width=0.5)."),
     dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
+    defense: Optional[str] = typer.Option(None, help="Adversarial fine-tuning recipe r | at | aat (makes MODEL.<recipe>)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps of the recipe (default: the profile's)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Clean training with the paper's loss MSE + λ(1 − PLCC); resumable; registers trained-here weights."""
+    """Clean training (eq. 5: MSE + λ(1 − PLCC)) or, with --defense, R-/AT-/AAT- fine-tuning; resumable."""
     from robench.train import train
+
+    if defense:
+        from robench.defenses.recipes import adversarial_train
+
+        r = adversarial_train(model, defense, dataset=dataset, profile=profile, seed=seed, steps=steps, out=out,
+                              dataset_options={**({"root": str(root)} if root else {}),
+                                               **_parse_kv(dataset_option, "--dataset-option")})
+        emit_json(r) if as_json else err.print(f"{r['name']}: {r['steps']} steps in {r['train_seconds']:.0f} s; "
+                                               f"val SROCC {r['val_srocc']:.4f}; weights {r['weights']}")
+        return
 
     r = train(model, dataset=dataset, profile=profile, epochs=epochs, out=out, seed=seed, lr=lr, batch_size=batch_size,
               dataset_options={**({"root": root} if root else {}), **_parse_kv(dataset_option, "--dataset-option")},

@@ -31,6 +31,18 @@ class Profile:
     attack_n: int | None = None
     attack_batch: int = 32
     attacks: dict = field(default_factory=dict)
+    # adversarial fine-tuning (R-, AT-, AAT-; method-notes §2): inner PGD at ε_train with step
+    # ε/4, from the clean checkpoint; AAT batch of `train_batch` with `aat_anchors` anchors
+    adv_eps: float = 4.0  # /255
+    adv_pgd_steps: int = 10
+    adv_steps: int = 500  # optimiser steps
+    adv_lr: float = 1e-4
+    aat_anchors: int = 8
+    aat_spacing: float = 0.5  # Δ, MOS units (paper Table 10)
+    aat_top_k: int = 4
+    aat_alpha: float = 1.0
+    aat_beta: float = 1.0
+    at_k: float = 1.0  # AT- label modification strength
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,7 +76,8 @@ PAPER_ATTACKS = {
 PROFILES = {
     # quick: BiRQA trains in minutes on 2 CPU cores (README states the measured time and SROCC)
     "quick": Profile(name="quick", image_size=128, train_epochs=8, train_batch=32, train_lr=1e-3, train_crop=64,
-                     eps=(2, 8), attack_n=32, attack_batch=32, attacks=QUICK_ATTACKS),
+                     eps=(2, 8), attack_n=32, attack_batch=32, attacks=QUICK_ATTACKS,
+                     adv_pgd_steps=5, adv_steps=60, adv_lr=1e-4),
     # paper Table 10: Adam (0.9, 0.999), batch 32, 2500 epochs; the learning rate was lost in the
     # text extraction: 1e-4 is robench's choice. Whole images, no crop.
     "paper": Profile(name="paper", image_size=512, train_epochs=2500, train_batch=32, train_lr=1e-4, train_crop=None,
