@@ -349,6 +349,8 @@ def run_cmd(
     dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
     attack_option: Optional[list[str]] = typer.Option(None, "--attack-option",
                                                       help="attack.param=value, e.g. pgd.steps=20 (repeatable)."),
+    defense_option: Optional[list[str]] = typer.Option(None, "--defense-option",
+                                                       help="defence.param=value, e.g. jpeg.quality=50 (repeatable)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Attack a target across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy)."""
@@ -366,10 +368,16 @@ def run_cmd(
             raise RobenchError(f"--attack-option must look like attack.param=value, got {k!r}")
         a, p = k.split(".", 1)
         attack_params.setdefault(a, {})[p] = v
+    defense_params: dict[str, dict[str, Any]] = {}
+    for k, v in _parse_kv(defense_option, "--defense-option").items():
+        if "." not in k:
+            raise RobenchError(f"--defense-option must look like defence.param=value, got {k!r}")
+        d, p = k.split(".", 1)
+        defense_params.setdefault(d, {})[p] = v
     spec = RunSpec(model=model, attacks=attacks, dataset=dataset, eps=eps_list, profile=profile, n=n, seed=seed,
                    split=split, defense=defense, weights=weights, store=store, force=force or not resume,
                    dataset_options=_dataset_defaults(dataset, profile, root, dataset_option),
-                   attack_params=attack_params)
+                   attack_params=attack_params, defense_options=defense_params)
     report = run(spec, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"))
     if as_json:
         emit_json(report)

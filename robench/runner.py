@@ -50,6 +50,7 @@ class RunSpec:
     weights: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     store: Path | None = None
     force: bool = False
 
@@ -259,16 +260,50 @@ def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> di
 # the driver
 
 
-def resolve_target(spec: RunSpec) -> tuple[Target, dict[str, Any]]:
-    """The target and the defence record of a run."""
+def resolve_target(spec: RunSpec, progress: bool = True) -> tuple[Target, dict[str, Any]]:
+    """The target of a run and its defence record: ``--defense aat+flip`` loads ``M.aat`` (training
+    what is missing: the clean model, then the recipe) and wraps it in the inference defences."""
+    from robench.defenses.wrappers import Defended, parse_defense
+    from robench.models import load_model, split_name
+
+    recipe, chain = parse_defense(spec.defense, spec.defense_options)
+    base, tag = split_name(spec.model)
+    if recipe and tag:
+        raise RobenchError(f"--model {spec.model} already names a variant; use --model {base} --defense {spec.defense}")
+    name = f"{base}.{recipe}" if recipe else spec.model
+    try:
+        target = load_model(name, weights=spec.weights)
+    except RobenchError as exc:
+        if spec.weights is not None or "no weights" not in str(exc):
+            raise
+        target = _train_missing(base, recipe, spec, progress)
+    if chain:
+        target = Defended(target, chain)
+    record = {"name": spec.defense or "none", "training": recipe,
+              "inference": [d.config() for d in chain], "randomised": bool(getattr(target, "randomised", False)),
+              "gradient": getattr(target, "gradient", "exact")}
+    return target, record
+
+
+def _train_missing(base: str, recipe: str | None, spec: RunSpec, progress: bool) -> Target:
+    """The mission trains what is missing: the clean model on the run's dataset (or mini when
+    that is a 2AFC set), then the recipe, with progress bars."""
     from robench.models import load_model
+    from robench.registry import DATASETS
 
-    if spec.defense not in (None, "", "none"):
-        from robench.registry import DEFENSES
+    ds = spec.dataset if getattr(DATASETS.get(spec.dataset), "kind", "pairs") == "pairs" else "mini"
+    opts = dict(spec.dataset_options) if ds == spec.dataset else {}
+    opts.pop("progress", None)
+    if recipe:
+        from robench.defenses.recipes import adversarial_train
 
-        DEFENSES.entry(spec.defense)  # unknown names fail with a did-you-mean
-        raise RobenchError(f"defence {spec.defense!r} cannot be used by `robench run` yet")
-    return load_model(spec.model, weights=spec.weights), {"name": "none", "params": {}}
+        adversarial_train(base, recipe, dataset=ds, profile=spec.profile, seed=spec.seed, dataset_options=opts,
+                          progress=progress)
+        return load_model(f"{base}.{recipe}")
+    from robench.train import train
+
+    train(base, dataset=ds, profile=spec.profile, seed=spec.seed, dataset_options=opts, progress=progress)
+    return load_model(base)
 
 
 def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -286,13 +321,15 @@ def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None 
             params.setdefault("dataset", spec.dataset)
             params.setdefault("dataset_options", dict(spec.dataset_options))
         attacks.append(ATTACKS.get(name)(profile=prof.name, seed=spec.seed, **params))
-    target, defense = resolve_target(spec)
-    for a in attacks:  # refuse the whole grid before any compute
+    target, defense = resolve_target(spec, progress)
+    for a in attacks:  # refuse the whole grid before any compute; fix eot="auto" for this target
         a.check(target)
+        a.resolve(target)
     items = load_items(spec.dataset, spec.split, n or None, spec.seed, spec.dataset_options)
     store_path = Path(spec.store) if spec.store else default_store()
     t_run = time.perf_counter()
     report: dict[str, Any] = {"store": str(store_path), "cells": [], "profile": prof.name, "eps": eps,
+                              "defense": defense, "weights": target.card.weights.describe(),
                               "target": target.card.name, "dataset": spec.dataset, "split": spec.split, "n": len(items)}
     from robench.progress import progress_bar
     from robench.train import git_commit, versions

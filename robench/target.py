@@ -130,6 +130,9 @@ class Target(nn.Module):
     #: False for a target (or defence) whose gradient w.r.t. ``dist`` is not usable (JPEG, a
     #: pyiqa metric with hard thresholds): gradient attacks refuse it, BPDA must be named
     differentiable: bool = True
+    #: True for a target whose output is random (a randomised defence): attacks average the
+    #: objective and the reported scores over ``eot`` draws (EOT)
+    randomised: bool = False
 
     def score(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -145,9 +148,17 @@ class Target(nn.Module):
     def score_with(self, dist: torch.Tensor, prepared) -> torch.Tensor:
         return self.score(dist, prepared)
 
-    def bind(self, ref: torch.Tensor, cache: bool = True) -> "BoundTarget":
-        """``q`` as a function of ``dist`` alone, with ``ref`` fixed (what an attack optimises)."""
-        return BoundTarget(self, ref, cache=cache)
+    def bind(self, ref: torch.Tensor, cache: bool = True, eot: int = 1) -> "BoundTarget":
+        """``q`` as a function of ``dist`` alone, with ``ref`` fixed (what an attack optimises);
+        ``eot`` > 1 averages that many draws of a randomised target (EOT)."""
+        return BoundTarget(self, ref, cache=cache, eot=eot)
+
+    def expected_score(self, dist: torch.Tensor, ref: torch.Tensor, draws: int = 1) -> torch.Tensor:
+        """The score, averaged over ``draws`` forwards when the target is randomised (a
+        randomised defence is never reported from one draw)."""
+        if not self.randomised or draws <= 1:
+            return self(dist, ref)
+        return torch.stack([self(dist, ref) for _ in range(draws)]).mean(dim=0)
 
     def forward(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         validate_pair(dist, ref, self.card.min_size)
@@ -200,12 +211,14 @@ class BoundTarget(nn.Module):
 
     * ``cache=True`` computes the reference branch once (no grad); ``cache=False`` recomputes it
       on every call (the naive step ``robench bench attack`` compares against).
-    * ``queries`` counts forward evaluations per image (a gradient evaluation is one query).
+    * ``queries`` counts forward evaluations per image (a gradient evaluation is one query; with
+      EOT, each draw is one).
     * Non-finite scores are an error, as in :meth:`Target.forward`.
     """
 
-    def __init__(self, target: Target, ref: torch.Tensor, cache: bool = True):
+    def __init__(self, target: Target, ref: torch.Tensor, cache: bool = True, eot: int = 1):
         super().__init__()
+        self.eot = max(1, int(eot))
         validate_pair(ref, ref, target.card.min_size)
         self.target = target
         self.ref = ref.detach()
@@ -220,19 +233,22 @@ class BoundTarget(nn.Module):
         n = self.ref.shape[0] if idx is None else int(idx.numel())
         if x.dim() != 4 or x.shape[0] != n or x.shape[1:] != self.ref.shape[1:]:
             raise RobenchError(f"bound target expects {n}×{tuple(self.ref.shape[1:])}, got {tuple(x.shape)}")
-        if self.cache:
-            prep = self.prepared if idx is None else index_prepared(self.prepared, idx)
-            s = self.target.score_with(x, prep)
-        else:
-            s = self.target.score(x, self.ref if idx is None else self.ref[idx])
+        draws = []
+        for _ in range(self.eot):
+            if self.cache:
+                prep = self.prepared if idx is None else index_prepared(self.prepared, idx)
+                draws.append(self.target.score_with(x, prep))
+            else:
+                draws.append(self.target.score(x, self.ref if idx is None else self.ref[idx]))
+        s = draws[0] if self.eot == 1 else torch.stack(draws).mean(dim=0)
         if s.shape != (n,):
             raise RobenchError(f"target {self.target.card.name} returned shape {tuple(s.shape)}, expected ({n},)")
         if not torch.isfinite(s.detach()).all():
             raise RobenchError(f"target {self.target.card.name} returned non-finite scores during an attack")
         if idx is None:
-            self.queries += 1
+            self.queries += self.eot
         else:
-            self.queries[idx.cpu()] += 1
+            self.queries[idx.cpu()] += self.eot
         return s
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -132,3 +132,116 @@ def test_unknown_recipe_did_you_mean():
 
     with pytest.raises(UnknownNameError, match="did you mean 'aat'"):
         adversarial_train("birqa", "aatt", dataset_options=TINY)
+
+
+# --------------------------------------------------------------------------------------------
+# inference-time defences
+
+from robench.registry import DEFENSES  # noqa: E402
+
+INFERENCE = [r["name"] for r in DEFENSES.info() if r.get("kind") == "inference"]
+
+
+def _pair(n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.rand(n, 3, size, size, generator=g)
+    return (0.7 * ref + 0.3 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1), ref
+
+
+def _tiny_birqa():
+    from robench.models import build
+
+    torch.manual_seed(0)
+    return build("birqa", width=0.25).eval()
+
+
+def test_inference_defences_registered():
+    assert {"flip", "rotate", "jpeg", "smoothing", "squeeze"} <= set(INFERENCE)
+    assert {"r", "at", "aat"} <= set(DEFENSES.names())
+
+
+@pytest.mark.parametrize("name", INFERENCE)
+def test_randomness_flag_matches_the_probe_and_gradients_flow(name):
+    import robench
+    from robench.defenses.wrappers import Defended
+
+    d = Defended(_tiny_birqa(), [DEFENSES.get(name)()])
+    dist, ref = _pair()
+    res = robench.load_attack("fgsm", eot=1)(d, dist, ref, eps=[4 / 255])
+    assert res.probes["randomised"] == DEFENSES.get(name).randomised == d.randomised
+    assert res.probes["zero_grad"] == 0 and res.probes["nan_grad"] == 0  # exact or BPDA: a real gradient
+    assert (res.linf <= 4 / 255 + 1e-6).all()
+
+
+def test_eot_averages_over_draws():
+    from robench.defenses.wrappers import Defended, Flip
+    from robench.target import Target, TargetCard
+
+    class LeftColumn(Target):  # a score that a horizontal flip changes
+        def __init__(self):
+            super().__init__()
+            self.card = TargetCard(name="left", lower_better=False, score_range=(0.0, 1.0), min_size=1)
+
+        def score(self, dist, ref):
+            return dist[..., 0].mean(dim=(1, 2))
+
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., -1] = 1.0  # right column white: unflipped score 0, flipped 1
+    d = Defended(LeftColumn(), [Flip()])
+    torch.manual_seed(0)
+    one = {float(d.bind(x, eot=1)(x)) for _ in range(20)}
+    assert one == {0.0, 1.0}  # a single draw is one of the two
+    f = d.bind(x, eot=400)
+    assert abs(float(f(x)) - 0.5) < 0.1 and int(f.queries[0]) == 400  # EOT: the mean, 400 queries
+    import robench
+
+    atk = robench.load_attack("fgsm")
+    atk.resolve(d)
+    assert atk.params["eot"] == 20  # "auto" against a randomised target
+
+
+def test_planted_gradient_masking_defence_is_flagged(tiny_mini, tmp_path):
+    from robench.defenses.wrappers import Defended, InferenceDefense
+    from robench.runner import cell_flags, summarise, load_items
+    import robench
+
+    class Quantise(InferenceDefense):  # claims an exact gradient but rounds: zero gradient
+        name = "quantise"
+
+        def forward(self, dist, ref):
+            return torch.round(dist * 16) / 16, ref
+
+    d = Defended(_tiny_birqa(), [Quantise()])
+    items = load_items("mini", "test", 4, 0, {"size": 32, "crops_per_source": 1})
+    atk = robench.load_attack("pgd", steps=2)
+    res = atk(d, items.dist, items.ref, eps=[4 / 255])
+    flags = cell_flags(res, summarise(res, items, [4.0], d.lower_better, None), atk)
+    assert flags["zero_grad"] == 4  # every probed image: the masking is flagged with the result
+
+
+def test_parse_defense_spec():
+    from robench.defenses.wrappers import Flip, Jpeg, parse_defense
+    from robench.errors import RobenchError, UnknownNameError
+
+    recipe, chain = parse_defense("aat+flip+jpeg", {"jpeg": {"quality": 50}})
+    assert recipe == "aat" and [type(c) for c in chain] == [Flip, Jpeg] and chain[1].params["quality"] == 50
+    assert parse_defense("none") == (None, [])
+    with pytest.raises(RobenchError, match="two training recipes"):
+        parse_defense("aat+r")
+    with pytest.raises(UnknownNameError, match="did you mean 'flip'"):
+        parse_defense("flipp")
+
+
+def test_run_with_a_trained_variant_and_a_wrapper_trains_what_is_missing(clean_tiny_birqa, tmp_path):
+    from robench.runner import RunSpec, run
+
+    spec = RunSpec(model="birqa", defense="r+flip", attacks=["fgsm"], eps=[4], n=4, store=tmp_path / "s.sqlite",
+                   dataset_options={"size": 32, "crops_per_source": 1},
+                   attack_params={"fgsm": {"eot": 2}})
+    rep = run(spec, progress=False)
+    assert rep["cells"][0]["status"] == "done"
+    assert rep["defense"]["training"] == "r" and rep["defense"]["randomised"]
+    assert rep["defense"]["inference"][0]["name"] == "flip"
+    import robench
+
+    assert robench.load_model("birqa.r").card.weights.provenance["defense"] == "r"

@@ -117,20 +117,26 @@ class Attack:
     #: every hyper-parameter with its default; profiles override some, users any
     defaults: ClassVar[dict[str, Any]] = {}
 
+    #: harness parameters every attack takes: ``eot`` draws per objective evaluation ("auto": the
+    #: profile's ``eot_draws`` against a randomised target, else 1)
+    HARNESS_DEFAULTS: ClassVar[dict[str, Any]] = {"eot": "auto"}
+
     def __init__(self, profile: str = "quick", seed: int = 0, **params: Any):
         prof = get_profile(profile)
-        unknown = [k for k in params if k not in self.defaults]
+        known = {**self.defaults, **self.HARNESS_DEFAULTS}
+        unknown = [k for k in params if k not in known]
         if unknown:
             k = unknown[0]
-            close = difflib.get_close_matches(k, list(self.defaults), n=1)
+            close = difflib.get_close_matches(k, list(known), n=1)
             hint = f" did you mean {close[0]!r}?" if close else ""
             raise UnknownNameError(f"unknown parameter {k!r} for attack {self.name!r};{hint} "
-                                   f"(parameters: {', '.join(self.defaults) or 'none'})")
-        merged = dict(self.defaults)
+                                   f"(parameters: {', '.join(known)})")
+        merged = dict(known)
         merged.update(prof.attack_params(self.name))
         merged.update(params)
         self.params = merged
         self.profile = prof.name
+        self.eot_draws = prof.eot_draws
         self.seed = int(seed)
 
     @classmethod
@@ -158,9 +164,18 @@ class Attack:
     # --- what subclasses implement ------------------------------------------------------
     def check(self, target: Target) -> None:
         """Refuse a target that cannot give what this attack needs (before any compute)."""
+        eot = self.params.get("eot", "auto")
+        if eot != "auto" and (not isinstance(eot, int) or eot < 1):
+            raise RobenchError(f"eot must be 'auto' or a positive integer, got {eot!r}")
         if self.white_box and not getattr(target, "differentiable", True):
             raise RobenchError(f"attack {self.name!r} needs gradients but target {target.card.name!r} is not "
                                "differentiable; use a score-based attack or a BPDA defence wrapper")
+
+    def resolve(self, target: Target) -> "Attack":
+        """Fix ``eot="auto"`` for this target (recorded with the result)."""
+        if self.params.get("eot") == "auto":
+            self.params["eot"] = self.eot_draws if getattr(target, "randomised", False) else 1
+        return self
 
     def prepare(self, target: Target) -> None:
         """Per-target set-up before the first batch (FACPA trains or loads its generator)."""
@@ -179,6 +194,8 @@ class Attack:
                  progress: Callable[[int], None] | None = None) -> AttackResult:
         epses = as_eps(eps)
         self.check(target)
+        self.resolve(target)
+        eot = int(self.params["eot"])
         validate_pair(dist, ref, target.card.min_size)
         n = dist.shape[0]
         bs = batch_size or n
@@ -202,9 +219,9 @@ class Attack:
                 x, r = dist[sl].detach().clone(), ref[sl].detach().clone()
                 x_keep, r_keep = x.clone(), r.clone()
                 t0 = time.perf_counter()
-                f = target.bind(r)
+                f = target.bind(r, eot=eot)
                 with torch.no_grad():
-                    s0 = target(x, r)
+                    s0 = target.expected_score(x, r, eot)
                 q0 = target.orient(s0)
                 clean[sl] = s0
                 compute += time.perf_counter() - t0
@@ -231,7 +248,7 @@ class Attack:
                     adv = self._verify(adv, x, x_keep, r, r_keep, e)
                     t0 = time.perf_counter()
                     with torch.no_grad():
-                        s = target(adv, r)
+                        s = target.expected_score(adv, r, eot)
                     compute += time.perf_counter() - t0
                     worse = target.orient(s) < q0
                     if worse.any():  # δ = 0 is feasible: never report below the clean image
