@@ -264,6 +264,15 @@ def train_cmd(
     """Clean training (eq. 5: MSE + λ(1 − PLCC)) or, with --defense, R-/AT-/AAT- fine-tuning; resumable."""
     from robench.train import train
 
+    if defense == "diffpure":
+        from robench.defenses.diffpure import train_diffpure
+
+        r = train_diffpure(dataset=dataset, profile=profile, steps=steps, seed=seed,
+                           dataset_options={**({"root": str(root)} if root else {}),
+                                            **_parse_kv(dataset_option, "--dataset-option")})
+        emit_json(r) if as_json else err.print(f"{r['name']}: {r['train_seconds']:.0f} s, final loss "
+                                               f"{r['final_loss']:.4f}; weights {r['weights']}")
+        return
     if defense:
         from robench.defenses.recipes import adversarial_train
 

@@ -266,6 +266,7 @@ def resolve_target(spec: RunSpec, progress: bool = True) -> tuple[Target, dict[s
     from robench.defenses.wrappers import Defended, parse_defense
     from robench.models import load_model, split_name
 
+    _train_missing_denoiser(spec, progress)
     recipe, chain = parse_defense(spec.defense, spec.defense_options)
     base, tag = split_name(spec.model)
     if recipe and tag:
@@ -283,6 +284,23 @@ def resolve_target(spec: RunSpec, progress: bool = True) -> tuple[Target, dict[s
               "inference": [d.config() for d in chain], "randomised": bool(getattr(target, "randomised", False)),
               "gradient": getattr(target, "gradient", "exact")}
     return target, record
+
+
+def _train_missing_denoiser(spec: RunSpec, progress: bool) -> None:
+    """``--defense ...+diffpure`` without a denoiser: train the small DDPM first."""
+    if "diffpure" not in (spec.defense or "").split("+"):
+        return
+    opts = spec.defense_options.get("diffpure", {})
+    if opts.get("path"):
+        return
+    from robench.defenses.diffpure import DiffPure, train_diffpure
+    from robench.models import weights as W
+
+    name = str(opts.get("weights", DiffPure.defaults["weights"]))
+    if W.lookup(name) is None:
+        ds = name.split(".", 1)[1] if "." in name else "mini"
+        train_diffpure(dataset=ds, profile=spec.profile, seed=spec.seed,
+                       dataset_options=dict(spec.dataset_options) if ds == spec.dataset else {}, progress=progress)
 
 
 def _train_missing(base: str, recipe: str | None, spec: RunSpec, progress: bool) -> Target:
