@@ -403,7 +403,7 @@ def print_summary(report: dict[str, Any]) -> None:
                         f"profile {report['profile']}); store {report['store']}")
     for c in ("attack", "ε/255", "clean", "attacked", "mean gain", "queries", "status"):
         table.add_column(c, no_wrap=True)
-    table.add_column("flags", overflow="fold")
+    table.add_column("flags", overflow="fold", min_width=10)
     for c in report["cells"]:
         s = c.get("summary") or {}
         if not s:

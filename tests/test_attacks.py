@@ -156,7 +156,7 @@ def test_pgd_identical_with_and_without_reference_cache(monkeypatch):
     dist, ref = _batch()
     a = _attack("pgd", seed=1)(_target(), dist, ref, eps=[8 / 255])
     original = Target.bind
-    monkeypatch.setattr(Target, "bind", lambda self, r, cache=True: original(self, r, cache=False))
+    monkeypatch.setattr(Target, "bind", lambda self, r, cache=True, **kw: original(self, r, cache=False, **kw))
     b = _attack("pgd", seed=1)(_target(), dist, ref, eps=[8 / 255])
     assert torch.allclose(a.images, b.images, atol=1e-6) and torch.allclose(a.scores, b.scores, atol=1e-5)
 

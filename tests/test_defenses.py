@@ -160,8 +160,21 @@ def test_inference_defences_registered():
     assert {"r", "at", "aat"} <= set(DEFENSES.names())
 
 
+@pytest.fixture(scope="module")
+def denoiser(aat_home):
+    """A tiny DiffPure denoiser trained here (a few steps: the tests need its plumbing, not its quality)."""
+    from robench.defenses.diffpure import train_diffpure
+
+    old = os.environ.get("ROBENCH_HOME")
+    os.environ["ROBENCH_HOME"] = str(aat_home)
+    try:
+        return train_diffpure(dataset_options=TINY, steps=5, batch=4, crop=32, width=8, progress=False)
+    finally:
+        os.environ["ROBENCH_HOME"] = old
+
+
 @pytest.mark.parametrize("name", INFERENCE)
-def test_randomness_flag_matches_the_probe_and_gradients_flow(name):
+def test_randomness_flag_matches_the_probe_and_gradients_flow(name, denoiser):
     import robench
     from robench.defenses.wrappers import Defended
 
@@ -245,3 +258,27 @@ def test_run_with_a_trained_variant_and_a_wrapper_trains_what_is_missing(clean_t
     import robench
 
     assert robench.load_model("birqa.r").card.weights.provenance["defense"] == "r"
+
+
+def test_diffpure_denoiser_plumbing(denoiser):
+    import robench
+    from robench.defenses.diffpure import DiffPure
+    from robench.errors import RobenchError
+
+    assert robench.models.weights.lookup("diffpure.mini")["provenance"]["images"] == "reference images"
+    d = DiffPure(t_star=8, steps=4)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    y1, _ = d(x, None)
+    y2, _ = d(x, None)
+    assert y1.shape == x.shape and 0 <= float(y1.detach().min()) and float(y1.detach().max()) <= 1
+    assert not torch.equal(y1, y2)  # the forward diffusion is random: EOT territory
+    (g,) = torch.autograd.grad(y1.sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0  # exact gradient through the DDIM loop
+    db = DiffPure(t_star=8, steps=4, bpda=True)
+    yb, _ = db(x, None)
+    (gb,) = torch.autograd.grad(yb.sum(), x)
+    assert torch.equal(gb, torch.ones_like(gb)) and db.gradient == "bpda"  # identity backward
+    with pytest.raises(RobenchError, match="steps"):
+        DiffPure(t_star=3, steps=5)
+    with pytest.raises(RobenchError, match="robench train --defense diffpure"):
+        DiffPure(weights="diffpure.kadid10k")
