@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The paper's comparison (Table 3 shape) on the quick profile: base / R / AT / AAT × {birqa,
+# lpips.alex, topiq.fr} × all seven attacks at ε = 8/255, stored in reports/quick/results.sqlite.
+# Trains what is missing (clean models, then each recipe) into $ROBENCH_HOME. Rerunning skips
+# stored cells. On the 2-core CPU machine birqa and lpips.alex take minutes each; topiq.fr
+# (36 M parameters, trained from scratch offline) takes hours.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+STORE=reports/quick/results.sqlite
+for model in ${MODELS:-birqa lpips.alex topiq.fr}; do
+  for defense in none r at aat; do
+    robench run --model "$model" --defense "$defense" --attacks all --eps 8 --store "$STORE" --json \
+      > "reports/quick/run-${model}-${defense}.json"
+  done
+done
