@@ -243,6 +243,17 @@ def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
+def _parse_nested(items: list[str] | None, flag: str, what: str) -> dict[str, dict[str, Any]]:
+    """``["pgd.steps=20", "square.queries=100"]`` → ``{"pgd": {"steps": 20}, "square": {...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in _parse_kv(items, flag).items():
+        if "." not in k:
+            raise RobenchError(f"{flag} must look like {what}.param=value, got {k!r}")
+        name, param = k.split(".", 1)
+        out.setdefault(name, {})[param] = v
+    return out
+
+
 @app.command("train")
 @user_errors
 def train_cmd(
@@ -371,18 +382,8 @@ def run_cmd(
             eps_list = [float(e) for e in eps.split(",") if e.strip()]
         except ValueError:
             raise RobenchError(f"--eps must be comma-separated numbers in /255 units, got {eps!r}") from None
-    attack_params: dict[str, dict[str, Any]] = {}
-    for k, v in _parse_kv(attack_option, "--attack-option").items():
-        if "." not in k:
-            raise RobenchError(f"--attack-option must look like attack.param=value, got {k!r}")
-        a, p = k.split(".", 1)
-        attack_params.setdefault(a, {})[p] = v
-    defense_params: dict[str, dict[str, Any]] = {}
-    for k, v in _parse_kv(defense_option, "--defense-option").items():
-        if "." not in k:
-            raise RobenchError(f"--defense-option must look like defence.param=value, got {k!r}")
-        d, p = k.split(".", 1)
-        defense_params.setdefault(d, {})[p] = v
+    attack_params = _parse_nested(attack_option, "--attack-option", "attack")
+    defense_params = _parse_nested(defense_option, "--defense-option", "defence")
     spec = RunSpec(model=model, attacks=attacks, dataset=dataset, eps=eps_list, profile=profile, n=n, seed=seed,
                    split=split, defense=defense, weights=weights, store=store, force=force or not resume,
                    dataset_options=_dataset_defaults(dataset, profile, root, dataset_option),

@@ -134,6 +134,20 @@ def default_out(name: str, dataset: str, profile: str, seed: int) -> Path:
     return robench_home() / "runs" / "train" / f"{name}-{dataset}-{profile}-seed{seed}"
 
 
+def resume_checkpoint(out: Path, cfg_hash: str, target, opt) -> dict[str, Any] | None:
+    """Load ``out/last.pt`` into ``target`` and ``opt`` when it exists and belongs to the same
+    configuration (a rerun resumes; a different configuration in the same folder is an error)."""
+    last = out / "last.pt"
+    if not last.is_file():
+        return None
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    if ck.get("cfg_hash") != cfg_hash:
+        raise RobenchError(f"{out} holds a training run with a different configuration; use another --out")
+    target.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optim"])
+    return ck
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     torch.save(obj, tmp)
@@ -189,13 +203,8 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
     params = [p for p in target.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
     start_epoch, best, best_epoch, elapsed, rows = 1, -np.inf, 0, 0.0, []
-    last = out / "last.pt"
-    if last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        if ck.get("cfg_hash") != cfg_hash:
-            raise RobenchError(f"{out} holds a training run with a different configuration; use another --out")
-        target.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
+    ck = resume_checkpoint(out, cfg_hash, target, opt)
+    if ck is not None:
         start_epoch, best, best_epoch, elapsed = int(ck["epoch"]) + 1, float(ck["best"]), int(ck["best_epoch"]), float(ck["elapsed"])
         rows = json.loads((out / "log.json").read_text())["epochs"] if (out / "log.json").is_file() else []
         rows = [r for r in rows if r["epoch"] < start_epoch]
@@ -242,7 +251,7 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
                 best, best_epoch = val["srocc"], epoch
                 _save_best(target, out / "best.safetensors", config, {"epoch": epoch, "val_srocc": val["srocc"]})
             _atomic_torch_save({"model": target.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
-                                "best_epoch": best_epoch, "elapsed": elapsed, "cfg_hash": cfg_hash}, last)
+                                "best_epoch": best_epoch, "elapsed": elapsed, "cfg_hash": cfg_hash}, out / "last.pt")
             _write_log(out, rows, run_cfg)
             if bar:
                 bar.console.print(f"epoch {epoch}: loss {row['train_loss']:.4f}  val SROCC {val['srocc']:.4f}  "

@@ -104,7 +104,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     from robench.models import weights as W
     from robench.models.classic import luminance, ssim_map
     from robench.target import fingerprint
-    from robench.train import clean_loss, git_commit, random_crop_pair, versions
+    from robench.train import clean_loss, git_commit, random_crop_pair, resume_checkpoint, versions
 
     from robench.defenses.aat import AnchorSampler, anchored_terms
 
@@ -149,13 +149,8 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     opt = torch.optim.Adam(params, lr=prof.adv_lr)
     rows: list[dict[str, Any]] = []
     start, elapsed = 0, 0.0
-    last = out / "last.pt"
-    if last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        if ck.get("cfg_hash") != cfg_hash:
-            raise RobenchError(f"{out} holds a run with a different configuration; use another --out")
-        target.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
+    ck = resume_checkpoint(out, cfg_hash, target, opt)
+    if ck is not None:
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
         rows = [r for r in json.loads((out / "steps.json").read_text())["steps"] if r["step"] < start]
 
