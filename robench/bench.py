@@ -83,7 +83,7 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
     trainable = [p for p in target.parameters() if p.requires_grad]
     times: dict[str, list[float]] = {"naive": [], "cached": [], "textbook": []}
     results = {}
-    with ModeGuard(target) as guard:
+    with ModeGuard(target):
         # one bind per attack (the cached path computes the reference branch here, once)
         bound = {mode: target.bind(ref, cache=(mode == "cached")) for mode in ("naive", "cached")}
         for i in range(warmup + rounds):
@@ -111,7 +111,6 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
         target.bind(ref, cache=True)
         sync()
         ref_seconds = time.perf_counter() - t0
-        del guard
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     (qn, gn), (qc, gc) = results["naive"], results["cached"]
     return {

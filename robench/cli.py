@@ -499,6 +499,14 @@ def weights_fetch(
 # bench
 
 
+def _parse_size(size: str, example: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise RobenchError(f"--size must look like {example}, got {size!r}") from None
+    return w, h
+
+
 @bench_app.command("speed")
 @user_errors
 def bench_speed(
@@ -512,10 +520,7 @@ def bench_speed(
     """Images/s end to end (features included), parameter counts, ratios to topiq.fr."""
     from robench.bench import speed
 
-    try:
-        w, h = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise RobenchError(f"--size must look like 512x384, got {size!r}") from None
+    w, h = _parse_size(size, "512x384")
     res = speed([m.strip() for m in models.split(",") if m.strip()], (w, h), batch=batch, rounds=rounds, device=device)
     if as_json:
         emit_json(res)
@@ -542,10 +547,7 @@ def bench_attack(
     """One PGD step with the reference branch recomputed (naive) vs computed once (cached)."""
     from robench.bench import attack_step
 
-    try:
-        w, h = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise RobenchError(f"--size must look like 224x224, got {size!r}") from None
+    w, h = _parse_size(size, "224x224")
     res = attack_step(model, (w, h), batch=batch, rounds=rounds, device=device)
     if as_json:
         emit_json(res)

@@ -134,6 +134,17 @@ def default_out(name: str, dataset: str, profile: str, seed: int) -> Path:
     return robench_home() / "runs" / "train" / f"{name}-{dataset}-{profile}-seed{seed}"
 
 
+def optimizer_step(loss: torch.Tensor, opt, params, target, clip_grad: float | None) -> None:
+    """Backward, optional gradient-norm clipping, step, then the target's constraints
+    (``post_step``: LPIPS keeps its lin weights non-negative)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    opt.step()
+    target.post_step()
+
+
 def resume_checkpoint(out: Path, cfg_hash: str, target, opt) -> dict[str, Any] | None:
     """Load ``out/last.pt`` into ``target`` and ``opt`` when it exists and belongs to the same
     configuration (a rerun resumes; a different configuration in the same folder is an error)."""
@@ -233,12 +244,7 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
                 if prof.train_crop:
                     ref, dist = random_crop_pair(ref, dist, prof.train_crop, gen)
                 loss = clean_loss(target.predict_mos(dist, ref), b["mos"].float(), prof.train_loss_lambda)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if prof.train_clip_grad:
-                    torch.nn.utils.clip_grad_norm_(params, prof.train_clip_grad)
-                opt.step()
-                target.post_step()
+                optimizer_step(loss, opt, params, target, prof.train_clip_grad)
                 losses.append(float(loss.detach()))
                 if bar:
                     bar.update(task, advance=1, description=f"training {base} · epoch {epoch}/{epochs} · loss {np.mean(losses[-20:]):.3f}")

@@ -104,7 +104,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     from robench.models import weights as W
     from robench.models.classic import luminance, ssim_map
     from robench.target import fingerprint
-    from robench.train import clean_loss, git_commit, random_crop_pair, resume_checkpoint, versions
+    from robench.train import clean_loss, git_commit, optimizer_step, random_crop_pair, resume_checkpoint, versions
 
     from robench.defenses.aat import AnchorSampler, anchored_terms
 
@@ -203,12 +203,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
                 loss = clean_loss(pred, yy, prof.train_loss_lambda)
                 row["emp_max_err"] = float((pred.detach() - yy).abs().max())
                 row["mean_label_drop"] = float((y - y_adv).mean())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if prof.train_clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, prof.train_clip_grad)
-            opt.step()
-            target.post_step()
+            optimizer_step(loss, opt, params, target, prof.train_clip_grad)
             elapsed += time.perf_counter() - t0
             row.update(loss=float(loss.detach()), seconds=round(elapsed, 3))
             rows.append(row)
