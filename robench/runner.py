@@ -187,7 +187,10 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     t1 = time.perf_counter()
     if items.other is not None:
         with torch.no_grad():
-            other_scores = torch.cat([target(items.other[i:i + batch_size], items.ref[i:i + batch_size])
+            # the unattacked image of a 2AFC triplet: like every reported score, a mean over
+            # the EOT draws when the target is randomised
+            eot = int(attack.params["eot"])
+            other_scores = torch.cat([target.expected_score(items.other[i:i + batch_size], items.ref[i:i + batch_size], eot)
                                       for i in range(0, len(items), batch_size)])
     compute = res.compute_seconds + (time.perf_counter() - t1)
     rows = make_rows(res, items, eps, other_scores)

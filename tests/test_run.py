@@ -212,3 +212,23 @@ def test_bench_attack_caching_is_exact(tiny_mini):
     res = json.loads(r.stdout)
     assert res["max_abs_score_diff"] <= 1e-6 and res["max_abs_grad_diff"] <= 1e-6 * max(1.0, res["grad_scale"])
     assert res["naive_step_s"] > 0 and res["cached_step_s"] > 0 and res["ratio"] > 0
+
+
+def test_2afc_other_image_scored_over_eot_draws(tiny_mini, tmp_path, monkeypatch):
+    from robench.runner import RunSpec, run
+    from robench.target import Target
+
+    draws = []
+    real = Target.expected_score
+
+    def spy(self, dist, ref, n=1):
+        draws.append(n)
+        return real(self, dist, ref, n)
+
+    monkeypatch.setattr(Target, "expected_score", spy)
+    spec = RunSpec(model="ssim", defense="flip", attacks=["fgsm"], dataset="mini-2afc", eps=[8], n=4,
+                   dataset_options={"size": 32, "crops_per_source": 1}, store=tmp_path / "e.sqlite",
+                   attack_params={"fgsm": {"eot": 3}})
+    run(spec, progress=False)
+    # one batch, one ε: the clean, the attacked and the other image, each a mean over 3 draws
+    assert draws == [3, 3, 3]
