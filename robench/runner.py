@@ -358,6 +358,7 @@ def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None 
     commit, vers = git_commit(), versions()
     compute_total, harness_total = 0.0, items.load_seconds
     with Store(store_path) as store, progress_bar(progress) as bar:
+        store.record_weights(weights_records(target))
         for attack in attacks:
             config = cell_config(target, defense, attack, eps, spec, items, n)
             key = cell_key(config, __version__)
@@ -397,6 +398,22 @@ def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None 
     report["attack_compute_seconds"] = compute_total
     report["harness_overhead"] = harness_total / compute_total if compute_total > 0 else None
     return report
+
+
+def weights_records(target: Target) -> list[dict[str, Any]]:
+    """The provenance the reporter needs (train time, recipe, data) for the target's weights and,
+    for a recipe variant, the clean weights it was fine-tuned from."""
+    from robench.models.weights import read_index
+
+    w = target.card.weights
+    recs = [{"sha256": fingerprint(target), "name": target.card.name, "source": w.source, "provenance": w.provenance}]
+    clean = (w.provenance or {}).get("clean_sha256")
+    if clean:
+        entry = next((e for e in read_index().values() if e.get("sha256") == clean), None)
+        if entry is not None:
+            recs.append({"sha256": clean, "name": entry["name"], "source": entry["source"],
+                         "provenance": entry.get("provenance", {})})
+    return recs
 
 
 def _fault_hook(attack_name: str):

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS results (
     linf REAL NOT NULL, l2 REAL NOT NULL, queries INTEGER NOT NULL,
     PRIMARY KEY (cell_key, item, eps)
 );
+-- provenance of the weights cells ran with (train time, data, recipe): the reporter reads it
+-- from the store alone. Added after schema 1 shipped; CREATE IF NOT EXISTS upgrades old stores.
+CREATE TABLE IF NOT EXISTS weights (
+    sha256 TEXT PRIMARY KEY, name TEXT, source TEXT, provenance TEXT, recorded REAL
+);
 """
 RESULT_COLUMNS = ("item", "eps", "item_id", "ref_id", "distortion", "level", "mos", "judge", "attacked_side",
                   "other_score", "clean_score", "score", "linf", "l2", "queries")
@@ -160,6 +165,14 @@ class Store:
                 db.execute("ROLLBACK")
             raise
 
+    def record_weights(self, records: Iterable[dict[str, Any]]) -> None:
+        """Keep the provenance of the weights a run used (sha256 → name, source, provenance)."""
+        rows = [(r["sha256"], r.get("name"), r.get("source"), canonical(r.get("provenance") or {}), time.time())
+                for r in records if r.get("sha256")]
+        if rows:
+            with self.db:  # one transaction
+                self.db.executemany("INSERT OR IGNORE INTO weights VALUES (?,?,?,?,?)", rows)
+
     # --- reading --------------------------------------------------------------------------
     def cells(self, status: str | None = "done") -> pd.DataFrame:
         q = "SELECT * FROM cells" + (" WHERE status=?" if status else "") + " ORDER BY finished"
@@ -167,6 +180,10 @@ class Store:
         for col in ("eps", "config", "summary", "flags", "probes", "versions"):
             df[col] = df[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
         return df
+
+    def weights(self) -> dict[str, dict[str, Any]]:
+        rows = self.db.execute("SELECT sha256, name, source, provenance FROM weights").fetchall()
+        return {sha: {"name": n, "source": src, "provenance": json.loads(p or "{}")} for sha, n, src, p in rows}
 
     def results(self, key: str | None = None) -> pd.DataFrame:
         if key is None:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The paper's comparison (Table 3 shape) on the quick profile: base / R / AT / AAT × {birqa,
-# lpips.alex, topiq.fr} × all seven attacks at ε = 8/255, stored in reports/quick/results.sqlite.
+# lpips.alex, topiq.fr} × all seven attacks at ε = 8/255, stored in reports/quick/results.sqlite,
+# then the reporter's tables and plots (reports/quick/report/) and the baseline `robench check`
+# compares against (reports/baseline.json).
 # Trains what is missing (clean models, then each recipe) into $ROBENCH_HOME. Rerunning skips
 # stored cells. On the 2-core CPU machine birqa and lpips.alex take minutes each; topiq.fr
 # (36 M parameters, trained from scratch offline) takes hours.
@@ -13,3 +15,5 @@ for model in ${MODELS:-birqa lpips.alex topiq.fr}; do
       > "reports/quick/run-${model}-${defense}.json"
   done
 done
+robench report --store "$STORE" --out reports/quick/report
+robench check --store "$STORE" --baseline reports/baseline.json --update

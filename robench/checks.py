@@ -1,0 +1,154 @@
+"""``robench check``: a CI regression gate on a store against a committed baseline.
+
+A cell is matched to the baseline by what it measures — target (with its variant tag), defence,
+attack, dataset, split, kind, profile, seed and item count — not by its weights digest, so a
+retrained or changed model is compared with the numbers it has to keep. For the clean metric and
+each ε both hold, the gate fails only when the metric (SROCC, or 2AFC accuracy) drops by more
+than the tolerance **and**, where both sides carry per-image rows for the same items, the paired
+bootstrap of the difference says the drop is significant (95 % CI below 0). A cell without a
+baseline is reported as new, a baseline cell missing from the store as missing; neither fails.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robench.errors import RobenchError
+from robench.report import CellData, load_cells
+from robench.stats import default_clusters, mean_weighted, paired_bootstrap, srocc_weighted
+
+BASELINE_FORMAT = 1
+
+
+def identity(c: CellData) -> str:
+    return "|".join([c.target, c.defense, c.attack, c.dataset, c.split, c.kind, c.profile, f"seed={c.seed}", f"n={c.n}"])
+
+
+def _values(c: CellData, q: np.ndarray) -> np.ndarray:
+    """What the bootstrap resamples: oriented quality (pairs, vs MOS) or per-triplet 2AFC scores."""
+    return q if c.kind == "pairs" else c.item_values(q)
+
+
+def cell_entry(c: CellData) -> dict[str, Any]:
+    r6 = lambda a: [round(float(v), 6) for v in a]  # noqa: E731  (bytes, not precision, are the limit)
+    return {"metric": c.metric_name, "kind": c.kind, "eps": c.eps, "weights_sha256": c.weights_sha,
+            "clean": c.clean_metric(), "attacked": [c.metric(e) for e in c.eps],
+            "items": [str(i) for i in c.item_ids], "ref_ids": [str(i) for i in c.ref_ids],
+            "mos": r6(c.mos) if c.kind == "pairs" else None,
+            "values": {"clean": r6(_values(c, c.q_clean)), **{f"{e:g}": r6(_values(c, c.q_adv[k])) for k, e in enumerate(c.eps)}}}
+
+
+def latest(cells: list[CellData]) -> dict[str, CellData]:
+    out: dict[str, CellData] = {}
+    for c in cells:  # load_cells orders by finish time: the last one wins
+        out[identity(c)] = c
+    return out
+
+
+def make_baseline(store: str | Path) -> dict[str, Any]:
+    cells, _ = load_cells(store)
+    if not cells:
+        raise RobenchError(f"{store} has no finished cells to make a baseline from")
+    from robench import __version__
+    from robench.train import git_commit
+
+    return {"format": BASELINE_FORMAT, "robench": __version__, "git_commit": git_commit(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "store": str(store),
+            "cells": {k: cell_entry(c) for k, c in sorted(latest(cells).items())}}
+
+
+def write_baseline(baseline: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)  # atomic: a crash leaves the old baseline, never half a file
+
+
+def read_baseline(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise RobenchError(f"no baseline at {p} (create one with `robench check --store STORE --baseline {p} --update`)")
+    try:
+        data = json.loads(p.read_text())
+        if data.get("format") != BASELINE_FORMAT or not isinstance(data.get("cells"), dict):
+            raise ValueError(f"format {data.get('format')!r}, expected {BASELINE_FORMAT}")
+    except (json.JSONDecodeError, ValueError, AttributeError) as exc:
+        raise RobenchError(f"{p} is not a robench baseline ({exc})") from None
+    return data
+
+
+def _paired(cur: CellData, base: dict[str, Any], key: str, q: np.ndarray, n_boot: int, seed: int) -> dict | None:
+    """Bootstrap Δ = current − baseline on the items both hold (None when not pairable)."""
+    vals = base["values"].get(key)
+    if vals is None:
+        return None
+    pos = {item: i for i, item in enumerate(base["items"])}
+    ic = np.array([i for i, item in enumerate(cur.item_ids) if item in pos], dtype=int)
+    if len(ic) < 3:
+        return None
+    ib = np.array([pos[cur.item_ids[i]] for i in ic], dtype=int)
+    cur_vals, base_vals = _values(cur, q)[ic], np.asarray(vals, dtype=float)[ib]
+    clusters = default_clusters(cur.ref_ids[ic])
+    if cur.kind == "pairs":
+        mos = cur.mos[ic]
+        if base.get("mos") is None or not np.allclose(np.asarray(base["mos"], dtype=float)[ib], mos, atol=1e-5):
+            return None  # the labels changed: the items are not the same measurement
+        return paired_bootstrap(cur_vals, base_vals, mos, stat=srocc_weighted, n_resamples=n_boot, seed=seed,
+                                clusters=clusters)
+    return paired_bootstrap(cur_vals, base_vals, stat=mean_weighted, n_resamples=n_boot, seed=seed, clusters=clusters)
+
+
+def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02, n_boot: int = 1000,
+          seed: int = 0) -> dict[str, Any]:
+    if not tolerance >= 0:
+        raise RobenchError(f"--tolerance must be ≥ 0, got {tolerance}")
+    baseline = read_baseline(baseline_path)
+    cells, _ = load_cells(store)
+    current = latest(cells)
+    rows: list[dict[str, Any]] = []
+    for ident, c in current.items():
+        b = baseline["cells"].get(ident)
+        if b is None:
+            rows.append({"cell": ident, "status": "new", "point": "—"})
+            continue
+        points = [("clean", None, b["clean"], c.clean_metric())]
+        for k, e in enumerate(b["eps"]):
+            if c.eps_index(e) is not None:
+                points.append((f"{e:g}", e, b["attacked"][k], c.metric(e)))
+        for key, e, old, new in points:
+            row = {"cell": ident, "point": key, "metric": c.metric_name, "baseline": old, "current": new}
+            if old is None or new is None or not (np.isfinite(old) and np.isfinite(new)):
+                row.update(status="fail" if (old is not None and np.isfinite(old)) else "ok", delta=None,
+                           reason="metric is NaN now" if (old is not None and np.isfinite(old)) else "NaN in both")
+                rows.append(row)
+                continue
+            delta = new - old
+            row["delta"] = delta
+            if -delta <= tolerance:
+                row["status"] = "ok"
+            else:
+                boot = _paired(c, b, key, c.q_at(e), n_boot, seed)
+                if boot is None:
+                    row.update(status="fail", reason=f"drop {-delta:.3f} > tolerance {tolerance} (no per-image pairing)")
+                else:
+                    row["ci"] = boot["ci"]
+                    sig = boot["ci"][1] < 0
+                    row.update(status="fail" if sig else "drop-not-significant",
+                               reason=(f"drop {-delta:.3f} > tolerance {tolerance}, 95 % CI of Δ "
+                                       f"[{boot['ci'][0]:+.3f}, {boot['ci'][1]:+.3f}]"
+                                       + (" excludes 0" if sig else " includes 0")))
+            rows.append(row)
+    for ident in sorted(set(baseline["cells"]) - set(current)):
+        rows.append({"cell": ident, "status": "missing", "point": "—"})
+    failed = [r for r in rows if r["status"] == "fail"]
+    return {"store": str(store), "baseline": str(baseline_path), "tolerance": tolerance, "n_boot": n_boot,
+            "passed": not failed, "failed": len(failed),
+            "counts": {s: sum(r["status"] == s for r in rows) for s in ("ok", "fail", "drop-not-significant", "new", "missing")},
+            "rows": rows}

@@ -1,0 +1,605 @@
+"""``robench report``: tables (LaTeX + Markdown) and plots from a store alone.
+
+Nothing is recomputed: every number comes from the per-image rows the runner stored (clean and
+attacked raw scores, MOS or 2AFC judgements) and the weights provenance stored beside them.
+Tables (paper shapes): robustness (Table 3), 2AFC (Table 7), purification (Table 9), an ε sweep,
+and the paired-bootstrap significance of ΔSROCC / Δaccuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from robench.attacks.base import SUITE
+from robench.errors import RobenchError
+from robench.stats import (correlations, default_clusters, mean_weighted, paired_bootstrap, srocc_weighted,
+                           twoafc_scores)
+from robench.transport import MapCache, ir_score
+
+RECIPES = ("none", "r", "at", "aat")
+RECIPE_LABEL = {"none": "base", "r": "R", "at": "AT", "aat": "AAT"}
+
+
+# --------------------------------------------------------------------------------------------
+# the store, read once into per-cell arrays
+
+
+@dataclass
+class CellData:
+    key: str
+    target: str
+    arch: str
+    defense: str
+    training: str | None
+    inference: list[str]
+    attack: str
+    needs: str
+    kind: str  # pairs | 2afc
+    dataset: str
+    split: str
+    profile: str
+    seed: int
+    items_sha: str
+    weights_sha: str
+    eps: list[float]
+    item_ids: np.ndarray
+    ref_ids: np.ndarray
+    mos: np.ndarray | None
+    judge: np.ndarray | None
+    side: np.ndarray | None
+    q_other: np.ndarray | None
+    q_clean: np.ndarray  # oriented quality (higher = better), per item
+    q_adv: np.ndarray  # K × n
+    seconds: float | None = None
+    flags: dict = field(default_factory=dict)
+    attack_params: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def row(self) -> tuple:
+        """Cells sharing a row of a table: one model behind one defence on one item set."""
+        return (self.arch, self.defense, self.dataset, self.split, self.kind, self.profile, self.seed)
+
+    @property
+    def metric_name(self) -> str:
+        return "SROCC" if self.kind == "pairs" else "2AFC acc."
+
+    def eps_index(self, eps: float) -> int | None:
+        return next((k for k, e in enumerate(self.eps) if abs(e - eps) < 1e-9), None)
+
+    def item_values(self, q: np.ndarray) -> np.ndarray:
+        """Per-item 2AFC scores of attacked-side quality ``q`` (the other image unattacked)."""
+        q0 = np.where(self.side == 0, q, self.q_other)
+        q1 = np.where(self.side == 1, q, self.q_other)
+        return twoafc_scores(q0, q1, self.judge)
+
+    def metric_of(self, q: np.ndarray) -> float:
+        if self.kind == "pairs":
+            return correlations(q, self.mos)["srocc"]
+        return float(self.item_values(q).mean())
+
+    def clean_metric(self) -> float:
+        return self.metric_of(self.q_clean)
+
+    def metric(self, eps: float) -> float:
+        k = self.eps_index(eps)
+        return float("nan") if k is None else self.metric_of(self.q_adv[k])
+
+    def q_at(self, eps: float | None) -> np.ndarray | None:
+        if eps is None:
+            return self.q_clean
+        k = self.eps_index(eps)
+        return None if k is None else self.q_adv[k]
+
+
+def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]:
+    """Every finished cell of a store with its per-image arrays, and the weights provenance."""
+    from robench.store import Store
+
+    path = Path(store_path)
+    if not path.is_file():
+        raise RobenchError(f"no store at {path} (run `robench run ... --store {path}` first)")
+    with Store(path) as st:
+        cells, res, weights = st.cells("done"), st.results(), st.weights()
+    out = []
+    groups = dict(tuple(res.groupby("cell_key"))) if len(res) else {}
+    for _, c in cells.iterrows():
+        cfg = c["config"]
+        rows = groups.get(c["key"])
+        if rows is None or rows.empty:
+            continue
+        eps = [float(e) for e in cfg["eps"]]
+        sign = -1.0 if cfg["target"]["lower_better"] else 1.0
+        first = rows[np.isclose(rows["eps"], eps[0])].sort_values("item")
+        adv = np.stack([rows[np.isclose(rows["eps"], e)].sort_values("item")["score"].to_numpy(float) for e in eps])
+        kind = cfg["dataset"]["kind"]
+        out.append(CellData(
+            key=c["key"], target=cfg["target"]["name"], arch=_arch(cfg), defense=cfg["defense"]["name"],
+            training=cfg["defense"].get("training"), inference=[d["name"] for d in cfg["defense"].get("inference", [])],
+            attack=cfg["attack"]["name"], needs=cfg["attack"]["needs"], kind=kind, dataset=cfg["dataset"]["name"],
+            split=cfg["dataset"]["split"], profile=cfg["profile"], seed=int(cfg["seed"]),
+            items_sha=cfg["dataset"]["items_sha256"], weights_sha=cfg["target"]["weights_sha256"], eps=eps,
+            item_ids=first["item_id"].astype(str).to_numpy(), ref_ids=first["ref_id"].astype(str).to_numpy(),
+            mos=first["mos"].to_numpy(float) if kind == "pairs" else None,
+            judge=first["judge"].to_numpy(float) if kind != "pairs" else None,
+            side=first["attacked_side"].to_numpy(int) if kind != "pairs" else None,
+            q_other=sign * first["other_score"].to_numpy(float) if kind != "pairs" else None,
+            q_clean=sign * first["clean_score"].to_numpy(float), q_adv=sign * adv,
+            seconds=c["seconds"], flags=c["flags"] or {}, attack_params=cfg["attack"].get("params", {})))
+    return out, weights
+
+
+def _arch(cfg: dict) -> str:
+    """The model a row belongs to: ``birqa`` for ``birqa.aat`` (recipe variants), the target's
+    own name otherwise (``lpips.alex``, ``ssim``)."""
+    name = cfg["target"]["name"].split("+")[0]
+    recipe = cfg["defense"].get("training")
+    if recipe and name.endswith(f".{recipe}"):
+        return name[: -len(recipe) - 1]
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    df: pd.DataFrame  # numbers (NaN = not available)
+    caption: str
+    footnote: str = ""
+    bold: pd.DataFrame | None = None  # True where a cell is bold
+    marks: dict = field(default_factory=dict)  # (row, col) → "+" (significantly better) | "-" (worse)
+    precision: int = 3
+    col_precision: dict = field(default_factory=dict)  # column → digits where 3 is wrong (minutes)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "title": self.title, "caption": self.caption, "footnote": self.footnote,
+                "columns": [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in self.df.columns],
+                "rows": [{"index": list(i) if isinstance(i, tuple) else [i],
+                          "values": [None if pd.isna(v) else (float(v) if isinstance(v, (int, float, np.floating)) else v)
+                                     for v in r]} for i, r in zip(self.df.index, self.df.to_numpy(dtype=object))],
+                "marks": {f"{r}|{c}": m for (r, c), m in self.marks.items()}}
+
+
+def attack_order(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return [a for a in SUITE if a in names] + sorted(names - set(SUITE))
+
+
+def defense_order(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return [d for d in RECIPES if d in names] + sorted(names - set(RECIPES))
+
+
+def defense_label(d: str) -> str:
+    return RECIPE_LABEL.get(d, d)
+
+
+class Reporter:
+    """Builds every table from a list of cells; options are the reporter's, recorded in captions."""
+
+    def __init__(self, cells: list[CellData], weights: dict[str, dict], *, eps: float | None = None,
+                 ot: str = "neural", n_boot: int = 1000, seed: int = 0, cluster: bool = True,
+                 ot_options: dict | None = None):
+        if not cells:
+            raise RobenchError("the store has no finished cells to report")
+        self.cells, self.weights = cells, weights
+        all_eps = sorted({e for c in cells for e in c.eps})
+        self.eps = eps if eps is not None else (8.0 if 8.0 in all_eps else all_eps[-1])
+        self.maps = MapCache(ot, seed, **(ot_options or {}))
+        self.ot, self.n_boot, self.seed, self.cluster = ot, n_boot, seed, cluster
+
+    # -- lookups ----------------------------------------------------------------------------
+    def rows(self, kind: str, where: Callable[[CellData], bool] = lambda c: True) -> list[tuple]:
+        rows = {c.row for c in self.cells if c.kind == kind and where(c)}
+        archs = list(dict.fromkeys(c.arch for c in self.cells))
+        return sorted(rows, key=lambda r: (archs.index(r[0]), RECIPES.index(r[1]) if r[1] in RECIPES else len(RECIPES),
+                                           r[1], r[2:]))
+
+    def cell(self, row: tuple, attack: str, eps: float | None = None) -> CellData | None:
+        """The latest cell of a row for an attack (holding ``eps`` when given)."""
+        found = [c for c in self.cells if c.row == row and c.attack == attack and (eps is None or c.eps_index(eps) is not None)]
+        return found[-1] if found else None
+
+    def base_row(self, row: tuple) -> tuple:
+        return (row[0], "none", *row[2:])
+
+    def clusters(self, c: CellData):
+        return default_clusters(c.ref_ids) if self.cluster else None
+
+    def compare(self, a: CellData, b: CellData, eps: float | None) -> dict | None:
+        """Paired bootstrap of metric(a) − metric(b) on the items both hold, at ``eps`` (None = clean)."""
+        qa, qb = a.q_at(eps), b.q_at(eps)
+        if qa is None or qb is None:
+            return None
+        common, ia, ib = np.intersect1d(a.item_ids, b.item_ids, return_indices=True)
+        if len(common) < 3:
+            return None
+        cl = None if self.clusters(a) is None else a.ref_ids[ia]
+        if a.kind == "pairs":
+            return paired_bootstrap(qa[ia], qb[ib], a.mos[ia], n_resamples=self.n_boot, seed=self.seed, clusters=cl)
+        return paired_bootstrap(a.item_values(qa)[ia], b.item_values(qb)[ib], stat=mean_weighted,
+                                n_resamples=self.n_boot, seed=self.seed, clusters=cl)
+
+    def ir(self, d: CellData, b: CellData) -> float:
+        eps = [e for e in d.eps if b.eps_index(e) is not None]
+        common, i_d, i_b = np.intersect1d(d.item_ids, b.item_ids, return_indices=True)
+        if not eps or len(common) < 3 or d.kind != "pairs":
+            return float("nan")
+        kd = [d.eps_index(e) for e in eps]
+        kb = [b.eps_index(e) for e in eps]
+        return ir_score((b.q_clean[i_b], b.q_adv[kb][:, i_b]), (d.q_clean[i_d], d.q_adv[kd][:, i_d]),
+                        d.mos[i_d], self.maps)["ir"]
+
+    def train_minutes(self, c: CellData) -> float:
+        w = self.weights.get(c.weights_sha)
+        if not w or "train_seconds" not in w["provenance"]:
+            return float("nan")
+        total = float(w["provenance"]["train_seconds"])
+        clean = self.weights.get(w["provenance"].get("clean_sha256", ""))
+        if clean and "train_seconds" in clean["provenance"]:
+            total += float(clean["provenance"]["train_seconds"])
+        return total / 60
+
+    # -- captions ---------------------------------------------------------------------------
+    def setting(self, cells: list[CellData], eps: str) -> str:
+        ds = sorted({f"{c.dataset} ({c.split} split, {c.n} items)" for c in cells})
+        prof = sorted({c.profile for c in cells})
+        seeds = sorted({c.seed for c in cells})
+        return (f"Dataset {', '.join(ds)}; profile {', '.join(prof)}; {eps}; seed {', '.join(map(str, seeds))}.")
+
+    def provenance(self, cells: list[CellData]) -> str:
+        parts = []
+        for sha in dict.fromkeys(c.weights_sha for c in cells):
+            target = next(c.target for c in cells if c.weights_sha == sha)
+            w = self.weights.get(sha)
+            if w is None:
+                parts.append(f"{target}: weights sha256 {sha[:12]} (provenance not in this store)")
+                continue
+            p = w["provenance"]
+            how = w["source"]
+            if w["source"] == "trained-here":
+                how = f"trained here on {p.get('dataset', '?')} ({p.get('profile', '?')} profile"
+                how += f", {p['recipe'].upper()} recipe)" if p.get("recipe") else ")"
+            parts.append(f"{target}: {how}, sha256 {sha[:12]}")
+        return "Weights: " + "; ".join(parts) + "."
+
+    # -- the tables -------------------------------------------------------------------------
+    def robustness(self) -> Table | None:
+        """Paper Table 3: rows model × training defence; clean SROCC, SROCC per attack at the table
+        ε (plus the per-image worst case over attacks), IR-Score per attack over all ε, train time."""
+        rows = self.rows("pairs", lambda c: not c.inference)
+        if not rows:
+            return None
+        attacks = attack_order(c.attack for c in self.cells if c.row in rows)
+        cols = ([("SROCC", "clean")] + [("SROCC", a) for a in attacks] + ([("SROCC", "worst")] if len(attacks) > 1 else [])
+                + [("IR-Score", a) for a in attacks] + [("Train time (min)", "")])
+        data, marks, used = [], {}, []
+        index = [(r[0], defense_label(r[1])) for r in rows]
+        for row, idx in zip(rows, index):
+            vals = {}
+            cs = {a: self.cell(row, a, self.eps) for a in attacks}
+            any_c = next((c for c in cs.values() if c is not None), None) or self.cell(row, attacks[0])
+            used += [c for c in cs.values() if c is not None]
+            vals[("SROCC", "clean")] = any_c.clean_metric() if any_c else np.nan
+            base = None if row[1] == "none" else {a: self.cell(self.base_row(row), a, self.eps) for a in attacks}
+            for a, c in cs.items():
+                vals[("SROCC", a)] = c.metric(self.eps) if c else np.nan
+                if c is not None and base and base[a] is not None:
+                    vals[("IR-Score", a)] = self.ir(c, base[a])
+                    self._mark(marks, idx, ("SROCC", a), self.compare(c, base[a], self.eps))
+                else:
+                    vals[("IR-Score", a)] = np.nan
+            if any_c is not None and base:
+                b = next((x for x in base.values() if x is not None), None)
+                if b is not None:
+                    self._mark(marks, idx, ("SROCC", "clean"), self.compare(any_c, b, None))
+            if ("SROCC", "worst") in cols:
+                vals[("SROCC", "worst")] = self.worst(list(cs.values()))
+            vals[("Train time (min)", "")] = self.train_minutes(any_c) if any_c else np.nan
+            data.append([vals.get(c, np.nan) for c in cols])
+        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["target", "defence"]),
+                          columns=pd.MultiIndex.from_tuples(cols))
+        bold = self.best(df, exclude=[("Train time (min)", "")])
+        return Table("robustness", "Robustness of trained defences (paper Table 3 shape)", df,
+                     caption=(f"SROCC of oriented quality vs MOS, clean and under each attack at ε = {self.eps:g}/255 "
+                              f"('worst': per image the attack that moved it most); IR-Score over every stored ε "
+                              f"({self.ot} OT; 0.5 = as movable as base, 1 = never moved more). "
+                              + self.setting(used, f"ε = {self.eps:g}/255 (IR: all stored ε)")),
+                     footnote=self.sig_note("SROCC") + " Train time: clean training; for R/AT/AAT the clean "
+                     "training plus the fine-tuning. " + self.provenance(used), bold=bold, marks=marks,
+                     col_precision={("Train time (min)", ""): 1})
+
+    def accuracy_table(self, name: str, title: str, rows: list[tuple], shape: str) -> Table | None:
+        """Clean + per-attack metric, grouped white-box / black-box (paper Tables 7 and 9)."""
+        if not rows:
+            return None
+        attacks = attack_order(c.attack for c in self.cells if c.row in rows)
+        needs = {c.attack: c.needs for c in self.cells if c.row in rows}
+        cols = [("", "clean")] + [("white-box", a) for a in attacks if needs[a] == "gradients"] \
+            + [("black-box", a) for a in attacks if needs[a] != "gradients"]
+        data, marks, used = [], {}, []
+        index = [(r[0], defense_label(r[1])) for r in rows]
+        for row, idx in zip(rows, index):
+            base_row = self.base_row(row)
+            vals = {}
+            for grp, a in cols[1:]:
+                c = self.cell(row, a, self.eps)
+                vals[(grp, a)] = c.metric(self.eps) if c else np.nan
+                if c is not None:
+                    used.append(c)
+                    b = self.cell(base_row, a, self.eps) if row[1] != "none" else None
+                    if b is not None:
+                        self._mark(marks, idx, (grp, a), self.compare(c, b, self.eps))
+            c0 = next((self.cell(row, a) for a in attacks if self.cell(row, a) is not None), None)
+            vals[("", "clean")] = c0.clean_metric() if c0 else np.nan
+            data.append([vals.get(c, np.nan) for c in cols])
+        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["target", "defence"]),
+                          columns=pd.MultiIndex.from_tuples(cols))
+        metric = used[0].metric_name if used else "metric"
+        what = "2AFC accuracy (BAPPS formula; the less-preferred image attacked)" if metric != "SROCC" else "SROCC vs MOS"
+        return Table(name, title, df, caption=(f"{what}, clean and under each attack at ε = {self.eps:g}/255 ({shape}). "
+                                               + self.setting(used, f"ε = {self.eps:g}/255")),
+                     footnote=self.sig_note(metric) + " " + self.provenance(used), bold=self.best(df), marks=marks)
+
+    def twoafc(self) -> Table | None:
+        return self.accuracy_table("twoafc", "2AFC accuracy under attack (paper Table 7 shape)",
+                                   self.rows("2afc", lambda c: not c.inference), "paper Table 7 shape")
+
+    def purification(self) -> Table | None:
+        """Paper Table 9: per model, base, each inference-time defence, and AAT."""
+        for kind in ("2afc", "pairs"):
+            purified = self.rows(kind, lambda c: bool(c.inference))
+            if purified:
+                archs = {r[0] for r in purified}
+                rows = self.rows(kind, lambda c: c.arch in archs and (bool(c.inference) or c.defense in ("none", "aat")))
+                return self.accuracy_table("purification", "Purification defences against AAT (paper Table 9 shape)",
+                                           rows, "paper Table 9 shape")
+        return None
+
+    def sweep(self) -> Table | None:
+        """Metric per ε for every row × attack (clean = ε 0)."""
+        all_eps = sorted({e for c in self.cells for e in c.eps})
+        data, index = [], []
+        for kind in ("pairs", "2afc"):
+            for row in self.rows(kind):
+                for a in attack_order(c.attack for c in self.cells if c.row == row):
+                    c = self.cell(row, a)
+                    index.append((c.metric_name, row[0], defense_label(row[1]), a))
+                    data.append([c.clean_metric()] + [c.metric(e) for e in all_eps])
+        if not data:
+            return None
+        cols = ["clean"] + [f"{e:g}/255" for e in all_eps]
+        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["metric", "target", "defence", "attack"]),
+                          columns=cols)
+        return Table("sweep", "Metric against the attack budget ε", df,
+                     caption="SROCC (or 2AFC accuracy) clean and at every stored ε. " +
+                     self.setting(self.cells, "ε in /255 as columns"), footnote=self.provenance(self.cells))
+
+    def significance(self) -> Table | None:
+        """Paired bootstrap of Δmetric: every defence vs base, and AAT vs R and vs AT."""
+        recs, index = [], []
+        for kind in ("pairs", "2afc"):
+            rows = self.rows(kind)
+            for row in rows:
+                pairs = []
+                if row[1] != "none":
+                    pairs.append(self.base_row(row))
+                if row[1] == "aat":
+                    pairs += [(row[0], d, *row[2:]) for d in ("r", "at")]
+                for other in pairs:
+                    if other not in rows:
+                        continue
+                    for a in attack_order(c.attack for c in self.cells if c.row == row):
+                        c, b = self.cell(row, a), self.cell(other, a)
+                        if c is None or b is None:
+                            continue
+                        if not any(i[3] == "clean" and i[1] == row[0] and i[2] == f"{defense_label(row[1])} vs {defense_label(other[1])}"
+                                   for i in index):
+                            res = self.compare(c, b, None)
+                            if res:
+                                index.append((c.metric_name, row[0], f"{defense_label(row[1])} vs {defense_label(other[1])}", "clean", "—"))
+                                recs.append(res)
+                        for e in [e for e in c.eps if b.eps_index(e) is not None]:
+                            res = self.compare(c, b, e)
+                            if res:
+                                index.append((c.metric_name, row[0], f"{defense_label(row[1])} vs {defense_label(other[1])}", a, f"{e:g}"))
+                                recs.append(res)
+        if not recs:
+            return None
+        df = pd.DataFrame({"Δ": [r["delta"] for r in recs], "median Δ": [r["effect"] for r in recs],
+                           "CI low": [r["ci"][0] for r in recs], "CI high": [r["ci"][1] for r in recs],
+                           "significant": ["yes" if r["significant"] else "no" for r in recs]},
+                          index=pd.MultiIndex.from_tuples(index, names=["metric", "target", "comparison", "attack", "ε /255"]))
+        clustered = any(r["cluster"] for r in recs)
+        return Table("significance", "Paired bootstrap of the metric difference", df,
+                     caption=(f"Δ = metric(first) − metric(second) on the same items; median over {self.n_boot} paired "
+                              f"bootstrap resamples{' (clusters: reference images)' if clustered else ''}, seed {self.seed}; "
+                              f"95 % percentile CI; significant when the CI excludes 0. " + self.setting(self.cells, "ε per row")),
+                     footnote=self.provenance(self.cells))
+
+    # -- helpers ----------------------------------------------------------------------------
+    def worst(self, cells: list[CellData | None]) -> float:
+        cs = [c for c in cells if c is not None]
+        if len(cs) < 2 or len({c.items_sha for c in cs}) != 1:
+            return float("nan")
+        q = np.max(np.stack([c.q_at(self.eps) for c in cs]), axis=0)  # per image: the attack that raised q most
+        return cs[0].metric_of(q)
+
+    def _mark(self, marks: dict, idx, col, res: dict | None) -> None:
+        if res and res["significant"]:
+            marks[(idx, col)] = "+" if res["effect"] > 0 else "-"
+
+    def sig_note(self, metric: str) -> str:
+        return (f"† significantly higher, ‡ significantly lower {metric} than the same model's base row (paired "
+                f"bootstrap over items, {self.n_boot} resamples{', by reference image' if self.cluster else ''}, "
+                f"95 % CI excludes 0). Bold: best in the column for each model.")
+
+    def best(self, df: pd.DataFrame, exclude=()) -> pd.DataFrame:
+        bold = pd.DataFrame(False, index=df.index, columns=df.columns)
+        for arch in df.index.get_level_values(0).unique():
+            sub = df.loc[[arch]]
+            if len(sub) < 2:
+                continue
+            for col in df.columns:
+                if col in exclude or sub[col].isna().all():
+                    continue
+                bold.loc[sub.index[sub[col] == sub[col].max()], col] = True
+        return bold
+
+    def tables(self) -> list[Table]:
+        return [t for t in (self.robustness(), self.twoafc(), self.purification(), self.sweep(), self.significance())
+                if t is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# writers
+
+MARK_TEX = {"+": r"$^{\dagger}$", "-": r"$^{\ddagger}$"}
+MARK_MD = {"+": "†", "-": "‡"}
+
+
+def _fmt(v, precision: int) -> str:
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    return f"{v:.{precision}f}"
+
+
+def _strings(t: Table, marks: dict[str, str], dash: str) -> pd.DataFrame:
+    digits = [t.col_precision.get(c, t.precision) for c in t.df.columns]
+    s = pd.DataFrame([[_fmt(v, d) for v, d in zip(r, digits)] for r in t.df.to_numpy(dtype=object)],
+                     index=t.df.index, columns=t.df.columns)
+    s = s.replace("—", dash)
+    for (idx, col), m in t.marks.items():
+        s.loc[idx, col] = s.loc[idx, col] + marks[m]
+    return s
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("ε", r"$\varepsilon$"), ("Δ", r"$\Delta$"), ("†", r"$^{\dagger}$"), ("‡", r"$^{\ddagger}$"),
+                 ("—", "--"), ("≥", r"$\geq$"), ("·", r"$\cdot$"), ("×", r"$\times$")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(t: Table) -> str:
+    """booktabs table through pandas Styler; best values bold, significance marked."""
+    s = _strings(t, MARK_TEX, "--")
+    s.index = s.index.set_levels([[_latex_escape(str(v)) for v in lvl] for lvl in s.index.levels]) \
+        if isinstance(s.index, pd.MultiIndex) else [_latex_escape(str(v)) for v in s.index]
+    if isinstance(s.columns, pd.MultiIndex):
+        s.columns = pd.MultiIndex.from_tuples([tuple(_latex_escape(str(x)) for x in c) for c in s.columns])
+    else:
+        s.columns = [_latex_escape(str(c)) for c in s.columns]
+    bold = t.bold if t.bold is not None else pd.DataFrame(False, index=t.df.index, columns=t.df.columns)
+    props = np.where(bold.to_numpy(), "textbf:--rwrap;", "")
+    sty = s.style.apply(lambda _: props, axis=None)
+    tex = sty.to_latex(hrules=True, caption=_latex_escape(t.caption), label=f"tab:{t.name}",
+                       position_float="centering", multicol_align="c", multirow_align="t",
+                       column_format="l" * s.index.nlevels + "r" * s.shape[1], environment="table")
+    if t.footnote:
+        tex = tex.replace("\\end{table}", "\\par\\smallskip{\\footnotesize " + _latex_escape(t.footnote) + "}\n\\end{table}")
+    return tex
+
+
+def to_markdown(t: Table) -> str:
+    s = _strings(t, MARK_MD, "—")
+    if t.bold is not None:
+        s = s.mask(t.bold.to_numpy(), "**" + s + "**")
+    names = list(s.index.names) if isinstance(s.index, pd.MultiIndex) else [s.index.name or ""]
+    cols = [" ".join(x for x in c if x) if isinstance(c, tuple) else str(c) for c in s.columns]
+    lines = [f"### {t.title}", "", t.caption, "",
+             "| " + " | ".join([n or "" for n in names] + cols) + " |",
+             "|" + "---|" * (len(names) + len(cols))]
+    for idx, r in zip(s.index, s.to_numpy()):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        lines.append("| " + " | ".join([str(i) for i in idx] + list(r)) + " |")
+    if t.footnote:
+        lines += ["", t.footnote]
+    return "\n".join(lines) + "\n"
+
+
+STANDALONE = r"""\documentclass[10pt]{article}
+\usepackage[T1]{fontenc}
+\usepackage[utf8]{inputenc}
+\usepackage{booktabs}
+\usepackage{multirow}
+\usepackage[landscape,margin=1.2cm]{geometry}
+\begin{document}
+%s
+\end{document}
+"""
+
+
+def compile_pdf(tex: Path) -> Path | None:
+    """pdflatex the standalone wrapper when pdflatex is installed (None when it is not)."""
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tex.parent,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RobenchError(f"pdflatex failed on {tex}:\n{proc.stdout[-2000:]}")
+    return tex.with_suffix(".pdf")
+
+
+def write_report(store: str | Path, out: str | Path, *, eps: float | None = None, ot: str = "neural",
+                 n_boot: int = 1000, seed: int = 0, cluster: bool = True, plots: bool = True, pdf: bool = True,
+                 bench: str | Path | None = None, ot_options: dict | None = None, progress: bool = False) -> dict[str, Any]:
+    """Every table (.tex, .md), the standalone ``report.tex`` (and PDF when pdflatex exists), the
+    plots, and ``report.json`` with all numbers, under ``out``. Written to a temporary folder and
+    moved into place, so a failure leaves no half report."""
+    cells, weights = load_cells(store)
+    rep = Reporter(cells, weights, eps=eps, ot=ot, n_boot=n_boot, seed=seed, cluster=cluster, ot_options=ot_options)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    written: dict[str, Any] = {"store": str(store), "out": str(out), "tables": [], "plots": [], "skipped": []}
+    tables = []
+    for build in (rep.robustness, rep.twoafc, rep.purification, rep.sweep, rep.significance):
+        t = build()
+        if t is None:
+            written["skipped"].append(build.__name__)
+            continue
+        tables.append(t)
+        (tmp / f"{t.name}.tex").write_text(to_latex(t))
+        (tmp / f"{t.name}.md").write_text(to_markdown(t))
+        written["tables"].append(t.name)
+    (tmp / "report.tex").write_text(STANDALONE % "\n\\clearpage\n".join(f"\\input{{{t.name}.tex}}" for t in tables))
+    (tmp / "report.md").write_text(f"# robench report\n\nStore: `{store}`\n\n" + "\n".join(to_markdown(t) for t in tables))
+    (tmp / "report.json").write_text(json.dumps({"store": str(store), "eps": rep.eps, "ot": ot, "n_boot": n_boot,
+                                                 "seed": seed, "tables": [t.to_dict() for t in tables]}, indent=1,
+                                                default=str))
+    if plots:
+        from robench import plots as P
+
+        written["plots"] = P.draw_all(rep, tmp / "plots", bench=bench, rename_to=out / "plots")
+    if pdf:
+        try:
+            pdf_path = compile_pdf(tmp / "report.tex")
+        except (RobenchError, subprocess.TimeoutExpired) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RobenchError(str(exc)) from None
+        written["pdf"] = str(out / pdf_path.name) if pdf_path else None
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return written

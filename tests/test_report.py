@@ -1,0 +1,396 @@
+"""The reporter: statistics, optimal transport / IR-Score, tables, plots and the CI gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from robench.stats import (bootstrap_weights, correlations, mean_weighted, msu_scores, paired_bootstrap,
+                           srocc_weighted)
+from robench.store import Store, cell_key
+from robench.transport import MapCache, exact_map, ir_score, neural_map
+
+TINY_OPTS = {"size": 32, "crops_per_source": 1}
+
+
+def robench(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "robench.cli", *map(str, args)], capture_output=True, text=True,
+                       env=dict(os.environ), timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"robench {' '.join(map(str, args))} → {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_weighted_srocc_equals_spearman_of_the_expanded_sample():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 8, 40).astype(float)  # ties on purpose
+    y = rng.normal(size=40)
+    w = bootstrap_weights(40, 25, seed=3, clusters=rng.integers(0, 9, 40))
+    want = [sps.spearmanr(np.repeat(x, wi), np.repeat(y, wi)).statistic for wi in w]
+    np.testing.assert_allclose(srocc_weighted(x, y, w), want, atol=1e-12)
+    ones = np.ones((1, 40), dtype=int)
+    assert srocc_weighted(x, y, ones)[0] == pytest.approx(correlations(x, y)["srocc"])
+
+
+def test_paired_bootstrap_agrees_with_scipy_bootstrap():
+    """Items with distinct references (no clusters): our percentile CI of ΔSROCC against
+    scipy.stats.bootstrap's paired percentile CI of the same statistic."""
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(1, 5, 80)
+    a = mos + rng.normal(0, 0.4, 80)
+    b = mos + rng.normal(0, 1.2, 80)
+    ours = paired_bootstrap(a, b, mos, n_resamples=4000, seed=1)
+
+    def delta(a_, b_, m_):
+        return sps.spearmanr(a_, m_).statistic - sps.spearmanr(b_, m_).statistic
+
+    ref = sps.bootstrap((a, b, mos), delta, paired=True, vectorized=False, n_resamples=4000, method="percentile",
+                        random_state=np.random.default_rng(2))
+    assert ours["ci"][0] == pytest.approx(ref.confidence_interval.low, abs=0.02)
+    assert ours["ci"][1] == pytest.approx(ref.confidence_interval.high, abs=0.02)
+    assert ours["significant"] == (ref.confidence_interval.low > 0 or ref.confidence_interval.high < 0)
+    assert ours["delta"] == pytest.approx(delta(a, b, mos))
+    assert paired_bootstrap(a, b, mos, n_resamples=200, seed=5) == paired_bootstrap(a, b, mos, n_resamples=200, seed=5)
+
+
+def test_cluster_bootstrap_resamples_whole_references():
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(10), 5)
+    w = bootstrap_weights(50, 300, seed=0, clusters=clusters)
+    for c in range(10):  # every member of a reference enters as often as the reference was drawn
+        assert (w[:, clusters == c] == w[:, clusters == c][:, :1]).all()
+    assert (w.sum(1) == 50).all()  # equal-size clusters: 10 draws of 5
+    # items of one reference that move together: the cluster CI is wider than the item CI
+    effect = np.repeat(rng.normal(0, 1, 10), 5)
+    a, b = effect + rng.normal(0, 0.1, 50), np.zeros(50)
+    ci_items = paired_bootstrap(a, b, stat=mean_weighted, n_resamples=1000, seed=0)["ci"]
+    ci_refs = paired_bootstrap(a, b, stat=mean_weighted, n_resamples=1000, seed=0, clusters=clusters)["ci"]
+    assert ci_refs[1] - ci_refs[0] > 1.5 * (ci_items[1] - ci_items[0])
+
+
+def test_msu_scores_on_a_hand_made_case():
+    q = np.array([0.0, 0.5, 1.0])
+    out = msu_scores(q, q + 0.1)
+    assert out["abs_gain"] == pytest.approx(0.1)
+    want = np.mean(np.log10(np.array([1.0, 0.5, 1.0]) / (0.1 + 1e-6)))
+    assert out["R"] == pytest.approx(want)
+    assert msu_scores(q, q)["R"] == pytest.approx(6.0 + np.mean(np.log10([1.0, 0.5, 1.0])))
+
+
+# --------------------------------------------------------------------------------------------
+# optimal transport and IR-Score
+
+
+def test_exact_map_is_pots_emd_matching():
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(0)
+    src, dst = rng.beta(2, 5, 60), 1 + 4 * rng.beta(5, 2, 60)
+    plan = ot.emd(np.full(60, 1 / 60), np.full(60, 1 / 60), ot.dist(src[:, None], dst[:, None]))
+    matched = dst[plan.argmax(axis=1)]  # a permutation: each source sample goes to one target sample
+    np.testing.assert_allclose(exact_map(src, dst)(src), matched, atol=1e-12)
+
+
+def test_neural_map_agrees_with_the_exact_map():
+    """Stated tolerance (docs/statistics.md): on 2000-sample 1-D distributions, between the 5th and
+    95th source percentiles, the neural map is within 5 % of the target range of the exact map
+    at every point and within 2 % on average (measured: 2-3 % max, < 1.5 % mean)."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    src, dst = rng.beta(2, 5, 2000), 1 + 4 * rng.beta(5, 2, 2000)
+    grid = np.quantile(src, np.linspace(0.05, 0.95, 60))
+    span = np.ptp(dst)
+    nn_map, ex = neural_map(src, dst, seed=0), exact_map(src, dst)
+    err = np.abs(nn_map(grid) - ex(grid))
+    assert err.max() < 0.05 * span and err.mean() < 0.02 * span, (err.max(), err.mean())
+    assert np.all(np.diff(nn_map(np.linspace(-0.5, 1.5, 200))) > 0)  # monotone, extrapolation included
+    again = neural_map(src, dst, seed=0)
+    np.testing.assert_array_equal(again(grid), nn_map(grid))  # seeded
+
+
+def test_maps_extend_linearly_beyond_the_clean_range():
+    src, dst = np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 5.0])
+    m = exact_map(src, dst)
+    assert m(1.5) == pytest.approx(5.0 + 0.5 * 4.0) and m(-1.0) == pytest.approx(1.0 - 4.0)
+
+
+def _synthetic_attack(seed: int, n: int = 120, k: int = 3):
+    rng = np.random.default_rng(seed)
+    mos = rng.uniform(1, 5, n)
+    q = mos / 5 + rng.normal(0, 0.05, n)
+    gain = rng.uniform(0.05, 0.4, (k, n))
+    return mos, q, gain
+
+
+@pytest.mark.parametrize("backend", ["exact", "neural"])
+def test_ir_of_a_model_against_itself_is_one_half(backend):
+    mos, q, gain = _synthetic_attack(0)
+    maps = MapCache(backend, f_steps=60) if backend == "neural" else MapCache(backend)
+    assert ir_score((q, q + gain), (q, q + gain), mos, maps)["ir"] == 0.5
+
+
+@pytest.mark.parametrize("backend", ["exact", "neural"])
+def test_ir_of_a_defence_that_halves_every_gain_is_near_one(backend):
+    mos, q, gain = _synthetic_attack(1)
+    maps = MapCache(backend, f_steps=200) if backend == "neural" else MapCache(backend)
+    res = ir_score((q, q + gain), (q, q + gain / 2), mos, maps)
+    assert res["ir"] >= (1.0 if backend == "exact" else 0.95), res
+    worse = ir_score((q, q + gain), (q, q + 2 * gain), mos, maps)
+    assert worse["ir"] <= 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# a store with real runs (ssim: 32 px, seconds) and synthetic recipe rows
+
+
+def add_cell(store: Store, *, target: str, defense: str, training: str | None, attack: str, needs: str, eps, mos,
+             q_clean, q_adv, ref_ids, kind: str = "pairs", train_seconds: float | None = None) -> str:
+    """A hand-made cell in the runner's format (for reporter logic that needs recipe rows)."""
+    n = len(q_clean)
+    config = {"target": {"name": target, "weights_sha256": f"sha-{target}", "weights_source": "trained-here",
+                         "lower_better": False},
+              "defense": {"name": defense, "training": training, "inference": [], "randomised": False, "gradient": "exact"},
+              "attack": {"name": attack, "kind": "fixed", "needs": needs, "params": {}},
+              "eps": [float(e) for e in eps],
+              "dataset": {"name": "synthetic", "split": "test", "kind": kind, "options": {}, "n": n, "n_requested": n,
+                          "subset_seed": 0, "items_sha256": "items"},
+              "seed": 0, "profile": "quick"}
+    key = cell_key(config, "test")
+    rows = [{"item": i, "eps": float(e), "item_id": f"img{i}", "ref_id": str(ref_ids[i]), "distortion": "d", "level": 1,
+             "mos": float(mos[i]), "clean_score": float(q_clean[i]), "score": float(q_adv[k][i]), "linf": 0.0, "l2": 0.0,
+             "queries": 1} for k, e in enumerate(eps) for i in range(n)]
+    store.commit_cell(key, {"config": config, "summary": {}, "flags": {}, "probes": {}, "versions": {}, "n_items": n,
+                            "seconds": 1.0, "attack_seconds": 1.0}, rows)
+    if train_seconds is not None:
+        store.record_weights([{"sha256": f"sha-{target}", "name": target, "source": "trained-here",
+                               "provenance": {"dataset": "synthetic", "profile": "quick", "train_seconds": train_seconds,
+                                              "recipe": training}}])
+    return key
+
+
+def synthetic_recipes(path, n: int = 60, seed: int = 0) -> None:
+    """base / R / AAT rows of one model: R halves nothing, AAT halves every gain."""
+    rng = np.random.default_rng(seed)
+    mos = rng.uniform(1, 5, n)
+    refs = np.arange(n) // 3
+    q = mos / 5 + rng.normal(0, 0.08, n)
+    with Store(path) as st:
+        for attack, needs in (("fgsm", "gradients"), ("square", "scores")):
+            gain = rng.uniform(0.0, 0.6, (2, n))
+            for target, defense, training, g in (("toy", "none", None, gain), ("toy.r", "r", "r", gain),
+                                                 ("toy.aat", "aat", "aat", gain / 4)):
+                add_cell(st, target=target, defense=defense, training=training, attack=attack, needs=needs,
+                         eps=[4, 8], mos=mos, q_clean=q, q_adv=q + g, ref_ids=refs, train_seconds=60.0)
+
+
+@pytest.fixture(scope="module")
+def grid_store(tmp_path_factory, robench_home):
+    """Real cells: ssim (pairs), ssim behind random flips (EOT), ssim on 2AFC triplets; plus
+    synthetic recipe rows."""
+    from robench.data.mini import build_mini
+    from robench.runner import RunSpec, run
+
+    os.environ["ROBENCH_HOME"] = str(robench_home)
+    build_mini(size=32, crops_per_source=1, seed=0, progress=False)
+    path = tmp_path_factory.mktemp("grid") / "grid.sqlite"
+    common = dict(eps=[2, 8], store=path, dataset_options=dict(TINY_OPTS),
+                  attack_params={"pgd": {"steps": 3}, "square": {"queries": 8}})
+    run(RunSpec(model="ssim", attacks=["fgsm", "pgd", "square"], n=16, **common), progress=False)
+    run(RunSpec(model="ssim", defense="flip", attacks=["fgsm", "square"], n=16,
+                **{**common, "attack_params": {"fgsm": {"eot": 4}, "square": {"queries": 8, "eot": 4}}}), progress=False)
+    run(RunSpec(model="ssim", attacks=["fgsm", "square"], dataset="mini-2afc", n=12, **common), progress=False)
+    synthetic_recipes(path)
+    return path
+
+
+def test_report_writes_every_table_and_plot(grid_store, tmp_path):
+    from robench.report import load_cells, write_report
+
+    out = tmp_path / "rep"
+    res = write_report(grid_store, out, ot="exact", n_boot=200, pdf=False)
+    assert set(res["tables"]) == {"robustness", "twoafc", "purification", "sweep", "significance"}
+    for t in res["tables"]:
+        tex, md = (out / f"{t}.tex").read_text(), (out / f"{t}.md").read_text()
+        assert "\\toprule" in tex and "\\bottomrule" in tex and "\\caption{" in tex
+        assert "mini" in tex + md or "synthetic" in tex + md
+        assert "profile quick" in md and "seed 0" in md
+    assert {"sweep-pairs.pdf", "sweep-pairs.png", "sweep-2afc.pdf"} <= {p.name for p in (out / "plots").iterdir()}
+    assert (out / "report.tex").read_text().count("\\input{") == 5
+    assert not (tmp_path / "rep.tmp").exists()
+    # numbers come from the stored rows: the md's clean SROCC of ssim is the rows' SROCC
+    cells, _ = load_cells(grid_store)
+    ssim = next(c for c in cells if c.target == "ssim" and c.kind == "pairs")
+    want = correlations(ssim.q_clean, ssim.mos)["srocc"]
+    row = next(line for line in (out / "robustness.md").read_text().splitlines() if line.startswith("| ssim | base"))
+    assert row.split("|")[3].strip().strip("*") == f"{want:.3f}"
+    pur = (out / "purification.md").read_text()
+    assert "| ssim | flip |" in pur and "white-box" in pur and "black-box" in pur
+    assert "2AFC accuracy" in (out / "twoafc.md").read_text()
+
+
+def test_robustness_table_ir_bold_and_significance(grid_store):
+    from robench.report import Reporter, load_cells, to_latex
+
+    cells, weights = load_cells(grid_store)
+    rep = Reporter([c for c in cells if c.dataset == "synthetic"], weights, ot="exact", n_boot=300)
+    t = rep.robustness()
+    df = t.df
+    assert df.loc[("toy", "AAT"), ("IR-Score", "fgsm")] > 0.9  # gains quartered
+    assert df.loc[("toy", "R"), ("IR-Score", "fgsm")] == 0.5  # identical gains: all ties
+    assert np.isnan(df.loc[("toy", "base"), ("IR-Score", "fgsm")])
+    assert df.loc[("toy", "AAT"), ("Train time (min)", "")] == pytest.approx(1.0)
+    assert t.bold.loc[("toy", "AAT"), ("SROCC", "fgsm")]
+    assert t.marks[(("toy", "AAT"), ("SROCC", "fgsm"))] == "+"  # significantly better than base
+    tex = to_latex(t)
+    assert "\\textbf{" in tex and "\\dagger" in tex and "IR-Score" in tex
+    sig = rep.significance().df
+    row = sig.loc[("SROCC", "toy", "AAT vs base", "fgsm", "8")]
+    assert row["significant"] == "yes" and row["CI low"] > 0
+
+
+def test_report_cli_json_and_bad_store(grid_store, tmp_path):
+    r = robench("report", "--store", grid_store, "--out", tmp_path / "r", "--ot", "exact", "--bootstrap", "50",
+                "--no-plots", "--json")
+    out = json.loads(r.stdout)
+    assert "robustness" in out["tables"] and (tmp_path / "r" / "robustness.md").is_file()
+    bad = robench("report", "--store", tmp_path / "nope.sqlite", "--out", tmp_path / "x", check=False)
+    assert bad.returncode == 2 and "no store" in bad.stderr and not (tmp_path / "nope.sqlite").exists()
+    bad = robench("report", "--store", grid_store, "--out", tmp_path / "x", "--ot", "sinkhorn", check=False)
+    assert bad.returncode == 2 and "sinkhorn" in bad.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_standalone_tex_compiles(grid_store, tmp_path):
+    from robench.report import write_report
+
+    res = write_report(grid_store, tmp_path / "rep", ot="exact", n_boot=50, plots=False, pdf=True)
+    assert res["pdf"] and (tmp_path / "rep" / "report.pdf").stat().st_size > 1000
+
+
+def test_plot_bound_and_speed(tmp_path, grid_store):
+    from robench.errors import RobenchError
+    from robench.plots import ema, plot_bound
+
+    steps = [{"step": i, "anchored_loss": 1 / (i + 1), "bound": 2.0, "emp_max_err": 1.0} for i in range(30)]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "steps.json").write_text(json.dumps({"config": {}, "steps": steps}))
+    robench("plot", "bound", "--log", tmp_path / "run", "--out", tmp_path / "b" / "bound", "--log-y")
+    assert (tmp_path / "b" / "bound.pdf").stat().st_size > 0 and (tmp_path / "b" / "bound.png").is_file()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "steps.json").write_text(json.dumps({"steps": [{"step": 0, "loss": 1.0}]}))
+    with pytest.raises(RobenchError, match="not an AAT log"):
+        plot_bound(tmp_path / "r", tmp_path / "x")
+    e = ema([0.0] + [1.0] * 200, 20)
+    assert e[1] == pytest.approx(2 / 21) and e[-1] == pytest.approx(1.0, abs=1e-6)
+    bench = {"size": "64x64", "batch": 1, "machine": {"processor": "cpu"},
+             "results": [{"model": "ssim", "images_per_s": 100.0, "parameters": 0}]}
+    (tmp_path / "speed.json").write_text(json.dumps(bench))
+    robench("plot", "speed", "--bench", tmp_path / "speed.json", "--store", grid_store, "--out", tmp_path / "s" / "speed")
+    assert (tmp_path / "s" / "speed.pdf").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# the CI gate
+
+
+def _trap_target():
+    """SSIM plus a term that is ~0 on clean pairs but rises sharply along a checkerboard: the
+    same clean behaviour, a deliberately weakened model under attack (``beta`` switches it on)."""
+    from robench.models.classic import SSIM, luminance
+    from robench.registry import MODELS
+    from robench.target import TargetCard
+
+    if "toytrap" in MODELS:
+        return MODELS.get("toytrap")
+
+    @MODELS.register("toytrap", summary="test-only: SSIM with an optional adversarial trap", lower_better=False)
+    class Trap(SSIM):
+        beta = 0.0
+
+        def __init__(self):
+            super().__init__()
+            self.card = TargetCard(name="toytrap", lower_better=False, score_range=None, min_size=11,
+                                   summary="test-only", paper="—")
+
+        def score(self, dist, ref):
+            h, w = dist.shape[-2:]
+            board = ((torch.arange(h)[:, None] + torch.arange(w)[None]) % 2 * 2 - 1).to(dist)
+            x = (luminance(dist - ref)[:, 0] * board).flatten(1).mean(1) / (8 / 255)
+            return super().score(dist, ref) + self.beta * x ** 2
+
+    return Trap
+
+
+def _trap_run(path, beta: float):
+    from robench.runner import RunSpec, run
+
+    trap = _trap_target()
+    trap.beta = beta
+    run(RunSpec(model="toytrap", attacks=["fgsm", "square"], eps=[8], n=32, store=path, dataset_options=dict(TINY_OPTS),
+                attack_params={"square": {"queries": 8}}), progress=False)
+
+
+def test_check_passes_unchanged_and_fails_weakened(tiny_mini, tmp_path):
+    base, same, weak = tmp_path / "base.sqlite", tmp_path / "same.sqlite", tmp_path / "weak.sqlite"
+    _trap_run(base, 0.0)
+    baseline = tmp_path / "baseline.json"
+    robench("check", "--store", base, "--baseline", baseline, "--update")
+    assert len(json.loads(baseline.read_text())["cells"]) == 2
+    _trap_run(same, 0.0)
+    ok = robench("check", "--store", same, "--baseline", baseline, "--json")
+    assert json.loads(ok.stdout)["passed"] is True
+    _trap_run(weak, 1.0)
+    r = robench("check", "--store", weak, "--baseline", baseline, "--json", check=False)
+    assert r.returncode == 1
+    res = json.loads(r.stdout)
+    failed = [row for row in res["rows"] if row["status"] == "fail"]
+    assert failed and all(row["point"] == "8" and "|fgsm|" in row["cell"] for row in failed)
+    assert failed[0]["ci"][1] < 0  # significant by the paired bootstrap
+    clean = [row for row in res["rows"] if row["point"] == "clean"]
+    assert clean and all(row["status"] == "ok" for row in clean)  # the weakness is invisible on clean data
+    text = robench("check", "--store", weak, "--baseline", baseline, check=False)
+    assert text.returncode == 1 and "FAILED" in text.stdout and "fgsm" in text.stdout
+
+
+def test_check_reports_new_missing_and_insignificant_drops(tmp_path):
+    from robench.checks import check, make_baseline, write_baseline
+
+    rng = np.random.default_rng(0)
+    n = 40
+    mos, refs = rng.uniform(1, 5, n), np.arange(n)
+    q = mos / 5 + rng.normal(0, 0.2, n)
+    with Store(tmp_path / "a.sqlite") as st:
+        add_cell(st, target="m", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8], mos=mos,
+                 q_clean=q, q_adv=[q + 0.1], ref_ids=refs)
+        add_cell(st, target="m", defense="none", training=None, attack="square", needs="scores", eps=[8], mos=mos,
+                 q_clean=q, q_adv=[q], ref_ids=refs)
+    write_baseline(make_baseline(tmp_path / "a.sqlite"), tmp_path / "b.json")
+    q2 = q.copy()
+    i, j = np.argsort(q)[n // 2], np.argsort(q)[n // 2 + 1]
+    q2[[i, j]] = q2[[j, i]]  # one swapped pair: a drop above a zero tolerance, far from significant
+    with Store(tmp_path / "c.sqlite") as st:
+        add_cell(st, target="m", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8], mos=mos,
+                 q_clean=q, q_adv=[q2 + 0.1], ref_ids=refs)
+        add_cell(st, target="m", defense="none", training=None, attack="pgd", needs="gradients", eps=[8], mos=mos,
+                 q_clean=q, q_adv=[q], ref_ids=refs)
+    res = check(tmp_path / "c.sqlite", tmp_path / "b.json", tolerance=0.0, n_boot=300)
+    status = {(r["cell"].split("|")[2], r["point"]): r["status"] for r in res["rows"]}
+    assert res["passed"]
+    assert status[("pgd", "—")] == "new" and status[("square", "—")] == "missing"
+    assert status[("fgsm", "8")] in ("drop-not-significant", "ok") and status[("fgsm", "clean")] == "ok"
+    from robench.errors import RobenchError
+
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(RobenchError, match="not a robench baseline"):
+        check(tmp_path / "c.sqlite", tmp_path / "bad.json")
