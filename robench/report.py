@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import unicodedata
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import pandas as pd
 
 from robench.attacks.base import SUITE
 from robench.errors import RobenchError
-from robench.stats import (correlations, default_clusters, mean_weighted, paired_bootstrap, srocc_weighted,
+from robench.stats import (correlations, default_clusters, mean_weighted, msu_scores, paired_bootstrap,
                            twoafc_scores)
 from robench.transport import MapCache, ir_score
 
@@ -380,14 +381,18 @@ class Reporter:
                 for a in attack_order(c.attack for c in self.cells if c.row == row):
                     c = self.cell(row, a)
                     index.append((c.metric_name, row[0], defense_label(row[1]), a))
-                    data.append([c.clean_metric()] + [c.metric(e) for e in all_eps])
+                    q = c.q_at(self.eps)
+                    msu = msu_scores(c.q_clean, q) if q is not None else {"abs_gain": np.nan, "R": np.nan}
+                    data.append([c.clean_metric()] + [c.metric(e) for e in all_eps] + [msu["abs_gain"], msu["R"]])
         if not data:
             return None
-        cols = ["clean"] + [f"{e:g}/255" for e in all_eps]
+        cols = ["clean"] + [f"{e:g}/255" for e in all_eps] + [f"MSU gain@{self.eps:g}", f"MSU R@{self.eps:g}"]
         df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["metric", "target", "defence", "attack"]),
                           columns=cols)
         return Table("sweep", "Metric against the attack budget ε", df,
-                     caption="SROCC (or 2AFC accuracy) clean and at every stored ε. " +
+                     caption=(f"SROCC (or 2AFC accuracy) clean and at every stored ε; MSU-benchmark scores at ε = "
+                              f"{self.eps:g}/255 on min-max scaled scores: mean absolute gain and robustness "
+                              f"R = log10(max(1−s, s)/(|s − s_adv| + 1e-6)) (higher R = moved less). ") +
                      self.setting(self.cells, "ε in /255 as columns"), footnote=self.provenance(self.cells))
 
     def significance(self) -> Table | None:
@@ -466,6 +471,21 @@ class Reporter:
                 if t is not None]
 
 
+def cell_stats(c: CellData) -> dict[str, Any]:
+    """Every per-cell statistic (report.json): SROCC/PLCC/KROCC or 2AFC accuracy clean and per ε,
+    mean gain of oriented quality and the MSU scores per ε."""
+    per_eps = []
+    for k, e in enumerate(c.eps):
+        q = c.q_adv[k]
+        d = {"eps": e, "mean_gain": float(np.mean(q - c.q_clean)), **msu_scores(c.q_clean, q)}
+        d.update(correlations(q, c.mos) if c.kind == "pairs" else {"2afc": c.metric_of(q)})
+        per_eps.append(d)
+    clean = correlations(c.q_clean, c.mos) if c.kind == "pairs" else {"2afc": c.clean_metric()}
+    return {"key": c.key, "target": c.target, "defense": c.defense, "attack": c.attack, "kind": c.kind,
+            "dataset": c.dataset, "split": c.split, "profile": c.profile, "seed": c.seed, "n": c.n,
+            "weights_sha256": c.weights_sha, "clean": clean, "attacked": per_eps}
+
+
 # --------------------------------------------------------------------------------------------
 # writers
 
@@ -494,16 +514,20 @@ def _strings(t: Table, marks: dict[str, str], dash: str) -> pd.DataFrame:
 def _latex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
                  ("ε", r"$\varepsilon$"), ("Δ", r"$\Delta$"), ("†", r"$^{\dagger}$"), ("‡", r"$^{\ddagger}$"),
-                 ("—", "--"), ("≥", r"$\geq$"), ("·", r"$\cdot$"), ("×", r"$\times$")):
+                 ("—", "--"), ("–", "--"), ("−", "$-$"), ("≥", r"$\geq$"), ("≤", r"$\leq$"), ("·", r"$\cdot$"),
+                 ("×", r"$\times$"), ("±", r"$\pm$"), ("→", r"$\to$"), ("…", r"\ldots{}"), ("ŷ", r"$\hat{y}$")):
         text = text.replace(a, b)
-    return text
+    # anything else outside ASCII would stop pdflatex ("Unicode character not set up"): fold it
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
 
 
 def to_latex(t: Table) -> str:
     """booktabs table through pandas Styler; best values bold, significance marked."""
     s = _strings(t, MARK_TEX, "--")
+    names = [_latex_escape(str(n)) if n is not None else None for n in s.index.names]
     s.index = s.index.set_levels([[_latex_escape(str(v)) for v in lvl] for lvl in s.index.levels]) \
-        if isinstance(s.index, pd.MultiIndex) else [_latex_escape(str(v)) for v in s.index]
+        if isinstance(s.index, pd.MultiIndex) else pd.Index([_latex_escape(str(v)) for v in s.index])
+    s.index.names = names
     if isinstance(s.columns, pd.MultiIndex):
         s.columns = pd.MultiIndex.from_tuples([tuple(_latex_escape(str(x)) for x in c) for c in s.columns])
     else:
@@ -514,6 +538,9 @@ def to_latex(t: Table) -> str:
     tex = sty.to_latex(hrules=True, caption=_latex_escape(t.caption), label=f"tab:{t.name}",
                        position_float="centering", multicol_align="c", multirow_align="t",
                        column_format="l" * s.index.nlevels + "r" * s.shape[1], environment="table")
+    if s.shape[1] + s.index.nlevels > 10:  # wide tables (Table 3 has 19 columns): scale to the line
+        tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}", 1)
+        tex = tex.replace("\\end{tabular}", "\\end{tabular}}", 1)
     if t.footnote:
         tex = tex.replace("\\end{table}", "\\par\\smallskip{\\footnotesize " + _latex_escape(t.footnote) + "}\n\\end{table}")
     return tex
@@ -541,6 +568,7 @@ STANDALONE = r"""\documentclass[10pt]{article}
 \usepackage[utf8]{inputenc}
 \usepackage{booktabs}
 \usepackage{multirow}
+\usepackage{graphicx}
 \usepackage[landscape,margin=1.2cm]{geometry}
 \begin{document}
 %s
@@ -586,8 +614,8 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
     (tmp / "report.tex").write_text(STANDALONE % "\n\\clearpage\n".join(f"\\input{{{t.name}.tex}}" for t in tables))
     (tmp / "report.md").write_text(f"# robench report\n\nStore: `{store}`\n\n" + "\n".join(to_markdown(t) for t in tables))
     (tmp / "report.json").write_text(json.dumps({"store": str(store), "eps": rep.eps, "ot": ot, "n_boot": n_boot,
-                                                 "seed": seed, "tables": [t.to_dict() for t in tables]}, indent=1,
-                                                default=str))
+                                                 "seed": seed, "tables": [t.to_dict() for t in tables],
+                                                 "cells": [cell_stats(c) for c in cells]}, indent=1, default=str))
     if plots:
         from robench import plots as P
 
