@@ -121,3 +121,35 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
         "max_abs_score_diff": float((qn - qc).abs().max()), "max_abs_grad_diff": float((gn - gc).abs().max()),
         "grad_scale": float(gn.abs().max()),
     }
+
+
+def grid(executors: list[str], cells: int = 8, workers: int = 2, queries: int = 300, n: int = 32,
+         model: str = "ssim", progress: bool = False) -> dict[str, Any]:
+    """The same CPU-bound grid — ``cells`` equal cells (Square with ``queries`` queries on ``n``
+    mini test images; the cells differ only by seed) — computed by each executor into its own
+    fresh store, wall time end to end (planning, Ray start-up and store writes included)."""
+    import tempfile
+    from pathlib import Path
+
+    from robench.runner import RunSpec, run_grid
+
+    if cells < 1:
+        raise ValueError("cells must be ≥ 1")
+    out: dict[str, Any] = {"cells": cells, "model": model, "attack": f"square, {queries} queries", "n": n,
+                           "workers": workers, "machine": machine(), "results": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in executors:
+            store = Path(tmp) / f"{name}.sqlite"
+            specs = [RunSpec(model=model, attacks=["square"], eps=[8], n=n, seed=s, store=store,
+                             attack_params={"square": {"queries": queries}}) for s in range(cells)]
+            opts = {"num_cpus": workers} if name == "ray" else {}
+            t0 = time.perf_counter()
+            res = run_grid(specs, progress=progress, executor=name, executor_options=opts)
+            wall = time.perf_counter() - t0
+            done = sum(c["status"] == "done" for r in res["runs"] for c in r["cells"])
+            out["results"].append({"executor": name, "seconds": wall, "cells_done": done,
+                                   "cell_compute_seconds": res["runs"][0]["attack_compute_seconds"]})
+    base = next((r for r in out["results"] if r["executor"] == "serial"), None)
+    for r in out["results"]:
+        r["speedup_vs_serial"] = base["seconds"] / r["seconds"] if base else None
+    return out

@@ -373,10 +373,16 @@ def run_cmd(
                                                       help="attack.param=value, e.g. pgd.steps=20 (repeatable)."),
     defense_option: Optional[list[str]] = typer.Option(None, "--defense-option",
                                                        help="defence.param=value, e.g. jpeg.quality=50 (repeatable)."),
+    executor: str = typer.Option("serial", help="serial (in process) | ray (cells as Ray tasks; pip install 'robench[ray]')."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: auto | HOST:PORT (default: a local Ray)."),
+    workers: Optional[int] = typer.Option(None, help="Local Ray: CPUs to start it with (default: all)."),
+    cpus_per_cell: float = typer.Option(1.0, help="Ray: CPUs per cell (torch threads of its worker)."),
+    gpus_per_cell: float = typer.Option(0.0, help="Ray: GPUs per cell (num_gpus; the cell runs on CUDA)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Attack a target across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy)."""
-    from robench.runner import RunSpec, run
+    """Attack targets across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy).
+    --model and --defense take comma lists: the grid is every model × defence × attack."""
+    from robench.runner import RunSpec, run_grid
 
     eps_list = None
     if eps:
@@ -386,16 +392,25 @@ def run_cmd(
             raise RobenchError(f"--eps must be comma-separated numbers in /255 units, got {eps!r}") from None
     attack_params = _parse_nested(attack_option, "--attack-option", "attack")
     defense_params = _parse_nested(defense_option, "--defense-option", "defence")
-    spec = RunSpec(model=model, attacks=attacks, dataset=dataset, eps=eps_list, profile=profile, n=n, seed=seed,
-                   split=split, defense=defense, weights=weights, store=store, force=force or not resume,
-                   dataset_options=_dataset_defaults(dataset, profile, root, dataset_option),
-                   attack_params=attack_params, defense_options=defense_params)
-    report = run(spec, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"))
+    models = [m.strip() for m in model.split(",") if m.strip()]
+    defenses = [d.strip() for d in defense.split(",") if d.strip()] if defense else [None]
+    if weights is not None and len(models) > 1:
+        raise RobenchError("--weights names one file: use it with a single --model")
+    opts = _dataset_defaults(dataset, profile, root, dataset_option)
+    specs = [RunSpec(model=m, attacks=attacks, dataset=dataset, eps=eps_list, profile=profile, n=n, seed=seed,
+                     split=split, defense=None if d in (None, "none") else d, weights=weights, store=store,
+                     force=force or not resume, dataset_options=dict(opts), attack_params=attack_params,
+                     defense_options=defense_params) for m in models for d in defenses]
+    ex_opts = {"address": address, "num_cpus": workers, "cpus_per_cell": cpus_per_cell,
+               "gpus_per_cell": gpus_per_cell} if executor == "ray" else {}
+    grid = run_grid(specs, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"), executor=executor,
+                    executor_options=ex_opts)
     if as_json:
-        emit_json(report)
+        emit_json(grid["runs"][0] if len(specs) == 1 else grid)
     else:
-        print_summary(report)
-    if any(c.get("status") == "failed" for c in report["cells"]):
+        for report in grid["runs"]:
+            print_summary(report)
+    if any(c.get("status") == "failed" for r in grid["runs"] for c in r["cells"]):
         raise typer.Exit(1)
 
 
@@ -701,6 +716,33 @@ def bench_attack(
               f"{res['cached_step_s'] * 1e3:.0f} ms → ratio {res['ratio']:.2f} (vs a textbook loop "
               f"{res['textbook_step_s'] * 1e3:.0f} ms: {res['ratio_vs_textbook']:.2f}); max |Δscore| "
               f"{res['max_abs_score_diff']:.2g}, max |Δgrad| {res['max_abs_grad_diff']:.2g}")
+
+
+@bench_app.command("grid")
+@user_errors
+def bench_grid(
+    executor: str = typer.Option("serial,ray", help="Executors to measure side by side (comma list)."),
+    cells: int = typer.Option(8, help="Equal cells in the grid."),
+    workers: int = typer.Option(2, help="Ray: local CPUs (workers)."),
+    queries: int = typer.Option(300, help="Square queries per cell (sets the cell's cost)."),
+    n: int = typer.Option(32, help="Items per cell."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Wall time of one CPU-bound grid per executor (fresh store each), and the speed-up over serial."""
+    from robench.bench import grid
+    from robench.executors import EXECUTORS
+
+    names = [e.strip() for e in executor.split(",") if e.strip()]
+    for e in names:
+        if e not in EXECUTORS:
+            raise RobenchError(f"unknown executor {e!r}; choose from {', '.join(EXECUTORS)}")
+    res = grid(names, cells=cells, workers=workers, queries=queries, n=n, progress=not as_json)
+    if as_json:
+        emit_json(res)
+        return
+    for r in res["results"]:
+        err.print(f"{r['executor']}: {cells} cells in {r['seconds']:.1f} s"
+                  + (f" (× {r['speedup_vs_serial']:.2f} vs serial)" if r["speedup_vs_serial"] else ""))
 
 
 def main() -> None:  # console-script entry point

@@ -263,13 +263,14 @@ def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> di
 # the driver
 
 
-def resolve_target(spec: RunSpec, progress: bool = True) -> tuple[Target, dict[str, Any]]:
+def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> tuple[Target, dict[str, Any]]:
     """The target of a run and its defence record: ``--defense aat+flip`` loads ``M.aat`` (training
     what is missing: the clean model, then the recipe) and wraps it in the inference defences."""
     from robench.defenses.wrappers import Defended, parse_defense
     from robench.models import load_model, split_name
 
-    _train_missing_denoiser(spec, progress)
+    if train:
+        _train_missing_denoiser(spec, progress)
     recipe, chain = parse_defense(spec.defense, spec.defense_options)
     base, tag = split_name(spec.model)
     if recipe and tag:
@@ -278,7 +279,7 @@ def resolve_target(spec: RunSpec, progress: bool = True) -> tuple[Target, dict[s
     try:
         target = load_model(name, weights=spec.weights)
     except RobenchError as exc:
-        if spec.weights is not None or "no weights" not in str(exc):
+        if spec.weights is not None or "no weights" not in str(exc) or not train:
             raise
         target = _train_missing(base, recipe, spec, progress)
     if chain:
@@ -327,7 +328,23 @@ def _train_missing(base: str, recipe: str | None, spec: RunSpec, progress: bool)
     return load_model(base)
 
 
-def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+@dataclass
+class Plan:
+    """One target × defence of a grid: everything loaded once, and the tasks of its cells."""
+    spec: RunSpec
+    target: Target
+    defense: dict[str, Any]
+    items: Items
+    eps: list[float]
+    attacks: list[Attack]
+    tasks: list[Any]
+    report: dict[str, Any]
+
+
+def plan(spec: RunSpec, progress: bool = True) -> Plan:
+    """Check names, train what is missing, load target and items, and describe every cell."""
+    from robench.executors import CellTask
+
     prof = get_profile(spec.profile)
     names = expand_attacks(spec.attacks)
     eps = [float(e) for e in (spec.eps if spec.eps else prof.eps)]
@@ -348,56 +365,123 @@ def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None 
         a.resolve(target)
     items = load_items(spec.dataset, spec.split, n or None, spec.seed, spec.dataset_options)
     store_path = Path(spec.store) if spec.store else default_store()
-    t_run = time.perf_counter()
     report: dict[str, Any] = {"store": str(store_path), "cells": [], "profile": prof.name, "eps": eps,
                               "defense": defense, "weights": target.card.weights.describe(),
                               "target": target.card.name, "dataset": spec.dataset, "split": spec.split, "n": len(items)}
+    spec_dict = {k: v for k, v in spec.__dict__.items() if k not in ("store", "force")}
+    tasks = []
+    for a in attacks:
+        config = cell_config(target, defense, a, eps, spec, items, n)
+        tasks.append(CellTask(key=cell_key(config, __version__), spec=spec_dict, attack=a.name,
+                              attack_params=dict(a.params), eps=eps, batch_size=prof.attack_batch, n=n,
+                              home=str(robench_home()), label=f"{target.card.name} · {a.name}",
+                              extra={"config": config}))
+    return Plan(spec, target, defense, items, eps, attacks, tasks, report)
+
+
+def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None = None,
+        executor: Any = "serial") -> dict[str, Any]:
+    """One target × defence × attacks (the single-model form of ``run_grid``)."""
+    return run_grid([spec], progress, log, executor)["runs"][0]
+
+
+def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], None] | None = None,
+             executor: Any = "serial", executor_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Plan every target × defence (training what is missing, in the driver), hand the cells that
+    are not stored yet to the executor, and commit each returned cell in one transaction (the
+    driver is the store's only writer)."""
+    from robench.executors import Executor, make_executor
     from robench.progress import progress_bar
     from robench.train import git_commit, versions
 
+    if isinstance(executor, str):
+        from robench.executors import EXECUTORS, make_executor as _check_name
+
+        if executor not in EXECUTORS:
+            _check_name(executor)  # raises with a did-you-mean
+    stores = {str(Path(s.store) if s.store else default_store()) for s in specs}
+    if len(stores) != 1:
+        raise RobenchError(f"one grid writes one store, got {sorted(stores)}")
+    plans = [plan(s, progress) for s in specs]
+    store_path = Path(stores.pop())
     commit, vers = git_commit(), versions()
-    compute_total, harness_total = 0.0, items.load_seconds
+    t_run = time.perf_counter()
+    compute_total = 0.0
+    harness_total = sum(p.items.load_seconds for p in plans)
+    by_key: dict[str, tuple[Plan, Any, Attack]] = {}
     with Store(store_path) as store, progress_bar(progress) as bar:
-        store.record_weights(weights_records(target))
-        for attack in attacks:
-            config = cell_config(target, defense, attack, eps, spec, items, n)
-            key = cell_key(config, __version__)
-            entry = {"key": key, "attack": attack.name, "repr": repr(attack)}
-            if not spec.force and store.status(key) == "done":
-                entry["status"] = "cached"
-                report["cells"].append(entry)
-                continue
-            task = bar.add_task(f"{target.card.name} · {attack.name}", total=len(items)) if bar else None
-            tick = (lambda k: bar.advance(task, k)) if bar else None
-            t_cell = time.perf_counter()
-            cell = {"config": config, "versions": vers, "git_commit": commit}
-            try:
-                record, rows = run_cell(target, attack, items, eps, prof.attack_batch, tick)
-            except BudgetViolation as exc:
-                store.record_failure(key, cell, str(exc))
-                entry.update(status="failed", error=str(exc))
-                report["cells"].append(entry)
-                if log:
-                    log(f"cell {attack.name} aborted: {exc}")
-                continue
-            written = store.commit_cell(key, {**cell, **record}, rows, replace=spec.force,
-                                        before_commit=_fault_hook(attack.name))
-            wall = time.perf_counter() - t_cell
-            compute_total += record["attack_seconds"]
-            harness_total += wall - record["attack_seconds"]
-            entry.update(status="done" if written else "cached", seconds=wall, attack_seconds=record["attack_seconds"])
-            report["cells"].append(entry)
-        cross_cell_checks(store, [c["key"] for c in report["cells"] if c.get("status") in ("done", "cached")])
+        todo = []
+        for p in plans:
+            store.record_weights(weights_records(p.target))
+            for t, a in zip(p.tasks, p.attacks):
+                entry = {"key": t.key, "attack": a.name, "repr": repr(a)}
+                p.report["cells"].append(entry)
+                if not p.spec.force and store.status(t.key) == "done":
+                    entry["status"] = "cached"
+                else:
+                    todo.append(t)
+                    by_key[t.key] = (p, entry, a)
+        ex = executor if isinstance(executor, Executor) else (make_executor(executor, **(executor_options or {}))
+                                                             if todo else None)
+        local = {}
+        if ex is not None and ex.name == "serial":
+            for t in todo:  # in process: reuse the loaded target and items, per-item progress
+                p, _, a = by_key[t.key]
+                local[t.key] = _local_cell(p, a, t, bar)
+        overall = bar.add_task(f"grid ({ex.name})", total=len(todo)) if (bar and ex is not None and ex.name != "serial") else None
+        try:
+            for t, result in (ex.run(todo, local) if ex is not None else []):
+                p, entry, a = by_key[t.key]
+                t_commit = time.perf_counter()
+                cell = {"config": t.extra["config"], "versions": vers, "git_commit": commit}
+                if isinstance(result, BaseException) or "failed" in result:
+                    msg = str(result) if isinstance(result, BaseException) else result["failed"]
+                    store.record_failure(t.key, cell, msg)
+                    entry.update(status="failed", error=msg)
+                    if log:
+                        log(f"cell {t.label} failed: {msg}")
+                else:
+                    record = result["record"]
+                    written = store.commit_cell(t.key, {**cell, **record}, result["rows"], replace=p.spec.force,
+                                                before_commit=_fault_hook(a.name))
+                    wall = result.get("wall", record["seconds"]) + (time.perf_counter() - t_commit)
+                    compute_total += record["attack_seconds"]
+                    harness_total += wall - record["attack_seconds"]
+                    entry.update(status="done" if written else "cached", seconds=wall,
+                                 attack_seconds=record["attack_seconds"])
+                if overall is not None:
+                    bar.advance(overall, 1)
+        finally:
+            if ex is not None and not isinstance(executor, Executor):
+                ex.close()
+        for p in plans:
+            cross_cell_checks(store, [c["key"] for c in p.report["cells"] if c.get("status") in ("done", "cached")])
         table = store.cells(status=None)
-        for entry in report["cells"]:
-            row = table[table["key"] == entry["key"]]
-            if len(row):
-                r = row.iloc[0]
-                entry.update(summary=r["summary"], flags=r["flags"], status_in_store=r["status"])
-    report["seconds"] = time.perf_counter() - t_run
-    report["attack_compute_seconds"] = compute_total
-    report["harness_overhead"] = harness_total / compute_total if compute_total > 0 else None
-    return report
+        for p in plans:
+            for entry in p.report["cells"]:
+                row = table[table["key"] == entry["key"]]
+                if len(row):
+                    r = row.iloc[0]
+                    entry.update(summary=r["summary"], flags=r["flags"], status_in_store=r["status"])
+    seconds = time.perf_counter() - t_run
+    for p in plans:
+        p.report.update(seconds=seconds, attack_compute_seconds=compute_total,
+                        harness_overhead=harness_total / compute_total if compute_total > 0 else None)
+    return {"runs": [p.report for p in plans], "seconds": seconds, "executor": ex.name if ex is not None else "none",
+            "store": str(store_path)}
+
+
+def _local_cell(p: Plan, attack: Attack, task, bar) -> Callable[[], dict[str, Any]]:
+    def go() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        prog = bar.add_task(task.label, total=len(p.items)) if bar else None
+        tick = (lambda k: bar.advance(prog, k)) if bar else None
+        try:
+            record, rows = run_cell(p.target, attack, p.items, p.eps, task.batch_size, tick)
+        except BudgetViolation as exc:
+            return {"key": task.key, "failed": str(exc)}
+        return {"key": task.key, "record": record, "rows": rows, "wall": time.perf_counter() - t0}
+    return go
 
 
 def weights_records(target: Target) -> list[dict[str, Any]]:

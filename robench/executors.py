@@ -1,0 +1,181 @@
+"""Executors: who computes the cells of a grid. The driver (``runner.run_grid``) plans every
+cell, trains what is missing, and alone writes the store; an executor only computes.
+
+* ``serial`` (default): in this process, with the driver's already-loaded target and items.
+* ``ray``: each cell is a Ray task. Workers receive the cell's *description* (run spec, attack
+  name and resolved parameters, ε, the cache path) — never a model — rebuild target, items and
+  attack from the cache, check that they describe the same cell (same key), compute it and
+  return its record and rows. Ray retries a task whose worker died; the driver commits each
+  returned cell in one transaction, so ordering, retries and worker loss cannot corrupt the
+  store. GPU cells request ``num_gpus``; CPU cells set torch's threads to their CPU share.
+  ``ray.shutdown()`` always runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+from robench.errors import RobenchError
+
+EXECUTORS = ("serial", "ray")
+
+
+@dataclass
+class CellTask:
+    key: str
+    spec: dict[str, Any]  # RunSpec fields of one target × defence
+    attack: str
+    attack_params: dict[str, Any]  # resolved (eot fixed for this target)
+    eps: list[float]
+    batch_size: int
+    n: int | None
+    home: str
+    threads: int | None = None
+    device: str = "cpu"
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def compute_cell(task: CellTask | dict) -> dict[str, Any]:
+    """Worker side: rebuild everything from the description, compute, return record + rows.
+    A budget violation comes back as a failed cell (it must never reach the store as data)."""
+    import torch
+
+    from robench import __version__
+    from robench.attacks.base import BudgetViolation
+    from robench.registry import ATTACKS
+    from robench.runner import RunSpec, cell_config, load_items, resolve_target, run_cell
+    from robench.store import cell_key
+
+    task = CellTask(**task) if isinstance(task, dict) else task
+    os.environ["ROBENCH_HOME"] = task.home
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    spec = RunSpec(**task.spec)
+    target, defense = _cached(("target", spec.model, spec.defense, spec.weights, repr(spec.defense_options)),
+                              lambda: resolve_target(spec, progress=False, train=False))
+    if task.device != "cpu":
+        target = target.to(task.device)
+    items = _cached(("items", spec.dataset, spec.split, task.n, spec.seed, repr(sorted(spec.dataset_options.items()))),
+                    lambda: load_items(spec.dataset, spec.split, task.n or None, spec.seed, spec.dataset_options))
+    attack = ATTACKS.get(task.attack)(profile=spec.profile, seed=spec.seed, **task.attack_params)
+    attack.check(target)
+    attack.resolve(target)
+    key = cell_key(cell_config(target, defense, attack, task.eps, spec, items, task.n), __version__)
+    if key != task.key:  # a worker with other weights, data or code must not answer for this cell
+        raise RobenchError(f"worker computed cell {key[:12]} for task {task.key[:12]} ({task.label}): its cache or "
+                           "code differs from the driver's")
+    try:
+        record, rows = run_cell(target, attack, items, task.eps, task.batch_size)
+    except BudgetViolation as exc:
+        return {"key": task.key, "failed": str(exc)}
+    return {"key": task.key, "record": record, "rows": rows, "pid": os.getpid()}
+
+
+_CACHE: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """Per-process cache: a Ray worker process serves many cells of the same target."""
+    if key not in _CACHE:
+        if len(_CACHE) > 8:
+            _CACHE.clear()
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+class Executor:
+    name = "base"
+
+    def run(self, tasks: list[CellTask], local: dict[str, Callable[..., dict]] | None = None
+            ) -> Iterator[tuple[CellTask, dict[str, Any] | BaseException]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SerialExecutor(Executor):
+    """In-process, in order; the driver passes a local closure per task that reuses its loaded
+    target and items (and shows per-item progress)."""
+    name = "serial"
+
+    def run(self, tasks, local=None):
+        for t in tasks:
+            try:
+                yield t, (local[t.key]() if local and t.key in local else compute_cell(t))
+            except RobenchError as exc:
+                yield t, exc
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_cell: float = 1,
+                 gpus_per_cell: float = 0, max_retries: int = 2):
+        try:
+            import ray
+        except ImportError:
+            raise RobenchError("the ray executor needs Ray: pip install 'robench[ray]'") from None
+        self.ray = ray
+        kw: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
+                              "configure_logging": False}
+        if address:
+            kw["address"] = address
+        elif num_cpus is not None:
+            kw["num_cpus"] = num_cpus
+        try:
+            ray.init(**kw)
+        except Exception as exc:  # noqa: BLE001 - Ray raises many types for an unreachable cluster
+            raise RobenchError(f"could not start or reach Ray ({address or 'local'}): {exc}") from None
+        self.cpus, self.gpus, self.retries = cpus_per_cell, gpus_per_cell, max_retries
+        self._remote = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries)(
+            _ray_compute)
+
+    def run(self, tasks, local=None):
+        ray = self.ray
+        pending = {}
+        for t in tasks:
+            t.threads = t.threads or max(1, int(self.cpus))
+            t.device = "cuda" if self.gpus else t.device
+            pending[self._remote.remote(asdict(t))] = t
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                t = pending.pop(ref)
+                try:
+                    yield t, ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - task errors arrive wrapped by Ray
+                    cause = getattr(exc, "cause", None) or exc
+                    yield t, cause if isinstance(cause, RobenchError) else RobenchError(f"{type(cause).__name__}: {cause}")
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+def _ray_compute(task: dict) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out = compute_cell(task)
+    out["worker_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def make_executor(name: str, **options) -> Executor:
+    if name == "serial":
+        return SerialExecutor()
+    if name == "ray":
+        return RayExecutor(**options)
+    import difflib
+
+    close = difflib.get_close_matches(name, EXECUTORS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise RobenchError(f"unknown executor {name!r}{hint}; choose one of {', '.join(EXECUTORS)}")
