@@ -535,6 +535,44 @@ def check_cmd(
         raise typer.Exit(1)
 
 
+@app.command("validate")
+@user_errors
+def validate_cmd(
+    profile: str = typer.Option("paper", help="Profile whose grid to dry-build."),
+    sample: bool = typer.Option(True, "--sample/--no-sample", help="Time each target briefly to estimate costs."),
+    device: str = typer.Option("cpu", help="Device of the timed sample (cpu, cuda)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Dry-build the paper grid (every target × defence × attack) without running it: size and an
+    estimated cost per cell from a short timed sample on this machine."""
+    from robench.validate import dry_build
+
+    res = dry_build(profile, sample=sample, device=device, progress=lambda m: err.print(m) if not as_json else None)
+    if as_json:
+        emit_json(res)
+        return
+    out = Console()
+    out.print(f"profile {res['profile']}: {len(res['targets'])} targets × {len(res['defenses'])} defences × "
+              f"{len(res['attacks'])} attacks = [bold]{res['cells']} cells[/], {res['items_per_cell']} {res['dataset']} "
+              f"{res['split']} images × {len(res['eps'])} budgets each ({res['attacked_images']:,} attacked images)")
+    for a, r in res["attacks"].items():
+        out.print(f"  {r}")
+    est = res["estimate"]
+    if est:
+        table = Table(title=f"estimated seconds per cell on {res['device']} at {res['image_size']} ({est['kind']})")
+        table.add_column("attack")
+        for t in res["targets"]:
+            table.add_column(t, justify="right")
+        for a in res["attacks"]:
+            table.add_row(a, *[f"{next(r['seconds'] for r in est['per_cell'] if r['target'] == t and r['attack'] == a):,.0f}"
+                               for t in res["targets"]])
+        out.print(table)
+        out.print(f"attacks: {est['attack_hours']:,.1f} h; clean training: "
+                  + ", ".join(f"{t} {h:,.0f} h" for t, h in est["clean_training_hours"].items())
+                  + f"; recipes: " + ", ".join(f"{t} {h:,.1f} h" for t, h in est["recipe_training_hours"].items())
+                  + f"; total ≈ {est['total_hours']:,.0f} h on this device")
+
+
 @plot_app.command("bound")
 @user_errors
 def plot_bound_cmd(

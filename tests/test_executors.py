@@ -60,3 +60,18 @@ def test_unknown_executor_is_refused(tiny_mini, tmp_path):
 
     with pytest.raises(RobenchError, match="did you mean 'ray'"):
         run_grid(_specs(tmp_path / "a.sqlite"), progress=False, executor="rya")
+
+
+def test_validate_dry_builds_the_paper_grid():
+    from robench.validate import dry_build, kadid_split_sizes
+
+    sizes = kadid_split_sizes()
+    assert sum(sizes.values()) == 10125 and sizes["test"] == 16 * 125
+    res = dry_build("paper", sample=True, size=(48, 48))
+    assert res["cells"] == 3 * 4 * 7 and res["items_per_cell"] == sizes["test"] and res["eps"] == [2, 4, 6, 8, 10]
+    assert "dataset='kadid10k'" in res["attacks"]["facpa"] and "steps=20" in res["attacks"]["pgd"]
+    cost = {(r["target"], r["attack"]): r for r in res["estimate"]["per_cell"]}
+    assert len(cost) == 21 and all(r["seconds"] > 0 for r in cost.values())
+    assert cost[("birqa", "pgd")]["grad_evals"] == 20 and cost[("birqa", "cw")]["grad_evals"] == 500
+    assert cost[("birqa", "pgd")]["seconds"] > cost[("birqa", "fgsm")]["seconds"]
+    assert dry_build("paper", sample=False)["estimate"] is None
