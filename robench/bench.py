@@ -124,7 +124,7 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
 
 
 def grid(executors: list[str], cells: int = 8, workers: int = 2, queries: int = 300, n: int = 32,
-         model: str = "ssim", progress: bool = False) -> dict[str, Any]:
+         model: str = "ssim", image_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """The same CPU-bound grid — ``cells`` equal cells (Square with ``queries`` queries on ``n``
     mini test images; the cells differ only by seed) — computed by each executor into its own
     fresh store, wall time end to end (planning, Ray start-up and store writes included)."""
@@ -135,13 +135,16 @@ def grid(executors: list[str], cells: int = 8, workers: int = 2, queries: int = 
 
     if cells < 1:
         raise ValueError("cells must be ≥ 1")
+    ds_opts = {"size": image_size} if image_size else {}
     out: dict[str, Any] = {"cells": cells, "model": model, "attack": f"square, {queries} queries", "n": n,
+                           "image_size": image_size or "profile default",
                            "workers": workers, "machine": machine(), "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in executors:
             store = Path(tmp) / f"{name}.sqlite"
             specs = [RunSpec(model=model, attacks=["square"], eps=[8], n=n, seed=s, store=store,
-                             attack_params={"square": {"queries": queries}}) for s in range(cells)]
+                             dataset_options=dict(ds_opts), attack_params={"square": {"queries": queries}})
+                     for s in range(cells)]
             opts = {"num_cpus": workers} if name == "ray" else {}
             t0 = time.perf_counter()
             res = run_grid(specs, progress=progress, executor=name, executor_options=opts)

@@ -764,6 +764,7 @@ def bench_grid(
     workers: int = typer.Option(2, help="Ray: local CPUs (workers)."),
     queries: int = typer.Option(300, help="Square queries per cell (sets the cell's cost)."),
     n: int = typer.Option(32, help="Items per cell."),
+    image_size: Optional[int] = typer.Option(None, help="mini image size (default: the quick profile's 128)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Wall time of one CPU-bound grid per executor (fresh store each), and the speed-up over serial."""
@@ -774,7 +775,7 @@ def bench_grid(
     for e in names:
         if e not in EXECUTORS:
             raise RobenchError(f"unknown executor {e!r}; choose from {', '.join(EXECUTORS)}")
-    res = grid(names, cells=cells, workers=workers, queries=queries, n=n, progress=not as_json)
+    res = grid(names, cells=cells, workers=workers, queries=queries, n=n, image_size=image_size, progress=not as_json)
     if as_json:
         emit_json(res)
         return
