@@ -769,12 +769,11 @@ def bench_grid(
 ) -> None:
     """Wall time of one CPU-bound grid per executor (fresh store each), and the speed-up over serial."""
     from robench.bench import grid
-    from robench.executors import EXECUTORS
+    from robench.executors import check_name
 
     names = [e.strip() for e in executor.split(",") if e.strip()]
     for e in names:
-        if e not in EXECUTORS:
-            raise RobenchError(f"unknown executor {e!r}; choose from {', '.join(EXECUTORS)}")
+        check_name(e)
     res = grid(names, cells=cells, workers=workers, queries=queries, n=n, image_size=image_size, progress=not as_json)
     if as_json:
         emit_json(res)

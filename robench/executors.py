@@ -170,10 +170,14 @@ def _ray_compute(task: dict) -> dict[str, Any]:
 
 
 def make_executor(name: str, **options) -> Executor:
-    if name == "serial":
-        return SerialExecutor()
-    if name == "ray":
-        return RayExecutor(**options)
+    check_name(name)
+    return SerialExecutor() if name == "serial" else RayExecutor(**options)
+
+
+def check_name(name: str) -> None:
+    """Refuse an unknown executor before any work, with a did-you-mean."""
+    if name in EXECUTORS:
+        return
     import difflib
 
     close = difflib.get_close_matches(name, EXECUTORS, n=1)

@@ -395,10 +395,9 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
     from robench.train import git_commit, versions
 
     if isinstance(executor, str):
-        from robench.executors import EXECUTORS, make_executor as _check_name
+        from robench.executors import check_name
 
-        if executor not in EXECUTORS:
-            _check_name(executor)  # raises with a did-you-mean
+        check_name(executor)
     stores = {str(Path(s.store) if s.store else default_store()) for s in specs}
     if len(stores) != 1:
         raise RobenchError(f"one grid writes one store, got {sorted(stores)}")
