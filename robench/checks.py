@@ -6,7 +6,8 @@ retrained or changed model is compared with the numbers it has to keep. For the 
 each ε both hold, the gate fails only when the metric (SROCC, or 2AFC accuracy) drops by more
 than the tolerance **and**, where both sides carry per-image rows for the same items, the paired
 bootstrap of the difference says the drop is significant (95 % CI below 0). A cell without a
-baseline is reported as new, a baseline cell missing from the store as missing; neither fails.
+baseline is reported as new and passes; a baseline cell that failed in the store, or is missing
+from it, fails the gate (``allow_missing`` accepts missing cells when checking a subset).
 """
 
 from __future__ import annotations
@@ -27,7 +28,28 @@ BASELINE_FORMAT = 1
 
 
 def identity(c: CellData) -> str:
-    return "|".join([c.target, c.defense, c.attack, c.dataset, c.split, c.kind, c.profile, f"seed={c.seed}", f"n={c.n}"])
+    return _identity(c.target, c.defense, c.attack, c.dataset, c.split, c.kind, c.profile, c.seed, c.n)
+
+
+def _identity(target, defense, attack, dataset, split, kind, profile, seed, n) -> str:
+    return "|".join([target, defense, attack, dataset, split, kind, profile, f"seed={seed}", f"n={n}"])
+
+
+def failed_identities(store: str | Path) -> dict[str, str]:
+    """Cells whose latest record in the store is a failure (identity → error): a baseline cell
+    that now fails must fail the gate, not pass as 'missing'."""
+    from robench.store import Store
+
+    with Store(store) as st:
+        allc = st.cells(status=None)
+    latest: dict[str, tuple[str, str]] = {}
+    for _, c in allc.iterrows():  # ordered by finish time
+        cfg = c["config"]
+        d = cfg["dataset"]
+        ident = _identity(cfg["target"]["name"], cfg["defense"]["name"], cfg["attack"]["name"], d["name"], d["split"],
+                          d["kind"], cfg["profile"], cfg["seed"], d["n"])
+        latest[ident] = (c["status"], c["error"] or "")
+    return {k: err for k, (status, err) in latest.items() if status == "failed"}
 
 
 def _values(c: CellData, q: np.ndarray) -> np.ndarray:
@@ -106,13 +128,17 @@ def _paired(cur: CellData, base: dict[str, Any], key: str, q: np.ndarray, n_boot
 
 
 def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02, n_boot: int = 1000,
-          seed: int = 0) -> dict[str, Any]:
+          seed: int = 0, allow_missing: bool = False) -> dict[str, Any]:
     if not tolerance >= 0:
         raise RobenchError(f"--tolerance must be ≥ 0, got {tolerance}")
     baseline = read_baseline(baseline_path)
     cells, _ = load_cells(store)
     current = latest(cells)
+    failed_now = failed_identities(store)
     rows: list[dict[str, Any]] = []
+    for ident, error in sorted(failed_now.items()):
+        current.pop(ident, None)  # an older finished record must not stand in for a failed rerun
+        rows.append({"cell": ident, "status": "fail", "point": "—", "reason": f"the cell failed: {error[:200]}"})
     for ident, c in current.items():
         b = baseline["cells"].get(ident)
         if b is None:
@@ -145,8 +171,11 @@ def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02,
                                        f"[{boot['ci'][0]:+.3f}, {boot['ci'][1]:+.3f}]"
                                        + (" excludes 0" if sig else " includes 0")))
             rows.append(row)
-    for ident in sorted(set(baseline["cells"]) - set(current)):
-        rows.append({"cell": ident, "status": "missing", "point": "—"})
+    for ident in sorted(set(baseline["cells"]) - set(current) - set(failed_now)):
+        # a baseline cell the store lacks fails the gate (a shrunken suite, a changed --n) unless
+        # the caller checks a subset on purpose
+        rows.append({"cell": ident, "status": "missing" if allow_missing else "fail", "point": "—",
+                     "reason": "in the baseline, not in the store" + ("" if allow_missing else " (--allow-missing to accept)")})
     failed = [r for r in rows if r["status"] == "fail"]
     return {"store": str(store), "baseline": str(baseline_path), "tolerance": tolerance, "n_boot": n_boot,
             "passed": not failed, "failed": len(failed),

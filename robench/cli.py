@@ -495,10 +495,12 @@ def check_cmd(
     tolerance: float = typer.Option(0.02, help="Allowed drop of SROCC / 2AFC accuracy before a cell can fail."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the significance of a drop."),
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline from the store instead of checking."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline cells absent from the store pass (checking a subset)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """CI gate: fail (exit 1) when a cell's attacked or clean metric drops by more than the tolerance
-    and, with per-image rows, significantly (paired bootstrap). New cells are reported, not failed."""
+    and, with per-image rows, significantly (paired bootstrap), or a baseline cell failed or is missing.
+    New cells are reported, not failed."""
     from robench.checks import check, make_baseline, write_baseline
     from robench.runner import default_store
 
@@ -511,7 +513,7 @@ def check_cmd(
         else:
             err.print(f"wrote {baseline}: {len(b['cells'])} cells from {store}")
         return
-    res = check(store, baseline, tolerance=tolerance, n_boot=n_boot)
+    res = check(store, baseline, tolerance=tolerance, n_boot=n_boot, allow_missing=allow_missing)
     if as_json:
         emit_json(res)
     else:

@@ -190,7 +190,7 @@ def clean_accuracy(cells) -> dict[str, float]:
     acc: dict[str, float] = {}
     for c in cells:
         if c.kind == "pairs" and c.defense == "none":
-            acc.setdefault(c.arch, c.clean_metric())
+            acc[c.arch] = c.clean_metric()  # cells come oldest first: the latest wins, as in the tables
     return acc
 
 

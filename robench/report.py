@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import unicodedata
 import subprocess
 from dataclasses import dataclass, field
@@ -198,7 +199,12 @@ class Reporter:
                  ot_options: dict | None = None):
         if not cells:
             raise RobenchError("the store has no finished cells to report")
-        self.cells, self.weights = cells, weights
+        # one weights version per row: after a retrain where only some attacks were rerun, a row
+        # must not mix cells of old and new weights (the latest cell's weights win)
+        latest = {c.row: c.weights_sha for c in cells}
+        self.cells, self.weights = [c for c in cells if c.weights_sha == latest[c.row]], weights
+        settings = {c.row[2:] for c in self.cells}
+        self.multi_setting = len(settings) > 1  # then every row label names its setting
         all_eps = sorted({e for c in cells for e in c.eps})
         self.eps = eps if eps is not None else (8.0 if 8.0 in all_eps else all_eps[-1])
         self.maps = MapCache(ot, seed, **(ot_options or {}))
@@ -290,7 +296,7 @@ class Reporter:
         cols = ([("SROCC", "clean")] + [("SROCC", a) for a in attacks] + ([("SROCC", "worst")] if len(attacks) > 1 else [])
                 + [("IR-Score", a) for a in attacks] + [("Train time (min)", "")])
         data, marks, used = [], {}, []
-        index = [(r[0], defense_label(r[1])) for r in rows]
+        index = [self.label(r) for r in rows]
         for row, idx in zip(rows, index):
             vals = {}
             cs = {a: self.cell(row, a, self.eps) for a in attacks}
@@ -313,7 +319,7 @@ class Reporter:
                 vals[("SROCC", "worst")] = self.worst(list(cs.values()))
             vals[("Train time (min)", "")] = self.train_minutes(any_c) if any_c else np.nan
             data.append([vals.get(c, np.nan) for c in cols])
-        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["target", "defence"]),
+        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=self.label_names()),
                           columns=pd.MultiIndex.from_tuples(cols))
         bold = self.best(df, exclude=[("Train time (min)", "")])
         return Table("robustness", "Robustness of trained defences (paper Table 3 shape)", df,
@@ -334,7 +340,7 @@ class Reporter:
         cols = [("", "clean")] + [("white-box", a) for a in attacks if needs[a] == "gradients"] \
             + [("black-box", a) for a in attacks if needs[a] != "gradients"]
         data, marks, used = [], {}, []
-        index = [(r[0], defense_label(r[1])) for r in rows]
+        index = [self.label(r) for r in rows]
         for row, idx in zip(rows, index):
             base_row = self.base_row(row)
             vals = {}
@@ -349,7 +355,7 @@ class Reporter:
             c0 = next((self.cell(row, a) for a in attacks if self.cell(row, a) is not None), None)
             vals[("", "clean")] = c0.clean_metric() if c0 else np.nan
             data.append([vals.get(c, np.nan) for c in cols])
-        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["target", "defence"]),
+        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=self.label_names()),
                           columns=pd.MultiIndex.from_tuples(cols))
         metric = used[0].metric_name if used else "metric"
         what = "2AFC accuracy (BAPPS formula; the less-preferred image attacked)" if metric != "SROCC" else "SROCC vs MOS"
@@ -380,14 +386,14 @@ class Reporter:
             for row in self.rows(kind):
                 for a in attack_order(c.attack for c in self.cells if c.row == row):
                     c = self.cell(row, a)
-                    index.append((c.metric_name, row[0], defense_label(row[1]), a))
+                    index.append((c.metric_name, *self.label(row), a))
                     q = c.q_at(self.eps)
                     msu = msu_scores(c.q_clean, q) if q is not None else {"abs_gain": np.nan, "R": np.nan}
                     data.append([c.clean_metric()] + [c.metric(e) for e in all_eps] + [msu["abs_gain"], msu["R"]])
         if not data:
             return None
         cols = ["clean"] + [f"{e:g}/255" for e in all_eps] + [f"MSU gain@{self.eps:g}", f"MSU R@{self.eps:g}"]
-        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["metric", "target", "defence", "attack"]),
+        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["metric", *self.label_names(), "attack"]),
                           columns=cols)
         return Table("sweep", "Metric against the attack budget ε", df,
                      caption=(f"SROCC (or 2AFC accuracy) clean and at every stored ε; MSU-benchmark scores at ε = "
@@ -397,7 +403,7 @@ class Reporter:
 
     def significance(self) -> Table | None:
         """Paired bootstrap of Δmetric: every defence vs base, and AAT vs R and vs AT."""
-        recs, index = [], []
+        recs, index, seen = [], [], set()
         for kind in ("pairs", "2afc"):
             rows = self.rows(kind)
             for row in rows:
@@ -413,23 +419,26 @@ class Reporter:
                         c, b = self.cell(row, a), self.cell(other, a)
                         if c is None or b is None:
                             continue
-                        if not any(i[3] == "clean" and i[1] == row[0] and i[2] == f"{defense_label(row[1])} vs {defense_label(other[1])}"
-                                   for i in index):
+                        vs = f"{defense_label(row[1])} vs {defense_label(other[1])}"
+                        who = (*self.label(row)[:-1], vs)
+                        if (row, other) not in seen:
+                            seen.add((row, other))
                             res = self.compare(c, b, None)
                             if res:
-                                index.append((c.metric_name, row[0], f"{defense_label(row[1])} vs {defense_label(other[1])}", "clean", "—"))
+                                index.append((c.metric_name, *who, "clean", "—"))
                                 recs.append(res)
                         for e in [e for e in c.eps if b.eps_index(e) is not None]:
                             res = self.compare(c, b, e)
                             if res:
-                                index.append((c.metric_name, row[0], f"{defense_label(row[1])} vs {defense_label(other[1])}", a, f"{e:g}"))
+                                index.append((c.metric_name, *who, a, f"{e:g}"))
                                 recs.append(res)
         if not recs:
             return None
         df = pd.DataFrame({"Δ": [r["delta"] for r in recs], "median Δ": [r["effect"] for r in recs],
                            "CI low": [r["ci"][0] for r in recs], "CI high": [r["ci"][1] for r in recs],
                            "significant": ["yes" if r["significant"] else "no" for r in recs]},
-                          index=pd.MultiIndex.from_tuples(index, names=["metric", "target", "comparison", "attack", "ε /255"]))
+                          index=pd.MultiIndex.from_tuples(index, names=["metric", *self.label_names()[:-1], "comparison",
+                                                                        "attack", "ε /255"]))
         clustered = any(r["cluster"] for r in recs)
         return Table("significance", "Paired bootstrap of the metric difference", df,
                      caption=(f"Δ = metric(first) − metric(second) on the same items; median over {self.n_boot} paired "
@@ -438,6 +447,16 @@ class Reporter:
                      footnote=self.provenance(self.cells))
 
     # -- helpers ----------------------------------------------------------------------------
+    def label(self, row: tuple) -> tuple:
+        """A row's printed label: (target, defence), with its setting when the store mixes several."""
+        if self.multi_setting:
+            dataset, split, kind, profile, seed = row[2:]
+            return (row[0], f"{dataset}/{split}/{profile}/seed {seed}", defense_label(row[1]))
+        return (row[0], defense_label(row[1]))
+
+    def label_names(self) -> list[str]:
+        return ["target", "setting", "defence"] if self.multi_setting else ["target", "defence"]
+
     def worst(self, cells: list[CellData | None]) -> float:
         cs = [c for c in cells if c is not None]
         if len(cs) < 2 or len({c.items_sha for c in cs}) != 1:
@@ -455,16 +474,18 @@ class Reporter:
                 f"95 % CI excludes 0). Bold: best in the column for each model.")
 
     def best(self, df: pd.DataFrame, exclude=()) -> pd.DataFrame:
-        bold = pd.DataFrame(False, index=df.index, columns=df.columns)
-        for arch in df.index.get_level_values(0).unique():
-            sub = df.loc[[arch]]
-            if len(sub) < 2:
+        bold = np.zeros(df.shape, dtype=bool)
+        groups = [tuple(i[:-1]) for i in df.index]  # one model (and setting): all levels but the defence
+        for g in dict.fromkeys(groups):
+            rows = [k for k, h in enumerate(groups) if h == g]
+            if len(rows) < 2:
                 continue
-            for col in df.columns:
-                if col in exclude or sub[col].isna().all():
+            for j, col in enumerate(df.columns):
+                v = df.iloc[rows, j].to_numpy(dtype=float)
+                if col in exclude or np.isnan(v).all():
                     continue
-                bold.loc[sub.index[sub[col] == sub[col].max()], col] = True
-        return bold
+                bold[[r for r, x in zip(rows, v) if x == np.nanmax(v)], j] = True
+        return pd.DataFrame(bold, index=df.index, columns=df.columns)
 
     def tables(self) -> list[Table]:
         return [t for t in (self.robustness(), self.twoafc(), self.purification(), self.sweep(), self.significance())
@@ -597,9 +618,29 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
     cells, weights = load_cells(store)
     rep = Reporter(cells, weights, eps=eps, ot=ot, n_boot=n_boot, seed=seed, cluster=cluster, ot_options=ot_options)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a private temporary folder beside the target: concurrent reports cannot delete each other's
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would become the report's permissions
+    try:
+        written = _write(rep, cells, store, out, tmp, ot, n_boot, seed, plots, pdf, bench)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # swap: the old report moves aside, the new one in, then the old one goes (a kill in between
+    # leaves a complete report under one of the two names, never half of one)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        out.rename(old / "report")
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return written
+
+
+def _write(rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: int, seed: int, plots: bool, pdf: bool,
+           bench) -> dict[str, Any]:
     written: dict[str, Any] = {"store": str(store), "out": str(out), "tables": [], "plots": [], "skipped": []}
     tables = []
     for build in (rep.robustness, rep.twoafc, rep.purification, rep.sweep, rep.significance):
@@ -623,11 +664,7 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
     if pdf:
         try:
             pdf_path = compile_pdf(tmp / "report.tex")
-        except (RobenchError, subprocess.TimeoutExpired) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise RobenchError(str(exc)) from None
+        except subprocess.TimeoutExpired as exc:
+            raise RobenchError(f"pdflatex timed out: {exc}") from None
         written["pdf"] = str(out / pdf_path.name) if pdf_path else None
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return written

@@ -347,7 +347,8 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
 
     prof = get_profile(spec.profile)
     names = expand_attacks(spec.attacks)
-    eps = [float(e) for e in (spec.eps if spec.eps else prof.eps)]
+    # sorted and unique: `--eps 8,8` would write each row twice, and `8,2` is the same cell as `2,8`
+    eps = sorted({float(e) for e in (spec.eps if spec.eps else prof.eps)})
     for e in eps:
         if not (0 < e <= 255):
             raise RobenchError(f"--eps values are in /255 units and must be in (0, 255], got {e:g}")

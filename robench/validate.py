@@ -120,7 +120,9 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
         tt = timing[tname]
         for aname, a in attacks.items():
             ev = evaluations(a)
-            sec = n_items * n_eps * (ev["grad"] * tt["grad_s"] + ev["forward"] * tt["forward_s"])
+            # a minimisation attack (C&W) runs once at the largest ε and is clipped to the others
+            runs = 1 if a.kind == "minimisation" else n_eps
+            sec = n_items * runs * (ev["grad"] * tt["grad_s"] + ev["forward"] * tt["forward_s"])
             if aname == "facpa":  # generator training on the train split, once per target and defence
                 epochs = a.params.get("epochs") or 1
                 sec += epochs * sizes["train"] * tt["grad_s"]

@@ -75,3 +75,14 @@ def test_validate_dry_builds_the_paper_grid():
     assert cost[("birqa", "pgd")]["grad_evals"] == 20 and cost[("birqa", "cw")]["grad_evals"] == 500
     assert cost[("birqa", "pgd")]["seconds"] > cost[("birqa", "fgsm")]["seconds"]
     assert dry_build("paper", sample=False)["estimate"] is None
+
+
+def test_budgets_are_sorted_and_unique(tiny_mini, tmp_path):
+    """`--eps 8,2,8` is the cell of `--eps 2,8` (a repeated ε would write each row twice)."""
+    from robench.runner import RunSpec, plan
+
+    a = plan(RunSpec(model="ssim", attacks=["fgsm"], eps=[8, 2, 8], n=4, store=tmp_path / "a.sqlite",
+                     dataset_options=dict(TINY_OPTS)), progress=False)
+    b = plan(RunSpec(model="ssim", attacks=["fgsm"], eps=[2, 8], n=4, store=tmp_path / "a.sqlite",
+                     dataset_options=dict(TINY_OPTS)), progress=False)
+    assert a.eps == [2.0, 8.0] and a.tasks[0].key == b.tasks[0].key
