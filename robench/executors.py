@@ -45,9 +45,8 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     import torch
 
     from robench import __version__
-    from robench.attacks.base import BudgetViolation
     from robench.registry import ATTACKS
-    from robench.runner import RunSpec, cell_config, load_items, resolve_target, run_cell
+    from robench.runner import RunSpec, cell_config, cell_result, load_items, resolve_target
     from robench.store import cell_key
 
     task = CellTask(**task) if isinstance(task, dict) else task
@@ -68,11 +67,7 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     if key != task.key:  # a worker with other weights, data or code must not answer for this cell
         raise RobenchError(f"worker computed cell {key[:12]} for task {task.key[:12]} ({task.label}): its cache or "
                            "code differs from the driver's")
-    try:
-        record, rows = run_cell(target, attack, items, task.eps, task.batch_size)
-    except BudgetViolation as exc:
-        return {"key": task.key, "failed": str(exc)}
-    return {"key": task.key, "record": record, "rows": rows, "pid": os.getpid()}
+    return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size), "pid": os.getpid()}
 
 
 _CACHE: dict[tuple, Any] = {}

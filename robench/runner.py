@@ -476,12 +476,21 @@ def _local_cell(p: Plan, attack: Attack, task, bar) -> Callable[[], dict[str, An
         t0 = time.perf_counter()
         prog = bar.add_task(task.label, total=len(p.items)) if bar else None
         tick = (lambda k: bar.advance(prog, k)) if bar else None
-        try:
-            record, rows = run_cell(p.target, attack, p.items, p.eps, task.batch_size, tick)
-        except BudgetViolation as exc:
-            return {"key": task.key, "failed": str(exc)}
-        return {"key": task.key, "record": record, "rows": rows, "wall": time.perf_counter() - t0}
+        out = cell_result(task.key, p.target, attack, p.items, p.eps, task.batch_size, tick)
+        out["wall"] = time.perf_counter() - t0
+        return out
     return go
+
+
+def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
+                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """What an executor hands back for one cell: record and rows, or the budget violation that
+    stopped it (an out-of-budget result must never reach the store as data)."""
+    try:
+        record, rows = run_cell(target, attack, items, eps, batch_size, progress)
+    except BudgetViolation as exc:
+        return {"key": key, "failed": str(exc)}
+    return {"key": key, "record": record, "rows": rows}
 
 
 def weights_records(target: Target) -> list[dict[str, Any]]:

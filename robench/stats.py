@@ -25,19 +25,6 @@ def correlations(pred, mos) -> dict[str, float]:
             "krocc": float(sps.kendalltau(pred, mos).statistic), "n": n}
 
 
-def srocc_rows(pred, mos) -> np.ndarray:
-    """SROCC of every row of ``pred`` (B×n) against the matching row of ``mos`` (B×n or n):
-    Pearson correlation of average ranks, so ties count like scipy's ``spearmanr``. NaN where a
-    row is constant. Vectorised for the bootstrap (1000 resamples in one call)."""
-    pred = np.atleast_2d(np.asarray(pred, dtype=float))
-    mos = np.broadcast_to(np.asarray(mos, dtype=float), pred.shape)
-    rp, rm = sps.rankdata(pred, axis=-1), sps.rankdata(mos, axis=-1)
-    rp, rm = rp - rp.mean(-1, keepdims=True), rm - rm.mean(-1, keepdims=True)
-    den = np.sqrt((rp ** 2).sum(-1) * (rm ** 2).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (rp * rm).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
-
-
 def twoafc_scores(q0, q1, judge) -> np.ndarray:
     """Per-triplet 2AFC score (BAPPS / LPIPS paper) with distances ``d = −q``:
     ``1[d0<d1]·(1−p) + 1[d1<d0]·p + ½·1[d0=d1]``, ``p`` the fraction of people preferring ``p1``."""
