@@ -272,6 +272,8 @@ def train_cmd(
     dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
     defense: Optional[str] = typer.Option(None, help="Adversarial fine-tuning recipe r | at | aat (makes MODEL.<recipe>)."),
     steps: Optional[int] = typer.Option(None, help="Optimiser steps of the recipe (default: the profile's)."),
+    max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap the steps of each clean-training epoch "
+                                                      "(smoke tests, crash tests)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Clean training (eq. 5: MSE + λ(1 − PLCC)) or, with --defense, R-/AT-/AAT- fine-tuning; resumable."""
@@ -298,7 +300,7 @@ def train_cmd(
 
     r = train(model, dataset=dataset, profile=profile, epochs=epochs, out=out, seed=seed, lr=lr, batch_size=batch_size,
               dataset_options={**({"root": root} if root else {}), **_parse_kv(dataset_option, "--dataset-option")},
-              model_options=_parse_kv(model_option, "--model-option"))
+              model_options=_parse_kv(model_option, "--model-option"), max_steps_per_epoch=max_steps_per_epoch)
     res = {"name": r.name, "out": str(r.out), "weights": str(r.best_path), "sha256": r.sha256,
            "best_val_srocc": r.best_val_srocc, "best_epoch": r.best_epoch, "epochs": r.epochs,
            "train_seconds": round(r.train_seconds, 1)}
@@ -540,13 +542,32 @@ def check_cmd(
 @app.command("validate")
 @user_errors
 def validate_cmd(
-    profile: str = typer.Option("paper", help="Profile whose grid to dry-build."),
+    profile: Optional[str] = typer.Option(None, help="Dry-build this profile's grid (e.g. paper) instead of the "
+                                                     "installation self-check."),
     sample: bool = typer.Option(True, "--sample/--no-sample", help="Time each target briefly to estimate costs."),
     device: str = typer.Option("cpu", help="Device of the timed sample (cpu, cuda)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Dry-build the paper grid (every target × defence × attack) without running it: size and an
-    estimated cost per cell from a short timed sample on this machine."""
+    """Self-check an installation in seconds (registries, a tiny target's gradients, tiny attacks
+    in budget, the store, the cache); with --profile paper, dry-build the paper grid (every target
+    × defence × attack) without running it: size and estimated cost per cell on this machine."""
+    if profile is None:
+        from robench.validate import self_check
+
+        res = self_check(progress=None if as_json else (lambda m: err.print(m, style="dim")))
+        if as_json:
+            emit_json(res)
+        else:
+            table = Table(title=f"robench self-check ({res['seconds']:.1f} s)")
+            for c in ("check", "result", "detail"):
+                table.add_column(c, overflow="fold")
+            for c in res["checks"]:
+                table.add_row(c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAILED[/]", c["detail"])
+            Console().print(table)
+            Console().print("[bold green]installation OK[/]" if res["ok"] else "[bold red]installation has problems[/]")
+        if not res["ok"]:
+            raise typer.Exit(1)
+        return
     from robench.validate import dry_build
 
     res = dry_build(profile, sample=sample, device=device, progress=lambda m: err.print(m) if not as_json else None)
@@ -571,7 +592,7 @@ def validate_cmd(
         out.print(table)
         out.print(f"attacks: {est['attack_hours']:,.1f} h; clean training: "
                   + ", ".join(f"{t} {h:,.0f} h" for t, h in est["clean_training_hours"].items())
-                  + f"; recipes: " + ", ".join(f"{t} {h:,.1f} h" for t, h in est["recipe_training_hours"].items())
+                  + "; recipes: " + ", ".join(f"{t} {h:,.1f} h" for t, h in est["recipe_training_hours"].items())
                   + f"; total ≈ {est['total_hours']:,.0f} h on this device")
 
 

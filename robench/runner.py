@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,52 +108,130 @@ def stratified_subset(table, n: int | None, seed: int) -> list[int]:
     return sorted(picked)
 
 
+class StreamedImages:
+    """A sliceable stand-in for an ``N×3×H×W`` tensor whose rows are decoded from the dataset
+    only when a batch asks for them: a grid larger than memory streams (paper profile: KADID-10k's
+    2000 test pairs at 512×384 are 9.4 GB as float32). Attacks only ever take ``x[start:stop]``."""
+
+    def __init__(self, data, role: str, sides: list[int] | None, n: int, item_shape: tuple[int, ...]):
+        self.data, self.role, self.sides, self.n = data, role, sides, n
+        self.shape = torch.Size((n, *item_shape))
+        self._last: tuple[tuple[int, int], list] | None = None
+
+    def _key(self, i: int) -> str:
+        if self.role not in ("attacked", "other"):
+            return self.role
+        # 2AFC: "attacked" is p1 when fewer than half prefer it, else p0; "other" the remaining one
+        side = self.sides[i] if self.role == "attacked" else 1 - self.sides[i]
+        return "p1" if side else "p0"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        if not isinstance(sl, slice) or sl.step not in (None, 1):
+            raise TypeError("streamed images are read by contiguous slices")
+        start, stop, _ = sl.indices(self.n)
+        batch = [self.data[i][self._key(i)] for i in range(start, stop)]
+        shapes = {tuple(t.shape) for t in batch}
+        if len(shapes) > 1:
+            raise RobenchError(f"images {start}..{stop - 1} of this dataset differ in size ({sorted(shapes)}); "
+                               f"use a batch size of 1 for datasets with mixed sizes")
+        return torch.stack(batch) if batch else torch.empty(0, *self.shape[1:])
+
+
 @dataclass
 class Items:
-    """The tensors and labels a cell attacks (built once per run, shared by its cells)."""
+    """What a cell attacks: images (tensors, or :class:`StreamedImages` when they do not fit
+    the memory budget) and their labels, built once per run and shared by its cells."""
 
     kind: str  # pairs | 2afc
-    dist: torch.Tensor
-    ref: torch.Tensor
+    dist: Any
+    ref: Any
     labels: dict[str, list]  # item_id, ref_id, distortion, level, mos | judge, attacked_side
-    other: torch.Tensor | None = None  # 2AFC: the image that is not attacked
+    other: Any = None  # 2AFC: the image that is not attacked
     digest: str = ""
     load_seconds: float = 0.0
+    streamed: bool = False
 
     def __len__(self) -> int:
         return int(self.dist.shape[0])
 
 
-def load_items(dataset_name: str, split: str, n: int | None, seed: int, options: dict[str, Any]) -> Items:
+def memory_budget() -> int:
+    """Bytes of decoded images a run may hold (``ROBENCH_MEMORY_BUDGET``, e.g. ``4G``; default 2 GiB)."""
+    raw = os.environ.get("ROBENCH_MEMORY_BUDGET", "2G").strip().upper()
+    mult = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(raw[-1:], 1)
+    try:
+        return int(float(raw[:-1] if raw[-1:] in "KMG" else raw) * mult)
+    except ValueError:
+        raise RobenchError(f"ROBENCH_MEMORY_BUDGET must be a size like 512M or 4G, got {raw!r}") from None
+
+
+def load_items(dataset_name: str, split: str, n: int | None, seed: int, options: dict[str, Any],
+               budget: int | None = None) -> Items:
+    """One pass over the chosen items decodes every image (a corrupt file fails the run before
+    any compute, naming the file) and collects the labels; the tensors are kept while they fit
+    ``budget`` bytes, else dropped and streamed per batch (same tensors, same results)."""
     t0 = time.perf_counter()
+    budget = memory_budget() if budget is None else budget
     data = DATASETS.get(dataset_name)(split=split, **options)
     rows = stratified_subset(data.table, n, seed)
     data = data.subset(rows)
-    samples = [data[i] for i in range(len(data))]
-    if not samples:
+    if not len(data):
         raise RobenchError(f"dataset {dataset_name!r} split {split!r} has no items")
+    roles = ("dist", "ref") if data.kind == "pairs" else ("attacked", "other", "ref")
+    held: dict[str, list] | None = {r: [] for r in roles}
+    used, first_shape = 0, None
+    labels: dict[str, list] = {"ref_id": [], "distortion": []}
+    labels.update({"mos": [], "level": []} if data.kind == "pairs" else {"judge": [], "attacked_side": []})
+    for i in range(len(data)):
+        s = data[i]
+        if data.kind == "2afc":
+            j = float(s["judge"])
+            side = 1 if j < 0.5 else 0  # attack the image people prefer less
+            labels["judge"].append(j)
+            labels["attacked_side"].append(side)
+            imgs = {"attacked": s["p1"] if side else s["p0"], "other": s["p0"] if side else s["p1"], "ref": s["ref"]}
+        else:
+            labels["mos"].append(float(s["mos"]))
+            labels["level"].append(int(s.get("level", 0)))
+            imgs = {"dist": s["dist"], "ref": s["ref"]}
+        labels["ref_id"].append(str(s["ref_id"]))
+        labels["distortion"].append(str(s["distortion"]))
+        first_shape = first_shape or tuple(imgs["ref"].shape)
+        if held is not None:
+            used += sum(t.numel() * t.element_size() for t in imgs.values())
+            if used > budget:
+                held = None  # over budget: keep labels only, stream the pixels
+            else:
+                for r in roles:
+                    held[r].append(imgs[r])
     t = data.table
     id_col = next((c for c in ("dist_path", "index", "p0_index", "p0_path") if c in t.columns), None)
     ids = [str(v) for v in (t[id_col] if id_col else range(len(t)))]
     if data.kind == "2afc":
         id_col1 = "p1_index" if "p1_index" in t.columns else "p1_path"
         ids = [f"{a}|{b}" for a, b in zip(ids, t[id_col1].astype(str))]
-        judge = [float(s["judge"]) for s in samples]
-        # attack the image people prefer less: p1 when fewer than half prefer it, else p0
-        side = [1 if j < 0.5 else 0 for j in judge]
-        dist = torch.stack([s["p1"] if k else s["p0"] for s, k in zip(samples, side)])
-        other = torch.stack([s["p0"] if k else s["p1"] for s, k in zip(samples, side)])
-        labels = {"judge": judge, "attacked_side": side}
-    else:
-        dist = torch.stack([s["dist"] for s in samples])
-        other = None
-        labels = {"mos": [float(s["mos"]) for s in samples], "level": [int(s.get("level", 0)) for s in samples]}
-    ref = torch.stack([s["ref"] for s in samples])
-    labels.update({"item_id": ids, "ref_id": [str(s["ref_id"]) for s in samples],
-                   "distortion": [str(s["distortion"]) for s in samples]})
+    labels["item_id"] = ids
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-    return Items(kind=data.kind, dist=dist, ref=ref, labels=labels, other=other, digest=digest,
-                 load_seconds=time.perf_counter() - t0)
+    N = len(data)
+    if held is not None:
+        def stack(r):
+            try:
+                return torch.stack(held[r])
+            except RuntimeError:
+                raise RobenchError(f"the images of {dataset_name!r} differ in size; robench attacks equal-size "
+                                   f"batches (set the dataset's size/crop option)") from None
+        imgs = {r: stack(r) for r in roles}
+        streamed = False
+    else:
+        sides = labels.get("attacked_side")
+        imgs = {r: StreamedImages(data, r, sides, N, first_shape) for r in roles}
+        streamed = True
+    dist = imgs["dist"] if data.kind == "pairs" else imgs["attacked"]
+    return Items(kind=data.kind, dist=dist, ref=imgs["ref"], labels=labels, other=imgs.get("other"), digest=digest,
+                 load_seconds=time.perf_counter() - t0, streamed=streamed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,9 +589,10 @@ def weights_records(target: Target) -> list[dict[str, Any]]:
 def _fault_hook(attack_name: str):
     """Fault injection for the crash tests: ``ROBENCH_FAULT=kill-before-commit:<attack>`` sends
     SIGKILL to this process inside the cell's transaction, after its rows are written."""
-    if os.environ.get("ROBENCH_FAULT") == f"kill-before-commit:{attack_name}":
-        return lambda: os.kill(os.getpid(), signal.SIGKILL)
-    return None
+    from robench.faults import armed, fault
+
+    point = f"kill-before-commit:{attack_name}"
+    return (lambda: fault(point)) if armed(point) else None
 
 
 def cross_cell_checks(store: Store, keys: list[str]) -> None:

@@ -17,12 +17,17 @@ import hashlib
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
 from robench.errors import RobenchError
+
+class StoreFullError(RobenchError):
+    """SQLite reported SQLITE_FULL (disk full, or a quota): the transaction was rolled back."""
+
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -77,6 +82,8 @@ class Store:
             self.db.executescript(SCHEMA)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as exc:
+            if "full" in str(exc).lower():
+                raise StoreFullError(f"{self.path}: disk full while opening the store ({exc})") from None
             raise RobenchError(f"{self.path} is not a robench store (SQLite: {exc})") from None
         if row is None:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -97,17 +104,36 @@ class Store:
         row = self.db.execute("SELECT status FROM cells WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
+    @contextmanager
+    def _transaction(self, what: str):
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error. A full disk (SQLITE_FULL)
+        becomes a clear error: SQLite has rolled the transaction back, so the store still holds
+        exactly the cells committed before, and rerunning after freeing space resumes."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc).lower():
+                raise StoreFullError(f"{self.path}: disk full while writing {what} ({exc}); nothing of it was "
+                                     f"written and every cell committed before is intact: free space and "
+                                     f"rerun the same command to resume") from None
+            raise
+
     def commit_cell(self, key: str, cell: dict[str, Any], rows: Iterable[dict[str, Any]], *, replace: bool = False,
                     before_commit=None) -> bool:
         """Write a finished cell and its rows atomically. False when the cell was already done
         (another process won the race) unless ``replace`` (``--force``); a failed record of the
         same cell is always replaced."""
         rows = list(rows)
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(f"cell {key[:12]}") as db:
             if self.status(key) == "done" and not replace:
-                db.execute("ROLLBACK")
                 return False
             db.execute("DELETE FROM results WHERE cell_key=?", (key,))
             db.execute("DELETE FROM cells WHERE key=?", (key,))
@@ -117,25 +143,13 @@ class Store:
                 [(key, *[r.get(c) for c in RESULT_COLUMNS]) for r in rows])
             if before_commit is not None:  # tests: die between the writes and COMMIT
                 before_commit()
-            db.execute("COMMIT")
-            return True
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        return True
 
     def record_failure(self, key: str, cell: dict[str, Any], error: str) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(f"the failure record of cell {key[:12]}"):
             if self.status(key) != "done":
-                db.execute("DELETE FROM cells WHERE key=?", (key,))
+                self.db.execute("DELETE FROM cells WHERE key=?", (key,))
                 self._insert_cell(key, "failed", {**cell, "error": error})
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def _insert_cell(self, key: str, status: str, c: dict[str, Any]) -> None:
         cfg = c["config"]
@@ -152,26 +166,19 @@ class Store:
 
     def update_flags(self, key: str, flags: dict[str, Any]) -> None:
         """Merge cross-cell sanity flags into a finished cell (the runner's grid-level checks)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(f"the flags of cell {key[:12]}") as db:
             row = db.execute("SELECT flags FROM cells WHERE key=?", (key,)).fetchone()
             if row is not None:
                 merged = {**(json.loads(row[0]) or {}), **flags}
                 db.execute("UPDATE cells SET flags=? WHERE key=?", (json.dumps(merged), key))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def record_weights(self, records: Iterable[dict[str, Any]]) -> None:
         """Keep the provenance of the weights a run used (sha256 → name, source, provenance)."""
         rows = [(r["sha256"], r.get("name"), r.get("source"), canonical(r.get("provenance") or {}), time.time())
                 for r in records if r.get("sha256")]
         if rows:
-            with self.db:  # one transaction
-                self.db.executemany("INSERT OR IGNORE INTO weights VALUES (?,?,?,?,?)", rows)
+            with self._transaction("weights provenance") as db:
+                db.executemany("INSERT OR IGNORE INTO weights VALUES (?,?,?,?,?)", rows)
 
     # --- reading --------------------------------------------------------------------------
     def cells(self, status: str | None = "done") -> pd.DataFrame:

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from robench.errors import RobenchError
+from robench.faults import fault
 from robench.home import robench_home
 from robench.profiles import Profile, get_profile
 from robench.progress import progress_bar
@@ -160,9 +161,17 @@ def resume_checkpoint(out: Path, cfg_hash: str, target, opt) -> dict[str, Any] |
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, rename: a kill or a full disk leaves the
+    previous checkpoint whole (a failed temp file is removed)."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", epochs: int | None = None,
@@ -192,7 +201,11 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
     if train_set.kind != "pairs":
         raise RobenchError(f"clean training needs a pairs dataset; {dataset!r} is {train_set.kind}")
 
-    target = build(base, **(model_options or {}))
+    # the random initialisation is part of the run: seeded, or two runs (or a killed run's first
+    # epoch and its rerun) start from different weights
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        target = build(base, **(model_options or {}))
     if not getattr(target, "requires_weights", True):
         raise RobenchError(f"{base!r} is an analytic metric: nothing to train")
     start_from = "random"
@@ -217,7 +230,10 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
     ck = resume_checkpoint(out, cfg_hash, target, opt)
     if ck is not None:
         start_epoch, best, best_epoch, elapsed = int(ck["epoch"]) + 1, float(ck["best"]), int(ck["best_epoch"]), float(ck["elapsed"])
-        rows = json.loads((out / "log.json").read_text())["epochs"] if (out / "log.json").is_file() else []
+        if "rows" in ck:
+            rows = ck["rows"]
+        else:  # checkpoints written before the rows moved into last.pt
+            rows = json.loads((out / "log.json").read_text())["epochs"] if (out / "log.json").is_file() else []
         rows = [r for r in rows if r["epoch"] < start_epoch]
 
     steps_per_epoch = -(-len(train_set) // batch_size)
@@ -257,7 +273,9 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
                 best, best_epoch = val["srocc"], epoch
                 _save_best(target, out / "best.safetensors", config, {"epoch": epoch, "val_srocc": val["srocc"]})
             _atomic_torch_save({"model": target.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
-                                "best_epoch": best_epoch, "elapsed": elapsed, "cfg_hash": cfg_hash}, out / "last.pt")
+                                "best_epoch": best_epoch, "elapsed": elapsed, "cfg_hash": cfg_hash, "rows": rows},
+                               out / "last.pt")  # rows inside: a kill before log.json is written loses none
+            fault(f"kill-after-checkpoint:train:{epoch}")
             _write_log(out, rows, run_cfg)
             if bar:
                 bar.console.print(f"epoch {epoch}: loss {row['train_loss']:.4f}  val SROCC {val['srocc']:.4f}  "

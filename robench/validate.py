@@ -1,4 +1,5 @@
-"""``robench validate --profile paper``: dry-build the paper's grid without running it.
+"""``robench validate``: a fast self-check of an installation (:func:`self_check`), and with
+``--profile paper`` a dry build of the paper's grid without running it (:func:`dry_build`).
 
 Every target is built (random initialisation: no weights needed), every defence parsed, every
 attack instantiated with the profile's parameters — so a typo or an impossible setting fails here,
@@ -12,6 +13,7 @@ lower-bound estimate, labelled as such.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,3 +143,155 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
         "total_hours": (attack_total + sum(train.values()) + sum(recipes.values())) / 3600,
     }
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# `robench validate`: a fast self-check of an installation
+
+
+def self_check(progress=None) -> dict[str, Any]:
+    """Seconds-long checks that an installation works end to end, each reported ok/failed with
+    what it found: versions and optional extras, every registry entry imports, a tiny target
+    gives finite non-zero gradients, tiny attacks stay in budget and raise quality, the store
+    round-trips a cell, the cache is writable and every cached weights file matches its sha256.
+    Nothing is downloaded; the user's store and cache are only read (the store check uses a
+    temporary file)."""
+    import importlib.util
+    import platform
+    import shutil
+    import tempfile
+
+    from robench import __version__
+    from robench.home import robench_home
+
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str):
+        def deco(fn):
+            t0 = time.perf_counter()
+            if progress:
+                progress(f"checking {name}…")
+            try:
+                detail = fn()
+                ok = True
+            except Exception as exc:  # every check reports; one failure must not hide the others
+                detail, ok = f"{type(exc).__name__}: {exc}", False
+            checks.append({"check": name, "ok": ok, "detail": detail, "seconds": round(time.perf_counter() - t0, 2)})
+            return fn
+        return deco
+
+    @check("versions")
+    def _():
+        import numpy
+
+        extras = {m: importlib.util.find_spec(m) is not None
+                  for m in ("ray", "pyiqa", "ot", "torchattacks", "autoattack", "art")}
+        cuda = torch.cuda.is_available()
+        return (f"robench {__version__}, python {platform.python_version()}, torch {torch.__version__}, numpy "
+                f"{numpy.__version__}; CUDA {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}; optional: "
+                + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in extras.items()))
+
+    @check("registries")
+    def _():
+        from robench.registry import ATTACKS, DATASETS, DEFENSES, MODELS
+
+        counts, broken = {}, []
+        for reg in (MODELS, ATTACKS, DEFENSES, DATASETS):
+            for name in reg.names():
+                try:
+                    reg.get(name)
+                except Exception as exc:
+                    broken.append(f"{reg.kind} {name!r}: {exc}")
+            counts[reg.kind + "s"] = len(reg.names())
+        if broken:
+            raise RuntimeError("; ".join(broken))
+        return ", ".join(f"{n} {k}" for k, n in counts.items()) + ", all import"
+
+    tiny: dict[str, Any] = {}
+
+    @check("tiny target differentiates")
+    def _():
+        from robench.models import build
+
+        g = torch.Generator().manual_seed(0)
+        ref = torch.rand(2, 3, 32, 32, generator=g)
+        dist = (ref + 0.1 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            target = build("birqa", width=0.25).eval()
+        x = dist.clone().requires_grad_(True)
+        s = target(x, ref)
+        (grad,) = torch.autograd.grad(s.sum(), x)
+        if s.shape != (2,) or not torch.isfinite(s).all():
+            raise RuntimeError(f"scores {s.tolist()} (shape {tuple(s.shape)})")
+        if not torch.isfinite(grad).all() or not (grad.flatten(1).abs().amax(dim=1) > 0).all():
+            raise RuntimeError("zero or non-finite gradient: the target would fake robustness")
+        if not torch.equal(target(dist, ref), target(dist, ref)):
+            raise RuntimeError("two identical calls gave different scores")
+        tiny.update(target=target, dist=dist, ref=ref)
+        return "birqa (width 0.25, random init) on 2×3×32×32: scores finite, gradient finite and non-zero, deterministic"
+
+    @check("tiny attacks stay in budget")
+    def _():
+        import robench
+
+        if not tiny:
+            raise RuntimeError("skipped: no tiny target")
+        t, dist, ref = tiny["target"], tiny["dist"], tiny["ref"]
+        out = []
+        for name, params in (("fgsm", {}), ("pgd", {"steps": 3}), ("square", {"queries": 10})):
+            eps = 4 / 255
+            res = robench.load_attack(name, **params)(t, dist, ref, eps=[eps])
+            q0, q = res.oriented(t.lower_better)
+            if not (res.linf <= eps + 1e-6).all():
+                raise RuntimeError(f"{name}: L∞ {float(res.linf.max()) * 255:.3f}/255 > 4/255")
+            if (q < q0 - 1e-6).any():
+                raise RuntimeError(f"{name}: reported quality below the clean image")
+            out.append(f"{name} L∞ ≤ {float(res.linf.max()) * 255:.2f}/255, gain {float((q - q0).mean()):+.4f}")
+        return "; ".join(out)
+
+    @check("store round-trips")
+    def _():
+        from robench.store import Store
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "check.sqlite"
+            cfg = {"target": {"name": "t", "weights_sha256": "0" * 64}, "defense": {"name": "none"},
+                   "attack": {"name": "a"}, "dataset": {"name": "d", "split": "test", "kind": "pairs"},
+                   "profile": "quick", "seed": 0, "eps": [2.0]}
+            rows = [{"item": i, "eps": 2.0, "item_id": f"i{i}", "ref_id": "r", "distortion": "x", "level": 1,
+                     "mos": float(i), "clean_score": 0.5 + i, "score": 0.75 + i, "linf": 2 / 255, "l2": 0.1,
+                     "queries": 1} for i in range(3)]
+            with Store(path) as st:
+                if not st.commit_cell("k" * 64, {"config": cfg, "summary": {"x": 1}}, rows):
+                    raise RuntimeError("first commit refused")
+                if st.commit_cell("k" * 64, {"config": cfg}, rows):
+                    raise RuntimeError("a second commit of the same cell was accepted")
+            with Store(path) as st:
+                back = st.results()
+                cells = st.cells()
+            if len(cells) != 1 or cells.iloc[0]["summary"] != {"x": 1}:
+                raise RuntimeError("the cell did not read back")
+            if back["score"].tolist() != [r["score"] for r in rows]:
+                raise RuntimeError("per-image rows did not read back")
+        return "one cell + 3 rows written in one transaction, a duplicate refused, read back exactly"
+
+    @check("cache")
+    def _():
+        from robench.models import weights as W
+
+        home = robench_home()
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-test-"):
+            pass
+        free = shutil.disk_usage(home).free / 2 ** 30
+        ver = W.verify_all()
+        bad = [f"{v['name']}: {v['status']}" for v in ver if v["status"] != "ok"]
+        if bad:
+            raise RuntimeError("weights cache: " + "; ".join(bad) + " (re-fetch or retrain those)")
+        mini = sorted(p.name for p in (home / "datasets").glob("mini*") if p.is_dir()) if (home / "datasets").is_dir() else []
+        return (f"{home} writable, {free:.1f} GiB free; {len(ver)} cached weights, all sha256 verified; built data: "
+                + (", ".join(mini) if mini else "none yet (`robench data build mini`, or any run builds it)"))
+
+    return {"ok": all(c["ok"] for c in checks), "checks": checks,
+            "seconds": round(sum(c["seconds"] for c in checks), 2)}

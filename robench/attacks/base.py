@@ -196,7 +196,9 @@ class Attack:
         self.check(target)
         self.resolve(target)
         eot = int(self.params["eot"])
-        validate_pair(dist, ref, target.card.min_size)
+        streamed = not isinstance(dist, torch.Tensor)  # runner.StreamedImages: batches decoded on demand
+        if not streamed:
+            validate_pair(dist, ref, target.card.min_size)
         n = dist.shape[0]
         bs = batch_size or n
         K = len(epses)
@@ -217,6 +219,8 @@ class Attack:
             for start in range(0, n, bs):
                 sl = slice(start, min(n, start + bs))
                 x, r = dist[sl].detach().clone(), ref[sl].detach().clone()
+                if streamed:
+                    validate_pair(x, r, target.card.min_size)
                 x_keep, r_keep = x.clone(), r.clone()
                 t0 = time.perf_counter()
                 f = target.bind(r, eot=eot)

@@ -69,7 +69,9 @@ class BAPPS2AFC(RealTwoAFC):
             arr = np.load(path, allow_pickle=False)  # never unpickle a data file
         except Exception as exc:
             raise DataError(f"corrupt judge file {path}: {exc}") from None
-        vals = np.asarray(arr, dtype=float).reshape(-1)
+        # only int/float arrays: bool, complex, text and dates would convert (or fail) silently
+        kind = getattr(getattr(arr, "dtype", None), "kind", "")
+        vals = np.asarray(arr, dtype=float).reshape(-1) if kind in ("f", "i", "u") else np.empty(0)
         if vals.size != 1 or not np.isfinite(vals[0]) or not 0.0 <= vals[0] <= 1.0:
             raise DataError(f"{path}: judge must be one finite fraction in [0,1], got {arr!r}")
         return float(vals[0])

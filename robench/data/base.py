@@ -16,6 +16,7 @@ shared between train, val and test.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -38,13 +39,19 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """Read an 8-bit RGB image as ``H×W×3`` uint8, or raise :class:`DataError` naming the file.
 
     Palette images are expanded (lossless). Grayscale, alpha, 16-bit and other modes are refused
-    rather than silently converted: an IQA label was given for the image as stored.
+    rather than silently converted: an IQA label was given for the image as stored. So is an image
+    whose header claims more than 2× ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing image file: {path}")
     try:
         with Image.open(path) as im:
+            # PIL reads a 48-bit RGB PNG as mode "RGB", silently keeping the high byte: refuse it
+            # (raw modes X;16B/L/N are 16 bits per channel; BMP's 5-6-5 "BGR;16" is not)
+            if any(re.search(r";16[BLN]$", _rawmode(t)) for t in (im.tile or ())):
+                raise DataError(f"{path}: expected 8 bits per channel, got a 16-bit {im.mode} image "
+                                f"(convert it to 8-bit RGB first)")
             im.load()  # decode now so truncation is caught here, not later
             mode = im.mode
             if mode == "P":
@@ -58,11 +65,22 @@ def read_rgb(path: str | Path) -> np.ndarray:
             arr = np.asarray(im, dtype=np.uint8)
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:  # not an OSError: a header claiming > 2×MAX_IMAGE_PIXELS
+        raise DataError(f"image {path} is too large to decode ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS "
+                        f"only for files you trust") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"corrupt or unreadable image {path}: {exc}") from None
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise DataError(f"{path}: expected H×W×3, got array shape {arr.shape}")
     return arr
+
+
+def _rawmode(tile: Any) -> str:
+    """The raw (on-disk) mode of a PIL tile, '' when the decoder's arguments do not state one."""
+    args = tile[3] if len(tile) > 3 else None
+    if isinstance(args, tuple) and args:
+        args = args[0]
+    return args if isinstance(args, str) else ""
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -195,7 +213,8 @@ class FileTwoAFC(IQADataset):
         row = self.table.iloc[int(i)]
         imgs = [read_rgb(row[k]) for k in ("ref_path", "p0_path", "p1_path")]
         if not (imgs[0].shape == imgs[1].shape == imgs[2].shape):
-            raise DataError(f"size mismatch in triplet {row['ref_path']}, {row['p0_path']}, {row['p1_path']}")
+            sizes = ", ".join(f"{k} {row[k + '_path']} is {a.shape[1]}×{a.shape[0]}" for k, a in zip(("ref", "p0", "p1"), imgs))
+            raise DataError(f"size mismatch in triplet: {sizes}")
         return {
             "ref": to_tensor(imgs[0]), "p0": to_tensor(imgs[1]), "p1": to_tensor(imgs[2]),
             "judge": self._judge(row), "ref_id": str(row["ref_id"]), "source": str(row["source"]),
@@ -262,14 +281,55 @@ def find_layout(root: Path, dataset: str, markers: Sequence[str], max_depth: int
                     f"in it or in a subfolder)")
 
 
-def check_labels(df: pd.DataFrame, label_file: Path, name_col: str = "dist_path", label_col: str = "mos_raw") -> None:
-    """Every label must be a finite number: NaN/inf in a label file is an error naming the row."""
-    vals = pd.to_numeric(df[label_col], errors="coerce")
-    bad = ~np.isfinite(vals.to_numpy(dtype=float))
+def check_labels(df: pd.DataFrame, label_file: Path, name_col: str = "dist_path", label_col: str = "mos_raw",
+                 bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Every label must be a finite number (within ``bounds`` when given): NaN/inf or text in a
+    label file is an error naming the row. Returns the labels as floats."""
+    # a column that pandas parsed as booleans ("True"/"False") is not a label: to_numeric would give 1/0
+    col = df[label_col].map(lambda v: np.nan if isinstance(v, (bool, np.bool_)) else v)
+    vals = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(vals)
+    what = "a finite number"
+    if bounds is not None:
+        with np.errstate(invalid="ignore"):
+            bad |= (vals < bounds[0]) | (vals > bounds[1])
+        what = f"a finite number in [{bounds[0]:g}, {bounds[1]:g}]"
     if bad.any():
         row = df[bad].iloc[0]
-        raise DataError(f"{label_file}: label {row[label_col]!r} for {Path(str(row[name_col])).name} is not a finite "
-                        f"number ({int(bad.sum())} such row(s))")
+        shown = row[label_col].item() if isinstance(row[label_col], np.generic) else row[label_col]
+        raise DataError(f"{label_file}: label {shown!r} for {Path(str(row[name_col])).name} is not {what} "
+                        f"({int(bad.sum())} such row(s))")
+    return vals
+
+
+def read_label_csv(path: Path, lower: bool = False) -> pd.DataFrame:
+    """``pd.read_csv`` with any parse failure a DataError naming the file; header names stripped
+    (and lower-cased) and required to be unique."""
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:  # ParserError, EmptyDataError, UnicodeDecodeError, ...
+        raise DataError(f"cannot read {path}: {exc}") from None
+    return clean_columns(df, path, lower)
+
+
+def clean_columns(df: pd.DataFrame, path: Path, lower: bool = False) -> pd.DataFrame:
+    cols = [str(c).strip().lower() if lower else str(c).strip() for c in df.columns]
+    dup = sorted({c for c in cols if cols.count(c) > 1})
+    if dup:  # two columns with one name: which holds the labels is ambiguous
+        raise DataError(f"{path}: duplicate column(s) {dup} (columns: {list(df.columns)})")
+    df.columns = cols
+    return df
+
+
+def as_int(value: Any, what: str, where: Path) -> int:
+    """An integer-valued label-file field (a level, an index), or a DataError naming the file."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (math.isfinite(f) and f.is_integer()):
+        raise DataError(f"{where}: {what} {value!r} is not an integer")
+    return int(f)
 
 
 def check_files_exist(paths: Sequence[str], label_file: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.data.base import RealPairs, check_labels, find_layout
+from robench.data.base import RealPairs, as_int, check_labels, clean_columns, find_layout
 from robench.errors import DataError
 from robench.registry import DATASETS
 
@@ -34,7 +34,7 @@ class CSIQ(RealPairs):
         except Exception as exc:
             raise DataError(f"cannot read {label_file}: {exc}") from None
         df = book.get("all_by_image", next(iter(book.values())))
-        df.columns = [str(c).strip().lower() for c in df.columns]
+        df = clean_columns(df, label_file, lower=True)
         need = {"image", "dst_type", "dst_lev", "dmos"}
         if not need <= set(df.columns):
             raise DataError(f"{label_file}: expected columns image, dst_type, dst_lev, dmos; got {list(df.columns)}")
@@ -49,7 +49,7 @@ class CSIQ(RealPairs):
             token = TYPE_TOKENS.get(dtype)
             if token is None:
                 raise DataError(f"{label_file}: unknown dst_type {r.dst_type!r} for image {image}")
-            level = int(r.dst_lev)
+            level = as_int(r.dst_lev, f"dst_lev of image {image}", label_file)
             fname = f"{image}.{token}.{level}.png".lower()
             dist = dist_index.get(fname)
             if dist is None:
@@ -62,6 +62,6 @@ class CSIQ(RealPairs):
                          "source": image, "distortion": token, "level": level})
         out = pd.DataFrame(rows)
         if len(out):
-            check_labels(out, label_file)
-            out["mos"] = DMOS_OFFSET - out["mos_raw"].astype(float)
+            out["mos_raw"] = check_labels(out, label_file)
+            out["mos"] = DMOS_OFFSET - out["mos_raw"]
         return out

@@ -54,6 +54,8 @@ def _to_float(img: np.ndarray) -> Float:
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an H×W×3 RGB image, got shape {img.shape}")
+    if img.size == 0:
+        raise ValueError(f"expected a non-empty H×W×3 RGB image, got shape {img.shape}")
     if img.dtype == np.uint8:
         return img.astype(np.float64) / 255.0
     out = img.astype(np.float64)
@@ -166,7 +168,8 @@ def imcolorshift(img: Float, amount: float, rng: np.random.Generator) -> Float:
     and blended in proportionally to a smoothed edge-strength map (misregistered colour planes
     show at edges)."""
     gray = img @ np.array([0.2989, 0.5870, 0.1140])
-    gy, gx = np.gradient(gray)
+    # np.gradient needs two samples along an axis: a 1-pixel-high/wide image has no edges across it
+    gy, gx = (np.gradient(gray, axis=a) if gray.shape[a] > 1 else np.zeros_like(gray) for a in (0, 1))
     edges = _minmax(ndimage.gaussian_filter(np.hypot(gx, gy), 4.0))
     edges = _minmax(np.clip(edges, 0.1, 1.0))
     lo, hi = np.percentile(edges, [1, 99])

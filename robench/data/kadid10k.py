@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.data.base import RealPairs, check_files_exist, check_labels, find_layout, require_file
+from robench.data.base import RealPairs, check_files_exist, check_labels, find_layout, read_label_csv, require_file
 from robench.data.fetch import Archive
 from robench.errors import DataError
 from robench.registry import DATASETS
@@ -22,22 +22,24 @@ class KADID10k(RealPairs):
     def read_table(self, root: Path) -> pd.DataFrame:
         base = find_layout(root, self.name, ["dmos.csv", "images"])
         label_file = require_file(base / "dmos.csv", "KADID-10k label file")
-        df = pd.read_csv(label_file)
-        df.columns = [c.strip() for c in df.columns]
+        df = read_label_csv(label_file)
         need = {"dist_img", "ref_img", "dmos"}
         if not need <= set(df.columns):
             raise DataError(f"{label_file}: expected header dist_img,ref_img,dmos,var; got {list(df.columns)}")
         rows = []
-        for r in df.itertuples(index=False):
-            stem = Path(str(r.dist_img)).stem  # I01_01_01
+        for dist_img, ref_img, dmos in df[["dist_img", "ref_img", "dmos"]].itertuples(index=False, name=None):
+            stem = Path(str(dist_img)).stem  # I01_01_01
             parts = stem.split("_")
-            if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-                raise DataError(f"{label_file}: distorted name {r.dist_img!r} is not I<ref>_<type>_<level>.png")
-            rows.append({"ref_path": str(base / "images" / str(r.ref_img)), "dist_path": str(base / "images" / str(r.dist_img)),
-                         "mos_raw": r.dmos, "ref_id": Path(str(r.ref_img)).stem, "source": Path(str(r.ref_img)).stem,
+            # isdecimal, not isdigit: int() refuses digits such as '²'
+            if len(parts) != 3 or not parts[1].isdecimal() or not parts[2].isdecimal():
+                raise DataError(f"{label_file}: distorted name {dist_img!r} is not I<ref>_<type>_<level>.png")
+            rows.append({"ref_path": str(base / "images" / str(ref_img)), "dist_path": str(base / "images" / str(dist_img)),
+                         "mos_raw": dmos, "ref_id": Path(str(ref_img)).stem, "source": Path(str(ref_img)).stem,
                          "distortion": f"kadid{int(parts[1]):02d}", "level": int(parts[2])})
         out = pd.DataFrame(rows)
-        check_labels(out, label_file)
-        out["mos"] = out["mos_raw"].astype(float)
+        if not len(out):
+            return out  # RealDataset: "no items found"
+        out["mos_raw"] = check_labels(out, label_file)
+        out["mos"] = out["mos_raw"]
         check_files_exist(list(out["ref_path"].unique()) + list(out["dist_path"]), label_file)
         return out

@@ -26,8 +26,21 @@ def _loadmat(path: Path) -> dict:
         raise DataError(f"cannot read MATLAB file {path}: {exc}") from None
 
 
-def _mat_strings(cell) -> list[str]:
-    return [str(np.asarray(x).reshape(-1)[0]) for x in np.asarray(cell).reshape(-1)]
+def _mat_strings(cell, path: Path) -> list[str]:
+    out = []
+    for i, x in enumerate(np.asarray(cell).reshape(-1)):
+        v = np.asarray(x).reshape(-1)
+        if v.size != 1:  # an empty MATLAB string loads as a 0-size array
+            raise DataError(f"{path}: entry {i + 1} of refnames_all is not one name (got {x!r})")
+        out.append(str(v[0]))
+    return out
+
+
+def _mat_numbers(m: dict, key: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(m[key], dtype=float).reshape(-1)
+    except (TypeError, ValueError) as exc:  # text or cells where numbers belong
+        raise DataError(f"{path}: variable {key!r} is not numeric: {exc}") from None
 
 
 @DATASETS.register("live", summary="LIVE release 2: 29 refs, 779 distorted (5 types); DMOS, lower is better")
@@ -44,12 +57,15 @@ class LIVE(RealPairs):
         m = _loadmat(dmos_file)
         if "dmos" not in m or "orgs" not in m:
             raise DataError(f"{dmos_file}: expected variables 'dmos' and 'orgs', found {sorted(k for k in m if not k.startswith('__'))}")
-        dmos = np.asarray(m["dmos"], dtype=float).reshape(-1)
-        orgs = np.asarray(m["orgs"]).reshape(-1)
+        dmos = _mat_numbers(m, "dmos", dmos_file)
+        orgs = _mat_numbers(m, "orgs", dmos_file)
+        if not np.isin(orgs, (0.0, 1.0)).all():
+            raise DataError(f"{dmos_file}: 'orgs' must hold 0 (distorted) or 1 (reference copy), got "
+                            f"{sorted(set(orgs[~np.isin(orgs, (0.0, 1.0))].tolist()))[:5]}")
         rn = _loadmat(names_file)
         if "refnames_all" not in rn:
             raise DataError(f"{names_file}: expected variable 'refnames_all'")
-        refnames = _mat_strings(rn["refnames_all"])
+        refnames = _mat_strings(rn["refnames_all"], names_file)
         files = []
         for folder in FOLDERS:
             d = base / folder
@@ -64,7 +80,7 @@ class LIVE(RealPairs):
                             f"{len(orgs)} orgs and {names_file} has {len(refnames)} reference names")
         rows = []
         for (folder, path), score, org, ref in zip(files, dmos, orgs, refnames):
-            if int(org) == 1:  # a copy of the reference inside the distortion folder
+            if org == 1:  # a copy of the reference inside the distortion folder
                 continue
             ref_path = base / "refimgs" / ref
             if not ref_path.is_file():
@@ -73,6 +89,6 @@ class LIVE(RealPairs):
                          "ref_id": Path(ref).stem, "source": Path(ref).stem, "distortion": folder, "level": 0})
         out = pd.DataFrame(rows)
         if len(out):
-            check_labels(out, dmos_file)
-            out["mos"] = DMOS_OFFSET - out["mos_raw"].astype(float)
+            out["mos_raw"] = check_labels(out, dmos_file)
+            out["mos"] = DMOS_OFFSET - out["mos_raw"]
         return out

@@ -33,7 +33,7 @@ from PIL import Image
 
 from robench.data import distortions as D
 from robench.data.base import IQADataset, assign_splits, select_split, thurstone_preference, to_tensor
-from robench.data.fetch import sha256_file
+from robench.data.fetch import clean_stale_temp, fsync_dir, fsync_file, sha256_file
 from robench.errors import DataError, RobenchError
 from robench.home import robench_home
 from robench.progress import progress_bar
@@ -210,12 +210,17 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
             "label_source": D.PROVENANCE, "build_seconds": round(time.perf_counter() - t0, 2),
             "robench_version": _version(), "files": files, "complete": True,
         }
-        # meta.json is written last: its presence (with matching file sizes) marks completeness
+        # meta.json is written last: its presence (with matching file sizes) marks completeness.
+        # Everything is on disk before the rename, so even a power cut cannot expose a half file.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        for f in (*files, "meta.json"):
+            fsync_file(tmp / f)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)  # incomplete leftover or --force
         try:
             os.replace(tmp, final)
+            fsync_dir(final.parent)
         except OSError:
             if not _is_complete(final):  # another process won the race with a complete build? keep it
                 raise
@@ -228,17 +233,7 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
 
 def _clean_stale(folder: Path) -> None:
     """Remove build folders of processes that no longer exist (a killed build)."""
-    for p in folder.glob(".build-*"):
-        try:
-            pid = int(p.name.rsplit("-", 2)[-2])
-        except ValueError:
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass
+    clean_stale_temp(folder, ".build-")
 
 
 def _version() -> str:

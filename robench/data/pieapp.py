@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.data.base import RealPairs, RealTwoAFC, check_labels, find_layout
+from robench.data.base import RealPairs, RealTwoAFC, check_labels, find_layout, read_label_csv
 from robench.data.fetch import Archive
 from robench.errors import DataError
 from robench.registry import DATASETS
@@ -22,12 +22,7 @@ LAYOUT = "reference_images/<split>/, distorted_images/<split>/ref_<n>/, labels/<
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    return df
+    return read_label_csv(path, lower=True)
 
 
 def _col(df: pd.DataFrame, path: Path, *needles: str) -> str:
@@ -92,10 +87,13 @@ class PieAPP(_PieAPPBase, RealPairs):
             raise DataError(f"pieapp: no *_per_image_score.csv under {base / 'labels'} (the official test split has them)")
         self.splits = tuple(splits)
         out = pd.DataFrame(rows)
+        if not len(out):
+            return out  # RealDataset: "no items found"
         for lf, g in out.groupby("_lf"):
             check_labels(g, Path(lf))
         out = out.drop(columns="_lf")
-        out["mos"] = -out["mos_raw"].astype(float)
+        out["mos_raw"] = out["mos_raw"].astype(float)
+        out["mos"] = -out["mos_raw"]
         return out
 
 
@@ -127,7 +125,7 @@ class PieAPP2AFC(_PieAPPBase, RealTwoAFC):
         out = pd.DataFrame(rows)
         if len(out):
             for lf, g in out.groupby("_lf"):
-                check_labels(g, Path(lf), name_col="p0_path", label_col="judge")
+                check_labels(g, Path(lf), name_col="p0_path", label_col="judge", bounds=(0.0, 1.0))
             out = out.drop(columns="_lf")
         return out
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from robench.errors import RobenchError
+from robench.faults import fault
 from robench.home import robench_home
 from robench.profiles import get_profile
 from robench.progress import progress_bar
@@ -68,7 +69,6 @@ class AAT(TrainingRecipe):
 def ensure_clean(base: str, dataset: str, profile: str, seed: int, dataset_options: dict, progress: bool):
     """The clean target to fine-tune: official or trained-here weights, trained now if missing."""
     from robench.models import load_model
-    from robench.models import weights as W
 
     try:
         return load_model(base)
@@ -152,7 +152,10 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     ck = resume_checkpoint(out, cfg_hash, target, opt)
     if ck is not None:
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
-        rows = [r for r in json.loads((out / "steps.json").read_text())["steps"] if r["step"] < start]
+        if "rows" in ck:
+            rows = [r for r in ck["rows"] if r["step"] < start]
+        else:  # checkpoints written before the rows moved into last.pt
+            rows = [r for r in json.loads((out / "steps.json").read_text())["steps"] if r["step"] < start]
 
     def batch_at(step: int):
         """Step ``step``'s batch and its randomness derive from (seed, step): resuming repeats it."""
@@ -229,10 +232,12 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
 
 
 def _checkpoint(out: Path, target, opt, step: int, elapsed: float, cfg_hash: str, rows: list, run_cfg: dict) -> None:
-    tmp = out / f"last.pt.{os.getpid()}.tmp"
-    torch.save({"model": target.state_dict(), "optim": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "cfg_hash": cfg_hash}, tmp)
-    os.replace(tmp, out / "last.pt")
+    # the log rows travel inside last.pt: a kill between this file and steps.json must not lose them
+    from robench.train import _atomic_torch_save
+
+    _atomic_torch_save({"model": target.state_dict(), "optim": opt.state_dict(), "step": step, "elapsed": elapsed,
+                        "cfg_hash": cfg_hash, "rows": rows}, out / "last.pt")
+    fault(f"kill-after-checkpoint:{run_cfg['recipe']}:{step}")
     tmp = out / f"steps.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"config": run_cfg, "steps": rows}, default=str))
     os.replace(tmp, out / "steps.json")

@@ -4,17 +4,23 @@
   unpickler is refused loudly (a pickle can run code), never loaded with ``weights_only=False``.
 * Every cached file is recorded in ``index.json`` (name → file, sha256, source, provenance) and its
   sha256 is checked each time it is loaded: a tampered or truncated file is refused.
+* A checkpoint must match the architecture exactly: names, shapes and dtype kind (a float
+  parameter never takes integer or bool values, which ``load_state_dict`` would cast silently).
+* Files and the index are written to a temp file in the same folder, fsynced, then renamed, so a
+  killed process leaves either the old state or the new one; a killed download leaves only a
+  ``.part`` that the next fetch resumes and verifies.
 * Names follow ``arch.tag``: ``birqa`` (clean), ``birqa.aat`` (a defended variant), ``lpips.alex``.
   Extra files a target needs (LPIPS's ImageNet trunk) are stored under ``<name>#<role>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
-import shutil
 import time
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +28,7 @@ from typing import Any, Iterator
 
 import torch
 
+from robench.data.fetch import fsync_dir, fsync_file
 from robench.data.fetch import sha256_file  # noqa: F401  (re-exported: one implementation)
 from robench.errors import IntegrityError, RobenchError
 from robench.home import robench_home
@@ -66,7 +73,9 @@ def load_state_dict(path: str | Path, sha256: str | None = None, sha256_prefix: 
             raise WeightsError(f"corrupt safetensors file {path}: {exc}") from None
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch announces a jit.load that weights_only then refuses
+                warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise WeightsError(
                 f"refusing to load {path}: it is not a plain tensor checkpoint (torch.load weights_only=True "
@@ -74,6 +83,9 @@ def load_state_dict(path: str | Path, sha256: str | None = None, sha256_prefix: 
                 f"to a state dict or safetensors first"
             ) from None
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+            if "TorchScript" in str(exc):
+                raise WeightsError(f"refusing to load {path}: it is a TorchScript archive (code, not a plain tensor "
+                                   f"checkpoint); export its state dict or safetensors instead") from None
             raise WeightsError(f"corrupt or truncated checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return flatten_checkpoint(obj, str(path))
 
@@ -94,14 +106,29 @@ def flatten_checkpoint(obj: Any, where: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def _dtype_kind(t: torch.Tensor) -> str:
+    if t.dtype == torch.bool:
+        return "bool"
+    if t.is_complex():
+        return "complex"
+    return "float" if t.is_floating_point() else "integer"
+
+
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Strict load with a readable report of missing/unexpected keys and shape mismatches."""
+    """Strict load with a readable report of missing/unexpected keys, shape and dtype mismatches.
+
+    Float precision may differ (a float16 file loads into a float32 model); the dtype kind may
+    not: ``load_state_dict`` would silently cast integer or bool values into float parameters.
+    """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
+    common = sorted(set(own) & set(state))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
+              for k in common if tuple(own[k].shape) != tuple(state[k].shape)]
+    dtypes = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
+              for k in common if _dtype_kind(own[k]) != _dtype_kind(state[k])]
+    if missing or unexpected or shapes or dtypes:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
@@ -109,6 +136,8 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: st
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}")
+        if dtypes:
+            parts.append(f"{len(dtypes)} dtype mismatch(es), e.g. {dtypes[:2]}")
         raise WeightsError(f"{where} does not fit {type(module).__name__}: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
 
@@ -122,15 +151,20 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, metadata:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=meta)
+    fsync_file(tmp)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
     return sha256_file(path)
 
 
 def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"corrupt safetensors file {path}: {exc}") from None
 
 
 def checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -138,7 +172,13 @@ def checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if Path(path).suffix != ".safetensors":
         return {}, {}
     meta = safetensors_metadata(path)
-    return json.loads(meta.get("config", "{}")), json.loads(meta.get("provenance", "{}"))
+    try:
+        config, provenance = json.loads(meta.get("config", "{}")), json.loads(meta.get("provenance", "{}"))
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path}: config/provenance metadata is not JSON: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(provenance, dict):
+        raise WeightsError(f"{path}: config/provenance metadata must be JSON objects")
+    return config, provenance
 
 
 def load_checkpoint(target: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> str:
@@ -187,20 +227,28 @@ def _write_index(index: dict[str, dict[str, Any]]) -> None:
     p = _index_path()
     tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+    fsync_file(tmp)
     os.replace(tmp, p)
+    fsync_dir(p.parent)
 
 
 def register(name: str, src: str | Path, source: str, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy ``src`` into the cache as weights ``name`` and record it in the index."""
     src = Path(src)
-    digest = sha256_file(src)
     safe_name = name.replace("#", "__")
-    dest = weights_dir() / "files" / f"{safe_name}-{digest[:12]}{''.join(src.suffixes[-1:]) or '.pt'}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if src.resolve() != dest.resolve():
-        tmp = dest.with_name(dest.name + f".{os.getpid()}.tmp")
-        shutil.copyfile(str(src), str(tmp))
+    suffix = "".join(src.suffixes[-1:]) or ".pt"
+    files = weights_dir() / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(files)
+    # hash the bytes as they are copied: the digest recorded is that of the file registered
+    tmp = files / f"{safe_name}{suffix}.{os.getpid()}.tmp"
+    digest = _copy_hashed(src, tmp)
+    dest = files / f"{safe_name}-{digest[:12]}{suffix}"
+    if src.resolve() == dest.resolve():  # already in the cache
+        tmp.unlink()
+    else:
         os.replace(tmp, dest)
+        fsync_dir(files)
     entry = {"name": name, "file": str(dest.relative_to(weights_dir())), "sha256": digest, "source": source,
              "provenance": provenance or {}, "registered": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with _index_lock():
@@ -208,6 +256,37 @@ def register(name: str, src: str | Path, source: str, provenance: dict[str, Any]
         index[name] = entry
         _write_index(index)
     return entry
+
+
+def _copy_hashed(src: Path, dest: Path) -> str:
+    """Copy ``src`` to ``dest`` (fsynced) and return the sha256 of the bytes written."""
+    h = hashlib.sha256()
+    try:
+        with open(src, "rb") as fi, open(dest, "wb") as fo:
+            for chunk in iter(lambda: fi.read(1 << 20), b""):
+                h.update(chunk)
+                fo.write(chunk)
+            fo.flush()
+            os.fsync(fo.fileno())
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return h.hexdigest()
+
+
+def _clean_stale_tmp(folder: Path) -> None:
+    """Remove ``<file>.<pid>.tmp`` copies left by killed processes (never in the index)."""
+    for p in folder.glob("*.tmp"):
+        try:
+            pid = int(p.name.rsplit(".", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass
 
 
 def lookup(name: str) -> dict[str, Any] | None:
@@ -250,18 +329,21 @@ def detect_role(state: dict[str, torch.Tensor]) -> str:
     return "full"
 
 
-def import_weights(path: str | Path, model: str, role: str | None = None) -> dict[str, Any]:
+def import_weights(path: str | Path, model: str, role: str | None = None,
+                   _target: torch.nn.Module | None = None) -> dict[str, Any]:
     """Check that ``path`` loads into ``model`` and add it to the cache.
 
     A robench checkpoint (the target's own keys) becomes weights ``model`` (source ``imported``);
     an upstream checkpoint becomes ``model#official`` (or ``#lin`` / ``#trunk`` for LPIPS's two
-    files), which ``load_model`` prefers as official weights.
+    files), which ``load_model`` prefers as official weights. ``_target``: a freshly built default
+    instance to check against (saves building it twice when the file carries no config).
     """
     from robench.models import build, split_name
 
     path = Path(path)
     state = load_state_dict(path)
-    target = build(split_name(model)[0], **checkpoint_meta(path)[0])
+    config = checkpoint_meta(path)[0]
+    target = _target if _target is not None and not config else build(split_name(model)[0], **config)
     role = role or detect_role(state)
     if role == "full":
         provenance = {"imported_from": str(path.resolve())}
@@ -302,9 +384,12 @@ def fetch_official(model: str, url: str | None = None, sha256: str | None = None
     for f in files:
         dest = weights_dir() / "downloads" / f.filename
         expected = sha256 or f.sha256
-        path = download(url or f.url, dest, expected, progress=progress)
-        if expected is None and f.sha256_prefix and not sha256_file(path).startswith(f.sha256_prefix):
-            path.unlink()
-            raise IntegrityError(f"{f.filename}: sha256 does not start with the published prefix {f.sha256_prefix}; deleted")
-        out.append(import_weights(path, model, role=f.role))
+        # the published prefix is checked before the download is renamed into place
+        path = download(url or f.url, dest, expected, progress=progress,
+                        sha256_prefix=f.sha256_prefix if expected is None else None)
+        try:
+            out.append(import_weights(path, model, role=f.role, _target=target if len(files) == 1 else None))
+        except WeightsError:  # verified bytes, but unsafe or unfit: do not keep them around
+            path.unlink(missing_ok=True)
+            raise
     return out

@@ -1,0 +1,345 @@
+"""Reliability of runs, training and the store (README "Reliability"): kill -9 during training and
+recipes, two runs on one store at once, a full disk, a grid larger than the memory budget, and
+the evaluation sanity flags (randomised defence without EOT, an attack that does nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from robench.store import Store, StoreFullError
+from test_run import GRID, TINY, _snapshot, robench
+
+DS = {"size": 32, "crops_per_source": 1}
+
+
+def _home_with_tiny_mini(tiny_mini, path: Path) -> Path:
+    """A fresh ROBENCH_HOME (its own weights cache) that shares the session's built tiny mini."""
+    path.mkdir(parents=True, exist_ok=True)
+    src = Path(tiny_mini)
+    while src.name != "datasets":
+        src = src.parent
+    (path / "datasets").symlink_to(src, target_is_directory=True)
+    return path
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 during training
+
+
+TRAIN = ["train", "--model", "birqa", "--epochs", "3", "--max-steps-per-epoch", "2", "--batch-size", "8",
+         "--model-option", "width=0.25",
+         "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--json"]
+
+
+def _epochs(out: Path) -> list[dict]:
+    rows = json.loads((out / "log.json").read_text())["epochs"]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # wall time differs, nothing else may
+
+
+@pytest.mark.slow  # ~1 min: three CLI trainings
+def test_kill_9_during_training_then_rerun_gives_identical_weights_and_log(tiny_mini, tmp_path):
+    home = _home_with_tiny_mini(tiny_mini, tmp_path / "home")
+    env = {"ROBENCH_HOME": str(home)}
+    clean = tmp_path / "clean"
+    robench(*TRAIN, "--out", str(clean), env=env)
+
+    out = tmp_path / "killed"
+    # 1. killed at the exact gap between last.pt (epoch 1) and log.json
+    r = robench(*TRAIN, "--out", str(out), env={**env, "ROBENCH_FAULT": "kill-after-checkpoint:train:1"}, check=False)
+    assert r.returncode == -signal.SIGKILL
+    assert not (out / "log.json").exists() and (out / "last.pt").exists()
+    # 2. killed from outside at a moment during epoch 2 or 3
+    p = subprocess.Popen([sys.executable, "-m", "robench.cli", *TRAIN, "--out", str(out)],
+                         env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (out / "log.json").exists():
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not list(out.glob("*.tmp")) or all(f.stat().st_size >= 0 for f in out.glob("*.tmp"))
+    # 3. the rerun resumes and ends identical to the uninterrupted run
+    robench(*TRAIN, "--out", str(out), env=env)
+    assert _epochs(out) == _epochs(clean) and [r["epoch"] for r in _epochs(out)] == [1, 2, 3]
+    from robench.models.weights import load_state_dict
+
+    a, b = load_state_dict(clean / "best.safetensors"), load_state_dict(out / "best.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow  # ~1 min: a clean and two AAT trainings
+def test_kill_9_during_a_recipe_then_rerun_gives_identical_steps(tiny_mini, tmp_path):
+    home = _home_with_tiny_mini(tiny_mini, tmp_path / "home")
+    env = {"ROBENCH_HOME": str(home)}
+    robench(*TRAIN[:3], "--epochs", "1", *TRAIN[5:], env=env)  # the clean tiny model the recipe starts from
+    args = ["train", "--model", "birqa", "--defense", "aat", "--steps", "20", "--model-option", "width=0.25",
+            "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--json"]
+    clean = tmp_path / "clean"
+    robench(*args, "--out", str(clean), env=env)
+    out = tmp_path / "killed"
+    r = robench(*args, "--out", str(out), env={**env, "ROBENCH_FAULT": "kill-after-checkpoint:aat:10"}, check=False)
+    assert r.returncode == -signal.SIGKILL and not (out / "steps.json").exists()
+    robench(*args, "--out", str(out), env=env)
+
+    def steps(o):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((o / "steps.json").read_text())["steps"]]
+
+    assert steps(out) == steps(clean) and [r["step"] for r in steps(out)] == list(range(20))
+    from robench.models.weights import load_state_dict
+
+    a, b = load_state_dict(clean / "final.safetensors"), load_state_dict(out / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from robench import train as T
+
+    path = tmp_path / "last.pt"
+    T._atomic_torch_save({"epoch": 1}, path)
+    before = path.read_bytes()
+
+    def full(obj, f, *a, **k):
+        f.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="No space"):
+        T._atomic_torch_save({"epoch": 2}, path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+# --------------------------------------------------------------------------------------------
+# the store
+
+
+def test_two_runs_on_one_store_at_once(tiny_mini, tmp_path):
+    store = tmp_path / "shared.sqlite"
+    cmd = [sys.executable, "-m", "robench.cli", "run", *GRID, "--store", str(store), "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    reports = [json.loads(o[0]) for o in outs]
+    for rep in reports:
+        assert {c["status"] for c in rep["cells"]} <= {"done", "cached"}
+    with sqlite3.connect(str(store)) as db:
+        n_cells = db.execute("SELECT count(*), count(DISTINCT key) FROM cells").fetchone()
+        per_cell = db.execute("SELECT count(*) FROM results GROUP BY cell_key").fetchall()
+        dup = db.execute("SELECT count(*) FROM (SELECT cell_key, item, eps FROM results GROUP BY 1, 2, 3 "
+                         "HAVING count(*) > 1)").fetchone()[0]
+    assert n_cells == (4, 4) and [c for (c,) in per_cell] == [8 * 2] * 4 and dup == 0
+    serial = tmp_path / "serial.sqlite"
+    robench("run", *GRID, "--store", str(serial), "--json")
+    (ka, ra), (kb, rb) = _snapshot(store), _snapshot(serial)
+    assert ka == kb
+    pd.testing.assert_frame_equal(ra, rb)
+
+
+def test_store_stays_consistent_when_the_disk_fills(tiny_mini, tmp_path, monkeypatch):
+    """SQLite's max_page_count makes the store's file 'full' exactly as a full disk does
+    (SQLITE_FULL): the run stops with a clear error, the store keeps only whole cells, and the
+    rerun after 'freeing space' resumes to the uninterrupted result."""
+    from robench.runner import RunSpec, run
+
+    spec = dict(model="ssim", attacks=["fgsm", "pgd", "square"], eps=[2, 8], n=8, dataset_options=DS,
+                attack_params={"pgd": {"steps": 3}, "square": {"queries": 8}})
+    want = tmp_path / "want.sqlite"
+    run(RunSpec(store=want, **spec), progress=False)
+
+    got = tmp_path / "full.sqlite"
+    real = Store.commit_cell
+    calls = []
+
+    def commit_then_fill(self, key, cell, rows, **kw):
+        calls.append(key)
+        if len(calls) == 2:  # the disk fills up just as the second cell is written
+            pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+            self.db.execute(f"PRAGMA max_page_count={pages}")
+        return real(self, key, cell, rows, **kw)
+
+    monkeypatch.setattr(Store, "commit_cell", commit_then_fill)
+    with pytest.raises(StoreFullError, match="disk full.*rerun the same command"):
+        run(RunSpec(store=got, **spec), progress=False)
+    with Store(got) as st:
+        cells, res = st.cells(status=None), st.results()
+    assert list(cells["attack"]) == ["fgsm"] and list(cells["status"]) == ["done"]
+    assert len(res) == 8 * 2 and set(res["cell_key"]) == set(cells["key"])  # whole cells only
+    monkeypatch.setattr(Store, "commit_cell", real)  # space freed
+    rep = run(RunSpec(store=got, **spec), progress=False)
+    assert [c["status"] for c in rep["cells"]] == ["cached", "done", "done"]
+    (ka, ra), (kb, rb) = _snapshot(got), _snapshot(want)
+    assert ka == kb
+    pd.testing.assert_frame_equal(ra, rb)
+
+
+def test_disk_full_is_a_clear_cli_error(tiny_mini, tmp_path):
+    """From the command line: exit 2 and the store named, not a traceback (the store file is
+    write of a cell raises SQLite's SQLITE_FULL error through a tiny sitecustomize in the child)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sqlite3, robench.store as S\n"
+        "def _full(self, *a, **k):\n"
+        "    raise sqlite3.OperationalError('database or disk is full')\n"
+        "S.Store._insert_cell = _full\n")
+    store = tmp_path / "s.sqlite"
+    r = robench("run", "--model", "ssim", "--attacks", "fgsm", *TINY, "--store", str(store), check=False,
+                env={"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "disk full" in r.stderr and str(store) in r.stderr.replace("\n", "") and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# a grid larger than memory
+
+
+def _alive_counter(monkeypatch):
+    """Count the decoded image tensors alive at any moment (weakref finalisers)."""
+    import robench.data.mini as M
+
+    state = {"alive": 0, "peak": 0}
+    real = M.Mini.__getitem__, M.Mini2AFC.__getitem__
+
+    def track(t):
+        state["alive"] += 1
+        state["peak"] = max(state["peak"], state["alive"])
+        weakref.finalize(t, lambda: state.__setitem__("alive", state["alive"] - 1))
+        return t
+
+    def wrap(get):
+        def getitem(self, i):
+            s = get(self, i)
+            return {k: track(v) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+        return getitem
+
+    monkeypatch.setattr(M.Mini, "__getitem__", wrap(real[0]))
+    monkeypatch.setattr(M.Mini2AFC, "__getitem__", wrap(real[1]))
+    return state
+
+
+@pytest.mark.parametrize("dataset", ["mini", "mini-2afc"])
+def test_a_grid_larger_than_the_memory_budget_streams_with_identical_results(tiny_mini, tmp_path, monkeypatch, dataset):
+    from robench.runner import RunSpec, load_items, run
+
+    import dataclasses
+
+    from robench.profiles import get_profile
+
+    # batches of 4 so that "a batch" is visibly less than the 24 items
+    quick4 = dataclasses.replace(get_profile("quick"), attack_batch=4)
+    spec = dict(model="ssim", attacks=["fgsm", "square"], eps=[2, 8], n=24, dataset=dataset, dataset_options=DS,
+                attack_params={"square": {"queries": 8}}, profile=quick4)
+    want = tmp_path / "in-memory.sqlite"
+    run(RunSpec(store=want, **spec), progress=False)
+    assert not load_items(dataset, "test", 24, 0, DS).streamed  # the default budget holds 24 tiny pairs
+
+    # a budget smaller than one batch: the run must stream and hold no more than a batch
+    monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "20K")
+    items = load_items(dataset, "test", 24, 0, DS)
+    assert items.streamed and not isinstance(items.dist, torch.Tensor)
+    assert items.dist.shape == (24, 3, 32, 32)
+    state = _alive_counter(monkeypatch)
+    got = tmp_path / "streamed.sqlite"
+    run(RunSpec(store=got, **spec), progress=False)
+    per_item = 3 if dataset == "mini" else 4  # tensors one dataset item decodes (ref, dist | ref, p0, p1)
+    assert 0 < state["peak"] <= 2 * 4 * per_item  # at most a batch or two alive, never the whole grid (24)
+    # same cells, same per-image numbers as the in-memory run
+    (ka, ra), (kb, rb) = _snapshot(got), _snapshot(want)
+    assert ka == kb
+    pd.testing.assert_frame_equal(ra, rb)
+
+
+def test_memory_budget_must_be_a_size(monkeypatch):
+    from robench.errors import RobenchError
+    from robench.runner import memory_budget
+
+    monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "512M")
+    assert memory_budget() == 512 * 2 ** 20
+    monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "lots")
+    with pytest.raises(RobenchError, match="ROBENCH_MEMORY_BUDGET"):
+        memory_budget()
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation reliability: the sanity flags
+
+
+def test_randomised_defence_without_eot_is_flagged(tiny_mini, tmp_path):
+    from robench.runner import RunSpec, run
+
+    base = dict(model="ssim", attacks=["fgsm"], eps=[4], n=8, dataset_options=DS)
+    rep = run(RunSpec(defense="flip", store=tmp_path / "a.sqlite", attack_params={"fgsm": {"eot": 1}}, **base),
+              progress=False)
+    assert rep["cells"][0]["flags"]["randomised"] and rep["cells"][0]["flags"]["eot_required"]
+    rep = run(RunSpec(defense="flip", store=tmp_path / "b.sqlite", attack_params={"fgsm": {"eot": 4}}, **base),
+              progress=False)
+    assert rep["cells"][0]["flags"]["randomised"] and not rep["cells"][0]["flags"].get("eot_required")
+    rep = run(RunSpec(store=tmp_path / "c.sqlite", **base), progress=False)
+    assert not rep["cells"][0]["flags"]["randomised"] and not rep["cells"][0]["flags"].get("eot_required")
+
+
+def test_an_attack_that_does_nothing_is_flagged(tiny_mini, tmp_path, monkeypatch):
+    from robench.attacks.base import Attack
+    from robench.registry import ATTACKS
+    from robench.runner import RunSpec, run
+
+    class Idle(Attack):  # a broken attack: returns its input
+        name = "idle"
+        defaults = {}
+
+        def perturb(self, f, x, eps, q0):
+            return x.clone()
+
+    monkeypatch.setitem(ATTACKS._entries, "idle", type(ATTACKS.entry("fgsm"))(name="idle", obj=Idle))
+    rep = run(RunSpec(model="ssim", attacks=["idle", "fgsm"], eps=[4], n=8, dataset_options=DS,
+                      store=tmp_path / "s.sqlite"), progress=False)
+    flags = {c["attack"]: c["flags"] for c in rep["cells"]}
+    assert flags["idle"]["moves_target"] is False and flags["fgsm"]["moves_target"] is True
+
+
+# --------------------------------------------------------------------------------------------
+# robench validate: the installation self-check
+
+
+def test_validate_self_check_passes_on_this_installation(tiny_mini):
+    r = robench("validate", "--json")
+    res = json.loads(r.stdout)
+    assert res["ok"] and [c["check"] for c in res["checks"]] == [
+        "versions", "registries", "tiny target differentiates", "tiny attacks stay in budget", "store round-trips", "cache"]
+    assert all(c["ok"] for c in res["checks"]) and res["seconds"] < 120
+
+
+def test_validate_self_check_names_what_is_broken(tmp_path, monkeypatch):
+    from robench.models import weights as W
+    from robench.registry import MODELS
+    from robench.validate import self_check
+
+    monkeypatch.setenv("ROBENCH_HOME", str(tmp_path / "home"))
+    src = tmp_path / "w.safetensors"
+    W.save_safetensors({"w": torch.ones(3)}, src)
+    entry = W.register("birqa.selfcheck", src, source="imported")
+    (W.weights_dir() / entry["file"]).write_bytes(b"tampered")  # a cached file changed behind robench's back
+    Entry = type(MODELS.entry("ssim"))
+    monkeypatch.setitem(MODELS._entries, "broken", Entry(name="broken", target="robench_no_such_module:Model",
+                                                         origin="lazy"))
+    res = self_check()
+    by = {c["check"]: c for c in res["checks"]}
+    assert not res["ok"]
+    assert not by["registries"]["ok"] and "model 'broken'" in by["registries"]["detail"]
+    assert not by["cache"]["ok"] and "birqa.selfcheck: sha256 mismatch" in by["cache"]["detail"]
+    assert by["tiny target differentiates"]["ok"] and by["store round-trips"]["ok"]  # the rest still ran
