@@ -554,6 +554,8 @@ def validate_cmd(
     if profile is None:
         from robench.validate import self_check
 
+        if not sample or device != "cpu":
+            raise RobenchError("--no-sample and --device apply to the dry build: add --profile paper")
         res = self_check(progress=None if as_json else (lambda m: err.print(m, style="dim")))
         if as_json:
             emit_json(res)

@@ -108,15 +108,32 @@ def stratified_subset(table, n: int | None, seed: int) -> list[int]:
     return sorted(picked)
 
 
+class _BatchDecoder:
+    """Decodes the dataset items of one slice once for every role that asks for them (dist and
+    ref of a batch are read back to back; each ``data[i]`` decodes the whole item)."""
+
+    def __init__(self, data):
+        self.data = data
+        self._last: tuple[tuple[int, int], list] | None = None
+
+    def samples(self, start: int, stop: int) -> list:
+        if self._last is None or self._last[0] != (start, stop):
+            self._last = ((start, stop), None)  # drop the previous batch before decoding the next
+            self._last = ((start, stop), [self.data[i] for i in range(start, stop)])
+        return self._last[1]
+
+
 class StreamedImages:
     """A sliceable stand-in for an ``N×3×H×W`` tensor whose rows are decoded from the dataset
     only when a batch asks for them: a grid larger than memory streams (paper profile: KADID-10k's
     2000 test pairs at 512×384 are 9.4 GB as float32). Attacks only ever take ``x[start:stop]``."""
 
-    def __init__(self, data, role: str, sides: list[int] | None, n: int, item_shape: tuple[int, ...]):
-        self.data, self.role, self.sides, self.n = data, role, sides, n
+    streamed = True  # attacks validate each batch instead of the whole input
+
+    def __init__(self, decoder: _BatchDecoder, role: str, sides: list[int] | None, n: int,
+                 item_shape: tuple[int, ...]):
+        self.decoder, self.role, self.sides, self.n = decoder, role, sides, n
         self.shape = torch.Size((n, *item_shape))
-        self._last: tuple[tuple[int, int], list] | None = None
 
     def _key(self, i: int) -> str:
         if self.role not in ("attacked", "other"):
@@ -132,11 +149,7 @@ class StreamedImages:
         if not isinstance(sl, slice) or sl.step not in (None, 1):
             raise TypeError("streamed images are read by contiguous slices")
         start, stop, _ = sl.indices(self.n)
-        batch = [self.data[i][self._key(i)] for i in range(start, stop)]
-        shapes = {tuple(t.shape) for t in batch}
-        if len(shapes) > 1:
-            raise RobenchError(f"images {start}..{stop - 1} of this dataset differ in size ({sorted(shapes)}); "
-                               f"use a batch size of 1 for datasets with mixed sizes")
+        batch = [s[self._key(i)] for i, s in zip(range(start, stop), self.decoder.samples(start, stop))]
         return torch.stack(batch) if batch else torch.empty(0, *self.shape[1:])
 
 
@@ -159,13 +172,17 @@ class Items:
 
 
 def memory_budget() -> int:
-    """Bytes of decoded images a run may hold (``ROBENCH_MEMORY_BUDGET``, e.g. ``4G``; default 2 GiB)."""
-    raw = os.environ.get("ROBENCH_MEMORY_BUDGET", "2G").strip().upper()
-    mult = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(raw[-1:], 1)
-    try:
-        return int(float(raw[:-1] if raw[-1:] in "KMG" else raw) * mult)
-    except ValueError:
-        raise RobenchError(f"ROBENCH_MEMORY_BUDGET must be a size like 512M or 4G, got {raw!r}") from None
+    """Bytes of decoded images a run may hold (``ROBENCH_MEMORY_BUDGET``, e.g. ``512M``, ``4G``,
+    ``4GB``, plain bytes; unset or empty: 2 GiB)."""
+    import re
+
+    raw = os.environ.get("ROBENCH_MEMORY_BUDGET", "").strip()
+    if not raw:
+        return 2 * 2 ** 30
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", raw.upper())
+    if m is None or float(m.group(1)) <= 0:
+        raise RobenchError(f"ROBENCH_MEMORY_BUDGET must be a positive size like 512M or 4G, got {raw!r}")
+    return int(float(m.group(1)) * {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}[m.group(2)])
 
 
 def load_items(dataset_name: str, split: str, n: int | None, seed: int, options: dict[str, Any],
@@ -182,7 +199,7 @@ def load_items(dataset_name: str, split: str, n: int | None, seed: int, options:
         raise RobenchError(f"dataset {dataset_name!r} split {split!r} has no items")
     roles = ("dist", "ref") if data.kind == "pairs" else ("attacked", "other", "ref")
     held: dict[str, list] | None = {r: [] for r in roles}
-    used, first_shape = 0, None
+    used, first_shape, shapes = 0, None, {}
     labels: dict[str, list] = {"ref_id": [], "distortion": []}
     labels.update({"mos": [], "level": []} if data.kind == "pairs" else {"judge": [], "attacked_side": []})
     for i in range(len(data)):
@@ -200,6 +217,7 @@ def load_items(dataset_name: str, split: str, n: int | None, seed: int, options:
         labels["ref_id"].append(str(s["ref_id"]))
         labels["distortion"].append(str(s["distortion"]))
         first_shape = first_shape or tuple(imgs["ref"].shape)
+        shapes.setdefault(tuple(imgs["ref"].shape), i)
         if held is not None:
             used += sum(t.numel() * t.element_size() for t in imgs.values())
             if used > budget:
@@ -216,18 +234,20 @@ def load_items(dataset_name: str, split: str, n: int | None, seed: int, options:
     labels["item_id"] = ids
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     N = len(data)
+    if len(shapes) > 1:  # the same check in memory and streamed: before any compute, naming items
+        (s0, i0), (s1, i1) = list(shapes.items())[:2]
+        raise RobenchError(f"the images of {dataset_name!r} {split} differ in size (item {ids[i0]} is "
+                           f"{s0[2]}×{s0[1]}, item {ids[i1]} is {s1[2]}×{s1[1]}; {len(shapes)} sizes): robench "
+                           f"attacks equal-size batches, so resize or crop the images to one size first")
     if held is not None:
-        def stack(r):
-            try:
-                return torch.stack(held[r])
-            except RuntimeError:
-                raise RobenchError(f"the images of {dataset_name!r} differ in size; robench attacks equal-size "
-                                   f"batches (set the dataset's size/crop option)") from None
-        imgs = {r: stack(r) for r in roles}
+        imgs = {}
+        for r in roles:  # one role at a time: the lists and the stacked copy never all coexist
+            imgs[r] = torch.stack(held.pop(r))
         streamed = False
     else:
         sides = labels.get("attacked_side")
-        imgs = {r: StreamedImages(data, r, sides, N, first_shape) for r in roles}
+        dec = _BatchDecoder(data)
+        imgs = {r: StreamedImages(dec, r, sides, N, first_shape) for r in roles}
         streamed = True
     dist = imgs["dist"] if data.kind == "pairs" else imgs["attacked"]
     return Items(kind=data.kind, dist=dist, ref=imgs["ref"], labels=labels, other=imgs.get("other"), digest=digest,
@@ -263,7 +283,10 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     other_scores = None
     t1 = time.perf_counter()
     if items.other is not None:
-        with torch.no_grad():
+        # seeded like the attack: a randomised defence's draws for the unattacked image must be
+        # the same in every run (2AFC accuracy reproducible, a resumed store identical)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(attack.seed + 1)
             # the unattacked image of a 2AFC triplet: like every reported score, a mean over
             # the EOT draws when the target is randomised
             eot = int(attack.params["eot"])

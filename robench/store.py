@@ -29,6 +29,13 @@ class StoreFullError(RobenchError):
     """SQLite reported SQLITE_FULL (disk full, or a quota): the transaction was rolled back."""
 
 
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python ≥ 3.11
+    if code is not None:
+        return code == sqlite3.SQLITE_FULL
+    return "database or disk is full" in str(exc)
+
+
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,13 +88,13 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
-            if "full" in str(exc).lower():
+            if _is_full(exc):
                 raise StoreFullError(f"{self.path}: disk full while opening the store ({exc})") from None
             raise RobenchError(f"{self.path} is not a robench store (SQLite: {exc})") from None
-        if row is None:
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
+        if row is not None and int(row[0]) != SCHEMA_VERSION:
             raise RobenchError(f"{self.path} has store schema {row[0]}, this robench reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -120,7 +127,7 @@ class Store:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
-            if "full" in str(exc).lower():
+            if _is_full(exc):
                 raise StoreFullError(f"{self.path}: disk full while writing {what} ({exc}); nothing of it was "
                                      f"written and every cell committed before is intact: free space and "
                                      f"rerun the same command to resume") from None

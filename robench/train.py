@@ -163,6 +163,8 @@ def resume_checkpoint(out: Path, cfg_hash: str, target, opt) -> dict[str, Any] |
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, rename: a kill or a full disk leaves the
     previous checkpoint whole (a failed temp file is removed)."""
+    from robench.data.fetch import fsync_dir
+
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -170,8 +172,24 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself must reach the disk
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def clean_stale_tmp(out: Path) -> None:
+    """Remove ``NAME.<pid>.tmp`` files a killed training left in its run folder (a TOPIQ
+    checkpoint with Adam state is ~400 MB); files of a live process are left alone."""
+    for p in out.glob("*.*.tmp"):
+        pid = p.name.rsplit(".", 2)[-2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass
 
 
 def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", epochs: int | None = None,
@@ -204,7 +222,7 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
     # the random initialisation is part of the run: seeded, or two runs (or a killed run's first
     # epoch and its rerun) start from different weights
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng(devices=[]) does not restore CUDA's
         target = build(base, **(model_options or {}))
     if not getattr(target, "requires_weights", True):
         raise RobenchError(f"{base!r} is an analytic metric: nothing to train")
@@ -223,6 +241,7 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
                                          default=str).encode()).hexdigest()[:16]
     out = Path(out) if out is not None else default_out(base, dataset, prof.name, seed)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)
 
     params = [p for p in target.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))

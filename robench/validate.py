@@ -153,9 +153,9 @@ def self_check(progress=None) -> dict[str, Any]:
     """Seconds-long checks that an installation works end to end, each reported ok/failed with
     what it found: versions and optional extras, every registry entry imports, a tiny target
     gives finite non-zero gradients, tiny attacks stay in budget and raise quality, the store
-    round-trips a cell, the cache is writable and every cached weights file matches its sha256.
-    Nothing is downloaded; the user's store and cache are only read (the store check uses a
-    temporary file)."""
+    round-trips a cell in the folder of the default store, the cache is writable and every cached
+    weights file matches its sha256. Nothing is downloaded; the only writes are temporary files,
+    removed again."""
     import importlib.util
     import platform
     import shutil
@@ -247,14 +247,20 @@ def self_check(progress=None) -> dict[str, Any]:
                 raise RuntimeError(f"{name}: L∞ {float(res.linf.max()) * 255:.3f}/255 > 4/255")
             if (q < q0 - 1e-6).any():
                 raise RuntimeError(f"{name}: reported quality below the clean image")
+            # a gradient attack on a target with real gradients must move it: zero gain = broken
+            if name != "square" and not float((q - q0).mean()) > 0:
+                raise RuntimeError(f"{name}: no quality gain at 4/255 on a differentiable target")
             out.append(f"{name} L∞ ≤ {float(res.linf.max()) * 255:.2f}/255, gain {float((q - q0).mean()):+.4f}")
         return "; ".join(out)
 
     @check("store round-trips")
     def _():
+        from robench.runner import default_store
         from robench.store import Store
 
-        with tempfile.TemporaryDirectory() as d:
+        where = default_store().parent  # where runs write: WAL mode must work on that filesystem
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=where, prefix=".selfcheck-") as d:
             path = Path(d) / "check.sqlite"
             cfg = {"target": {"name": "t", "weights_sha256": "0" * 64}, "defense": {"name": "none"},
                    "attack": {"name": "a"}, "dataset": {"name": "d", "split": "test", "kind": "pairs"},
@@ -274,7 +280,7 @@ def self_check(progress=None) -> dict[str, Any]:
                 raise RuntimeError("the cell did not read back")
             if back["score"].tolist() != [r["score"] for r in rows]:
                 raise RuntimeError("per-image rows did not read back")
-        return "one cell + 3 rows written in one transaction, a duplicate refused, read back exactly"
+        return f"in {where}: one cell + 3 rows written in one transaction, a duplicate refused, read back exactly"
 
     @check("cache")
     def _():

@@ -72,10 +72,10 @@ def test_kill_9_during_training_then_rerun_gives_identical_weights_and_log(tiny_
     while time.time() < deadline and p.poll() is None and not (out / "log.json").exists():
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not list(out.glob("*.tmp")) or all(f.stat().st_size >= 0 for f in out.glob("*.tmp"))
-    # 3. the rerun resumes and ends identical to the uninterrupted run
+    assert p.wait() == -signal.SIGKILL  # killed during epoch 3, not finished
+    # 3. the rerun resumes and ends identical to the uninterrupted run (and reaps the dead temp files)
     robench(*TRAIN, "--out", str(out), env=env)
+    assert not list(out.glob("*.tmp"))
     assert _epochs(out) == _epochs(clean) and [r["epoch"] for r in _epochs(out)] == [1, 2, 3]
     from robench.models.weights import load_state_dict
 
@@ -83,12 +83,17 @@ def test_kill_9_during_training_then_rerun_gives_identical_weights_and_log(tiny_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow  # ~1 min: a clean and two AAT trainings
-def test_kill_9_during_a_recipe_then_rerun_gives_identical_steps(tiny_mini, tmp_path):
+@pytest.mark.slow  # ~1 min each: a clean and two AAT trainings
+@pytest.mark.parametrize("model", ["birqa", "lpips.alex"])  # LPIPS has dropout: the global RNG must be seeded
+def test_kill_9_during_a_recipe_then_rerun_gives_identical_steps(tiny_mini, tmp_path, model):
     home = _home_with_tiny_mini(tiny_mini, tmp_path / "home")
     env = {"ROBENCH_HOME": str(home)}
-    robench(*TRAIN[:3], "--epochs", "1", *TRAIN[5:], env=env)  # the clean tiny model the recipe starts from
-    args = ["train", "--model", "birqa", "--defense", "aat", "--steps", "20", "--model-option", "width=0.25",
+    clean_args = ["train", "--model", model, "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "8",
+                  "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--json"]
+    if model == "birqa":
+        clean_args += ["--model-option", "width=0.25"]
+    robench(*clean_args, env=env)  # the clean tiny model the recipe starts from
+    args = ["train", "--model", model, "--defense", "aat", "--steps", "20",
             "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--json"]
     clean = tmp_path / "clean"
     robench(*args, "--out", str(clean), env=env)
@@ -256,8 +261,8 @@ def test_a_grid_larger_than_the_memory_budget_streams_with_identical_results(tin
     state = _alive_counter(monkeypatch)
     got = tmp_path / "streamed.sqlite"
     run(RunSpec(store=got, **spec), progress=False)
-    per_item = 3 if dataset == "mini" else 4  # tensors one dataset item decodes (ref, dist | ref, p0, p1)
-    assert 0 < state["peak"] <= 2 * 4 * per_item  # at most a batch or two alive, never the whole grid (24)
+    per_item = 2 if dataset == "mini" else 3  # tensors one dataset item decodes (ref, dist | ref, p0, p1)
+    assert 0 < state["peak"] <= 2 * 4 * per_item  # at most two batches of 4 alive, never the whole grid (24)
     # same cells, same per-image numbers as the in-memory run
     (ka, ra), (kb, rb) = _snapshot(got), _snapshot(want)
     assert ka == kb
@@ -270,9 +275,14 @@ def test_memory_budget_must_be_a_size(monkeypatch):
 
     monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "512M")
     assert memory_budget() == 512 * 2 ** 20
-    monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "lots")
-    with pytest.raises(RobenchError, match="ROBENCH_MEMORY_BUDGET"):
-        memory_budget()
+    monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "4GB")
+    assert memory_budget() == 4 * 2 ** 30
+    monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "")
+    assert memory_budget() == 2 * 2 ** 30
+    for bad in ("lots", "-5", "inf", "0"):
+        monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", bad)
+        with pytest.raises(RobenchError, match="ROBENCH_MEMORY_BUDGET"):
+            memory_budget()
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,3 +353,66 @@ def test_validate_self_check_names_what_is_broken(tmp_path, monkeypatch):
     assert not by["registries"]["ok"] and "model 'broken'" in by["registries"]["detail"]
     assert not by["cache"]["ok"] and "birqa.selfcheck: sha256 mismatch" in by["cache"]["detail"]
     assert by["tiny target differentiates"]["ok"] and by["store round-trips"]["ok"]  # the rest still ran
+
+
+def test_validate_exits_1_and_names_a_tampered_weights_file(tmp_path):
+    home = tmp_path / "home"
+    code = ("import torch; from robench.models import weights as W; "
+            "p = W.weights_dir().parent / 'w.safetensors'; W.save_safetensors({'w': torch.ones(3)}, p); "
+            "e = W.register('birqa.selfcheck', p, source='imported'); (W.weights_dir() / e['file']).write_bytes(b'x')")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ROBENCH_HOME": str(home)})
+    r = robench("validate", env={"ROBENCH_HOME": str(home)}, check=False)
+    assert r.returncode == 1 and "birqa.selfcheck: sha256 mismatch" in r.stdout.replace("\n", " ") + r.stderr
+    r = robench("validate", "--no-sample", check=False)
+    assert r.returncode == 2 and "--profile paper" in r.stderr
+
+
+def test_mixed_image_sizes_fail_before_any_compute_in_both_modes(tmp_path, monkeypatch):
+    from robench.data.base import IQADataset
+    from robench.errors import RobenchError
+    from robench.registry import DATASETS
+    from robench.runner import load_items
+
+    class Mixed(IQADataset):
+        name = "mixed"
+
+        def __init__(self, split="test"):
+            self.split = split
+            self.table = pd.DataFrame({"ref_id": ["a", "b"], "source": ["a", "b"], "distortion": ["x", "x"],
+                                       "level": [1, 1], "mos": [1.0, 2.0], "index": [0, 1]})
+
+        def __getitem__(self, i):
+            s = 16 if i == 0 else 24
+            return {"ref": torch.zeros(3, s, s), "dist": torch.zeros(3, s, s), "mos": float(i), "ref_id": "ab"[i],
+                    "distortion": "x", "level": 1}
+
+    monkeypatch.setitem(DATASETS._entries, "mixed", type(DATASETS.entry("mini"))(name="mixed", obj=Mixed))
+    for budget in (None, 10):
+        with pytest.raises(RobenchError, match="differ in size.*16×16.*24×24"):
+            load_items("mixed", "test", None, 0, {}, budget=budget)
+
+
+def test_a_numpy_input_to_an_attack_is_a_clear_error():
+    import numpy as np
+
+    import robench
+    from robench.errors import RobenchError
+
+    t = robench.load_model("ssim")
+    x = np.zeros((1, 3, 16, 16), dtype=np.float32)
+    with pytest.raises(RobenchError, match="must be a torch.Tensor"):
+        robench.load_attack("fgsm")(t, x, x, eps=[4 / 255])
+
+
+def test_2afc_with_a_randomised_defence_is_reproducible(tiny_mini, tmp_path):
+    """The unattacked image of a triplet is scored over seeded EOT draws: two runs agree exactly."""
+    from robench.runner import RunSpec, run
+
+    for name in ("a", "b"):
+        run(RunSpec(model="ssim", defense="flip", attacks=["fgsm"], dataset="mini-2afc", eps=[8], n=8,
+                    dataset_options=DS, attack_params={"fgsm": {"eot": 2}}, store=tmp_path / f"{name}.sqlite"),
+            progress=False)
+    with Store(tmp_path / "a.sqlite") as a, Store(tmp_path / "b.sqlite") as b:
+        ra, rb = a.results(), b.results()
+    assert ra["other_score"].notna().all()
+    pd.testing.assert_frame_equal(ra, rb)

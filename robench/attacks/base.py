@@ -196,7 +196,7 @@ class Attack:
         self.check(target)
         self.resolve(target)
         eot = int(self.params["eot"])
-        streamed = not isinstance(dist, torch.Tensor)  # runner.StreamedImages: batches decoded on demand
+        streamed = getattr(dist, "streamed", False) is True  # runner.StreamedImages: decoded per batch
         if not streamed:
             validate_pair(dist, ref, target.card.min_size)
         n = dist.shape[0]

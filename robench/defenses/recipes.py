@@ -144,6 +144,9 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
                                          default=str).encode()).hexdigest()[:16]
     out = Path(out) if out else robench_home() / "runs" / "train" / f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
+    from robench.train import clean_stale_tmp
+
+    clean_stale_tmp(out)
 
     params = [p for p in target.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=prof.adv_lr)
@@ -154,7 +157,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
         if "rows" in ck:
             rows = [r for r in ck["rows"] if r["step"] < start]
-        else:  # checkpoints written before the rows moved into last.pt
+        elif (out / "steps.json").is_file():  # checkpoints written before the rows moved into last.pt
             rows = [r for r in json.loads((out / "steps.json").read_text())["steps"] if r["step"] < start]
 
     def batch_at(step: int):
@@ -182,6 +185,9 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
         for step in range(start, n_steps):
             t0 = time.perf_counter()
             ref, dist, y, is_anchor, rng_seed = batch_at(step)
+            # dropout (LPIPS, TOPIQ) draws from the global RNG: seeded per step, so a run is
+            # reproducible and a resumed run repeats the steps it redoes exactly
+            torch.manual_seed(rng_seed)
             attacked = ~is_anchor
             adv = dist.clone()
             adv[attacked] = pgd_inner(target, dist[attacked], ref[attacked], eps, prof.adv_pgd_steps, rng_seed)
