@@ -180,16 +180,9 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 def clean_stale_tmp(out: Path) -> None:
     """Remove ``NAME.<pid>.tmp`` files a killed training left in its run folder (a TOPIQ
     checkpoint with Adam state is ~400 MB); files of a live process are left alone."""
-    for p in out.glob("*.*.tmp"):
-        pid = p.name.rsplit(".", 2)[-2]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:
-            pass
+    from robench.data.fetch import clean_stale_tmp_files
+
+    clean_stale_tmp_files(out)
 
 
 def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", epochs: int | None = None,

@@ -270,6 +270,17 @@ def _tar_members(archive: Path) -> list[tarfile.TarInfo]:
     return members
 
 
+def process_gone(pid: int) -> bool:
+    """True when no process ``pid`` exists on this host (one owned by another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
 def clean_stale_temp(folder: Path, prefix: str) -> None:
     """Remove ``<prefix><name>-<pid>-<ns>`` temp folders of processes that no longer exist
     (a killed extraction or build); those of live processes are left alone."""
@@ -278,12 +289,19 @@ def clean_stale_temp(folder: Path, prefix: str) -> None:
             pid = int(p.name.rsplit("-", 2)[-2])
         except (ValueError, IndexError):
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if process_gone(pid):
             shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass
+
+
+def clean_stale_tmp_files(folder: Path) -> None:
+    """Remove ``<file>.<pid>.tmp`` files (atomic writes) left by killed processes."""
+    for p in Path(folder).glob("*.*.tmp"):
+        try:
+            pid = int(p.name.rsplit(".", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if process_gone(pid):
+            p.unlink(missing_ok=True)
 
 
 def safe_extract(archive: Path, dest: Path) -> Path:

@@ -276,17 +276,9 @@ def _copy_hashed(src: Path, dest: Path) -> str:
 
 def _clean_stale_tmp(folder: Path) -> None:
     """Remove ``<file>.<pid>.tmp`` copies left by killed processes (never in the index)."""
-    for p in folder.glob("*.tmp"):
-        try:
-            pid = int(p.name.rsplit(".", 2)[-2])
-        except (ValueError, IndexError):
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:
-            pass
+    from robench.data.fetch import clean_stale_tmp_files
+
+    clean_stale_tmp_files(folder)
 
 
 def lookup(name: str) -> dict[str, Any] | None:
