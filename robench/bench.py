@@ -156,3 +156,71 @@ def grid(executors: list[str], cells: int = 8, workers: int = 2, queries: int = 
     for r in out["results"]:
         r["speedup_vs_serial"] = base["seconds"] / r["seconds"] if base else None
     return out
+
+
+def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: int = 16, profile: str = "quick",
+                    ref_steps: int = 100, ref_restarts: int = 3, seed: int = 0, dataset: str = "mini",
+                    split: str = "test", attack_params: dict[str, dict] | None = None,
+                    curve_steps: tuple[int, ...] = (5, 10, 20, 40, 60, 100),
+                    progress: bool = False) -> dict[str, Any]:
+    """Each attack at the profile's settings against a converged reference on the same items
+    (issue 15): restarted many-step PGD (restart 0 from δ = 0, the rest random, cosine step, best
+    iterate), the per-image best over the reference *and* every attack measured, so no attack can
+    exceed 1.0 by beating a weak reference. Prints ratio = mean gain / mean reference gain per
+    attack, and the reference's convergence curve (mean best-so-far gain after k steps)."""
+    from robench.attacks._ascent import ascend
+    from robench.models import load_model
+    from robench.registry import ATTACKS
+    from robench.runner import load_items
+
+    from robench.profiles import get_profile
+
+    prof = get_profile(profile)
+    e = float(eps) / 255
+    opts = {"size": prof.image_size} if dataset == "mini" else {}
+    items = load_items(dataset, split, n, seed, opts)
+    x, r = items.dist[:], items.ref[:]
+    out: dict[str, Any] = {"machine": machine(), "eps": eps, "n": len(items), "profile": prof.name,
+                           "reference": {"attack": "pgd", "steps": ref_steps, "restarts": ref_restarts,
+                                         "schedule": "cosine"}, "dataset": dataset, "split": split, "models": []}
+    for name in models:
+        target = load_model(name).eval()
+        for p in target.parameters():
+            p.requires_grad_(False)
+        f = target.bind(r)
+        with torch.no_grad():
+            q0 = f(x)
+        t0 = time.perf_counter()
+        trace: list[float] = []
+        ref_adv = ascend(f, x, q0, e, steps=ref_steps, restarts=ref_restarts, schedule="cosine", seed=seed, trace=trace)
+        with torch.no_grad():
+            q_ref = f(ref_adv)
+        ref_seconds = time.perf_counter() - t0
+        curve = {k: trace[k - 1] for k in curve_steps if k <= ref_steps}  # first restart (from δ = 0)
+        per_attack = {}
+        for a in attacks:
+            atk = ATTACKS.get(a)(profile=prof.name, seed=seed, **dict((attack_params or {}).get(a, {})))
+            t1 = time.perf_counter()
+            res = atk(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch)
+            q_clean, q_adv = res.oriented(target.lower_better)
+            per_attack[a] = {"q": q_adv[0], "seconds": time.perf_counter() - t1,
+                             "params": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
+                             "kept_clean": int(res.probes.get("kept_clean", [0])[0])}
+        best = torch.stack([q_ref] + [v["q"] for v in per_attack.values()]).amax(dim=0)
+        g_ref = float((best - q0).mean())
+        rows = []
+        for a, v in per_attack.items():
+            g = float((v["q"] - q0).mean())
+            rows.append({"attack": a, "mean_gain": g, "ratio": g / g_ref if g_ref > 0 else float("nan"),
+                         "gains_on": int(((v["q"] - q0) > 0).sum()), "kept_clean": v["kept_clean"],
+                         "seconds": round(v["seconds"], 2), "budget": v["params"]})
+        out["models"].append({"model": name, "reference_gain": g_ref,
+                              "reference_pgd_gain": float((q_ref - q0).mean()),
+                              "reference_seconds": round(ref_seconds, 1),
+                              "curve": {str(k): v for k, v in curve.items()}, "attacks": rows})
+        if progress:
+            import sys
+
+            print(f"{name}: reference gain {g_ref:.4g} ({ref_seconds:.0f} s); "
+                  + ", ".join(f"{r_['attack']} {r_['ratio']:.2f}" for r_ in rows), file=sys.stderr)
+    return out

@@ -128,7 +128,13 @@ def _paired(cur: CellData, base: dict[str, Any], key: str, q: np.ndarray, n_boot
 
 
 def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02, n_boot: int = 1000,
-          seed: int = 0, allow_missing: bool = False) -> dict[str, Any]:
+          seed: int = 0, allow_missing: bool = False, fail_on: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``fail_on``: flag codes (robench.flags) that fail a cell; every active flag is reported."""
+    from robench import flags as FL
+
+    unknown = [f for f in fail_on if f not in FL.LEGEND]
+    if unknown:
+        raise RobenchError(f"unknown flag {unknown[0]!r} for --fail-on-flag (flags: {', '.join(FL.LEGEND)})")
     if not tolerance >= 0:
         raise RobenchError(f"--tolerance must be ≥ 0, got {tolerance}")
     baseline = read_baseline(baseline_path)
@@ -139,17 +145,25 @@ def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02,
     for ident, error in sorted(failed_now.items()):
         current.pop(ident, None)  # an older finished record must not stand in for a failed rerun
         rows.append({"cell": ident, "status": "fail", "point": "—", "reason": f"the cell failed: {error[:200]}"})
+    flagged = []
     for ident, c in current.items():
+        codes = c.active_flags
+        if codes:
+            flagged.append({"cell": ident, "flags": codes})
+            bad = [f for f in codes if f in fail_on]
+            if bad:
+                rows.append({"cell": ident, "status": "fail", "point": "flags", "flags": codes,
+                             "reason": "flagged " + ", ".join(f"[{f}] {FL.LEGEND[f]}" for f in bad)})
         b = baseline["cells"].get(ident)
         if b is None:
-            rows.append({"cell": ident, "status": "new", "point": "—"})
+            rows.append({"cell": ident, "status": "new", "point": "—", "flags": codes})
             continue
         points = [("clean", None, b["clean"], c.clean_metric())]
         for k, e in enumerate(b["eps"]):
             if c.eps_index(e) is not None:
                 points.append((f"{e:g}", e, b["attacked"][k], c.metric(e)))
         for key, e, old, new in points:
-            row = {"cell": ident, "point": key, "metric": c.metric_name, "baseline": old, "current": new}
+            row = {"cell": ident, "point": key, "metric": c.metric_name, "baseline": old, "current": new, "flags": codes}
             if old is None or new is None or not (np.isfinite(old) and np.isfinite(new)):
                 row.update(status="fail" if (old is not None and np.isfinite(old)) else "ok", delta=None,
                            reason="metric is NaN now" if (old is not None and np.isfinite(old)) else "NaN in both")
@@ -180,4 +194,5 @@ def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02,
     return {"store": str(store), "baseline": str(baseline_path), "tolerance": tolerance, "n_boot": n_boot,
             "passed": not failed, "failed": len(failed),
             "counts": {s: sum(r["status"] == s for r in rows) for s in ("ok", "fail", "drop-not-significant", "new", "missing")},
-            "rows": rows}
+            "flagged": flagged, "flag_legend": {f: FL.LEGEND[f] for f in sorted({x for r in flagged for x in r["flags"]})},
+            "fail_on": list(fail_on), "rows": rows}

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from robench.errors import RobenchError
@@ -357,7 +358,7 @@ def _dataset_defaults(dataset: str, profile: str, root: Optional[Path], extra: l
 @user_errors
 def run_cmd(
     model: str = typer.Option(..., help="Target, e.g. birqa, lpips.alex, topiq.fr (arch.tag for a weights variant)."),
-    attacks: str = typer.Option("all", help="'all' (the seven) or a comma-separated list (robench ls attacks)."),
+    attacks: str = typer.Option("all", help="'all' (the suite's eight: the paper's seven + PGD) or a comma-separated list (robench ls attacks)."),
     defense: Optional[str] = typer.Option(None, help="Defence (robench ls defenses); default none."),
     dataset: str = typer.Option("mini", help="Dataset (pairs: SROCC; 2afc: accuracy)."),
     split: str = typer.Option("test"),
@@ -498,6 +499,8 @@ def check_cmd(
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the significance of a drop."),
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline from the store instead of checking."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline cells absent from the store pass (checking a subset)."),
+    fail_on_flag: str = typer.Option("", "--fail-on-flag", help="Comma list of cell flag codes that fail the gate "
+                                     "(nc, gm, eot, 0, mono, it, grad); every flagged cell is listed either way."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """CI gate: fail (exit 1) when a cell's attacked or clean metric drops by more than the tolerance
@@ -515,22 +518,26 @@ def check_cmd(
         else:
             err.print(f"wrote {baseline}: {len(b['cells'])} cells from {store}")
         return
-    res = check(store, baseline, tolerance=tolerance, n_boot=n_boot, allow_missing=allow_missing)
+    fail_on = tuple(f.strip() for f in fail_on_flag.split(",") if f.strip())
+    res = check(store, baseline, tolerance=tolerance, n_boot=n_boot, allow_missing=allow_missing, fail_on=fail_on)
     if as_json:
         emit_json(res)
     else:
         table = Table(title=f"robench check: {store} vs {baseline} (tolerance {tolerance})")
-        for c in ("cell", "point", "baseline", "current", "Δ", "status"):
+        for c in ("cell", "point", "baseline", "current", "Δ", "flags", "status"):
             table.add_column(c, overflow="fold")
         order = {"fail": 0, "drop-not-significant": 1, "new": 2, "missing": 3, "ok": 4}
         for r in sorted(res["rows"], key=lambda r: order[r["status"]]):
             colour = {"fail": "red", "drop-not-significant": "yellow", "new": "cyan", "missing": "cyan"}.get(r["status"])
             num = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-            status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
+            status = escape(r["status"] + (f": {r['reason']}" if r.get("reason") else ""))
             table.add_row(r["cell"], r["point"], num(r.get("baseline")), num(r.get("current")),
-                          "—" if r.get("delta") is None else f"{r['delta']:+.3f}",
+                          "—" if r.get("delta") is None else f"{r['delta']:+.3f}", ",".join(r.get("flags") or []) or "—",
                           f"[{colour}]{status}[/]" if colour else status)
         Console().print(table)
+        if res["flagged"]:
+            Console().print(f"[yellow]{len(res['flagged'])} flagged cell(s)[/]: "
+                            + escape("; ".join(f"[{k}] {v}" for k, v in res["flag_legend"].items())))
         c = res["counts"]
         Console().print(("[bold green]PASSED[/]" if res["passed"] else "[bold red]FAILED[/]")
                         + f" — {c['ok']} ok, {c['fail']} failed, {c['drop-not-significant']} drops not significant, "
@@ -779,6 +786,45 @@ def bench_attack(
               f"{res['cached_step_s'] * 1e3:.0f} ms → ratio {res['ratio']:.2f} (vs a textbook loop "
               f"{res['textbook_step_s'] * 1e3:.0f} ms: {res['ratio_vs_textbook']:.2f}); max |Δscore| "
               f"{res['max_abs_score_diff']:.2g}, max |Δgrad| {res['max_abs_grad_diff']:.2g}")
+
+
+@bench_app.command("attack-strength")
+@user_errors
+def bench_attack_strength(
+    model: str = typer.Option("ssim,ms-ssim,birqa,topiq.fr", help="Targets (comma list; trained weights are used)."),
+    attacks: str = typer.Option("all", help="Attacks to compare with the converged reference (comma list or all)."),
+    eps: float = typer.Option(8.0, help="ε in /255 units."),
+    n: int = typer.Option(16, help="Items (stratified subset of the split)."),
+    profile: str = typer.Option("quick", help="Profile whose attack settings are measured."),
+    ref_steps: int = typer.Option(100, help="Steps of each reference PGD restart."),
+    ref_restarts: int = typer.Option(3, help="Reference restarts (the first from δ = 0)."),
+    seed: int = typer.Option(0),
+    attack_option: list[str] = typer.Option([], "--attack-option", help="attack.param=value, e.g. pgd.steps=20 "
+                                            "(repeatable)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Each attack's mean gain as a fraction of a converged reference (many-step restarted PGD, best
+    iterate; per image the best of the reference and every attack) on the same items, plus the
+    reference's convergence curve. An attack far below 1.0 gives up early and fakes robustness."""
+    from robench.bench import attack_strength
+    from robench.runner import expand_attacks
+
+    params = _parse_nested(attack_option, "--attack-option", "attack")
+    res = attack_strength([m.strip() for m in model.split(",") if m.strip()], expand_attacks(attacks), eps=eps, n=n,
+                          profile=profile, ref_steps=ref_steps, ref_restarts=ref_restarts, seed=seed,
+                          attack_params=params, progress=not as_json)
+    if as_json:
+        emit_json(res)
+        return
+    table = Table(title=f"attack strength at ε = {eps:g}/255, {res['n']} items, {profile} profile vs PGD "
+                        f"{ref_steps}×{ref_restarts} restarts")
+    for c in ("model", "attack", "budget", "mean gain", "ratio", "gains on", "s"):
+        table.add_column(c)
+    for m in res["models"]:
+        for r in m["attacks"]:
+            table.add_row(m["model"], r["attack"], json.dumps(r["budget"]), f"{r['mean_gain']:.4g}",
+                          f"{r['ratio']:.2f}", f"{r['gains_on']}/{res['n']}", f"{r['seconds']:.1f}")
+    Console().print(table)
 
 
 @bench_app.command("grid")

@@ -63,6 +63,7 @@ QUICK_ATTACKS = {
     "square": {"queries": 32},
     "parsimonious": {"queries": 32, "batch_blocks": 16},
     "facpa": {"steps": 60, "crop": 64},
+    "zhang": {"steps": 10},  # the AT- authors' iteration count (attacks/zhang.py)
 }
 PAPER_ATTACKS = {
     "pgd": {"steps": 20},
@@ -71,6 +72,7 @@ PAPER_ATTACKS = {
     "square": {"queries": 10000},
     "parsimonious": {"queries": 10000, "batch_blocks": 64},
     "facpa": {"steps": None, "epochs": 5, "crop": 256},
+    "zhang": {"steps": 100},  # robench's choice; the AT- authors ran 10, Zhang et al.'s own script 200
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from robench import flags as FL
 from robench.attacks.base import SUITE
 from robench.errors import RobenchError
 from robench.stats import (correlations, default_clusters, mean_weighted, msu_scores, paired_bootstrap,
@@ -63,6 +64,22 @@ class CellData:
     seconds: float | None = None
     flags: dict = field(default_factory=dict)
     attack_params: dict = field(default_factory=dict)
+    psnr: np.ndarray | None = None  # K × n, adversarial vs unattacked distorted (NaN: δ = 0 or not stored)
+    ssim: np.ndarray | None = None
+
+    @property
+    def active_flags(self) -> list[str]:
+        return FL.active(self.flags)
+
+    def perceptibility(self, eps: float) -> tuple[float, float]:
+        """Mean PSNR over the changed images and mean SSIM at ``eps`` (NaN when not stored)."""
+        k = self.eps_index(eps)
+        if k is None or self.psnr is None:
+            return float("nan"), float("nan")
+        p, q = self.psnr[k], self.ssim[k]
+        p = p[np.isfinite(p)]
+        q = q[np.isfinite(q)]
+        return (float(p.mean()) if p.size else float("nan"), float(q.mean()) if q.size else float("nan"))
 
     @property
     def n(self) -> int:
@@ -125,6 +142,12 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
         sign = -1.0 if cfg["target"]["lower_better"] else 1.0
         first = rows[np.isclose(rows["eps"], eps[0])].sort_values("item")
         adv = np.stack([rows[np.isclose(rows["eps"], e)].sort_values("item")["score"].to_numpy(float) for e in eps])
+
+        def per_eps(col):  # stores written before the perceptibility columns have NULLs there
+            if col not in rows.columns:
+                return None
+            return np.stack([pd.to_numeric(rows[np.isclose(rows["eps"], e)].sort_values("item")[col], errors="coerce")
+                             .to_numpy(float) for e in eps])
         kind = cfg["dataset"]["kind"]
         out.append(CellData(
             key=c["key"], target=cfg["target"]["name"], arch=_arch(cfg), defense=cfg["defense"]["name"],
@@ -138,7 +161,8 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
             side=first["attacked_side"].to_numpy(int) if kind != "pairs" else None,
             q_other=sign * first["other_score"].to_numpy(float) if kind != "pairs" else None,
             q_clean=sign * first["clean_score"].to_numpy(float), q_adv=sign * adv,
-            seconds=c["seconds"], flags=c["flags"] or {}, attack_params=cfg["attack"].get("params", {})))
+            seconds=c["seconds"], flags=c["flags"] or {}, attack_params=cfg["attack"].get("params", {}),
+            psnr=per_eps("psnr"), ssim=per_eps("ssim")))
     return out, weights
 
 
@@ -165,6 +189,7 @@ class Table:
     footnote: str = ""
     bold: pd.DataFrame | None = None  # True where a cell is bold
     marks: dict = field(default_factory=dict)  # (row, col) → "+" (significantly better) | "-" (worse)
+    flags: dict = field(default_factory=dict)  # (row, col) → active flag codes of the cell(s) behind the value
     precision: int = 3
     col_precision: dict = field(default_factory=dict)  # column → digits where 3 is wrong (minutes)
 
@@ -174,7 +199,13 @@ class Table:
                 "rows": [{"index": list(i) if isinstance(i, tuple) else [i],
                           "values": [None if pd.isna(v) else (float(v) if isinstance(v, (int, float, np.floating)) else v)
                                      for v in r]} for i, r in zip(self.df.index, self.df.to_numpy(dtype=object))],
-                "marks": {f"{r}|{c}": m for (r, c), m in self.marks.items()}}
+                "marks": {f"{r}|{c}": m for (r, c), m in self.marks.items()},
+                "flags": {f"{r}|{c}": list(v) for (r, c), v in self.flags.items()},
+                "flag_legend": {c: FL.LEGEND[c] for c in self.flag_codes()}}
+
+    def flag_codes(self) -> list[str]:
+        used = {c for v in self.flags.values() for c in v}
+        return [c for c, _, _ in FL.FLAGS if c in used]
 
 
 def attack_order(names: Iterable[str]) -> list[str]:
@@ -295,7 +326,7 @@ class Reporter:
         attacks = attack_order(c.attack for c in self.cells if c.row in rows)
         cols = ([("SROCC", "clean")] + [("SROCC", a) for a in attacks] + ([("SROCC", "worst")] if len(attacks) > 1 else [])
                 + [("IR-Score", a) for a in attacks] + [("Train time (min)", "")])
-        data, marks, used = [], {}, []
+        data, marks, used, flags = [], {}, [], {}
         index = [self.label(r) for r in rows]
         for row, idx in zip(rows, index):
             vals = {}
@@ -306,8 +337,10 @@ class Reporter:
             base = None if row[1] == "none" else {a: self.cell(self.base_row(row), a, self.eps) for a in attacks}
             for a, c in cs.items():
                 vals[("SROCC", a)] = c.metric(self.eps) if c else np.nan
+                self._flag(flags, idx, ("SROCC", a), c)
                 if c is not None and base and base[a] is not None:
                     vals[("IR-Score", a)] = self.ir(c, base[a])
+                    self._flag(flags, idx, ("IR-Score", a), c, base[a])
                     self._mark(marks, idx, ("SROCC", a), self.compare(c, base[a], self.eps))
                 else:
                     vals[("IR-Score", a)] = np.nan
@@ -328,8 +361,8 @@ class Reporter:
                               f"({self.ot} OT; 0.5 = as movable as base, 1 = never moved more). "
                               + self.setting(used, f"ε = {self.eps:g}/255 (IR: all stored ε)")),
                      footnote=self.sig_note("SROCC") + " Train time: clean training; for R/AT/AAT the clean "
-                     "training plus the fine-tuning. " + self.provenance(used), bold=bold, marks=marks,
-                     col_precision={("Train time (min)", ""): 1})
+                     "training plus the fine-tuning. " + self.flag_note(flags) + self.provenance(used), bold=bold,
+                     marks=marks, flags=flags, col_precision={("Train time (min)", ""): 1})
 
     def accuracy_table(self, name: str, title: str, rows: list[tuple], shape: str) -> Table | None:
         """Clean + per-attack metric, grouped white-box / black-box (paper Tables 7 and 9)."""
@@ -339,7 +372,7 @@ class Reporter:
         needs = {c.attack: c.needs for c in self.cells if c.row in rows}
         cols = [("", "clean")] + [("white-box", a) for a in attacks if needs[a] == "gradients"] \
             + [("black-box", a) for a in attacks if needs[a] != "gradients"]
-        data, marks, used = [], {}, []
+        data, marks, used, flags = [], {}, [], {}
         index = [self.label(r) for r in rows]
         for row, idx in zip(rows, index):
             base_row = self.base_row(row)
@@ -347,6 +380,7 @@ class Reporter:
             for grp, a in cols[1:]:
                 c = self.cell(row, a, self.eps)
                 vals[(grp, a)] = c.metric(self.eps) if c else np.nan
+                self._flag(flags, idx, (grp, a), c)
                 if c is not None:
                     used.append(c)
                     b = self.cell(base_row, a, self.eps) if row[1] != "none" else None
@@ -361,7 +395,8 @@ class Reporter:
         what = "2AFC accuracy (BAPPS formula; the less-preferred image attacked)" if metric != "SROCC" else "SROCC vs MOS"
         return Table(name, title, df, caption=(f"{what}, clean and under each attack at ε = {self.eps:g}/255 ({shape}). "
                                                + self.setting(used, f"ε = {self.eps:g}/255")),
-                     footnote=self.sig_note(metric) + " " + self.provenance(used), bold=self.best(df), marks=marks)
+                     footnote=self.sig_note(metric) + " " + self.flag_note(flags) + self.provenance(used),
+                     bold=self.best(df), marks=marks, flags=flags)
 
     def twoafc(self) -> Table | None:
         return self.accuracy_table("twoafc", "2AFC accuracy under attack (paper Table 7 shape)",
@@ -381,25 +416,35 @@ class Reporter:
     def sweep(self) -> Table | None:
         """Metric per ε for every row × attack (clean = ε 0)."""
         all_eps = sorted({e for c in self.cells for e in c.eps})
-        data, index = [], []
+        data, index, flags = [], [], {}
         for kind in ("pairs", "2afc"):
             for row in self.rows(kind):
                 for a in attack_order(c.attack for c in self.cells if c.row == row):
                     c = self.cell(row, a)
-                    index.append((c.metric_name, *self.label(row), a))
+                    idx = (c.metric_name, *self.label(row), a)
+                    index.append(idx)
                     q = c.q_at(self.eps)
                     msu = msu_scores(c.q_clean, q) if q is not None else {"abs_gain": np.nan, "R": np.nan}
-                    data.append([c.clean_metric()] + [c.metric(e) for e in all_eps] + [msu["abs_gain"], msu["R"]])
+                    psnr, ssim = c.perceptibility(self.eps)
+                    data.append([c.clean_metric()] + [c.metric(e) for e in all_eps] + [msu["abs_gain"], msu["R"],
+                                                                                        psnr, ssim])
+                    for e in all_eps:
+                        self._flag(flags, idx, f"{e:g}/255", c)
         if not data:
             return None
-        cols = ["clean"] + [f"{e:g}/255" for e in all_eps] + [f"MSU gain@{self.eps:g}", f"MSU R@{self.eps:g}"]
+        cols = (["clean"] + [f"{e:g}/255" for e in all_eps] + [f"MSU gain@{self.eps:g}", f"MSU R@{self.eps:g}",
+                                                                f"PSNR@{self.eps:g}", f"SSIM@{self.eps:g}"])
         df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["metric", *self.label_names(), "attack"]),
                           columns=cols)
         return Table("sweep", "Metric against the attack budget ε", df,
                      caption=(f"SROCC (or 2AFC accuracy) clean and at every stored ε; MSU-benchmark scores at ε = "
                               f"{self.eps:g}/255 on min-max scaled scores: mean absolute gain and robustness "
-                              f"R = log10(max(1−s, s)/(|s − s_adv| + 1e-6)) (higher R = moved less). ") +
-                     self.setting(self.cells, "ε in /255 as columns"), footnote=self.provenance(self.cells))
+                              f"R = log10(max(1−s, s)/(|s − s_adv| + 1e-6)) (higher R = moved less); perceptibility "
+                              f"at ε = {self.eps:g}/255: mean PSNR (dB, over the images the attack changed) and SSIM "
+                              f"of the adversarial against the unattacked distorted image. ") +
+                     self.setting(self.cells, "ε in /255 as columns"),
+                     footnote=self.flag_note(flags) + self.provenance(self.cells), flags=flags,
+                     col_precision={f"PSNR@{self.eps:g}": 1})
 
     def significance(self) -> Table | None:
         """Paired bootstrap of Δmetric: every defence vs base, and AAT vs R and vs AT."""
@@ -426,17 +471,20 @@ class Reporter:
                             res = self.compare(c, b, None)
                             if res:
                                 index.append((c.metric_name, *who, "clean", "—"))
-                                recs.append(res)
+                                recs.append({**res, "flags": []})
+                        codes = [f for f in FL.active(c.flags) + FL.active(b.flags)]
+                        codes = [f for f, _, _ in FL.FLAGS if f in codes]
                         for e in [e for e in c.eps if b.eps_index(e) is not None]:
                             res = self.compare(c, b, e)
                             if res:
                                 index.append((c.metric_name, *who, a, f"{e:g}"))
-                                recs.append(res)
+                                recs.append({**res, "flags": codes})
         if not recs:
             return None
         df = pd.DataFrame({"Δ": [r["delta"] for r in recs], "median Δ": [r["effect"] for r in recs],
                            "CI low": [r["ci"][0] for r in recs], "CI high": [r["ci"][1] for r in recs],
-                           "significant": ["yes" if r["significant"] else "no" for r in recs]},
+                           "significant": ["yes" if r["significant"] else "no" for r in recs],
+                           "flags": [" ".join(r["flags"]) or "—" for r in recs]},
                           index=pd.MultiIndex.from_tuples(index, names=["metric", *self.label_names()[:-1], "comparison",
                                                                         "attack", "ε /255"]))
         clustered = any(r["cluster"] for r in recs)
@@ -444,7 +492,7 @@ class Reporter:
                      caption=(f"Δ = metric(first) − metric(second) on the same items; median over {self.n_boot} paired "
                               f"bootstrap resamples{' (clusters: reference images)' if clustered else ''}, seed {self.seed}; "
                               f"95 % percentile CI; significant when the CI excludes 0. " + self.setting(self.cells, "ε per row")),
-                     footnote=self.provenance(self.cells))
+                     footnote=FL.legend({f for r in recs for f in r["flags"]}) + " " + self.provenance(self.cells))
 
     # -- helpers ----------------------------------------------------------------------------
     def label(self, row: tuple) -> tuple:
@@ -463,6 +511,17 @@ class Reporter:
             return float("nan")
         q = np.max(np.stack([c.q_at(self.eps) for c in cs]), axis=0)  # per image: the attack that raised q most
         return cs[0].metric_of(q)
+
+    def _flag(self, flags: dict, idx, col, *cells: CellData | None) -> None:
+        """Attach the active flags of the cell(s) behind a value (a defence's IR-Score depends on
+        its base cell too)."""
+        codes = {f for c in cells if c is not None for f in c.active_flags}
+        if codes:
+            flags[(idx, col)] = [c for c, _, _ in FL.FLAGS if c in codes]
+
+    def flag_note(self, flags: dict) -> str:
+        text = FL.legend({c for v in flags.values() for c in v})
+        return text + " " if text else ""
 
     def _mark(self, marks: dict, idx, col, res: dict | None) -> None:
         if res and res["significant"]:
@@ -501,8 +560,10 @@ def cell_stats(c: CellData) -> dict[str, Any]:
         d = {"eps": e, "mean_gain": float(np.mean(q - c.q_clean)), **msu_scores(c.q_clean, q)}
         d.update(correlations(q, c.mos) if c.kind == "pairs" else {"2afc": c.metric_of(q)})
         per_eps.append(d)
+    for d in per_eps:
+        d["mean_psnr"], d["mean_ssim"] = (None if v != v else v for v in c.perceptibility(d["eps"]))
     clean = correlations(c.q_clean, c.mos) if c.kind == "pairs" else {"2afc": c.clean_metric()}
-    return {"key": c.key, "target": c.target, "defense": c.defense, "attack": c.attack, "kind": c.kind,
+    return {"flags": c.flags, "active_flags": c.active_flags, "key": c.key, "target": c.target, "defense": c.defense, "attack": c.attack, "kind": c.kind,
             "dataset": c.dataset, "split": c.split, "profile": c.profile, "seed": c.seed, "n": c.n,
             "weights_sha256": c.weights_sha, "clean": clean, "attacked": per_eps}
 
@@ -529,6 +590,8 @@ def _strings(t: Table, marks: dict[str, str], dash: str) -> pd.DataFrame:
     s = s.replace("—", dash)
     for (idx, col), m in t.marks.items():
         s.loc[idx, col] = s.loc[idx, col] + marks[m]
+    for (idx, col), codes in t.flags.items():  # a flagged value carries its codes (legend in the footnote)
+        s.loc[idx, col] = s.loc[idx, col] + " [" + ",".join(codes) + "]"
     return s
 
 
@@ -639,6 +702,35 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
     return written
 
 
+def aat_bounds(rep: Reporter) -> list[dict[str, Any]]:
+    """Theorem-1 evidence of every AAT weights version in the store whose training log
+    (``steps.json`` in the provenance's ``run`` folder) still exists: batches where the bound held
+    and where it was non-vacuous (bound < batch MOS range). Only non-vacuous batches are evidence."""
+    from robench import plots as P
+
+    out = []
+    for sha, w in rep.weights.items():
+        run = w["provenance"].get("run")
+        if w["provenance"].get("recipe") == "aat" and run and (Path(run) / "steps.json").is_file():
+            out.append({"weights": w["name"], "sha256": sha, "run": run, **P.bound_summary(P.read_steps(run))})
+    return out
+
+
+def aat_bounds_markdown(bounds: list[dict[str, Any]]) -> str:
+    if not bounds:
+        return ""
+    lines = ["### Theorem 1 during AAT training", "",
+             "A batch is *vacuous* when its bound δ + Δ + η·R is at least its MOS range R: such a bound allows errors "
+             "as large as the labels' whole spread and holds regardless of training, so it is not evidence. "
+             "Only the non-vacuous batches support the bound.", ""]
+    for b in bounds:
+        lines.append(f"- `{b['weights']}` ({b['sha256'][:12]}): bound held on {b['held']}/{b['n_batches']} batches; "
+                     f"non-vacuous on {b['non_vacuous']}/{b['n_batches']} "
+                     f"({100 * b['non_vacuous_fraction']:.0f} %), held there on {b['held_non_vacuous']}; "
+                     f"median bound/R {b['median_bound_rel']:.2f}")
+    return "\n".join(lines) + "\n"
+
+
 def _write(rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: int, seed: int, plots: bool, pdf: bool,
            bench) -> dict[str, Any]:
     written: dict[str, Any] = {"store": str(store), "out": str(out), "tables": [], "plots": [], "skipped": []}
@@ -653,9 +745,16 @@ def _write(rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: i
         (tmp / f"{t.name}.md").write_text(to_markdown(t))
         written["tables"].append(t.name)
     (tmp / "report.tex").write_text(STANDALONE % "\n\\clearpage\n".join(f"\\input{{{t.name}.tex}}" for t in tables))
-    (tmp / "report.md").write_text(f"# robench report\n\nStore: `{store}`\n\n" + "\n".join(to_markdown(t) for t in tables))
+    bounds = aat_bounds(rep)  # Theorem-1 evidence from the AAT training logs (the bound plots' source)
+    (tmp / "report.md").write_text(f"# robench report\n\nStore: `{store}`\n\n" + "\n".join(to_markdown(t) for t in tables)
+                                   + ("\n" + aat_bounds_markdown(bounds) if bounds else ""))
     (tmp / "report.json").write_text(json.dumps({"store": str(store), "eps": rep.eps, "ot": ot, "n_boot": n_boot,
                                                  "seed": seed, "tables": [t.to_dict() for t in tables],
+                                                 "aat_bounds": bounds,
+                                                 "flag_legend": FL.LEGEND,
+                                                 "flagged_cells": [{"key": c.key, "target": c.target, "defense": c.defense,
+                                                                    "attack": c.attack, "flags": c.active_flags}
+                                                                   for c in cells if c.active_flags],
                                                  "cells": [cell_stats(c) for c in cells]}, indent=1, default=str))
     if plots:
         from robench import plots as P

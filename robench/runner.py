@@ -296,8 +296,39 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     rows = make_rows(res, items, eps, other_scores)
     summary = summarise(res, items, eps, target.lower_better, other_scores)
     flags = cell_flags(res, summary, attack)
+    convergence = convergence_check(target, attack, items, eps, batch_size, summary["mean_gain"])
+    if convergence is not None:
+        compute += convergence.pop("seconds")
+        flags["convergence"] = convergence
+        flags["not_converged"] = convergence["not_converged"]
     return {"summary": summary, "probes": res.probes, "flags": flags, "n_items": len(items),
             "attack_seconds": compute, "seconds": time.perf_counter() - t0}, rows
+
+
+#: the convergence rule of issue 15: the full budget's gain may exceed the half budget's by at
+#: most this fraction of the full gain
+CONVERGENCE_TOL = 0.05
+
+
+def convergence_check(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
+                      full_gain: list[float]) -> dict[str, Any] | None:
+    """Re-run the attack at half its budget (``Attack.half_budget``) on the same items and seed;
+    ``not_converged`` when, at any ε, full gain − half gain > 5 % of the full gain: doubling the
+    budget still moved the score, so the reported gain is a lower bound of an unfinished attack.
+    None for single-step attacks (nothing to halve)."""
+    params = attack.half_budget()
+    if not params:
+        return None
+    t0 = time.perf_counter()
+    half = type(attack)(profile=attack.profile, seed=attack.seed, **params)
+    res = half(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size)
+    q0, q = (t.numpy() for t in res.oriented(target.lower_better))
+    half_gain = [float((q[k] - q0).mean()) for k in range(len(eps))]
+    gap = [(f - h) / f if f > 0 else 0.0 for f, h in zip(full_gain, half_gain)]
+    return {"half_params": {k: params[k] for k in attack.budget_params if k in params},
+            "full_gain": [float(g) for g in full_gain], "half_gain": half_gain, "rel_gap": gap,
+            "tolerance": CONVERGENCE_TOL, "not_converged": bool(any(g > CONVERGENCE_TOL for g in gap)),
+            "seconds": time.perf_counter() - t0}
 
 
 def make_rows(res: AttackResult, items: Items, eps: list[float], other_scores) -> list[dict[str, Any]]:
@@ -313,14 +344,37 @@ def make_rows(res: AttackResult, items: Items, eps: list[float], other_scores) -
                 "other_score": float(other_scores[i]) if other_scores is not None else None,
                 "clean_score": float(res.clean_scores[i]), "score": float(res.scores[k, i]),
                 "linf": float(res.linf[k, i]), "l2": float(res.l2[k, i]), "queries": int(res.queries[k, i]),
+                "psnr": _finite_or_none(res.psnr[k, i]) if res.psnr is not None else None,
+                "ssim": _finite_or_none(res.ssim[k, i]) if res.ssim is not None else None,
             })
     return rows
 
 
+def _finite_or_none(v: torch.Tensor) -> float | None:
+    """PSNR of an unperturbed image is +inf (and SSIM NaN on tiny images): stored as NULL."""
+    f = float(v)
+    return f if np.isfinite(f) else None
+
+
+def mean_perceptibility(res: AttackResult, k: int) -> dict[str, float | None]:
+    """Mean PSNR over the images the attack changed (δ = 0 has infinite PSNR) and mean SSIM over
+    all images, against the unattacked distorted images."""
+    if res.psnr is None:
+        return {"psnr": None, "ssim": None}
+    p = res.psnr[k]
+    p = p[torch.isfinite(p)]
+    s = res.ssim[k]
+    s = s[torch.isfinite(s)]
+    return {"psnr": float(p.mean()) if p.numel() else None, "ssim": float(s.mean()) if s.numel() else None}
+
+
 def summarise(res: AttackResult, items: Items, eps: list[float], lower_better: bool, other_scores) -> dict[str, Any]:
     q0, q = (t.numpy() for t in res.oriented(lower_better))
+    per = [mean_perceptibility(res, k) for k in range(len(eps))]
     out: dict[str, Any] = {"eps": list(eps), "mean_gain": [float((q[k] - q0).mean()) for k in range(len(eps))],
-                           "mean_queries": [float(res.queries[k].float().mean()) for k in range(len(eps))]}
+                           "mean_queries": [float(res.queries[k].float().mean()) for k in range(len(eps))],
+                           "mean_psnr": [p["psnr"] for p in per], "mean_ssim": [p["ssim"] for p in per],
+                           "kept_clean": list(res.probes.get("kept_clean", []))}
     if items.kind == "pairs":
         mos = np.asarray(items.labels["mos"])
         out["clean"] = correlations(q0, mos)

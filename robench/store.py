@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS results (
     mos REAL, judge REAL, attacked_side INTEGER, other_score REAL,
     clean_score REAL NOT NULL, score REAL NOT NULL,
     linf REAL NOT NULL, l2 REAL NOT NULL, queries INTEGER NOT NULL,
+    psnr REAL, ssim REAL,                 -- adversarial vs unattacked distorted image (NULL: δ = 0)
     PRIMARY KEY (cell_key, item, eps)
 );
 -- provenance of the weights cells ran with (train time, data, recipe): the reporter reads it
@@ -66,7 +67,9 @@ CREATE TABLE IF NOT EXISTS weights (
 );
 """
 RESULT_COLUMNS = ("item", "eps", "item_id", "ref_id", "distortion", "level", "mos", "judge", "attacked_side",
-                  "other_score", "clean_score", "score", "linf", "l2", "queries")
+                  "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim")
+#: columns added after schema 1 shipped (ALTER TABLE on open: old stores read and append)
+ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL"}
 
 
 def canonical(obj: Any) -> str:
@@ -87,6 +90,10 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+            for col, typ in ADDED_RESULT_COLUMNS.items():
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE results ADD COLUMN {col} {typ}")
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))

@@ -97,19 +97,103 @@ def validate_pair(dist: torch.Tensor, ref: torch.Tensor, min_size: int = 1) -> N
                 raise RobenchError(f"{label} must be in [0,1], got values in [{lo:.4g}, {hi:.4g}]")
 
 
+def _softplus_inverse(a: float) -> float:
+    """``softplus⁻¹(a) = a + log(1 − e^{−a})``, stable for every ``a > 0`` (``log(expm1(a))``
+    overflows float32 above a ≈ 88, and LS slopes for a distance such as LPIPS reach hundreds)."""
+    import math
+
+    return a + math.log(-math.expm1(-a))
+
+
 class Calibration(nn.Module):
     """Learnable affine map ``ŷ = a·q + b`` with ``a = softplus(a_raw) > 0`` (method-notes §2):
     puts a target whose score is not on the MOS scale (a distance) onto it for training losses
-    without changing its ranking."""
+    without changing its ranking.
+
+    It is constructed as the identity; before fine-tuning, :func:`fit_calibration` sets ``a, b``
+    by least squares of MOS on ``q`` over the training split (from the identity, the recipes'
+    learning rate and step count barely move it: LPIPS's ŷ stayed a negative distance spread over
+    a few hundredths of a MOS unit)."""
 
     def __init__(self, a: float = 1.0, b: float = 0.0):
         super().__init__()
         # softplus⁻¹(a) so that the initial map is exactly a·q + b
-        self.a_raw = nn.Parameter(torch.tensor(float(a)).expm1().log())
+        self.a_raw = nn.Parameter(torch.tensor(_softplus_inverse(float(a))))
         self.b = nn.Parameter(torch.tensor(float(b)))
+
+    @property
+    def a(self) -> float:
+        return float(nn.functional.softplus(self.a_raw.detach()))
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         return nn.functional.softplus(self.a_raw) * q + self.b
+
+    @torch.no_grad()
+    def init_least_squares(self, q, mos) -> tuple[float, float]:
+        """Set ``a, b`` to the least-squares fit ``mos ≈ a·q + b``; returns ``(a, b)``.
+
+        ``a`` must stay positive (the map keeps the ranking): a slope ≤ 0 means ``q`` falls as MOS
+        rises on these data — a target anti-correlated with MOS, or a wrong ``lower_better`` — and
+        is a :class:`RobenchError`, not something to train through."""
+        import numpy as np
+
+        q = np.asarray(torch.as_tensor(q, dtype=torch.float64).cpu(), dtype=float).ravel()
+        y = np.asarray(torch.as_tensor(mos, dtype=torch.float64).cpu(), dtype=float).ravel()
+        if q.shape != y.shape or q.size < 2:
+            raise RobenchError(f"calibration fit needs ≥ 2 (q, MOS) pairs of equal length, got {q.size} and {y.size}")
+        if not (np.isfinite(q).all() and np.isfinite(y).all()):
+            raise RobenchError("calibration fit got non-finite scores or MOS")
+        qc = q - q.mean()
+        var = float(qc @ qc)
+        if var <= 1e-12 * max(1.0, float(np.abs(q).max())) ** 2:
+            raise RobenchError(f"calibration fit: the target's scores are constant on the {q.size} fitting items "
+                               f"(q = {q.mean():.6g}); no affine map to MOS exists")
+        a = float(qc @ (y - y.mean())) / var
+        if not a > 0:
+            r = float(np.corrcoef(q, y)[0, 1])
+            raise RobenchError(f"calibration fit: least-squares slope {a:.4g} ≤ 0 (PLCC of q with MOS {r:.3f} on "
+                               f"{q.size} items): the target's oriented quality falls as MOS rises; check its "
+                               "lower_better declaration or its weights")
+        b = float(y.mean() - a * q.mean())
+        self.a_raw.copy_(torch.tensor(_softplus_inverse(a), dtype=self.a_raw.dtype))
+        self.b.copy_(torch.tensor(b, dtype=self.b.dtype))
+        return self.a, float(self.b)
+
+
+def fit_calibration(target: "Target", dataset, batch_size: int = 32, max_items: int = 512, seed: int = 0,
+                    transform=None) -> dict[str, Any]:
+    """Least-squares initialisation of ``target.calibration`` on a pairs ``dataset`` (the
+    training split): ``q`` in eval mode without gradients, then :meth:`Calibration.init_least_squares`.
+
+    For speed at most ``max_items`` items are used: all of them when the split is that small,
+    else a subset drawn without replacement with ``seed``. ``transform(ref, dist, chunk)``
+    (optional) maps each batch as training will see it (the recipes' random crop). Returns
+    ``{"a", "b", "n", "plcc", "seed", "max_items"}`` for the provenance."""
+    import numpy as np
+
+    n_all = len(dataset)
+    rows = (np.arange(n_all) if n_all <= max_items
+            else np.sort(np.random.default_rng(seed).choice(n_all, size=int(max_items), replace=False)))
+    was_training = target.training
+    target.eval()
+    qs, ys = [], []
+    try:
+        with torch.no_grad():
+            for c, start in enumerate(range(0, len(rows), int(batch_size))):
+                items = [dataset[int(i)] for i in rows[start:start + int(batch_size)]]
+                ref = torch.stack([it["ref"] for it in items])
+                dist = torch.stack([it["dist"] for it in items])
+                if transform is not None:
+                    ref, dist = transform(ref, dist, c)
+                qs.append(target.oriented_quality(dist, ref).double().cpu())
+                ys += [float(it["mos"]) for it in items]
+    finally:
+        target.train(was_training)
+    q = torch.cat(qs).numpy()
+    y = np.asarray(ys, dtype=float)
+    a, b = target.calibration.init_least_squares(q, y)
+    return {"a": a, "b": b, "n": int(len(rows)), "plcc": float(np.corrcoef(q, y)[0, 1]), "seed": int(seed),
+            "max_items": int(max_items)}
 
 
 class Target(nn.Module):
@@ -183,7 +267,8 @@ class Target(nn.Module):
 
     def predict_mos(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Prediction on the MOS scale for training losses: ``q`` through the calibration
-        (identity-initialised; BiRQA's head already regresses MOS)."""
+        (identity-initialised; the training recipes fit it by least squares first, see
+        :func:`fit_calibration`; BiRQA's head already regresses MOS)."""
         return self.calibration(self.oriented_quality(dist, ref))
 
     def post_step(self) -> None:

@@ -47,6 +47,8 @@ def evaluations(attack, eot: int = 1) -> dict[str, float]:
         g = p["binary_steps"] * p["steps"]
     elif name == "autoattack":
         g, f = p["apgd_iter"], p["square_queries"]
+    elif name == "zhang":
+        g, f = p["steps"], 1  # + one forward of the final iterate
     elif name in ("square", "parsimonious"):
         f = p["queries"]
     elif name == "facpa":

@@ -218,3 +218,65 @@ def test_facpa_generator_cached_with_provenance(tiny_mini, robench_home):
     c = _attack("facpa", seed=5)
     c(t, dist, ref, eps=[4 / 255])  # a changed target never reuses a stale generator
     assert c.generator_info["path"] != info["path"]
+
+
+def _graded_batch(n=6, size=32):
+    """Distortions of six strengths: clean scores with a real spread for every metric."""
+    g = torch.Generator().manual_seed(1)
+    ref = torch.rand(n, 3, size, size, generator=g)
+    level = torch.linspace(0.05, 0.4, n).view(-1, 1, 1, 1)
+    return (ref + level * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1), ref
+
+
+def test_observed_scale_is_the_clean_spread_with_fallbacks():
+    from robench.attacks.base import observed_scale
+
+    psnr = build("psnr")
+    q = torch.tensor([10.0, 12.0, 14.0])
+    assert observed_scale(q, psnr) == pytest.approx(float(q.std()))
+    assert observed_scale(q[:1], psnr) == 100.0  # one image: the card's range (0–100 dB)
+    assert observed_scale(torch.full((4,), 3.0), psnr) == 100.0  # constant scores: no spread
+    psnr.card = type(psnr.card)(**{**psnr.card.__dict__, "score_range": None})
+    assert observed_scale(torch.full((4,), -3.0), psnr) == 3.0  # no range: |mean q0|
+    assert observed_scale(torch.zeros(1), psnr) == 1.0
+
+
+def test_cw_target_gain_is_relative_to_the_observed_spread_not_the_card_range():
+    """Issue 15 (8): the same relative target_gain gives a comparable relative gain on PSNR
+    (card range 0–100 dB) and SSIM (card range [−1, 1]), and the card's range plays no part."""
+    from robench.attacks.base import observed_scale
+
+    dist, ref = _graded_batch()
+    gain = 0.1
+    rel, runs = {}, {}
+    for name, opts in (("psnr", {}), ("psnr", {"max_db": 1000.0}), ("ssim", {})):
+        t = build(name, **opts).eval()
+        res = _attack("cw", binary_steps=2, steps=10, target_gain=gain)(t, dist, ref, eps=[1.0])  # no clipping
+        q0, q = res.oriented(t.lower_better)
+        scale = observed_scale(q0, t)
+        assert torch.allclose(res.extra["scale"], torch.full_like(res.extra["scale"], scale))
+        rel[(name, opts.get("max_db"))] = float(((q[0] - q0) / scale).median())
+        runs[(name, opts.get("max_db"))] = res
+    # the card's declared range no longer changes anything (old code: a 10 dB vs 100 dB target)
+    assert torch.equal(runs[("psnr", None)].images, runs[("psnr", 1000.0)].images)
+    for key, r in rel.items():  # the old code: PSNR 0.06 (an unreachable 10 dB target), SSIM 0.27 (0.2 SSIM)
+        assert 0.7 * gain <= r <= 1.6 * gain, (key, rel)
+
+
+def test_zhang_raises_quality_and_its_ssim_term_keeps_the_image_close():
+    from robench.models.classic import ssim_rgb
+
+    t = _target()
+    dist, ref = _batch()
+    eps = [8 / 255]
+    plain = _attack("zhang", steps=10, lam=0.0)(t, dist, ref, eps=eps)
+    default = _attack("zhang", steps=10)(t, dist, ref, eps=eps)
+    close = _attack("zhang", steps=10, lam=300.0)(t, dist, ref, eps=eps)
+    for res in (plain, default, close):
+        q0, q = res.oriented(t.lower_better)
+        assert (q[0] > q0).all(), "zhang did not raise q on every image"
+        assert (res.queries == 11).all()  # 10 gradient steps + the final iterate
+    s_plain, s_default, s_close = (ssim_rgb(r.images[0], dist) for r in (plain, default, close))
+    assert (s_default > 0.98).all()  # measured ≈ 0.990 at ε = 8/255
+    # +λ·SSIM keeps the image closer (the AT- authors' loss, minimised, would lower SSIM instead)
+    assert (s_close > s_plain + 2e-3).all(), (s_close, s_plain)  # measured +0.004

@@ -109,6 +109,27 @@ def test_tiny_aat_run_logs_the_bound_and_never_attacks_anchors(clean_tiny_birqa,
     t = robench.load_model("birqa.aat")
     assert t.card.weights.source == "trained-here" and t.card.weights.provenance["defense"] == "aat"
     assert t.card.weights.provenance["clean_sha256"] and r["name"] == "birqa.aat"
+    # issue 15.1: a moving sub-band with anchors redrawn every step (not 8 fixed images)
+    table = robench.load_dataset("mini", split="train", **TINY).table
+    mos_of = dict(zip(table["index"].tolist(), table["mos"].tolist()))
+    span = max(mos_of.values()) - min(mos_of.values())
+    prov = t.card.weights.provenance
+    assert prov["band_width"] <= min(prov["spacing"] * (prov["anchors"] - 1), 0.5 * span) + 1e-9
+    sets = [frozenset(row["anchor_ids"]) for row in rows]
+    differ = sum(a != b for a, b in zip(sets, sets[1:]))
+    assert differ >= 0.9 * (len(sets) - 1), sets  # no anchor set repeated in ≥ 90 % of consecutive pairs
+    assert len({row["band_lo"] for row in rows}) > 1  # the band moves
+    for row in rows:
+        assert row["band_hi"] - row["band_lo"] <= prov["band_width"] + 1e-9 < span  # narrower than the MOS range
+        assert len(row["anchor_ids"]) == row["n_anchors"]
+        assert all(row["band_lo"] <= mos_of[i] <= row["band_hi"] for i in row["anchor_ids"])
+        assert row["mos_range"] <= row["band_hi"] - row["band_lo"] + 1e-6
+        # issue 15.4: the bound relative to the batch range, and vacuous batches marked
+        assert row["bound_rel"] == pytest.approx(row["bound"] / row["mos_range"])
+        assert row["vacuous"] == (row["bound"] >= row["mos_range"])
+    csv_head = (tmp_path / "aat" / "steps.csv").read_text().splitlines()[0].split(",")
+    assert {"band_lo", "band_hi", "anchor_ids", "bound_rel", "vacuous"} <= set(csv_head)
+    assert prov["calibration_init"]["skipped"]  # BiRQA regresses MOS: no least-squares re-fit
 
 
 @pytest.mark.parametrize("recipe", ["r", "at"])
@@ -124,6 +145,9 @@ def test_r_and_at_runs_and_resume(clean_tiny_birqa, tmp_path, recipe):
     assert np.isfinite(r["val_srocc"])
     if recipe == "at":
         assert all(x["mean_label_drop"] >= 0 for x in rows)
+        import robench
+
+        assert robench.load_model("birqa.at").card.weights.provenance["at_ssim"].startswith("rgb-mean")
 
 
 def test_unknown_recipe_did_you_mean():

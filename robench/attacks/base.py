@@ -15,8 +15,15 @@ norms and the sanity probes. Every batch is verified (L∞ ≤ ε + 1e-6, [0, 1]
 Conventions (stated once, here):
 
 * δ = 0 is always feasible, so per image the harness keeps the clean image when an attack ends
-  below it (a black-box attack's random start can). A broken attack therefore shows as zero gain,
-  which the runner's sanity checks flag.
+  below it (``probes["kept_clean"]`` counts those images). A broken attack therefore shows as zero
+  gain, which the runner's sanity checks flag. Iterative attacks return their best iterate (the
+  highest ``q`` seen), so "kept clean" means no evaluated point beat the clean image.
+* A minimisation attack may return several candidate perturbations (a ``list``, e.g. snapshots
+  along its trajectory): clipped to each ε, the one with the highest ``q`` is kept per image and
+  budget — the best unclipped point is rarely the best after clipping to a small ε.
+* ``budget_params`` names the hyper-parameters that set an attack's iterations or queries: the
+  runner re-runs a cell at half of them and flags it ``not_converged`` when the full budget's gain
+  exceeds the half budget's by more than 5 % of the gain (issue 15).
 * Queries count forward evaluations of the target per image, a gradient evaluation being one.
   The clean score and the sanity probes are not counted.
 * The target's train/eval mode (every submodule) and its parameters' ``requires_grad`` are saved,
@@ -37,7 +44,7 @@ from robench.profiles import get_profile
 from robench.target import BoundTarget, Target, validate_pair
 
 #: ``--attacks all``
-SUITE = ("fgsm", "pgd", "cw", "autoattack", "square", "parsimonious", "facpa")
+SUITE = ("fgsm", "pgd", "cw", "autoattack", "square", "parsimonious", "facpa", "zhang")
 WHITE_BOX_NEEDS = "gradients"
 BUDGET_TOL = 1e-6
 
@@ -55,6 +62,10 @@ class AttackResult:
     linf: torch.Tensor  # K×N
     l2: torch.Tensor  # K×N
     images: torch.Tensor | None = None  # K×N×3×H×W
+    #: perceptibility of each adversarial image against the unattacked distorted one (K×N):
+    #: PSNR in dB (inf for δ = 0) and SSIM (luminance, Gaussian 11/1.5, as the ssim target)
+    psnr: torch.Tensor | None = None
+    ssim: torch.Tensor | None = None
     probes: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. AutoAttack's winning component
     #: seconds in the attack proper (prepare, perturb/minimise) and in scoring clean and adversarial
@@ -86,6 +97,28 @@ def score_scale(target: Target) -> float:
     return float(r[1] - r[0])
 
 
+def observed_scale(q0: torch.Tensor, target: Target) -> float:
+    """Spread of the clean oriented scores ``q0`` of a batch (their standard deviation): the unit of
+    a relative gain taken from what the metric does on these items, not from the card's declared
+    range (PSNR declares 0–100 dB, ~10× its spread over real distortions; a pyiqa metric declares
+    none), so a relative setting such as C&W's ``target_gain`` means the same for every metric.
+
+    Fallbacks, in order, when the batch has no spread (one image, or identical clean scores):
+    the declared range (:func:`score_scale`) when the card has a finite one — the best prior on
+    the metric's spread; else ``|mean q0|`` — at least the metric's own magnitude; else 1."""
+    q = q0.detach().flatten().double()
+    q = q[torch.isfinite(q)]
+    mean = float(q.mean()) if q.numel() else 0.0
+    if q.numel() >= 2:
+        s = float(q.std())
+        if s > 1e-8 * max(1.0, abs(mean)):  # constant scores up to float noise are no spread
+            return s
+    r = target.card.score_range
+    if r is not None and all(v == v and abs(v) != float("inf") for v in r) and r[1] > r[0]:
+        return score_scale(target)
+    return abs(mean) if abs(mean) > 0 else 1.0
+
+
 class ModeGuard:
     """Save and restore every submodule's train flag and every parameter's requires_grad."""
 
@@ -114,6 +147,8 @@ class Attack:
     kind: ClassVar[str] = "fixed"  # or "minimisation"
     needs: ClassVar[str] = WHITE_BOX_NEEDS  # or "scores"
     iterative: ClassVar[bool] = True
+    #: hyper-parameters that set the iterations/queries (halved by the convergence check)
+    budget_params: ClassVar[tuple[str, ...]] = ()
     #: every hyper-parameter with its default; profiles override some, users any
     defaults: ClassVar[dict[str, Any]] = {}
 
@@ -142,6 +177,16 @@ class Attack:
     @classmethod
     def registry_meta(cls) -> dict[str, Any]:
         return {"kind": cls.kind, "needs": cls.needs, "defaults": dict(cls.defaults)}
+
+    def half_budget(self) -> dict[str, Any]:
+        """This attack's parameters with every budget parameter halved (the convergence check);
+        empty when the attack has no budget to halve (single-step attacks)."""
+        half = {}
+        for k in self.budget_params:
+            v = self.params.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                half[k] = max(1, int(v) // 2)
+        return {**self.params, **half} if half else {}
 
     @property
     def white_box(self) -> bool:
@@ -208,6 +253,8 @@ class Attack:
         l2 = torch.empty(K, n)
         clean = torch.empty(n)
         images = torch.empty(K, *dist.shape) if return_images else None
+        psnr = torch.empty(K, n)
+        ssim = torch.empty(K, n)
         probes = {"zero_grad": 0, "nan_grad": 0, "probed": 0, "randomised": False, "kept_clean": [0] * K}
         extra: dict[str, torch.Tensor] = {}
         compute = 0.0
@@ -234,12 +281,15 @@ class Attack:
                 t0 = time.perf_counter()
                 if self.kind == "minimisation":
                     f.queries.zero_()
-                    far = self.minimise(f, x, q0, max(epses)).detach()
+                    far = self.minimise(f, x, q0, max(epses))
+                    fars = [c.detach() for c in far] if isinstance(far, (list, tuple)) else [far.detach()]
                     spent = f.queries.clone()
                 compute += time.perf_counter() - t0
                 for k, e in enumerate(epses):
                     if self.kind == "minimisation":
-                        adv = (x + (far - x).clamp(-e, e)).clamp(0.0, 1.0)
+                        t0 = time.perf_counter()
+                        adv = self._best_clipped(target, fars, x, r, e, eot)
+                        compute += time.perf_counter() - t0
                         queries[k, sl] = spent
                     else:
                         t0 = time.perf_counter()
@@ -263,12 +313,25 @@ class Attack:
                     d = (adv - x).flatten(1)
                     linf[k, sl] = d.abs().amax(dim=1)
                     l2[k, sl] = d.norm(dim=1)
+                    psnr[k, sl], ssim[k, sl] = perceptibility(adv, x)
                     if images is not None:
                         images[k, sl] = adv
                 if progress is not None:
                     progress(sl.stop - sl.start)
         return AttackResult(eps=epses, clean_scores=clean, scores=scores, queries=queries, linf=linf, l2=l2,
-                            images=images, probes=probes, extra=extra, compute_seconds=compute)
+                            images=images, psnr=psnr, ssim=ssim, probes=probes, extra=extra, compute_seconds=compute)
+
+    def _best_clipped(self, target: Target, fars: list[torch.Tensor], x: torch.Tensor, r: torch.Tensor, e: float,
+                      eot: int) -> torch.Tensor:
+        """Each candidate clipped to ε; per image the one with the highest ``q`` (harness scoring,
+        not counted as the attack's queries)."""
+        advs = [(x + (c - x).clamp(-e, e)).clamp(0.0, 1.0) for c in fars]
+        if len(advs) == 1:
+            return advs[0]
+        with torch.no_grad():
+            qs = torch.stack([target.orient(target.expected_score(a, r, eot)) for a in advs])
+        pick = qs.argmax(dim=0)
+        return torch.stack(advs)[pick, torch.arange(x.shape[0])]
 
     #: images of the first batch the probes look at (kept small: probes are harness overhead)
     PROBE_N = 8
@@ -315,6 +378,24 @@ class Attack:
             i = int(dev.argmax())
             raise BudgetViolation(f"{where}: image {i} has L∞ {float(dev[i]) * 255:.4g}/255 > ε")
         return adv.clone()
+
+
+def perceptibility(adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PSNR (dB) and SSIM of each adversarial image against the unattacked distorted image: how
+    visible the attack is. SSIM follows the ``ssim`` target (luminance, Gaussian 11/1.5, valid;
+    reflect padding below 11 px)."""
+    from robench.models.classic import luminance, ssim_map
+
+    with torch.no_grad():
+        mse = (adv - x).flatten(1).pow(2).mean(dim=1)
+        psnr = torch.where(mse > 0, -10 * torch.log10(mse.clamp_min(1e-20)), torch.full_like(mse, float("inf")))
+        side = min(x.shape[-2:])
+        if side > 5:
+            pad = "valid" if side >= 11 else "reflect"
+            s = ssim_map(luminance(adv), luminance(x), padding=pad).flatten(1).mean(dim=1)
+        else:  # too small for an 11-px window even with reflect padding
+            s = torch.full_like(mse, float("nan"))
+    return psnr, s
 
 
 class ScoreLogits(torch.nn.Module):

@@ -5,14 +5,20 @@
 in tanh space (x + δ = (tanh(w) + 1)/2, so the image stays in [0, 1]) with Adam, and a per-image
 binary search over c (×10 until the target gain is reached, then bisection). It returns, per
 image, the successful perturbation of smallest L2 (else the one with the highest ``q``); the
-harness clips it to every ε. ``scale`` is the width of the target's score range, so the target
-gain means the same fraction of the scale for every metric."""
+harness clips it to every ε.
+
+``scale`` is :func:`~robench.attacks.base.observed_scale` of the batch: the standard deviation of
+its clean oriented scores (falling back to the card's score range, then ``|mean q_clean|``, then 1,
+for a batch without spread). It sets both the target gain and the hinge normalisation, so
+``target_gain`` means the same fraction of the metric's observed spread for every metric, whatever
+its card declares (issue 15: with the card's range, PSNR's 0–100 dB asked for a 25 dB gain, SSIM's
+[−1, 1] for 0.5). The scale used is recorded per image in ``AttackResult.extra["scale"]``."""
 
 from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, score_scale
+from robench.attacks.base import Attack, observed_scale
 from robench.registry import ATTACKS
 
 
@@ -21,11 +27,13 @@ class CW(Attack):
     name = "cw"
     kind = "minimisation"
     needs = "gradients"
+    budget_params = ("steps",)
     defaults = {"binary_steps": 5, "steps": 100, "lr": 0.01, "c_init": 10.0, "kappa": 0.0, "target_gain": 0.25}
 
     def minimise(self, f, x, q0, eps_max):
         n = x.shape[0]
-        scale = score_scale(f.target)
+        scale = observed_scale(q0, f.target)
+        self._extra = {"scale": torch.full((n,), scale)}  # recorded per image (one value per batch)
         q_target = q0 + self.target_gain * scale
         c = torch.full((n,), float(self.c_init))
         lo = torch.zeros(n)

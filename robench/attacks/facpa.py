@@ -61,6 +61,7 @@ class FACPA(Attack):
     kind = "fixed"
     needs = "gradients"  # to train the generator; applying it is one forward pass
     iterative = False
+    budget_params = ("steps", "epochs")  # the generator's training
     defaults = {"width": 16, "steps": None, "epochs": 5, "batch": 8, "lr": 1e-3, "train_eps": 8 / 255,
                 "crop": 256, "dataset": "mini", "dataset_options": {}}
 

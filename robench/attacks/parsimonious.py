@@ -8,7 +8,12 @@ with the largest (stale) gain is re-evaluated and accepted if its fresh gain is 
 still at least the next stale gain. After a full pass over the blocks, the block size halves.
 The paper's ImageNet defaults: 10 000 queries, initial block 32 on 256×256 (here: 1/8 of the
 shorter side unless ``block_size`` is given). Every image runs its own search; forwards are
-batched over the images that still have queries left."""
+batched over the images that still have queries left.
+
+One change for a score: the all −ε start is kept **only when it does not lower q**; otherwise
+that image starts at δ = 0 and every block is free to go to +ε (insertion) or −ε (deletion), the
+search accepting only moves that raise ``q`` (the audit: the −ε start lowered q and the search
+never got back above the clean image with 32 queries, so the attack reported 0 gain)."""
 
 from __future__ import annotations
 
@@ -25,17 +30,19 @@ class Parsimonious(Attack):
     name = "parsimonious"
     kind = "fixed"
     needs = "scores"
+    budget_params = ("queries",)
     defaults = {"queries": 10000, "block_size": None, "batch_blocks": 64, "max_rounds": 5}
 
     def perturb(self, f, x, eps, q0):
         n, c, h, w = x.shape
         budget = int(self.queries)
         b = int(self.block_size or max(1, min(h, w) // 8))
-        A = torch.zeros(n, c, math.ceil(h / b), math.ceil(w / b), dtype=torch.bool)
+        # block state: −1 (−ε), +1 (+ε) or 0 (unperturbed: only for images whose −ε start lowered q)
+        A = torch.full((n, c, math.ceil(h / b), math.ceil(w / b)), -1, dtype=torch.int8)
         used = torch.zeros(n, dtype=torch.long)
 
         def image(Ab: torch.Tensor, bs: int, rows: torch.Tensor) -> torch.Tensor:
-            sign = Ab.float() * 2 - 1
+            sign = Ab.to(x.dtype)
             d = sign.repeat_interleave(bs, dim=2).repeat_interleave(bs, dim=3)[..., :h, :w]
             return (x[rows] + eps * d).clamp(0.0, 1.0)
 
@@ -46,6 +53,9 @@ class Parsimonious(Attack):
 
         all_rows = torch.arange(n)
         q_cur = evaluate(A, b, all_rows)
+        worse = q_cur < q0
+        A[worse] = 0
+        q_cur = torch.where(worse, q0, q_cur)
         while (used < budget).any():
             nblocks = A[0].numel()
             order = torch.randperm(nblocks)
@@ -69,15 +79,16 @@ class Parsimonious(Attack):
     def _lazy_greedy(A, b, batch, insert, q_cur, used, budget, evaluate) -> bool:
         n = A.shape[0]
         flat = A.view(n, -1)
-        # candidates: blocks of the mini-batch currently on the other side
-        cand = (flat[:, batch] != insert)
+        # candidates: blocks of the mini-batch not yet on this phase's side (+ε for insertion)
+        side = 1 if insert else -1
+        cand = (flat[:, batch] != side)
         gains = torch.full((n, len(batch)), -float("inf"))
         for j in range(len(batch)):
             rows = torch.nonzero(cand[:, j] & (used < budget)).flatten()
             if rows.numel() == 0:
                 continue
             Ab = flat[rows].clone()
-            Ab[:, batch[j]] = insert
+            Ab[:, batch[j]] = side
             gains[rows, j] = evaluate(Ab.view(-1, *A.shape[1:]), b, rows) - q_cur[rows]
         changed = False
         while True:
@@ -89,12 +100,12 @@ class Parsimonious(Attack):
             j = top2.indices[rows, 0]
             nxt = top2.values[rows, 1] if gains.shape[1] > 1 else torch.full((rows.numel(),), -float("inf"))
             Ab = flat[rows].clone()
-            Ab[torch.arange(rows.numel()), batch[j]] = insert
+            Ab[torch.arange(rows.numel()), batch[j]] = side
             q_new = evaluate(Ab.view(-1, *A.shape[1:]), b, rows)
             fresh = q_new - q_cur[rows]
             accept = (fresh > 0) & (fresh >= nxt)
             acc_rows = rows[accept]
-            flat[acc_rows, batch[j[accept]]] = insert
+            flat[acc_rows, batch[j[accept]]] = side
             q_cur[acc_rows] = q_new[accept]
             gains[acc_rows, j[accept]] = -float("inf")  # no longer a candidate in this phase
             gains[rows[~accept], j[~accept]] = fresh[~accept]

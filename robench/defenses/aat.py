@@ -6,11 +6,19 @@ within ``Δ`` of its nearest anchors below and above in MOS), ``η = max_i ℓ_i
 normalised one-sided hinge) and the batch MOS range ``R``, every sample satisfies
 ``|ŷ_i − y_i| ≤ δ + Δ + η·R``. Every quantity is computed here from the *same* prediction vector,
 so the logged bound must hold on every batch; a batch where it does not is a bug.
+
+Holding is not evidence by itself: the theorem holds by algebra, and a bound at or above ``R``
+allows errors as large as the labels' whole spread (a constant mid-range prediction already has
+error ≤ R/2). :func:`anchored_terms` therefore also reports ``bound_rel = bound/R`` and
+``vacuous = bound ≥ R``; only non-vacuous batches say something about the training.
+
+The sampler draws a moving MOS sub-range (``W = min(Δ·(K−1), ½ × dataset MOS range)``), with random
+tie-breaks and fresh anchors on every draw (method-notes §2, batch construction).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,50 +30,74 @@ from robench.errors import RobenchError
 class AnchorBatch:
     indices: np.ndarray  # dataset rows, length B
     is_anchor: np.ndarray  # bool, length B
-    band: tuple[float, float]
+    band: tuple[float, float]  # MOS of the band's first and last sample (the batch's MOS extent)
+    anchor_ids: list = field(default_factory=list)  # dataset item ids of the anchors, MOS order
+
+
+#: W = min(Δ·(K−1), BAND_FRACTION × dataset MOS range) **[choice]** (method-notes §2)
+BAND_FRACTION = 0.5
 
 
 class AnchorSampler:
-    """Paper §4.1: draw a contiguous MOS band ``[lo, lo + W]``; the samples closest to both band
-    ends are anchors, the other anchors sit uniformly along the MOS axis inside the band, the rest
-    of the batch is drawn uniformly from the band. ``W = min(Δ·(K−1), MOS range)``.
+    """Paper §4.1 / method-notes §2: draw a contiguous MOS band ``[lo, lo + W]`` with ``lo``
+    uniform in ``[min MOS, max MOS − W]``; the samples closest to both band ends are anchors, the
+    other anchors sit uniformly along the MOS axis inside the band, the rest of the batch is drawn
+    uniformly from the band's non-anchors.
+
+    ``W = min(Δ·(K−1), band_fraction × dataset MOS range)`` with ``band_fraction = 0.5``
+    **[choice]**: the band is a real sub-range that moves (``W = min(Δ·(K−1), range)`` made it the
+    whole range on the built-in set). Ties between equal MOS values (the built-in set has ~7
+    items per cell mean) are broken at random on every :meth:`sample` (a fresh permutation before a
+    stable sort), so the band ends and the anchors are different items from one draw to the next;
+    with a seed per step (``recipes``) the draws are reproducible.
 
     Anchors chosen as the nearest sample to uniform targets can be a little more than ``Δ`` apart
-    when MOS values are discrete (the built-in set has 125 distinct cell means): a repair pass
-    then adds the farthest sample within ``Δ`` of the previous anchor as an extra anchor, so
-    consecutive anchors are at most ``Δ`` apart whenever the data allows it."""
+    when MOS values are discrete: a repair pass then adds the farthest sample within ``Δ`` of the
+    previous anchor as an extra anchor, so consecutive anchors are at most ``Δ`` apart whenever
+    the data allows it.
 
-    def __init__(self, mos, batch: int = 32, anchors: int = 8, spacing: float = 0.5, seed: int = 0):
+    ``ids`` (optional, one per dataset row) are the stable item identifiers reported in
+    :attr:`AnchorBatch.anchor_ids`; the row index when omitted."""
+
+    def __init__(self, mos, batch: int = 32, anchors: int = 8, spacing: float = 0.5, seed: int = 0,
+                 band_fraction: float = BAND_FRACTION, ids=None):
         self.mos = np.asarray(mos, dtype=float)
         if anchors < 2 or batch <= anchors:
             raise RobenchError(f"AAT needs ≥ 2 anchors and a batch larger than the anchors (got {anchors}, {batch})")
+        if not 0 < band_fraction <= 1:
+            raise RobenchError(f"AAT band_fraction must be in (0, 1], got {band_fraction}")
+        if len(self.mos) < batch:
+            raise RobenchError(f"dataset has {len(self.mos)} samples, fewer than the AAT batch {batch}")
         self.batch, self.anchors, self.spacing = int(batch), int(anchors), float(spacing)
-        self.order = np.argsort(self.mos, kind="stable")
-        self.sorted = self.mos[self.order]
-        span = float(self.sorted[-1] - self.sorted[0])
-        self.width = min(self.spacing * (self.anchors - 1), span)
+        self.band_fraction = float(band_fraction)
+        self.ids = list(range(len(self.mos))) if ids is None else list(ids)
+        if len(self.ids) != len(self.mos):
+            raise RobenchError(f"AAT sampler got {len(self.ids)} item ids for {len(self.mos)} MOS values")
+        self.span = float(self.mos.max() - self.mos.min())
+        self.width = min(self.spacing * (self.anchors - 1), self.band_fraction * self.span)
         self.rng = np.random.default_rng(seed)
 
     def sample(self) -> AnchorBatch:
-        ys, order = self.sorted, self.order
+        perm = self.rng.permutation(len(self.mos))  # random tie-break: shuffle, then a stable sort
+        order = perm[np.argsort(self.mos[perm], kind="stable")]
+        ys = self.mos[order]
         lo = float(self.rng.uniform(ys[0], ys[-1] - self.width)) if ys[-1] - ys[0] > self.width else float(ys[0])
         hi = lo + self.width
-        a, b = np.searchsorted(ys, lo, "left"), np.searchsorted(ys, hi, "right")
+        a, b = int(np.searchsorted(ys, lo, "left")), int(np.searchsorted(ys, hi, "right"))
         if b - a < self.batch:  # a sparse band: widen symmetrically until the batch fits
             need = self.batch - (b - a)
             a, b = max(0, a - need // 2 - 1), min(len(ys), b + need // 2 + 1)
-            a, b = (0, self.batch) if b - a < self.batch and len(ys) >= self.batch else (a, b)
-            if b - a < self.batch:
-                raise RobenchError(f"dataset has {len(ys)} samples, fewer than the AAT batch {self.batch}")
-        band = np.arange(a, b)  # positions in the sorted order
+            if b - a < self.batch:  # against an end of the MOS axis: extend on the other side
+                a, b = (0, self.batch) if a == 0 else (len(ys) - self.batch, len(ys))
+        band = np.arange(a, b)  # positions in this draw's sorted order
         by = ys[band]
         chosen = {int(band[0]), int(band[-1])}  # both band ends are always anchors
         for t in np.linspace(by[0], by[-1], self.anchors)[1:-1]:
-            free = [p for p in band if int(p) not in chosen]
-            if not free:
+            free = np.array([p for p in band if int(p) not in chosen])
+            if not len(free):
                 break
-            fy = ys[free]
-            chosen.add(int(free[int(np.argmin(np.abs(fy - t)))]))
+            # nearest to the target; among equal distances the first in this draw's (random) order
+            chosen.add(int(free[int(np.argmin(np.abs(ys[free] - t)))]))
         anchors = sorted(chosen, key=lambda p: (ys[p], p))
         repaired = [anchors[0]]
         for p in anchors[1:]:  # repair: keep consecutive anchors ≤ Δ apart where the data allows
@@ -85,7 +117,9 @@ class AnchorSampler:
         pos = np.concatenate([np.array(anchors), fill])
         is_anchor = np.zeros(len(pos), dtype=bool)
         is_anchor[: len(anchors)] = True
-        return AnchorBatch(indices=order[pos], is_anchor=is_anchor, band=(float(by[0]), float(by[-1])))
+        rows = order[pos]
+        return AnchorBatch(indices=rows, is_anchor=is_anchor, band=(float(by[0]), float(by[-1])),
+                           anchor_ids=[self.ids[int(r)] for r in rows[: len(anchors)]])
 
 
 def nearest_anchors(y: torch.Tensor, is_anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +152,10 @@ def anchored_terms(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor,
         cov = float(torch.maximum(yy - yy[lo], yy[hi] - yy)[non].max()) if non.any() else 0.0
         eta = float(ell_non.detach().max()) if non.any() else 0.0
         Rf = float(R)
+        bound = delta + cov + eta * Rf
+        # a bound ≥ the batch MOS range constrains nothing a constant prediction would not meet:
+        # such a batch is "vacuous" and is no evidence for Theorem 1
         stats = {"anchor_err": delta, "coverage": cov, "max_hinge": eta, "mos_range": Rf,
-                 "bound": delta + cov + eta * Rf, "emp_max_err": float((p - yy).abs().max()),
-                 "n_anchors": int(is_anchor.sum())}
+                 "bound": bound, "bound_rel": bound / Rf, "vacuous": bool(bound >= Rf),
+                 "emp_max_err": float((p - yy).abs().max()), "n_anchors": int(is_anchor.sum())}
     return ell, topk, stats

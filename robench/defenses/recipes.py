@@ -6,14 +6,22 @@ inner attacker — PGD at ``ε_train`` (profile ``adv_eps``, 4/255), step ε/4, 
 
 * ``r`` (R-, vanilla AT): every sample attacked, unchanged labels, loss eq. 5.
 * ``at`` (AT-, Chistyakova et al. 2024): half clean, half their attacked copies labelled
-  ``clamp(y − k·(1 − SSIM(x_adv, x))·(MOS_max − MOS_min))``, loss eq. 5.
-* ``aat`` (AAT-, the paper): band/anchor batches, anchors clean, the rest attacked;
-  ``L = α·L_base(anchors) + β·mean(top-k ℓ_i)``; every step logs the Theorem-1 bound and the
-  batch's empirical max error.
+  ``clamp(y − k·(1 − SSIM(x_adv, x))·(MOS_max − MOS_min))``, loss eq. 5, with SSIM on RGB per
+  channel, channels averaged (Gaussian 11/1.5, valid filtering: their ``pytorch_msssim``
+  convention, :func:`robench.models.classic.ssim_rgb`).
+* ``aat`` (AAT-, the paper): band/anchor batches (a moving MOS sub-range, anchors redrawn every
+  step, :class:`robench.defenses.aat.AnchorSampler`), anchors clean, the rest attacked;
+  ``L = α·L_base(anchors) + β·mean(top-k ℓ_i)``; every step logs the band (``band_lo``,
+  ``band_hi``), the anchors' dataset item ids (``anchor_ids``), the Theorem-1 bound, the bound
+  relative to the batch MOS range (``bound_rel``, ``vacuous`` when ≥ 1) and the batch's
+  empirical max error.
 
-The result is registered as weights ``M.<recipe>`` with its provenance (clean weights digest,
-recipe, every hyper-parameter, train time). Each run writes ``steps.csv`` / ``steps.json`` (one
-row per optimiser step) and resumes from ``last.pt``.
+Before the first step, a target that does not regress MOS itself (LPIPS, TOPIQ, the analytic
+metrics; not BiRQA) gets its calibration ``ŷ = a·q + b`` initialised by least squares on the
+training split (:func:`robench.target.fit_calibration`, ≤ 512 seeded items); a resumed run keeps
+the checkpoint's. The result is registered as weights ``M.<recipe>`` with its provenance (clean
+weights digest, recipe, every hyper-parameter, ``calibration_init``, train time). Each run writes
+``steps.csv`` / ``steps.json`` (one row per optimiser step) and resumes from ``last.pt``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,34 @@ from robench.progress import progress_bar
 from robench.registry import DEFENSES
 
 RECIPES = ("r", "at", "aat")
+#: bumped when a recipe's batches, labels or initialisation change: part of the config hash, so a
+#: ``last.pt`` written by an older version is refused instead of resumed into a mixed run
+#: (2: moving AAT band + random tie-breaks, least-squares calibration init, RGB SSIM for AT-)
+RECIPE_VERSION = 2
+#: least-squares calibration fit: at most this many training items (a seeded subset) **[choice]**
+CALIBRATION_ITEMS = 512
+AT_SSIM = "rgb-mean, gaussian 11/1.5, valid (pytorch_msssim convention)"
+
+
+def at_labels(y: torch.Tensor, adv: torch.Tensor, clean: torch.Tensor, k: float, mos_min: float,
+              mos_max: float) -> torch.Tensor:
+    """AT- label rule (Chistyakova et al. 2024, method-notes §2): the attacked copy's label
+    ``clamp(y − k·(1 − SSIM(x_adv, x))·(MOS_max − MOS_min), MOS_min, MOS_max)`` with SSIM per image
+    on RGB, per channel and averaged (:func:`robench.models.classic.ssim_rgb`)."""
+    from robench.models.classic import ssim_rgb
+
+    with torch.no_grad():
+        s = ssim_rgb(adv, clean).to(y.dtype)
+    return (y - k * (1 - s) * (mos_max - mos_min)).clamp(mos_min, mos_max)
+
+
+def item_ids(table) -> list:
+    """Stable identifiers of a dataset's rows for the training log: the distorted image's path
+    (file datasets), the built-in set's image ``index``, else the row number."""
+    for col in ("dist_path", "index"):
+        if col in table.columns:
+            return [v if isinstance(v, (int, str)) else str(v) for v in table[col].tolist()]
+    return list(range(len(table)))
 
 
 class TrainingRecipe:
@@ -102,11 +138,10 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     import robench
     from robench.models import split_name
     from robench.models import weights as W
-    from robench.models.classic import luminance, ssim_map
-    from robench.target import fingerprint
+    from robench.target import fingerprint, fit_calibration
     from robench.train import clean_loss, git_commit, optimizer_step, random_crop_pair, resume_checkpoint, versions
 
-    from robench.defenses.aat import AnchorSampler, anchored_terms
+    from robench.defenses.aat import BAND_FRACTION, AnchorSampler, anchored_terms
 
     if recipe not in RECIPES:
         DEFENSES.entry(recipe)  # did-you-mean for a typo
@@ -127,6 +162,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     if data.kind != "pairs":
         raise RobenchError(f"adversarial training needs a pairs dataset; {dataset!r} is {data.kind}")
     mos = data.table["mos"].to_numpy(dtype=float)
+    ids = item_ids(data.table)
     mos_min, mos_max = float(mos.min()), float(mos.max())
     n_steps = int(steps or prof.adv_steps)
     eps = prof.adv_eps / 255
@@ -134,12 +170,13 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     hp = {"recipe": recipe, "eps_train": prof.adv_eps, "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
           "steps": n_steps, "batch": B, "lr": prof.adv_lr, "crop": prof.train_crop, "loss_lambda": prof.train_loss_lambda}
     if recipe == "aat":
+        width = AnchorSampler(mos, B, prof.aat_anchors, prof.aat_spacing).width
         hp.update(anchors=prof.aat_anchors, spacing=prof.aat_spacing, top_k=prof.aat_top_k, alpha=prof.aat_alpha,
-                  beta=prof.aat_beta)
+                  beta=prof.aat_beta, band_fraction=BAND_FRACTION, band_width=width)
     if recipe == "at":
-        hp.update(k=prof.at_k, mos_min=mos_min, mos_max=mos_max)
+        hp.update(k=prof.at_k, mos_min=mos_min, mos_max=mos_max, at_ssim=AT_SSIM)
     run_cfg = {"model": base, "clean_sha256": clean_sha, "dataset": dataset, "dataset_options": ds_opts,
-               "profile": prof.name, "seed": seed, **hp}
+               "profile": prof.name, "seed": seed, "recipe_version": RECIPE_VERSION, **hp}
     cfg_hash = hashlib.sha256(json.dumps({k: v for k, v in run_cfg.items() if k != "steps"}, sort_keys=True,
                                          default=str).encode()).hexdigest()[:16]
     out = Path(out) if out else robench_home() / "runs" / "train" / f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}"
@@ -159,14 +196,29 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
             rows = [r for r in ck["rows"] if r["step"] < start]
         elif (out / "steps.json").is_file():  # checkpoints written before the rows moved into last.pt
             rows = [r for r in json.loads((out / "steps.json").read_text())["steps"] if r["step"] < start]
+        calib = ck.get("calibration_init")  # fitted when the run began; the weights hold its trained state
+    elif target.predicts_mos:
+        calib = {"skipped": "the target regresses MOS itself", "a": target.calibration.a,
+                 "b": float(target.calibration.b)}
+    else:
+        # the calibration starts where least squares puts it, on the crops training will see
+        crop_gen = torch.Generator().manual_seed((seed + 1) * 1_000_003 - 1)  # no step uses this seed
+
+        def as_trained(r, d, _chunk):
+            return random_crop_pair(r, d, prof.train_crop, crop_gen) if prof.train_crop else (r, d)
+
+        calib = fit_calibration(target, data, batch_size=prof.eval_batch, max_items=CALIBRATION_ITEMS, seed=seed,
+                                transform=as_trained)
 
     def batch_at(step: int):
         """Step ``step``'s batch and its randomness derive from (seed, step): resuming repeats it."""
         rng_seed = seed * 1_000_003 + step
         gen = torch.Generator().manual_seed(rng_seed)
-        if recipe == "aat":
-            ab = AnchorSampler(mos, B, prof.aat_anchors, prof.aat_spacing, seed=rng_seed).sample()
+        info: dict[str, Any] = {}
+        if recipe == "aat":  # a fresh sampler per step: its band, tie-breaks and anchors follow (seed, step)
+            ab = AnchorSampler(mos, B, prof.aat_anchors, prof.aat_spacing, seed=rng_seed, ids=ids).sample()
             idx, is_anchor = ab.indices, ab.is_anchor
+            info = {"band_lo": ab.band[0], "band_hi": ab.band[1], "anchor_ids": ab.anchor_ids}
         else:
             n = B // 2 if recipe == "at" else B
             idx = np.random.default_rng(rng_seed).choice(len(data), size=n, replace=False)
@@ -177,14 +229,14 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
         y = torch.tensor([it["mos"] for it in items], dtype=torch.float32)
         if prof.train_crop:
             ref, dist = random_crop_pair(ref, dist, prof.train_crop, gen)
-        return ref, dist, y, torch.from_numpy(is_anchor), rng_seed
+        return ref, dist, y, torch.from_numpy(is_anchor), rng_seed, info
 
     t_all = time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task(f"{recipe.upper()}-training {base}", total=n_steps, completed=start) if bar else None
         for step in range(start, n_steps):
             t0 = time.perf_counter()
-            ref, dist, y, is_anchor, rng_seed = batch_at(step)
+            ref, dist, y, is_anchor, rng_seed, info = batch_at(step)
             # dropout (LPIPS, TOPIQ) draws from the global RNG: seeded per step, so a run is
             # reproducible and a resumed run repeats the steps it redoes exactly
             torch.manual_seed(rng_seed)
@@ -192,7 +244,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
             adv = dist.clone()
             adv[attacked] = pgd_inner(target, dist[attacked], ref[attacked], eps, prof.adv_pgd_steps, rng_seed)
             target.train()
-            row: dict[str, Any] = {"step": step}
+            row: dict[str, Any] = {"step": step, **info}
             if recipe == "aat":
                 pred = target.predict_mos(adv, ref)
                 base_l = clean_loss(pred[is_anchor], y[is_anchor], prof.train_loss_lambda)
@@ -204,9 +256,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
                 loss = clean_loss(pred, y, prof.train_loss_lambda)
                 row["emp_max_err"] = float((pred.detach() - y).abs().max())
             else:  # at: clean + attacked copies, attacked labels lowered by their SSIM to the clean image
-                with torch.no_grad():
-                    s = ssim_map(luminance(adv), luminance(dist), padding="reflect").flatten(1).mean(dim=1)
-                y_adv = (y - prof.at_k * (1 - s) * (mos_max - mos_min)).clamp(mos_min, mos_max)
+                y_adv = at_labels(y, adv, dist, prof.at_k, mos_min, mos_max)  # SSIM on RGB, channels averaged
                 pred = target.predict_mos(torch.cat([dist, adv]), torch.cat([ref, ref]))
                 yy = torch.cat([y, y_adv])
                 loss = clean_loss(pred, yy, prof.train_loss_lambda)
@@ -217,7 +267,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
             row.update(loss=float(loss.detach()), seconds=round(elapsed, 3))
             rows.append(row)
             if (step + 1) % 10 == 0 or step + 1 == n_steps:  # checkpoint + log, atomically
-                _checkpoint(out, target, opt, step + 1, elapsed, cfg_hash, rows, run_cfg)
+                _checkpoint(out, target, opt, step + 1, elapsed, cfg_hash, rows, run_cfg, calib)
             if bar:
                 bar.update(task, advance=1, description=f"{recipe.upper()}-training {base} · loss {row['loss']:.3f}")
 
@@ -226,7 +276,8 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     target.eval()
     v = evaluate(target, val, prof.eval_batch)
     provenance = {"dataset": dataset, "split": "train", "profile": prof.name, "seed": seed, "defense": recipe,
-                  "clean_weights": clean_desc, "clean_sha256": clean_sha, **hp, "val_srocc": v["srocc"],
+                  "clean_weights": clean_desc, "clean_sha256": clean_sha, **hp, "recipe_version": RECIPE_VERSION,
+                  "calibration_init": calib, "val_srocc": v["srocc"],
                   "train_seconds": round(elapsed, 2), "git_commit": git_commit(), "versions": versions(), "run": str(out)}
     path = out / "final.safetensors"
     W.save_safetensors(target.state_dict(), path, {"config": dict(getattr(target, "config", {}) or {}),
@@ -237,15 +288,17 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
             "train_seconds": round(elapsed, 1), "steps": n_steps, "wall_seconds": round(time.perf_counter() - t_all, 1)}
 
 
-def _checkpoint(out: Path, target, opt, step: int, elapsed: float, cfg_hash: str, rows: list, run_cfg: dict) -> None:
+def _checkpoint(out: Path, target, opt, step: int, elapsed: float, cfg_hash: str, rows: list, run_cfg: dict,
+                calibration_init: dict | None = None) -> None:
     # the log rows travel inside last.pt: a kill between this file and steps.json must not lose them
     from robench.train import _atomic_torch_save
 
     _atomic_torch_save({"model": target.state_dict(), "optim": opt.state_dict(), "step": step, "elapsed": elapsed,
-                        "cfg_hash": cfg_hash, "rows": rows}, out / "last.pt")
+                        "cfg_hash": cfg_hash, "rows": rows, "calibration_init": calibration_init}, out / "last.pt")
     fault(f"kill-after-checkpoint:{run_cfg['recipe']}:{step}")
     tmp = out / f"steps.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"config": run_cfg, "steps": rows}, default=str))
+    tmp.write_text(json.dumps({"config": {**run_cfg, "calibration_init": calibration_init}, "steps": rows},
+                              default=str))
     os.replace(tmp, out / "steps.json")
     keys: list[str] = []
     for r in rows:
@@ -254,5 +307,6 @@ def _checkpoint(out: Path, target, opt, step: int, elapsed: float, cfg_hash: str
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
-        w.writerows(rows)
+        # lists (anchor_ids) as ";"-joined text in the CSV; steps.json keeps them as lists
+        w.writerows({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
     os.replace(tmp, out / "steps.csv")

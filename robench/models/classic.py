@@ -2,7 +2,8 @@
 
 Conventions (method-notes §5): SSIM on luminance ``Y = 0.299R + 0.587G + 0.114B`` with an 11×11
 Gaussian window (σ = 1.5), ``C1 = (0.01·L)²``, ``C2 = (0.03·L)²``, L = 1, 'valid' filtering as
-pyiqa does. MS-SSIM (Wang et al. 2003) uses the five published scale weights; it filters with
+pyiqa does. ``ssim_rgb`` is the RGB variant (per channel, channels averaged, valid filtering:
+the ``pytorch_msssim`` convention) that the AT- label rule uses. MS-SSIM (Wang et al. 2003) uses the five published scale weights; it filters with
 reflect padding so that it also works on the 128-px images of the quick profile (valid filtering
 would need ≥ 176 px).
 """
@@ -55,6 +56,15 @@ def ssim_components(x: torch.Tensor, y: torch.Tensor, padding: str = "valid") ->
 def ssim_map(x: torch.Tensor, y: torch.Tensor, padding: str = "valid") -> torch.Tensor:
     lum, cs = ssim_components(x, y, padding)
     return lum * cs
+
+
+def ssim_rgb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM per image on RGB, the ``pytorch_msssim`` convention the AT- authors' training code
+    uses (method-notes §2): each channel separately with an 11×11 Gaussian window (σ = 1.5),
+    data range 1, ``C1 = 0.01²``, ``C2 = 0.03²``, no padding ('valid' filtering); the mean over
+    the valid map of each channel, then the mean over the channels. Returns ``N`` values."""
+    lum, cs = ssim_components(x, y, padding="valid")  # the filter runs per channel (groups = C)
+    return (lum * cs).flatten(2).mean(dim=2).mean(dim=1)
 
 
 @MODELS.register("psnr", summary="PSNR in dB on RGB in [0,1] (higher is better)", lower_better=False)

@@ -1,0 +1,41 @@
+"""Cell flags a reader must see: one definition, used by the report tables, report.json and
+``robench check``.
+
+The runner stores each cell's sanity flags (method-notes §4 end; issue 15: a flag computed and
+never shown is a defect). A flag is *active* when it says the cell's number may not measure what
+its label says; every table marks the affected value with the flag's code and explains the codes
+present in a legend under the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+#: (code, legend, active?) — order is the order codes are printed in
+FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
+    ("nc", "not converged: the full budget's gain exceeds the half budget's by > 5 % of the gain",
+     lambda f: bool(f.get("not_converged"))),
+    ("gm", "suspect gradient masking: a score-only attack beats every gradient attack on > 10 % of images",
+     lambda f: bool(f.get("suspect_gradient_masking"))),
+    ("eot", "randomised target attacked without EOT (not a valid result)", lambda f: bool(f.get("eot_required"))),
+    ("0", "the attack did not move the target (zero mean gain)", lambda f: f.get("moves_target") is False),
+    ("mono", "gain not monotone in ε", lambda f: f.get("gain_monotone_in_eps") is False),
+    ("it", "iterative attack gained less than single-step FGSM", lambda f: f.get("iterative_ge_single_step") is False),
+    ("grad", "zero or NaN input gradients at the clean image",
+     lambda f: bool(f.get("zero_grad", 0)) or bool(f.get("nan_grad", 0))),
+)
+LEGEND = {code: text for code, text, _ in FLAGS}
+
+
+def active(flags: dict[str, Any] | None) -> list[str]:
+    """Codes of the active flags of one cell, in :data:`FLAGS` order."""
+    f = flags or {}
+    return [code for code, _, test in FLAGS if test(f)]
+
+
+def legend(codes) -> str:
+    """One sentence explaining the given codes (empty when none)."""
+    used = [c for c, _, _ in FLAGS if c in set(codes)]
+    if not used:
+        return ""
+    return "Flags: " + "; ".join(f"[{c}] {LEGEND[c]}" for c in used) + "."
