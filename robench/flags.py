@@ -21,6 +21,9 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
     ("0", "the attack did not move the target (zero mean gain)", lambda f: f.get("moves_target") is False),
     ("mono", "gain not monotone in ε", lambda f: f.get("gain_monotone_in_eps") is False),
     ("it", "iterative attack gained less than single-step FGSM", lambda f: f.get("iterative_ge_single_step") is False),
+    ("vac", "AAT weights whose Theorem-1 bound was vacuous (≥ the batch MOS range) on more than half of the "
+            "training batches: the bound is no evidence for them",
+     lambda f: f.get("bound_non_vacuous_fraction") is not None and f["bound_non_vacuous_fraction"] < 0.5),
     ("grad", "zero or NaN input gradients at the clean image",
      lambda f: bool(f.get("zero_grad", 0)) or bool(f.get("nan_grad", 0))),
 )

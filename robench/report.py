@@ -163,6 +163,9 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
             q_clean=sign * first["clean_score"].to_numpy(float), q_adv=sign * adv,
             seconds=c["seconds"], flags=c["flags"] or {}, attack_params=cfg["attack"].get("params", {}),
             psnr=per_eps("psnr"), ssim=per_eps("ssim")))
+        t1 = ((weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}).get("theorem1")
+        if t1 and t1.get("n_batches"):  # AAT weights: the training bound's evidence is a flag of every cell
+            out[-1].flags = {**out[-1].flags, "bound_non_vacuous_fraction": t1["non_vacuous_fraction"]}
     return out, weights
 
 
@@ -710,8 +713,13 @@ def aat_bounds(rep: Reporter) -> list[dict[str, Any]]:
 
     out = []
     for sha, w in rep.weights.items():
-        run = w["provenance"].get("run")
-        if w["provenance"].get("recipe") == "aat" and run and (Path(run) / "steps.json").is_file():
+        prov = w["provenance"]
+        run = prov.get("run")
+        if prov.get("recipe") != "aat":
+            continue
+        if prov.get("theorem1"):  # recorded with the weights at training time
+            out.append({"weights": w["name"], "sha256": sha, "run": run, **prov["theorem1"]})
+        elif run and (Path(run) / "steps.json").is_file():
             out.append({"weights": w["name"], "sha256": sha, "run": run, **P.bound_summary(P.read_steps(run))})
     return out
 

@@ -42,11 +42,11 @@ def evaluations(attack, eot: int = 1) -> dict[str, float]:
     if name == "fgsm":
         g = 1
     elif name == "pgd":
-        g = p["steps"]
+        g = p["steps"] * p.get("restarts", 1)
     elif name == "cw":
         g = p["binary_steps"] * p["steps"]
     elif name == "autoattack":
-        g, f = p["apgd_iter"], p["square_queries"]
+        g, f = p["apgd_iter"] * p.get("apgd_restarts", 1), p["square_queries"]
     elif name == "zhang":
         g, f = p["steps"], 1  # + one forward of the final iterate
     elif name in ("square", "parsimonious"):

@@ -206,3 +206,22 @@ def test_flags_reach_report_tables_json_and_check(tiny_mini, tmp_path):
     assert r.exit_code == 0 and any("nc" in f["flags"] for f in res["flagged"])
     r = runner.invoke(app, ["check", "--store", str(store), "--baseline", str(base), "--fail-on-flag", "nc"])
     assert r.exit_code == 1 and "not converged" in r.output
+
+
+def test_vacuous_aat_bound_is_a_flag_of_every_cell_of_those_weights(tiny_mini, tmp_path):
+    from robench.report import load_cells
+    from robench.runner import RunSpec, run
+    from robench.store import Store
+
+    store = tmp_path / "v.sqlite"
+    run(RunSpec(model="ssim", attacks=["fgsm"], n=4, eps=[8], store=store,
+                dataset_options={"size": 32, "crops_per_source": 1}), progress=False)
+    cells, _ = load_cells(store)
+    assert "vac" not in cells[0].active_flags
+    with Store(store) as st:  # the same weights digest now carries an AAT log that was mostly vacuous
+        st.db.execute("DELETE FROM weights")
+        st.record_weights([{"sha256": cells[0].weights_sha, "name": "ssim.aat", "source": "trained-here",
+                            "provenance": {"recipe": "aat", "theorem1": {"n_batches": 10, "non_vacuous": 2,
+                                                                         "non_vacuous_fraction": 0.2}}}])
+    cells, _ = load_cells(store)
+    assert "vac" in cells[0].active_flags

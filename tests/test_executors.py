@@ -71,10 +71,10 @@ def test_validate_dry_builds_the_paper_grid():
 
     res = dry_build("paper", sample=True, size=(48, 48))
     assert res["cells"] == 3 * 4 * len(SUITE) and res["items_per_cell"] == sizes["test"] and res["eps"] == [2, 4, 6, 8, 10]
-    assert "dataset='kadid10k'" in res["attacks"]["facpa"] and "steps=20" in res["attacks"]["pgd"]
+    assert "dataset='kadid10k'" in res["attacks"]["facpa"] and "steps=100" in res["attacks"]["pgd"]
     cost = {(r["target"], r["attack"]): r for r in res["estimate"]["per_cell"]}
     assert len(cost) == 3 * len(SUITE) and all(r["seconds"] > 0 for r in cost.values())
-    assert cost[("birqa", "pgd")]["grad_evals"] == 20 and cost[("birqa", "cw")]["grad_evals"] == 500
+    assert cost[("birqa", "pgd")]["grad_evals"] == 200 and cost[("birqa", "cw")]["grad_evals"] == 500
     assert cost[("birqa", "zhang")]["grad_evals"] == 100
     assert cost[("birqa", "pgd")]["seconds"] > cost[("birqa", "fgsm")]["seconds"]
     assert dry_build("paper", sample=False)["estimate"] is None

@@ -3,6 +3,8 @@
 # lpips.alex, topiq.fr} × all seven attacks at ε = 8/255, stored in reports/quick/results.sqlite,
 # then the reporter's tables and plots (reports/quick/report/) and the baseline `robench check`
 # compares against (reports/baseline.json).
+# 16 items per cell (N=32 for the profile's default): with converged attack budgets and the
+# convergence re-run at half budget, a BiRQA row of eight attacks takes ~15 min on 2 cores.
 # Trains what is missing (clean models, then each recipe) into $ROBENCH_HOME. Rerunning skips
 # stored cells. On the 2-core CPU machine birqa and lpips.alex take minutes each; topiq.fr
 # (36 M parameters, trained from scratch offline) takes hours.
@@ -11,7 +13,7 @@ cd "$(dirname "$0")/../.."
 STORE=reports/quick/results.sqlite
 for model in ${MODELS:-birqa lpips.alex topiq.fr}; do
   for defense in none r at aat; do
-    robench run --model "$model" --defense "$defense" --attacks all --eps 8 --store "$STORE" --json \
+    robench run --model "$model" --defense "$defense" --attacks all --eps 8 --n "${N:-16}" --store "$STORE" --json \
       > "reports/quick/run-${model}-${defense}.json"
   done
 done

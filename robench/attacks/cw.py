@@ -4,8 +4,8 @@
 
 in tanh space (x + δ = (tanh(w) + 1)/2, so the image stays in [0, 1]) with Adam, and a per-image
 binary search over c (×10 until the target gain is reached, then bisection). It returns, per
-image, the successful perturbation of smallest L2 (else the one with the highest ``q``); the
-harness clips it to every ε.
+image, the successful perturbation of smallest L2 (else the one with the highest ``q``) and the
+highest-``q`` iterate seen; the harness clips both to every ε and keeps the better per budget.
 
 ``scale`` is :func:`~robench.attacks.base.observed_scale` of the batch: the standard deviation of
 its clean oriented scores (falling back to the card's score range, then ``|mean q_clean|``, then 1,
@@ -41,6 +41,7 @@ class CW(Attack):
         best = x.clone()
         best_l2 = torch.full((n,), float("inf"))
         best_q = q0.clone()
+        top, top_q = x.clone(), q0.clone()  # the highest-q iterate seen, whatever its L2
         found = torch.zeros(n, dtype=torch.bool)
         w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         for _ in range(int(self.binary_steps)):
@@ -63,6 +64,8 @@ class CW(Attack):
                     better = ok & (l2 < best_l2)
                     closer = ~found & ~ok & (q > best_q)
                     upd = better | closer
+                    hi_q = q > top_q
+                    top[hi_q], top_q[hi_q] = adv[hi_q].detach(), q[hi_q].detach()
                     best[upd] = adv[upd].detach()
                     best_l2 = torch.where(better, l2.detach(), best_l2)
                     best_q = torch.where(upd, q.detach(), best_q)
@@ -71,4 +74,6 @@ class CW(Attack):
             hi = torch.where(success, torch.minimum(hi, c), hi)
             lo = torch.where(success, lo, torch.maximum(lo, c))
             c = torch.where(torch.isinf(hi), c * 10, (lo + hi) / 2)
-        return best
+        # two candidates: the harness clips both to every ε and keeps, per image and budget, the
+        # higher q (the smallest-L2 success is rarely the best point once clipped to a small ε)
+        return [best, top]

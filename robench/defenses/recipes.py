@@ -275,6 +275,10 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
 
     target.eval()
     v = evaluate(target, val, prof.eval_batch)
+    if recipe == "aat":  # what the Theorem-1 log supports travels with the weights (the reporter reads the store)
+        from robench.defenses.aat import bound_summary
+
+        hp["theorem1"] = bound_summary(rows)
     provenance = {"dataset": dataset, "split": "train", "profile": prof.name, "seed": seed, "defense": recipe,
                   "clean_weights": clean_desc, "clean_sha256": clean_sha, **hp, "recipe_version": RECIPE_VERSION,
                   "calibration_init": calib, "val_srocc": v["srocc"],
