@@ -798,6 +798,7 @@ def bench_attack_strength(
     profile: str = typer.Option("quick", help="Profile whose attack settings are measured."),
     ref_steps: int = typer.Option(100, help="Steps of each reference PGD restart."),
     ref_restarts: int = typer.Option(3, help="Reference restarts (the first from δ = 0)."),
+    curve: str = typer.Option("5,10,20,40", help="PGD step counts of the convergence curve (comma list; '' = none)."),
     seed: int = typer.Option(0),
     attack_option: list[str] = typer.Option([], "--attack-option", help="attack.param=value, e.g. pgd.steps=20 "
                                             "(repeatable)."),
@@ -812,7 +813,8 @@ def bench_attack_strength(
     params = _parse_nested(attack_option, "--attack-option", "attack")
     res = attack_strength([m.strip() for m in model.split(",") if m.strip()], expand_attacks(attacks), eps=eps, n=n,
                           profile=profile, ref_steps=ref_steps, ref_restarts=ref_restarts, seed=seed,
-                          attack_params=params, progress=not as_json)
+                          attack_params=params, progress=not as_json,
+                          curve_steps=tuple(int(k) for k in curve.split(",") if k.strip()))
     if as_json:
         emit_json(res)
         return

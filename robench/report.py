@@ -432,7 +432,8 @@ class Reporter:
                     data.append([c.clean_metric()] + [c.metric(e) for e in all_eps] + [msu["abs_gain"], msu["R"],
                                                                                         psnr, ssim])
                     for e in all_eps:
-                        self._flag(flags, idx, f"{e:g}/255", c)
+                        if c.eps_index(e) is not None:  # no marker on a budget the cell does not hold
+                            self._flag(flags, idx, f"{e:g}/255", c)
         if not data:
             return None
         cols = (["clean"] + [f"{e:g}/255" for e in all_eps] + [f"MSU gain@{self.eps:g}", f"MSU R@{self.eps:g}",
