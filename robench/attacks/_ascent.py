@@ -27,10 +27,11 @@ import torch
 from robench.target import BoundTarget
 
 
-def _value_and_grad(f: BoundTarget, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _value_and_grad(f: BoundTarget, x: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` and ``∂q/∂x`` of ``x`` (the rows ``idx`` of the bound batch when given)."""
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        q = f(xg)
+        q = f(xg, idx)
         g, = torch.autograd.grad(q.sum(), xg)
     return q.detach(), g.detach()
 
@@ -111,25 +112,12 @@ def ascend(f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps: float, steps:
                 halve = (frac < rho) | stuck
                 eta_at_check, qbest_at_check = eta.clone(), q_best_r.clone()
                 eta = torch.where(halve, eta / 2, eta)
-                if halve.any():  # restart the walk from this restart's best point
+                if halve.any():  # restart the walk from this restart's best point (only those rows queried)
                     cur[halve] = x_best_r[halve]
                     prev[halve] = x_best_r[halve]
-                    q_b, g_b = _value_and_grad_rows(f, cur, halve, q, g)
-                    q, g = q_b, g_b
+                    rows = torch.nonzero(halve).flatten()
+                    q, g = q.clone(), g.clone()
+                    q[rows], g[rows] = _value_and_grad(f, cur[rows], rows)
                 improved.zero_()
                 since = 0
     return best
-
-
-def _value_and_grad_rows(f: BoundTarget, x: torch.Tensor, rows: torch.Tensor, q: torch.Tensor,
-                         g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-evaluate value and gradient for the rows whose walk jumped back to its best point
-    (only those are queried)."""
-    idx = torch.nonzero(rows).flatten()
-    with torch.enable_grad():
-        xg = x[idx].detach().clone().requires_grad_(True)
-        qi = f(xg, idx)
-        gi, = torch.autograd.grad(qi.sum(), xg)
-    q, g = q.clone(), g.clone()
-    q[idx], g[idx] = qi.detach(), gi.detach()
-    return q, g
