@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from robench.errors import RobenchError, UnknownNameError  # noqa: E402
+from robench.core.errors import RobenchError, UnknownNameError
+from robench.core.version import __version__
 
 
 def load_dataset(name: str, split: str = "train", **options):
     """Load a registered dataset split, e.g. ``load_dataset("mini", split="test")`` or
     ``load_dataset("kadid10k", split="test", root="/data/kadid10k")``."""
-    from robench.registry import DATASETS
+    from robench.core.registry import DATASETS
 
     return DATASETS.get(name)(split=split, **options)
 
@@ -26,7 +25,7 @@ def load_model(name: str, weights=None, device: str = "cpu", **options):
 def load_attack(name: str, profile: str = "quick", seed: int = 0, **params):
     """An attack with the profile's budgets and any hyper-parameter overridden, e.g.
     ``load_attack("pgd", steps=20)``; ``attack(target, dist, ref, eps=[2/255, 8/255])``."""
-    from robench.registry import ATTACKS
+    from robench.core.registry import ATTACKS
 
     return ATTACKS.get(name)(profile=profile, seed=seed, **params)
 

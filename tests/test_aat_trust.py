@@ -12,8 +12,8 @@ import torch
 
 import robench
 from robench.defenses.aat import AnchorSampler, anchored_terms
-from robench.errors import RobenchError
-from robench.target import Calibration, Target, TargetCard, fit_calibration
+from robench.core.errors import RobenchError
+from robench.core.target import Calibration, Target, TargetCard, fit_calibration
 
 TINY = {"size": 32, "crops_per_source": 1, "progress": False}
 
@@ -139,7 +139,7 @@ def test_calibration_refuses_an_anti_correlated_target_and_keeps_large_slopes():
 def test_recipe_fits_the_calibration_once_and_records_it(tmp_path, monkeypatch):
     """SSIM (scores in [0, 1], not MOS) trains only its calibration: the run starts from the least
     squares fit, records it in the provenance, and a resume does not re-fit."""
-    import robench.target as T
+    import robench.core.target as T
     from robench.defenses.recipes import adversarial_train
 
     calls = []
@@ -152,7 +152,7 @@ def test_recipe_fits_the_calibration_once_and_records_it(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "fit_calibration", spy)
     out = tmp_path / "ssim-r"
     adversarial_train("ssim", "r", steps=2, dataset_options=TINY, progress=False, out=out)
-    from robench.models import weights as W
+    from robench.core import weights as W
 
     ci = W.lookup("ssim.r")["provenance"]["calibration_init"]  # an analytic target loads without weights
     assert calls == [1] and ci["n"] == min(512, len(robench.load_dataset("mini", split="train", **TINY)))
@@ -237,8 +237,8 @@ def _steps(vacuous_every: int = 3, n: int = 12):
 
 
 def test_bound_summary_plot_and_report_note(tmp_path):
-    from robench import plots as P
-    from robench.report import aat_bounds, aat_bounds_markdown
+    from robench.results import plots as P
+    from robench.results.report import aat_bounds, aat_bounds_markdown
 
     run = tmp_path / "run"
     run.mkdir()

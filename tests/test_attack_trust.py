@@ -13,7 +13,7 @@ from robench.attacks._ascent import apgd_checkpoints, ascend
 from robench.attacks.parsimonious import Parsimonious
 from robench.attacks.square import square_search
 from robench.models import build
-from robench.target import Target, TargetCard
+from robench.core.target import Target, TargetCard
 
 
 class Linear(Target):
@@ -151,7 +151,8 @@ def test_topiq_pgd_gains_on_nearly_every_item():
 
 
 def test_convergence_flag_and_perceptibility_recorded(tiny_mini):
-    from robench.runner import load_items, run_cell
+    from robench.engine.items import load_items
+    from robench.engine.cell import run_cell
 
     items = load_items("mini", "test", 6, 0, {"size": 32, "crops_per_source": 1})
     t = robench.load_model("ssim")
@@ -209,9 +210,10 @@ def test_flags_reach_report_tables_json_and_check(tiny_mini, tmp_path):
 
 
 def test_vacuous_aat_bound_is_a_flag_of_every_cell_of_those_weights(tiny_mini, tmp_path):
-    from robench.report import load_cells
-    from robench.runner import RunSpec, run
-    from robench.store import Store
+    from robench.results.report import load_cells
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
+    from robench.engine.store import Store
 
     store = tmp_path / "v.sqlite"
     run(RunSpec(model="ssim", attacks=["fgsm"], n=4, eps=[8], store=store,

@@ -8,9 +8,9 @@ import torch
 
 import robench
 from robench.attacks.base import Attack, BudgetViolation, ScoreLogits
-from robench.errors import RobenchError, UnknownNameError
+from robench.core.errors import RobenchError, UnknownNameError
 from robench.models import build
-from robench.registry import ATTACKS
+from robench.core.registry import ATTACKS
 
 NAMES = ATTACKS.names()
 EPS = [2 / 255, 8 / 255]
@@ -151,7 +151,7 @@ def test_minimisation_attack_is_clipped_to_every_eps(monkeypatch):
 
 
 def test_pgd_identical_with_and_without_reference_cache(monkeypatch):
-    from robench.target import Target
+    from robench.core.target import Target
 
     dist, ref = _batch()
     a = _attack("pgd", seed=1)(_target(), dist, ref, eps=[8 / 255])

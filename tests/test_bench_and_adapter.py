@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import robench
-from robench.errors import RobenchError
+from robench.core.errors import RobenchError
 
 
 def test_bench_speed_cli_small():

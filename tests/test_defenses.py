@@ -74,7 +74,7 @@ def _aat_home(aat_home, monkeypatch):
 
 @pytest.fixture(scope="module")
 def clean_tiny_birqa(aat_home):
-    from robench.train import train
+    from robench.engine.train import train
 
     old = os.environ.get("ROBENCH_HOME")
     os.environ["ROBENCH_HOME"] = str(aat_home)
@@ -152,7 +152,7 @@ def test_r_and_at_runs_and_resume(clean_tiny_birqa, tmp_path, recipe):
 
 def test_unknown_recipe_did_you_mean():
     from robench.defenses.recipes import adversarial_train
-    from robench.errors import UnknownNameError
+    from robench.core.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="did you mean 'aat'"):
         adversarial_train("birqa", "aatt", dataset_options=TINY)
@@ -161,7 +161,7 @@ def test_unknown_recipe_did_you_mean():
 # --------------------------------------------------------------------------------------------
 # inference-time defences
 
-from robench.registry import DEFENSES  # noqa: E402
+from robench.core.registry import DEFENSES  # noqa: E402
 
 INFERENCE = [r["name"] for r in DEFENSES.info() if r.get("kind") == "inference"]
 
@@ -212,7 +212,7 @@ def test_randomness_flag_matches_the_probe_and_gradients_flow(name, denoiser):
 
 def test_eot_averages_over_draws():
     from robench.defenses.wrappers import Defended, Flip
-    from robench.target import Target, TargetCard
+    from robench.core.target import Target, TargetCard
 
     class LeftColumn(Target):  # a score that a horizontal flip changes
         def __init__(self):
@@ -239,7 +239,8 @@ def test_eot_averages_over_draws():
 
 def test_planted_gradient_masking_defence_is_flagged(tiny_mini, tmp_path):
     from robench.defenses.wrappers import Defended, InferenceDefense
-    from robench.runner import cell_flags, summarise, load_items
+    from robench.engine.cell import cell_flags, summarise
+    from robench.engine.items import load_items
     import robench
 
     class Quantise(InferenceDefense):  # claims an exact gradient but rounds: zero gradient
@@ -258,7 +259,7 @@ def test_planted_gradient_masking_defence_is_flagged(tiny_mini, tmp_path):
 
 def test_parse_defense_spec():
     from robench.defenses.wrappers import Flip, Jpeg, parse_defense
-    from robench.errors import RobenchError, UnknownNameError
+    from robench.core.errors import RobenchError, UnknownNameError
 
     recipe, chain = parse_defense("aat+flip+jpeg", {"jpeg": {"quality": 50}})
     assert recipe == "aat" and [type(c) for c in chain] == [Flip, Jpeg] and chain[1].params["quality"] == 50
@@ -270,7 +271,8 @@ def test_parse_defense_spec():
 
 
 def test_run_with_a_trained_variant_and_a_wrapper_trains_what_is_missing(clean_tiny_birqa, tmp_path):
-    from robench.runner import RunSpec, run
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     spec = RunSpec(model="birqa", defense="r+flip", attacks=["fgsm"], eps=[4], n=4, store=tmp_path / "s.sqlite",
                    dataset_options={"size": 32, "crops_per_source": 1},
@@ -287,9 +289,9 @@ def test_run_with_a_trained_variant_and_a_wrapper_trains_what_is_missing(clean_t
 def test_diffpure_denoiser_plumbing(denoiser):
     import robench
     from robench.defenses.diffpure import DiffPure
-    from robench.errors import RobenchError
+    from robench.core.errors import RobenchError
 
-    assert robench.models.weights.lookup("diffpure.mini")["provenance"]["images"] == "reference images"
+    assert robench.core.weights.lookup("diffpure.mini")["provenance"]["images"] == "reference images"
     d = DiffPure(t_star=8, steps=4)
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     y1, _ = d(x, None)

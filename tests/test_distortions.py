@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robench.data import distortions as D
-from robench.errors import UnknownNameError
+from robench.core.errors import UnknownNameError
 
 
 def _images():

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from robench.errors import RobenchError
-from robench.store import Store
+from robench.core.errors import RobenchError
+from robench.engine.store import Store
 
 TINY_OPTS = {"size": 32, "crops_per_source": 1}
 
 
 def _specs(store):
-    from robench.runner import RunSpec
+    from robench.core.config import RunSpec
 
     return [RunSpec(model=m, attacks=["fgsm", "square"], eps=[2, 8], n=8, store=store, dataset_options=dict(TINY_OPTS),
                     attack_params={"square": {"queries": 8}}) for m in ("ssim", "psnr")]
@@ -27,7 +27,7 @@ def _snapshot(path):
 
 def test_ray_grid_is_identical_to_serial(tiny_mini, tmp_path):
     ray = pytest.importorskip("ray")
-    from robench.runner import run_grid
+    from robench.engine.grid import run_grid
 
     serial = run_grid(_specs(tmp_path / "serial.sqlite"), progress=False)
     par = run_grid(_specs(tmp_path / "ray.sqlite"), progress=False, executor="ray", executor_options={"num_cpus": 2})
@@ -44,8 +44,8 @@ def test_ray_grid_is_identical_to_serial(tiny_mini, tmp_path):
 
 
 def test_worker_refuses_a_cell_it_would_compute_differently(tiny_mini, tmp_path):
-    from robench.executors import compute_cell
-    from robench.runner import plan
+    from robench.engine.executors import compute_cell
+    from robench.engine.grid import plan
 
     p = plan(_specs(tmp_path / "a.sqlite")[0], progress=False)
     task = p.tasks[0]
@@ -56,14 +56,14 @@ def test_worker_refuses_a_cell_it_would_compute_differently(tiny_mini, tmp_path)
 
 
 def test_unknown_executor_is_refused(tiny_mini, tmp_path):
-    from robench.runner import run_grid
+    from robench.engine.grid import run_grid
 
     with pytest.raises(RobenchError, match="did you mean 'ray'"):
         run_grid(_specs(tmp_path / "a.sqlite"), progress=False, executor="rya")
 
 
 def test_validate_dry_builds_the_paper_grid():
-    from robench.validate import dry_build, kadid_split_sizes
+    from robench.engine.validate import dry_build, kadid_split_sizes
 
     sizes = kadid_split_sizes()
     assert sum(sizes.values()) == 10125 and sizes["test"] == 16 * 125
@@ -82,7 +82,8 @@ def test_validate_dry_builds_the_paper_grid():
 
 def test_budgets_are_sorted_and_unique(tiny_mini, tmp_path):
     """`--eps 8,2,8` is the cell of `--eps 2,8` (a repeated ε would write each row twice)."""
-    from robench.runner import RunSpec, plan
+    from robench.core.config import RunSpec
+    from robench.engine.grid import plan
 
     a = plan(RunSpec(model="ssim", attacks=["fgsm"], eps=[8, 2, 8], n=4, store=tmp_path / "a.sqlite",
                      dataset_options=dict(TINY_OPTS)), progress=False)

@@ -17,8 +17,8 @@ import pytest
 
 import layouts as L
 import robench
-from robench.data import fetch as F
-from robench.errors import IntegrityError, RobenchError
+from robench.core import fetch as F
+from robench.core.errors import IntegrityError, RobenchError
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

@@ -12,7 +12,7 @@ import torch
 
 import layouts as L
 import robench
-from robench.errors import DataError, RobenchError
+from robench.core.errors import DataError, RobenchError
 
 
 def _load(name, root, split="all", **kw):

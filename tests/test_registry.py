@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from robench.errors import UnknownNameError
-from robench.registry import DATASETS, Registry
+from robench.core.errors import UnknownNameError
+from robench.core.registry import DATASETS, Registry
 
 
 def test_decorator_and_lookup():
@@ -44,7 +44,7 @@ def test_entry_point_plugins(monkeypatch):
     """A third-party package's entry point in group robench.widgets becomes a lazy entry."""
     from importlib.metadata import EntryPoint
 
-    import robench.registry as R
+    import robench.core.registry as R
 
     eps = [EntryPoint(name="plugged", value="fractions:Fraction", group="robench.widgets")]
     monkeypatch.setattr(R, "entry_points", lambda group: [e for e in eps if e.group == group])

@@ -25,7 +25,7 @@ from PIL import Image
 import layouts as L
 import robench
 from robench.data.base import read_rgb
-from robench.errors import DataError, RobenchError
+from robench.core.errors import DataError, RobenchError
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -139,7 +139,8 @@ def test_tiny_image_refused_by_target():
 
 
 def test_tiny_image_refused_on_the_runner_path(tmp_path):
-    from robench.runner import RunSpec, run
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     e = L.make_kadid(tmp_path / "data")
     for p in (e["base"] / "images").glob("*.png"):  # every image 8×8: loads fine, too small for SSIM

@@ -27,12 +27,13 @@ import torch
 
 import layouts as L
 import robench
-from robench.data import fetch as F
+from robench.core import fetch as F
 from robench.data import mini as M
-from robench.errors import DataError, IntegrityError, RobenchError
+from robench.core.errors import DataError, IntegrityError, RobenchError
 from robench.models import build
-from robench.models import weights as W
-from robench.registry import DATASETS
+from robench.core import weights as W
+from robench.engine import hub as H
+from robench.core.registry import DATASETS
 
 TOPIQ_FILE = "cfanet_fr_kadid_res50-2c4cc61d.pth"  # the name in topiq.fr's card (dest of `weights fetch`)
 
@@ -321,15 +322,15 @@ def test_weights_fetch_server_errors_register_nothing_then_resume(home, server, 
     name, digest = topiq
     downloads = W.weights_dir() / "downloads"
     with pytest.raises(RobenchError, match="HTTP 500"):
-        W.fetch_official("topiq.fr", url=f"{server.base}/redirect500/{name}", sha256=digest, progress=False)
+        H.fetch_official("topiq.fr", url=f"{server.base}/redirect500/{name}", sha256=digest, progress=False)
     assert W.read_index() == {} and list(downloads.iterdir()) == []
     with pytest.raises(RobenchError, match="truncated download|download interrupted"):
-        W.fetch_official("topiq.fr", url=f"{server.base}/cut/{name}", sha256=digest, progress=False)
+        H.fetch_official("topiq.fr", url=f"{server.base}/cut/{name}", sha256=digest, progress=False)
     assert W.read_index() == {} and [p.name for p in downloads.iterdir()] == [name + ".part"]
     with pytest.raises(RobenchError, match="no weights for 'topiq.fr'"):  # the half file is never loaded
         robench.load_model("topiq.fr")
     kept = (downloads / (name + ".part")).stat().st_size
-    [entry] = W.fetch_official("topiq.fr", url=f"{server.base}/ok/{name}", sha256=digest, progress=False)
+    [entry] = H.fetch_official("topiq.fr", url=f"{server.base}/ok/{name}", sha256=digest, progress=False)
     assert server.log[-1] == ("ok", name, f"bytes={kept}-")
     assert entry["name"] == "topiq.fr#official" and entry["sha256"] == digest
     assert entry["file"] == f"files/topiq.fr__official-{digest[:12]}.pth"
@@ -361,7 +362,7 @@ def test_kill_9_during_weights_fetch_then_rerun_verifies(home, server, topiq):
     with pytest.raises(RobenchError, match="no weights for 'topiq.fr'"):
         robench.load_model("topiq.fr")
     kept = part.stat().st_size
-    [entry] = W.fetch_official("topiq.fr", url=f"{server.base}/ok/{name}", sha256=digest, progress=False)
+    [entry] = H.fetch_official("topiq.fr", url=f"{server.base}/ok/{name}", sha256=digest, progress=False)
     assert server.log[-1] == ("ok", name, f"bytes={kept}-")  # resumed where the killed process stopped
     assert F.sha256_file(W.weights_dir() / entry["file"]) == entry["sha256"] == digest
     assert [p.name for p in part.parent.iterdir()] == [name]  # the dead process's lock file is gone too
@@ -454,7 +455,7 @@ def test_safetensors_header_mismatch_refused(home, tmp_path, flaw, message):
     with pytest.raises(W.WeightsError, match=message):
         robench.load_model("birqa", weights=path)
     with pytest.raises(W.WeightsError, match=message):
-        W.import_weights(path, "birqa")
+        H.import_weights(path, "birqa")
     assert W.read_index() == {}
 
 
@@ -493,7 +494,7 @@ def test_code_carrying_checkpoint_refused_and_never_run(home, tmp_path, kind):
     with pytest.raises(W.WeightsError, match=message):
         robench.load_model("lpips.alex", weights=path)
     with pytest.raises(W.WeightsError, match=message):
-        W.import_weights(path, "lpips.alex")
+        H.import_weights(path, "lpips.alex")
     assert not marker.exists() and W.read_index() == {}
 
 
@@ -502,6 +503,6 @@ def test_weights_fetch_of_pickle_payload_refused_and_deleted(home, tmp_path, ser
     _hostile("zip", server.folder / "evil.pth", marker)
     digest = F.sha256_file(server.folder / "evil.pth")  # the pin matches: the bytes arrive intact
     with pytest.raises(W.WeightsError, match="not a plain tensor checkpoint"):
-        W.fetch_official("topiq.fr", url=f"{server.base}/ok/evil.pth", sha256=digest, progress=False)
+        H.fetch_official("topiq.fr", url=f"{server.base}/ok/evil.pth", sha256=digest, progress=False)
     assert not marker.exists() and W.read_index() == {}
     assert list((W.weights_dir() / "downloads").iterdir()) == []  # not kept for a later attempt

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from robench.store import Store, StoreFullError
+from robench.engine.store import Store, StoreFullError
 from test_run import GRID, TINY, _snapshot, robench
 
 DS = {"size": 32, "crops_per_source": 1}
@@ -77,7 +77,7 @@ def test_kill_9_during_training_then_rerun_gives_identical_weights_and_log(tiny_
     robench(*TRAIN, "--out", str(out), env=env)
     assert not list(out.glob("*.tmp"))
     assert _epochs(out) == _epochs(clean) and [r["epoch"] for r in _epochs(out)] == [1, 2, 3]
-    from robench.models.weights import load_state_dict
+    from robench.core.weights import load_state_dict
 
     a, b = load_state_dict(clean / "best.safetensors"), load_state_dict(out / "best.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -106,14 +106,14 @@ def test_kill_9_during_a_recipe_then_rerun_gives_identical_steps(tiny_mini, tmp_
         return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((o / "steps.json").read_text())["steps"]]
 
     assert steps(out) == steps(clean) and [r["step"] for r in steps(out)] == list(range(20))
-    from robench.models.weights import load_state_dict
+    from robench.core.weights import load_state_dict
 
     a, b = load_state_dict(clean / "final.safetensors"), load_state_dict(out / "final.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from robench import train as T
+    from robench.engine import train as T
 
     path = tmp_path / "last.pt"
     T._atomic_torch_save({"epoch": 1}, path)
@@ -159,7 +159,8 @@ def test_store_stays_consistent_when_the_disk_fills(tiny_mini, tmp_path, monkeyp
     """SQLite's max_page_count makes the store's file 'full' exactly as a full disk does
     (SQLITE_FULL): the run stops with a clear error, the store keeps only whole cells, and the
     rerun after 'freeing space' resumes to the uninterrupted result."""
-    from robench.runner import RunSpec, run
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     spec = dict(model="ssim", attacks=["fgsm", "pgd", "square"], eps=[2, 8], n=8, dataset_options=DS,
                 attack_params={"pgd": {"steps": 3}, "square": {"queries": 8}})
@@ -198,7 +199,7 @@ def test_disk_full_is_a_clear_cli_error(tiny_mini, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import sqlite3, robench.store as S\n"
+        "import sqlite3, robench.engine.store as S\n"
         "def _full(self, *a, **k):\n"
         "    raise sqlite3.OperationalError('database or disk is full')\n"
         "S.Store._insert_cell = _full\n")
@@ -239,11 +240,13 @@ def _alive_counter(monkeypatch):
 
 @pytest.mark.parametrize("dataset", ["mini", "mini-2afc"])
 def test_a_grid_larger_than_the_memory_budget_streams_with_identical_results(tiny_mini, tmp_path, monkeypatch, dataset):
-    from robench.runner import RunSpec, load_items, run
+    from robench.core.config import RunSpec
+    from robench.engine.items import load_items
+    from robench.engine.grid import run
 
     import dataclasses
 
-    from robench.profiles import get_profile
+    from robench.core.profiles import get_profile
 
     # batches of 4 so that "a batch" is visibly less than the 24 items
     quick4 = dataclasses.replace(get_profile("quick"), attack_batch=4)
@@ -270,8 +273,8 @@ def test_a_grid_larger_than_the_memory_budget_streams_with_identical_results(tin
 
 
 def test_memory_budget_must_be_a_size(monkeypatch):
-    from robench.errors import RobenchError
-    from robench.runner import memory_budget
+    from robench.core.errors import RobenchError
+    from robench.engine.items import memory_budget
 
     monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "512M")
     assert memory_budget() == 512 * 2 ** 20
@@ -290,7 +293,8 @@ def test_memory_budget_must_be_a_size(monkeypatch):
 
 
 def test_randomised_defence_without_eot_is_flagged(tiny_mini, tmp_path):
-    from robench.runner import RunSpec, run
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     base = dict(model="ssim", attacks=["fgsm"], eps=[4], n=8, dataset_options=DS)
     rep = run(RunSpec(defense="flip", store=tmp_path / "a.sqlite", attack_params={"fgsm": {"eot": 1}}, **base),
@@ -305,8 +309,9 @@ def test_randomised_defence_without_eot_is_flagged(tiny_mini, tmp_path):
 
 def test_an_attack_that_does_nothing_is_flagged(tiny_mini, tmp_path, monkeypatch):
     from robench.attacks.base import Attack
-    from robench.registry import ATTACKS
-    from robench.runner import RunSpec, run
+    from robench.core.registry import ATTACKS
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     class Idle(Attack):  # a broken attack: returns its input
         name = "idle"
@@ -335,9 +340,9 @@ def test_validate_self_check_passes_on_this_installation(tiny_mini):
 
 
 def test_validate_self_check_names_what_is_broken(tmp_path, monkeypatch):
-    from robench.models import weights as W
-    from robench.registry import MODELS
-    from robench.validate import self_check
+    from robench.core import weights as W
+    from robench.core.registry import MODELS
+    from robench.engine.validate import self_check
 
     monkeypatch.setenv("ROBENCH_HOME", str(tmp_path / "home"))
     src = tmp_path / "w.safetensors"
@@ -357,7 +362,7 @@ def test_validate_self_check_names_what_is_broken(tmp_path, monkeypatch):
 
 def test_validate_exits_1_and_names_a_tampered_weights_file(tmp_path):
     home = tmp_path / "home"
-    code = ("import torch; from robench.models import weights as W; "
+    code = ("import torch; from robench.core import weights as W; "
             "p = W.weights_dir().parent / 'w.safetensors'; W.save_safetensors({'w': torch.ones(3)}, p); "
             "e = W.register('birqa.selfcheck', p, source='imported'); (W.weights_dir() / e['file']).write_bytes(b'x')")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ROBENCH_HOME": str(home)})
@@ -369,9 +374,9 @@ def test_validate_exits_1_and_names_a_tampered_weights_file(tmp_path):
 
 def test_mixed_image_sizes_fail_before_any_compute_in_both_modes(tmp_path, monkeypatch):
     from robench.data.base import IQADataset
-    from robench.errors import RobenchError
-    from robench.registry import DATASETS
-    from robench.runner import load_items
+    from robench.core.errors import RobenchError
+    from robench.core.registry import DATASETS
+    from robench.engine.items import load_items
 
     class Mixed(IQADataset):
         name = "mixed"
@@ -396,7 +401,7 @@ def test_a_numpy_input_to_an_attack_is_a_clear_error():
     import numpy as np
 
     import robench
-    from robench.errors import RobenchError
+    from robench.core.errors import RobenchError
 
     t = robench.load_model("ssim")
     x = np.zeros((1, 3, 16, 16), dtype=np.float32)
@@ -406,7 +411,8 @@ def test_a_numpy_input_to_an_attack_is_a_clear_error():
 
 def test_2afc_with_a_randomised_defence_is_reproducible(tiny_mini, tmp_path):
     """The unattacked image of a triplet is scored over seeded EOT draws: two runs agree exactly."""
-    from robench.runner import RunSpec, run
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     for name in ("a", "b"):
         run(RunSpec(model="ssim", defense="flip", attacks=["fgsm"], dataset="mini-2afc", eps=[8], n=8,

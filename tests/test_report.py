@@ -13,10 +13,10 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from robench.stats import (bootstrap_weights, correlations, mean_weighted, msu_scores, paired_bootstrap,
+from robench.results.stats import (bootstrap_weights, correlations, mean_weighted, msu_scores, paired_bootstrap,
                            srocc_weighted)
-from robench.store import Store, cell_key
-from robench.transport import MapCache, exact_map, ir_score, neural_map
+from robench.engine.store import Store, cell_key
+from robench.results.transport import MapCache, exact_map, ir_score, neural_map
 
 TINY_OPTS = {"size": 32, "crops_per_source": 1}
 
@@ -199,7 +199,8 @@ def grid_store(tmp_path_factory, robench_home):
     """Real cells: ssim (pairs), ssim behind random flips (EOT), ssim on 2AFC triplets; plus
     synthetic recipe rows."""
     from robench.data.mini import build_mini
-    from robench.runner import RunSpec, run
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     os.environ["ROBENCH_HOME"] = str(robench_home)
     build_mini(size=32, crops_per_source=1, seed=0, progress=False)
@@ -215,7 +216,7 @@ def grid_store(tmp_path_factory, robench_home):
 
 
 def test_report_writes_every_table_and_plot(grid_store, tmp_path):
-    from robench.report import load_cells, write_report
+    from robench.results.report import load_cells, write_report
 
     out = tmp_path / "rep"
     res = write_report(grid_store, out, ot="exact", n_boot=200, pdf=False)
@@ -243,7 +244,7 @@ def test_report_writes_every_table_and_plot(grid_store, tmp_path):
 
 
 def test_robustness_table_ir_bold_and_significance(grid_store):
-    from robench.report import Reporter, load_cells, to_latex
+    from robench.results.report import Reporter, load_cells, to_latex
 
     cells, weights = load_cells(grid_store)
     rep = Reporter([c for c in cells if c.dataset == "synthetic"], weights, ot="exact", n_boot=300)
@@ -275,15 +276,15 @@ def test_report_cli_json_and_bad_store(grid_store, tmp_path):
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
 def test_standalone_tex_compiles(grid_store, tmp_path):
-    from robench.report import write_report
+    from robench.results.report import write_report
 
     res = write_report(grid_store, tmp_path / "rep", ot="exact", n_boot=50, plots=False, pdf=True)
     assert res["pdf"] and (tmp_path / "rep" / "report.pdf").stat().st_size > 1000
 
 
 def test_plot_bound_and_speed(tmp_path, grid_store):
-    from robench.errors import RobenchError
-    from robench.plots import ema, plot_bound
+    from robench.core.errors import RobenchError
+    from robench.results.plots import ema, plot_bound
 
     steps = [{"step": i, "anchored_loss": 1 / (i + 1), "bound": 2.0, "emp_max_err": 1.0} for i in range(30)]
     (tmp_path / "run").mkdir()
@@ -311,8 +312,8 @@ def _trap_target():
     """SSIM plus a term that is ~0 on clean pairs but rises sharply along a checkerboard: the
     same clean behaviour, a deliberately weakened model under attack (``beta`` switches it on)."""
     from robench.models.classic import SSIM, luminance
-    from robench.registry import MODELS
-    from robench.target import TargetCard
+    from robench.core.registry import MODELS
+    from robench.core.target import TargetCard
 
     if "toytrap" in MODELS:
         return MODELS.get("toytrap")
@@ -336,7 +337,8 @@ def _trap_target():
 
 
 def _trap_run(path, beta: float):
-    from robench.runner import RunSpec, run
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     trap = _trap_target()
     trap.beta = beta
@@ -367,7 +369,7 @@ def test_check_passes_unchanged_and_fails_weakened(tiny_mini, tmp_path):
 
 
 def test_check_reports_new_missing_and_insignificant_drops(tmp_path):
-    from robench.checks import check, make_baseline, write_baseline
+    from robench.results.checks import check, make_baseline, write_baseline
 
     rng = np.random.default_rng(0)
     n = 40
@@ -403,7 +405,7 @@ def test_check_reports_new_missing_and_insignificant_drops(tmp_path):
     res = check(tmp_path / "c.sqlite", tmp_path / "b.json", tolerance=0.0, n_boot=300)
     failed = [r for r in res["rows"] if r["status"] == "fail"]
     assert len(failed) == 1 and "budget violated" in failed[0]["reason"]
-    from robench.errors import RobenchError
+    from robench.core.errors import RobenchError
 
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(RobenchError, match="not a robench baseline"):

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from robench.errors import RobenchError
-from robench.store import Store
+from robench.core.errors import RobenchError
+from robench.engine.store import Store
 
 TINY = ["--dataset", "mini", "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--n", "8",
         "--eps", "2,8", "--attack-option", "pgd.steps=3", "--attack-option", "square.queries=8",
@@ -68,7 +68,7 @@ def test_not_a_store_is_a_clear_error(tmp_path):
 
 
 def test_stratified_subset_covers_distortion_types():
-    from robench.runner import stratified_subset
+    from robench.engine.items import stratified_subset
 
     table = pd.DataFrame({"distortion": np.repeat([f"d{i}" for i in range(25)], 40),
                           "level": np.tile(np.repeat([1, 2, 3, 4, 5], 8), 25)})
@@ -80,7 +80,7 @@ def test_stratified_subset_covers_distortion_types():
 
 
 def test_twoafc_accuracy_formula():
-    from robench.stats import twoafc_accuracy
+    from robench.results.stats import twoafc_accuracy
 
     # q0 > q1 → d0 < d1 → credit 1 − p; a tie earns ½
     assert twoafc_accuracy([1.0], [0.0], [0.2]) == pytest.approx(0.8)
@@ -172,7 +172,8 @@ def test_kill_9_at_any_moment_then_resume_is_identical(tiny_mini, tmp_path):
 
 
 def test_2afc_attacks_the_less_preferred_image(tiny_mini, tmp_path):
-    from robench.runner import RunSpec, run
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     spec = RunSpec(model="ssim", attacks=["fgsm"], dataset="mini-2afc", eps=[8], n=12,
                    dataset_options={"size": 32, "crops_per_source": 1}, store=tmp_path / "a.sqlite")
@@ -187,8 +188,9 @@ def test_2afc_attacks_the_less_preferred_image(tiny_mini, tmp_path):
 
 def test_budget_violation_aborts_the_cell(tiny_mini, tmp_path, monkeypatch):
     from robench.attacks.base import Attack
-    from robench.registry import ATTACKS
-    from robench.runner import RunSpec, run
+    from robench.core.registry import ATTACKS
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
 
     class Cheat(Attack):
         name = "cheat"
@@ -215,8 +217,9 @@ def test_bench_attack_caching_is_exact(tiny_mini):
 
 
 def test_2afc_other_image_scored_over_eot_draws(tiny_mini, tmp_path, monkeypatch):
-    from robench.runner import RunSpec, run
-    from robench.target import Target
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run
+    from robench.core.target import Target
 
     draws = []
     real = Target.expected_score

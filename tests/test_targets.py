@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import robench
-from robench.errors import RobenchError
+from robench.core.errors import RobenchError
 from robench.models import build
-from robench.registry import MODELS
+from robench.core.registry import MODELS
 
 NAMES = MODELS.names()
 
@@ -88,7 +88,7 @@ def test_inputs_validated(bad, msg):
 
 
 def test_nan_and_wrong_shape_scores_refused():
-    from robench.target import Target, TargetCard
+    from robench.core.target import Target, TargetCard
 
     class Broken(Target):
         def __init__(self, out):

@@ -9,8 +9,8 @@ import torch
 
 import robench
 from robench.models import build
-from robench.models import weights as W
-from robench.train import clean_loss, plcc_loss, train
+from robench.core import weights as W
+from robench.engine.train import clean_loss, plcc_loss, train
 
 
 def test_plcc_loss_and_clean_loss():

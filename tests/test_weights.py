@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import robench
-from robench.errors import IntegrityError, RobenchError
+from robench.core.errors import IntegrityError, RobenchError
 from robench.models import build
-from robench.models import weights as W
+from robench.core import weights as W
+from robench.engine import hub as H
 
 
 @pytest.fixture()
@@ -67,8 +68,8 @@ def test_lpips_lin_file_plus_torchvision_trunk(home, tmp_path, monkeypatch):
     trunk["classifier.1.weight"] = torch.randn(10, 4)  # torchvision's head is ignored
     torch.save(lin, tmp_path / "alex.pth")
     torch.save(trunk, tmp_path / "alexnet-owt-7be5be79.pth")
-    W.import_weights(tmp_path / "alex.pth", "lpips.alex")
-    W.import_weights(tmp_path / "alexnet-owt-7be5be79.pth", "lpips.alex")
+    H.import_weights(tmp_path / "alex.pth", "lpips.alex")
+    H.import_weights(tmp_path / "alexnet-owt-7be5be79.pth", "lpips.alex")
     loaded = robench.load_model("lpips.alex")
     assert loaded.card.weights.source == "official"
     assert torch.equal(getattr(loaded.lpips.net.slice2, "3").weight, trunk["features.3.weight"])
@@ -113,7 +114,7 @@ def test_wrong_key_and_shape_refused(home, tmp_path):
     state["lin0.model.1.weight"] = torch.zeros(1, 63, 1, 1)
     torch.save(state, tmp_path / "wrongshape.pth")
     with pytest.raises(W.WeightsError, match="shape mismatch.*lin0"):
-        W.import_weights(tmp_path / "wrongshape.pth", "lpips.alex")
+        H.import_weights(tmp_path / "wrongshape.pth", "lpips.alex")
 
 
 class Payload:
@@ -179,14 +180,14 @@ def test_weights_fetch_from_local_server(home, tmp_path):
     try:
         # our random file does not carry the published sha256 prefix: refused, nothing registered
         with pytest.raises(IntegrityError, match="published prefix 2c4cc61d"):
-            W.fetch_official("topiq.fr", url=url, progress=False)
+            H.fetch_official("topiq.fr", url=url, progress=False)
         assert "topiq.fr#official" not in W.read_index()
         with pytest.raises(IntegrityError, match="sha256 mismatch"):
-            W.fetch_official("topiq.fr", url=url, sha256="0" * 64, progress=False)
-        W.fetch_official("topiq.fr", url=url, sha256=digest, progress=False)
+            H.fetch_official("topiq.fr", url=url, sha256="0" * 64, progress=False)
+        H.fetch_official("topiq.fr", url=url, sha256=digest, progress=False)
     finally:
         httpd.shutdown()
     t = robench.load_model("topiq.fr")
     assert t.card.weights.source == "official"
     with pytest.raises(RobenchError, match="no official weights"):
-        W.fetch_official("birqa")
+        H.fetch_official("birqa")

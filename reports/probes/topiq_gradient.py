@@ -14,7 +14,7 @@ import torch
 
 import robench.models.topiq as T
 from robench.models import load_model
-from robench.runner import load_items
+from robench.engine.items import load_items
 
 torch.manual_seed(0)
 t = load_model("topiq.fr").eval()

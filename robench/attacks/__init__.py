@@ -1,1 +1,1 @@
-"""Attacks. Each module registers itself in ``robench.registry.ATTACKS``."""
+"""Attacks. Each module registers itself in ``robench.core.registry.ATTACKS``."""

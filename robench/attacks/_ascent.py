@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from robench.target import BoundTarget
+from robench.core.target import BoundTarget
 
 
 def _value_and_grad(f: BoundTarget, x: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

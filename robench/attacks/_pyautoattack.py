@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from robench.attacks.base import ScoreLogits, require, score_scale
-from robench.target import BoundTarget
+from robench.core.target import BoundTarget
 
 INSTALL = "pip install pyautoattack==0.2.0"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from robench.attacks.base import ScoreLogits, require, score_scale
-from robench.target import BoundTarget
+from robench.core.target import BoundTarget
 
 # torchattacks 3.5.1 pins requests~=2.25.1 and declares torchvision, but imports neither:
 # installing it without dependencies keeps the environment's requests (README set-up).

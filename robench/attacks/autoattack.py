@@ -12,7 +12,7 @@ import torch
 from robench.attacks._ascent import ascend
 from robench.attacks.base import Attack
 from robench.attacks.square import square_search
-from robench.registry import ATTACKS
+from robench.core.registry import ATTACKS
 
 
 @ATTACKS.register("autoattack", summary="AutoAttack: APGD + Square, worst case per image (white-box)")

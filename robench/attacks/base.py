@@ -39,9 +39,9 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from robench.errors import RobenchError, UnknownNameError
-from robench.profiles import get_profile
-from robench.target import BoundTarget, Target, validate_pair
+from robench.core.errors import RobenchError, UnknownNameError
+from robench.core.profiles import get_profile
+from robench.core.target import BoundTarget, Target, validate_pair
 
 #: ``--attacks all``
 SUITE = ("fgsm", "pgd", "cw", "autoattack", "square", "parsimonious", "facpa", "zhang")

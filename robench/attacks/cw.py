@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from robench.attacks.base import Attack, observed_scale
-from robench.registry import ATTACKS
+from robench.core.registry import ATTACKS
 
 
 @ATTACKS.register("cw", summary="C&W L2 for a score: tanh space, Adam, binary search over c (minimisation)")

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.attacks.base import Attack
-from robench.home import robench_home
-from robench.progress import progress_bar
-from robench.registry import ATTACKS
-from robench.target import fingerprint
+from robench.core.home import robench_home
+from robench.core.progress import progress_bar
+from robench.core.registry import ATTACKS
+from robench.core.target import fingerprint
 
 VERSION = 1  # bump when the generator or its training changes
 
@@ -80,7 +80,7 @@ class FACPA(Attack):
         folder = robench_home() / "attacks" / "facpa" / digest[:16]
         gen = Generator(int(self.width))
         if (folder / "meta.json").is_file():
-            from robench.models.weights import load_state_dict
+            from robench.core.weights import load_state_dict
 
             meta = json.loads((folder / "meta.json").read_text())
             gen.load_state_dict(load_state_dict(folder / "generator.safetensors", sha256=meta["sha256"]))
@@ -92,9 +92,9 @@ class FACPA(Attack):
     def _train(self, gen: Generator, target, key: dict, folder: Path) -> dict:
         from torch.utils.data import DataLoader
 
-        from robench.models.weights import save_safetensors
-        from robench.registry import DATASETS
-        from robench.train import random_crop_pair
+        from robench.core.weights import save_safetensors
+        from robench.core.registry import DATASETS
+        from robench.engine.train import random_crop_pair
 
         data = DATASETS.get(self.dataset)(split="train", **dict(self.dataset_options))
         g = torch.Generator().manual_seed(self.seed)

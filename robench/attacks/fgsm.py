@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from robench.attacks import _torchattacks
 from robench.attacks.base import Attack
-from robench.registry import ATTACKS
+from robench.core.registry import ATTACKS
 
 
 @ATTACKS.register("fgsm", summary="FGSM: one signed-gradient step of size ε (torchattacks, white-box)")

@@ -22,7 +22,7 @@ import math
 import torch
 
 from robench.attacks.base import Attack
-from robench.registry import ATTACKS
+from robench.core.registry import ATTACKS
 
 
 @ATTACKS.register("parsimonious", summary="Parsimonious lazy-greedy block search (Moon et al. 2019, black-box)")

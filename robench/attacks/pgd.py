@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from robench.attacks._ascent import ascend
 from robench.attacks.base import Attack
-from robench.registry import ATTACKS
+from robench.core.registry import ATTACKS
 
 
 @ATTACKS.register("pgd", summary="PGD L∞: zero start (+ random restarts), decaying step, best iterate (white-box)")

@@ -16,8 +16,8 @@ import math
 import torch
 
 from robench.attacks.base import Attack
-from robench.registry import ATTACKS
-from robench.target import BoundTarget
+from robench.core.registry import ATTACKS
+from robench.core.target import BoundTarget
 
 _SCHEDULE = ((8000, 512), (6000, 256), (4000, 128), (2000, 64), (1000, 32), (500, 16), (200, 8), (50, 4), (10, 2))
 

@@ -40,9 +40,9 @@ from __future__ import annotations
 import torch
 
 from robench.attacks.base import Attack, observed_scale
-from robench.errors import RobenchError
+from robench.core.errors import RobenchError
 from robench.models.classic import ssim_rgb
-from robench.registry import ATTACKS
+from robench.core.registry import ATTACKS
 
 
 @ATTACKS.register("zhang", summary="Zhang et al. 2022 perceptual attack: Adam on q/scale + λ·SSIM(x', x), "

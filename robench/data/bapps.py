@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from robench.data.base import RealTwoAFC, find_layout
-from robench.data.fetch import Archive
-from robench.errors import DataError
-from robench.registry import DATASETS
+from robench.core.fetch import Archive
+from robench.core.errors import DataError
+from robench.core.registry import DATASETS
 
 BASE_URL = "https://people.eecs.berkeley.edu/~rich.zhang/projects/2018_perceptual/dataset"
 

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from robench.errors import DataError, RobenchError
+from robench.core.errors import DataError, RobenchError
 
 SPLITS = ("train", "val", "test")
 DEFAULT_RATIOS = (0.6, 0.2, 0.2)

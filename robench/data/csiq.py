@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from robench.data.base import RealPairs, as_int, check_labels, clean_columns, find_layout
-from robench.errors import DataError
-from robench.registry import DATASETS
+from robench.core.errors import DataError
+from robench.core.registry import DATASETS
 
 # dst_type in the label sheet -> the token in the file name <image>.<token>.<level>.png
 TYPE_TOKENS = {"noise": "awgn", "awgn": "awgn", "jpeg": "jpeg", "jpeg 2000": "jpeg2000", "jpeg2000": "jpeg2000",

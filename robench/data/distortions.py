@@ -33,7 +33,7 @@ from scipy.interpolate import PchipInterpolator
 from skimage import color as skcolor
 from skimage.restoration import denoise_tv_chambolle
 
-from robench.errors import UnknownNameError
+from robench.core.errors import UnknownNameError
 
 PROVENANCE = (
     "KADID-10k per-cell mean/std MOS over its 81 references, with the MATLAB generator name and "

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from robench.data.base import RealPairs, check_files_exist, check_labels, find_layout, read_label_csv, require_file
-from robench.data.fetch import Archive
-from robench.errors import DataError
-from robench.registry import DATASETS
+from robench.core.fetch import Archive
+from robench.core.errors import DataError
+from robench.core.registry import DATASETS
 
 
 @DATASETS.register("kadid10k", summary="KADID-10k: 81 refs × 25 distortions × 5 levels; DMOS 1–5, higher is better")

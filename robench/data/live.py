@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from robench.data.base import RealPairs, check_labels, find_layout, require_file
-from robench.errors import DataError
-from robench.registry import DATASETS
+from robench.core.errors import DataError
+from robench.core.registry import DATASETS
 
 # dmos.mat concatenates the folders in this order (each imgN.bmp, N = 1..count)
 FOLDERS = ("jp2k", "jpeg", "wn", "gblur", "fastfading")

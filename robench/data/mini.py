@@ -33,11 +33,11 @@ from PIL import Image
 
 from robench.data import distortions as D
 from robench.data.base import IQADataset, assign_splits, select_split, thurstone_preference, to_tensor
-from robench.data.fetch import clean_stale_temp, fsync_dir, fsync_file, sha256_file
-from robench.errors import DataError, RobenchError
-from robench.home import robench_home
-from robench.progress import progress_bar
-from robench.registry import DATASETS
+from robench.core.fetch import clean_stale_temp, fsync_dir, fsync_file, sha256_file
+from robench.core.errors import DataError, RobenchError
+from robench.core.home import robench_home
+from robench.core.progress import progress_bar
+from robench.core.registry import DATASETS
 
 BUILD_VERSION = 1  # bump when the build changes its output for the same options
 DEFAULT_SIZE = 128
@@ -237,7 +237,7 @@ def _clean_stale(folder: Path) -> None:
 
 
 def _version() -> str:
-    from robench import __version__
+    from robench.core.version import __version__
 
     return __version__
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from robench.data.base import RealPairs, RealTwoAFC, check_labels, find_layout, read_label_csv
-from robench.data.fetch import Archive
-from robench.errors import DataError
-from robench.registry import DATASETS
+from robench.core.fetch import Archive
+from robench.core.errors import DataError
+from robench.core.registry import DATASETS
 
 ARCHIVE = Archive("https://web.ece.ucsb.edu/~ekta/projects/PieAPPv0.1/all_data_PieAPP_dataset_CVPR_2018.zip",
                   "all_data_PieAPP_dataset_CVPR_2018.zip")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from robench.data.base import RealPairs, check_labels, find_layout
-from robench.errors import DataError
-from robench.registry import DATASETS
+from robench.core.errors import DataError
+from robench.core.registry import DATASETS
 
 
 @DATASETS.register("pipal", summary="PIPAL (train part): 200 refs, GAN/SR/traditional distortions; Elo, higher is better")

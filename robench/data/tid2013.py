@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from robench.data.base import RealPairs, check_labels, find_ci, find_layout, require_file
-from robench.data.fetch import Archive
-from robench.errors import DataError
-from robench.registry import DATASETS
+from robench.core.fetch import Archive
+from robench.core.errors import DataError
+from robench.core.registry import DATASETS
 
 
 @DATASETS.register("tid2013", summary="TID2013: 25 refs × 24 distortions × 5 levels; MOS 0–9, higher is better")

@@ -1,1 +1,1 @@
-"""Defences. Each module registers itself in ``robench.registry.DEFENSES``."""
+"""Defences. Each module registers itself in ``robench.core.registry.DEFENSES``."""

@@ -19,11 +19,12 @@ tie-breaks and fresh anchors on every draw (method-notes §2, batch construction
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from robench.errors import RobenchError
+from robench.core.errors import RobenchError
 
 
 @dataclass

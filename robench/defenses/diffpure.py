@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.defenses.wrappers import InferenceDefense, bpda
-from robench.errors import RobenchError
-from robench.registry import DEFENSES
+from robench.core.errors import RobenchError
+from robench.core.registry import DEFENSES
 
 T = 1000
 
@@ -113,7 +113,7 @@ class DiffPure(InferenceDefense):
     def _load(self) -> nn.Module:
         if self.params["path"]:
             return _DiffusersUNet(str(self.params["path"]))
-        from robench.models import weights as W
+        from robench.core import weights as W
 
         entry = W.lookup(str(self.params["weights"]))
         if entry is None:
@@ -159,10 +159,10 @@ def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | N
     import numpy as np
 
     import robench
-    from robench.models import weights as W
-    from robench.progress import progress_bar
-    from robench.profiles import get_profile
-    from robench.train import git_commit, versions
+    from robench.core import weights as W
+    from robench.core.progress import progress_bar
+    from robench.core.profiles import get_profile
+    from robench.core.provenance import git_commit, versions
 
     prof = get_profile(profile)
     n_steps = int(steps or (400 if prof.name == "quick" else 50_000))
@@ -205,7 +205,7 @@ def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | N
             if bar:
                 bar.update(task, advance=1, description=f"diffpure: DDPM on {dataset} · loss {np.mean(losses[-50:]):.4f}")
     seconds = time.perf_counter() - t0
-    from robench.home import robench_home
+    from robench.core.home import robench_home
 
     out = robench_home() / "runs" / "train" / f"diffpure-{dataset}-{prof.name}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ inner attacker — PGD at ``ε_train`` (profile ``adv_eps``, 4/255), step ε/4, 
 
 Before the first step, a target that does not regress MOS itself (LPIPS, TOPIQ, the analytic
 metrics; not BiRQA) gets its calibration ``ŷ = a·q + b`` initialised by least squares on the
-training split (:func:`robench.target.fit_calibration`, ≤ 512 seeded items); a resumed run keeps
+training split (:func:`robench.core.target.fit_calibration`, ≤ 512 seeded items); a resumed run keeps
 the checkpoint's. The result is registered as weights ``M.<recipe>`` with its provenance (clean
 weights digest, recipe, every hyper-parameter, ``calibration_init``, train time). Each run writes
 ``steps.csv`` / ``steps.json`` (one row per optimiser step) and resumes from ``last.pt``.
@@ -37,12 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from robench.errors import RobenchError
-from robench.faults import fault
-from robench.home import robench_home
-from robench.profiles import get_profile
-from robench.progress import progress_bar
-from robench.registry import DEFENSES
+from robench.core.errors import MissingWeightsError, RobenchError
+from robench.engine.faults import fault
+from robench.core.home import robench_home
+from robench.core.profiles import get_profile
+from robench.core.progress import progress_bar
+from robench.core.registry import DEFENSES
 
 RECIPES = ("r", "at", "aat")
 #: bumped when a recipe's batches, labels or initialisation change: part of the config hash, so a
@@ -108,10 +108,9 @@ def ensure_clean(base: str, dataset: str, profile: str, seed: int, dataset_optio
 
     try:
         return load_model(base)
-    except RobenchError as exc:
-        if "no weights" not in str(exc):
-            raise
-    from robench.train import train
+    except MissingWeightsError:
+        pass
+    from robench.engine.train import train
 
     train(base, dataset=dataset, profile=profile, seed=seed, dataset_options=dataset_options, progress=progress)
     return load_model(base)
@@ -137,9 +136,10 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
                       progress: bool = True) -> dict[str, Any]:
     import robench
     from robench.models import split_name
-    from robench.models import weights as W
-    from robench.target import fingerprint, fit_calibration
-    from robench.train import clean_loss, git_commit, optimizer_step, random_crop_pair, resume_checkpoint, versions
+    from robench.core import weights as W
+    from robench.core.target import fingerprint, fit_calibration
+    from robench.engine.train import clean_loss, optimizer_step, random_crop_pair, resume_checkpoint
+    from robench.core.provenance import git_commit, versions
 
     from robench.defenses.aat import BAND_FRACTION, AnchorSampler, anchored_terms
 
@@ -181,7 +181,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
                                          default=str).encode()).hexdigest()[:16]
     out = Path(out) if out else robench_home() / "runs" / "train" / f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
-    from robench.train import clean_stale_tmp
+    from robench.engine.train import clean_stale_tmp
 
     clean_stale_tmp(out)
 
@@ -271,7 +271,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
             if bar:
                 bar.update(task, advance=1, description=f"{recipe.upper()}-training {base} · loss {row['loss']:.3f}")
 
-    from robench.train import evaluate
+    from robench.engine.train import evaluate
 
     target.eval()
     v = evaluate(target, val, prof.eval_batch)
@@ -295,7 +295,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
 def _checkpoint(out: Path, target, opt, step: int, elapsed: float, cfg_hash: str, rows: list, run_cfg: dict,
                 calibration_init: dict | None = None) -> None:
     # the log rows travel inside last.pt: a kill between this file and steps.json must not lose them
-    from robench.train import _atomic_torch_save
+    from robench.engine.train import _atomic_torch_save
 
     _atomic_torch_save({"model": target.state_dict(), "optim": opt.state_dict(), "step": step, "elapsed": elapsed,
                         "cfg_hash": cfg_hash, "rows": rows, "calibration_init": calibration_init}, out / "last.pt")

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from robench.attacks.base import require
-from robench.registry import DEFENSES
-from robench.target import Target, TargetCard
+from robench.core.registry import DEFENSES
+from robench.core.target import Target, TargetCard
 
 
 class InferenceDefense(torch.nn.Module):
@@ -34,7 +34,7 @@ class InferenceDefense(torch.nn.Module):
 
     def __init__(self, **params: Any):
         super().__init__()
-        from robench.errors import UnknownNameError
+        from robench.core.errors import UnknownNameError
 
         bad = [k for k in params if k not in self.defaults]
         if bad:
@@ -178,7 +178,7 @@ class Defended(Target):
 def parse_defense(spec: str | None, options: dict[str, dict[str, Any]] | None = None):
     """``"aat+flip"`` → ("aat", [Flip()]): at most one training recipe, then inference wrappers in
     order. ``None``/``"none"`` → (None, [])."""
-    from robench.errors import RobenchError
+    from robench.core.errors import RobenchError
 
     if spec in (None, "", "none"):
         return None, []

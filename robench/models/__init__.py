@@ -1,4 +1,4 @@
-"""Targets (IQA models). Each module registers itself in ``robench.registry.MODELS``;
+"""Targets (IQA models). Each module registers itself in ``robench.core.registry.MODELS``;
 :func:`load_model` resolves ``arch.tag`` names to an architecture plus weights."""
 
 from __future__ import annotations
@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from robench.errors import RobenchError
+from robench.core.errors import MissingWeightsError, RobenchError
+from robench.core.target import state_digest  # noqa: F401  (re-exported)
 
 
 def split_name(name: str) -> tuple[str, str | None]:
     """``"birqa.aat"`` → ``("birqa", "aat")``; ``"lpips.alex"`` → ``("lpips.alex", None)``
     (the longest registered prefix is the architecture, the rest the weights tag)."""
-    from robench.registry import MODELS
+    from robench.core.registry import MODELS
 
     if name in MODELS or name.startswith("pyiqa:"):
         return name, None
@@ -27,7 +28,7 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 def build(name: str, **kwargs: Any):
     """The architecture only (random initialisation)."""
-    from robench.registry import MODELS
+    from robench.core.registry import MODELS
 
     base, _ = split_name(name)
     if base.startswith("pyiqa:"):
@@ -47,8 +48,8 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
     clear error naming the command that makes them. ``weights="none"``: random initialisation.
     A path: that file (a robench checkpoint, or the upstream format of the architecture).
     """
-    from robench.models import weights as W
-    from robench.target import WeightsInfo
+    from robench.core import weights as W
+    from robench.core.target import WeightsInfo
 
     base, tag = split_name(name)
     if weights is not None and str(weights) != "none":
@@ -79,7 +80,7 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
     if entry is None:
         hint = (f"`robench train --model {base} --dataset mini` trains it here" if tag is None else
                 f"`robench train --model {base} --defense {tag}` makes it")
-        raise RobenchError(f"no weights for {name!r}: no official weights found offline and none trained here; "
+        raise MissingWeightsError(f"no weights for {name!r}: no official weights found offline and none trained here; "
                            f"{hint}, `robench weights import PATH --model {name}` adds a file, or pass weights='none' "
                            f"for a random initialisation")
     state = W.load_state_dict(entry["path"], sha256=entry["sha256"])
@@ -89,12 +90,3 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
     return target.to(device).eval()
 
 
-def state_digest(state) -> str:
-    """sha256 over a state dict's names and bytes (official weights assembled from several files)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robench.registry import MODELS
-from robench.target import Target, TargetCard
+from robench.core.registry import MODELS
+from robench.core.target import Target, TargetCard
 
 C1, C2 = 0.01**2, 0.03**2
 MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robench.models import weights as W
-from robench.registry import MODELS
-from robench.target import OfficialWeights, Target, TargetCard
+from robench.core import weights as W
+from robench.core.registry import MODELS
+from robench.core.target import OfficialWeights, Target, TargetCard
 
 # torchvision `features` layer lists; ints are conv (out_channels, kernel, stride, padding), "M" max-pool
 ALEX_FEATURES = [(64, 11, 4, 2), "R", "M", (192, 5, 1, 2), "R", "M", (384, 3, 1, 1), "R", (256, 3, 1, 1), "R",

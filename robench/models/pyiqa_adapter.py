@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from robench.errors import RobenchError
-from robench.target import Target, TargetCard, WeightsInfo
+from robench.core.errors import RobenchError
+from robench.core.target import Target, TargetCard, WeightsInfo
 
 
 class PyIQATarget(Target):

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.models import weights as W
-from robench.registry import MODELS
-from robench.target import OfficialWeights, Target, TargetCard
+from robench.core import weights as W
+from robench.core.registry import MODELS
+from robench.core.target import OfficialWeights, Target, TargetCard
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

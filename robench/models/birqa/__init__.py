@@ -7,8 +7,8 @@ import torch
 
 from robench.models.birqa.features import AnalyticFeatures
 from robench.models.birqa.network import BiRQANet
-from robench.registry import MODELS
-from robench.target import Target, TargetCard
+from robench.core.registry import MODELS
+from robench.core.target import Target, TargetCard
 
 
 @MODELS.register("birqa", summary="BiRQA: analytic features + bidirectional pyramid (CSRAM/SCGB/RAH); "

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from robench.errors import RobenchError
-from robench.faults import fault
-from robench.home import robench_home
-from robench.profiles import Profile, get_profile
-from robench.progress import progress_bar
-from robench.stats import correlations
+from robench.core.provenance import git_commit, versions
+from robench.core.errors import RobenchError
+from robench.engine.faults import fault
+from robench.core.home import robench_home
+from robench.core.profiles import Profile, get_profile
+from robench.core.progress import progress_bar
+from robench.results.stats import correlations
 
 
 def plcc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -64,27 +65,8 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + float(np.cos(np.pi * t)))
 
 
-def git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
-def versions() -> dict[str, str]:
-    import platform
-
-    import numpy
-    import scipy
-
-    from robench import __version__
-
-    return {"robench": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +145,7 @@ def resume_checkpoint(out: Path, cfg_hash: str, target, opt) -> dict[str, Any] |
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, rename: a kill or a full disk leaves the
     previous checkpoint whole (a failed temp file is removed)."""
-    from robench.data.fetch import fsync_dir
+    from robench.core.fetch import fsync_dir
 
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
@@ -180,7 +162,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 def clean_stale_tmp(out: Path) -> None:
     """Remove ``NAME.<pid>.tmp`` files a killed training left in its run folder (a TOPIQ
     checkpoint with Adam state is ~400 MB); files of a live process are left alone."""
-    from robench.data.fetch import clean_stale_tmp_files
+    from robench.core.fetch import clean_stale_tmp_files
 
     clean_stale_tmp_files(out)
 
@@ -193,7 +175,7 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
     """Train ``model`` on ``dataset`` (train split; val split for model selection)."""
     import robench
     from robench.models import build, split_name
-    from robench.models import weights as W
+    from robench.core import weights as W
 
     prof = get_profile(profile)
     base, tag = split_name(model)
@@ -305,7 +287,7 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
 
 
 def _save_best(target, path: Path, config: dict, provenance: dict, reload_from: Path | None = None) -> None:
-    from robench.models import weights as W
+    from robench.core import weights as W
 
     if reload_from is not None and reload_from.is_file():  # rewrite the best file with the final provenance
         state = W.load_state_dict(reload_from)

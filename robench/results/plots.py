@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from robench.errors import RobenchError
+from robench.core.errors import RobenchError
 
 
 def _plt():
@@ -111,8 +111,8 @@ def plot_bound(log: str | Path, stem: str | Path, log_y: bool = False) -> list[s
 
 def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
     """One panel per attack; one line per model × defence; clean at ε = 0; bootstrap bands."""
-    from robench.report import attack_order, defense_label
-    from robench.stats import bootstrap_ci, default_clusters, mean_weighted, srocc_weighted
+    from robench.results.labels import attack_order, defense_label
+    from robench.results.stats import bootstrap_ci, default_clusters, mean_weighted, srocc_weighted
 
     rows = rep.rows(kind)
     if not rows:

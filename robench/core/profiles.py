@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from robench.errors import UnknownNameError
+from robench.core.errors import UnknownNameError
 
 
 @dataclass(frozen=True)

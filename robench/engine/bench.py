@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from robench.target import count_parameters
+from robench.core.target import count_parameters
 
 
 def machine() -> dict[str, Any]:
@@ -131,7 +131,8 @@ def grid(executors: list[str], cells: int = 8, workers: int = 2, queries: int = 
     import tempfile
     from pathlib import Path
 
-    from robench.runner import RunSpec, run_grid
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run_grid
 
     if cells < 1:
         raise ValueError("cells must be ≥ 1")
@@ -171,10 +172,10 @@ def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: 
     schedule, the profile's other settings) for every k in ``curve_steps``."""
     from robench.attacks._ascent import ascend
     from robench.models import load_model
-    from robench.registry import ATTACKS
-    from robench.runner import load_items
+    from robench.core.registry import ATTACKS
+    from robench.engine.items import load_items
 
-    from robench.profiles import get_profile
+    from robench.core.profiles import get_profile
 
     prof = get_profile(profile)
     e = float(eps) / 255

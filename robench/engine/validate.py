@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from robench.attacks.base import SUITE
-from robench.profiles import get_profile
+from robench.core.profiles import get_profile
 
 PAPER_GRID = {"targets": ("birqa", "lpips.alex", "topiq.fr"), "defenses": ("none", "r", "at", "aat"),
               "attacks": SUITE, "dataset": "kadid10k", "split": "test"}
@@ -89,7 +89,7 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
               progress=None) -> dict[str, Any]:
     from robench.defenses.wrappers import parse_defense
     from robench.models import build
-    from robench.registry import ATTACKS
+    from robench.core.registry import ATTACKS
 
     prof = get_profile(profile)
     grid = PAPER_GRID
@@ -163,8 +163,8 @@ def self_check(progress=None) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from robench import __version__
-    from robench.home import robench_home
+    from robench.core.version import __version__
+    from robench.core.home import robench_home
 
     checks: list[dict[str, Any]] = []
 
@@ -195,7 +195,7 @@ def self_check(progress=None) -> dict[str, Any]:
 
     @check("registries")
     def _():
-        from robench.registry import ATTACKS, DATASETS, DEFENSES, MODELS
+        from robench.core.registry import ATTACKS, DATASETS, DEFENSES, MODELS
 
         counts, broken = {}, []
         for reg in (MODELS, ATTACKS, DEFENSES, DATASETS):
@@ -257,8 +257,8 @@ def self_check(progress=None) -> dict[str, Any]:
 
     @check("store round-trips")
     def _():
-        from robench.runner import default_store
-        from robench.store import Store
+        from robench.engine.grid import default_store
+        from robench.engine.store import Store
 
         where = default_store().parent  # where runs write: WAL mode must work on that filesystem
         where.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,7 @@ def self_check(progress=None) -> dict[str, Any]:
 
     @check("cache")
     def _():
-        from robench.models import weights as W
+        from robench.core import weights as W
 
         home = robench_home()
         home.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from robench.errors import RobenchError
-from robench.stats import minmax
+from robench.core.errors import RobenchError
+from robench.results.stats import minmax
 
 OT_BACKENDS = ("neural", "exact")
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
-from robench.errors import RobenchError
+from robench.core.errors import RobenchError
 
 EXECUTORS = ("serial", "ray")
 
@@ -44,10 +44,13 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     A budget violation comes back as a failed cell (it must never reach the store as data)."""
     import torch
 
-    from robench import __version__
-    from robench.registry import ATTACKS
-    from robench.runner import RunSpec, cell_config, cell_result, load_items, resolve_target
-    from robench.store import cell_key
+    from robench.core.version import __version__
+    from robench.core.registry import ATTACKS
+    from robench.core.config import RunSpec
+    from robench.engine.cell import cell_config, cell_result
+    from robench.engine.items import load_items
+    from robench.engine.resolve import resolve_target
+    from robench.engine.store import cell_key
 
     task = CellTask(**task) if isinstance(task, dict) else task
     os.environ["ROBENCH_HOME"] = task.home

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robench.errors import RobenchError
+from robench.core.errors import RobenchError
 
 
 @dataclass(frozen=True)
@@ -347,10 +347,21 @@ def fingerprint(target: nn.Module) -> str:
     sha = card.weights.sha256 if card is not None else None
     if sha:
         return sha
-    from robench.models import state_digest
+    from robench.core.target import state_digest
 
     return state_digest(target.state_dict())
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def state_digest(state) -> str:
+    """sha256 over a state dict's names and bytes (official weights assembled from several files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from robench.errors import RobenchError
+from robench.core.errors import RobenchError
 
 class StoreFullError(RobenchError):
     """SQLite reported SQLITE_FULL (disk full, or a quota): the transaction was rolled back."""

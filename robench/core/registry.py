@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator
 
-from robench.errors import UnknownNameError
+from robench.core.errors import UnknownNameError
 
 
 @dataclass

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from robench.errors import RobenchError
-from robench.report import CellData, load_cells
-from robench.stats import default_clusters, mean_weighted, paired_bootstrap, srocc_weighted
+from robench.core.errors import RobenchError
+from robench.results.report import CellData, load_cells
+from robench.results.stats import default_clusters, mean_weighted, paired_bootstrap, srocc_weighted
 
 BASELINE_FORMAT = 1
 
@@ -38,7 +38,7 @@ def _identity(target, defense, attack, dataset, split, kind, profile, seed, n) -
 def failed_identities(store: str | Path) -> dict[str, str]:
     """Cells whose latest record in the store is a failure (identity → error): a baseline cell
     that now fails must fail the gate, not pass as 'missing'."""
-    from robench.store import Store
+    from robench.engine.store import Store
 
     with Store(store) as st:
         allc = st.cells(status=None)
@@ -77,8 +77,8 @@ def make_baseline(store: str | Path) -> dict[str, Any]:
     cells, _ = load_cells(store)
     if not cells:
         raise RobenchError(f"{store} has no finished cells to make a baseline from")
-    from robench import __version__
-    from robench.train import git_commit
+    from robench.core.version import __version__
+    from robench.core.provenance import git_commit
 
     return {"format": BASELINE_FORMAT, "robench": __version__, "git_commit": git_commit(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "store": str(store),
@@ -129,8 +129,8 @@ def _paired(cur: CellData, base: dict[str, Any], key: str, q: np.ndarray, n_boot
 
 def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02, n_boot: int = 1000,
           seed: int = 0, allow_missing: bool = False, fail_on: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``fail_on``: flag codes (robench.flags) that fail a cell; every active flag is reported."""
-    from robench import flags as FL
+    """``fail_on``: flag codes (robench.core.flags) that fail a cell; every active flag is reported."""
+    from robench.core import flags as FL
 
     unknown = [f for f in fail_on if f not in FL.LEGEND]
     if unknown:

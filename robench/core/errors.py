@@ -27,3 +27,8 @@ class DataError(RobenchError):
 
 class IntegrityError(RobenchError):
     """A checksum does not match, or an archive is unsafe to extract."""
+
+
+class MissingWeightsError(RobenchError):
+    """A target has no weights in the cache (none official offline, none trained here): the run
+    trains them, anything else reports how to add them. Caught by type, never by message."""

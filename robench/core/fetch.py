@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from robench.errors import DataError, IntegrityError, RobenchError
-from robench.home import robench_home
-from robench.progress import progress_bar
+from robench.core.errors import DataError, IntegrityError, RobenchError
+from robench.core.home import robench_home
+from robench.core.progress import progress_bar
 
 
 @dataclass(frozen=True)

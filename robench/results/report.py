@@ -15,20 +15,18 @@ import unicodedata
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from robench import flags as FL
-from robench.attacks.base import SUITE
-from robench.errors import RobenchError
-from robench.stats import (correlations, default_clusters, mean_weighted, msu_scores, paired_bootstrap,
+from robench.core import flags as FL
+from robench.core.errors import RobenchError
+from robench.results.labels import RECIPES, attack_order, defense_label, defense_order  # noqa: F401
+from robench.results.stats import (correlations, default_clusters, mean_weighted, msu_scores, paired_bootstrap,
                            twoafc_scores)
-from robench.transport import MapCache, ir_score
+from robench.results.transport import MapCache, ir_score
 
-RECIPES = ("none", "r", "at", "aat")
-RECIPE_LABEL = {"none": "base", "r": "R", "at": "AT", "aat": "AAT"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +122,7 @@ class CellData:
 
 def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]:
     """Every finished cell of a store with its per-image arrays, and the weights provenance."""
-    from robench.store import Store
+    from robench.engine.store import Store
 
     path = Path(store_path)
     if not path.is_file():
@@ -211,18 +209,10 @@ class Table:
         return [c for c, _, _ in FL.FLAGS if c in used]
 
 
-def attack_order(names: Iterable[str]) -> list[str]:
-    names = set(names)
-    return [a for a in SUITE if a in names] + sorted(names - set(SUITE))
 
 
-def defense_order(names: Iterable[str]) -> list[str]:
-    names = set(names)
-    return [d for d in RECIPES if d in names] + sorted(names - set(RECIPES))
 
 
-def defense_label(d: str) -> str:
-    return RECIPE_LABEL.get(d, d)
 
 
 class Reporter:
@@ -710,7 +700,7 @@ def aat_bounds(rep: Reporter) -> list[dict[str, Any]]:
     """Theorem-1 evidence of every AAT weights version in the store whose training log
     (``steps.json`` in the provenance's ``run`` folder) still exists: batches where the bound held
     and where it was non-vacuous (bound < batch MOS range). Only non-vacuous batches are evidence."""
-    from robench import plots as P
+    from robench.results import plots as P
 
     out = []
     for sha, w in rep.weights.items():
@@ -766,7 +756,7 @@ def _write(rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: i
                                                                    for c in cells if c.active_flags],
                                                  "cells": [cell_stats(c) for c in cells]}, indent=1, default=str))
     if plots:
-        from robench import plots as P
+        from robench.results import plots as P
 
         written["plots"] = P.draw_all(rep, tmp / "plots", bench=bench, rename_to=out / "plots")
     if pdf:

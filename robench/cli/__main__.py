@@ -1,0 +1,5 @@
+"""``python -m robench.cli``."""
+
+from robench.cli import main
+
+main()

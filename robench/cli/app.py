@@ -1,0 +1,64 @@
+"""The ``robench`` app, its command groups and the conventions every command shares.
+
+Conventions: progress and logs go to stderr (rich); ``--json`` output is the only thing on
+stdout; bad input (unknown names, missing or corrupt files) prints one clear ``error:`` line
+and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from robench.core.errors import RobenchError
+
+app = typer.Typer(
+    name="robench",
+    help="Adversarial-robustness benchmark for full-reference image-quality metrics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: build the built-in set, inspect, fetch and verify real ones.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+weights_app = typer.Typer(help="Weights cache: list, import, verify, fetch official files.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+bench_app = typer.Typer(help="Benchmarks measured side by side (speed, attack step).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+plot_app = typer.Typer(help="Plots on their own (robench report draws them all).", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
+
+err = Console(stderr=True)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn RobenchError into `error: ...` on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RobenchError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
+    if version:
+        from robench.core.version import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit(0)

@@ -1,0 +1,229 @@
+"""``robench run``, ``train`` and ``eval``: the commands that compute."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robench.cli.app import app, emit_json, err, user_errors
+from robench.core.errors import RobenchError
+
+
+def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RobenchError(f"{what} must look like key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _parse_nested(items: list[str] | None, flag: str, what: str) -> dict[str, dict[str, Any]]:
+    """``["pgd.steps=20", "square.queries=100"]`` → ``{"pgd": {"steps": 20}, "square": {...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in _parse_kv(items, flag).items():
+        if "." not in k:
+            raise RobenchError(f"{flag} must look like {what}.param=value, got {k!r}")
+        name, param = k.split(".", 1)
+        out.setdefault(name, {})[param] = v
+    return out
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    model: str = typer.Option(..., help="Architecture to train: birqa, lpips.alex, lpips.vgg, topiq.fr."),
+    dataset: str = typer.Option("mini", help="A pairs dataset (train split trains, val split selects)."),
+    profile: str = typer.Option("quick", help="quick | paper"),
+    epochs: Optional[int] = typer.Option(None, help="Override the profile's epochs."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default $ROBENCH_HOME/runs/train/...)."),
+    seed: int = typer.Option(0),
+    lr: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    root: Optional[Path] = typer.Option(None, help="Dataset root (real datasets)."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="Architecture option key=value (e.g. width=0.5)."),
+    dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
+    defense: Optional[str] = typer.Option(None, help="Adversarial fine-tuning recipe r | at | aat (makes MODEL.<recipe>)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps of the recipe (default: the profile's)."),
+    max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap the steps of each clean-training epoch "
+                                                      "(smoke tests, crash tests)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Clean training (eq. 5: MSE + λ(1 − PLCC)) or, with --defense, R-/AT-/AAT- fine-tuning; resumable."""
+    from robench.engine.train import train
+
+    if defense == "diffpure":
+        from robench.defenses.diffpure import train_diffpure
+
+        r = train_diffpure(dataset=dataset, profile=profile, steps=steps, seed=seed,
+                           dataset_options={**({"root": str(root)} if root else {}),
+                                            **_parse_kv(dataset_option, "--dataset-option")})
+        emit_json(r) if as_json else err.print(f"{r['name']}: {r['train_seconds']:.0f} s, final loss "
+                                               f"{r['final_loss']:.4f}; weights {r['weights']}")
+        return
+    if defense:
+        from robench.defenses.recipes import adversarial_train
+
+        r = adversarial_train(model, defense, dataset=dataset, profile=profile, seed=seed, steps=steps, out=out,
+                              dataset_options={**({"root": str(root)} if root else {}),
+                                               **_parse_kv(dataset_option, "--dataset-option")})
+        emit_json(r) if as_json else err.print(f"{r['name']}: {r['steps']} steps in {r['train_seconds']:.0f} s; "
+                                               f"val SROCC {r['val_srocc']:.4f}; weights {r['weights']}")
+        return
+
+    r = train(model, dataset=dataset, profile=profile, epochs=epochs, out=out, seed=seed, lr=lr, batch_size=batch_size,
+              dataset_options={**({"root": root} if root else {}), **_parse_kv(dataset_option, "--dataset-option")},
+              model_options=_parse_kv(model_option, "--model-option"), max_steps_per_epoch=max_steps_per_epoch)
+    res = {"name": r.name, "out": str(r.out), "weights": str(r.best_path), "sha256": r.sha256,
+           "best_val_srocc": r.best_val_srocc, "best_epoch": r.best_epoch, "epochs": r.epochs,
+           "train_seconds": round(r.train_seconds, 1)}
+    emit_json(res) if as_json else err.print(f"{r.name}: best val SROCC {r.best_val_srocc:.4f} (epoch {r.best_epoch}), "
+                                             f"{r.train_seconds:.0f} s; weights {r.best_path}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    model: str = typer.Option(...),
+    dataset: str = typer.Option("mini"),
+    split: str = typer.Option("test"),
+    weights: Optional[str] = typer.Option(None, help="A weights file, or 'none' (default: best available)."),
+    profile: str = typer.Option("quick", help="Sets the mini image size."),
+    root: Optional[Path] = typer.Option(None),
+    seed: int = typer.Option(0, help="Split seed."),
+    dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """SROCC / PLCC / KROCC of a target on a dataset split."""
+    import robench
+    from robench.core.profiles import get_profile
+    from robench.engine.train import evaluate
+
+    target = robench.load_model(model, weights=weights)
+    opts: dict[str, Any] = {"seed": seed}
+    if dataset in ("mini", "mini-2afc"):
+        opts["size"] = get_profile(profile).image_size
+    if root is not None:
+        opts["root"] = root
+    opts.update(_parse_kv(dataset_option, "--dataset-option"))
+    ds = robench.load_dataset(dataset, split=split, **opts)
+    res = evaluate(target, ds, progress=not as_json)
+    res.update({"model": model, "dataset": dataset, "split": split, "weights": target.card.weights.describe(),
+                "weights_sha256": target.card.weights.sha256})
+    emit_json(res) if as_json else err.print(
+        f"{model} on {dataset}/{split}: SROCC {res['srocc']:.4f}  PLCC {res['plcc']:.4f}  KROCC {res['krocc']:.4f}  (n={res['n']})")
+
+
+def _dataset_defaults(dataset: str, profile: str, root: Optional[Path], extra: list[str] | None) -> dict[str, Any]:
+    from robench.core.profiles import get_profile
+
+    opts: dict[str, Any] = {}
+    if dataset in ("mini", "mini-2afc"):
+        opts["size"] = get_profile(profile).image_size
+    if root is not None:
+        opts["root"] = str(root)
+    opts.update(_parse_kv(extra, "--dataset-option"))
+    return opts
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    model: str = typer.Option(..., help="Target, e.g. birqa, lpips.alex, topiq.fr (arch.tag for a weights variant)."),
+    attacks: str = typer.Option("all", help="'all' (the suite's eight: the paper's seven + PGD) or a comma-separated list (robench ls attacks)."),
+    defense: Optional[str] = typer.Option(None, help="Defence (robench ls defenses); default none."),
+    dataset: str = typer.Option("mini", help="Dataset (pairs: SROCC; 2afc: accuracy)."),
+    split: str = typer.Option("test"),
+    eps: Optional[str] = typer.Option(None, help="Budgets in /255 units, e.g. 2,4,6,8,10 (default: the profile's)."),
+    profile: str = typer.Option("quick", help="quick | paper"),
+    n: Optional[int] = typer.Option(None, help="Items (stratified by distortion); 0 = whole split; default: the profile's."),
+    seed: int = typer.Option(0),
+    weights: Optional[str] = typer.Option(None, help="A weights file, or 'none' (default: best available)."),
+    store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells already in the store."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells already in the store (default)."),
+    root: Optional[Path] = typer.Option(None, help="Dataset root (real datasets)."),
+    dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
+    attack_option: Optional[list[str]] = typer.Option(None, "--attack-option",
+                                                      help="attack.param=value, e.g. pgd.steps=20 (repeatable)."),
+    defense_option: Optional[list[str]] = typer.Option(None, "--defense-option",
+                                                       help="defence.param=value, e.g. jpeg.quality=50 (repeatable)."),
+    executor: str = typer.Option("serial", help="serial (in process) | ray (cells as Ray tasks; pip install 'robench[ray]')."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: auto | HOST:PORT (default: a local Ray)."),
+    workers: Optional[int] = typer.Option(None, help="Local Ray: CPUs to start it with (default: all)."),
+    cpus_per_cell: float = typer.Option(1.0, help="Ray: CPUs per cell (torch threads of its worker)."),
+    gpus_per_cell: float = typer.Option(0.0, help="Ray: GPUs per cell (num_gpus; the cell runs on CUDA)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Attack targets across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy).
+    --model and --defense take comma lists: the grid is every model × defence × attack."""
+    from robench.core.config import RunSpec
+    from robench.engine.grid import run_grid
+
+    eps_list = None
+    if eps:
+        try:
+            eps_list = [float(e) for e in eps.split(",") if e.strip()]
+        except ValueError:
+            raise RobenchError(f"--eps must be comma-separated numbers in /255 units, got {eps!r}") from None
+    attack_params = _parse_nested(attack_option, "--attack-option", "attack")
+    defense_params = _parse_nested(defense_option, "--defense-option", "defence")
+    models = [m.strip() for m in model.split(",") if m.strip()]
+    defenses = [d.strip() for d in defense.split(",") if d.strip()] if defense else [None]
+    if weights is not None and len(models) > 1:
+        raise RobenchError("--weights names one file: use it with a single --model")
+    opts = _dataset_defaults(dataset, profile, root, dataset_option)
+    specs = [RunSpec(model=m, attacks=attacks, dataset=dataset, eps=eps_list, profile=profile, n=n, seed=seed,
+                     split=split, defense=None if d in (None, "none") else d, weights=weights, store=store,
+                     force=force or not resume, dataset_options=dict(opts), attack_params=attack_params,
+                     defense_options=defense_params) for m in models for d in defenses]
+    ex_opts = {"address": address, "num_cpus": workers, "cpus_per_cell": cpus_per_cell,
+               "gpus_per_cell": gpus_per_cell} if executor == "ray" else {}
+    grid = run_grid(specs, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"), executor=executor,
+                    executor_options=ex_opts)
+    if as_json:
+        emit_json(grid["runs"][0] if len(specs) == 1 else grid)
+    else:
+        for report in grid["runs"]:
+            print_summary(report)
+    if any(c.get("status") == "failed" for r in grid["runs"] for c in r["cells"]):
+        raise typer.Exit(1)
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    out = Console()
+    metric = "SROCC"
+    table = Table(title=f"{report['target']} on {report['dataset']}/{report['split']} (n={report['n']}, "
+                        f"profile {report['profile']}); store {report['store']}")
+    for c in ("attack", "ε/255", "clean", "attacked", "mean gain", "queries", "status"):
+        table.add_column(c, no_wrap=True)
+    table.add_column("flags", overflow="fold", min_width=10)
+    for c in report["cells"]:
+        s = c.get("summary") or {}
+        if not s:
+            table.add_row(c["attack"], "—", "—", "—", "—", "—", c.get("status", "?"), c.get("error", "")[:60])
+            continue
+        if "clean_2afc" in s:
+            metric, clean, att = "2AFC", s["clean_2afc"], s["attacked_2afc"]
+        else:
+            clean, att = s["clean_srocc"], s["attacked_srocc"]
+        fl = c.get("flags") or {}
+        bad = [k for k, v in fl.items() if (k in ("gain_monotone_in_eps", "moves_target", "iterative_ge_single_step")
+                                            and v is False) or (k in ("eot_required", "suspect_gradient_masking") and v)
+               or (k in ("zero_grad", "nan_grad") and v)]
+        for k, e in enumerate(s["eps"]):
+            table.add_row(c["attack"] if k == 0 else "", f"{e:g}", f"{clean:.3f}" if k == 0 else "", f"{att[k]:.3f}",
+                          f"{s['mean_gain'][k]:+.4f}", f"{s['mean_queries'][k]:.0f}", c["status"] if k == 0 else "",
+                          ", ".join(bad) if k == 0 else "")
+    table.caption = (f"{metric} of oriented quality; {report['seconds']:.0f} s; harness overhead "
+                     + (f"{100 * report['harness_overhead']:.1f} %" if report.get("harness_overhead") is not None else "—"))
+    out.print(table)

@@ -1,0 +1,228 @@
+"""``robench ls``, ``validate`` and ``bench …``."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robench.cli.app import app, bench_app, emit_json, err, user_errors
+from robench.core.errors import RobenchError
+from robench.cli.run import _parse_nested
+
+
+@app.command("ls")
+@user_errors
+def ls(
+    kind: str = typer.Argument(..., help="models | attacks | defenses | datasets"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout."),
+) -> None:
+    """List what is registered."""
+    from robench.core.registry import REGISTRIES
+
+    if kind not in REGISTRIES:
+        import difflib
+
+        close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        raise RobenchError(f"unknown registry {kind!r};{hint} (choose from {', '.join(REGISTRIES)})")
+    rows = REGISTRIES[kind].info()
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"robench {kind}")
+    cols = ["name", "summary"] + sorted({k for r in rows for k in r} - {"name", "summary", "origin"})
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[str(r.get(c, "")) for c in cols])
+    Console().print(table)
+
+
+@app.command("validate")
+@user_errors
+def validate_cmd(
+    profile: Optional[str] = typer.Option(None, help="Dry-build this profile's grid (e.g. paper) instead of the "
+                                                     "installation self-check."),
+    sample: bool = typer.Option(True, "--sample/--no-sample", help="Time each target briefly to estimate costs."),
+    device: str = typer.Option("cpu", help="Device of the timed sample (cpu, cuda)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Self-check an installation in seconds (registries, a tiny target's gradients, tiny attacks
+    in budget, the store, the cache); with --profile paper, dry-build the paper grid (every target
+    × defence × attack) without running it: size and estimated cost per cell on this machine."""
+    if profile is None:
+        from robench.engine.validate import self_check
+
+        if not sample or device != "cpu":
+            raise RobenchError("--no-sample and --device apply to the dry build: add --profile paper")
+        res = self_check(progress=None if as_json else (lambda m: err.print(m, style="dim")))
+        if as_json:
+            emit_json(res)
+        else:
+            table = Table(title=f"robench self-check ({res['seconds']:.1f} s)")
+            for c in ("check", "result", "detail"):
+                table.add_column(c, overflow="fold")
+            for c in res["checks"]:
+                table.add_row(c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAILED[/]", c["detail"])
+            Console().print(table)
+            Console().print("[bold green]installation OK[/]" if res["ok"] else "[bold red]installation has problems[/]")
+        if not res["ok"]:
+            raise typer.Exit(1)
+        return
+    from robench.engine.validate import dry_build
+
+    res = dry_build(profile, sample=sample, device=device, progress=lambda m: err.print(m) if not as_json else None)
+    if as_json:
+        emit_json(res)
+        return
+    out = Console()
+    out.print(f"profile {res['profile']}: {len(res['targets'])} targets × {len(res['defenses'])} defences × "
+              f"{len(res['attacks'])} attacks = [bold]{res['cells']} cells[/], {res['items_per_cell']} {res['dataset']} "
+              f"{res['split']} images × {len(res['eps'])} budgets each ({res['attacked_images']:,} attacked images)")
+    for a, r in res["attacks"].items():
+        out.print(f"  {r}")
+    est = res["estimate"]
+    if est:
+        table = Table(title=f"estimated seconds per cell on {res['device']} at {res['image_size']} ({est['kind']})")
+        table.add_column("attack")
+        for t in res["targets"]:
+            table.add_column(t, justify="right")
+        for a in res["attacks"]:
+            table.add_row(a, *[f"{next(r['seconds'] for r in est['per_cell'] if r['target'] == t and r['attack'] == a):,.0f}"
+                               for t in res["targets"]])
+        out.print(table)
+        out.print(f"attacks: {est['attack_hours']:,.1f} h; clean training: "
+                  + ", ".join(f"{t} {h:,.0f} h" for t, h in est["clean_training_hours"].items())
+                  + "; recipes: " + ", ".join(f"{t} {h:,.1f} h" for t, h in est["recipe_training_hours"].items())
+                  + f"; total ≈ {est['total_hours']:,.0f} h on this device")
+
+
+def _parse_size(size: str, example: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise RobenchError(f"--size must look like {example}, got {size!r}") from None
+    return w, h
+
+
+@bench_app.command("speed")
+@user_errors
+def bench_speed(
+    models: str = typer.Option("birqa,topiq.fr,lpips.alex,lpips.vgg", help="Comma-separated targets."),
+    size: str = typer.Option("512x384", help="WxH."),
+    batch: int = typer.Option(1),
+    rounds: int = typer.Option(5),
+    device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Images/s end to end (features included), parameter counts, ratios to topiq.fr."""
+    from robench.engine.bench import speed
+
+    w, h = _parse_size(size, "512x384")
+    res = speed([m.strip() for m in models.split(",") if m.strip()], (w, h), batch=batch, rounds=rounds, device=device)
+    if as_json:
+        emit_json(res)
+        return
+    table = Table(title=f"speed at {res['size']} ({res['machine']['device']}, {res['machine']['torch_threads']} threads)")
+    for c in ("model", "images/s", "params", "× topiq.fr"):
+        table.add_column(c)
+    for r in res["results"]:
+        ratio = r["ratio_to_topiq.fr"]
+        table.add_row(r["model"], f"{r['images_per_s']:.2f}", f"{r['parameters'] / 1e6:.2f} M", f"{ratio:.2f}" if ratio else "—")
+    Console().print(table)
+
+
+@bench_app.command("attack")
+@user_errors
+def bench_attack(
+    model: str = typer.Option(..., help="Target (random weights: speed does not depend on them)."),
+    size: str = typer.Option("224x224", help="WxH."),
+    batch: int = typer.Option(8),
+    rounds: int = typer.Option(5),
+    device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One PGD step with the reference branch recomputed (naive) vs computed once (cached)."""
+    from robench.engine.bench import attack_step
+
+    w, h = _parse_size(size, "224x224")
+    res = attack_step(model, (w, h), batch=batch, rounds=rounds, device=device)
+    if as_json:
+        emit_json(res)
+        return
+    err.print(f"{model} at {res['size']}, batch {batch}: naive step {res['naive_step_s'] * 1e3:.0f} ms, cached "
+              f"{res['cached_step_s'] * 1e3:.0f} ms → ratio {res['ratio']:.2f} (vs a textbook loop "
+              f"{res['textbook_step_s'] * 1e3:.0f} ms: {res['ratio_vs_textbook']:.2f}); max |Δscore| "
+              f"{res['max_abs_score_diff']:.2g}, max |Δgrad| {res['max_abs_grad_diff']:.2g}")
+
+
+@bench_app.command("attack-strength")
+@user_errors
+def bench_attack_strength(
+    model: str = typer.Option("ssim,ms-ssim,birqa,topiq.fr", help="Targets (comma list; trained weights are used)."),
+    attacks: str = typer.Option("all", help="Attacks to compare with the converged reference (comma list or all)."),
+    eps: float = typer.Option(8.0, help="ε in /255 units."),
+    n: int = typer.Option(16, help="Items (stratified subset of the split)."),
+    profile: str = typer.Option("quick", help="Profile whose attack settings are measured."),
+    ref_steps: int = typer.Option(100, help="Steps of each reference PGD restart."),
+    ref_restarts: int = typer.Option(3, help="Reference restarts (the first from δ = 0)."),
+    curve: str = typer.Option("5,10,20,40", help="PGD step counts of the convergence curve (comma list; '' = none)."),
+    seed: int = typer.Option(0),
+    attack_option: list[str] = typer.Option([], "--attack-option", help="attack.param=value, e.g. pgd.steps=20 "
+                                            "(repeatable)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Each attack's mean gain as a fraction of a converged reference (many-step restarted PGD, best
+    iterate; per image the best of the reference and every attack) on the same items, plus the
+    reference's convergence curve. An attack far below 1.0 gives up early and fakes robustness."""
+    from robench.engine.bench import attack_strength
+    from robench.engine.grid import expand_attacks
+
+    params = _parse_nested(attack_option, "--attack-option", "attack")
+    res = attack_strength([m.strip() for m in model.split(",") if m.strip()], expand_attacks(attacks), eps=eps, n=n,
+                          profile=profile, ref_steps=ref_steps, ref_restarts=ref_restarts, seed=seed,
+                          attack_params=params, progress=not as_json,
+                          curve_steps=tuple(int(k) for k in curve.split(",") if k.strip()))
+    if as_json:
+        emit_json(res)
+        return
+    table = Table(title=f"attack strength at ε = {eps:g}/255, {res['n']} items, {profile} profile vs PGD "
+                        f"{ref_steps}×{ref_restarts} restarts")
+    for c in ("model", "attack", "budget", "mean gain", "ratio", "gains on", "s"):
+        table.add_column(c)
+    for m in res["models"]:
+        for r in m["attacks"]:
+            table.add_row(m["model"], r["attack"], json.dumps(r["budget"]), f"{r['mean_gain']:.4g}",
+                          f"{r['ratio']:.2f}", f"{r['gains_on']}/{res['n']}", f"{r['seconds']:.1f}")
+    Console().print(table)
+
+
+@bench_app.command("grid")
+@user_errors
+def bench_grid(
+    executor: str = typer.Option("serial,ray", help="Executors to measure side by side (comma list)."),
+    cells: int = typer.Option(8, help="Equal cells in the grid."),
+    workers: int = typer.Option(2, help="Ray: local CPUs (workers)."),
+    queries: int = typer.Option(300, help="Square queries per cell (sets the cell's cost)."),
+    n: int = typer.Option(32, help="Items per cell."),
+    image_size: Optional[int] = typer.Option(None, help="mini image size (default: the quick profile's 128)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Wall time of one CPU-bound grid per executor (fresh store each), and the speed-up over serial."""
+    from robench.engine.bench import grid
+    from robench.engine.executors import check_name
+
+    names = [e.strip() for e in executor.split(",") if e.strip()]
+    for e in names:
+        check_name(e)
+    res = grid(names, cells=cells, workers=workers, queries=queries, n=n, image_size=image_size, progress=not as_json)
+    if as_json:
+        emit_json(res)
+        return
+    for r in res["results"]:
+        err.print(f"{r['executor']}: {cells} cells in {r['seconds']:.1f} s"
+                  + (f" (× {r['speedup_vs_serial']:.2f} vs serial)" if r["speedup_vs_serial"] else ""))

@@ -1,0 +1,232 @@
+"""One cell: a target × defence × attack × ε list on the items → its record and rows.
+
+:func:`run_cell` is a pure function of its inputs (an executor can send it elsewhere); the
+driver alone writes the store. The cell's sanity flags (monotone gain, convergence at half the
+budget, EOT, gradient masking across cells) are computed here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from robench.attacks.base import Attack, AttackResult, BudgetViolation
+from robench.core.config import RunSpec
+from robench.core.target import Target, fingerprint
+from robench.engine.items import Items
+from robench.engine.store import Store
+from robench.results.stats import correlations, twoafc_accuracy
+
+
+# relative tolerance of the monotonicity / ordering checks (attacks with few queries are noisy)
+CHECK_TOL = 1e-6
+
+
+def cell_config(target: Target, defense: dict[str, Any], attack: Attack, eps: list[float], spec: RunSpec,
+                items: Items, n: int | None) -> dict[str, Any]:
+    return {
+        "target": {"name": target.card.name, "weights_sha256": fingerprint(target),
+                   "weights_source": target.card.weights.source, "lower_better": bool(target.lower_better)},
+        "defense": defense,
+        "attack": attack.config(),
+        "eps": [float(e) for e in eps],
+        "dataset": {"name": spec.dataset, "split": spec.split, "kind": items.kind, "options": spec.dataset_options,
+                    "n": len(items), "n_requested": n, "subset_seed": spec.seed, "items_sha256": items.digest},
+        "seed": spec.seed,
+        "profile": attack.profile,
+    }
+
+
+def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
+             progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Attack every item at every ε; return the cell's record (summary, probes, flags, timing)
+    and its per-(item, ε) rows. Raises BudgetViolation rather than return an out-of-budget result."""
+    t0 = time.perf_counter()
+    res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False,
+                 batch_size=batch_size, progress=progress)
+    other_scores = None
+    t1 = time.perf_counter()
+    if items.other is not None:
+        # seeded like the attack: a randomised defence's draws for the unattacked image must be
+        # the same in every run (2AFC accuracy reproducible, a resumed store identical)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(attack.seed + 1)
+            # the unattacked image of a 2AFC triplet: like every reported score, a mean over
+            # the EOT draws when the target is randomised
+            eot = int(attack.params["eot"])
+            other_scores = torch.cat([target.expected_score(items.other[i:i + batch_size], items.ref[i:i + batch_size], eot)
+                                      for i in range(0, len(items), batch_size)])
+    compute = res.compute_seconds + (time.perf_counter() - t1)
+    rows = make_rows(res, items, eps, other_scores)
+    summary = summarise(res, items, eps, target.lower_better, other_scores)
+    flags = cell_flags(res, summary, attack)
+    convergence = convergence_check(target, attack, items, eps, batch_size, summary["mean_gain"])
+    if convergence is not None:
+        compute += convergence.pop("seconds")
+        flags["convergence"] = convergence
+        flags["not_converged"] = convergence["not_converged"]
+    return {"summary": summary, "probes": res.probes, "flags": flags, "n_items": len(items),
+            "attack_seconds": compute, "seconds": time.perf_counter() - t0}, rows
+
+
+#: the convergence rule of issue 15: the full budget's gain may exceed the half budget's by at
+#: most this fraction of the full gain
+CONVERGENCE_TOL = 0.05
+
+
+def convergence_check(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
+                      full_gain: list[float]) -> dict[str, Any] | None:
+    """Re-run the attack at half its budget (``Attack.half_budget``) on the same items and seed;
+    ``not_converged`` when, at any ε, full gain − half gain > 5 % of the full gain: doubling the
+    budget still moved the score, so the reported gain is a lower bound of an unfinished attack.
+    None for single-step attacks (nothing to halve)."""
+    params = attack.half_budget()
+    if not params:
+        return None
+    t0 = time.perf_counter()
+    half = type(attack)(profile=attack.profile, seed=attack.seed, **params)
+    res = half(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size)
+    q0, q = (t.numpy() for t in res.oriented(target.lower_better))
+    half_gain = [float((q[k] - q0).mean()) for k in range(len(eps))]
+    gap = [(f - h) / f if f > 0 else 0.0 for f, h in zip(full_gain, half_gain)]
+    return {"half_params": {k: params[k] for k in attack.budget_params if k in params},
+            "full_gain": [float(g) for g in full_gain], "half_gain": half_gain, "rel_gap": gap,
+            "tolerance": CONVERGENCE_TOL, "not_converged": bool(any(g > CONVERGENCE_TOL for g in gap)),
+            "seconds": time.perf_counter() - t0}
+
+
+def make_rows(res: AttackResult, items: Items, eps: list[float], other_scores) -> list[dict[str, Any]]:
+    L = items.labels
+    rows = []
+    for k, e in enumerate(eps):
+        for i in range(len(items)):
+            rows.append({
+                "item": i, "eps": float(e), "item_id": L["item_id"][i], "ref_id": L["ref_id"][i],
+                "distortion": L["distortion"][i], "level": L["level"][i] if "level" in L else None,
+                "mos": L["mos"][i] if "mos" in L else None, "judge": L["judge"][i] if "judge" in L else None,
+                "attacked_side": L["attacked_side"][i] if "attacked_side" in L else None,
+                "other_score": float(other_scores[i]) if other_scores is not None else None,
+                "clean_score": float(res.clean_scores[i]), "score": float(res.scores[k, i]),
+                "linf": float(res.linf[k, i]), "l2": float(res.l2[k, i]), "queries": int(res.queries[k, i]),
+                "psnr": _finite_or_none(res.psnr[k, i]) if res.psnr is not None else None,
+                "ssim": _finite_or_none(res.ssim[k, i]) if res.ssim is not None else None,
+            })
+    return rows
+
+
+def _finite_or_none(v: torch.Tensor) -> float | None:
+    """PSNR of an unperturbed image is +inf (and SSIM NaN on tiny images): stored as NULL."""
+    f = float(v)
+    return f if np.isfinite(f) else None
+
+
+def mean_perceptibility(res: AttackResult, k: int) -> dict[str, float | None]:
+    """Mean PSNR over the images the attack changed (δ = 0 has infinite PSNR) and mean SSIM over
+    all images, against the unattacked distorted images."""
+    if res.psnr is None:
+        return {"psnr": None, "ssim": None}
+    p = res.psnr[k]
+    p = p[torch.isfinite(p)]
+    s = res.ssim[k]
+    s = s[torch.isfinite(s)]
+    return {"psnr": float(p.mean()) if p.numel() else None, "ssim": float(s.mean()) if s.numel() else None}
+
+
+def summarise(res: AttackResult, items: Items, eps: list[float], lower_better: bool, other_scores) -> dict[str, Any]:
+    q0, q = (t.numpy() for t in res.oriented(lower_better))
+    per = [mean_perceptibility(res, k) for k in range(len(eps))]
+    out: dict[str, Any] = {"eps": list(eps), "mean_gain": [float((q[k] - q0).mean()) for k in range(len(eps))],
+                           "mean_queries": [float(res.queries[k].float().mean()) for k in range(len(eps))],
+                           "mean_psnr": [p["psnr"] for p in per], "mean_ssim": [p["ssim"] for p in per],
+                           "kept_clean": list(res.probes.get("kept_clean", []))}
+    if items.kind == "pairs":
+        mos = np.asarray(items.labels["mos"])
+        out["clean"] = correlations(q0, mos)
+        out["attacked"] = [correlations(q[k], mos) for k in range(len(eps))]
+        out["clean_srocc"] = out["clean"]["srocc"]
+        out["attacked_srocc"] = [c["srocc"] for c in out["attacked"]]
+    else:
+        sign = -1.0 if lower_better else 1.0
+        qo = sign * other_scores.numpy()
+        side = np.asarray(items.labels["attacked_side"])
+        judge = np.asarray(items.labels["judge"])
+
+        def acc(qa):
+            q_p0 = np.where(side == 0, qa, qo)
+            q_p1 = np.where(side == 1, qa, qo)
+            return twoafc_accuracy(q_p0, q_p1, judge)
+
+        out["clean_2afc"] = acc(q0)
+        out["attacked_2afc"] = [acc(q[k]) for k in range(len(eps))]
+    return out
+
+
+def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> dict[str, Any]:
+    """Per-cell sanity checks (method-notes §4 end); a flag is a warning recorded with the
+    result, not a failure."""
+    gains = summary["mean_gain"]
+    scale = max(abs(g) for g in gains) or 1.0
+    flags: dict[str, Any] = {
+        "gain_monotone_in_eps": all(b >= a - CHECK_TOL * scale for a, b in zip(gains, gains[1:])),
+        "moves_target": bool(max(gains) > 0),
+        "zero_grad": res.probes.get("zero_grad", 0), "nan_grad": res.probes.get("nan_grad", 0),
+        "randomised": res.probes.get("randomised", False),
+    }
+    if flags["randomised"] and int(attack.params.get("eot", 1) or 1) <= 1:
+        flags["eot_required"] = True  # a randomised target attacked without EOT is not a valid result
+    return flags
+
+
+def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
+                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """What an executor hands back for one cell: record and rows, or the budget violation that
+    stopped it (an out-of-budget result must never reach the store as data)."""
+    try:
+        record, rows = run_cell(target, attack, items, eps, batch_size, progress)
+    except BudgetViolation as exc:
+        return {"key": key, "failed": str(exc)}
+    return {"key": key, "record": record, "rows": rows}
+
+
+def cross_cell_checks(store: Store, keys: list[str]) -> None:
+    """Checks across the cells of one grid (same target, defence, items and ε): iterative ≥
+    single-step (PGD vs FGSM mean gain per ε), and white-box ≥ black-box per image (the share of
+    images where a score-only attack beats every gradient attack by more than 1 % of the score
+    range; a large share suggests gradient masking)."""
+    if not keys:
+        return
+    cells = store.cells(status="done")
+    cells = cells[cells["key"].isin(keys)]
+    if cells.empty:
+        return
+    res = {k: store.results(k) for k in cells["key"]}
+    for _, grp in cells.groupby(["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile"]):
+        by_attack = {r["attack"]: r for _, r in grp.iterrows()}
+        if "pgd" in by_attack and "fgsm" in by_attack:
+            gp, gf = by_attack["pgd"]["summary"]["mean_gain"], by_attack["fgsm"]["summary"]["mean_gain"]
+            if len(gp) == len(gf):
+                scale = max(map(abs, gp + gf)) or 1.0
+                ok = all(p >= f - 0.05 * scale for p, f in zip(gp, gf))
+                store.update_flags(by_attack["pgd"]["key"], {"iterative_ge_single_step": ok})
+        white = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "gradients"]
+        black = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "scores"]
+        if white and black:
+            def gains(r):
+                df = res[r["key"]]
+                return df.assign(g=df["score"] - df["clean_score"]).pivot(index="item", columns="eps", values="g")
+
+            wb = [gains(r) for r in white]
+            bb = [gains(r) for r in black]
+            sign = -1.0 if white[0]["config"]["target"]["lower_better"] else 1.0  # stored scores are raw
+            try:
+                w = np.maximum.reduce([sign * g.to_numpy() for g in wb])
+                b = np.maximum.reduce([sign * g.to_numpy() for g in bb])
+            except ValueError:
+                continue
+            spread = float(np.nanmax(np.abs(np.concatenate([w.ravel(), b.ravel()])))) or 1.0
+            frac = float(np.mean(b > w + 0.01 * spread))
+            for r in white + black:
+                store.update_flags(r["key"], {"black_box_beats_white_box": frac, "suspect_gradient_masking": frac > 0.1})

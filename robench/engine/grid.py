@@ -1,0 +1,272 @@
+"""``robench run``: expand a grid into cells, run the missing ones, store them, summarise.
+
+A *cell* is one target (+ weights digest) × defence × attack (+ every resolved hyper-parameter)
+× ε list × dataset (+ split + subset) × seed × profile. Its key is the sha256 of that canonical
+config plus the code version, so rerunning a command skips what is already in the store
+(``--resume``, the default) and recomputes it with ``--force``.
+
+Data flows one way: dataset → items → target → attack → records → store. :func:`run_cell` is a
+pure function of its inputs (an executor can send it elsewhere); the driver alone writes the store.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+from robench.core.version import __version__
+from robench.attacks.base import SUITE, Attack
+from robench.core.errors import RobenchError
+from robench.core.home import robench_home
+from robench.core.profiles import get_profile
+from robench.core.registry import ATTACKS
+from robench.core.config import RunSpec
+from robench.core.target import Target
+from robench.engine.cell import cell_config, cell_result, cross_cell_checks
+from robench.engine.items import Items, load_items
+from robench.engine.resolve import resolve_target, weights_records
+from robench.engine.store import Store, cell_key
+
+
+
+
+
+def default_store() -> Path:
+    return robench_home() / "runs" / "results.sqlite"
+
+
+def expand_attacks(names: str | list[str]) -> list[str]:
+    items = names.split(",") if isinstance(names, str) else list(names)
+    out: list[str] = []
+    for raw in items:
+        name = raw.strip()
+        if not name:
+            continue
+        for a in (SUITE if name == "all" else (name,)):
+            ATTACKS.entry(a)  # unknown names fail here, with a did-you-mean
+            if a not in out:
+                out.append(a)
+    if not out:
+        raise RobenchError("no attack given (use --attacks all or a comma-separated list)")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# items
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# cells
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+
+
+
+
+
+
+
+
+@dataclass
+class Plan:
+    """One target × defence of a grid: everything loaded once, and the tasks of its cells."""
+    spec: RunSpec
+    target: Target
+    defense: dict[str, Any]
+    items: Items
+    eps: list[float]
+    attacks: list[Attack]
+    tasks: list[Any]
+    report: dict[str, Any]
+
+
+def plan(spec: RunSpec, progress: bool = True) -> Plan:
+    """Check names, train what is missing, load target and items, and describe every cell."""
+    from robench.engine.executors import CellTask
+
+    prof = get_profile(spec.profile)
+    names = expand_attacks(spec.attacks)
+    # sorted and unique: `--eps 8,8` would write each row twice, and `8,2` is the same cell as `2,8`
+    eps = sorted({float(e) for e in (spec.eps if spec.eps else prof.eps)})
+    for e in eps:
+        if not (0 < e <= 255):
+            raise RobenchError(f"--eps values are in /255 units and must be in (0, 255], got {e:g}")
+    n = spec.n if spec.n is not None else prof.attack_n
+    attacks = []
+    for name in names:
+        params = dict(spec.attack_params.get(name, {}))
+        if name == "facpa":  # the generator trains on the same dataset's train split
+            params.setdefault("dataset", spec.dataset)
+            params.setdefault("dataset_options", dict(spec.dataset_options))
+        attacks.append(ATTACKS.get(name)(profile=prof.name, seed=spec.seed, **params))
+    target, defense = resolve_target(spec, progress)
+    for a in attacks:  # refuse the whole grid before any compute; fix eot="auto" for this target
+        a.check(target)
+        a.resolve(target)
+    items = load_items(spec.dataset, spec.split, n or None, spec.seed, spec.dataset_options)
+    store_path = Path(spec.store) if spec.store else default_store()
+    report: dict[str, Any] = {"store": str(store_path), "cells": [], "profile": prof.name, "eps": eps,
+                              "defense": defense, "weights": target.card.weights.describe(),
+                              "target": target.card.name, "dataset": spec.dataset, "split": spec.split, "n": len(items)}
+    spec_dict = {k: v for k, v in spec.__dict__.items() if k not in ("store", "force")}
+    tasks = []
+    for a in attacks:
+        config = cell_config(target, defense, a, eps, spec, items, n)
+        tasks.append(CellTask(key=cell_key(config, __version__), spec=spec_dict, attack=a.name,
+                              attack_params=dict(a.params), eps=eps, batch_size=prof.attack_batch, n=n,
+                              home=str(robench_home()), label=f"{target.card.name} · {a.name}",
+                              extra={"config": config}))
+    return Plan(spec, target, defense, items, eps, attacks, tasks, report)
+
+
+def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None = None,
+        executor: Any = "serial") -> dict[str, Any]:
+    """One target × defence × attacks (the single-model form of ``run_grid``)."""
+    return run_grid([spec], progress, log, executor)["runs"][0]
+
+
+def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], None] | None = None,
+             executor: Any = "serial", executor_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Plan every target × defence (training what is missing, in the driver), hand the cells that
+    are not stored yet to the executor, and commit each returned cell in one transaction (the
+    driver is the store's only writer)."""
+    from robench.engine.executors import Executor, make_executor
+    from robench.core.progress import progress_bar
+    from robench.core.provenance import git_commit, versions
+
+    if isinstance(executor, str):
+        from robench.engine.executors import check_name
+
+        check_name(executor)
+    stores = {str(Path(s.store) if s.store else default_store()) for s in specs}
+    if len(stores) != 1:
+        raise RobenchError(f"one grid writes one store, got {sorted(stores)}")
+    plans = [plan(s, progress) for s in specs]
+    store_path = Path(stores.pop())
+    commit, vers = git_commit(), versions()
+    t_run = time.perf_counter()
+    compute_total = 0.0
+    harness_total = sum(p.items.load_seconds for p in plans)
+    by_key: dict[str, tuple[Plan, Any, Attack]] = {}
+    with Store(store_path) as store, progress_bar(progress) as bar:
+        todo = []
+        for p in plans:
+            store.record_weights(weights_records(p.target))
+            for t, a in zip(p.tasks, p.attacks):
+                entry = {"key": t.key, "attack": a.name, "repr": repr(a)}
+                p.report["cells"].append(entry)
+                if not p.spec.force and store.status(t.key) == "done":
+                    entry["status"] = "cached"
+                else:
+                    todo.append(t)
+                    by_key[t.key] = (p, entry, a)
+        ex = executor if isinstance(executor, Executor) else (make_executor(executor, **(executor_options or {}))
+                                                             if todo else None)
+        local = {}
+        if ex is not None and ex.name == "serial":
+            for t in todo:  # in process: reuse the loaded target and items, per-item progress
+                p, _, a = by_key[t.key]
+                local[t.key] = _local_cell(p, a, t, bar)
+        overall = bar.add_task(f"grid ({ex.name})", total=len(todo)) if (bar and ex is not None and ex.name != "serial") else None
+        try:
+            for t, result in (ex.run(todo, local) if ex is not None else []):
+                p, entry, a = by_key[t.key]
+                t_commit = time.perf_counter()
+                cell = {"config": t.extra["config"], "versions": vers, "git_commit": commit}
+                if isinstance(result, BaseException) or "failed" in result:
+                    msg = str(result) if isinstance(result, BaseException) else result["failed"]
+                    store.record_failure(t.key, cell, msg)
+                    entry.update(status="failed", error=msg)
+                    if log:
+                        log(f"cell {t.label} failed: {msg}")
+                else:
+                    record = result["record"]
+                    written = store.commit_cell(t.key, {**cell, **record}, result["rows"], replace=p.spec.force,
+                                                before_commit=_fault_hook(a.name))
+                    wall = result.get("wall", record["seconds"]) + (time.perf_counter() - t_commit)
+                    compute_total += record["attack_seconds"]
+                    harness_total += wall - record["attack_seconds"]
+                    entry.update(status="done" if written else "cached", seconds=wall,
+                                 attack_seconds=record["attack_seconds"])
+                if overall is not None:
+                    bar.advance(overall, 1)
+        finally:
+            if ex is not None and not isinstance(executor, Executor):
+                ex.close()
+        for p in plans:
+            cross_cell_checks(store, [c["key"] for c in p.report["cells"] if c.get("status") in ("done", "cached")])
+        table = store.cells(status=None)
+        for p in plans:
+            for entry in p.report["cells"]:
+                row = table[table["key"] == entry["key"]]
+                if len(row):
+                    r = row.iloc[0]
+                    entry.update(summary=r["summary"], flags=r["flags"], status_in_store=r["status"])
+    seconds = time.perf_counter() - t_run
+    for p in plans:
+        p.report.update(seconds=seconds, attack_compute_seconds=compute_total,
+                        harness_overhead=harness_total / compute_total if compute_total > 0 else None)
+    return {"runs": [p.report for p in plans], "seconds": seconds, "executor": ex.name if ex is not None else "none",
+            "store": str(store_path)}
+
+
+def _local_cell(p: Plan, attack: Attack, task, bar) -> Callable[[], dict[str, Any]]:
+    def go() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        prog = bar.add_task(task.label, total=len(p.items)) if bar else None
+        tick = (lambda k: bar.advance(prog, k)) if bar else None
+        out = cell_result(task.key, p.target, attack, p.items, p.eps, task.batch_size, tick)
+        out["wall"] = time.perf_counter() - t0
+        return out
+    return go
+
+
+
+
+
+
+def _fault_hook(attack_name: str):
+    """Fault injection for the crash tests: ``ROBENCH_FAULT=kill-before-commit:<attack>`` sends
+    SIGKILL to this process inside the cell's transaction, after its rows are written."""
+    from robench.engine.faults import armed, fault
+
+    point = f"kill-before-commit:{attack_name}"
+    return (lambda: fault(point)) if armed(point) else None
+
+
+

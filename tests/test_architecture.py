@@ -1,0 +1,103 @@
+"""The house (issue 16): the package's import graph has no cycle, counting imports inside
+functions, and its folders are layered contracts → plugins → engine → results → cli."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import robench
+
+ROOT = Path(robench.__file__).parent
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in ROOT.rglob("*.py"):
+        parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Edges module → robench module it imports, at any depth of the file (function-level
+    imports hide cycles that only bite at call time). ``from pkg import name`` points at the
+    submodule when ``name`` is one, else at ``pkg``."""
+    mods = modules()
+
+    def known(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, path in mods.items():
+        pkg = m if path.name == "__init__.py" else m.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    head = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(head + ([base] if base else []))
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            for n in names:
+                k = known(n) if n.startswith("robench") else None
+                if k and k != m:
+                    graph[m].add(k)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(u: str) -> list[str] | None:
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                return stack[stack.index(v):] + [v]
+            if v not in state and (c := visit(v)):
+                return c
+        stack.pop()
+        state[u] = 2
+        return None
+
+    for u in sorted(graph):
+        if u not in state and (c := visit(u)):
+            return c
+    return None
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_counting_function_level_imports():
+    graph = import_graph()
+    assert len(graph) > 50  # the walk saw the package
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+LAYER = {"core": 0, "data": 1, "models": 1, "attacks": 1, "defenses": 1, "engine": 2, "results": 3, "cli": 4}
+
+
+def test_contracts_import_nothing_above_them():
+    """robench.core is the bottom: it may import only itself (plugins and the engine build on it)."""
+    bad = [(m, d) for m, deps in import_graph().items() if m.startswith("robench.core")
+           for d in deps if not d.startswith("robench.core")]
+    assert not bad, bad
+
+
+def test_engine_and_results_never_import_the_cli():
+    bad = [(m, d) for m, deps in import_graph().items() if m.split(".")[1:2] and LAYER.get(m.split(".")[1], 0) < 4
+           for d in deps if d.startswith("robench.cli")]
+    assert not bad, bad
