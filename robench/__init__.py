@@ -30,4 +30,24 @@ def load_attack(name: str, profile: str = "quick", seed: int = 0, **params):
     return ATTACKS.get(name)(profile=profile, seed=seed, **params)
 
 
-__all__ = ["load_attack", "__version__", "load_dataset", "load_model", "RobenchError", "UnknownNameError"]
+def run(config=None, *, progress: bool = True, **settings):
+    """Run a grid from Python: ``robench.run(RunConfig(...))``, ``robench.run("run.toml")`` or
+    ``robench.run(model="birqa", defense="aat", attacks="all")`` (the CLI's names). The same
+    settings give the same cell keys and records as ``robench run``; returns the grid report."""
+    from pathlib import Path
+
+    from robench.core.config import RunConfig
+    from robench.engine.grid import run_config
+
+    if config is None:
+        config = RunConfig.from_dict(settings, where="robench.run")
+    elif isinstance(config, (str, Path)):
+        if settings:
+            raise RobenchError("robench.run: give a config file or settings, not both")
+        config = RunConfig.from_toml(config)
+    elif settings:
+        raise RobenchError("robench.run: give a RunConfig or settings, not both")
+    return run_config(config, progress=progress)
+
+
+__all__ = ["run", "load_attack", "__version__", "load_dataset", "load_model", "RobenchError", "UnknownNameError"]

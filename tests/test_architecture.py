@@ -101,3 +101,90 @@ def test_engine_and_results_never_import_the_cli():
     bad = [(m, d) for m, deps in import_graph().items() if m.split(".")[1:2] and LAYER.get(m.split(".")[1], 0) < 4
            for d in deps if d.startswith("robench.cli")]
     assert not bad, bad
+
+
+# --------------------------------------------------------------------------------------------
+# the engine knows no plugin by name
+
+
+ENGINE_PACKAGES = ("core", "engine", "results")
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = getattr(node, "body", [])
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+    return ids
+
+
+def plugin_names() -> set[str]:
+    from robench.core.registry import REGISTRIES
+
+    names = set()
+    for reg in REGISTRIES.values():
+        for n in reg.names():
+            names.add(n)
+            names.add(n.split(".")[0])  # the architecture of a variant: lpips of lpips.alex
+    return names
+
+
+def plugin_mentions(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """Code (not comments, not docstrings) that names a plugin: a string constant equal to a name
+    or starting ``name.``. Record field names (dict keys, subscripts: ``row["psnr"]`` is the
+    perceptibility column, not the PSNR target) are not plugin references; names of one or two
+    letters (recipes ``r``, ``at``) count only where compared, as in ``defense == "at"``."""
+    tree = ast.parse(source)
+    skip = _docstrings(tree)
+    compared = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            skip |= {id(k) for k in node.keys if k is not None}
+        elif isinstance(node, ast.Subscript):
+            skip.add(id(node.slice))
+        elif isinstance(node, ast.Compare):
+            for c in [node.left, *node.comparators]:
+                compared |= {id(x) for x in ast.walk(c)}
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            v = node.value.strip()
+            if len(v) <= 2 and id(node) not in compared:
+                continue
+            if v in names or any(v.startswith(n + ".") and len(n) > 2 for n in names):
+                hits.append((node.lineno, v))
+    return hits
+
+
+def test_plugin_name_check_catches_a_planted_name():
+    names = {"pgd", "mini", "lpips"}
+    names |= {"at"}
+    src = ('def f(a, row):\n    """pgd in a docstring is fine"""\n    # pgd in a comment is fine\n'
+           '    x = {"mini": 1}[row["mini"]]\n    return a == "pgd" or a.startswith("lpips.x") or a == "at" or "at"\n')
+    assert sorted(v for _, v in plugin_mentions(src, names)) == ["at", "lpips.x", "pgd"]
+
+
+#: strings that equal a plugin name but are not references to the plugin, with why
+NOT_PLUGINS = {
+    ("robench/engine/store.py", "psnr"): "perceptibility column of the results table",
+    ("robench/engine/store.py", "ssim"): "perceptibility column of the results table",
+    ("robench/results/report.py", "psnr"): "perceptibility field of a cell",
+    ("robench/results/report.py", "ssim"): "perceptibility field of a cell",
+    ("robench/engine/validate.py", "autoattack"): "the optional Python package reported by validate",
+}
+
+
+def test_engine_results_and_contracts_name_no_plugin():
+    names = plugin_names()
+    assert {"pgd", "facpa", "diffpure", "aat", "mini", "birqa"} <= names
+    found = []
+    for pkg in ENGINE_PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = str(path.relative_to(ROOT.parent))
+            for line, v in plugin_mentions(path.read_text(), names):
+                if (rel, v) in NOT_PLUGINS:
+                    continue
+                found.append(f"{path.relative_to(ROOT.parent)}:{line}: {v!r}")
+    assert not found, "engine code names plugins:\n" + "\n".join(found)

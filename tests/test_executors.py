@@ -63,9 +63,9 @@ def test_unknown_executor_is_refused(tiny_mini, tmp_path):
 
 
 def test_validate_dry_builds_the_paper_grid():
-    from robench.engine.validate import dry_build, kadid_split_sizes
+    from robench.engine.validate import dry_build, split_sizes
 
-    sizes = kadid_split_sizes()
+    sizes = split_sizes("kadid10k")
     assert sum(sizes.values()) == 10125 and sizes["test"] == 16 * 125
     from robench.attacks.base import SUITE
 

@@ -43,8 +43,17 @@ from robench.core.errors import RobenchError, UnknownNameError
 from robench.core.profiles import get_profile
 from robench.core.target import BoundTarget, Target, validate_pair
 
-#: ``--attacks all``
-SUITE = ("fgsm", "pgd", "cw", "autoattack", "square", "parsimonious", "facpa", "zhang")
+def suite() -> tuple[str, ...]:
+    """``--attacks all``: the registered attacks that declare a ``suite`` place, in order."""
+    from robench.core.registry import attack_suite
+
+    return attack_suite()
+
+
+def __getattr__(name: str) -> Any:  # ``SUITE`` stays importable; it is read from the registry
+    if name == "SUITE":
+        return suite()
+    raise AttributeError(name)
 WHITE_BOX_NEEDS = "gradients"
 BUDGET_TOL = 1e-6
 
@@ -149,8 +158,19 @@ class Attack:
     iterative: ClassVar[bool] = True
     #: hyper-parameters that set the iterations/queries (halved by the convergence check)
     budget_params: ClassVar[tuple[str, ...]] = ()
-    #: every hyper-parameter with its default; profiles override some, users any
+    #: every hyper-parameter with its default; the profile's budgets override some, users any
     defaults: ClassVar[dict[str, Any]] = {}
+    #: budgets per profile name (``quick``, ``paper``): the parameters a profile sets
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: place in ``--attacks all`` and in report tables (None: registered, not in the suite)
+    suite: ClassVar[int | None] = None
+    #: small parameters for the generic tests (seconds on CPU)
+    test_options: ClassVar[dict[str, Any]] = {}
+    #: attacks this one must match or beat on the same items (a cross-cell sanity flag)
+    at_least_as_strong_as: ClassVar[tuple[str, ...]] = ()
+    #: parameters the engine fills with the run's dataset and its options (a generator that
+    #: trains on the run's train split)
+    training_data_params: ClassVar[tuple[str, ...]] = ()
 
     #: harness parameters every attack takes: ``eot`` draws per objective evaluation ("auto": the
     #: profile's ``eot_draws`` against a randomised target, else 1)
@@ -167,6 +187,7 @@ class Attack:
             raise UnknownNameError(f"unknown parameter {k!r} for attack {self.name!r};{hint} "
                                    f"(parameters: {', '.join(known)})")
         merged = dict(known)
+        merged.update(self.budgets.get(prof.name, {}))
         merged.update(prof.attack_params(self.name))
         merged.update(params)
         self.params = merged
@@ -176,7 +197,17 @@ class Attack:
 
     @classmethod
     def registry_meta(cls) -> dict[str, Any]:
-        return {"kind": cls.kind, "needs": cls.needs, "defaults": dict(cls.defaults)}
+        return {"kind": cls.kind, "needs": cls.needs, "defaults": dict(cls.defaults), "suite": cls.suite,
+                "iterative": cls.iterative, "budgets": {k: dict(v) for k, v in cls.budgets.items()}}
+
+    def cost(self) -> dict[str, float]:
+        """Evaluations per image and budget: ``grad`` (forward + backward) and ``forward``
+        (score only), the clean score excluded; validate's time estimate multiplies them."""
+        raise NotImplementedError(f"attack {self.name!r} does not declare its cost")
+
+    def setup_cost(self, train_items: int) -> float:
+        """Gradient evaluations spent once per target and defence before attacking (0 for most)."""
+        return 0.0
 
     def half_budget(self) -> dict[str, Any]:
         """This attack's parameters with every budget parameter halved (the convergence check);

@@ -29,6 +29,12 @@ class CW(Attack):
     needs = "gradients"
     budget_params = ("steps",)
     defaults = {"binary_steps": 5, "steps": 100, "lr": 0.01, "c_init": 10.0, "kappa": 0.0, "target_gain": 0.25}
+    suite = 3
+    budgets = {"quick": {"binary_steps": 3, "steps": 20}, "paper": {"binary_steps": 5, "steps": 100}}
+    test_options = {"binary_steps": 1, "steps": 3}
+
+    def cost(self) -> dict[str, float]:
+        return {"grad": self.params["binary_steps"] * self.params["steps"], "forward": 0}
 
     def minimise(self, f, x, q0, eps_max):
         n = x.shape[0]

@@ -64,6 +64,18 @@ class FACPA(Attack):
     budget_params = ("steps", "epochs")  # the generator's training
     defaults = {"width": 16, "steps": None, "epochs": 5, "batch": 8, "lr": 1e-3, "train_eps": 8 / 255,
                 "crop": 256, "dataset": "mini", "dataset_options": {}}
+    suite = 7
+    budgets = {"quick": {"steps": 60, "crop": 64}, "paper": {"steps": None, "epochs": 5, "crop": 256}}
+    test_options = {"steps": 2, "crop": 32, "width": 4}
+    #: the generator trains on the run's dataset: the engine fills ``dataset`` / ``dataset_options``
+    training_data_params = ("dataset", "dataset_options")
+
+    def cost(self) -> dict[str, float]:
+        return {"grad": 0, "forward": 1}  # one generator pass; its training is the setup cost
+
+    def setup_cost(self, train_items: int) -> float:
+        """Gradient evaluations to train the generator once per target and defence."""
+        return float((self.params.get("epochs") or 1) * train_items)
 
     def __init__(self, profile: str = "quick", seed: int = 0, **params):
         super().__init__(profile=profile, seed=seed, **params)

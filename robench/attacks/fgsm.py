@@ -13,6 +13,12 @@ class FGSM(Attack):
     kind = "fixed"
     needs = "gradients"
     iterative = False
+    suite = 1
+    budgets = {}  # one step: nothing to budget
+    test_options = {}
+
+    def cost(self) -> dict[str, float]:
+        return {"grad": 1, "forward": 0}
     defaults: dict = {}
 
     def perturb(self, f, x, eps, q0):

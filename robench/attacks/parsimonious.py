@@ -32,6 +32,12 @@ class Parsimonious(Attack):
     needs = "scores"
     budget_params = ("queries",)
     defaults = {"queries": 10000, "block_size": None, "batch_blocks": 64, "max_rounds": 5}
+    suite = 6
+    budgets = {"quick": {"queries": 300, "batch_blocks": 16}, "paper": {"queries": 10000, "batch_blocks": 64}}
+    test_options = {"queries": 20, "batch_blocks": 4}
+
+    def cost(self) -> dict[str, float]:
+        return {"grad": 0, "forward": self.params["queries"]}
 
     def perturb(self, f, x, eps, q0):
         n, c, h, w = x.shape

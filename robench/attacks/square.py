@@ -67,6 +67,13 @@ class Square(Attack):
     needs = "scores"
     budget_params = ("queries",)
     defaults = {"queries": 10000, "p_init": 0.05}
+    suite = 5
+    # quick: 32 queries never moved the score (the audit); 300 do (README: measured gain)
+    budgets = {"quick": {"queries": 300}, "paper": {"queries": 10000}}
+    test_options = {"queries": 10}
+
+    def cost(self) -> dict[str, float]:
+        return {"grad": 0, "forward": self.params["queries"]}
 
     def perturb(self, f, x, eps, q0):
         return square_search(f, x, q0, eps, int(self.queries), float(self.p_init), self.seed)

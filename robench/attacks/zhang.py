@@ -56,6 +56,14 @@ class Zhang(Attack):
     #: steps: Adam steps per budget; lr: Adam learning rate on δ (Zhang et al.'s code and the AT-
     #: authors': 0.005); lam: weight of SSIM(x', x) against the score gain in units of the clean spread
     defaults = {"steps": 100, "lr": 0.005, "lam": 1.0}
+    suite = 8
+    # quick: the AT- authors' iteration count; paper: robench's choice (the AT- authors ran 10,
+    # Zhang et al.'s own script 200)
+    budgets = {"quick": {"steps": 10}, "paper": {"steps": 100}}
+    test_options = {"steps": 2}
+
+    def cost(self) -> dict[str, float]:
+        return {"grad": self.params["steps"], "forward": 1}  # + one forward of the final iterate
 
     def perturb(self, f, x, eps, q0):
         if min(x.shape[-2:]) < 11:

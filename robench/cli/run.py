@@ -64,7 +64,7 @@ def train_cmd(
     if defense == "diffpure":
         from robench.defenses.diffpure import train_diffpure
 
-        r = train_diffpure(dataset=dataset, profile=profile, steps=steps, seed=seed,
+        r = train_diffpure(dataset=dataset, profile=profile, steps=steps, seed=seed, out=out,
                            dataset_options={**({"root": str(root)} if root else {}),
                                             **_parse_kv(dataset_option, "--dataset-option")})
         emit_json(r) if as_json else err.print(f"{r['name']}: {r['train_seconds']:.0f} s, final loss "
@@ -94,10 +94,10 @@ def train_cmd(
 @user_errors
 def eval_cmd(
     model: str = typer.Option(...),
-    dataset: str = typer.Option("mini"),
+    dataset: Optional[str] = typer.Option(None, help="Dataset; default: the built-in offline set."),
     split: str = typer.Option("test"),
     weights: Optional[str] = typer.Option(None, help="A weights file, or 'none' (default: best available)."),
-    profile: str = typer.Option("quick", help="Sets the mini image size."),
+    profile: str = typer.Option("quick", help="Sets a built dataset's image size."),
     root: Optional[Path] = typer.Option(None),
     seed: int = typer.Option(0, help="Split seed."),
     dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
@@ -105,16 +105,12 @@ def eval_cmd(
 ) -> None:
     """SROCC / PLCC / KROCC of a target on a dataset split."""
     import robench
-    from robench.core.profiles import get_profile
+    from robench.core.registry import default_dataset
     from robench.engine.train import evaluate
 
     target = robench.load_model(model, weights=weights)
-    opts: dict[str, Any] = {"seed": seed}
-    if dataset in ("mini", "mini-2afc"):
-        opts["size"] = get_profile(profile).image_size
-    if root is not None:
-        opts["root"] = root
-    opts.update(_parse_kv(dataset_option, "--dataset-option"))
+    dataset = dataset or default_dataset()
+    opts = {"seed": seed, **_dataset_defaults(dataset, profile, root, dataset_option)}
     ds = robench.load_dataset(dataset, split=split, **opts)
     res = evaluate(target, ds, progress=not as_json)
     res.update({"model": model, "dataset": dataset, "split": split, "weights": target.card.weights.describe(),
@@ -123,25 +119,26 @@ def eval_cmd(
         f"{model} on {dataset}/{split}: SROCC {res['srocc']:.4f}  PLCC {res['plcc']:.4f}  KROCC {res['krocc']:.4f}  (n={res['n']})")
 
 
-def _dataset_defaults(dataset: str, profile: str, root: Optional[Path], extra: list[str] | None) -> dict[str, Any]:
-    from robench.core.profiles import get_profile
+def _dataset_defaults(dataset: Optional[str], profile: str, root: Optional[Path], extra: list[str] | None) -> dict[str, Any]:
+    """The profile's options for the dataset (its declaration), then --root and --dataset-option."""
+    from robench.core.config import dataset_options_for
+    from robench.core.registry import default_dataset
 
     opts: dict[str, Any] = {}
-    if dataset in ("mini", "mini-2afc"):
-        opts["size"] = get_profile(profile).image_size
     if root is not None:
         opts["root"] = str(root)
     opts.update(_parse_kv(extra, "--dataset-option"))
-    return opts
+    return dataset_options_for(dataset or default_dataset(), profile, opts)
 
 
 @app.command("run")
 @user_errors
 def run_cmd(
-    model: str = typer.Option(..., help="Target, e.g. birqa, lpips.alex, topiq.fr (arch.tag for a weights variant)."),
-    attacks: str = typer.Option("all", help="'all' (the suite's eight: the paper's seven + PGD) or a comma-separated list (robench ls attacks)."),
-    defense: Optional[str] = typer.Option(None, help="Defence (robench ls defenses); default none."),
-    dataset: str = typer.Option("mini", help="Dataset (pairs: SROCC; 2afc: accuracy)."),
+    model: Optional[str] = typer.Option(None, help="Target, e.g. birqa, lpips.alex, topiq.fr (arch.tag for a weights variant); a comma list makes a grid."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run configuration (TOML; the resolved config.toml of an earlier run reproduces it). Not combined with the grid flags."),
+    attacks: str = typer.Option("all", help="'all' (every attack that declares a suite place: robench ls attacks) or a comma-separated list."),
+    defense: Optional[str] = typer.Option(None, help="Defence (robench ls defenses); default none; a comma list makes a grid."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset (pairs: SROCC; 2afc: accuracy); default: the built-in offline set."),
     split: str = typer.Option("test"),
     eps: Optional[str] = typer.Option(None, help="Budgets in /255 units, e.g. 2,4,6,8,10 (default: the profile's)."),
     profile: str = typer.Option("quick", help="quick | paper"),
@@ -165,36 +162,49 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Attack targets across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy).
-    --model and --defense take comma lists: the grid is every model × defence × attack."""
-    from robench.core.config import RunSpec
-    from robench.engine.grid import run_grid
+    --model and --defense take comma lists: the grid is every model × defence × attack. The
+    settings form one run configuration (written beside the store as config.toml)."""
+    from robench.core.config import RunConfig
+    from robench.engine.executors import check_name
+    from robench.engine.grid import run_config
 
-    eps_list = None
-    if eps:
-        try:
-            eps_list = [float(e) for e in eps.split(",") if e.strip()]
-        except ValueError:
-            raise RobenchError(f"--eps must be comma-separated numbers in /255 units, got {eps!r}") from None
-    attack_params = _parse_nested(attack_option, "--attack-option", "attack")
-    defense_params = _parse_nested(defense_option, "--defense-option", "defence")
-    models = [m.strip() for m in model.split(",") if m.strip()]
-    defenses = [d.strip() for d in defense.split(",") if d.strip()] if defense else [None]
-    if weights is not None and len(models) > 1:
-        raise RobenchError("--weights names one file: use it with a single --model")
-    opts = _dataset_defaults(dataset, profile, root, dataset_option)
-    specs = [RunSpec(model=m, attacks=attacks, dataset=dataset, eps=eps_list, profile=profile, n=n, seed=seed,
-                     split=split, defense=None if d in (None, "none") else d, weights=weights, store=store,
-                     force=force or not resume, dataset_options=dict(opts), attack_params=attack_params,
-                     defense_options=defense_params) for m in models for d in defenses]
-    ex_opts = {"address": address, "num_cpus": workers, "cpus_per_cell": cpus_per_cell,
-               "gpus_per_cell": gpus_per_cell} if executor == "ray" else {}
-    grid = run_grid(specs, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"), executor=executor,
-                    executor_options=ex_opts)
+    if config is not None:
+        given = {"--model": model, "--defense": defense, "--dataset": dataset, "--eps": eps, "--n": n,
+                 "--weights": weights, "--root": root, "--dataset-option": dataset_option,
+                 "--attack-option": attack_option, "--defense-option": defense_option, "--address": address,
+                 "--workers": workers}
+        clash = [k for k, v in given.items() if v] + [k for k, v, d in (("--attacks", attacks, "all"), ("--split", split, "test"),
+                 ("--profile", profile, "quick"), ("--seed", seed, 0), ("--executor", executor, "serial")) if v != d]
+        if clash:
+            raise RobenchError(f"--config {config} holds the settings: drop {', '.join(clash)} (edit the file instead)")
+        cfg = RunConfig.from_toml(config)
+        if store is not None:
+            cfg.store = str(store)
+        cfg.force = cfg.force or force or not resume
+    else:
+        if not model:
+            raise RobenchError("give --model (e.g. --model birqa) or --config run.toml")
+        check_name(executor)
+        opts: dict[str, Any] = {}
+        if root is not None:
+            opts["root"] = str(root)
+        opts.update(_parse_kv(dataset_option, "--dataset-option"))
+        ex_opts = {"address": address, "num_cpus": workers, "cpus_per_cell": cpus_per_cell,
+                   "gpus_per_cell": gpus_per_cell} if executor == "ray" else {}
+        cfg = RunConfig.from_dict({
+            "targets": model, "attacks": attacks, "defenses": defense or "none", "dataset": dataset, "split": split,
+            "eps": eps, "profile": profile, "n": n, "seed": seed, "weights": weights,
+            "store": str(store) if store else None, "force": force or not resume, "dataset_options": opts,
+            "attack_params": _parse_nested(attack_option, "--attack-option", "attack"),
+            "defense_options": _parse_nested(defense_option, "--defense-option", "defence"),
+            "executor": executor, "executor_options": ex_opts}, where="robench run")
+    grid = run_config(cfg, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"))
     if as_json:
-        emit_json(grid["runs"][0] if len(specs) == 1 else grid)
+        emit_json(grid["runs"][0] if len(grid["runs"]) == 1 else grid)
     else:
         for report in grid["runs"]:
             print_summary(report)
+        err.print(f"run configuration: {grid['config']}")
     if any(c.get("status") == "failed" for r in grid["runs"] for c in r["cells"]):
         raise typer.Exit(1)
 

@@ -117,21 +117,23 @@ def bench_speed(
     batch: int = typer.Option(1),
     rounds: int = typer.Option(5),
     device: str = typer.Option("cpu"),
+    reference: str = typer.Option("topiq.fr", help="Model the speed ratios are relative to (the paper's: TOPIQ-FR)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Images/s end to end (features included), parameter counts, ratios to topiq.fr."""
+    """Images/s end to end (features included), parameter counts, ratios to a reference model."""
     from robench.engine.bench import speed
 
     w, h = _parse_size(size, "512x384")
-    res = speed([m.strip() for m in models.split(",") if m.strip()], (w, h), batch=batch, rounds=rounds, device=device)
+    res = speed([m.strip() for m in models.split(",") if m.strip()], (w, h), batch=batch, rounds=rounds, device=device,
+                reference=reference)
     if as_json:
         emit_json(res)
         return
     table = Table(title=f"speed at {res['size']} ({res['machine']['device']}, {res['machine']['torch_threads']} threads)")
-    for c in ("model", "images/s", "params", "× topiq.fr"):
+    for c in ("model", "images/s", "params", f"× {reference}"):
         table.add_column(c)
     for r in res["results"]:
-        ratio = r["ratio_to_topiq.fr"]
+        ratio = r.get(f"ratio_to_{reference}")
         table.add_row(r["model"], f"{r['images_per_s']:.2f}", f"{r['parameters'] / 1e6:.2f} M", f"{ratio:.2f}" if ratio else "—")
     Console().print(table)
 
@@ -207,7 +209,9 @@ def bench_grid(
     executor: str = typer.Option("serial,ray", help="Executors to measure side by side (comma list)."),
     cells: int = typer.Option(8, help="Equal cells in the grid."),
     workers: int = typer.Option(2, help="Ray: local CPUs (workers)."),
-    queries: int = typer.Option(300, help="Square queries per cell (sets the cell's cost)."),
+    model: str = typer.Option("ssim", help="Target of every cell (cheap: the grid measures the executor)."),
+    attack: str = typer.Option("square", help="A query attack (its `queries` set the cell's cost)."),
+    queries: int = typer.Option(300, help="Queries per cell (sets the cell's cost)."),
     n: int = typer.Option(32, help="Items per cell."),
     image_size: Optional[int] = typer.Option(None, help="mini image size (default: the quick profile's 128)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -219,7 +223,7 @@ def bench_grid(
     names = [e.strip() for e in executor.split(",") if e.strip()]
     for e in names:
         check_name(e)
-    res = grid(names, cells=cells, workers=workers, queries=queries, n=n, image_size=image_size, progress=not as_json)
+    res = grid(names, model=model, attack=attack, cells=cells, workers=workers, queries=queries, n=n, image_size=image_size, progress=not as_json)
     if as_json:
         emit_json(res)
         return

@@ -1,17 +1,38 @@
-"""The run configuration: every setting of a run, in one typed object."""
+"""The run configuration: every setting of a run, in one typed object.
+
+``robench run --model …`` flags, ``robench run --config run.toml`` and ``robench.run(config)`` /
+``robench.run(model=…)`` all build a :class:`RunConfig`; :meth:`RunConfig.resolve` fills what the
+profile and the plugins decide (ε list, items per cell, the dataset's size options, the attack
+suite) in this one place, so the same settings give the same cell keys however a run starts.
+The resolved config is written beside the run (``config.toml``); ``robench run --config`` of
+that file reproduces it.
+
+:class:`RunSpec` is the engine's unit: one target × one defence of a resolved config.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from robench.core.errors import RobenchError, UnknownNameError
+
+#: the name of the undefended row (an engine name, not a plugin)
+NO_DEFENSE = "none"
 
 
 @dataclass
 class RunSpec:
+    """One target × one defence of a grid (what the engine plans and keys)."""
+
     model: str
     attacks: list[str]
-    dataset: str = "mini"
+    dataset: str | None = None  # None = the registry's default dataset
     eps: list[float] | None = None  # /255 units; None = the profile's
     profile: str = "quick"
     n: int | None = None  # items; None = the profile's (0 = whole split)
@@ -24,3 +45,209 @@ class RunSpec:
     defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     store: Path | None = None
     force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dataset is None:
+            from robench.core.registry import default_dataset
+
+            self.dataset = default_dataset()
+
+
+def dataset_options_for(dataset: str, profile: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's options under a profile (a built set's image size), then the user's."""
+    from robench.core.profiles import get_profile
+    from robench.core.registry import DATASETS
+
+    return {**DATASETS.get(dataset).profile_options(get_profile(profile)), **options}
+
+
+def expand_attacks(names: str | list[str]) -> list[str]:
+    """``all`` → the attacks that declare a suite place; unknown names fail with a did-you-mean."""
+    from robench.core.registry import ATTACKS, attack_suite
+
+    out: list[str] = []
+    for name in _comma(names):
+        for a in (attack_suite() if name == "all" else (name,)):
+            ATTACKS.entry(a)
+            if a not in out:
+                out.append(a)
+    if not out:
+        raise RobenchError("no attack given (use --attacks all or a comma-separated list)")
+    return out
+
+
+def _comma(v: Any) -> list[str]:
+    if v is None:
+        return []
+    items = v.split(",") if isinstance(v, str) else list(v)
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
+@dataclass
+class RunConfig:
+    """A grid: every target × defence × attack over the ε list, on one dataset split."""
+
+    targets: list[str]
+    attacks: list[str] = field(default_factory=lambda: ["all"])
+    defenses: list[str] = field(default_factory=lambda: [NO_DEFENSE])
+    eps: list[float] | None = None  # /255 units; None: the profile's
+    dataset: str | None = None  # None: the registry's default dataset (offline)
+    split: str = "test"
+    n: int | None = None  # items per cell; None: the profile's; 0: the whole split
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile: str = "quick"
+    seed: int = 0
+    weights: str | None = None  # one weights file or "none" (a single target only)
+    executor: str = "serial"
+    executor_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # recorded with the results; not part of a cell's key
+    store: str | None = None
+    force: bool = False
+    resolved: bool = False
+
+    # -- building ----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "run configuration") -> "RunConfig":
+        """Keys as in the TOML file; ``model``/``defense``/``attack`` (comma lists) are accepted
+        for ``targets``/``defenses``/``attacks``, as the CLI flags are named."""
+        data = dict(data)
+        alias = {"model": "targets", "models": "targets", "defense": "defenses", "attack": "attacks"}
+        for a, k in alias.items():
+            if a in data:
+                if k in data:
+                    raise RobenchError(f"{where}: give {k!r} or {a!r}, not both")
+                data[k] = data.pop(a)
+        known = {f.name for f in fields(cls)}
+        for k in data:
+            if k not in known:
+                close = difflib.get_close_matches(k, sorted(known), n=1)
+                hint = f" did you mean {close[0]!r}?" if close else ""
+                raise UnknownNameError(f"{where}: unknown setting {k!r};{hint} (settings: {', '.join(sorted(known))})")
+        if "targets" not in data or not _comma(data["targets"]):
+            raise RobenchError(f"{where}: no target given (targets = [\"birqa\"] or --model)")
+        data["targets"] = _comma(data["targets"])
+        if "attacks" in data:
+            data["attacks"] = _comma(data["attacks"])
+        if "defenses" in data:
+            data["defenses"] = [d if d else NO_DEFENSE for d in _comma(data["defenses"])] or [NO_DEFENSE]
+        if data.get("eps") is not None:
+            eps = data["eps"]
+            try:
+                data["eps"] = [float(e) for e in (eps.split(",") if isinstance(eps, str) else eps) if str(e).strip()]
+            except (TypeError, ValueError):
+                raise RobenchError(f"{where}: --eps / eps must be comma-separated numbers in /255 units, got {eps!r}") from None
+        for k in ("dataset_options", "attack_params", "defense_options", "executor_options"):
+            if not isinstance(data.get(k, {}), dict):
+                raise RobenchError(f"{where}: {k} must be a table, got {data[k]!r}")
+        for k in ("attack_params", "defense_options"):
+            for name, v in data.get(k, {}).items():
+                if not isinstance(v, dict):
+                    raise RobenchError(f"{where}: {k}.{name} must be a table of parameters, got {v!r}")
+        if data.get("store") is not None:
+            data["store"] = str(data["store"])
+        return cls(**data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise RobenchError(f"run configuration {path} not found")
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise RobenchError(f"{path}: not valid TOML ({exc})") from None
+        data.pop("robench", None)  # the header written with a resolved config (version, commit)
+        return cls.from_dict(data, where=str(path))
+
+    # -- resolving ---------------------------------------------------------------------------
+    def resolve(self) -> "RunConfig":
+        """Everything the profile and the plugins decide, filled in once: the result names every
+        setting explicitly and resolves to itself."""
+        from robench.core.profiles import get_profile
+        from robench.core.registry import ATTACKS, DEFENSES, default_dataset
+
+        prof = get_profile(self.profile)
+        dataset = self.dataset or default_dataset()
+        options = dataset_options_for(dataset, prof, self.dataset_options)
+        eps = sorted({float(e) for e in (self.eps if self.eps else prof.eps)})
+        for e in eps:
+            if not (0 < e <= 255) or math.isnan(e):
+                raise RobenchError(f"--eps values are in /255 units and must be in (0, 255], got {e:g}")
+        attacks = expand_attacks(self.attacks)
+        for name in self.attack_params:
+            ATTACKS.entry(name)
+        defenses = []
+        for d in self.defenses:
+            for tok in d.split("+"):
+                if tok.strip() and tok.strip() != NO_DEFENSE:
+                    DEFENSES.entry(tok.strip())
+            if d not in defenses:
+                defenses.append(d)
+        if self.weights is not None and len(self.targets) > 1:
+            raise RobenchError("--weights names one file: use it with a single --model")
+        n = self.n if self.n is not None else prof.attack_n
+        return replace(self, profile=prof.name, dataset=dataset, dataset_options=options, eps=eps, attacks=attacks,
+                       defenses=defenses, n=n, resolved=True)
+
+    def specs(self) -> list[RunSpec]:
+        """One :class:`RunSpec` per target × defence (of the resolved config)."""
+        c = self if self.resolved else self.resolve()
+        return [RunSpec(model=m, attacks=list(c.attacks), dataset=c.dataset, eps=list(c.eps), profile=c.profile,
+                        n=c.n, seed=c.seed, split=c.split, defense=None if d == NO_DEFENSE else d,
+                        weights=c.weights, store=Path(c.store) if c.store else None, force=c.force,
+                        dataset_options=json.loads(json.dumps(c.dataset_options)),
+                        attack_params={k: dict(v) for k, v in c.attack_params.items()},
+                        defense_options={k: dict(v) for k, v in c.defense_options.items()})
+                for m in c.targets for d in c.defenses]
+
+    # -- writing -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("resolved")
+        return d
+
+    def to_toml(self, header: dict[str, Any] | None = None) -> str:
+        """TOML of every setting that is set (TOML has no null: a missing key is the default)."""
+        d = {k: v for k, v in self.to_dict().items() if v is not None}
+        if header:
+            d = {"robench": header, **d}
+        return dumps_toml(d)
+
+
+# ------------------------------------------------------------------------------------------
+# a small TOML writer (tomllib reads; the standard library has no writer)
+
+
+def _toml_value(v: Any, where: str) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            raise RobenchError(f"{where}: {v} cannot be written to TOML")
+        return repr(v)
+    if isinstance(v, (str, Path)):
+        return json.dumps(str(v), ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x, where) for x in v if x is not None) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_toml_value(x, where)}" for k, x in v.items() if x is not None) + "}"
+    raise RobenchError(f"{where}: {type(v).__name__} value {v!r} cannot be written to TOML")
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Scalars and lists first, then one ``[table]`` per dict (nested dicts inline)."""
+    top = [f"{_key(k)} = {_toml_value(v, k)}" for k, v in data.items() if not isinstance(v, dict)]
+    out = "\n".join(top) + ("\n" if top else "")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out += f"\n[{_key(k)}]\n" + "".join(f"{_key(kk)} = {_toml_value(vv, f'{k}.{kk}')}\n"
+                                                for kk, vv in v.items() if vv is not None)
+    return out

@@ -14,7 +14,7 @@ from robench.core.errors import UnknownNameError
 @dataclass(frozen=True)
 class Profile:
     name: str
-    image_size: int  # size of the built-in mini set
+    image_size: int  # image side for datasets that are built at a size (their profile_options)
     # clean training (paper eq. 5: MSE + λ(1 − PLCC), Adam)
     train_epochs: int
     train_batch: int
@@ -52,35 +52,8 @@ class Profile:
         return dict(self.attacks.get(name, {}))
 
 
-# Attack budgets. quick: the seven attacks on 32 images × 2 budgets fit in a few CPU minutes for
-# BiRQA at 128 px (README states the measured time); iterations and queries are cut hard, so quick
-# numbers show trends, not converged attacks. paper: the original papers' settings where they
-# exist (see each attack's docstring); robench's documented choice otherwise.
-QUICK_ATTACKS = {
-    # budgets from the measured convergence curve (`robench bench attack-strength`, README): PGD's
-    # mean gain at k steps over a converged reference at 128 px, ε = 8/255, was on BiRQA
-    # 0.56 (5), 0.74 (10), 0.91 (20), 0.99 (40); on TOPIQ-FR 0.29, 0.51, 0.77, 0.92; on
-    # SSIM/MS-SSIM ≥ 0.96 from 5 steps: 40 steps is the smallest measured count ≥ 0.90 on all four
-    "pgd": {"steps": 40},
-    "cw": {"binary_steps": 3, "steps": 20},
-    "autoattack": {"apgd_iter": 60, "square_queries": 100},  # APGD 40 reached 0.87 on TOPIQ-FR, 60: 0.97
-    # query attacks: 32 queries never moved the score (the audit); 300 do (README: measured gain)
-    "square": {"queries": 300},
-    "parsimonious": {"queries": 300, "batch_blocks": 16},
-    "facpa": {"steps": 60, "crop": 64},
-    "zhang": {"steps": 10},  # the AT- authors' iteration count (attacks/zhang.py)
-}
-PAPER_ATTACKS = {
-    # 100 steps + 1 random restart: at 128 px BiRQA needed 40 steps for 0.99 of the converged gain,
-    # and the paper's 512-px images have more pixels to move (20 steps, the old value, was a guess)
-    "pgd": {"steps": 100, "restarts": 2},
-    "cw": {"binary_steps": 5, "steps": 100},
-    "autoattack": {"apgd_iter": 100, "square_queries": 5000},
-    "square": {"queries": 10000},
-    "parsimonious": {"queries": 10000, "batch_blocks": 64},
-    "facpa": {"steps": None, "epochs": 5, "crop": 256},
-    "zhang": {"steps": 100},  # robench's choice; the AT- authors ran 10, Zhang et al.'s own script 200
-}
+# Attack budgets live with each attack (its ``budgets`` class attribute, per profile name);
+# ``Profile.attacks`` may still override them (a custom profile).
 
 
 PROFILES = {
@@ -88,12 +61,12 @@ PROFILES = {
     # 5 epochs (not 8) so the mission — clean BiRQA, AAT, all seven attacks — fits in 20 minutes
     # from a fresh cache on a 2-core machine
     "quick": Profile(name="quick", image_size=128, train_epochs=5, train_batch=32, train_lr=1e-3, train_crop=64,
-                     eps=(2, 8), attack_n=32, attack_batch=32, attacks=QUICK_ATTACKS,
+                     eps=(2, 8), attack_n=32, attack_batch=32,
                      adv_pgd_steps=5, adv_steps=60, adv_lr=1e-4),
     # paper Table 10: Adam (0.9, 0.999), batch 32, 2500 epochs; the learning rate was lost in the
     # text extraction: 1e-4 is robench's choice. Whole images, no crop.
     "paper": Profile(name="paper", image_size=512, train_epochs=2500, train_batch=32, train_lr=1e-4, train_crop=None,
-                     eps=(2, 4, 6, 8, 10), attack_n=None, attack_batch=16, attacks=PAPER_ATTACKS),
+                     eps=(2, 4, 6, 8, 10), attack_n=None, attack_batch=16),
 }
 
 

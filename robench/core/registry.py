@@ -162,3 +162,25 @@ DEFENSES = Registry("defense", packages=("robench.defenses",))
 DATASETS = Registry("dataset", packages=("robench.data",))
 
 REGISTRIES = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES, "datasets": DATASETS}
+
+
+def default_of(registry: Registry) -> str:
+    """The one entry of ``registry`` whose plugin declares ``default = True`` (the offline
+    default dataset, the mission's target): the engine names no plugin itself."""
+    found = [n for n in registry.names()
+             if registry.entry(n).meta.get("default") is True or getattr(registry.get(n), "default", False) is True]
+    if len(found) != 1:
+        from robench.core.errors import RobenchError
+
+        raise RobenchError(f"exactly one {registry.kind} must declare default = True, found {found or 'none'}")
+    return found[0]
+
+
+def default_dataset() -> str:
+    return default_of(DATASETS)
+
+
+def attack_suite() -> tuple[str, ...]:
+    """``--attacks all``: every registered attack that declares a ``suite`` place, in order."""
+    placed = [(getattr(ATTACKS.get(n), "suite", None), n) for n in ATTACKS.names()]
+    return tuple(n for s, n in sorted((s, n) for s, n in placed if s is not None))

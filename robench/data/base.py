@@ -134,6 +134,23 @@ class IQADataset(torch.utils.data.Dataset):
     label_direction: ClassVar[str] = "higher is better"
     splits: ClassVar[tuple[str, ...]] = SPLITS
     official_splits: ClassVar[bool] = False
+    #: the dataset a run uses when none is named (exactly one registered dataset sets it)
+    default: ClassVar[bool] = False
+    #: a 2AFC set cannot train a MOS regressor: the pairs dataset that trains missing targets
+    training_set: ClassVar[str | None] = None
+    #: small options for the generic dataset tests (seconds to build)
+    test_options: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def profile_options(cls, profile) -> dict[str, Any]:
+        """Options a profile sets for this dataset (a built set's image size); none for files
+        read as they are."""
+        return {}
+
+    @classmethod
+    def nominal_sizes(cls, seed: int = 0) -> dict[str, int] | None:
+        """Items per split without reading the files (validate's estimate); None if unknown."""
+        return None
 
     table: pd.DataFrame
     split: str

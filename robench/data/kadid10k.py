@@ -18,6 +18,15 @@ class KADID10k(RealPairs):
     label_name = "dmos (1–5; higher is better despite the name)"
     layout = "kadid10k/images/I01.png … and kadid10k/dmos.csv"
     archives = (Archive("https://datasets.vqa.mmsp-kn.de/archives/kadid10k.zip", "kadid10k.zip"),)
+    #: 81 references × 25 distortions × 5 levels, split 6:2:2 by reference
+    REFS, PER_REF = 81, 125
+
+    @classmethod
+    def nominal_sizes(cls, seed: int = 0) -> dict[str, int]:
+        from robench.data.base import assign_splits
+
+        split = assign_splits([f"I{i:02d}" for i in range(1, cls.REFS + 1)], seed=seed)
+        return {s: cls.PER_REF * sum(v == s for v in split.values()) for s in ("train", "val", "test")}
 
     def read_table(self, root: Path) -> pd.DataFrame:
         base = find_layout(root, self.name, ["dmos.csv", "images"])

@@ -245,6 +245,11 @@ def _version() -> str:
 class _MiniBase(IQADataset):
     label_name = "KADID-10k cell mean MOS"
     label_direction = "higher is better"
+    test_options: dict = {"size": 32, "crops_per_source": 1}
+
+    @classmethod
+    def profile_options(cls, profile) -> dict:
+        return {"size": int(profile.image_size)}  # quick 128 px, paper 512 px
 
     def _open(self, size: int, seed: int, crops_per_source: int, root: str | Path | None, progress: bool) -> None:
         self.folder = build_mini(size=size, seed=seed, crops_per_source=crops_per_source, root=root, progress=progress)
@@ -268,6 +273,7 @@ class Mini(_MiniBase):
     """Built-in offline FR-IQA set (pairs)."""
 
     name = "mini"
+    default = True  # the offline default: no download, no dataset root
 
     def __init__(self, split: str = "train", size: int = DEFAULT_SIZE, seed: int = 0,
                  crops_per_source: int = DEFAULT_CROPS, root: str | Path | None = None, progress: bool = True):
@@ -291,6 +297,7 @@ class Mini2AFC(_MiniBase):
 
     name = "mini-2afc"
     kind = "2afc"
+    training_set = "mini"  # its targets train on the pairs of the same photos
     label_name = "fraction preferring p1 (Thurstone case V on KADID cell MOS)"
     label_direction = "—"
 

@@ -31,6 +31,13 @@ class InferenceDefense(torch.nn.Module):
     gradient: ClassVar[str] = "exact"  # or "bpda"
     applies_to: ClassVar[str] = "dist"  # or "both"
     defaults: ClassVar[dict[str, Any]] = {}
+    #: small parameters for the generic tests
+    test_options: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def prepare(cls, options: dict[str, Any], **run: Any) -> None:
+        """Prerequisites before the wrapper is built (``run``: dataset, dataset_options, profile,
+        seed, progress); most defences need none. DiffPure trains its denoiser here."""
 
     def __init__(self, **params: Any):
         super().__init__()

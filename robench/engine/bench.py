@@ -23,7 +23,7 @@ def machine() -> dict[str, Any]:
 
 
 def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1, rounds: int = 5, warmup: int = 2,
-          device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+          device: str = "cpu", seed: int = 0, reference: str | None = None) -> dict[str, Any]:
     """Images per second, end to end (analytic features included), for each model on random
     ``batch×3×H×W`` pairs; rounds interleave the models so drift hits all alike."""
     from robench.models import load_model
@@ -51,9 +51,11 @@ def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1,
     for m, t in targets.items():
         rows.append({"model": m, "images_per_s": rounds * batch / times[m], "seconds_per_image": times[m] / (rounds * batch),
                      "parameters": count_parameters(t) - count_parameters(t.calibration)})
-    ref_row = next((r for r in rows if r["model"] == "topiq.fr"), None)
-    for r in rows:
-        r["ratio_to_topiq.fr"] = r["images_per_s"] / ref_row["images_per_s"] if ref_row else None
+    # speed relative to a reference model of the run (the paper compares with TOPIQ-FR)
+    ref_row = next((r for r in rows if r["model"] == reference), None)
+    if reference is not None:
+        for r in rows:
+            r[f"ratio_to_{reference}"] = r["images_per_s"] / ref_row["images_per_s"] if ref_row else None
     return {"size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(), "results": rows}
 
 
@@ -123,11 +125,12 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
     }
 
 
-def grid(executors: list[str], cells: int = 8, workers: int = 2, queries: int = 300, n: int = 32,
-         model: str = "ssim", image_size: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """The same CPU-bound grid — ``cells`` equal cells (Square with ``queries`` queries on ``n``
-    mini test images; the cells differ only by seed) — computed by each executor into its own
-    fresh store, wall time end to end (planning, Ray start-up and store writes included)."""
+def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers: int = 2, queries: int = 300,
+         n: int = 32, image_size: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """The same CPU-bound grid — ``cells`` equal cells (a query attack with ``queries`` queries
+    on ``n`` test images of the default dataset; the cells differ only by seed) — computed by
+    each executor into its own fresh store, wall time end to end (planning, Ray start-up and
+    store writes included)."""
     import tempfile
     from pathlib import Path
 
@@ -137,14 +140,14 @@ def grid(executors: list[str], cells: int = 8, workers: int = 2, queries: int = 
     if cells < 1:
         raise ValueError("cells must be ≥ 1")
     ds_opts = {"size": image_size} if image_size else {}
-    out: dict[str, Any] = {"cells": cells, "model": model, "attack": f"square, {queries} queries", "n": n,
+    out: dict[str, Any] = {"cells": cells, "model": model, "attack": f"{attack}, {queries} queries", "n": n,
                            "image_size": image_size or "profile default",
                            "workers": workers, "machine": machine(), "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in executors:
             store = Path(tmp) / f"{name}.sqlite"
-            specs = [RunSpec(model=model, attacks=["square"], eps=[8], n=n, seed=s, store=store,
-                             dataset_options=dict(ds_opts), attack_params={"square": {"queries": queries}})
+            specs = [RunSpec(model=model, attacks=[attack], eps=[8], n=n, seed=s, store=store,
+                             dataset_options=dict(ds_opts), attack_params={attack: {"queries": queries}})
                      for s in range(cells)]
             opts = {"num_cpus": workers} if name == "ray" else {}
             t0 = time.perf_counter()
@@ -160,7 +163,7 @@ def grid(executors: list[str], cells: int = 8, workers: int = 2, queries: int = 
 
 
 def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: int = 16, profile: str = "quick",
-                    ref_steps: int = 100, ref_restarts: int = 3, seed: int = 0, dataset: str = "mini",
+                    ref_steps: int = 100, ref_restarts: int = 3, seed: int = 0, dataset: str | None = None,
                     split: str = "test", attack_params: dict[str, dict] | None = None,
                     curve_steps: tuple[int, ...] = (5, 10, 20, 40),
                     progress: bool = False) -> dict[str, Any]:
@@ -177,13 +180,19 @@ def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: 
 
     from robench.core.profiles import get_profile
 
+    from robench.core.config import dataset_options_for
+    from robench.core.registry import default_dataset
+
     prof = get_profile(profile)
     e = float(eps) / 255
-    opts = {"size": prof.image_size} if dataset == "mini" else {}
+    dataset = dataset or default_dataset()
+    opts = dataset_options_for(dataset, prof, {})
+    # the convergence curve: the attack that declares itself the reference's own family (PGD)
+    curve_name = next(a for a in ATTACKS.names() if getattr(ATTACKS.get(a), "convergence_curve", False))
     items = load_items(dataset, split, n, seed, opts)
     x, r = items.dist[:], items.ref[:]
     out: dict[str, Any] = {"machine": machine(), "eps": eps, "n": len(items), "profile": prof.name,
-                           "reference": {"attack": "pgd", "steps": ref_steps, "restarts": ref_restarts,
+                           "reference": {"attack": curve_name, "steps": ref_steps, "restarts": ref_restarts,
                                          "schedule": "cosine"}, "dataset": dataset, "split": split, "models": []}
     for name in models:
         target = load_model(name).eval()
@@ -200,8 +209,8 @@ def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: 
         ref_seconds = time.perf_counter() - t0
         curve_q = {}
         for k in curve_steps:
-            pgd = ATTACKS.get("pgd")(profile=prof.name, seed=seed, steps=int(k))
-            curve_q[k] = pgd(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch).oriented(
+            atk_k = ATTACKS.get(curve_name)(profile=prof.name, seed=seed, steps=int(k))
+            curve_q[k] = atk_k(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch).oriented(
                 target.lower_better)[1][0]
         per_attack = {}
         for a in attacks:

@@ -15,6 +15,7 @@ import torch
 
 from robench.attacks.base import Attack, AttackResult, BudgetViolation
 from robench.core.config import RunSpec
+from robench.core.registry import ATTACKS
 from robench.core.target import Target, fingerprint
 from robench.engine.items import Items
 from robench.engine.store import Store
@@ -205,12 +206,16 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
     res = {k: store.results(k) for k in cells["key"]}
     for _, grp in cells.groupby(["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile"]):
         by_attack = {r["attack"]: r for _, r in grp.iterrows()}
-        if "pgd" in by_attack and "fgsm" in by_attack:
-            gp, gf = by_attack["pgd"]["summary"]["mean_gain"], by_attack["fgsm"]["summary"]["mean_gain"]
-            if len(gp) == len(gf):
-                scale = max(map(abs, gp + gf)) or 1.0
-                ok = all(p >= f - 0.05 * scale for p, f in zip(gp, gf))
-                store.update_flags(by_attack["pgd"]["key"], {"iterative_ge_single_step": ok})
+        for name, row in by_attack.items():
+            # an attack declares the attacks it must match or beat (PGD: FGSM); flag key kept
+            # from the first such check (iterative ≥ single-step)
+            weaker = [by_attack[w] for w in getattr(ATTACKS.get(name), "at_least_as_strong_as", ()) if w in by_attack]
+            for w in weaker:
+                gp, gf = row["summary"]["mean_gain"], w["summary"]["mean_gain"]
+                if len(gp) == len(gf):
+                    scale = max(map(abs, gp + gf)) or 1.0
+                    ok = all(p >= f - 0.05 * scale for p, f in zip(gp, gf))
+                    store.update_flags(row["key"], {"iterative_ge_single_step": ok})
         white = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "gradients"]
         black = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "scores"]
         if white and black:

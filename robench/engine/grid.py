@@ -11,19 +11,21 @@ pure function of its inputs (an executor can send it elsewhere); the driver alon
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 
 from robench.core.version import __version__
-from robench.attacks.base import SUITE, Attack
+from robench.attacks.base import Attack
 from robench.core.errors import RobenchError
 from robench.core.home import robench_home
 from robench.core.profiles import get_profile
 from robench.core.registry import ATTACKS
-from robench.core.config import RunSpec
+from robench.core.config import RunConfig, RunSpec, dataset_options_for, expand_attacks  # noqa: F401
 from robench.core.target import Target
 from robench.engine.cell import cell_config, cell_result, cross_cell_checks
 from robench.engine.items import Items, load_items
@@ -36,22 +38,6 @@ from robench.engine.store import Store, cell_key
 
 def default_store() -> Path:
     return robench_home() / "runs" / "results.sqlite"
-
-
-def expand_attacks(names: str | list[str]) -> list[str]:
-    items = names.split(",") if isinstance(names, str) else list(names)
-    out: list[str] = []
-    for raw in items:
-        name = raw.strip()
-        if not name:
-            continue
-        for a in (SUITE if name == "all" else (name,)):
-            ATTACKS.entry(a)  # unknown names fail here, with a did-you-mean
-            if a not in out:
-                out.append(a)
-    if not out:
-        raise RobenchError("no attack given (use --attacks all or a comma-separated list)")
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,6 +107,9 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
 
     prof = get_profile(spec.profile)
     names = expand_attacks(spec.attacks)
+    # the profile's dataset options (a built set's size) under the user's: the same for a spec
+    # from the CLI, a config file or Python
+    spec = replace(spec, dataset_options=dataset_options_for(spec.dataset, prof, spec.dataset_options))
     # sorted and unique: `--eps 8,8` would write each row twice, and `8,2` is the same cell as `2,8`
     eps = sorted({float(e) for e in (spec.eps if spec.eps else prof.eps)})
     for e in eps:
@@ -130,10 +119,13 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
     attacks = []
     for name in names:
         params = dict(spec.attack_params.get(name, {}))
-        if name == "facpa":  # the generator trains on the same dataset's train split
-            params.setdefault("dataset", spec.dataset)
-            params.setdefault("dataset_options", dict(spec.dataset_options))
-        attacks.append(ATTACKS.get(name)(profile=prof.name, seed=spec.seed, **params))
+        cls = ATTACKS.get(name)
+        # an attack that trains on data (a generator) declares which parameters take the run's
+        # dataset and its options, so it trains on the same dataset's train split
+        run_data = {"dataset": spec.dataset, "dataset_options": dict(spec.dataset_options)}
+        for k in cls.training_data_params:
+            params.setdefault(k, run_data[k])
+        attacks.append(cls(profile=prof.name, seed=spec.seed, **params))
     target, defense = resolve_target(spec, progress)
     for a in attacks:  # refuse the whole grid before any compute; fix eot="auto" for this target
         a.check(target)
@@ -270,3 +262,28 @@ def _fault_hook(attack_name: str):
 
 
 
+
+
+def run_config(config: RunConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run a :class:`RunConfig` (the CLI's flags, a config file and ``robench.run`` all end here):
+    resolve it, run its grid, and write the resolved config beside the store as
+    ``<store>-runs/<digest>/config.toml`` (``robench run --config`` of it reproduces the run)."""
+    from robench.core.provenance import git_commit
+
+    resolved = config.resolve()
+    specs = resolved.specs()
+    store_path = Path(resolved.store) if resolved.store else default_store()
+    text = resolved.to_toml()
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    out = run_grid(specs, progress, log, executor=resolved.executor, executor_options=resolved.executor_options)
+    folder = store_path.parent / f"{store_path.stem}-runs" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    tmp = path.with_name(f".config.toml.{os.getpid()}.tmp")
+    tmp.write_text("# the resolved run configuration: robench run --config <this file> reproduces the run\n"
+                   + resolved.to_toml(header={"version": __version__, "git_commit": git_commit() or "unknown"}))
+    os.replace(tmp, path)
+    out["config"] = str(path)
+    for r in out["runs"]:
+        r["config"] = str(path)
+    return out

@@ -17,7 +17,7 @@ def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> 
     from robench.models import load_model, split_name
 
     if train:
-        _train_missing_denoiser(spec, progress)
+        _prepare_defences(spec, progress)
     recipe, chain = parse_defense(spec.defense, spec.defense_options)
     base, tag = split_name(spec.model)
     if recipe and tag:
@@ -37,30 +37,39 @@ def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> 
     return target, record
 
 
-def _train_missing_denoiser(spec: RunSpec, progress: bool) -> None:
-    """``--defense ...+diffpure`` without a denoiser: train the small DDPM first."""
-    if "diffpure" not in (spec.defense or "").split("+"):
-        return
-    opts = spec.defense_options.get("diffpure", {})
-    if opts.get("path"):
-        return
-    from robench.defenses.diffpure import DiffPure, train_diffpure
-    from robench.core import weights as W
+def _prepare_defences(spec: RunSpec, progress: bool) -> None:
+    """Each inference defence's prerequisites (``InferenceDefense.prepare``: e.g. a denoiser to
+    train first), before its wrapper is built."""
+    from robench.core.registry import DEFENSES
 
-    name = str(opts.get("weights", DiffPure.defaults["weights"]))
-    if W.lookup(name) is None:
-        ds = name.split(".", 1)[1] if "." in name else "mini"
-        train_diffpure(dataset=ds, profile=spec.profile, seed=spec.seed,
-                       dataset_options=dict(spec.dataset_options) if ds == spec.dataset else {}, progress=progress)
+    for tok in (t.strip() for t in (spec.defense or "").split("+")):
+        if not tok or tok == "none":
+            continue
+        cls = DEFENSES.get(tok)
+        prepare = getattr(cls, "prepare", None)
+        if prepare is not None:
+            prepare(dict(spec.defense_options.get(tok, {})), dataset=spec.dataset,
+                    dataset_options=dict(spec.dataset_options), profile=spec.profile, seed=spec.seed,
+                    progress=progress)
+
+
+def training_dataset(name: str) -> str:
+    """The pairs dataset that trains a missing target for a run on ``name``: itself, or the
+    training set a 2AFC dataset declares (else the default dataset)."""
+    from robench.core.registry import DATASETS, default_dataset
+
+    cls = DATASETS.get(name)
+    if getattr(cls, "kind", "pairs") == "pairs":
+        return name
+    return getattr(cls, "training_set", None) or default_dataset()
 
 
 def _train_missing(base: str, recipe: str | None, spec: RunSpec, progress: bool) -> Target:
-    """The mission trains what is missing: the clean model on the run's dataset (or mini when
-    that is a 2AFC set), then the recipe, with progress bars."""
+    """The mission trains what is missing: the clean model on the run's dataset (or the pairs
+    set a 2AFC dataset declares), then the recipe, with progress bars."""
     from robench.models import load_model
-    from robench.core.registry import DATASETS
 
-    ds = spec.dataset if getattr(DATASETS.get(spec.dataset), "kind", "pairs") == "pairs" else "mini"
+    ds = training_dataset(spec.dataset)
     opts = dict(spec.dataset_options) if ds == spec.dataset else {}
     opts.pop("progress", None)
     if recipe:

@@ -18,42 +18,36 @@ from typing import Any
 
 import torch
 
-from robench.attacks.base import SUITE
 from robench.core.profiles import get_profile
 
-PAPER_GRID = {"targets": ("birqa", "lpips.alex", "topiq.fr"), "defenses": ("none", "r", "at", "aat"),
-              "attacks": SUITE, "dataset": "kadid10k", "split": "test"}
-# KADID-10k: 81 references × 25 distortions × 5 levels; split 6:2:2 by reference → 16 test refs
-KADID_REFS, KADID_PER_REF = 81, 125
+
+def paper_grid(profile: str = "paper"):
+    """The paper's grid: the shipped ``configs/paper.toml``, resolved (data, not code)."""
+    from dataclasses import replace
+
+    from robench.configs import shipped
+    from robench.core.config import RunConfig
+
+    return replace(RunConfig.from_toml(shipped("paper")), profile=profile).resolve()
 
 
-def kadid_split_sizes(seed: int = 0) -> dict[str, int]:
-    from robench.data.base import assign_splits
+def split_sizes(dataset: str, seed: int = 0) -> dict[str, int]:
+    """Items per split as the dataset declares them without its files (``nominal_sizes``)."""
+    from robench.core.errors import RobenchError
+    from robench.core.registry import DATASETS
 
-    split = assign_splits([f"I{i:02d}" for i in range(1, KADID_REFS + 1)], seed=seed)
-    return {s: KADID_PER_REF * sum(v == s for v in split.values()) for s in ("train", "val", "test")}
+    sizes = DATASETS.get(dataset).nominal_sizes(seed)
+    if sizes is None:
+        raise RobenchError(f"dataset {dataset!r} does not declare its split sizes (nominal_sizes): the dry build "
+                           "cannot size the grid without its files")
+    return sizes
 
 
 def evaluations(attack, eot: int = 1) -> dict[str, float]:
-    """Per image and budget: gradient evaluations (forward+backward) and score-only forwards."""
-    p = attack.params
-    name = attack.name
-    g = f = 0.0
-    if name == "fgsm":
-        g = 1
-    elif name == "pgd":
-        g = p["steps"] * p.get("restarts", 1)
-    elif name == "cw":
-        g = p["binary_steps"] * p["steps"]
-    elif name == "autoattack":
-        g, f = p["apgd_iter"] * p.get("apgd_restarts", 1), p["square_queries"]
-    elif name == "zhang":
-        g, f = p["steps"], 1  # + one forward of the final iterate
-    elif name in ("square", "parsimonious"):
-        f = p["queries"]
-    elif name == "facpa":
-        f = 1  # one generator pass at attack time; its training is a per-target cost (below)
-    return {"grad": g * eot, "forward": (f + 1) * eot}  # +1: the clean score
+    """Per image and budget: gradient evaluations (forward+backward) and score-only forwards,
+    as the attack declares them (``Attack.cost``), plus the clean score."""
+    c = attack.cost()
+    return {"grad": c["grad"] * eot, "forward": (c["forward"] + 1) * eot}
 
 
 def time_target(name: str, size: tuple[int, int], batch: int = 2, repeats: int = 2, device: str = "cpu") -> dict[str, float]:
@@ -92,16 +86,20 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
     from robench.core.registry import ATTACKS
 
     prof = get_profile(profile)
-    grid = PAPER_GRID
-    for d in grid["defenses"]:
-        parse_defense(None if d == "none" else d)
-    # as the runner builds them: FACPA's generator trains on the run's dataset
-    attacks = {a: ATTACKS.get(a)(profile=prof.name, seed=0, **({"dataset": grid["dataset"]} if a == "facpa" else {}))
+    cfg = paper_grid(prof.name)
+    grid = {"targets": cfg.targets, "defenses": cfg.defenses, "attacks": cfg.attacks, "dataset": cfg.dataset,
+            "split": cfg.split}
+    for spec in cfg.specs():
+        parse_defense(spec.defense)
+    # as the engine builds them: an attack that trains on data gets the run's dataset
+    run_data = {"dataset": cfg.dataset, "dataset_options": dict(cfg.dataset_options)}
+    attacks = {a: ATTACKS.get(a)(profile=prof.name, seed=0,
+                                 **{k: run_data[k] for k in ATTACKS.get(a).training_data_params})
                for a in grid["attacks"]}
     params = {}
     for tname in grid["targets"]:
         params[tname] = sum(p.numel() for p in build(tname).parameters())
-    sizes = kadid_split_sizes()
+    sizes = split_sizes(cfg.dataset)
     n_items = prof.attack_n or sizes[grid["split"]]
     n_eps = len(prof.eps)
     cells = len(grid["targets"]) * len(grid["defenses"]) * len(grid["attacks"])
@@ -127,9 +125,8 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
             # a minimisation attack (C&W) runs once at the largest ε and is clipped to the others
             runs = 1 if a.kind == "minimisation" else n_eps
             sec = n_items * runs * (ev["grad"] * tt["grad_s"] + ev["forward"] * tt["forward_s"])
-            if aname == "facpa":  # generator training on the train split, once per target and defence
-                epochs = a.params.get("epochs") or 1
-                sec += epochs * sizes["train"] * tt["grad_s"]
+            # training before attacking (a generator), once per target and defence
+            sec += a.setup_cost(sizes["train"]) * tt["grad_s"]
             per_cell.append({"target": tname, "attack": aname, "grad_evals": ev["grad"], "forward_evals": ev["forward"],
                              "seconds": sec})
     attack_total = sum(r["seconds"] for r in per_cell) * len(grid["defenses"])
@@ -213,14 +210,17 @@ def self_check(progress=None) -> dict[str, Any]:
 
     @check("tiny target differentiates")
     def _():
+        from robench.core.registry import MODELS, default_of
         from robench.models import build
 
+        name = default_of(MODELS)  # the mission's target, at its declared test size
+        opts = dict(getattr(MODELS.get(name), "test_options", {}) or {})
         g = torch.Generator().manual_seed(0)
         ref = torch.rand(2, 3, 32, 32, generator=g)
         dist = (ref + 0.1 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            target = build("birqa", width=0.25).eval()
+            target = build(name, **opts).eval()
         x = dist.clone().requires_grad_(True)
         s = target(x, ref)
         (grad,) = torch.autograd.grad(s.sum(), x)
@@ -231,17 +231,29 @@ def self_check(progress=None) -> dict[str, Any]:
         if not torch.equal(target(dist, ref), target(dist, ref)):
             raise RuntimeError("two identical calls gave different scores")
         tiny.update(target=target, dist=dist, ref=ref)
-        return "birqa (width 0.25, random init) on 2×3×32×32: scores finite, gradient finite and non-zero, deterministic"
+        desc = ", ".join(f"{k} {v}" for k, v in opts.items())
+        return (f"{name} ({desc + ', ' if desc else ''}random init) on 2×3×32×32: scores finite, gradient finite and "
+                "non-zero, deterministic")
 
     @check("tiny attacks stay in budget")
     def _():
         import robench
+        from robench.core.registry import ATTACKS, attack_suite
 
         if not tiny:
             raise RuntimeError("skipped: no tiny target")
         t, dist, ref = tiny["target"], tiny["dist"], tiny["ref"]
         out = []
-        for name, params in (("fgsm", {}), ("pgd", {"steps": 3}), ("square", {"queries": 10})):
+        # one attack of each sort the suite has (single-step and iterative gradient, score-only),
+        # at its declared test options
+        picked: dict[tuple, str] = {}
+        for a in attack_suite():
+            cls = ATTACKS.get(a)
+            if cls.training_data_params or cls.kind != "fixed":
+                continue  # a generator to train / a minimisation: not seconds-long
+            picked.setdefault((cls.needs, cls.iterative), a)
+        for name in picked.values():
+            params = dict(ATTACKS.get(name).test_options)
             eps = 4 / 255
             res = robench.load_attack(name, **params)(t, dist, ref, eps=[eps])
             q0, q = res.oriented(t.lower_better)
@@ -250,7 +262,7 @@ def self_check(progress=None) -> dict[str, Any]:
             if (q < q0 - 1e-6).any():
                 raise RuntimeError(f"{name}: reported quality below the clean image")
             # a gradient attack on a target with real gradients must move it: zero gain = broken
-            if name != "square" and not float((q - q0).mean()) > 0:
+            if ATTACKS.get(name).needs == "gradients" and not float((q - q0).mean()) > 0:
                 raise RuntimeError(f"{name}: no quality gain at 4/255 on a differentiable target")
             out.append(f"{name} L∞ ≤ {float(res.linf.max()) * 255:.2f}/255, gain {float((q - q0).mean()):+.4f}")
         return "; ".join(out)

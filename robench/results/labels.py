@@ -1,27 +1,55 @@
-"""Order and labels of attacks and defences in tables and plots."""
+"""Order, labels and roles of attacks and defences in tables and plots, read from what each
+plugin declares (``Attack.suite``; a training recipe's ``order``, ``label``, ``compare_with``,
+``logs_bound``, ``purification_reference``) — never from a list of names kept here."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
-from robench.attacks.base import SUITE
+from robench.attacks.base import suite
+
+#: the row of a target without any defence (the engine's own name, not a plugin)
+BASE = "none"
+BASE_LABEL = "base"
 
 
-RECIPES = ("none", "r", "at", "aat")
+def _training_recipes() -> dict[str, Any]:
+    from robench.core.registry import DEFENSES
+
+    out = {}
+    for name in DEFENSES.names():
+        cls = DEFENSES.get(name)
+        if getattr(cls, "kind", None) == "training":
+            out[name] = cls
+    return out
 
 
-RECIPE_LABEL = {"none": "base", "r": "R", "at": "AT", "aat": "AAT"}
+def recipes() -> tuple[str, ...]:
+    """Training recipes in table order (each declares ``order``), after the undefended base."""
+    rec = _training_recipes()
+    return (BASE, *sorted(rec, key=lambda n: (getattr(rec[n], "order", 99), n)))
+
+
+def recipe_declares(name: str | None, attr: str, default: Any = None) -> Any:
+    """A recipe's declaration (``compare_with``, ``logs_bound``, …); ``default`` for anything
+    that is not a registered training recipe (the base, inference defences, unknown names)."""
+    cls = _training_recipes().get(name or "")
+    return getattr(cls, attr, default) if cls is not None else default
 
 
 def attack_order(names: Iterable[str]) -> list[str]:
     names = set(names)
-    return [a for a in SUITE if a in names] + sorted(names - set(SUITE))
+    order = suite()
+    return [a for a in order if a in names] + sorted(names - set(order))
 
 
 def defense_order(names: Iterable[str]) -> list[str]:
     names = set(names)
-    return [d for d in RECIPES if d in names] + sorted(names - set(RECIPES))
+    order = recipes()
+    return [d for d in order if d in names] + sorted(names - set(order))
 
 
 def defense_label(d: str) -> str:
-    return RECIPE_LABEL.get(d, d)
+    if d == BASE:
+        return BASE_LABEL
+    return recipe_declares(d, "label", d)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from robench.core.errors import RobenchError
+from robench.results.labels import BASE, recipe_declares
 
 
 def _plt():
@@ -197,7 +198,7 @@ def clean_accuracy(cells) -> dict[str, float]:
     """Clean SROCC of each model's undefended row (the accuracy axis of the speed plot)."""
     acc: dict[str, float] = {}
     for c in cells:
-        if c.kind == "pairs" and c.defense == "none":
+        if c.kind == "pairs" and c.defense == BASE:
             acc[c.arch] = c.clean_metric()  # cells come oldest first: the latest wins, as in the tables
     return acc
 
@@ -210,7 +211,7 @@ def draw_all(rep, folder: Path, bench: str | Path | None = None, rename_to: Path
         names += plot_sweep(rep, folder / f"sweep-{kind}", kind)
     for sha, w in rep.weights.items():
         run = w["provenance"].get("run")
-        if w["provenance"].get("recipe") == "aat" and run and (Path(run) / "steps.json").is_file():
+        if recipe_declares(w["provenance"].get("recipe"), "logs_bound", False) and run and (Path(run) / "steps.json").is_file():
             names += plot_bound(run, folder / f"bound-{w['name']}-{sha[:8]}")
     if bench is not None:
         names += plot_speed(bench, clean_accuracy(rep.cells), folder / "speed")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from robench.core import flags as FL
 from robench.core.errors import RobenchError
-from robench.results.labels import RECIPES, attack_order, defense_label, defense_order  # noqa: F401
+from robench.results.labels import BASE, attack_order, defense_label, defense_order, recipe_declares, recipes  # noqa: F401
 from robench.results.stats import (correlations, default_clusters, mean_weighted, msu_scores, paired_bootstrap,
                            twoafc_scores)
 from robench.results.transport import MapCache, ir_score
@@ -238,7 +238,7 @@ class Reporter:
     def rows(self, kind: str, where: Callable[[CellData], bool] = lambda c: True) -> list[tuple]:
         rows = {c.row for c in self.cells if c.kind == kind and where(c)}
         archs = list(dict.fromkeys(c.arch for c in self.cells))
-        return sorted(rows, key=lambda r: (archs.index(r[0]), RECIPES.index(r[1]) if r[1] in RECIPES else len(RECIPES),
+        return sorted(rows, key=lambda r: (archs.index(r[0]), recipes().index(r[1]) if r[1] in recipes() else len(recipes()),
                                            r[1], r[2:]))
 
     def cell(self, row: tuple, attack: str, eps: float | None = None) -> CellData | None:
@@ -247,7 +247,7 @@ class Reporter:
         return found[-1] if found else None
 
     def base_row(self, row: tuple) -> tuple:
-        return (row[0], "none", *row[2:])
+        return (row[0], BASE, *row[2:])
 
     def clusters(self, c: CellData):
         return default_clusters(c.ref_ids) if self.cluster else None
@@ -327,7 +327,7 @@ class Reporter:
             any_c = next((c for c in cs.values() if c is not None), None) or self.cell(row, attacks[0])
             used += [c for c in cs.values() if c is not None]
             vals[("SROCC", "clean")] = any_c.clean_metric() if any_c else np.nan
-            base = None if row[1] == "none" else {a: self.cell(self.base_row(row), a, self.eps) for a in attacks}
+            base = None if row[1] == BASE else {a: self.cell(self.base_row(row), a, self.eps) for a in attacks}
             for a, c in cs.items():
                 vals[("SROCC", a)] = c.metric(self.eps) if c else np.nan
                 self._flag(flags, idx, ("SROCC", a), c)
@@ -376,7 +376,7 @@ class Reporter:
                 self._flag(flags, idx, (grp, a), c)
                 if c is not None:
                     used.append(c)
-                    b = self.cell(base_row, a, self.eps) if row[1] != "none" else None
+                    b = self.cell(base_row, a, self.eps) if row[1] != BASE else None
                     if b is not None:
                         self._mark(marks, idx, (grp, a), self.compare(c, b, self.eps))
             c0 = next((self.cell(row, a) for a in attacks if self.cell(row, a) is not None), None)
@@ -401,7 +401,7 @@ class Reporter:
             purified = self.rows(kind, lambda c: bool(c.inference))
             if purified:
                 archs = {r[0] for r in purified}
-                rows = self.rows(kind, lambda c: c.arch in archs and (bool(c.inference) or c.defense in ("none", "aat")))
+                rows = self.rows(kind, lambda c: c.arch in archs and (bool(c.inference) or c.defense == BASE or bool(recipe_declares(c.defense, "purification_reference", False))))
                 return self.accuracy_table("purification", "Purification defences against AAT (paper Table 9 shape)",
                                            rows, "paper Table 9 shape")
         return None
@@ -447,10 +447,10 @@ class Reporter:
             rows = self.rows(kind)
             for row in rows:
                 pairs = []
-                if row[1] != "none":
+                if row[1] != BASE:
                     pairs.append(self.base_row(row))
-                if row[1] == "aat":
-                    pairs += [(row[0], d, *row[2:]) for d in ("r", "at")]
+                # a recipe names the recipes it is compared with (AAT: R and AT, the paper's Table 3)
+                pairs += [(row[0], d, *row[2:]) for d in recipe_declares(row[1], "compare_with", ())]
                 for other in pairs:
                     if other not in rows:
                         continue
@@ -706,7 +706,7 @@ def aat_bounds(rep: Reporter) -> list[dict[str, Any]]:
     for sha, w in rep.weights.items():
         prov = w["provenance"]
         run = prov.get("run")
-        if prov.get("recipe") != "aat":
+        if not recipe_declares(prov.get("recipe"), "logs_bound", False):
             continue
         if prov.get("theorem1"):  # recorded with the weights at training time
             out.append({"weights": w["name"], "sha256": sha, "run": run, **prov["theorem1"]})

@@ -11,7 +11,7 @@ from robench.core.registry import MODELS
 from robench.core.target import Target, TargetCard
 
 
-@MODELS.register("birqa", summary="BiRQA: analytic features + bidirectional pyramid (CSRAM/SCGB/RAH); "
+@MODELS.register("birqa", default=True, summary="BiRQA: analytic features + bidirectional pyramid (CSRAM/SCGB/RAH); "
                                   "predicts MOS, higher is better", lower_better=False)
 class BiRQA(Target):
     predicts_mos = True
