@@ -189,7 +189,7 @@ def test_flags_reach_report_tables_json_and_check(tiny_mini, tmp_path):
                             "--store", str(store), "--json"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "rep"
-    r = runner.invoke(app, ["report", "--store", str(store), "--out", str(out), "--ot", "exact", "--bootstrap", "50",
+    r = runner.invoke(app, ["report", "--store", str(store), "--out", str(out), "--ot", "exact", "--resamples", "50",
                             "--no-pdf", "--no-plots"])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())

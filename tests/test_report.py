@@ -155,7 +155,7 @@ def test_ir_of_a_defence_that_halves_every_gain_is_near_one(backend):
 
 
 def add_cell(store: Store, *, target: str, defense: str, training: str | None, attack: str, needs: str, eps, mos,
-             q_clean, q_adv, ref_ids, kind: str = "pairs", train_seconds: float | None = None) -> str:
+             q_clean, q_adv, ref_ids, kind: str = "pairs", train_seconds: float | None = None, sources=None) -> str:
     """A hand-made cell in the runner's format (for reporter logic that needs recipe rows)."""
     n = len(q_clean)
     config = {"target": {"name": target, "weights_sha256": f"sha-{target}", "weights_source": "trained-here",
@@ -169,7 +169,8 @@ def add_cell(store: Store, *, target: str, defense: str, training: str | None, a
     key = cell_key(config, "test")
     rows = [{"item": i, "eps": float(e), "item_id": f"img{i}", "ref_id": str(ref_ids[i]), "distortion": "d", "level": 1,
              "mos": float(mos[i]), "clean_score": float(q_clean[i]), "score": float(q_adv[k][i]), "linf": 0.0, "l2": 0.0,
-             "queries": 1} for k, e in enumerate(eps) for i in range(n)]
+             "queries": 1, "source": None if sources is None else str(sources[i])}
+            for k, e in enumerate(eps) for i in range(n)]
     store.commit_cell(key, {"config": config, "summary": {}, "flags": {}, "probes": {}, "versions": {}, "n_items": n,
                             "seconds": 1.0, "attack_seconds": 1.0}, rows)
     if train_seconds is not None:
@@ -264,7 +265,7 @@ def test_robustness_table_ir_bold_and_significance(grid_store):
 
 
 def test_report_cli_json_and_bad_store(grid_store, tmp_path):
-    r = robench("report", "--store", grid_store, "--out", tmp_path / "r", "--ot", "exact", "--bootstrap", "50",
+    r = robench("report", "--store", grid_store, "--out", tmp_path / "r", "--ot", "exact", "--resamples", "50",
                 "--no-plots", "--json")
     out = json.loads(r.stdout)
     assert "robustness" in out["tables"] and (tmp_path / "r" / "robustness.md").is_file()
@@ -336,6 +337,17 @@ def _trap_target():
     return Trap
 
 
+@pytest.fixture
+def toytrap():
+    """Registers the test-only target ``toytrap`` for one test and removes it afterwards, so the
+    registries other tests see (``MODELS.names()``, ``MODELS.info()``) are the discovered ones."""
+    from robench.core.registry import MODELS
+
+    yield _trap_target()
+    if "toytrap" in MODELS:
+        MODELS.unregister("toytrap")
+
+
 def _trap_run(path, beta: float):
     from robench.core.config import RunSpec
     from robench.engine.grid import run
@@ -346,7 +358,7 @@ def _trap_run(path, beta: float):
                 attack_params={"square": {"queries": 8}}), progress=False)
 
 
-def test_check_passes_unchanged_and_fails_weakened(tiny_mini, tmp_path):
+def test_check_passes_unchanged_and_fails_weakened(tiny_mini, tmp_path, toytrap):
     base, same, weak = tmp_path / "base.sqlite", tmp_path / "same.sqlite", tmp_path / "weak.sqlite"
     _trap_run(base, 0.0)
     baseline = tmp_path / "baseline.json"

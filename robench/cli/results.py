@@ -21,9 +21,13 @@ def report_cmd(
     out: Path = typer.Option(Path("reports/latest"), help="Output folder (replaced as a whole)."),
     eps: Optional[float] = typer.Option(None, help="ε (/255) of the single-budget tables (default 8 if stored, else the largest)."),
     ot: str = typer.Option("neural", help="IR-Score OT map: neural (Korotin et al. 2023) | exact (quantile map)."),
-    n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples."),
+    n_boot: int = typer.Option(1000, "--resamples", help="Bootstrap resamples."),
+    bootstrap: str = typer.Option("auto", "--bootstrap", help="Resampling unit: photo (source photos with all their items; "
+                                  "needs ≥ 10 photos, else exit 2) | item | auto (photo when ≥ 10, else item, labelled)."),
+    correction: str = typer.Option("holm", help="Multiplicity correction across the report's comparisons: holm "
+                                   "(family-wise) | bh (Benjamini–Hochberg, false-discovery rate)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap and the neural OT."),
-    cluster: bool = typer.Option(True, "--cluster/--no-cluster", help="Resample by reference image where references repeat."),
+    cluster: bool = typer.Option(True, "--cluster/--no-cluster", help="--no-cluster: the same as --bootstrap item."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
     pdf: bool = typer.Option(True, "--pdf/--no-pdf", help="Compile report.tex when pdflatex is installed."),
     bench: Optional[Path] = typer.Option(None, help="`robench bench speed --json` output: draws accuracy vs speed."),
@@ -35,10 +39,10 @@ def report_cmd(
     from robench.engine.grid import default_store
 
     if n_boot < 10:
-        raise RobenchError(f"--bootstrap must be at least 10, got {n_boot}")
+        raise RobenchError(f"--resamples must be at least 10, got {n_boot}")
     with _status(f"writing the report of {store or default_store()}"):
         res = write_report(store or default_store(), out, eps=eps, ot=ot, n_boot=n_boot, seed=seed, cluster=cluster,
-                           plots=plots, pdf=pdf, bench=bench)
+                           bootstrap=bootstrap, correction=correction, plots=plots, pdf=pdf, bench=bench)
     if as_json:
         emit_json(res)
         return

@@ -106,6 +106,7 @@ def make_rows(res: AttackResult, items: Items, eps: list[float], other_scores) -
         for i in range(len(items)):
             rows.append({
                 "item": i, "eps": float(e), "item_id": L["item_id"][i], "ref_id": L["ref_id"][i],
+                "source": L["source"][i] if "source" in L else None,
                 "distortion": L["distortion"][i], "level": L["level"][i] if "level" in L else None,
                 "mos": L["mos"][i] if "mos" in L else None, "judge": L["judge"][i] if "judge" in L else None,
                 "attacked_side": L["attacked_side"][i] if "attacked_side" in L else None,

@@ -138,7 +138,7 @@ def load_items(dataset_name: str, split: str, n: int | None, seed: int, options:
     roles = ("dist", "ref") if data.kind == "pairs" else ("attacked", "other", "ref")
     held: dict[str, list] | None = {r: [] for r in roles}
     used, first_shape, shapes = 0, None, {}
-    labels: dict[str, list] = {"ref_id": [], "distortion": []}
+    labels: dict[str, list] = {"ref_id": [], "source": [], "distortion": []}
     labels.update({"mos": [], "level": []} if data.kind == "pairs" else {"judge": [], "attacked_side": []})
     for i in range(len(data)):
         s = data[i]
@@ -153,6 +153,8 @@ def load_items(dataset_name: str, split: str, n: int | None, seed: int, options:
             labels["level"].append(int(s.get("level", 0)))
             imgs = {"dist": s["dist"], "ref": s["ref"]}
         labels["ref_id"].append(str(s["ref_id"]))
+        # the source photo (crops of one photo share it): the bootstrap's independent unit
+        labels["source"].append(str(s.get("source", s["ref_id"])))
         labels["distortion"].append(str(s["distortion"]))
         first_shape = first_shape or tuple(imgs["ref"].shape)
         shapes.setdefault(tuple(imgs["ref"].shape), i)

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS results (
     clean_score REAL NOT NULL, score REAL NOT NULL,
     linf REAL NOT NULL, l2 REAL NOT NULL, queries INTEGER NOT NULL,
     psnr REAL, ssim REAL,                 -- adversarial vs unattacked distorted image (NULL: δ = 0)
+    source TEXT,                          -- the item's source photo (the bootstrap's independent unit)
     PRIMARY KEY (cell_key, item, eps)
 );
 -- provenance of the weights cells ran with (train time, data, recipe): the reporter reads it
@@ -67,9 +68,9 @@ CREATE TABLE IF NOT EXISTS weights (
 );
 """
 RESULT_COLUMNS = ("item", "eps", "item_id", "ref_id", "distortion", "level", "mos", "judge", "attacked_side",
-                  "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim")
+                  "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim", "source")
 #: columns added after schema 1 shipped (ALTER TABLE on open: old stores read and append)
-ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL"}
+ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL", "source": "TEXT"}
 
 
 def canonical(obj: Any) -> str:

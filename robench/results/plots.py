@@ -113,7 +113,7 @@ def plot_bound(log: str | Path, stem: str | Path, log_y: bool = False) -> list[s
 def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
     """One panel per attack; one line per model × defence; clean at ε = 0; bootstrap bands."""
     from robench.results.labels import attack_order, defense_label
-    from robench.results.stats import bootstrap_ci, default_clusters, mean_weighted, srocc_weighted
+    from robench.results.stats import bootstrap_ci, mean_weighted, srocc_weighted
 
     rows = rep.rows(kind)
     if not rows:
@@ -131,7 +131,7 @@ def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
                 continue
             xs = [0.0] + list(c.eps)
             qs = [c.q_clean] + list(c.q_adv)
-            cl = default_clusters(c.ref_ids) if rep.cluster else None
+            cl = rep.units(c)[0]  # the report's resampling unit (photo or item)
             ys, lo, hi = [], [], []
             for q in qs:
                 ys.append(c.metric_of(q))

@@ -23,7 +23,7 @@ import pandas as pd
 from robench.core import flags as FL
 from robench.core.errors import RobenchError
 from robench.results.labels import BASE, attack_order, defense_label, defense_order, recipe_declares, recipes  # noqa: F401
-from robench.results.stats import (correlations, default_clusters, mean_weighted, msu_scores, paired_bootstrap,
+from robench.results.stats import (benjamini_hochberg, bootstrap_units, holm, correlations, mean_weighted, msu_scores, paired_bootstrap,
                            twoafc_scores)
 from robench.results.transport import MapCache, ir_score
 
@@ -53,6 +53,7 @@ class CellData:
     eps: list[float]
     item_ids: np.ndarray
     ref_ids: np.ndarray
+    sources: np.ndarray | None  # source photo per item (None: a store written before they were recorded)
     mos: np.ndarray | None
     judge: np.ndarray | None
     side: np.ndarray | None
@@ -154,6 +155,8 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
             split=cfg["dataset"]["split"], profile=cfg["profile"], seed=int(cfg["seed"]),
             items_sha=cfg["dataset"]["items_sha256"], weights_sha=cfg["target"]["weights_sha256"], eps=eps,
             item_ids=first["item_id"].astype(str).to_numpy(), ref_ids=first["ref_id"].astype(str).to_numpy(),
+            sources=(first["source"].astype(str).to_numpy()
+                     if "source" in first.columns and first["source"].notna().all() else None),
             mos=first["mos"].to_numpy(float) if kind == "pairs" else None,
             judge=first["judge"].to_numpy(float) if kind != "pairs" else None,
             side=first["attacked_side"].to_numpy(int) if kind != "pairs" else None,
@@ -215,12 +218,15 @@ class Table:
 
 
 
+CORRECTIONS = ("holm", "bh")
+
+
 class Reporter:
     """Builds every table from a list of cells; options are the reporter's, recorded in captions."""
 
     def __init__(self, cells: list[CellData], weights: dict[str, dict], *, eps: float | None = None,
                  ot: str = "neural", n_boot: int = 1000, seed: int = 0, cluster: bool = True,
-                 ot_options: dict | None = None):
+                 ot_options: dict | None = None, bootstrap: str = "auto", correction: str = "holm"):
         if not cells:
             raise RobenchError("the store has no finished cells to report")
         # one weights version per row: after a retrain where only some attacks were rerun, a row
@@ -233,6 +239,17 @@ class Reporter:
         self.eps = eps if eps is not None else (8.0 if 8.0 in all_eps else all_eps[-1])
         self.maps = MapCache(ot, seed, **(ot_options or {}))
         self.ot, self.n_boot, self.seed, self.cluster = ot, n_boot, seed, cluster
+        # resampling unit (stats.bootstrap_units): the source photo when a comparison has ≥ 10,
+        # else the item, labelled; cluster=False (--no-cluster) is the item bootstrap
+        self.bootstrap = bootstrap if cluster else "item"
+        if correction not in CORRECTIONS:
+            raise RobenchError(f"--correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+        self.correction = correction
+        self._compared: dict[tuple, dict | None] = {}
+        self._family: list[dict] | None = None
+        if self.bootstrap == "photo":  # refuse before any table: fewer than 10 photos → exit 2
+            for c in self.cells:
+                bootstrap_units("photo", c.sources, f"the cells of {c.target} · {c.defense} · {c.attack}")
 
     # -- lookups ----------------------------------------------------------------------------
     def rows(self, kind: str, where: Callable[[CellData], bool] = lambda c: True) -> list[tuple]:
@@ -249,22 +266,96 @@ class Reporter:
     def base_row(self, row: tuple) -> tuple:
         return (row[0], BASE, *row[2:])
 
-    def clusters(self, c: CellData):
-        return default_clusters(c.ref_ids) if self.cluster else None
+    def units(self, c: CellData, idx=None) -> tuple:
+        """(clusters, label) of a bootstrap over ``c``'s items (``idx``: a subset)."""
+        src = None if c.sources is None else (c.sources if idx is None else c.sources[idx])
+        return bootstrap_units(self.bootstrap, src, f"the cells of {c.target}")
 
     def compare(self, a: CellData, b: CellData, eps: float | None) -> dict | None:
-        """Paired bootstrap of metric(a) − metric(b) on the items both hold, at ``eps`` (None = clean)."""
+        """Paired bootstrap of metric(a) − metric(b) on the items both hold, at ``eps`` (None =
+        clean), resampling source photos (or items, see :meth:`units`); memoised, and carrying
+        the family-wise adjusted p once the report's family is built (:meth:`family`)."""
+        key = (a.key, b.key, eps)
+        if key in self._compared:
+            return self._compared[key]
         qa, qb = a.q_at(eps), b.q_at(eps)
         if qa is None or qb is None:
             return None
         common, ia, ib = np.intersect1d(a.item_ids, b.item_ids, return_indices=True)
         if len(common) < 3:
             return None
-        cl = None if self.clusters(a) is None else a.ref_ids[ia]
+        cl, label = self.units(a, ia)
         if a.kind == "pairs":
-            return paired_bootstrap(qa[ia], qb[ib], a.mos[ia], n_resamples=self.n_boot, seed=self.seed, clusters=cl)
-        return paired_bootstrap(a.item_values(qa)[ia], b.item_values(qb)[ib], stat=mean_weighted,
-                                n_resamples=self.n_boot, seed=self.seed, clusters=cl)
+            res = paired_bootstrap(qa[ia], qb[ib], a.mos[ia], n_resamples=self.n_boot, seed=self.seed, clusters=cl)
+        else:
+            res = paired_bootstrap(a.item_values(qa)[ia], b.item_values(qb)[ib], stat=mean_weighted,
+                                   n_resamples=self.n_boot, seed=self.seed, clusters=cl)
+        res["units"] = label
+        self._compared[key] = res
+        return res
+
+    def family(self) -> list[dict]:
+        """Every comparison of the report (each defence vs its base, and what recipes declare in
+        ``compare_with``, clean and per attack and ε): the family the multiplicity correction
+        covers. Each record: the comparison's labels, the bootstrap result, ``p_adjusted`` and
+        ``significant`` after the correction (the raw CI decision is ``significant_raw``)."""
+        if self._family is not None:
+            return self._family
+        recs, seen = [], set()
+        for kind in ("pairs", "2afc"):
+            rows = self.rows(kind)
+            for row in rows:
+                pairs = []
+                if row[1] != BASE:
+                    pairs.append(self.base_row(row))
+                # a recipe names the recipes it is compared with (AAT: R and AT, the paper's Table 3)
+                pairs += [(row[0], d, *row[2:]) for d in recipe_declares(row[1], "compare_with", ())]
+                for other in pairs:
+                    if other not in rows:
+                        continue
+                    for a in attack_order(c.attack for c in self.cells if c.row == row):
+                        c, b = self.cell(row, a), self.cell(other, a)
+                        if c is None or b is None:
+                            continue
+                        meta = {"row": row, "other": other, "cell": c, "versus_cell": b}
+                        if (row, other) not in seen:
+                            seen.add((row, other))
+                            res = self.compare(c, b, None)
+                            if res:
+                                recs.append({**meta, "attack": "clean", "eps": None, "res": res, "flags": []})
+                        codes = [f for f in FL.active(c.flags) + FL.active(b.flags)]
+                        codes = [f for f, _, _ in FL.FLAGS if f in codes]
+                        for e in [e for e in c.eps if b.eps_index(e) is not None]:
+                            res = self.compare(c, b, e)
+                            if res:
+                                recs.append({**meta, "attack": a, "eps": e, "res": res, "flags": codes})
+        adjust = holm if self.correction == "holm" else benjamini_hochberg
+        p_adj = adjust([r["res"]["p"] for r in recs]) if recs else []
+        for r, pa in zip(recs, p_adj):
+            # after correction: significant when the adjusted p is below α (5 %)
+            r["res"]["p_adjusted"] = float(pa)
+            r["res"]["significant_raw"] = r["res"]["significant"]
+            r["res"]["significant"] = bool(np.isfinite(pa) and pa < 0.05)
+        self._family = recs
+        return recs
+
+    def comparisons(self) -> list[dict]:
+        """report.json's comparison rows (schema in docs/statistics.md)."""
+        out = []
+        for r in self.family():
+            c, res = r["cell"], r["res"]
+            out.append({"target": c.target, "defense": r["row"][1], "versus": r["other"][1], "attack": r["attack"],
+                        "eps": r["eps"], "metric": c.metric_name, "delta": res["delta"], "effect": res["effect"],
+                        "ci_low": res["ci"][0], "ci_high": res["ci"][1], "p": res["p"],
+                        "p_adjusted": res["p_adjusted"], "correction": self.correction,
+                        "significant": res["significant"], "significant_uncorrected": res["significant_raw"],
+                        "n_items": res["n_items"], "n_clusters": res["n_clusters"], "units": res["units"],
+                        "seeds": sorted({c.seed, r["versus_cell"].seed}),
+                        "dataset": c.dataset, "split": c.split, "profile": c.profile,
+                        "flags": {f: True for f in r["flags"]},
+                        "not_converged": "nc" in r["flags"], "masking": "gm" in r["flags"],
+                        "vacuous_bound": "vac" in r["flags"]})
+        return out
 
     def ir(self, d: CellData, b: CellData) -> float:
         eps = [e for e in d.eps if b.eps_index(e) is not None]
@@ -441,52 +532,37 @@ class Reporter:
                      col_precision={f"PSNR@{self.eps:g}": 1})
 
     def significance(self) -> Table | None:
-        """Paired bootstrap of Δmetric: every defence vs base, and AAT vs R and vs AT."""
-        recs, index, seen = [], [], set()
-        for kind in ("pairs", "2afc"):
-            rows = self.rows(kind)
-            for row in rows:
-                pairs = []
-                if row[1] != BASE:
-                    pairs.append(self.base_row(row))
-                # a recipe names the recipes it is compared with (AAT: R and AT, the paper's Table 3)
-                pairs += [(row[0], d, *row[2:]) for d in recipe_declares(row[1], "compare_with", ())]
-                for other in pairs:
-                    if other not in rows:
-                        continue
-                    for a in attack_order(c.attack for c in self.cells if c.row == row):
-                        c, b = self.cell(row, a), self.cell(other, a)
-                        if c is None or b is None:
-                            continue
-                        vs = f"{defense_label(row[1])} vs {defense_label(other[1])}"
-                        who = (*self.label(row)[:-1], vs)
-                        if (row, other) not in seen:
-                            seen.add((row, other))
-                            res = self.compare(c, b, None)
-                            if res:
-                                index.append((c.metric_name, *who, "clean", "—"))
-                                recs.append({**res, "flags": []})
-                        codes = [f for f in FL.active(c.flags) + FL.active(b.flags)]
-                        codes = [f for f, _, _ in FL.FLAGS if f in codes]
-                        for e in [e for e in c.eps if b.eps_index(e) is not None]:
-                            res = self.compare(c, b, e)
-                            if res:
-                                index.append((c.metric_name, *who, a, f"{e:g}"))
-                                recs.append({**res, "flags": codes})
-        if not recs:
+        """Paired bootstrap of Δmetric over the report's family of comparisons (every defence vs
+        base, and what recipes declare: AAT vs R and vs AT), with the multiplicity correction."""
+        fam = self.family()
+        if not fam:
             return None
-        df = pd.DataFrame({"Δ": [r["delta"] for r in recs], "median Δ": [r["effect"] for r in recs],
-                           "CI low": [r["ci"][0] for r in recs], "CI high": [r["ci"][1] for r in recs],
-                           "significant": ["yes" if r["significant"] else "no" for r in recs],
-                           "flags": [" ".join(r["flags"]) or "—" for r in recs]},
+        index = []
+        for r in fam:
+            c = r["cell"]
+            who = (*self.label(r["row"])[:-1], f"{defense_label(r['row'][1])} vs {defense_label(r['other'][1])}")
+            index.append((c.metric_name, *who, r["attack"], "—" if r["eps"] is None else f"{r['eps']:g}"))
+        res = [r["res"] for r in fam]
+        df = pd.DataFrame({"Δ": [x["delta"] for x in res], "median Δ": [x["effect"] for x in res],
+                           "CI low": [x["ci"][0] for x in res], "CI high": [x["ci"][1] for x in res],
+                           "p": [x["p"] for x in res], f"p ({self.correction_name})": [x["p_adjusted"] for x in res],
+                           "significant": ["yes" if x["significant"] else "no" for x in res],
+                           "units": [f"{x['n_clusters']} {'photos' if x['cluster'] else 'items'}" for x in res],
+                           "flags": [" ".join(r["flags"]) or "—" for r in fam]},
                           index=pd.MultiIndex.from_tuples(index, names=["metric", *self.label_names()[:-1], "comparison",
                                                                         "attack", "ε /255"]))
-        clustered = any(r["cluster"] for r in recs)
+        labels = sorted({x["units"] for x in res})
         return Table("significance", "Paired bootstrap of the metric difference", df,
                      caption=(f"Δ = metric(first) − metric(second) on the same items; median over {self.n_boot} paired "
-                              f"bootstrap resamples{' (clusters: reference images)' if clustered else ''}, seed {self.seed}; "
-                              f"95 % percentile CI; significant when the CI excludes 0. " + self.setting(self.cells, "ε per row")),
-                     footnote=FL.legend({f for r in recs for f in r["flags"]}) + " " + self.provenance(self.cells))
+                              f"bootstrap resamples, seed {self.seed}; resampling: {'; '.join(labels)}; 95 % percentile "
+                              f"CI; p two-sided bootstrap p; significant when the {self.correction_name}-adjusted p "
+                              f"< 0.05 across all {len(fam)} comparisons of this report. "
+                              + self.setting(self.cells, "ε per row")),
+                     footnote=FL.legend({f for r in fam for f in r["flags"]}) + " " + self.provenance(self.cells))
+
+    @property
+    def correction_name(self) -> str:
+        return {"holm": "Holm", "bh": "Benjamini–Hochberg"}[self.correction]
 
     # -- helpers ----------------------------------------------------------------------------
     def label(self, row: tuple) -> tuple:
@@ -518,13 +594,15 @@ class Reporter:
         return text + " " if text else ""
 
     def _mark(self, marks: dict, idx, col, res: dict | None) -> None:
+        self.family()  # significance after the multiplicity correction of the whole report
         if res and res["significant"]:
             marks[(idx, col)] = "+" if res["effect"] > 0 else "-"
 
     def sig_note(self, metric: str) -> str:
+        units = sorted({r["res"]["units"] for r in self.family()}) or ["—"]
         return (f"† significantly higher, ‡ significantly lower {metric} than the same model's base row (paired "
-                f"bootstrap over items, {self.n_boot} resamples{', by reference image' if self.cluster else ''}, "
-                f"95 % CI excludes 0). Bold: best in the column for each model.")
+                f"bootstrap, {self.n_boot} resamples, {'; '.join(units)}; {self.correction_name}-adjusted p < 0.05 "
+                f"across the report's comparisons). Bold: best in the column for each model.")
 
     def best(self, df: pd.DataFrame, exclude=()) -> pd.DataFrame:
         bold = np.zeros(df.shape, dtype=bool)
@@ -668,12 +746,14 @@ def compile_pdf(tex: Path) -> Path | None:
 
 def write_report(store: str | Path, out: str | Path, *, eps: float | None = None, ot: str = "neural",
                  n_boot: int = 1000, seed: int = 0, cluster: bool = True, plots: bool = True, pdf: bool = True,
-                 bench: str | Path | None = None, ot_options: dict | None = None, progress: bool = False) -> dict[str, Any]:
+                 bench: str | Path | None = None, ot_options: dict | None = None, progress: bool = False,
+                 bootstrap: str = "auto", correction: str = "holm") -> dict[str, Any]:
     """Every table (.tex, .md), the standalone ``report.tex`` (and PDF when pdflatex exists), the
     plots, and ``report.json`` with all numbers, under ``out``. Written to a temporary folder and
     moved into place, so a failure leaves no half report."""
     cells, weights = load_cells(store)
-    rep = Reporter(cells, weights, eps=eps, ot=ot, n_boot=n_boot, seed=seed, cluster=cluster, ot_options=ot_options)
+    rep = Reporter(cells, weights, eps=eps, ot=ot, n_boot=n_boot, seed=seed, cluster=cluster, ot_options=ot_options,
+                   bootstrap=bootstrap, correction=correction)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a private temporary folder beside the target: concurrent reports cannot delete each other's
@@ -750,6 +830,9 @@ def _write(rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: i
     (tmp / "report.json").write_text(json.dumps({"store": str(store), "eps": rep.eps, "ot": ot, "n_boot": n_boot,
                                                  "seed": seed, "tables": [t.to_dict() for t in tables],
                                                  "aat_bounds": bounds,
+                                                 "bootstrap": rep.bootstrap, "correction": rep.correction,
+                                                 # one row per comparison (schema: docs/statistics.md)
+                                                 "comparisons": rep.comparisons(),
                                                  "flag_legend": FL.LEGEND,
                                                  "flagged_cells": [{"key": c.key, "target": c.target, "defense": c.defense,
                                                                     "attack": c.attack, "flags": c.active_flags}
