@@ -91,6 +91,16 @@ class Registry:
                 raise ValueError(f"{self.kind} {entry.name!r} registered twice")
             self._entries[entry.name] = entry
 
+    def unregister(self, name: str) -> Entry:
+        """Remove entry ``name`` and return it (tests and plugin reloads clean up with this); an
+        unknown name raises :class:`UnknownNameError`. Discovery is not re-run, so a removed
+        built-in stays removed for this process."""
+        self._discover()
+        with self._lock:
+            if name not in self._entries:
+                raise UnknownNameError(self.unknown_message(name))
+            return self._entries.pop(name)
+
     # -- discovery ------------------------------------------------------------------------
     def _discover(self) -> None:
         with self._lock:
