@@ -177,8 +177,11 @@ REGISTRIES = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES, "datas
 def default_of(registry: Registry) -> str:
     """The one entry of ``registry`` whose plugin declares ``default = True`` (the offline
     default dataset, the mission's target): the engine names no plugin itself."""
-    found = [n for n in registry.names()
-             if registry.entry(n).meta.get("default") is True or getattr(registry.get(n), "default", False) is True]
+    # declared in the registry entry's meta: found without importing (a broken plugin elsewhere
+    # must not break the lookup); else as a class attribute
+    found = [n for n in registry.names() if registry.entry(n).meta.get("default") is True]
+    if not found:
+        found = [n for n in registry.names() if getattr(registry.get(n), "default", False) is True]
     if len(found) != 1:
         from robench.core.errors import RobenchError
 

@@ -15,9 +15,7 @@ gradient, randomised by the forward noise → EOT); ``bpda=True`` uses the ident
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from torch import nn
 from robench.defenses.wrappers import InferenceDefense, bpda
 from robench.core.errors import RobenchError
 from robench.core.registry import DEFENSES
+from robench.engine.trainer import TrainTask, Trainer, config_hash, write_json_atomic
 
 T = 1000
 
@@ -98,6 +97,23 @@ class DiffPure(InferenceDefense):
     name = "diffpure"
     randomised = True
     defaults = {"t_star": 10, "steps": 5, "weights": "diffpure.mini", "path": None, "bpda": False}
+    test_options = {"t_star": 4, "steps": 2}
+
+    @classmethod
+    def prepare(cls, options: dict[str, Any], *, dataset: str, dataset_options: dict[str, Any], profile: str,
+                seed: int, progress: bool = True, **_: Any) -> None:
+        """``--defense ...+diffpure`` without a denoiser: train the small DDPM first (on the
+        dataset its weights name, ``diffpure.<dataset>``)."""
+        from robench.core import weights as W
+        from robench.core.registry import default_dataset
+
+        if options.get("path"):
+            return
+        name = str(options.get("weights", cls.defaults["weights"]))
+        if W.lookup(name) is None:
+            ds = name.split(".", 1)[1] if "." in name else default_dataset()
+            train_diffpure(dataset=ds, profile=profile, seed=seed,
+                           dataset_options=dict(dataset_options) if ds == dataset else {}, progress=progress)
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -152,71 +168,87 @@ class DiffPure(InferenceDefense):
         return (bpda(dist, out) if self.params["bpda"] else out), ref
 
 
+class _DDPMTask(TrainTask):
+    """ε-prediction on random crops (and flips) of the training references at uniform timesteps."""
+
+    def __init__(self, net: TinyUNet, refs: torch.Tensor, batch: int, crop: int, seed: int, dataset: str,
+                 log_extra: dict[str, Any]):
+        self.module, self.refs, self.batch, self.crop, self.seed = net, refs, batch, crop, seed
+        self.title = f"diffpure: DDPM on {dataset} references"
+        self.abar = alphas_bar()
+        self.log_extra = log_extra
+
+    def make_batch(self, step: int, gen: torch.Generator):
+        idx = torch.randint(0, len(self.refs), (self.batch,), generator=gen)
+        x = self.refs[idx]
+        c = min(self.crop, *x.shape[-2:])
+        ys = torch.randint(0, x.shape[-2] - c + 1, (1,), generator=gen).item()
+        xs = torch.randint(0, x.shape[-1] - c + 1, (1,), generator=gen).item()
+        x = x[..., ys:ys + c, xs:xs + c] * 2 - 1
+        flip = torch.rand(self.batch, generator=gen) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        t = torch.randint(0, T, (self.batch,), generator=gen)
+        noise = torch.randn(x.shape, generator=gen)
+        return x, t, noise
+
+    def loss(self, batch):
+        x, t, noise = batch
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return F.mse_loss(self.module(a.sqrt() * x + (1 - a).sqrt() * noise, t), noise), {}
+
+    def write_log(self, out: Path, rows: list[dict[str, Any]]) -> None:
+        write_json_atomic(out / "log.json", {"losses": [r["loss"] for r in rows], **self.log_extra})
+
+    def fault_point(self, done: int) -> str:
+        return f"diffpure:{done}"
+
+
 def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | None = None, seed: int = 0,
                    width: int = 32, batch: int = 16, crop: int = 64, lr: float = 2e-4,
-                   dataset_options: dict | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train the ε-predictor on the train split's reference images; register ``diffpure.<dataset>``."""
+                   dataset_options: dict | None = None, progress: bool = True,
+                   out: str | Path | None = None) -> dict[str, Any]:
+    """Train the ε-predictor on the train split's reference images; register ``diffpure.<dataset>``.
+    Resumable: a rerun of the same configuration continues from ``out/last.pt``."""
     import numpy as np
 
-    import robench
     from robench.core import weights as W
-    from robench.core.progress import progress_bar
+    from robench.core.registry import DATASETS
+    from robench.core.home import robench_home
     from robench.core.profiles import get_profile
     from robench.core.provenance import git_commit, versions
 
     prof = get_profile(profile)
     n_steps = int(steps or (400 if prof.name == "quick" else 50_000))
-    opts = dict(dataset_options or {})
-    if dataset in ("mini", "mini-2afc"):
-        opts.setdefault("size", prof.image_size)
-    data = robench.load_dataset(dataset, split="train", **opts)
+    cls = DATASETS.get(dataset)
+    opts = {**cls.profile_options(prof), **(dataset_options or {})}  # a built set's image size
+    data = cls(split="train", **opts)
     first = {}
     for i in range(len(data)):  # one copy of each reference
         rid = data.table.iloc[i]["ref_id"]
         if rid not in first:
             first[rid] = i
     refs = torch.stack([data[i]["ref"] for i in first.values()])
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = TinyUNet(width)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    abar = alphas_bar()
-    t0 = time.perf_counter()
-    losses = []
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"diffpure: DDPM on {dataset} references", total=n_steps) if bar else None
-        for step in range(n_steps):
-            idx = torch.randint(0, len(refs), (batch,), generator=g)
-            x = refs[idx]
-            c = min(crop, *x.shape[-2:])
-            ys = torch.randint(0, x.shape[-2] - c + 1, (1,), generator=g).item()
-            xs = torch.randint(0, x.shape[-1] - c + 1, (1,), generator=g).item()
-            x = x[..., ys:ys + c, xs:xs + c] * 2 - 1
-            flip = torch.rand(batch, generator=g) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            t = torch.randint(0, T, (batch,), generator=g)
-            noise = torch.randn(x.shape, generator=g)
-            a = abar[t].view(-1, 1, 1, 1)
-            loss = F.mse_loss(net(a.sqrt() * x + (1 - a).sqrt() * noise, t), noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if bar:
-                bar.update(task, advance=1, description=f"diffpure: DDPM on {dataset} · loss {np.mean(losses[-50:]):.4f}")
-    seconds = time.perf_counter() - t0
-    from robench.core.home import robench_home
-
-    out = robench_home() / "runs" / "train" / f"diffpure-{dataset}-{prof.name}-seed{seed}"
-    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation, without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = TinyUNet(width)
+    schedule = "linear beta 1e-4..0.02, T=1000"
+    run_cfg = {"dataset": dataset, "dataset_options": opts, "profile": prof.name, "seed": seed, "width": width,
+               "batch": batch, "crop": crop, "lr": lr, "schedule": schedule, "steps": n_steps}
+    out = Path(out) if out else robench_home() / "runs" / "train" / f"diffpure-{dataset}-{prof.name}-seed{seed}"
+    task = _DDPMTask(net, refs, batch, crop, seed, dataset, {"config": run_cfg})
+    trainer = Trainer(task, out, config_hash(run_cfg, exclude=("steps",)), n_steps, lr, checkpoint_every=250,
+                      progress=progress).run()
+    losses = [r["loss"] for r in trainer.rows]
+    seconds = trainer.clock.elapsed
     provenance = {"dataset": dataset, "split": "train", "images": "reference images", "n_images": len(refs),
-                  "steps": n_steps, "batch": batch, "crop": crop, "lr": lr, "schedule": "linear beta 1e-4..0.02, T=1000",
+                  "steps": n_steps, "batch": batch, "crop": crop, "lr": lr, "schedule": schedule,
                   "final_loss": float(np.mean(losses[-50:])), "train_seconds": round(seconds, 2), "seed": seed,
-                  "profile": prof.name, "git_commit": git_commit(), "versions": versions()}
+                  "profile": prof.name, "git_commit": git_commit(), "versions": versions(), "run": str(out)}
     path = out / "denoiser.safetensors"
     W.save_safetensors(net.state_dict(), path, {"config": {"width": width}, "provenance": provenance,
                                                 "format": "robench-diffpure-v1"})
-    (out / "log.json").write_text(json.dumps({"losses": losses, "provenance": provenance}, default=str))
+    task.log_extra = {"provenance": provenance}
+    task.write_log(out, trainer.rows)
     entry = W.register(f"diffpure.{dataset}", path, source="trained-here", provenance=provenance)
     return {"name": f"diffpure.{dataset}", "sha256": entry["sha256"], "train_seconds": round(seconds, 1),
             "final_loss": provenance["final_loss"], "weights": str(W.weights_dir() / entry["file"])}

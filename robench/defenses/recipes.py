@@ -22,15 +22,20 @@ training split (:func:`robench.core.target.fit_calibration`, ≤ 512 seeded item
 the checkpoint's. The result is registered as weights ``M.<recipe>`` with its provenance (clean
 weights digest, recipe, every hyper-parameter, ``calibration_init``, train time). Each run writes
 ``steps.csv`` / ``steps.json`` (one row per optimiser step) and resumes from ``last.pt``.
+
+Each recipe is a :class:`TrainingRecipe` registered in ``DEFENSES``: the task the shared loop
+(:class:`robench.engine.trainer.Trainer`) runs. It declares what tables need (``label``, ``order``,
+…) and implements only what differs (which items, which labels, which loss); a new recipe is a new
+class, never a new branch here.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +43,11 @@ import numpy as np
 import torch
 
 from robench.core.errors import MissingWeightsError, RobenchError
-from robench.engine.faults import fault
 from robench.core.home import robench_home
 from robench.core.profiles import get_profile
-from robench.core.progress import progress_bar
 from robench.core.registry import DEFENSES
+from robench.engine.trainer import TrainTask, Trainer, config_hash, random_crop_pair, write_json_atomic
 
-RECIPES = ("r", "at", "aat")
 #: bumped when a recipe's batches, labels or initialisation change: part of the config hash, so a
 #: ``last.pt`` written by an older version is refused instead of resumed into a mixed run
 #: (2: moving AAT band + random tie-breaks, least-squares calibration init, RGB SSIM for AT-)
@@ -75,31 +78,211 @@ def item_ids(table) -> list:
     return list(range(len(table)))
 
 
-class TrainingRecipe:
-    """A defence that is a way of training the target's weights (``M.<name>``)."""
+@dataclass
+class RecipeBatch:
+    ref: torch.Tensor
+    dist: torch.Tensor
+    y: torch.Tensor
+    is_anchor: torch.Tensor  # bool per item: kept clean, never attacked
+    rng_seed: int
+    info: dict[str, Any]  # logged with the step (AAT: band and anchors)
+
+
+class TrainingRecipe(TrainTask):
+    """A defence that is a way of training the target's weights (``M.<name>``), run as the
+    Trainer's task. A recipe declares ``name``, ``label`` (tables), ``order`` (table order) and
+    implements :meth:`objective` (labels and loss of an attacked batch); :meth:`select` (which
+    items make a step's batch) and :meth:`provenance_extra` (its hyper-parameters) have defaults.
+    The shared part — items to tensors, the crop, PGD on every non-anchor, logs — is here."""
 
     kind = "training"
     name = ""
+    label = ""
+    order = 99
     summary = ""
+    #: fine-tunes the clean checkpoint of the architecture (trained first when missing)
+    needs_clean_weights = True
+    #: what the reporter reads (robench.results.labels): recipes this one is compared with in the
+    #: significance table, whether its steps.json holds the Theorem-1 bound, whether it is the
+    #: trained reference row of the purification table
+    compare_with: tuple[str, ...] = ()
+    logs_bound = False
+    purification_reference = False
 
     @classmethod
     def registry_meta(cls) -> dict[str, Any]:
         return {"kind": cls.kind, "randomised": False, "gradient": "exact"}
 
+    def __init__(self, target, data, prof, seed: int, base: str):
+        self.module, self.data, self.prof, self.seed, self.base = target, data, prof, seed, base
+        self.mos = data.table["mos"].to_numpy(dtype=float)
+        self.ids = item_ids(data.table)
+        self.mos_min, self.mos_max = float(self.mos.min()), float(self.mos.max())
+        self.batch = prof.train_batch
+        self.eps = prof.adv_eps / 255
+        self.title = f"{self.label}-training {base}"
+        self.run_cfg: dict[str, Any] = {}
+        self.calibration_init: dict[str, Any] | None = None
+
+    # -- what differs between recipes -------------------------------------------------------
+    def provenance_extra(self) -> dict[str, Any]:
+        """The recipe's own hyper-parameters: in the config hash and in the weights' provenance."""
+        return {}
+
+    def items_per_step(self) -> int:
+        return self.batch
+
+    def select(self, rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Dataset rows of a step's batch, which of them are anchors, and what to log about them."""
+        n = self.items_per_step()
+        idx = np.random.default_rng(rng_seed).choice(len(self.data), size=n, replace=False)
+        return idx, np.zeros(n, dtype=bool), {}
+
+    def objective(self, b: RecipeBatch, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Labels and loss of the batch whose non-anchors are attacked (``adv``); log entries."""
+        raise NotImplementedError
+
+    def final_provenance(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the finished run's log adds to the weights' provenance."""
+        return {}
+
+    # -- the shared part ---------------------------------------------------------------------
+    def make_batch(self, step: int, gen: torch.Generator) -> RecipeBatch:
+        rng_seed = self.rng_seed(step)
+        idx, is_anchor, info = self.select(rng_seed)
+        items = [self.data[int(i)] for i in idx]
+        ref = torch.stack([it["ref"] for it in items])
+        dist = torch.stack([it["dist"] for it in items])
+        y = torch.tensor([it["mos"] for it in items], dtype=torch.float32)
+        if self.prof.train_crop:
+            ref, dist = random_crop_pair(ref, dist, self.prof.train_crop, gen)
+        return RecipeBatch(ref, dist, y, torch.from_numpy(is_anchor), rng_seed, info)
+
+    def loss(self, b: RecipeBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        attacked = ~b.is_anchor
+        adv = b.dist.clone()
+        adv[attacked] = pgd_inner(self.module, b.dist[attacked], b.ref[attacked], self.eps, self.prof.adv_pgd_steps,
+                                  b.rng_seed)
+        self.module.train()
+        loss, log = self.objective(b, adv)
+        return loss, {**b.info, **log}
+
+    def state(self) -> dict[str, Any]:
+        return {"calibration_init": self.calibration_init}
+
+    def load_state(self, ck: dict[str, Any]) -> None:
+        # fitted when the run began; the weights hold its trained state
+        self.calibration_init = ck.get("calibration_init")
+
+    def upgrade_checkpoint(self, ck: dict[str, Any], out: Path) -> dict[str, Any]:
+        ck = super().upgrade_checkpoint(ck, out)
+        if "rows" not in ck:  # checkpoints written before the rows moved into last.pt
+            log = out / "steps.json"
+            ck = {**ck, "rows": json.loads(log.read_text())["steps"] if log.is_file() else []}
+        return ck
+
+    def write_log(self, out: Path, rows: list[dict[str, Any]]) -> None:
+        write_json_atomic(out / "steps.json", {"config": {**self.run_cfg, "calibration_init": self.calibration_init},
+                                               "steps": rows})
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        tmp = out / f"steps.csv.{os.getpid()}.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            # lists (anchor_ids) as ";"-joined text in the CSV; steps.json keeps them as lists
+            w.writerows({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
+        os.replace(tmp, out / "steps.csv")
+
+    def fault_point(self, done: int) -> str:
+        return f"{self.name}:{done}"
+
 
 @DEFENSES.register("r", summary="R-: vanilla adversarial training (PGD examples, unchanged labels)")
 class R(TrainingRecipe):
-    name = "r"
+    """Every sample attacked, unchanged labels, loss eq. 5."""
+
+    name, label, order = "r", "R", 1
+
+    def objective(self, b, adv):
+        from robench.engine.train import clean_loss
+
+        pred = self.module.predict_mos(adv, b.ref)
+        loss = clean_loss(pred, b.y, self.prof.train_loss_lambda)
+        return loss, {"emp_max_err": float((pred.detach() - b.y).abs().max())}
 
 
 @DEFENSES.register("at", summary="AT-: adversarial training with SSIM-based label modification (Chistyakova et al. 2024)")
 class AT(TrainingRecipe):
-    name = "at"
+    """Half a batch clean, half their attacked copies with labels lowered by their SSIM to the clean image."""
+
+    name, label, order = "at", "AT", 2
+
+    def provenance_extra(self):
+        return {"k": self.prof.at_k, "mos_min": self.mos_min, "mos_max": self.mos_max, "at_ssim": AT_SSIM}
+
+    def items_per_step(self):
+        return self.batch // 2
+
+    def objective(self, b, adv):
+        from robench.engine.train import clean_loss
+
+        y_adv = at_labels(b.y, adv, b.dist, self.prof.at_k, self.mos_min, self.mos_max)  # SSIM on RGB, channels averaged
+        pred = self.module.predict_mos(torch.cat([b.dist, adv]), torch.cat([b.ref, b.ref]))
+        yy = torch.cat([b.y, y_adv])
+        loss = clean_loss(pred, yy, self.prof.train_loss_lambda)
+        return loss, {"emp_max_err": float((pred.detach() - yy).abs().max()), "mean_label_drop": float((b.y - y_adv).mean())}
 
 
 @DEFENSES.register("aat", summary="AAT-: anchored adversarial training with the Theorem-1 bound logged (BiRQA paper)")
 class AAT(TrainingRecipe):
-    name = "aat"
+    """Band/anchor batches, anchors clean, the rest attacked; ``α·L_base(anchors) + β·mean(top-k ℓ_i)``."""
+
+    name, label, order = "aat", "AAT", 3
+    compare_with = (R.name, AT.name)  # the paper's Table 3
+    logs_bound = True
+    purification_reference = True  # Table 9: purification defences against AAT
+
+    def provenance_extra(self):
+        from robench.defenses.aat import BAND_FRACTION, AnchorSampler
+
+        p = self.prof
+        width = AnchorSampler(self.mos, self.batch, p.aat_anchors, p.aat_spacing).width
+        return {"anchors": p.aat_anchors, "spacing": p.aat_spacing, "top_k": p.aat_top_k, "alpha": p.aat_alpha,
+                "beta": p.aat_beta, "band_fraction": BAND_FRACTION, "band_width": width}
+
+    def select(self, rng_seed):
+        from robench.defenses.aat import AnchorSampler
+
+        # a fresh sampler per step: its band, tie-breaks and anchors follow (seed, step)
+        ab = AnchorSampler(self.mos, self.batch, self.prof.aat_anchors, self.prof.aat_spacing, seed=rng_seed,
+                           ids=self.ids).sample()
+        return ab.indices, ab.is_anchor, {"band_lo": ab.band[0], "band_hi": ab.band[1], "anchor_ids": ab.anchor_ids}
+
+    def objective(self, b, adv):
+        from robench.defenses.aat import anchored_terms
+        from robench.engine.train import clean_loss
+
+        p = self.prof
+        pred = self.module.predict_mos(adv, b.ref)
+        base_l = clean_loss(pred[b.is_anchor], b.y[b.is_anchor], p.train_loss_lambda)
+        _, topk, stats = anchored_terms(pred, b.y, b.is_anchor, p.aat_top_k)
+        loss = p.aat_alpha * base_l + p.aat_beta * topk
+        return loss, {**stats, "anchored_loss": float(topk.detach()), "base_loss": float(base_l.detach())}
+
+    def final_provenance(self, rows):
+        from robench.defenses.aat import bound_summary
+
+        # what the Theorem-1 log supports travels with the weights (the reporter reads the store)
+        return {"theorem1": bound_summary(rows)}
+
+
+def training_recipes() -> list[str]:
+    """Registered training recipes, in table order."""
+    rec = {n: DEFENSES.get(n) for n in DEFENSES.names()}
+    rec = {n: c for n, c in rec.items() if isinstance(c, type) and issubclass(c, TrainingRecipe)}
+    return sorted(rec, key=lambda n: (rec[n].order, n))
 
 
 def ensure_clean(base: str, dataset: str, profile: str, seed: int, dataset_options: dict, progress: bool):
@@ -134,183 +317,66 @@ def pgd_inner(target, dist, ref, eps: float, steps: int, seed: int) -> torch.Ten
 def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: str = "quick", seed: int = 0,
                       steps: int | None = None, dataset_options: dict | None = None, out: str | Path | None = None,
                       progress: bool = True) -> dict[str, Any]:
-    import robench
     from robench.models import split_name
     from robench.core import weights as W
     from robench.core.target import fingerprint, fit_calibration
-    from robench.engine.train import clean_loss, optimizer_step, random_crop_pair, resume_checkpoint
     from robench.core.provenance import git_commit, versions
+    from robench.engine.train import evaluate, training_data
 
-    from robench.defenses.aat import BAND_FRACTION, AnchorSampler, anchored_terms
-
-    if recipe not in RECIPES:
-        DEFENSES.entry(recipe)  # did-you-mean for a typo
-        raise RobenchError(f"{recipe!r} is not a training recipe (recipes: {', '.join(RECIPES)})")
+    cls = DEFENSES.get(recipe)  # an unknown name: did-you-mean
+    if not (isinstance(cls, type) and issubclass(cls, TrainingRecipe)):
+        raise RobenchError(f"{recipe!r} is not a training recipe (recipes: {', '.join(training_recipes())})")
     prof = get_profile(profile)
     base, tag = split_name(model)
     if tag is not None:
         raise RobenchError(f"give the architecture ({base!r}), not a variant: the recipe makes {base}.{recipe}")
-    ds_opts = dict(dataset_options or {})
-    if dataset in ("mini", "mini-2afc"):
-        ds_opts.setdefault("size", prof.image_size)
-        ds_opts.setdefault("seed", seed)
+    ds_opts, _ = training_data(dataset, prof, seed, dataset_options)
     target = ensure_clean(base, dataset, prof.name, seed, ds_opts, progress)
     clean_sha = fingerprint(target)
     clean_desc = target.card.weights.describe()
-    data = robench.load_dataset(dataset, split="train", **ds_opts)
-    val = robench.load_dataset(dataset, split="val", **ds_opts)
+    _, (data, val) = training_data(dataset, prof, seed, ds_opts, "train", "val")
     if data.kind != "pairs":
         raise RobenchError(f"adversarial training needs a pairs dataset; {dataset!r} is {data.kind}")
-    mos = data.table["mos"].to_numpy(dtype=float)
-    ids = item_ids(data.table)
-    mos_min, mos_max = float(mos.min()), float(mos.max())
+    task = cls(target, data, prof, seed, base)
     n_steps = int(steps or prof.adv_steps)
-    eps = prof.adv_eps / 255
-    B = prof.train_batch
     hp = {"recipe": recipe, "eps_train": prof.adv_eps, "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
-          "steps": n_steps, "batch": B, "lr": prof.adv_lr, "crop": prof.train_crop, "loss_lambda": prof.train_loss_lambda}
-    if recipe == "aat":
-        width = AnchorSampler(mos, B, prof.aat_anchors, prof.aat_spacing).width
-        hp.update(anchors=prof.aat_anchors, spacing=prof.aat_spacing, top_k=prof.aat_top_k, alpha=prof.aat_alpha,
-                  beta=prof.aat_beta, band_fraction=BAND_FRACTION, band_width=width)
-    if recipe == "at":
-        hp.update(k=prof.at_k, mos_min=mos_min, mos_max=mos_max, at_ssim=AT_SSIM)
-    run_cfg = {"model": base, "clean_sha256": clean_sha, "dataset": dataset, "dataset_options": ds_opts,
-               "profile": prof.name, "seed": seed, "recipe_version": RECIPE_VERSION, **hp}
-    cfg_hash = hashlib.sha256(json.dumps({k: v for k, v in run_cfg.items() if k != "steps"}, sort_keys=True,
-                                         default=str).encode()).hexdigest()[:16]
+          "steps": n_steps, "batch": task.batch, "lr": prof.adv_lr, "crop": prof.train_crop,
+          "loss_lambda": prof.train_loss_lambda, **task.provenance_extra()}
+    task.run_cfg = {"model": base, "clean_sha256": clean_sha, "dataset": dataset, "dataset_options": ds_opts,
+                    "profile": prof.name, "seed": seed, "recipe_version": RECIPE_VERSION, **hp}
+    cfg_hash = config_hash(task.run_cfg, exclude=("steps",))
     out = Path(out) if out else robench_home() / "runs" / "train" / f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    from robench.engine.train import clean_stale_tmp
-
-    clean_stale_tmp(out)
-
-    params = [p for p in target.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=prof.adv_lr)
-    rows: list[dict[str, Any]] = []
-    start, elapsed = 0, 0.0
-    ck = resume_checkpoint(out, cfg_hash, target, opt)
-    if ck is not None:
-        start, elapsed = int(ck["step"]), float(ck["elapsed"])
-        if "rows" in ck:
-            rows = [r for r in ck["rows"] if r["step"] < start]
-        elif (out / "steps.json").is_file():  # checkpoints written before the rows moved into last.pt
-            rows = [r for r in json.loads((out / "steps.json").read_text())["steps"] if r["step"] < start]
-        calib = ck.get("calibration_init")  # fitted when the run began; the weights hold its trained state
-    elif target.predicts_mos:
-        calib = {"skipped": "the target regresses MOS itself", "a": target.calibration.a,
-                 "b": float(target.calibration.b)}
-    else:
-        # the calibration starts where least squares puts it, on the crops training will see
-        crop_gen = torch.Generator().manual_seed((seed + 1) * 1_000_003 - 1)  # no step uses this seed
-
-        def as_trained(r, d, _chunk):
-            return random_crop_pair(r, d, prof.train_crop, crop_gen) if prof.train_crop else (r, d)
-
-        calib = fit_calibration(target, data, batch_size=prof.eval_batch, max_items=CALIBRATION_ITEMS, seed=seed,
-                                transform=as_trained)
-
-    def batch_at(step: int):
-        """Step ``step``'s batch and its randomness derive from (seed, step): resuming repeats it."""
-        rng_seed = seed * 1_000_003 + step
-        gen = torch.Generator().manual_seed(rng_seed)
-        info: dict[str, Any] = {}
-        if recipe == "aat":  # a fresh sampler per step: its band, tie-breaks and anchors follow (seed, step)
-            ab = AnchorSampler(mos, B, prof.aat_anchors, prof.aat_spacing, seed=rng_seed, ids=ids).sample()
-            idx, is_anchor = ab.indices, ab.is_anchor
-            info = {"band_lo": ab.band[0], "band_hi": ab.band[1], "anchor_ids": ab.anchor_ids}
+    trainer = Trainer(task, out, cfg_hash, n_steps, prof.adv_lr, clip_grad=prof.train_clip_grad, checkpoint_every=10,
+                      progress=progress)
+    if not trainer.resume():
+        if target.predicts_mos:
+            task.calibration_init = {"skipped": "the target regresses MOS itself", "a": target.calibration.a,
+                                     "b": float(target.calibration.b)}
         else:
-            n = B // 2 if recipe == "at" else B
-            idx = np.random.default_rng(rng_seed).choice(len(data), size=n, replace=False)
-            is_anchor = np.zeros(n, dtype=bool)
-        items = [data[int(i)] for i in idx]
-        ref = torch.stack([it["ref"] for it in items])
-        dist = torch.stack([it["dist"] for it in items])
-        y = torch.tensor([it["mos"] for it in items], dtype=torch.float32)
-        if prof.train_crop:
-            ref, dist = random_crop_pair(ref, dist, prof.train_crop, gen)
-        return ref, dist, y, torch.from_numpy(is_anchor), rng_seed, info
+            # the calibration starts where least squares puts it, on the crops training will see
+            crop_gen = torch.Generator().manual_seed((seed + 1) * 1_000_003 - 1)  # no step uses this seed
 
+            def as_trained(r, d, _chunk):
+                return random_crop_pair(r, d, prof.train_crop, crop_gen) if prof.train_crop else (r, d)
+
+            task.calibration_init = fit_calibration(target, data, batch_size=prof.eval_batch,
+                                                    max_items=CALIBRATION_ITEMS, seed=seed, transform=as_trained)
     t_all = time.perf_counter()
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"{recipe.upper()}-training {base}", total=n_steps, completed=start) if bar else None
-        for step in range(start, n_steps):
-            t0 = time.perf_counter()
-            ref, dist, y, is_anchor, rng_seed, info = batch_at(step)
-            # dropout (LPIPS, TOPIQ) draws from the global RNG: seeded per step, so a run is
-            # reproducible and a resumed run repeats the steps it redoes exactly
-            torch.manual_seed(rng_seed)
-            attacked = ~is_anchor
-            adv = dist.clone()
-            adv[attacked] = pgd_inner(target, dist[attacked], ref[attacked], eps, prof.adv_pgd_steps, rng_seed)
-            target.train()
-            row: dict[str, Any] = {"step": step, **info}
-            if recipe == "aat":
-                pred = target.predict_mos(adv, ref)
-                base_l = clean_loss(pred[is_anchor], y[is_anchor], prof.train_loss_lambda)
-                _, topk, stats = anchored_terms(pred, y, is_anchor, prof.aat_top_k)
-                loss = prof.aat_alpha * base_l + prof.aat_beta * topk
-                row.update(stats, anchored_loss=float(topk.detach()), base_loss=float(base_l.detach()))
-            elif recipe == "r":
-                pred = target.predict_mos(adv, ref)
-                loss = clean_loss(pred, y, prof.train_loss_lambda)
-                row["emp_max_err"] = float((pred.detach() - y).abs().max())
-            else:  # at: clean + attacked copies, attacked labels lowered by their SSIM to the clean image
-                y_adv = at_labels(y, adv, dist, prof.at_k, mos_min, mos_max)  # SSIM on RGB, channels averaged
-                pred = target.predict_mos(torch.cat([dist, adv]), torch.cat([ref, ref]))
-                yy = torch.cat([y, y_adv])
-                loss = clean_loss(pred, yy, prof.train_loss_lambda)
-                row["emp_max_err"] = float((pred.detach() - yy).abs().max())
-                row["mean_label_drop"] = float((y - y_adv).mean())
-            optimizer_step(loss, opt, params, target, prof.train_clip_grad)
-            elapsed += time.perf_counter() - t0
-            row.update(loss=float(loss.detach()), seconds=round(elapsed, 3))
-            rows.append(row)
-            if (step + 1) % 10 == 0 or step + 1 == n_steps:  # checkpoint + log, atomically
-                _checkpoint(out, target, opt, step + 1, elapsed, cfg_hash, rows, run_cfg, calib)
-            if bar:
-                bar.update(task, advance=1, description=f"{recipe.upper()}-training {base} · loss {row['loss']:.3f}")
-
-    from robench.engine.train import evaluate
+    trainer.run()
 
     target.eval()
     v = evaluate(target, val, prof.eval_batch)
-    if recipe == "aat":  # what the Theorem-1 log supports travels with the weights (the reporter reads the store)
-        from robench.defenses.aat import bound_summary
-
-        hp["theorem1"] = bound_summary(rows)
+    elapsed = trainer.clock.elapsed
     provenance = {"dataset": dataset, "split": "train", "profile": prof.name, "seed": seed, "defense": recipe,
-                  "clean_weights": clean_desc, "clean_sha256": clean_sha, **hp, "recipe_version": RECIPE_VERSION,
-                  "calibration_init": calib, "val_srocc": v["srocc"],
-                  "train_seconds": round(elapsed, 2), "git_commit": git_commit(), "versions": versions(), "run": str(out)}
+                  "clean_weights": clean_desc, "clean_sha256": clean_sha, **hp,
+                  **task.final_provenance(trainer.rows), "recipe_version": RECIPE_VERSION,
+                  "calibration_init": task.calibration_init, "val_srocc": v["srocc"], "train_seconds": round(elapsed, 2),
+                  "git_commit": git_commit(), "versions": versions(), "run": str(out)}
     path = out / "final.safetensors"
     W.save_safetensors(target.state_dict(), path, {"config": dict(getattr(target, "config", {}) or {}),
                                                    "provenance": provenance, "format": "robench-target-v1"})
     name = f"{base}.{recipe}"
     entry = W.register(name, path, source="trained-here", provenance=provenance)
-    return {"name": name, "out": str(out), "weights": str(W.weights_dir() / entry["file"]), "sha256": entry["sha256"], "val_srocc": v["srocc"],
-            "train_seconds": round(elapsed, 1), "steps": n_steps, "wall_seconds": round(time.perf_counter() - t_all, 1)}
-
-
-def _checkpoint(out: Path, target, opt, step: int, elapsed: float, cfg_hash: str, rows: list, run_cfg: dict,
-                calibration_init: dict | None = None) -> None:
-    # the log rows travel inside last.pt: a kill between this file and steps.json must not lose them
-    from robench.engine.train import _atomic_torch_save
-
-    _atomic_torch_save({"model": target.state_dict(), "optim": opt.state_dict(), "step": step, "elapsed": elapsed,
-                        "cfg_hash": cfg_hash, "rows": rows, "calibration_init": calibration_init}, out / "last.pt")
-    fault(f"kill-after-checkpoint:{run_cfg['recipe']}:{step}")
-    tmp = out / f"steps.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"config": {**run_cfg, "calibration_init": calibration_init}, "steps": rows},
-                              default=str))
-    os.replace(tmp, out / "steps.json")
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    tmp = out / f"steps.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        # lists (anchor_ids) as ";"-joined text in the CSV; steps.json keeps them as lists
-        w.writerows({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
-    os.replace(tmp, out / "steps.csv")
+    return {"name": name, "out": str(out), "weights": str(W.weights_dir() / entry["file"]), "sha256": entry["sha256"],
+            "val_srocc": v["srocc"], "train_seconds": round(elapsed, 1), "steps": n_steps,
+            "wall_seconds": round(time.perf_counter() - t_all, 1)}

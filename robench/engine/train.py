@@ -4,20 +4,19 @@ Loss: the paper's eq. 5, ``MSE(ŷ, y) + λ·(1 − PLCC(ŷ, y))`` with Adam, whe
 target's prediction on the MOS scale (BiRQA's head regresses MOS; LPIPS/TOPIQ go through the
 learnable affine calibration of method-notes §2 and start from official weights when present).
 
-Each run writes to its folder: ``last.pt`` (weights + optimiser + epoch, for resuming, written
-atomically at every epoch end), ``best.safetensors`` (best validation SROCC, with its provenance in
-the file's metadata), ``log.csv`` / ``log.json`` (one row per epoch). A rerun of the same command
-resumes from ``last.pt``. The best weights are registered in the weights cache under the model
+The loop is :class:`robench.engine.trainer.Trainer`; :class:`CleanTask` supplies the batches (one
+shuffle per epoch), the loss and the per-epoch validation. Each run writes to its folder:
+``last.pt`` (weights + optimiser + step, for resuming, written atomically at every epoch end),
+``best.safetensors`` (best validation SROCC, with its provenance in the file's metadata),
+``log.csv`` / ``log.json`` (one row per epoch). A rerun of the same command resumes from ``last.pt``. The best weights are registered in the weights cache under the model
 name with source ``trained-here``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,15 @@ from torch.utils.data import DataLoader
 
 from robench.core.provenance import git_commit, versions
 from robench.core.errors import RobenchError
-from robench.engine.faults import fault
 from robench.core.home import robench_home
 from robench.core.profiles import Profile, get_profile
 from robench.core.progress import progress_bar
+from robench.engine.trainer import TrainTask, Trainer, config_hash, random_crop_pair
 from robench.results.stats import correlations
+
+# the loop's helpers live in robench.engine.trainer; still importable from here
+from robench.engine.trainer import atomic_torch_save as _atomic_torch_save  # noqa: F401
+from robench.engine.trainer import clean_stale_tmp, lr_factor, optimizer_step  # noqa: F401
 
 
 def plcc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -43,30 +46,6 @@ def plcc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> to
 def clean_loss(pred: torch.Tensor, mos: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
     """Paper eq. 5: MSE + λ(1 − PLCC)."""
     return torch.mean((pred - mos) ** 2) + lam * plcc_loss(pred, mos)
-
-
-def random_crop_pair(ref: torch.Tensor, dist: torch.Tensor, size: int, gen: torch.Generator):
-    """The same random crop of every ref/dist pair in the batch (one offset per pair)."""
-    n, _, h, w = ref.shape
-    if size >= min(h, w):
-        return ref, dist
-    ys = torch.randint(0, h - size + 1, (n,), generator=gen)
-    xs = torch.randint(0, w - size + 1, (n,), generator=gen)
-    r = torch.stack([ref[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))])
-    d = torch.stack([dist[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))])
-    return r, d
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + float(np.cos(np.pi * t)))
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,65 +96,109 @@ def default_out(name: str, dataset: str, profile: str, seed: int) -> Path:
     return robench_home() / "runs" / "train" / f"{name}-{dataset}-{profile}-seed{seed}"
 
 
-def optimizer_step(loss: torch.Tensor, opt, params, target, clip_grad: float | None) -> None:
-    """Backward, optional gradient-norm clipping, step, then the target's constraints
-    (``post_step``: LPIPS keeps its lin weights non-negative)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip_grad:
-        torch.nn.utils.clip_grad_norm_(params, clip_grad)
-    opt.step()
-    target.post_step()
+class CleanTask(TrainTask):
+    """Eq. 5 on the train split, one shuffle per epoch; val SROCC selects ``best.safetensors``
+    and one log row per epoch goes to ``log.json`` / ``log.csv``."""
+
+    def __init__(self, target, train_set, val_set, prof: Profile, *, base: str, dataset: str, batch_size: int,
+                 steps_per_epoch: int, epochs: int, seed: int, config: dict, run_cfg: dict, out: Path):
+        self.module, self.seed, self.title = target, seed, f"training {base} on {dataset}"
+        self.base, self.train_set, self.val_set, self.prof = base, train_set, val_set, prof
+        self.batch_size, self.spe, self.epochs = batch_size, steps_per_epoch, epochs
+        self.config, self.run_cfg, self.out = config, run_cfg, out
+        self.best, self.best_epoch, self.epoch_rows = -np.inf, 0, []
+        self._gen: torch.Generator | None = None
+        self._batches = None
+
+    def generator(self, step: int) -> torch.Generator:
+        # one generator per epoch, seeded by (seed, epoch), drives its shuffle and crops, as before
+        # the Trainer: runs keep their batches, and checkpoints (at epoch ends) resume exactly
+        if step % self.spe == 0 or self._gen is None:
+            s = self.seed * 100_003 + step // self.spe + 1
+            self._gen = torch.Generator().manual_seed(s)
+            torch.manual_seed(s)
+            self._batches = None
+        return self._gen
+
+    def make_batch(self, step: int, gen: torch.Generator):
+        if self._batches is None:
+            self._batches = iter(DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=gen,
+                                            num_workers=0, drop_last=False))
+        b = next(self._batches)
+        ref, dist = b["ref"], b["dist"]
+        if self.prof.train_crop:
+            ref, dist = random_crop_pair(ref, dist, self.prof.train_crop, gen)
+        return ref, dist, b["mos"].float()
+
+    def loss(self, batch):
+        ref, dist, mos = batch
+        self.module.train()  # evaluation at the last epoch end left it in eval mode
+        return clean_loss(self.module.predict_mos(dist, ref), mos, self.prof.train_loss_lambda), {}
+
+    def evaluate(self, trainer: Trainer) -> None:
+        epoch = trainer.step // self.spe
+        losses = [r["loss"] for r in trainer.rows if r["step"] >= (epoch - 1) * self.spe]
+        val = evaluate(self.module, self.val_set, self.prof.eval_batch)
+        row = {"epoch": epoch, "steps": len(losses), "train_loss": float(np.mean(losses)), "val_srocc": val["srocc"],
+               "val_plcc": val["plcc"], "val_krocc": val["krocc"], "loss_ema": trainer.loss_ema,
+               "seconds": round(trainer.seconds(), 2)}
+        self.epoch_rows.append(row)
+        if val["srocc"] > self.best:
+            self.best, self.best_epoch = val["srocc"], epoch
+            _save_best(self.module, self.out / "best.safetensors", self.config, {"epoch": epoch, "val_srocc": val["srocc"]})
+        trainer.say(f"epoch {epoch}: loss {row['train_loss']:.4f}  val SROCC {val['srocc']:.4f}  "
+                    f"({row['seconds']:.0f} s)")
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "epochs": self.epoch_rows}
+
+    def load_state(self, ck: dict[str, Any]) -> None:
+        self.best, self.best_epoch = float(ck["best"]), int(ck["best_epoch"])
+        self.epoch_rows = [r for r in ck["epochs"] if r["epoch"] <= ck["step"] // self.spe]
+
+    def upgrade_checkpoint(self, ck: dict[str, Any], out: Path) -> dict[str, Any]:
+        # before the Trainer: per-epoch checkpoints, ``rows`` = epoch rows (older ones: in log.json)
+        if "epoch" not in ck:
+            return super().upgrade_checkpoint(ck, out)
+        epochs = ck.get("rows")
+        if epochs is None:
+            epochs = json.loads((out / "log.json").read_text())["epochs"] if (out / "log.json").is_file() else []
+        return {**ck, "step": int(ck["epoch"]) * self.spe, "rows": [], "epochs": epochs}
+
+    def write_log(self, out: Path, rows: list[dict[str, Any]]) -> None:
+        _write_log(out, self.epoch_rows, self.run_cfg)
+
+    def fault_point(self, done: int) -> str:
+        return f"train:{done // self.spe}"
+
+    def describe(self, step: int) -> str:
+        return f"training {self.base} · epoch {min(step // self.spe + 1, self.epochs)}/{self.epochs}"
 
 
-def resume_checkpoint(out: Path, cfg_hash: str, target, opt) -> dict[str, Any] | None:
-    """Load ``out/last.pt`` into ``target`` and ``opt`` when it exists and belongs to the same
-    configuration (a rerun resumes; a different configuration in the same folder is an error)."""
-    last = out / "last.pt"
-    if not last.is_file():
-        return None
-    ck = torch.load(last, map_location="cpu", weights_only=True)
-    if ck.get("cfg_hash") != cfg_hash:
-        raise RobenchError(f"{out} holds a training run with a different configuration; use another --out")
-    target.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optim"])
-    return ck
+def training_data(dataset: str, prof: Profile, seed: int, options: dict[str, Any] | None, *splits: str):
+    """The splits a training run reads, and the options they were opened with: the profile's (a
+    built set's image size), for a set built here (one the profile shapes) the run's seed as its
+    build seed, then the caller's options."""
+    from robench.core.registry import DATASETS
+
+    cls = DATASETS.get(dataset)
+    defaults = cls.profile_options(prof)
+    if defaults:
+        defaults = {**defaults, "seed": seed}
+    opts = {**defaults, **(options or {})}
+    return opts, [cls(split=s, **opts) for s in splits]
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, rename: a kill or a full disk leaves the
-    previous checkpoint whole (a failed temp file is removed)."""
-    from robench.core.fetch import fsync_dir
-
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)  # the rename itself must reach the disk
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def clean_stale_tmp(out: Path) -> None:
-    """Remove ``NAME.<pid>.tmp`` files a killed training left in its run folder (a TOPIQ
-    checkpoint with Adam state is ~400 MB); files of a live process are left alone."""
-    from robench.core.fetch import clean_stale_tmp_files
-
-    clean_stale_tmp_files(out)
-
-
-def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", epochs: int | None = None,
+def train(model: str, dataset: str | None = None, profile: str | Profile = "quick", epochs: int | None = None,
           out: str | Path | None = None, seed: int = 0, lr: float | None = None, batch_size: int | None = None,
           max_steps_per_epoch: int | None = None, dataset_options: dict[str, Any] | None = None,
           model_options: dict[str, Any] | None = None, register_as: str | None = None,
           progress: bool = True) -> TrainResult:
-    """Train ``model`` on ``dataset`` (train split; val split for model selection)."""
-    import robench
-    from robench.models import build, split_name
+    """Train ``model`` on ``dataset`` (train split; val split for model selection; default: the
+    registry's default dataset)."""
     from robench.core import weights as W
+    from robench.core.registry import default_dataset
+    from robench.models import build, split_name
 
     prof = get_profile(profile)
     base, tag = split_name(model)
@@ -185,12 +208,8 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
     epochs = prof.train_epochs if epochs is None else epochs
     lr = prof.train_lr if lr is None else lr
     batch_size = prof.train_batch if batch_size is None else batch_size
-    ds_opts = dict(dataset_options or {})
-    if dataset in ("mini", "mini-2afc"):
-        ds_opts.setdefault("size", prof.image_size)
-        ds_opts.setdefault("seed", seed)
-    train_set = robench.load_dataset(dataset, split="train", **ds_opts)
-    val_set = robench.load_dataset(dataset, split="val", **ds_opts)
+    dataset = dataset or default_dataset()
+    ds_opts, (train_set, val_set) = training_data(dataset, prof, seed, dataset_options, "train", "val")
     if train_set.kind != "pairs":
         raise RobenchError(f"clean training needs a pairs dataset; {dataset!r} is {train_set.kind}")
 
@@ -212,68 +231,18 @@ def train(model: str, dataset: str = "mini", profile: str | Profile = "quick", e
                "lr": lr, "batch_size": batch_size, "seed": seed, "max_steps_per_epoch": max_steps_per_epoch,
                "config": config, "start_from": start_from}
     # everything but the epoch count identifies a run: a rerun with more epochs extends it
-    cfg_hash = hashlib.sha256(json.dumps({k: v for k, v in run_cfg.items() if k != "epochs"}, sort_keys=True,
-                                         default=str).encode()).hexdigest()[:16]
+    cfg_hash = config_hash(run_cfg, exclude=("epochs",))
     out = Path(out) if out is not None else default_out(base, dataset, prof.name, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(out)
-
-    params = [p for p in target.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
-    start_epoch, best, best_epoch, elapsed, rows = 1, -np.inf, 0, 0.0, []
-    ck = resume_checkpoint(out, cfg_hash, target, opt)
-    if ck is not None:
-        start_epoch, best, best_epoch, elapsed = int(ck["epoch"]) + 1, float(ck["best"]), int(ck["best_epoch"]), float(ck["elapsed"])
-        if "rows" in ck:
-            rows = ck["rows"]
-        else:  # checkpoints written before the rows moved into last.pt
-            rows = json.loads((out / "log.json").read_text())["epochs"] if (out / "log.json").is_file() else []
-        rows = [r for r in rows if r["epoch"] < start_epoch]
 
     steps_per_epoch = -(-len(train_set) // batch_size)
     if max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"training {base} on {dataset}", total=epochs * steps_per_epoch,
-                            completed=(start_epoch - 1) * steps_per_epoch) if bar else None
-        for epoch in range(start_epoch, epochs + 1):
-            t0 = time.perf_counter()
-            # each epoch's randomness derives from (seed, epoch): a resumed run repeats it exactly
-            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            torch.manual_seed(seed * 100_003 + epoch)
-            loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen, num_workers=0, drop_last=False)
-            target.train()
-            losses = []
-            for step, b in enumerate(loader):
-                if step >= steps_per_epoch:
-                    break
-                global_step = (epoch - 1) * steps_per_epoch + step
-                for group in opt.param_groups:
-                    group["lr"] = lr * lr_factor(global_step, epochs * steps_per_epoch, prof.train_warmup_steps)
-                ref, dist = b["ref"], b["dist"]
-                if prof.train_crop:
-                    ref, dist = random_crop_pair(ref, dist, prof.train_crop, gen)
-                loss = clean_loss(target.predict_mos(dist, ref), b["mos"].float(), prof.train_loss_lambda)
-                optimizer_step(loss, opt, params, target, prof.train_clip_grad)
-                losses.append(float(loss.detach()))
-                if bar:
-                    bar.update(task, advance=1, description=f"training {base} · epoch {epoch}/{epochs} · loss {np.mean(losses[-20:]):.3f}")
-            val = evaluate(target, val_set, prof.eval_batch)
-            elapsed += time.perf_counter() - t0
-            row = {"epoch": epoch, "steps": len(losses), "train_loss": float(np.mean(losses)), "val_srocc": val["srocc"],
-                   "val_plcc": val["plcc"], "val_krocc": val["krocc"], "seconds": round(elapsed, 2)}
-            rows.append(row)
-            if val["srocc"] > best:
-                best, best_epoch = val["srocc"], epoch
-                _save_best(target, out / "best.safetensors", config, {"epoch": epoch, "val_srocc": val["srocc"]})
-            _atomic_torch_save({"model": target.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
-                                "best_epoch": best_epoch, "elapsed": elapsed, "cfg_hash": cfg_hash, "rows": rows},
-                               out / "last.pt")  # rows inside: a kill before log.json is written loses none
-            fault(f"kill-after-checkpoint:train:{epoch}")
-            _write_log(out, rows, run_cfg)
-            if bar:
-                bar.console.print(f"epoch {epoch}: loss {row['train_loss']:.4f}  val SROCC {val['srocc']:.4f}  "
-                                  f"({elapsed:.0f} s)", highlight=False)
+    task = CleanTask(target, train_set, val_set, prof, base=base, dataset=dataset, batch_size=batch_size,
+                     steps_per_epoch=steps_per_epoch, epochs=epochs, seed=seed, config=config, run_cfg=run_cfg, out=out)
+    trainer = Trainer(task, out, cfg_hash, epochs * steps_per_epoch, lr, schedule="warmup-cosine",
+                      warmup=prof.train_warmup_steps, clip_grad=prof.train_clip_grad, checkpoint_every=steps_per_epoch,
+                      progress=progress).run()
+    best, best_epoch, elapsed = task.best, task.best_epoch, trainer.clock.elapsed
 
     provenance = {"dataset": dataset, "split": "train", "model_selection": "val SROCC", "profile": prof.name,
                   "epochs": epochs, "best_epoch": best_epoch, "val_srocc": best, "seed": seed, "lr": lr,
@@ -303,7 +272,10 @@ def _write_log(out: Path, rows: list[dict], run_cfg: dict) -> None:
     tmp = out / f"log.csv.{os.getpid()}.tmp"
     with open(tmp, "w", newline="") as f:
         if rows:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            keys: list[str] = []  # the union: rows of runs resumed from older versions lack loss_ema
+            for r in rows:
+                keys += [k for k in r if k not in keys]
+            w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
     os.replace(tmp, out / "log.csv")
