@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 import robench
@@ -156,11 +155,11 @@ def test_convergence_flag_and_perceptibility_recorded(tiny_mini):
 
     items = load_items("mini", "test", 6, 0, {"size": 32, "crops_per_source": 1})
     t = robench.load_model("ssim")
-    starved = robench.load_attack("square", queries=8)
+    starved = robench.load_attack("square", queries=32)
     rec, rows = run_cell(t, starved, items, [8.0], batch_size=8)
     conv = rec["flags"]["convergence"]
-    assert conv["half_params"] == {"queries": 4} and len(conv["half_gain"]) == 1
-    assert rec["flags"]["not_converged"] is True  # 8 queries: doubling 4 → 8 still moves the score
+    assert conv["half_params"] == {"queries": 16} and len(conv["half_gain"]) == 1
+    assert rec["flags"]["not_converged"] is True  # 32 queries: doubling 16 → 32 still moves the score
     converged = robench.load_attack("pgd", steps=40)
     rec2, _ = run_cell(t, converged, items, [8.0], batch_size=8)
     assert rec2["flags"]["not_converged"] is False, rec2["flags"]["convergence"]
@@ -185,7 +184,7 @@ def test_flags_reach_report_tables_json_and_check(tiny_mini, tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["run", "--model", "ssim", "--attacks", "square,pgd", "--n", "6", "--eps", "8",
                             "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1",
-                            "--attack-option", "square.queries=8", "--attack-option", "pgd.steps=40",
+                            "--attack-option", "square.queries=32", "--attack-option", "pgd.steps=40",
                             "--store", str(store), "--json"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "rep"

@@ -332,7 +332,7 @@ def _trap_target():
             h, w = dist.shape[-2:]
             board = ((torch.arange(h)[:, None] + torch.arange(w)[None]) % 2 * 2 - 1).to(dist)
             x = (luminance(dist - ref)[:, 0] * board).flatten(1).mean(1) / (8 / 255)
-            return super().score(dist, ref) + self.beta * x ** 2
+            return super().score(dist, ref) + self.beta * x.abs()
 
     return Trap
 
@@ -367,8 +367,9 @@ def test_check_passes_unchanged_and_fails_weakened(tiny_mini, tmp_path, toytrap)
     _trap_run(same, 0.0)
     ok = robench("check", "--store", same, "--baseline", baseline, "--json")
     assert json.loads(ok.stdout)["passed"] is True
-    _trap_run(weak, 1.0)
-    r = robench("check", "--store", weak, "--baseline", baseline, "--json", check=False)
+    _trap_run(weak, 3.0)
+    # the trap moves clean SROCC a little too (0.745 → 0.714 on mini v2): tolerance above that
+    r = robench("check", "--store", weak, "--baseline", baseline, "--json", "--tolerance", "0.05", check=False)
     assert r.returncode == 1
     res = json.loads(r.stdout)
     failed = [row for row in res["rows"] if row["status"] == "fail"]
@@ -376,7 +377,7 @@ def test_check_passes_unchanged_and_fails_weakened(tiny_mini, tmp_path, toytrap)
     assert failed[0]["ci"][1] < 0  # significant by the paired bootstrap
     clean = [row for row in res["rows"] if row["point"] == "clean"]
     assert clean and all(row["status"] == "ok" for row in clean)  # the weakness is invisible on clean data
-    text = robench("check", "--store", weak, "--baseline", baseline, check=False)
+    text = robench("check", "--store", weak, "--baseline", baseline, "--tolerance", "0.05", check=False)
     assert text.returncode == 1 and "FAILED" in text.stdout and "fgsm" in text.stdout
 
 

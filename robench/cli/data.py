@@ -42,7 +42,7 @@ def data_build(
     name: str = typer.Argument("mini", help="Only the built-in set is built: mini."),
     size: int = typer.Option(128, help="Reference crop size in pixels (quick profile: 128)."),
     seed: int = typer.Option(0, help="Seed for distortion randomness and splits."),
-    crops: int = typer.Option(4, help="Crops per source image."),
+    crops: Optional[int] = typer.Option(None, help="Crops per source photo (default: the build's, 2)."),
     workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if cached."),
     as_json: bool = typer.Option(False, "--json"),
@@ -53,10 +53,11 @@ def data_build(
 
         DATASETS.entry(name)  # unknown names get did-you-mean
         raise RobenchError(f"{name!r} is a real dataset: use `robench data fetch {name}` or pass --root to loaders")
-    from robench.data.mini import build_mini
+    from robench.data.mini import DEFAULT_CROPS, build_mini
 
     t0 = time.perf_counter()
-    path = build_mini(size=size, seed=seed, crops_per_source=crops, workers=workers, force=force)
+    path = build_mini(size=size, seed=seed, crops_per_source=DEFAULT_CROPS if crops is None else crops, workers=workers,
+                      force=force)
     meta = json.loads((path / "meta.json").read_text())
     out = {"name": "mini", "path": str(path), "n_pairs": meta["n_pairs"], "build_seconds": meta["build_seconds"],
            "elapsed_seconds": round(time.perf_counter() - t0, 2)}
@@ -84,6 +85,10 @@ def data_info(
         return
     table = Table(title=f"{name} ({split})", show_header=False)
     for k, v in info.items():
+        if k == "sources_per_split" and isinstance(v, dict):  # the source photos of each split, one row each
+            for s, d in v.items():
+                table.add_row(f"sources {s} ({d['n_sources']})", ", ".join(d["sources"]))
+            continue
         table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
     Console().print(table)
 

@@ -147,6 +147,12 @@ class IQADataset(torch.utils.data.Dataset):
         read as they are."""
         return {}
 
+    def content_version(self) -> str | None:
+        """What identifies this dataset's content beyond its name and options (a built set's
+        build version and photo manifest): part of every cell's key, so results of different
+        builds are never mixed. None for files read as they are (their items are hashed)."""
+        return None
+
     @classmethod
     def nominal_sizes(cls, seed: int = 0) -> dict[str, int] | None:
         """Items per split without reading the files (validate's estimate); None if unknown."""

@@ -1,8 +1,22 @@
 """The built-in offline dataset ``mini`` and its 2AFC variant ``mini-2afc``.
 
-References are crops of natural colour photographs that ship inside packages robench already
-installs (scikit-image, scikit-learn, matplotlib), so the set builds on a machine with no
-internet. Every reference gets all 25 KADID-10k distortions at their 5 levels
+References are crops of 22 natural colour photographs committed, downscaled, inside the package
+(``robench/data/photos/``; public domain, CC0, CC-BY and CC-BY-SA, credited in ``NOTICE``), so the
+set builds on a machine with no internet. ``photos/manifest.json`` lists each photo's origin
+(Debian package or PyPI wheel + version + path), the sha256 of the original and of the committed
+copy, licence, author and processing; ``scripts/make_mini_photos.py`` regenerates them from the
+originals. Every build checks each committed file against its sha256 in the manifest and refuses
+a modified one (:class:`~robench.core.errors.IntegrityError`, naming the file).
+
+Build version 2 (``mini-v2-…`` cache folders): v1 used 11 images found in installed wheels,
+microscopy and astronomy included, with 2 photos in its test split. v2 splits by photo, seeded:
+``N_TEST`` = 10 test and ``N_VAL`` = 5 val photos (the rest, 7, train), the least from which a
+photo-clustered bootstrap reports an interval; the crops of one photo are not independent, the
+photo is the unit, which is also why the default is 2 crops per photo (v1: 4): 22 × 2 = 44
+references and 5500 pairs cost what v1's 11 × 4 did (≈ 25 CPU-seconds at 128 px); 4 crops doubles
+the build and the cache (11000 pairs, 520 MB) without adding an independent unit. A cache records
+the sha256 of the manifest it was built from and is rebuilt when the manifest changes.
+Every reference gets all 25 KADID-10k distortions at their 5 levels
 (:mod:`robench.data.distortions`) and each pair is labelled with the KADID-10k mean MOS of its
 (type, level) cell. On KADID-10k itself that content-blind label reaches SROCC 0.942 against
 the per-image MOS (``shared/paper/datasets.md``), so it is a human-derived, if coarse, target.
@@ -20,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -31,65 +46,131 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from robench.data import distortions as D
-from robench.data.base import IQADataset, assign_splits, select_split, thurstone_preference, to_tensor
+from robench.core.errors import DataError, IntegrityError, RobenchError
 from robench.core.fetch import clean_stale_temp, fsync_dir, fsync_file, sha256_file
-from robench.core.errors import DataError, RobenchError
 from robench.core.home import robench_home
 from robench.core.progress import progress_bar
 from robench.core.registry import DATASETS
+from robench.data import distortions as D
+from robench.data.base import (
+    IQADataset,
+    read_rgb,
+    select_split,
+    thurstone_preference,
+    to_tensor,
+)
 
-BUILD_VERSION = 1  # bump when the build changes its output for the same options
+BUILD_VERSION = 2  # bump when the build changes its output for the same options (v2: the committed photos)
 DEFAULT_SIZE = 128
-DEFAULT_CROPS = 4
+DEFAULT_CROPS = 2
+N_TEST = 10  # test photos: a photo-clustered bootstrap needs >= 10 independent units
+N_VAL = 5  # val photos (model selection); every other photo trains
+
+#: the folder of the committed photos and their manifest.json (module-level so tests can point it elsewhere)
+PHOTOS_DIR = Path(__file__).with_name("photos")
+#: licences a committed photo may carry (SPDX ids; LicenseRef-PublicDomain for public domain)
+ALLOWED_LICENCES = frozenset({"LicenseRef-PublicDomain", "CC0-1.0", "CC-BY-2.0", "CC-BY-3.0", "CC-BY-4.0",
+                              "CC-BY-SA-2.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0"})
+_PHOTO_FIELDS = ("id", "file", "sha256", "origin", "original", "licence", "author", "description", "processing")
+_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
 class Source:
-    name: str
-    package: str
-    relpath: str  # inside the package folder
+    """One committed source photo (an entry of ``photos/manifest.json``)."""
 
-    def path(self) -> Path:
-        import importlib
+    name: str  # the photo id: the ``source`` column of every pair, the split unit
+    file: str  # inside the photos folder
+    sha256: str  # of the committed file
+    licence: str
+    author: str
+    origin: str  # "<package> <version>:<path inside it>"
+    original_sha256: str
+    description: str
 
-        if self.package == "matplotlib":
-            import matplotlib
-
-            return Path(matplotlib.get_data_path()) / self.relpath
-        mod = importlib.import_module(self.package)
-        return Path(mod.__file__).parent / self.relpath
-
-
-# Natural colour photographs shipped inside installed wheels (no download). motorcycle_right
-# is left out: it is the same scene as motorcycle_left and would leak content across splits.
-SOURCES: tuple[Source, ...] = (
-    Source("astronaut", "skimage", "data/astronaut.png"),
-    Source("chelsea", "skimage", "data/chelsea.png"),
-    Source("coffee", "skimage", "data/coffee.png"),
-    Source("rocket", "skimage", "data/rocket.jpg"),
-    Source("motorcycle", "skimage", "data/motorcycle_left.png"),
-    Source("hubble_deep_field", "skimage", "data/hubble_deep_field.jpg"),
-    Source("retina", "skimage", "data/retina.jpg"),
-    Source("ihc", "skimage", "data/ihc.png"),
-    Source("china", "sklearn", "datasets/images/china.jpg"),
-    Source("flower", "sklearn", "datasets/images/flower.jpg"),
-    Source("grace_hopper", "matplotlib", "sample_data/grace_hopper.jpg"),
-)
+    def path(self, photos_dir: str | Path | None = None) -> Path:
+        return Path(photos_dir if photos_dir is not None else PHOTOS_DIR) / self.file
 
 
-def _load_source(src: Source) -> np.ndarray:
-    p = src.path()
+def manifest_path(photos_dir: str | Path | None = None) -> Path:
+    return Path(photos_dir if photos_dir is not None else PHOTOS_DIR) / "manifest.json"
+
+
+def load_sources(photos_dir: str | Path | None = None) -> tuple[Source, ...]:
+    """The committed photos, read from the manifest (checked complete; pixels are not read here)."""
+    mpath = manifest_path(photos_dir)
+    if not mpath.is_file():
+        raise DataError(f"the built-in photos' manifest is missing: {mpath} (reinstall robench; the photos ship "
+                        f"in robench/data/photos/)")
+    try:
+        entries = json.loads(mpath.read_text())["photos"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"unreadable manifest {mpath}: {exc}") from None
+    out, seen = [], set()
+    for k, e in enumerate(entries):
+        missing = [f for f in _PHOTO_FIELDS if not e.get(f)] if isinstance(e, dict) else list(_PHOTO_FIELDS)
+        if missing:
+            raise DataError(f"{mpath}: photo #{k} lacks {', '.join(missing)}")
+        pid, fname = str(e["id"]), str(e["file"])
+        if not _ID.match(pid) or pid in seen:
+            raise DataError(f"{mpath}: photo id {pid!r} is {'a duplicate' if pid in seen else 'not a short slug'}")
+        if Path(fname).name != fname or fname.startswith("."):
+            raise DataError(f"{mpath}: photo {pid!r} file {fname!r} must be a plain name inside {mpath.parent}")
+        if e["licence"] not in ALLOWED_LICENCES:
+            raise DataError(f"{mpath}: photo {pid!r} has licence {e['licence']!r}; allowed: {', '.join(sorted(ALLOWED_LICENCES))}")
+        o = e["origin"]
+        try:
+            origin = f"{o['package']} {o['version']}:{o['path']}"
+            original_sha = str(e["original"]["sha256"])
+        except (KeyError, TypeError):
+            raise DataError(f"{mpath}: photo {pid!r} needs origin.package/version/path and original.sha256") from None
+        seen.add(pid)
+        out.append(Source(pid, fname, str(e["sha256"]), str(e["licence"]), str(e["author"]), origin, original_sha,
+                          str(e["description"])))
+    return tuple(out)
+
+
+def _manifest_digest(photos_dir: str | Path | None = None) -> str:
+    p = manifest_path(photos_dir)
+    return sha256_file(p) if p.is_file() else ""
+
+
+def _load_source(src: Source, photos_dir: str | Path | None = None) -> np.ndarray:
+    p = src.path(photos_dir)
     if not p.is_file():
-        raise DataError(f"built-in source image {src.name!r} not found at {p} (is {src.package} installed?)")
-    with Image.open(p) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        raise DataError(f"built-in photo {src.name!r} not found at {p} (reinstall robench; the photos ship in "
+                        f"robench/data/photos/)")
+    got = sha256_file(p)
+    if got != src.sha256:
+        raise IntegrityError(f"built-in photo {p} does not match its sha256 in {manifest_path(photos_dir)} "
+                             f"(expected {src.sha256}, got {got}): the file was modified; reinstall robench or "
+                             f"regenerate the photos with scripts/make_mini_photos.py")
+    return read_rgb(p)
+
+
+def assign_photo_splits(names: list[str] | tuple[str, ...], seed: int = 0, n_val: int = N_VAL,
+                        n_test: int = N_TEST) -> dict[str, str]:
+    """Map each source photo to ``train``/``val``/``test``: a seeded permutation of the sorted ids
+    (``numpy.random.default_rng(seed)``), the first ``len − n_val − n_test`` train, the next
+    ``n_val`` val, the last ``n_test`` test. Fixed counts, not ratios (``base.assign_splits``'s
+    6:2:2 would give 22 photos only 4 test photos): the photo is the independent unit."""
+    uniq = sorted(set(names))
+    if len(uniq) < n_val + n_test + 1:
+        raise DataError(f"mini needs at least {n_val + n_test + 1} source photos for {n_test} test and {n_val} val "
+                        f"photos, has {len(uniq)}")
+    n_train = len(uniq) - n_val - n_test
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    return {uniq[i]: "train" if r < n_train else ("val" if r < n_train + n_val else "test") for r, i in enumerate(order)}
+
+
+def sources_per_split(split_of: dict[str, str]) -> dict[str, list[str]]:
+    return {s: sorted(k for k, v in split_of.items() if v == s) for s in ("train", "val", "test")}
 
 
 def crop_references(img: np.ndarray, size: int, n: int) -> list[tuple[int, int, np.ndarray]]:
     """Rescale so the short side is ``2·size`` (a crop then shows about a quarter of the scene,
     like a KADID reference shows a whole scene at 512×384), then take the ``n`` non-overlapping
-    grid crops with the most luminance detail (flat black borders of retina/hubble are skipped)."""
+    grid crops with the most luminance detail (flat sky or background is skipped)."""
     h, w, _ = img.shape
     scale = 2 * size / min(h, w)
     if abs(scale - 1.0) > 1e-6:
@@ -152,8 +233,10 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
     if crops_per_source < 1:
         raise RobenchError(f"crops_per_source must be >= 1, got {crops_per_source}")
     final = cache_dir(size, seed, crops_per_source, root)
-    if _is_complete(final) and not force:
-        return final
+    sources_ = load_sources()
+    digest = _manifest_digest()
+    if _is_complete(final) and not force and _built_from(final) == digest:
+        return final  # a cache built from other photos (a regenerated manifest) is rebuilt
     final.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(final.parent)
     tmp = final.parent / f".build-{final.name}-{os.getpid()}-{time.time_ns()}"
@@ -161,15 +244,17 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
     t0 = time.perf_counter()
     try:
         refs, rows, sources = [], [], []
-        for src in SOURCES:
-            img = _load_source(src)
-            sources.append({"name": src.name, "package": src.package, "file": src.relpath,
-                            "sha256": sha256_file(src.path()), "height": img.shape[0], "width": img.shape[1]})
+        split_of = assign_photo_splits([s.name for s in sources_], seed=seed)
+        for src in sources_:
+            img = _load_source(src)  # checks the committed file's sha256
+            sources.append({"name": src.name, "file": f"photos/{src.file}", "sha256": src.sha256,
+                            "licence": src.licence, "author": src.author, "origin": src.origin,
+                            "original_sha256": src.original_sha256, "height": img.shape[0], "width": img.shape[1],
+                            "split": split_of[src.name]})
             for j, (y, x, crop) in enumerate(crop_references(img, size, crops_per_source)):
                 refs.append(crop)
                 rows.append({"ref_id": f"{src.name}_{j}", "source": src.name, "crop_y": y, "crop_x": x})
         ref_arr = np.stack(refs)
-        split_of = assign_splits([s.name for s in SOURCES], seed=seed)
         n_cells = len(D.DISTORTIONS) * 5
         dists = np.lib.format.open_memmap(tmp / "dists.npy", mode="w+", dtype=np.uint8,
                                           shape=(len(refs) * n_cells, size, size, 3))
@@ -206,7 +291,9 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
         meta = {
             "name": "mini", "build_version": BUILD_VERSION, "size": size, "seed": seed,
             "crops_per_source": crops_per_source, "n_pairs": len(pairs), "n_references": len(refs),
-            "n_sources": len(SOURCES), "sources": sources, "splits": split_of,
+            "n_sources": len(sources_), "sources": sources, "splits": split_of,
+            "sources_per_split": sources_per_split(split_of), "photos_manifest_sha256": digest,
+            "split_rule": f"seeded by photo: {N_TEST} test, {N_VAL} val, the rest train (assign_photo_splits)",
             "label_source": D.PROVENANCE, "build_seconds": round(time.perf_counter() - t0, 2),
             "robench_version": _version(), "files": files, "complete": True,
         }
@@ -229,6 +316,14 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _built_from(folder: Path) -> str | None:
+    """The sha256 of the photo manifest a complete cache was built from."""
+    try:
+        return json.loads((folder / "meta.json").read_text()).get("photos_manifest_sha256")
+    except (OSError, ValueError):
+        return None
 
 
 def _clean_stale(folder: Path) -> None:
@@ -259,16 +354,32 @@ class _MiniBase(IQADataset):
         self.pairs = pd.read_csv(self.folder / "pairs.csv")
         self.options = {"size": size, "seed": seed, "crops_per_source": crops_per_source}
 
+    def content_version(self) -> str:
+        return f"{self.folder.name}:{(self.meta.get('photos_manifest_sha256') or '')[:16]}"
+
     def info(self) -> dict[str, Any]:
         out = super().info()
         out.update({"image_size": self.meta["size"], "seed": self.meta["seed"], "label_source": self.meta["label_source"],
-                    "cache": str(self.folder), "build_seconds": self.meta["build_seconds"],
-                    "sources": [s["name"] for s in self.meta["sources"]]})
+                    "cache": str(self.folder), "build_version": self.meta["build_version"],
+                    "cache_key": self.folder.name, "build_seconds": self.meta["build_seconds"],
+                    "sources": [s["name"] for s in self.meta["sources"]],
+                    "sources_per_split": self._sources_per_split(),
+                    "photos_manifest_sha256": self.meta.get("photos_manifest_sha256")})
+        return out
+
+    def _sources_per_split(self) -> dict[str, dict[str, Any]]:
+        """The photo ids (and their count) of each split present in this view's rows."""
+        t = self.table
+        out = {}
+        for s in self.splits:
+            ids = sorted(set(t.loc[t["split"] == s, "source"])) if len(t) else []
+            if ids:
+                out[s] = {"n_sources": len(ids), "sources": ids}
         return out
 
 
-@DATASETS.register("mini", summary="built-in offline set: 11 packaged photos × crops × 25 KADID distortions × 5 levels, "
-                                   "labelled with KADID-10k cell MOS")
+@DATASETS.register("mini", summary="built-in offline set: 22 committed natural photos × crops × 25 KADID distortions × "
+                                   "5 levels, labelled with KADID-10k cell MOS; split by photo 7/5/10")
 class Mini(_MiniBase):
     """Built-in offline FR-IQA set (pairs)."""
 

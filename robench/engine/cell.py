@@ -35,7 +35,8 @@ def cell_config(target: Target, defense: dict[str, Any], attack: Attack, eps: li
         "attack": attack.config(),
         "eps": [float(e) for e in eps],
         "dataset": {"name": spec.dataset, "split": spec.split, "kind": items.kind, "options": spec.dataset_options,
-                    "n": len(items), "n_requested": n, "subset_seed": spec.seed, "items_sha256": items.digest},
+                    "n": len(items), "n_requested": n, "subset_seed": spec.seed, "items_sha256": items.digest,
+                    **({"content_version": items.content_version} if items.content_version else {})},
         "seed": spec.seed,
         "profile": attack.profile,
     }

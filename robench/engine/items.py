@@ -102,6 +102,7 @@ class Items:
     labels: dict[str, list]  # item_id, ref_id, distortion, level, mos | judge, attacked_side
     other: Any = None  # 2AFC: the image that is not attacked
     digest: str = ""
+    content_version: str | None = None  # the dataset's build (IQADataset.content_version)
     load_seconds: float = 0.0
     streamed: bool = False
 
@@ -191,4 +192,5 @@ def load_items(dataset_name: str, split: str, n: int | None, seed: int, options:
         streamed = True
     dist = imgs["dist"] if data.kind == "pairs" else imgs["attacked"]
     return Items(kind=data.kind, dist=dist, ref=imgs["ref"], labels=labels, other=imgs.get("other"), digest=digest,
+                 content_version=data.content_version(),
                  load_seconds=time.perf_counter() - t0, streamed=streamed)
