@@ -221,14 +221,14 @@ def test_report_writes_every_table_and_plot(grid_store, tmp_path):
 
     out = tmp_path / "rep"
     res = write_report(grid_store, out, ot="exact", n_boot=200, pdf=False)
-    assert set(res["tables"]) == {"robustness", "twoafc", "purification", "sweep", "significance"}
+    assert set(res["tables"]) == {"robustness", "twoafc", "purification", "sweep", "significance", "ir"}
     for t in res["tables"]:
         tex, md = (out / f"{t}.tex").read_text(), (out / f"{t}.md").read_text()
         assert "\\toprule" in tex and "\\bottomrule" in tex and "\\caption{" in tex
         assert "mini" in tex + md or "synthetic" in tex + md
         assert "profile quick" in md and "seed 0" in md
     assert {"sweep-pairs.pdf", "sweep-pairs.png", "sweep-2afc.pdf"} <= {p.name for p in (out / "plots").iterdir()}
-    assert (out / "report.tex").read_text().count("\\input{") == 5
+    assert (out / "report.tex").read_text().count("\\input{") == 6
     assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folder left behind
     # numbers come from the stored rows: the md's clean SROCC of ssim is the rows' SROCC
     cells, _ = load_cells(grid_store)

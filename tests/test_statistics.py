@@ -101,3 +101,35 @@ def test_report_json_has_one_row_per_comparison(tmp_path):
     assert {("r", "none"), ("aat", "none"), ("aat", "r")} <= pairs  # AAT vs R from the recipe's compare_with
     assert all(r["p_adjusted"] >= r["p"] - 1e-12 for r in rows)  # a correction never lowers p
     assert rep["correction"] == "holm" and all(r["correction"] == "holm" for r in rows)
+
+
+@pytest.mark.xfail(strict=True, reason="measured finding (issue 17.3 open): at its default 500 f-steps the neural OT "
+                   "map is up to 0.35 MOS units from the exact monotone map on 60 mini items (0.20 at 2000 steps), "
+                   "and the IR estimates disagree beyond the interval (neural 0.44 [0.31, 0.54] vs exact 0.55 "
+                   "[0.46, 0.63]); the neural back end must converge before the two can be reported as one number")
+def test_ir_interval_and_neural_exact_agreement_on_real_mini_data(tiny_mini):
+    """IR-Score of SSIM against PSNR as its 'base' (two real metrics on the same mini items and
+    FGSM budgets): the exact (POT-equivalent quantile) and neural OT estimates agree within the
+    bootstrap interval."""
+    import robench
+    from robench.engine.items import load_items
+    from robench.results.transport import MapCache, ir_interval, ir_score
+
+    items = load_items("mini", "test", 60, 0, {"size": 32, "crops_per_source": 1})
+    mos = np.asarray(items.labels["mos"])
+    sides = {}
+    for name in ("psnr", "ssim"):
+        t = robench.load_model(name)
+        res = robench.load_attack("fgsm")(t, items.dist, items.ref, eps=[2 / 255, 8 / 255], return_images=False)
+        sides[name] = tuple(x.numpy() for x in res.oriented(t.lower_better))
+    src = np.asarray(items.labels["source"])
+    out = {}
+    for backend in ("exact", "neural"):
+        r = ir_score(sides["psnr"], sides["ssim"], mos, MapCache(backend, seed=0))
+        lo, hi = ir_interval(r, clusters=src, n_resamples=500, seed=0)
+        assert lo <= r["ir"] <= hi and 0 <= lo and hi <= 1
+        assert r["per_item"].shape == (60,) and np.isclose(r["per_item"].mean(), r["ir"])
+        out[backend] = (r["ir"], lo, hi)
+    (ie, le, he), (i_n, ln, hn) = out["exact"], out["neural"]
+    assert le <= i_n <= he and ln <= ie <= hn, out
+    assert he - le > 0  # a real interval, not a point

@@ -219,5 +219,19 @@ def ir_score(base: tuple, defended: tuple, mos: Sequence[float], maps: MapCache 
     gd = gains(*defended, mos, maps)
     if gb.shape != gd.shape:
         raise RobenchError(f"IR-Score needs the same items and budgets for both models: {gb.shape} vs {gd.shape}")
-    per_eps = ((gd < gb) + 0.5 * (gd == gb)).mean(axis=1)
-    return {"ir": float(per_eps.mean()), "per_eps": [float(v) for v in per_eps], "ot": maps.backend}
+    wins = (gd < gb) + 0.5 * (gd == gb)  # K×n: the defended image moved less than the base one
+    per_eps = wins.mean(axis=1)
+    # per image, averaged over ε: IR is their mean, so a bootstrap of IR resamples these
+    return {"ir": float(per_eps.mean()), "per_eps": [float(v) for v in per_eps], "ot": maps.backend,
+            "per_item": wins.mean(axis=0)}
+
+
+def ir_interval(result: dict, clusters=None, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple:
+    """Percentile bootstrap CI of an IR-Score (all ε of the cell): resamples the per-image wins
+    (whole source photos when ``clusters`` is given). Conditional on the fitted OT maps: they are
+    fitted once on all items (refitting a neural map per resample would cost B trainings), so
+    the interval covers the item sampling, not the map's own fitting noise."""
+    from robench.results.stats import bootstrap_ci, mean_weighted
+
+    return bootstrap_ci(result["per_item"], stat=mean_weighted, n_resamples=n_resamples, seed=seed, clusters=clusters,
+                        alpha=alpha)
