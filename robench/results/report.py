@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import unicodedata
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 from robench.core import flags as FL
 from robench.core.errors import RobenchError
+from robench.results.latex import latex_escape as _latex_escape  # noqa: F401
 from robench.results.labels import BASE, attack_order, defense_label, defense_order, recipe_declares, recipes  # noqa: F401
 from robench.results.stats import (benjamini_hochberg, bootstrap_units, holm, correlations, mean_weighted, msu_scores, paired_bootstrap,
                            twoafc_scores)
@@ -715,16 +715,6 @@ def _strings(t: Table, marks: dict[str, str], dash: str) -> pd.DataFrame:
     return s
 
 
-def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("ε", r"$\varepsilon$"), ("Δ", r"$\Delta$"), ("†", r"$^{\dagger}$"), ("‡", r"$^{\ddagger}$"),
-                 ("—", "--"), ("–", "--"), ("−", "$-$"), ("≥", r"$\geq$"), ("≤", r"$\leq$"), ("·", r"$\cdot$"),
-                 ("×", r"$\times$"), ("±", r"$\pm$"), ("→", r"$\to$"), ("…", r"\ldots{}"), ("ŷ", r"$\hat{y}$")):
-        text = text.replace(a, b)
-    # anything else outside ASCII would stop pdflatex ("Unicode character not set up"): fold it
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-
-
 def to_latex(t: Table) -> str:
     """booktabs table through pandas Styler; best values bold, significance marked."""
     s = _strings(t, MARK_TEX, "--")
@@ -886,6 +876,10 @@ def _write(rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: i
                                                                     "attack": c.attack, "flags": c.active_flags}
                                                                    for c in cells if c.active_flags],
                                                  "cells": [cell_stats(c) for c in cells]}, indent=1, default=str))
+    from robench.results.paper import write_paper
+
+    # the paper's Tables 3, 7, 9 beside robench's measurements, with the claims table
+    written["paper"] = write_paper(rep, tmp)
     if plots:
         from robench.results import plots as P
 
