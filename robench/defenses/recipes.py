@@ -23,6 +23,23 @@ the checkpoint's. The result is registered as weights ``M.<recipe>`` with its pr
 weights digest, recipe, every hyper-parameter, ``calibration_init``, train time). Each run writes
 ``steps.csv`` / ``steps.json`` (one row per optimiser step) and resumes from ``last.pt``.
 
+A run stops when its loss has settled (issue 17.6), or at the step cap (profile ``adv_steps``):
+every ``adv_eval_every`` steps (and before the first) the recipe's own objective — inner PGD
+included, at a fixed seed, the target in eval mode, no parameter touched — is evaluated on
+``adv_eval_batches`` fixed held-out batches drawn from the **val split** by the recipe's own
+:meth:`TrainingRecipe.select` (AAT: band/anchor batches), and a
+:class:`robench.engine.trainer.PatienceStop` on its EMA ends the run after ``adv_patience``
+evaluations without a relative improvement above ``adv_min_delta``. The val split, not held-back
+training items: the steps draw from the whole training split (the AAT band width follows its MOS
+range), so holding items back would change every recipe's batches; val is disjoint by source image
+(a loss there measures the robustness that generalises, not memorised items) and is the split
+clean training already selects on; the test split stays untouched (the provenance's
+``val_srocc`` is then on the split that chose the stopping step — a stopping step, not weights:
+the registered weights are the last step's). ``steps.json`` gains
+``heldout`` (one row per evaluation), ``stopped`` (``"settled"`` / ``"cap"``, null while running),
+``stopped_at`` and the best held-out EMA; the weights' provenance ``stop_reason``, ``steps_run``,
+``patience``, ``min_delta``, ``eval_every``.
+
 Each recipe is a :class:`TrainingRecipe` registered in ``DEFENSES``: the task the shared loop
 (:class:`robench.engine.trainer.Trainer`) runs. It declares what tables need (``label``, ``order``,
 …) and implements only what differs (which items, which labels, which loss); a new recipe is a new
@@ -46,12 +63,14 @@ from robench.core.errors import MissingWeightsError, RobenchError
 from robench.core.home import robench_home
 from robench.core.profiles import get_profile
 from robench.core.registry import DEFENSES
-from robench.engine.trainer import TrainTask, Trainer, config_hash, random_crop_pair, write_json_atomic
+from robench.engine.trainer import PatienceStop, TrainTask, Trainer, config_hash, random_crop_pair, write_json_atomic
 
 #: bumped when a recipe's batches, labels or initialisation change: part of the config hash, so a
 #: ``last.pt`` written by an older version is refused instead of resumed into a mixed run
-#: (2: moving AAT band + random tie-breaks, least-squares calibration init, RGB SSIM for AT-)
-RECIPE_VERSION = 2
+#: (2: moving AAT band + random tie-breaks, least-squares calibration init, RGB SSIM for AT-;
+#: 3: held-out patience stopping — the patience state lives in last.pt, so a v2 checkpoint, which
+#: has none, is refused by the config hash with the Trainer's "different configuration" message)
+RECIPE_VERSION = 3
 #: least-squares calibration fit: at most this many training items (a seeded subset) **[choice]**
 CALIBRATION_ITEMS = 512
 AT_SSIM = "rgb-mean, gaussian 11/1.5, valid (pytorch_msssim convention)"
@@ -93,7 +112,12 @@ class TrainingRecipe(TrainTask):
     Trainer's task. A recipe declares ``name``, ``label`` (tables), ``order`` (table order) and
     implements :meth:`objective` (labels and loss of an attacked batch); :meth:`select` (which
     items make a step's batch) and :meth:`provenance_extra` (its hyper-parameters) have defaults.
-    The shared part — items to tensors, the crop, PGD on every non-anchor, logs — is here."""
+    The shared part — items to tensors, the crop, PGD on every non-anchor, the held-out
+    monitoring that stops the run, logs — is here.
+
+    :meth:`select` draws from ``self.data`` / ``self.mos`` / ``self.ids``; while the held-out
+    batches are drawn they point at the held-out split (``heldout``, the val split), so the
+    held-out batches are built by the recipe's own rule."""
 
     kind = "training"
     name = ""
@@ -113,7 +137,7 @@ class TrainingRecipe(TrainTask):
     def registry_meta(cls) -> dict[str, Any]:
         return {"kind": cls.kind, "randomised": False, "gradient": "exact"}
 
-    def __init__(self, target, data, prof, seed: int, base: str):
+    def __init__(self, target, data, prof, seed: int, base: str, heldout=None):
         self.module, self.data, self.prof, self.seed, self.base = target, data, prof, seed, base
         self.mos = data.table["mos"].to_numpy(dtype=float)
         self.ids = item_ids(data.table)
@@ -123,6 +147,13 @@ class TrainingRecipe(TrainTask):
         self.title = f"{self.label}-training {base}"
         self.run_cfg: dict[str, Any] = {}
         self.calibration_init: dict[str, Any] | None = None
+        # held-out monitoring (issue 17.6); None: no monitoring, the run goes to its cap
+        self.heldout = heldout
+        self.cap = int(prof.adv_steps)  # the step cap (adversarial_train sets the run's)
+        self.eval_every = max(1, int(prof.adv_eval_every))
+        self.stopper = PatienceStop(prof.adv_patience, prof.adv_min_delta, prof.adv_eval_span)
+        self.heldout_rows: list[dict[str, Any]] = []
+        self._heldout_batches: list[RecipeBatch] | None = None
 
     # -- what differs between recipes -------------------------------------------------------
     def provenance_extra(self) -> dict[str, Any]:
@@ -148,7 +179,9 @@ class TrainingRecipe(TrainTask):
 
     # -- the shared part ---------------------------------------------------------------------
     def make_batch(self, step: int, gen: torch.Generator) -> RecipeBatch:
-        rng_seed = self.rng_seed(step)
+        return self._build_batch(self.rng_seed(step), gen)
+
+    def _build_batch(self, rng_seed: int, gen: torch.Generator) -> RecipeBatch:
         idx, is_anchor, info = self.select(rng_seed)
         items = [self.data[int(i)] for i in idx]
         ref = torch.stack([it["ref"] for it in items])
@@ -158,21 +191,109 @@ class TrainingRecipe(TrainTask):
             ref, dist = random_crop_pair(ref, dist, self.prof.train_crop, gen)
         return RecipeBatch(ref, dist, y, torch.from_numpy(is_anchor), rng_seed, info)
 
-    def loss(self, b: RecipeBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _attack(self, b: RecipeBatch, attacker=None) -> torch.Tensor:
+        """``b`` with every non-anchor attacked (``attacker``: :func:`pgd_inner` by default)."""
         attacked = ~b.is_anchor
         adv = b.dist.clone()
-        adv[attacked] = pgd_inner(self.module, b.dist[attacked], b.ref[attacked], self.eps, self.prof.adv_pgd_steps,
-                                  b.rng_seed)
+        adv[attacked] = (attacker or pgd_inner)(self.module, b.dist[attacked], b.ref[attacked], self.eps,
+                                                self.prof.adv_pgd_steps, b.rng_seed)
+        return adv
+
+    def loss(self, b: RecipeBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        adv = self._attack(b)
         self.module.train()
         loss, log = self.objective(b, adv)
         return loss, {**b.info, **log}
 
+    # -- held-out monitoring and the stopping rule (issue 17.6) --------------------------------
+    def heldout_seed(self, j: int) -> int:
+        """Seed of held-out batch ``j`` (its items, crop and PGD start). Steps use
+        ``seed·1_000_003 + step``: no step below 1_000_001 − j reaches it, the next seed's steps
+        start above it, and the calibration crops use ``(seed + 1)·1_000_003 − 1``."""
+        return (self.seed + 1) * 1_000_003 - 2 - j
+
+    def heldout_batches(self) -> list[RecipeBatch]:
+        """The fixed held-out batches, drawn once from the held-out split by :meth:`select`."""
+        if self._heldout_batches is None:
+            need = self.items_per_step()
+            if len(self.heldout) < need:
+                raise RobenchError(f"the held-out (val) split has {len(self.heldout)} items, fewer than the "
+                                   f"{need} of one {self.label}- batch that the stopping rule evaluates")
+            saved = self.data, self.mos, self.ids
+            self.data = self.heldout
+            self.mos = self.heldout.table["mos"].to_numpy(dtype=float)
+            self.ids = item_ids(self.heldout.table)
+            try:
+                seeds = [self.heldout_seed(j) for j in range(max(1, int(self.prof.adv_eval_batches)))]
+                self._heldout_batches = [self._build_batch(s, torch.Generator().manual_seed(s)) for s in seeds]
+            finally:
+                self.data, self.mos, self.ids = saved
+        return self._heldout_batches
+
+    def heldout_loss(self) -> tuple[float, list[float]]:
+        """The recipe's objective on the held-out batches (mean, and per batch): inner PGD at each
+        batch's own seed, then the objective with the target in eval mode and no gradient. The
+        global RNG is restored afterwards and no parameter, buffer or optimiser state changes, so
+        the training steps are the same with or without monitoring."""
+        from robench.attacks.base import ModeGuard
+
+        losses = []
+        with torch.random.fork_rng(devices=[]):
+            for b in self.heldout_batches():
+                torch.manual_seed(b.rng_seed)
+                adv = self._attack(b, pgd_attack)
+                with ModeGuard(self.module), torch.no_grad():
+                    loss, _ = self.objective(b, adv)
+                losses.append(float(loss))
+        return float(np.mean(losses)), losses
+
+    def observe(self, trainer: Trainer) -> None:
+        step = trainer.step
+        if self.heldout is None or self.stopper.settled or step % self.eval_every or step <= self.stopper.last_step:
+            return
+        value, per_batch = self.heldout_loss()
+        row = self.stopper.update(value, step)
+        if len(per_batch) > 1:
+            row["batch_losses"] = per_batch
+        row["seconds"] = round(trainer.seconds(), 3)
+        self.heldout_rows.append(row)
+        if row["settled"]:
+            trainer.say(f"{self.title}: held-out loss settled at step {step} (EMA {row['ema']:.4f}, best "
+                        f"{self.stopper.best:.4f} at step {self.stopper.best_step}; {self.stopper.patience} "
+                        f"evaluations without a {self.stopper.min_delta:.1%} improvement)")
+
+    def should_stop(self, trainer: Trainer) -> bool:
+        return self.stopper.settled
+
+    def stop_summary(self, steps_done: int) -> dict[str, Any]:
+        """Why the run stopped (``settled`` / ``cap``; None while it runs), where, and the best
+        held-out EMA."""
+        st = self.stopper
+        reason = "settled" if st.settled else ("cap" if steps_done >= self.cap else None)
+        return {"stopped": reason, "stopped_at": steps_done if reason else None, "steps_run": steps_done,
+                "best_heldout_ema": st.best, "best_heldout_step": st.best_step, "heldout_evals": len(self.heldout_rows)}
+
+    def stopping_config(self) -> dict[str, Any]:
+        """The rule's settings (in the config hash and the provenance)."""
+        st = self.stopper
+        n = max(1, int(self.prof.adv_eval_batches))
+        return {"eval_every": self.eval_every, "patience": st.patience, "min_delta": st.min_delta,
+                "eval_span": st.span, "eval_batches": n,
+                "heldout": (f"val split: {n} fixed batch(es) by the recipe's own select, seeds "
+                            f"(seed+1)*1000003-2-j; the recipe objective incl. inner PGD, eval mode")
+                if self.heldout is not None else None}
+
     def state(self) -> dict[str, Any]:
-        return {"calibration_init": self.calibration_init}
+        return {"calibration_init": self.calibration_init, "stopping": self.stopper.state_dict(),
+                "heldout_log": list(self.heldout_rows)}
 
     def load_state(self, ck: dict[str, Any]) -> None:
         # fitted when the run began; the weights hold its trained state
         self.calibration_init = ck.get("calibration_init")
+        # the patience state as it was at the checkpoint: a resumed run makes the same decision
+        if "stopping" in ck:
+            self.stopper.load_state_dict(ck["stopping"])
+            self.heldout_rows = [r for r in ck.get("heldout_log", []) if r["step"] <= int(ck["step"])]
 
     def upgrade_checkpoint(self, ck: dict[str, Any], out: Path) -> dict[str, Any]:
         ck = super().upgrade_checkpoint(ck, out)
@@ -182,8 +303,10 @@ class TrainingRecipe(TrainTask):
         return ck
 
     def write_log(self, out: Path, rows: list[dict[str, Any]]) -> None:
+        done = rows[-1]["step"] + 1 if rows else 0
         write_json_atomic(out / "steps.json", {"config": {**self.run_cfg, "calibration_init": self.calibration_init},
-                                               "steps": rows})
+                                               "steps": rows, "heldout": self.heldout_rows,
+                                               **self.stop_summary(done), "stopping": self.stopping_config()})
         keys: list[str] = []
         for r in rows:
             keys += [k for k in r if k not in keys]
@@ -300,6 +423,12 @@ def ensure_clean(base: str, dataset: str, profile: str, seed: int, dataset_optio
 
 
 def pgd_inner(target, dist, ref, eps: float, steps: int, seed: int) -> torch.Tensor:
+    """A training step's inner attack (:func:`pgd_attack`). The held-out evaluation calls
+    :func:`pgd_attack` itself, so what reaches this name is the training steps' attacks only."""
+    return pgd_attack(target, dist, ref, eps, steps, seed)
+
+
+def pgd_attack(target, dist, ref, eps: float, steps: int, seed: int) -> torch.Tensor:
     """The shared inner attacker: PGD, step ε/4, random start (torchattacks through the adapter),
     in eval mode with frozen parameters (restored afterwards)."""
     from robench.attacks import _torchattacks
@@ -337,11 +466,12 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     _, (data, val) = training_data(dataset, prof, seed, ds_opts, "train", "val")
     if data.kind != "pairs":
         raise RobenchError(f"adversarial training needs a pairs dataset; {dataset!r} is {data.kind}")
-    task = cls(target, data, prof, seed, base)
-    n_steps = int(steps or prof.adv_steps)
+    task = cls(target, data, prof, seed, base, heldout=val)
+    n_steps = int(steps or prof.adv_steps)  # the cap: the held-out rule may stop the run sooner
+    task.cap = n_steps
     hp = {"recipe": recipe, "eps_train": prof.adv_eps, "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
           "steps": n_steps, "batch": task.batch, "lr": prof.adv_lr, "crop": prof.train_crop,
-          "loss_lambda": prof.train_loss_lambda, **task.provenance_extra()}
+          "loss_lambda": prof.train_loss_lambda, **task.provenance_extra(), **task.stopping_config()}
     task.run_cfg = {"model": base, "clean_sha256": clean_sha, "dataset": dataset, "dataset_options": ds_opts,
                     "profile": prof.name, "seed": seed, "recipe_version": RECIPE_VERSION, **hp}
     cfg_hash = config_hash(task.run_cfg, exclude=("steps",))
@@ -367,9 +497,12 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     target.eval()
     v = evaluate(target, val, prof.eval_batch)
     elapsed = trainer.clock.elapsed
+    stop = task.stop_summary(trainer.step)
     provenance = {"dataset": dataset, "split": "train", "profile": prof.name, "seed": seed, "defense": recipe,
                   "clean_weights": clean_desc, "clean_sha256": clean_sha, **hp,
                   **task.final_provenance(trainer.rows), "recipe_version": RECIPE_VERSION,
+                  "stop_reason": stop["stopped"], "steps_run": stop["steps_run"], "stopped_at": stop["stopped_at"],
+                  "best_heldout_ema": stop["best_heldout_ema"], "best_heldout_step": stop["best_heldout_step"],
                   "calibration_init": task.calibration_init, "val_srocc": v["srocc"], "train_seconds": round(elapsed, 2),
                   "git_commit": git_commit(), "versions": versions(), "run": str(out)}
     path = out / "final.safetensors"
@@ -378,5 +511,6 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     name = f"{base}.{recipe}"
     entry = W.register(name, path, source="trained-here", provenance=provenance)
     return {"name": name, "out": str(out), "weights": str(W.weights_dir() / entry["file"]), "sha256": entry["sha256"],
-            "val_srocc": v["srocc"], "train_seconds": round(elapsed, 1), "steps": n_steps,
+            "val_srocc": v["srocc"], "train_seconds": round(elapsed, 1), "steps": trainer.step, "cap": n_steps,
+            "stopped": stop["stopped"],
             "wall_seconds": round(time.perf_counter() - t_all, 1)}

@@ -6,6 +6,11 @@ checkpoint, what else the checkpoint holds and how the run's log files look. The
 the rest: Adam, the lr schedule, gradient clipping, the per-step RNG, the loss EMA, the progress
 bar, and the atomic ``last.pt`` that a rerun of the same configuration resumes from.
 
+A task may also stop a run before its step cap (issue 17.6): :meth:`TrainTask.observe` sees the
+Trainer before the first step and after every step (the recipes evaluate a held-out batch there
+and feed a :class:`PatienceStop`), and :meth:`TrainTask.should_stop` ends the run; the Trainer then
+checkpoints at once, so the stopping state a rerun resumes is the one the decision was made in.
+
 Nothing here imports a plugin (defences, recipes): they import this module, never the reverse.
 """
 
@@ -179,6 +184,16 @@ class TrainTask:
     def write_log(self, out: Path, rows: list[dict[str, Any]]) -> None:
         """Write the run's log files from the per-step ``rows`` (after every checkpoint)."""
 
+    def observe(self, trainer: "Trainer") -> None:
+        """Called before the first step (also of a resumed run) and after every optimiser step,
+        before the checkpoint decision; an early-stopping monitor looks at the run here. It must be
+        idempotent for a step it has already seen (a resumed run calls it again at its step)."""
+
+    def should_stop(self, trainer: "Trainer") -> bool:
+        """True ends the run before ``total_steps`` (checked before every step and after
+        :meth:`observe`; a run that stops is checkpointed at once, and a rerun trains nothing)."""
+        return False
+
     def fault_point(self, done: int) -> str:
         """The crash tests' name for the checkpoint after ``done`` steps."""
         return f"{self.title}:{done}"
@@ -213,10 +228,74 @@ def ema_of(losses: list[float], span: int = EMA_SPAN) -> float | None:
     return ema
 
 
+class PatienceStop:
+    """Early stopping on the EMA of a monitored loss (issue 17.6), one :meth:`update` per evaluation.
+
+    The EMA (span ``span``: α = 2/(span+1), seeded by the first value) is compared with the
+    *reference*: the EMA at the last evaluation that improved on the reference by more than the
+    relative ``min_delta`` (``ema < ref − min_delta·|ref|``; the first evaluation sets it). An
+    evaluation that does not is a bad one; ``patience`` bad evaluations in a row settle the run.
+    Improvements smaller than ``min_delta`` never move the reference (as Keras' EarlyStopping),
+    so a slow steady fall still counts once it adds up to more than ``min_delta``, while noise
+    that stays below it does not. ``best`` is the lowest EMA seen (for the log).
+
+    The whole state is :meth:`state_dict`: it goes into ``last.pt`` and a resumed run continues it."""
+
+    def __init__(self, patience: int, min_delta: float, span: int = 3):
+        if patience < 1 or min_delta < 0 or span < 1:
+            raise ValueError(f"patience ≥ 1, min_delta ≥ 0, span ≥ 1 (got {patience}, {min_delta}, {span})")
+        self.patience, self.min_delta, self.span = int(patience), float(min_delta), int(span)
+        self.ema: float | None = None
+        self.ref: float | None = None  # the EMA of the last significant improvement
+        self.ref_step: int | None = None
+        self.best: float | None = None  # lowest EMA seen
+        self.best_step: int | None = None
+        self.bad = 0  # evaluations in a row without a significant improvement
+        self.last_step = -1  # step of the last evaluation (updates are idempotent per step)
+        self.settled_at: int | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.settled_at is not None
+
+    def update(self, value: float, step: int | None = None) -> dict[str, Any]:
+        """Feed one evaluation's loss (at optimiser step ``step``; default: the next integer);
+        returns what the log keeps of it (``settled``: this evaluation ends the run). Once
+        settled, the rule is frozen: a further call raises."""
+        if self.settled:
+            raise RuntimeError(f"the monitored loss settled at step {self.settled_at}; nothing more to update")
+        step = self.last_step + 1 if step is None else int(step)
+        value = float(value)
+        a = 2.0 / (self.span + 1)
+        self.ema = value if self.ema is None else a * value + (1 - a) * self.ema
+        improved = self.ref is None or self.ema < self.ref - self.min_delta * abs(self.ref)
+        if improved:
+            self.ref, self.ref_step, self.bad = self.ema, step, 0
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                self.settled_at = step
+        if self.best is None or self.ema < self.best:
+            self.best, self.best_step = self.ema, step
+        self.last_step = step
+        return {"step": step, "loss": value, "ema": self.ema, "ref_ema": self.ref, "improved": bool(improved),
+                "bad_evals": self.bad, "settled": self.settled}
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        for k in vars(self):
+            if k in st:
+                setattr(self, k, st[k])
+
+
 class Trainer:
-    """The loop. ``run()`` trains ``total_steps`` optimiser steps, checkpointing every
-    ``checkpoint_every`` steps and at the end; a ``last.pt`` of the same ``cfg_hash`` in ``out`` is
-    resumed first, so a rerun of a finished run trains nothing and a longer one extends it.
+    """The loop. ``run()`` trains ``total_steps`` optimiser steps (a cap: the task's
+    :meth:`~TrainTask.should_stop` may end the run sooner), checkpointing every
+    ``checkpoint_every`` steps, when the task stops it, and at the end; a ``last.pt`` of the same
+    ``cfg_hash`` in ``out`` is resumed first, so a rerun of a finished run trains nothing and a
+    longer one extends it (one the task stopped stays stopped).
 
     ``schedule``: ``"constant"`` or ``"warmup-cosine"`` (:func:`lr_factor` over ``total_steps``)."""
 
@@ -303,10 +382,16 @@ class Trainer:
             bar_task = bar.add_task(self.task.describe(self.step), total=self.total,
                                     completed=min(self.step, self.total)) if bar else None
             try:
-                while self.step < self.total:
+                if self.step < self.total:
+                    self.clock.start()
+                    self.task.observe(self)  # a fresh run's step-0 evaluation (a resumed one has it)
+                    self.clock.pause()
+                while self.step < self.total and not self.task.should_stop(self):
                     self.clock.start()
                     self._one_step()
-                    if self.step % self.every == 0 or self.step == self.total:
+                    self.task.observe(self)
+                    stop = self.task.should_stop(self)
+                    if self.step % self.every == 0 or self.step == self.total or stop:
                         self.task.evaluate(self)
                         self.clock.pause()
                         self.checkpoint()
