@@ -35,14 +35,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, path in mods.items():
         pkg = m if path.name == "__init__.py" else m.rpartition(".")[0]
-        tree = ast.parse(path.read_text(), str(path))
-        # `if TYPE_CHECKING:` imports never execute (annotations only): not an edge
-        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                       and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
-                       for stmt in node.body for n in ast.walk(stmt)}
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):

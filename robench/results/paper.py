@@ -29,14 +29,16 @@ import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from robench.core import flags as FL
 
-if TYPE_CHECKING:  # report.py calls write_paper: no import of it at module level (no cycle)
-    from robench.results.report import CellData, Reporter
+# report.py calls write_paper and hands it its Reporter: importing report here, even for
+# annotations only, would make the two modules import each other
+Reporter = Any
+CellData = Any
 
 PAPER_TABLES = (3, 7, 9)
 PAPER_FILE = "birqa-paper.txt"

@@ -160,35 +160,28 @@ def bootstrap_p(observed: float, d) -> float:
     return float(2 * sps.norm.sf(abs(observed) / se))
 
 
-def holm(p) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control, any dependence): sort
-    ascending, ``p_(i)·(m − i + 1)``, running maximum, capped at 1. NaN p-values are left out
-    of the family and stay NaN."""
+def _adjusted(p, adjust) -> np.ndarray:
+    """Apply ``adjust(sorted finite p, m)`` (returns adjusted values in that order) to the finite
+    p-values; NaN p-values are left out of the family and stay NaN."""
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.maximum.accumulate(np.minimum(1.0, p[order] * (m - np.arange(m))))
-    out[order] = adj
+    if ok.size:
+        order = ok[np.argsort(p[ok], kind="stable")]
+        out[order] = adjust(p[order], ok.size)
     return out
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control, any dependence): sort
+    ascending, ``p_(i)·(m − i + 1)``, running maximum, capped at 1."""
+    return _adjusted(p, lambda ps, m: np.maximum.accumulate(np.minimum(1.0, ps * (m - np.arange(m)))))
 
 
 def benjamini_hochberg(p) -> np.ndarray:
     """Benjamini–Hochberg adjusted p-values (false-discovery rate): ``p_(i)·m/i``, running
-    minimum from the largest, capped at 1; NaN stays NaN."""
-    p = np.asarray(p, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    raw = p[order] * m / (np.arange(m) + 1)
-    out[order] = np.minimum(1.0, np.minimum.accumulate(raw[::-1])[::-1])
-    return out
+    minimum from the largest, capped at 1."""
+    return _adjusted(p, lambda ps, m: np.minimum(1.0, np.minimum.accumulate((ps * m / (np.arange(m) + 1))[::-1])[::-1]))
 
 
 #: the fewest independent photos from which a photo-clustered interval is reported (issue 17;
