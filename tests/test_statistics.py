@@ -103,10 +103,6 @@ def test_report_json_has_one_row_per_comparison(tmp_path):
     assert rep["correction"] == "holm" and all(r["correction"] == "holm" for r in rows)
 
 
-@pytest.mark.xfail(strict=True, reason="measured finding (issue 17.3 open): at its default 500 f-steps the neural OT "
-                   "map is up to 0.35 MOS units from the exact monotone map on 60 mini items (0.20 at 2000 steps), "
-                   "and the IR estimates disagree beyond the interval (neural 0.44 [0.31, 0.54] vs exact 0.55 "
-                   "[0.46, 0.63]); the neural back end must converge before the two can be reported as one number")
 def test_ir_interval_and_neural_exact_agreement_on_real_mini_data(tiny_mini):
     """IR-Score of SSIM against PSNR as its 'base' (two real metrics on the same mini items and
     FGSM budgets): the exact (POT-equivalent quantile) and neural OT estimates agree within the

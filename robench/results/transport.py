@@ -103,11 +103,17 @@ class _Mover(nn.Module):
         return x + self.net(torch.cat([x, z], dim=-1))
 
 
-def neural_map(src, dst, *, seed: int = 0, f_steps: int = 500, t_steps: int = 5, gamma: float = 0.0,
-               hidden: int = 64, z_dim: int = 1, z_per_x: int = 1, batch: int = 256, lr: float = 1e-3,
+def neural_map(src, dst, *, seed: int = 0, f_steps: int = 1000, t_steps: int = 10, gamma: float = 0.0,
+               hidden: int = 64, z_dim: int = 1, z_per_x: int = 1, batch: int = 256, lr: float = 3e-3,
                eval_z: int = 32) -> Map1D:
     """Neural OT (Korotin et al. 2023) from ``src`` to ``dst``; deterministic given ``seed``
-    (own RNG streams: the caller's torch/numpy state is untouched)."""
+    (own RNG streams: the caller's torch/numpy state is untouched).
+
+    Defaults measured on 60 real mini items (``python scripts/ot_agreement.py``): 500 f-steps ×
+    5 T-steps at lr 1e-3 left the map up to 0.35 MOS from the exact one and the IR-Score outside
+    the exact estimate's interval (0.44 vs 0.55 [0.46, 0.63]); 1000 × 10 at 3e-3 (cosine-decayed)
+    gives 0.50 / 0.46 / 0.52 for seeds 0/1/2, inside that interval (seed 1 at its edge), at
+    ~12 s per map on one core."""
     src, dst = _check(src, "source"), _check(dst, "target")
     mx, sx = float(src.mean()), float(src.std()) or 1.0
     my, sy = float(dst.mean()), float(dst.std()) or 1.0
