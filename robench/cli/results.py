@@ -135,7 +135,7 @@ def plot_sweep_cmd(
     n_boot: int = typer.Option(1000, "--bootstrap"),
     seed: int = typer.Option(0),
 ) -> None:
-    """Metric vs ε per target × defence, one panel per attack, bootstrap bands."""
+    """Metric vs ε: one panel per target (× attack), one line per defence (≤ 6 a panel), bootstrap bands."""
     from robench.results.plots import plot_sweep
     from robench.results.report import Reporter, load_cells
     from robench.engine.grid import default_store

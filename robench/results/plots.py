@@ -1,6 +1,7 @@
 """Plots (matplotlib, PDF + PNG, TrueType fonts so PDFs embed text as text: ``pdf.fonttype`` 42).
 
-* ``sweep``: metric vs ε per model × defence, one panel per attack, 95 % bootstrap bands;
+* ``sweep``: metric vs ε, one panel per target (× attack), one line per defence (≤ 6 a panel),
+  95 % bootstrap bands, the legend outside the panels;
 * ``bound``: Theorem 1 — theoretical bound vs empirical max error over AAT steps with the batch
   MOS range as a line (a bound above it is vacuous; the panel states the non-vacuous fraction),
   and the anchored loss raw + EMA-20 (paper Fig. 5), from a recipe's ``steps.json``;
@@ -110,30 +111,52 @@ def plot_bound(log: str | Path, stem: str | Path, log_y: bool = False) -> list[s
 # metric vs ε
 
 
-def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
-    """One panel per attack; one line per model × defence; clean at ε = 0; bootstrap bands."""
-    from robench.results.labels import attack_order, defense_label
+#: most lines one sweep panel carries; a target with more defences is split over further panels
+MAX_LINES = 6
+_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+            "#bcbd22")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<")  # 9 vs 10 colours: 90 distinct (colour, marker) pairs
+
+
+def defence_styles(defences) -> dict[str, dict[str, Any]]:
+    """One (colour, marker) per defence label, fixed by the order given, the same in every panel."""
+    return {d: {"color": _COLOURS[i % len(_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)]}
+            for i, d in enumerate(dict.fromkeys(defences))}
+
+
+def facet_chunks(defences: list[str], max_lines: int = MAX_LINES, keep: str | None = None) -> list[list[str]]:
+    """Split one target's defence lines into panels of at most ``max_lines``, as evenly as
+    possible; ``keep`` (the undefended base, when present) is repeated in every panel as the
+    reference line."""
+    if len(defences) <= max_lines:
+        return [list(defences)]
+    ref = [keep] if keep in defences else []
+    rest = [d for d in defences if d not in ref]
+    per = max_lines - len(ref)
+    n = -(-len(rest) // per)
+    size = -(-len(rest) // n)
+    return [ref + rest[i:i + size] for i in range(0, len(rest), size)]
+
+
+def sweep_series(rep, kind: str = "pairs") -> list[dict[str, Any]]:
+    """The points of the metric-vs-ε figure, one series per row (target × defence) × attack:
+    ``target`` (the row's label without its defence, with its setting when the store mixes
+    several), ``defence`` (its label), ``attack``, ``eps`` (0 = clean, then the cell's ε in /255),
+    ``y`` (the metric), and ``lo``/``hi`` — the 95 % bootstrap interval the reporter's resampling
+    unit gives at every point (NaN where it has none)."""
+    from robench.results.labels import attack_order
     from robench.results.stats import bootstrap_ci, mean_weighted, srocc_weighted
 
+    out = []
     rows = rep.rows(kind)
-    if not rows:
-        return []
-    attacks = attack_order(c.attack for c in rep.cells if c.row in rows)
-    plt = _plt()
-    ncol = min(4, len(attacks))
-    nrow = -(-len(attacks) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.8 * nrow), squeeze=False, sharey=True)
-    metric = "SROCC" if kind == "pairs" else "2AFC accuracy"
-    for ax, a in zip(axes.ravel(), attacks):
+    for a in attack_order(c.attack for c in rep.cells if c.row in rows):
         for row in rows:
             c = rep.cell(row, a)
             if c is None:
                 continue
-            xs = [0.0] + list(c.eps)
-            qs = [c.q_clean] + list(c.q_adv)
             cl = rep.units(c)[0]  # the report's resampling unit (photo or item)
             ys, lo, hi = [], [], []
-            for q in qs:
+            for q in [c.q_clean] + list(c.q_adv):
                 ys.append(c.metric_of(q))
                 if kind == "pairs":
                     band = bootstrap_ci(q, c.mos, stat=srocc_weighted, n_resamples=rep.n_boot, seed=rep.seed, clusters=cl)
@@ -142,17 +165,106 @@ def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
                                         clusters=cl)
                 lo.append(band[0])
                 hi.append(band[1])
-            line, = ax.plot(xs, ys, marker="o", ms=3, label=f"{row[0]} {defense_label(row[1])}")
-            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
-        ax.set(title=a, xlabel="ε (/255)")
-    for ax in axes[:, 0]:
-        ax.set_ylabel(metric)
-    for ax in axes.ravel()[len(attacks):]:
-        ax.axis("off")
-    axes.ravel()[0].legend(fontsize=6)
-    fig.suptitle(f"{metric} vs attack budget (95 % bootstrap bands, {rep.n_boot} resamples)", fontsize=9)
+            label = rep.label(row)
+            out.append({"target": " · ".join(label[:-1]), "defence": label[-1], "attack": a,
+                        "eps": [0.0] + [float(e) for e in c.eps], "y": ys, "lo": lo, "hi": hi})
+    return out
+
+
+def _eps_axis(ax, eps: list[float]) -> None:
+    """Ticks at every ε of the run; a symlog axis when a geometric budget ladder would crowd the
+    small budgets on a linear one (linear below the smallest non-zero ε, so ε = 0 stays on it)."""
+    eps = sorted(set(eps))
+    nz = [e for e in eps if e > 0]
+    span = (eps[-1] - eps[0]) or 1.0
+    gaps = np.diff(eps) if len(eps) > 1 else np.array([span])
+    if nz and len(nz) > 2 and gaps.min() < span / 12 and nz[-1] / nz[0] >= 8:
+        ax.set_xscale("symlog", linthresh=nz[0], linscale=0.6)
+    ax.set_xticks(eps)
+    ax.set_xticklabels([f"{e:g}" for e in eps], fontsize=7)
+    ax.minorticks_off()
+
+
+def draw_sweep(series: list[dict[str, Any]], stem: Path, *, metric: str = "SROCC", note: str = "",
+               max_lines: int = MAX_LINES) -> list[str]:
+    """The metric-vs-ε figure from :func:`sweep_series` points: one panel per target (per attack
+    when the series hold several), one line per defence with the same colour and marker in
+    every panel, at most ``max_lines`` lines a panel (more: the target is split, "birqa (1/2)",
+    the base repeated in each part), ticks at every ε of the run, a band wherever the series
+    carry a finite interval, and one legend outside the panels, right of the grid."""
+    from robench.results.labels import BASE_LABEL
+
+    if not series:
+        return []
+    plt = _plt()
+    attacks = list(dict.fromkeys(s["attack"] for s in series))
+    defences = list(dict.fromkeys(s["defence"] for s in series))
+    if BASE_LABEL in defences:  # the reference first: the same colour (blue, circles) in every figure
+        defences.remove(BASE_LABEL)
+        defences.insert(0, BASE_LABEL)
+    style = defence_styles(defences)
+    all_eps = sorted({e for s in series for e in s["eps"]})
+    panels = []  # (attack, title, [series]) in attack order, target order, chunk order
+    for a in attacks:
+        mine = [s for s in series if s["attack"] == a]
+        for t in dict.fromkeys(s["target"] for s in mine):
+            by_def = {s["defence"]: s for s in mine if s["target"] == t}
+            order = [d for d in defences if d in by_def]
+            chunks = facet_chunks(order, max_lines, keep=BASE_LABEL)
+            for i, ch in enumerate(chunks):
+                title = t + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else "")
+                if len(attacks) > 1:
+                    title += f"\n{a}"
+                panels.append((a, title, [by_def[d] for d in ch]))
+    per_attack = [sum(p[0] == a for p in panels) for a in attacks]
+    ncol = min(4, max(per_attack))
+    rows_of = [-(-n // ncol) for n in per_attack]  # every attack starts a new row of panels
+    nrow = sum(rows_of)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.7 * nrow), squeeze=False, sharey=True)
+    slots = []
+    r0 = 0
+    for n, nr in zip(per_attack, rows_of):
+        slots += [axes[r0 + k // ncol, k % ncol] for k in range(n)]
+        for k in range(n, nr * ncol):
+            axes[r0 + k // ncol, k % ncol].axis("off")
+        r0 += nr
+    banded = False
+    for ax, (_, title, ss) in zip(slots, panels):
+        for s in ss:
+            xs, ys = np.asarray(s["eps"], float), np.asarray(s["y"], float)
+            st = style[s["defence"]]
+            ax.plot(xs, ys, color=st["color"], marker=st["marker"], ms=4, lw=1.3, label=s["defence"])
+            lo, hi = s.get("lo"), s.get("hi")
+            if lo is not None and hi is not None:
+                lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                if ok.any():  # only where an interval exists; nothing drawn in its place elsewhere
+                    ax.fill_between(xs, np.where(ok, lo, np.nan), np.where(ok, hi, np.nan), where=ok,
+                                    color=st["color"], alpha=0.10, lw=0)
+                    banded = True
+        ax.set_title(title, fontsize=8)
+        _eps_axis(ax, all_eps)
+        ax.set_xlabel("ε (/255, 0 = clean)", fontsize=8)
+        ax.tick_params(labelleft=True)
+    for r in range(nrow):
+        axes[r, 0].set_ylabel(metric)
+    handles = [plt.Line2D([], [], color=style[d]["color"], marker=style[d]["marker"], ms=5, lw=1.3, label=d)
+               for d in defences]
+    fig.suptitle(f"{metric} vs attack budget ε" + (f" — {attacks[0]}" if len(attacks) == 1 else "")
+                 + (" (bands: 95 % bootstrap CI" + (f", {note}" if note else "") + ")" if banded else ""), fontsize=9)
     fig.tight_layout()
+    # right of the whole grid, in figure coordinates: never over a panel (bbox_inches="tight" keeps it)
+    fig.legend(handles=handles, title="defence", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title_fontsize=8, frameon=False)
     return _save(fig, stem)
+
+
+def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
+    """Metric vs ε faceted by target (:func:`draw_sweep`): one panel per target (× attack), one
+    line per defence, clean at ε = 0, 95 % bootstrap bands. Returns the written file names."""
+    series = sweep_series(rep, kind)
+    metric = "SROCC" if kind == "pairs" else "2AFC accuracy"
+    return draw_sweep(series, stem, metric=metric, note=f"{rep.n_boot} resamples")
 
 
 # --------------------------------------------------------------------------------------------
