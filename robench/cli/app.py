@@ -55,10 +55,17 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-@app.callback()
-def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
+        from robench.core.provenance import git_commit
         from robench.core.version import __version__
 
-        typer.echo(__version__)
+        commit = git_commit()
+        typer.echo(f"robench {__version__}" + (f" (commit {commit})" if commit else " (commit unknown)"))
         raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", help="Print the version (and commit) and exit.",
+                                       is_eager=True, callback=_print_version)) -> None:
+    pass

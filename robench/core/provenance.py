@@ -8,14 +8,22 @@ import torch
 
 
 def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, else the one a wheel was built from
+    (``robench/BUILD_COMMIT``, written by ``make dist``), else None. Only the package's own
+    checkout counts: an installed wheel inside some other git repository must not report it."""
     import subprocess
 
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    pkg = Path(__file__).resolve().parents[1]
+    if (pkg.parent / ".git").exists():
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                 cwd=pkg.parent)
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    stamp = pkg / "BUILD_COMMIT"
+    return stamp.read_text().strip() or None if stamp.is_file() else None
 
 
 def versions() -> dict[str, str]:
