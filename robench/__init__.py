@@ -16,7 +16,8 @@ def load_dataset(name: str, split: str = "train", **options):
 
 def load_model(name: str, weights=None, device: str = "cpu", **options):
     """Load a target, e.g. ``load_model("birqa")`` (best available weights),
-    ``load_model("lpips.alex", weights="none")`` (random init) or ``load_model("topiq.fr", weights=path)``."""
+    ``load_model("lpips.alex", weights="none")`` (random init) or ``load_model("topiq.fr", weights=path)``;
+    ``device``: auto | cpu | cuda | cuda:N (robench.core.device.resolve_device)."""
     from robench.models import load_model as _load
 
     return _load(name, weights=weights, device=device, **options)
@@ -32,7 +33,8 @@ def load_attack(name: str, profile: str = "quick", seed: int = 0, **params):
 
 def run(config=None, *, progress: bool = True, **settings):
     """Run a grid from Python: ``robench.run(RunConfig(...))``, ``robench.run("run.toml")`` or
-    ``robench.run(model="birqa", defense="aat", attacks="all")`` (the CLI's names). The same
+    ``robench.run(model="birqa", defense="aat", attacks="all")`` (the CLI's names), with
+    ``device="auto" | "cpu" | "cuda" | "cuda:N"`` where to compute (recorded, never keyed). The same
     settings give the same cell keys and records as ``robench run``; returns the grid report."""
     from pathlib import Path
 

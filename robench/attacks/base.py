@@ -278,6 +278,7 @@ class Attack:
         n = dist.shape[0]
         bs = batch_size or n
         K = len(epses)
+        device = getattr(target, "device", torch.device("cpu"))
         scores = torch.empty(K, n)
         queries = torch.zeros(K, n, dtype=torch.long)
         linf = torch.empty(K, n)
@@ -296,7 +297,8 @@ class Attack:
             compute += time.perf_counter() - t0
             for start in range(0, n, bs):
                 sl = slice(start, min(n, start + bs))
-                x, r = dist[sl].detach().clone(), ref[sl].detach().clone()
+                # a copy on the target's device (items stay on the CPU; on the CPU this is clone())
+                x, r = dist[sl].detach().to(device, copy=True), ref[sl].detach().to(device, copy=True)
                 if streamed:
                     validate_pair(x, r, target.card.min_size)
                 x_keep, r_keep = x.clone(), r.clone()
@@ -362,7 +364,7 @@ class Attack:
         with torch.no_grad():
             qs = torch.stack([target.orient(target.expected_score(a, r, eot)) for a in advs])
         pick = qs.argmax(dim=0)
-        return torch.stack(advs)[pick, torch.arange(x.shape[0])]
+        return torch.stack(advs)[pick, torch.arange(x.shape[0], device=x.device)]
 
     #: images of the first batch the probes look at (kept small: probes are harness overhead)
     PROBE_N = 8

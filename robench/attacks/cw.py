@@ -41,19 +41,20 @@ class CW(Attack):
         scale = observed_scale(q0, f.target)
         self._extra = {"scale": torch.full((n,), scale)}  # recorded per image (one value per batch)
         q_target = q0 + self.target_gain * scale
-        c = torch.full((n,), float(self.c_init))
-        lo = torch.zeros(n)
-        hi = torch.full((n,), float("inf"))
+        dev = x.device
+        c = torch.full((n,), float(self.c_init), device=dev)
+        lo = torch.zeros(n, device=dev)
+        hi = torch.full((n,), float("inf"), device=dev)
         best = x.clone()
-        best_l2 = torch.full((n,), float("inf"))
+        best_l2 = torch.full((n,), float("inf"), device=dev)
         best_q = q0.clone()
         top, top_q = x.clone(), q0.clone()  # the highest-q iterate seen, whatever its L2
-        found = torch.zeros(n, dtype=torch.bool)
+        found = torch.zeros(n, dtype=torch.bool, device=dev)
         w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         for _ in range(int(self.binary_steps)):
             w = w0.clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=float(self.lr))
-            success = torch.zeros(n, dtype=torch.bool)
+            success = torch.zeros(n, dtype=torch.bool, device=dev)
             for _ in range(int(self.steps)):
                 adv = (torch.tanh(w) + 1) / 2
                 with torch.enable_grad():

@@ -90,7 +90,8 @@ class FACPA(Attack):
         key = self.cache_key(target)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         folder = robench_home() / "attacks" / "facpa" / digest[:16]
-        gen = Generator(int(self.width))
+        # built (its seeded initialisation) on the CPU, then moved to the target's device
+        gen = Generator(int(self.width)).to(getattr(target, "device", torch.device("cpu")))
         if (folder / "meta.json").is_file():
             from robench.core.weights import load_state_dict
 
@@ -123,6 +124,8 @@ class FACPA(Attack):
                     ref, dist = batch["ref"], batch["dist"]
                     if self.crop and min(ref.shape[-2:]) > int(self.crop):
                         ref, dist = random_crop_pair(ref, dist, int(self.crop), g)
+                    device = next(gen.parameters()).device  # crops drawn on the CPU, then moved
+                    ref, dist = ref.to(device), dist.to(device)
                     with torch.enable_grad():
                         adv = (dist + float(self.train_eps) * torch.tanh(gen(dist))).clamp(0.0, 1.0)
                         loss = -target.oriented_quality(adv, ref).mean()

@@ -43,21 +43,24 @@ class Parsimonious(Attack):
         n, c, h, w = x.shape
         budget = int(self.queries)
         b = int(self.block_size or max(1, min(h, w) // 8))
-        # block state: −1 (−ε), +1 (+ε) or 0 (unperturbed: only for images whose −ε start lowered q)
+        # block state: −1 (−ε), +1 (+ε) or 0 (unperturbed: only for images whose −ε start lowered q).
+        # The search's bookkeeping (block states, scores, gains: small tensors, a decision per
+        # query) stays on the CPU; only the images are built on the target's device.
         A = torch.full((n, c, math.ceil(h / b), math.ceil(w / b)), -1, dtype=torch.int8)
         used = torch.zeros(n, dtype=torch.long)
 
         def image(Ab: torch.Tensor, bs: int, rows: torch.Tensor) -> torch.Tensor:
-            sign = Ab.to(x.dtype)
+            sign = Ab.to(x.device, x.dtype)
             d = sign.repeat_interleave(bs, dim=2).repeat_interleave(bs, dim=3)[..., :h, :w]
             return (x[rows] + eps * d).clamp(0.0, 1.0)
 
         def evaluate(Ab: torch.Tensor, bs: int, rows: torch.Tensor) -> torch.Tensor:
             used[rows] += 1
             with torch.no_grad():
-                return f(image(Ab, bs, rows), rows)
+                return f(image(Ab, bs, rows), rows).cpu()
 
         all_rows = torch.arange(n)
+        q0 = q0.cpu()
         q_cur = evaluate(A, b, all_rows)
         worse = q_cur < q0
         A[worse] = 0

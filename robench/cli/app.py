@@ -35,6 +35,10 @@ app.add_typer(plot_app, name="plot")
 
 err = Console(stderr=True)
 
+#: the help of every ``--device`` (resolved and checked by robench.core.device.resolve_device)
+DEVICE_HELP = ("Where to compute: auto (CUDA when torch.cuda.is_available(), else CPU) | cpu | cuda | cuda:N. "
+               "Recorded with the results (device, GPU name); never part of a cell's key.")
+
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn RobenchError into `error: ...` on stderr and exit code 2."""

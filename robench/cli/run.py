@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robench.cli.app import app, emit_json, err, user_errors
+from robench.cli.app import DEVICE_HELP, app, emit_json, err, user_errors
 from robench.core.errors import RobenchError
 
 
@@ -54,17 +54,25 @@ def train_cmd(
     dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
     defense: Optional[str] = typer.Option(None, help="Adversarial fine-tuning recipe r | at | aat (makes MODEL.<recipe>)."),
     steps: Optional[int] = typer.Option(None, help="Optimiser steps of the recipe (default: the profile's)."),
+    train_seed: Optional[int] = typer.Option(None, "--train-seed", help="With --defense: the fine-tuning's seed, "
+                                             "on --seed's data (default: --seed); k > 0 makes MODEL.<recipe>-s<k>."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap the steps of each clean-training epoch "
                                                       "(smoke tests, crash tests)."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Clean training (eq. 5: MSE + λ(1 − PLCC)) or, with --defense, R-/AT-/AAT- fine-tuning; resumable."""
+    from robench.core.device import resolve_device
     from robench.engine.train import train
 
+    resolve_device(device)  # before any data is read
+
+    if train_seed is not None and (not defense or defense == "diffpure"):
+        raise RobenchError("--train-seed is the seed of a recipe's fine-tuning: give it with --defense r|at|aat")
     if defense == "diffpure":
         from robench.defenses.diffpure import train_diffpure
 
-        r = train_diffpure(dataset=dataset, profile=profile, steps=steps, seed=seed, out=out,
+        r = train_diffpure(dataset=dataset, profile=profile, steps=steps, seed=seed, out=out, device=device,
                            dataset_options={**({"root": str(root)} if root else {}),
                                             **_parse_kv(dataset_option, "--dataset-option")})
         emit_json(r) if as_json else err.print(f"{r['name']}: {r['train_seconds']:.0f} s, final loss "
@@ -74,6 +82,7 @@ def train_cmd(
         from robench.defenses.recipes import adversarial_train
 
         r = adversarial_train(model, defense, dataset=dataset, profile=profile, seed=seed, steps=steps, out=out,
+                              train_seed=train_seed, device=device,
                               dataset_options={**({"root": str(root)} if root else {}),
                                                **_parse_kv(dataset_option, "--dataset-option")})
         emit_json(r) if as_json else err.print(f"{r['name']}: {r['steps']} steps in {r['train_seconds']:.0f} s; "
@@ -82,7 +91,8 @@ def train_cmd(
 
     r = train(model, dataset=dataset, profile=profile, epochs=epochs, out=out, seed=seed, lr=lr, batch_size=batch_size,
               dataset_options={**({"root": root} if root else {}), **_parse_kv(dataset_option, "--dataset-option")},
-              model_options=_parse_kv(model_option, "--model-option"), max_steps_per_epoch=max_steps_per_epoch)
+              model_options=_parse_kv(model_option, "--model-option"), max_steps_per_epoch=max_steps_per_epoch,
+              device=device)
     res = {"name": r.name, "out": str(r.out), "weights": str(r.best_path), "sha256": r.sha256,
            "best_val_srocc": r.best_val_srocc, "best_epoch": r.best_epoch, "epochs": r.epochs,
            "train_seconds": round(r.train_seconds, 1)}
@@ -101,20 +111,22 @@ def eval_cmd(
     root: Optional[Path] = typer.Option(None),
     seed: int = typer.Option(0, help="Split seed."),
     dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """SROCC / PLCC / KROCC of a target on a dataset split."""
     import robench
+    from robench.core.device import device_record
     from robench.core.registry import default_dataset
     from robench.engine.train import evaluate
 
-    target = robench.load_model(model, weights=weights)
+    target = robench.load_model(model, weights=weights, device=device)
     dataset = dataset or default_dataset()
     opts = {"seed": seed, **_dataset_defaults(dataset, profile, root, dataset_option)}
     ds = robench.load_dataset(dataset, split=split, **opts)
     res = evaluate(target, ds, progress=not as_json)
     res.update({"model": model, "dataset": dataset, "split": split, "weights": target.card.weights.describe(),
-                "weights_sha256": target.card.weights.sha256})
+                "weights_sha256": target.card.weights.sha256, **device_record(target.device)})
     emit_json(res) if as_json else err.print(
         f"{model} on {dataset}/{split}: SROCC {res['srocc']:.4f}  PLCC {res['plcc']:.4f}  KROCC {res['krocc']:.4f}  (n={res['n']})")
 
@@ -143,7 +155,10 @@ def run_cmd(
     eps: Optional[str] = typer.Option(None, help="Budgets in /255 units, e.g. 2,4,6,8,10 (default: the profile's)."),
     profile: str = typer.Option("quick", help="quick | paper"),
     n: Optional[int] = typer.Option(None, help="Items (stratified by distortion); 0 = whole split; default: the profile's."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Split/item seed (which items, the attacks' randomness)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Training seeds, e.g. 0,1,2: each recipe defence "
+                                        "(r, at, aat) is fine-tuned and attacked once per seed (M.<recipe>-s<k>); "
+                                        "the report shows mean ± s.d. over seeds. Default: one, as before."),
     weights: Optional[str] = typer.Option(None, help="A weights file, or 'none' (default: best available)."),
     store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
     force: bool = typer.Option(False, "--force", help="Recompute cells already in the store."),
@@ -159,6 +174,8 @@ def run_cmd(
     workers: Optional[int] = typer.Option(None, help="Local Ray: CPUs to start it with (default: all)."),
     cpus_per_cell: float = typer.Option(1.0, help="Ray: CPUs per cell (torch threads of its worker)."),
     gpus_per_cell: float = typer.Option(0.0, help="Ray: GPUs per cell (num_gpus; the cell runs on CUDA)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + " Default: cpu, or the --config file's; "
+                                         "with --config it overrides the file's (where, not what, is computed)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Attack targets across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy).
@@ -169,7 +186,7 @@ def run_cmd(
     from robench.engine.grid import run_config
 
     if config is not None:
-        given = {"--model": model, "--defense": defense, "--dataset": dataset, "--eps": eps, "--n": n,
+        given = {"--model": model, "--defense": defense, "--dataset": dataset, "--eps": eps, "--n": n, "--seeds": seeds,
                  "--weights": weights, "--root": root, "--dataset-option": dataset_option,
                  "--attack-option": attack_option, "--defense-option": defense_option, "--address": address,
                  "--workers": workers}
@@ -180,6 +197,8 @@ def run_cmd(
         cfg = RunConfig.from_toml(config)
         if store is not None:
             cfg.store = str(store)
+        if device is not None:
+            cfg.device = device
         cfg.force = cfg.force or force or not resume
     else:
         if not model:
@@ -193,11 +212,11 @@ def run_cmd(
                    "gpus_per_cell": gpus_per_cell} if executor == "ray" else {}
         cfg = RunConfig.from_dict({
             "targets": model, "attacks": attacks, "defenses": defense or "none", "dataset": dataset, "split": split,
-            "eps": eps, "profile": profile, "n": n, "seed": seed, "weights": weights,
+            "eps": eps, "profile": profile, "n": n, "seed": seed, "seeds": seeds, "weights": weights,
             "store": str(store) if store else None, "force": force or not resume, "dataset_options": opts,
             "attack_params": _parse_nested(attack_option, "--attack-option", "attack"),
             "defense_options": _parse_nested(defense_option, "--defense-option", "defence"),
-            "executor": executor, "executor_options": ex_opts}, where="robench run")
+            "executor": executor, "executor_options": ex_opts, "device": device or "cpu"}, where="robench run")
     grid = run_config(cfg, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"))
     if as_json:
         emit_json(grid["runs"][0] if len(grid["runs"]) == 1 else grid)

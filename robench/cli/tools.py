@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robench.cli.app import app, bench_app, emit_json, err, user_errors
+from robench.cli.app import DEVICE_HELP, app, bench_app, emit_json, err, user_errors
 from robench.core.errors import RobenchError
 from robench.cli.run import _parse_nested
 
@@ -48,7 +48,8 @@ def validate_cmd(
     profile: Optional[str] = typer.Option(None, help="Dry-build this profile's grid (e.g. paper) instead of the "
                                                      "installation self-check."),
     sample: bool = typer.Option(True, "--sample/--no-sample", help="Time each target briefly to estimate costs."),
-    device: str = typer.Option("cpu", help="Device of the timed sample (cpu, cuda)."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP + " Here: where the self-check's tiny target "
+                               "and attacks run, or the dry build's timed sample."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Self-check an installation in seconds (registries, a tiny target's gradients, tiny attacks
@@ -57,9 +58,9 @@ def validate_cmd(
     if profile is None:
         from robench.engine.validate import self_check
 
-        if not sample or device != "cpu":
-            raise RobenchError("--no-sample and --device apply to the dry build: add --profile paper")
-        res = self_check(progress=None if as_json else (lambda m: err.print(m, style="dim")))
+        if not sample:
+            raise RobenchError("--no-sample applies to the dry build: add --profile paper")
+        res = self_check(progress=None if as_json else (lambda m: err.print(m, style="dim")), device=device)
         if as_json:
             emit_json(res)
         else:
@@ -116,7 +117,7 @@ def bench_speed(
     size: str = typer.Option("512x384", help="WxH."),
     batch: int = typer.Option(1),
     rounds: int = typer.Option(5),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     reference: str = typer.Option("topiq.fr", help="Model the speed ratios are relative to (the paper's: TOPIQ-FR)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -145,7 +146,7 @@ def bench_attack(
     size: str = typer.Option("224x224", help="WxH."),
     batch: int = typer.Option(8),
     rounds: int = typer.Option(5),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One PGD step with the reference branch recomputed (naive) vs computed once (cached)."""
@@ -176,6 +177,7 @@ def bench_attack_strength(
     seed: int = typer.Option(0),
     attack_option: list[str] = typer.Option([], "--attack-option", help="attack.param=value, e.g. pgd.steps=20 "
                                             "(repeatable)."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Each attack's mean gain as a fraction of a converged reference (many-step restarted PGD, best
@@ -187,7 +189,7 @@ def bench_attack_strength(
     params = _parse_nested(attack_option, "--attack-option", "attack")
     res = attack_strength([m.strip() for m in model.split(",") if m.strip()], expand_attacks(attacks), eps=eps, n=n,
                           profile=profile, ref_steps=ref_steps, ref_restarts=ref_restarts, seed=seed,
-                          attack_params=params, progress=not as_json,
+                          attack_params=params, progress=not as_json, device=device,
                           curve_steps=tuple(int(k) for k in curve.split(",") if k.strip()))
     if as_json:
         emit_json(res)
@@ -214,6 +216,7 @@ def bench_grid(
     queries: int = typer.Option(300, help="Queries per cell (sets the cell's cost)."),
     n: int = typer.Option(32, help="Items per cell."),
     image_size: Optional[int] = typer.Option(None, help="mini image size (default: the quick profile's 128)."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Wall time of one CPU-bound grid per executor (fresh store each), and the speed-up over serial."""
@@ -223,7 +226,8 @@ def bench_grid(
     names = [e.strip() for e in executor.split(",") if e.strip()]
     for e in names:
         check_name(e)
-    res = grid(names, model=model, attack=attack, cells=cells, workers=workers, queries=queries, n=n, image_size=image_size, progress=not as_json)
+    res = grid(names, model=model, attack=attack, cells=cells, workers=workers, queries=queries, n=n, image_size=image_size,
+               progress=not as_json, device=device)
     if as_json:
         emit_json(res)
         return

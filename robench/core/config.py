@@ -39,12 +39,16 @@ class RunSpec:
     seed: int = 0
     split: str = "test"
     defense: str | None = None
+    # the training recipe's fine-tuning seed (issue 17.5, RunConfig.seeds): None = the run's seed
+    # (the single-seed behaviour); k > 0 loads/trains the weights ``M.<recipe>-s<k>``
+    train_seed: int | None = None
     weights: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     store: Path | None = None
     force: bool = False
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N: recorded with every cell, never part of its key
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -99,6 +103,10 @@ class RunConfig:
     defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile: str = "quick"
     seed: int = 0
+    # training seeds of the recipes (issue 17.5): each recipe defence (r, at, aat, with or without
+    # inference wrappers) is fine-tuned and evaluated once per seed; None = one fine-tuning with
+    # ``seed`` (the single-seed behaviour). Seed 0 is the weights ``M.<recipe>``, k > 0 ``M.<recipe>-s<k>``
+    seeds: list[int] | None = None
     weights: str | None = None  # one weights file or "none" (a single target only)
     executor: str = "serial"
     executor_options: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +155,10 @@ class RunConfig:
                     raise RobenchError(f"{where}: {k}.{name} must be a table of parameters, got {v!r}")
         if data.get("store") is not None:
             data["store"] = str(data["store"])
+        if data.get("device") is not None:
+            data["device"] = str(data["device"])  # a torch.device from Python: its name
+        if data.get("seeds") is not None:
+            data["seeds"] = parse_seeds(data["seeds"], where)
         return cls(**data)
 
     @classmethod
@@ -187,20 +199,29 @@ class RunConfig:
                 defenses.append(d)
         if self.weights is not None and len(self.targets) > 1:
             raise RobenchError("--weights names one file: use it with a single --model")
+        seeds = None if self.seeds is None else parse_seeds(self.seeds, "--seeds")
+        if seeds is not None and len(seeds) > 1 and self.weights is not None:
+            raise RobenchError("--seeds fine-tunes a recipe per seed; --weights names one file: not both")
+        from robench.core.device import resolve_device
+
+        resolve_device(self.device)  # a device this machine lacks fails here, before any work
         n = self.n if self.n is not None else prof.attack_n
         return replace(self, profile=prof.name, dataset=dataset, dataset_options=options, eps=eps, attacks=attacks,
-                       defenses=defenses, n=n, resolved=True)
+                       defenses=defenses, n=n, seeds=seeds, resolved=True)
 
     def specs(self) -> list[RunSpec]:
-        """One :class:`RunSpec` per target × defence (of the resolved config)."""
+        """One :class:`RunSpec` per target × defence (of the resolved config), and per training
+        seed (``seeds``) for a defence with a training recipe."""
         c = self if self.resolved else self.resolve()
         return [RunSpec(model=m, attacks=list(c.attacks), dataset=c.dataset, eps=list(c.eps), profile=c.profile,
                         n=c.n, seed=c.seed, split=c.split, defense=None if d == NO_DEFENSE else d,
-                        weights=c.weights, store=Path(c.store) if c.store else None, force=c.force,
+                        train_seed=s, weights=c.weights, store=Path(c.store) if c.store else None, force=c.force,
+                        device=c.device,
                         dataset_options=json.loads(json.dumps(c.dataset_options)),
                         attack_params={k: dict(v) for k, v in c.attack_params.items()},
                         defense_options={k: dict(v) for k, v in c.defense_options.items()})
-                for m in c.targets for d in c.defenses]
+                for m in c.targets for d in c.defenses
+                for s in (c.seeds if c.seeds is not None and has_recipe(d) else [None])]
 
     # -- writing -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -214,6 +235,26 @@ class RunConfig:
         if header:
             d = {"robench": header, **d}
         return dumps_toml(d)
+
+
+def parse_seeds(v: Any, where: str = "--seeds") -> list[int]:
+    """``"0,1,2"`` / ``[2, 0, 1]`` / ``1`` → the sorted unique training seeds (non-negative ints)."""
+    items = [v] if isinstance(v, int) and not isinstance(v, bool) else _comma(v)
+    try:
+        seeds = sorted({int(str(x)) for x in items})
+    except ValueError:
+        raise RobenchError(f"{where}: seeds must be comma-separated non-negative integers, got {v!r}") from None
+    if not seeds or seeds[0] < 0:
+        raise RobenchError(f"{where}: seeds must be comma-separated non-negative integers, got {v!r}")
+    return seeds
+
+
+def has_recipe(defense: str | None) -> bool:
+    """Whether a defence (``aat``, ``aat+flip``) includes a training recipe: what ``seeds`` repeat."""
+    from robench.core.registry import DEFENSES
+
+    toks = [t.strip() for t in (defense or "").split("+") if t.strip() and t.strip() != NO_DEFENSE]
+    return any(getattr(DEFENSES.get(t), "kind", "") == "training" for t in toks)
 
 
 # ------------------------------------------------------------------------------------------

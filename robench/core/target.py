@@ -185,7 +185,8 @@ def fit_calibration(target: "Target", dataset, batch_size: int = 32, max_items: 
                 dist = torch.stack([it["dist"] for it in items])
                 if transform is not None:
                     ref, dist = transform(ref, dist, c)
-                qs.append(target.oriented_quality(dist, ref).double().cpu())
+                dev = target.device  # batches (and their random crops) are made on the CPU
+                qs.append(target.oriented_quality(dist.to(dev), ref.to(dev)).double().cpu())
                 ys += [float(it["mos"]) for it in items]
     finally:
         target.train(was_training)
@@ -253,6 +254,14 @@ class Target(nn.Module):
             raise RobenchError(f"target {self.card.name} returned non-finite scores "
                                f"({int((~torch.isfinite(s.detach())).sum())} of {s.numel()})")
         return s
+
+    @property
+    def device(self) -> torch.device:
+        """Where the target computes (its first parameter's device: every target has the
+        calibration's): attacks and the engine move images here."""
+        from robench.core.device import module_device
+
+        return module_device(self)
 
     @property
     def lower_better(self) -> bool:

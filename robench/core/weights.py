@@ -10,6 +10,8 @@
   killed process leaves either the old state or the new one; a killed download leaves only a
   ``.part`` that the next fetch resumes and verifies.
 * Names follow ``arch.tag``: ``birqa`` (clean), ``birqa.aat`` (a defended variant), ``lpips.alex``.
+  A recipe fine-tuned with training seed k > 0 (``robench run --seeds``) is ``birqa.aat-s<k>``;
+  seed 0 keeps the plain name (:func:`seeded_name`, :func:`split_seed`).
   Extra files a target needs (LPIPS's ImageNet trunk) are stored under ``<name>#<role>``.
 """
 
@@ -279,6 +281,21 @@ def _clean_stale_tmp(folder: Path) -> None:
     from robench.core.fetch import clean_stale_tmp_files
 
     clean_stale_tmp_files(folder)
+
+
+def seeded_name(name: str, train_seed: int | None) -> str:
+    """The weights name of a recipe variant fine-tuned with training seed ``train_seed``:
+    ``birqa.aat`` for seed 0 or None (the existing name, so caches and stores stay valid),
+    ``birqa.aat-s1`` for seed 1 (issue 17.5, ``robench run --seeds``)."""
+    return name if not train_seed else f"{name}-s{int(train_seed)}"
+
+
+def split_seed(name: str) -> tuple[str, int]:
+    """``"birqa.aat-s2"`` → ``("birqa.aat", 2)``; a name without the suffix → ``(name, 0)``."""
+    import re
+
+    m = re.fullmatch(r"(.+)-s(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, 0)
 
 
 def lookup(name: str) -> dict[str, Any] | None:

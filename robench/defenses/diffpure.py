@@ -101,7 +101,7 @@ class DiffPure(InferenceDefense):
 
     @classmethod
     def prepare(cls, options: dict[str, Any], *, dataset: str, dataset_options: dict[str, Any], profile: str,
-                seed: int, progress: bool = True, **_: Any) -> None:
+                seed: int, progress: bool = True, device: str = "cpu", **_: Any) -> None:
         """``--defense ...+diffpure`` without a denoiser: train the small DDPM first (on the
         dataset its weights name, ``diffpure.<dataset>``)."""
         from robench.core import weights as W
@@ -113,7 +113,8 @@ class DiffPure(InferenceDefense):
         if W.lookup(name) is None:
             ds = name.split(".", 1)[1] if "." in name else default_dataset()
             train_diffpure(dataset=ds, profile=profile, seed=seed,
-                           dataset_options=dict(dataset_options) if ds == dataset else {}, progress=progress)
+                           dataset_options=dict(dataset_options) if ds == dataset else {}, progress=progress,
+                           device=device)
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -193,7 +194,7 @@ class _DDPMTask(TrainTask):
 
     def loss(self, batch):
         x, t, noise = batch
-        a = self.abar[t].view(-1, 1, 1, 1)
+        a = self.abar.to(x.device)[t].view(-1, 1, 1, 1)
         return F.mse_loss(self.module(a.sqrt() * x + (1 - a).sqrt() * noise, t), noise), {}
 
     def write_log(self, out: Path, rows: list[dict[str, Any]]) -> None:
@@ -206,7 +207,7 @@ class _DDPMTask(TrainTask):
 def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | None = None, seed: int = 0,
                    width: int = 32, batch: int = 16, crop: int = 64, lr: float = 2e-4,
                    dataset_options: dict | None = None, progress: bool = True,
-                   out: str | Path | None = None) -> dict[str, Any]:
+                   out: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Train the ε-predictor on the train split's reference images; register ``diffpure.<dataset>``.
     Resumable: a rerun of the same configuration continues from ``out/last.pt``."""
     import numpy as np
@@ -215,8 +216,10 @@ def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | N
     from robench.core.registry import DATASETS
     from robench.core.home import robench_home
     from robench.core.profiles import get_profile
+    from robench.core.device import device_record, resolve_device
     from robench.core.provenance import git_commit, versions
 
+    dev = resolve_device(device)
     prof = get_profile(profile)
     n_steps = int(steps or (400 if prof.name == "quick" else 50_000))
     cls = DATASETS.get(dataset)
@@ -231,6 +234,7 @@ def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | N
     with torch.random.fork_rng(devices=[]):  # a seeded initialisation, without touching the caller's RNG
         torch.manual_seed(seed)
         net = TinyUNet(width)
+    net = net.to(dev)  # initialised on the CPU (the same weights on any device); batches follow it
     schedule = "linear beta 1e-4..0.02, T=1000"
     run_cfg = {"dataset": dataset, "dataset_options": opts, "profile": prof.name, "seed": seed, "width": width,
                "batch": batch, "crop": crop, "lr": lr, "schedule": schedule, "steps": n_steps}
@@ -243,7 +247,8 @@ def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | N
     provenance = {"dataset": dataset, "split": "train", "images": "reference images", "n_images": len(refs),
                   "steps": n_steps, "batch": batch, "crop": crop, "lr": lr, "schedule": schedule,
                   "final_loss": float(np.mean(losses[-50:])), "train_seconds": round(seconds, 2), "seed": seed,
-                  "profile": prof.name, "git_commit": git_commit(), "versions": versions(), "run": str(out)}
+                  "profile": prof.name, "git_commit": git_commit(), "versions": versions(), "run": str(out),
+                  "device": device_record(dev)}
     path = out / "denoiser.safetensors"
     W.save_safetensors(net.state_dict(), path, {"config": {"width": width}, "provenance": provenance,
                                                 "format": "robench-diffpure-v1"})

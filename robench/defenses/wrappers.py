@@ -162,13 +162,14 @@ class Defended(Target):
                                   "summary": f"{inner.card.summary} behind {names}"})
         self.defense_config = [d.config() for d in chain]
 
-    def _apply(self, dist, ref):
+    def _defend(self, dist, ref):
+        # not ``_apply``: that is nn.Module's hook under ``.to(device)`` / ``.float()``
         for d in self.chain:
             dist, ref = d(dist, ref)
         return dist, ref
 
     def score(self, dist, ref):
-        d, r = self._apply(dist, ref)
+        d, r = self._defend(dist, ref)
         return self.inner.score(d, r)
 
     # purifiers of dist only keep the reference branch cacheable
@@ -178,7 +179,7 @@ class Defended(Target):
     def score_with(self, dist, prepared):
         if self.both:
             return self.score(dist, prepared)
-        d, _ = self._apply(dist, None)
+        d, _ = self._defend(dist, None)
         return self.inner.score_with(d, prepared)
 
 

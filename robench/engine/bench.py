@@ -13,13 +13,23 @@ import torch
 from robench.core.target import count_parameters
 
 
-def machine() -> dict[str, Any]:
+def machine(device: "str | torch.device" = "cpu") -> dict[str, Any]:
+    from robench.core.device import device_record
+
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": "cpu"}
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    info.update(device_record(device))  # the device measured (and its GPU)
     return info
+
+
+def _device_and_sync(device):
+    """The resolved device (auto | cpu | cuda | cuda:N) and what waits for its queued work."""
+    from robench.core.device import resolve_device
+
+    device = resolve_device(device)
+    return device, ((lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None))
 
 
 def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1, rounds: int = 5, warmup: int = 2,
@@ -28,13 +38,13 @@ def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1,
     ``batch×3×H×W`` pairs; rounds interleave the models so drift hits all alike."""
     from robench.models import load_model
 
+    device, sync = _device_and_sync(device)
     w, h = size
     gen = torch.Generator().manual_seed(seed)
     ref = torch.rand(batch, 3, h, w, generator=gen).to(device)
     dist = (ref + 0.05 * torch.randn(batch, 3, h, w, generator=gen).to(device)).clamp(0, 1)
     # speed does not depend on weight values: random initialisation needs no weight files
     targets = {m: load_model(m, weights="none", device=device) for m in models}
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times = {m: 0.0 for m in models}
     with torch.inference_mode():
         for m, t in targets.items():
@@ -56,7 +66,7 @@ def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1,
     if reference is not None:
         for r in rows:
             r[f"ratio_to_{reference}"] = r["images_per_s"] / ref_row["images_per_s"] if ref_row else None
-    return {"size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(), "results": rows}
+    return {"size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(device), "results": rows}
 
 
 def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, rounds: int = 5, warmup: int = 1,
@@ -76,12 +86,12 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
     from robench.attacks.base import ModeGuard
     from robench.models import load_model
 
+    device, sync = _device_and_sync(device)
     w, h = size
     gen = torch.Generator().manual_seed(seed)
     ref = torch.rand(batch, 3, h, w, generator=gen).to(device)
     dist = (ref + 0.05 * torch.randn(batch, 3, h, w, generator=gen).to(device)).clamp(0, 1)
     target = load_model(model, weights="none", device=device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     trainable = [p for p in target.parameters() if p.requires_grad]
     times: dict[str, list[float]] = {"naive": [], "cached": [], "textbook": []}
     results = {}
@@ -116,7 +126,7 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     (qn, gn), (qc, gc) = results["naive"], results["cached"]
     return {
-        "model": model, "size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(),
+        "model": model, "size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(device),
         "naive_step_s": med["naive"], "cached_step_s": med["cached"], "textbook_step_s": med["textbook"],
         "ratio": med["cached"] / med["naive"], "ratio_vs_textbook": med["cached"] / med["textbook"],
         "reference_once_s": ref_seconds,
@@ -126,7 +136,7 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
 
 
 def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers: int = 2, queries: int = 300,
-         n: int = 32, image_size: int | None = None, progress: bool = False) -> dict[str, Any]:
+         n: int = 32, image_size: int | None = None, progress: bool = False, device: str = "cpu") -> dict[str, Any]:
     """The same CPU-bound grid — ``cells`` equal cells (a query attack with ``queries`` queries
     on ``n`` test images of the default dataset; the cells differ only by seed) — computed by
     each executor into its own fresh store, wall time end to end (planning, Ray start-up and
@@ -135,6 +145,7 @@ def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers:
     from pathlib import Path
 
     from robench.core.config import RunSpec
+    from robench.core.device import resolve_device
     from robench.engine.grid import run_grid
 
     if cells < 1:
@@ -142,12 +153,13 @@ def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers:
     ds_opts = {"size": image_size} if image_size else {}
     out: dict[str, Any] = {"cells": cells, "model": model, "attack": f"{attack}, {queries} queries", "n": n,
                            "image_size": image_size or "profile default",
-                           "workers": workers, "machine": machine(), "results": []}
+                           "workers": workers, "machine": machine(resolve_device(device)), "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in executors:
             store = Path(tmp) / f"{name}.sqlite"
             specs = [RunSpec(model=model, attacks=[attack], eps=[8], n=n, seed=s, store=store,
-                             dataset_options=dict(ds_opts), attack_params={attack: {"queries": queries}})
+                             dataset_options=dict(ds_opts), attack_params={attack: {"queries": queries}},
+                             device=device)
                      for s in range(cells)]
             opts = {"num_cpus": workers} if name == "ray" else {}
             t0 = time.perf_counter()
@@ -166,7 +178,7 @@ def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: 
                     ref_steps: int = 100, ref_restarts: int = 3, seed: int = 0, dataset: str | None = None,
                     split: str = "test", attack_params: dict[str, dict] | None = None,
                     curve_steps: tuple[int, ...] = (5, 10, 20, 40),
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Each attack at the profile's settings against a converged reference on the same items
     (issue 15): restarted many-step PGD (restart 0 from δ = 0, the rest random, cosine step, best
     iterate), the per-image best over the reference *and* every attack measured, so no attack can
@@ -183,6 +195,7 @@ def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: 
     from robench.core.config import dataset_options_for
     from robench.core.registry import default_dataset
 
+    device, _ = _device_and_sync(device)
     prof = get_profile(profile)
     e = float(eps) / 255
     dataset = dataset or default_dataset()
@@ -191,21 +204,23 @@ def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: 
     curve_name = next(a for a in ATTACKS.names() if getattr(ATTACKS.get(a), "convergence_curve", False))
     items = load_items(dataset, split, n, seed, opts)
     x, r = items.dist[:], items.ref[:]
-    out: dict[str, Any] = {"machine": machine(), "eps": eps, "n": len(items), "profile": prof.name,
+    out: dict[str, Any] = {"machine": machine(device), "eps": eps, "n": len(items), "profile": prof.name,
                            "reference": {"attack": curve_name, "steps": ref_steps, "restarts": ref_restarts,
                                          "schedule": "cosine"}, "dataset": dataset, "split": split, "models": []}
     for name in models:
-        target = load_model(name).eval()
+        target = load_model(name, device=device).eval()
         for p in target.parameters():
             p.requires_grad_(False)
-        f = target.bind(r)
+        xd = x.to(device)  # the reference ascent on the target's device; the harness moves its own batches
+        f = target.bind(r.to(device))
         with torch.no_grad():
-            q0 = f(x)
+            q0 = f(xd)
         t0 = time.perf_counter()
         trace: list[float] = []
-        ref_adv = ascend(f, x, q0, e, steps=ref_steps, restarts=ref_restarts, schedule="cosine", seed=seed, trace=trace)
+        ref_adv = ascend(f, xd, q0, e, steps=ref_steps, restarts=ref_restarts, schedule="cosine", seed=seed, trace=trace)
         with torch.no_grad():
-            q_ref = f(ref_adv)
+            q_ref = f(ref_adv).cpu()
+        q0 = q0.cpu()  # compared with the harness's results, which come back on the CPU
         ref_seconds = time.perf_counter() - t0
         curve_q = {}
         for k in curve_steps:

@@ -59,7 +59,9 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             # the unattacked image of a 2AFC triplet: like every reported score, a mean over
             # the EOT draws when the target is randomised
             eot = int(attack.params["eot"])
-            other_scores = torch.cat([target.expected_score(items.other[i:i + batch_size], items.ref[i:i + batch_size], eot)
+            dev = getattr(target, "device", torch.device("cpu"))  # items stay on the CPU; batches go to the target
+            other_scores = torch.cat([target.expected_score(items.other[i:i + batch_size].to(dev),
+                                                            items.ref[i:i + batch_size].to(dev), eot).cpu()
                                       for i in range(0, len(items), batch_size)])
     compute = res.compute_seconds + (time.perf_counter() - t1)
     rows = make_rows(res, items, eps, other_scores)

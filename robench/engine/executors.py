@@ -45,6 +45,7 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     import torch
 
     from robench.core.version import __version__
+    from robench.core.device import device_record, resolve_device
     from robench.core.registry import ATTACKS
     from robench.core.config import RunSpec
     from robench.engine.cell import cell_config, cell_result
@@ -57,10 +58,10 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     if task.threads:
         torch.set_num_threads(task.threads)
     spec = RunSpec(**task.spec)
-    target, defense = _cached(("target", spec.model, spec.defense, spec.weights, repr(spec.defense_options)),
+    target, defense = _cached(("target", spec.model, spec.defense, spec.train_seed, spec.weights, repr(spec.defense_options)),
                               lambda: resolve_target(spec, progress=False, train=False))
-    if task.device != "cpu":
-        target = target.to(task.device)
+    device = resolve_device(task.device, where=f"worker {os.getpid()}: --device")
+    target = target.to(device)
     items = _cached(("items", spec.dataset, spec.split, task.n, spec.seed, repr(sorted(spec.dataset_options.items()))),
                     lambda: load_items(spec.dataset, spec.split, task.n or None, spec.seed, spec.dataset_options))
     attack = ATTACKS.get(task.attack)(profile=spec.profile, seed=spec.seed, **task.attack_params)
@@ -70,7 +71,8 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     if key != task.key:  # a worker with other weights, data or code must not answer for this cell
         raise RobenchError(f"worker computed cell {key[:12]} for task {task.key[:12]} ({task.label}): its cache or "
                            "code differs from the driver's")
-    return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size), "pid": os.getpid()}
+    return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size), "pid": os.getpid(),
+            "device": device_record(device)}
 
 
 _CACHE: dict[tuple, Any] = {}
@@ -138,14 +140,25 @@ class RayExecutor(Executor):
         self.cpus, self.gpus, self.retries = cpus_per_cell, gpus_per_cell, max_retries
         self._remote = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries)(
             _ray_compute)
+        # Ray re-runs a task whose worker or node died without telling the driver; a counter
+        # pinned to the driver's node (which outlives any worker node) counts each attempt so a
+        # retried cell is recorded as retried
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._attempts = ray.remote(num_cpus=0)(_Attempts).options(scheduling_strategy=here).remote()
 
     def run(self, tasks, local=None):
         ray = self.ray
         pending = {}
         for t in tasks:
             t.threads = t.threads or max(1, int(self.cpus))
-            t.device = "cuda" if self.gpus else t.device
-            pending[self._remote.remote(asdict(t))] = t
+            if self.gpus:
+                t.device = "cuda"  # the GPU Ray gave the task is its worker's cuda:0
+            elif t.device != "cpu":
+                raise RobenchError(f"--device {t.device} with the ray executor needs --gpus-per-cell > 0 (Ray "
+                                   f"hides the GPUs from a task that requests none)")
+            pending[self._remote.remote(asdict(t), self._attempts)] = t
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -160,10 +173,25 @@ class RayExecutor(Executor):
         self.ray.shutdown()
 
 
-def _ray_compute(task: dict) -> dict[str, Any]:
+class _Attempts:
+    """Attempts per cell key (a Ray actor on the driver's node)."""
+
+    def __init__(self):
+        self.n: dict[str, int] = {}
+
+    def bump(self, key: str) -> int:
+        self.n[key] = self.n.get(key, 0) + 1
+        return self.n[key]
+
+
+def _ray_compute(task: dict, attempts=None) -> dict[str, Any]:
+    import ray
+
+    n = ray.get(attempts.bump.remote(task["key"])) if attempts is not None else 1
     t0 = time.perf_counter()
     out = compute_cell(task)
     out["worker_seconds"] = time.perf_counter() - t0
+    out["attempts"] = n
     return out
 
 

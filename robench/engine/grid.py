@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from robench.core.version import __version__
 from robench.attacks.base import Attack
+from robench.core.device import device_record, resolve_device
 from robench.core.errors import RobenchError
 from robench.core.home import robench_home
 from robench.core.profiles import get_profile
@@ -106,6 +107,7 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
     from robench.engine.executors import CellTask
 
     prof = get_profile(spec.profile)
+    device = resolve_device(spec.device)  # before any training: a missing GPU fails at once
     names = expand_attacks(spec.attacks)
     # the profile's dataset options (a built set's size) under the user's: the same for a spec
     # from the CLI, a config file or Python
@@ -127,6 +129,7 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
             params.setdefault(k, run_data[k])
         attacks.append(cls(profile=prof.name, seed=spec.seed, **params))
     target, defense = resolve_target(spec, progress)
+    target = target.to(device)  # the cells' items follow it there (the attack harness moves each batch)
     for a in attacks:  # refuse the whole grid before any compute; fix eot="auto" for this target
         a.check(target)
         a.resolve(target)
@@ -134,14 +137,16 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
     store_path = Path(spec.store) if spec.store else default_store()
     report: dict[str, Any] = {"store": str(store_path), "cells": [], "profile": prof.name, "eps": eps,
                               "defense": defense, "weights": target.card.weights.describe(),
-                              "target": target.card.name, "dataset": spec.dataset, "split": spec.split, "n": len(items)}
+                              "target": target.card.name, "dataset": spec.dataset, "split": spec.split, "n": len(items),
+                              "train_seed": defense.get("train_seed", 0) if defense.get("training") else None,
+                              "device": device_record(device)}
     spec_dict = {k: v for k, v in spec.__dict__.items() if k not in ("store", "force")}
     tasks = []
     for a in attacks:
         config = cell_config(target, defense, a, eps, spec, items, n)
         tasks.append(CellTask(key=cell_key(config, __version__), spec=spec_dict, attack=a.name,
                               attack_params=dict(a.params), eps=eps, batch_size=prof.attack_batch, n=n,
-                              home=str(robench_home()), label=f"{target.card.name} · {a.name}",
+                              home=str(robench_home()), device=str(device), label=f"{target.card.name} · {a.name}",
                               extra={"config": config}))
     return Plan(spec, target, defense, items, eps, attacks, tasks, report)
 
@@ -199,7 +204,10 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
             for t, result in (ex.run(todo, local) if ex is not None else []):
                 p, entry, a = by_key[t.key]
                 t_commit = time.perf_counter()
-                cell = {"config": t.extra["config"], "versions": vers, "git_commit": commit}
+                # where it ran: provenance beside the key, never in it (an executor reports its worker's)
+                ran_on = result.get("device") if isinstance(result, dict) else None
+                cell = {"config": t.extra["config"], "versions": vers, "git_commit": commit,
+                        "device": ran_on or p.report["device"]}
                 if isinstance(result, BaseException) or "failed" in result:
                     msg = str(result) if isinstance(result, BaseException) else result["failed"]
                     store.record_failure(t.key, cell, msg)
@@ -208,6 +216,9 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                         log(f"cell {t.label} failed: {msg}")
                 else:
                     record = result["record"]
+                    if result.get("attempts", 1) > 1:  # a worker died and Ray re-ran the cell: say so
+                        record = {**record, "flags": {**(record.get("flags") or {}), "retried": result["attempts"] - 1}}
+                        entry["retried"] = result["attempts"] - 1
                     written = store.commit_cell(t.key, {**cell, **record}, result["rows"], replace=p.spec.force,
                                                 before_commit=_fault_hook(a.name))
                     wall = result.get("wall", record["seconds"]) + (time.perf_counter() - t_commit)

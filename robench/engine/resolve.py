@@ -22,7 +22,10 @@ def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> 
     base, tag = split_name(spec.model)
     if recipe and tag:
         raise RobenchError(f"--model {spec.model} already names a variant; use --model {base} --defense {spec.defense}")
-    name = f"{base}.{recipe}" if recipe else spec.model
+    from robench.core.weights import seeded_name
+
+    # a recipe's training seed k > 0 (--seeds) is its own weights entry, M.<recipe>-s<k>
+    name = seeded_name(f"{base}.{recipe}", spec.train_seed) if recipe else spec.model
     try:
         target = load_model(name, weights=spec.weights)
     except MissingWeightsError:
@@ -34,6 +37,8 @@ def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> 
     record = {"name": spec.defense or "none", "training": recipe,
               "inference": [d.config() for d in chain], "randomised": bool(getattr(target, "randomised", False)),
               "gradient": getattr(target, "gradient", "exact")}
+    if recipe and spec.train_seed:  # seed 0 (or none given) keeps the record, hence the cell keys, as before
+        record["train_seed"] = int(spec.train_seed)
     return target, record
 
 
@@ -50,7 +55,7 @@ def _prepare_defences(spec: RunSpec, progress: bool) -> None:
         if prepare is not None:
             prepare(dict(spec.defense_options.get(tok, {})), dataset=spec.dataset,
                     dataset_options=dict(spec.dataset_options), profile=spec.profile, seed=spec.seed,
-                    progress=progress)
+                    progress=progress, device=spec.device)
 
 
 def training_dataset(name: str) -> str:
@@ -75,12 +80,15 @@ def _train_missing(base: str, recipe: str | None, spec: RunSpec, progress: bool)
     if recipe:
         from robench.defenses.recipes import adversarial_train
 
+        from robench.core.weights import seeded_name
+
         adversarial_train(base, recipe, dataset=ds, profile=spec.profile, seed=spec.seed, dataset_options=opts,
-                          progress=progress)
-        return load_model(f"{base}.{recipe}")
+                          progress=progress, train_seed=spec.train_seed, device=spec.device)
+        return load_model(seeded_name(f"{base}.{recipe}", spec.train_seed))
     from robench.engine.train import train
 
-    train(base, dataset=ds, profile=spec.profile, seed=spec.seed, dataset_options=opts, progress=progress)
+    train(base, dataset=ds, profile=spec.profile, seed=spec.seed, dataset_options=opts, progress=progress,
+          device=spec.device)
     return load_model(base)
 
 

@@ -1,7 +1,8 @@
 """The results store: one SQLite file in WAL mode.
 
 * ``cells``: one row per cell (key = sha256 of the canonical cell config + code version), with
-  its status, timing, versions, git commit, sanity-check flags and summary.
+  its status, timing, versions, git commit, device (where it ran: provenance, never part of the
+  key), sanity-check flags and summary.
 * ``results``: one row per (cell, item, ε): ids, MOS (or 2AFC judgement), clean and attacked raw
   score, L∞, L2, queries.
 
@@ -47,7 +48,9 @@ CREATE TABLE IF NOT EXISTS cells (
     eps TEXT,                             -- JSON list, /255 units
     config TEXT NOT NULL,                 -- canonical JSON of everything that defines the cell
     summary TEXT, flags TEXT, probes TEXT, versions TEXT, git_commit TEXT, error TEXT,
-    n_items INTEGER, seconds REAL, attack_seconds REAL, finished REAL
+    n_items INTEGER, seconds REAL, attack_seconds REAL, finished REAL,
+    train_seed INTEGER,                   -- a recipe's training seed (--seeds); NULL: no recipe
+    device TEXT                           -- JSON: where it ran (device, GPU name); provenance, not key
 );
 CREATE TABLE IF NOT EXISTS results (
     cell_key TEXT NOT NULL REFERENCES cells(key),
@@ -71,6 +74,8 @@ RESULT_COLUMNS = ("item", "eps", "item_id", "ref_id", "distortion", "level", "mo
                   "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim", "source")
 #: columns added after schema 1 shipped (ALTER TABLE on open: old stores read and append)
 ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL", "source": "TEXT"}
+#: columns of ``cells`` added after schema 1 shipped (issue 17.5: old rows read NULL = seed 0 / no recipe)
+ADDED_CELL_COLUMNS = {"train_seed": "INTEGER", "device": "TEXT"}
 
 
 def canonical(obj: Any) -> str:
@@ -79,6 +84,13 @@ def canonical(obj: Any) -> str:
 
 def cell_key(config: dict[str, Any], code_version: str) -> str:
     return hashlib.sha256(canonical({"config": config, "code": code_version}).encode()).hexdigest()
+
+
+def train_seed_of(config: dict[str, Any]) -> int | None:
+    """The training seed of a cell's recipe weights (``--seeds``): the defence record's
+    ``train_seed``, 0 when it has none (the weights ``M.<recipe>``); None without a recipe."""
+    d = config.get("defense") or {}
+    return int(d.get("train_seed", 0) or 0) if d.get("training") else None
 
 
 class Store:
@@ -95,6 +107,10 @@ class Store:
             for col, typ in ADDED_RESULT_COLUMNS.items():
                 if col not in have:
                     self.db.execute(f"ALTER TABLE results ADD COLUMN {col} {typ}")
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(cells)")}
+            for col, typ in ADDED_CELL_COLUMNS.items():
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE cells ADD COLUMN {col} {typ}")
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -170,14 +186,14 @@ class Store:
         cfg = c["config"]
         self.db.execute(
             "INSERT INTO cells (key, status, target, weights_sha256, defense, attack, dataset, split, kind, profile, seed, "
-            "eps, config, summary, flags, probes, versions, git_commit, error, n_items, seconds, attack_seconds, finished) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "eps, config, summary, flags, probes, versions, git_commit, error, n_items, seconds, attack_seconds, finished, "
+            "train_seed, device) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (key, status, cfg["target"]["name"], cfg["target"]["weights_sha256"], cfg["defense"]["name"],
              cfg["attack"]["name"], cfg["dataset"]["name"], cfg["dataset"]["split"], cfg["dataset"]["kind"],
              cfg["profile"], cfg["seed"], json.dumps(cfg["eps"]), canonical(cfg), json.dumps(c.get("summary")),
              json.dumps(c.get("flags")), json.dumps(c.get("probes")), json.dumps(c.get("versions")),
              c.get("git_commit"), c.get("error"), c.get("n_items"), c.get("seconds"), c.get("attack_seconds"),
-             time.time()))
+             time.time(), train_seed_of(cfg), json.dumps(c.get("device"))))
 
     def update_flags(self, key: str, flags: dict[str, Any]) -> None:
         """Merge cross-cell sanity flags into a finished cell (the runner's grid-level checks)."""
@@ -199,7 +215,7 @@ class Store:
     def cells(self, status: str | None = "done") -> pd.DataFrame:
         q = "SELECT * FROM cells" + (" WHERE status=?" if status else "") + " ORDER BY finished"
         df = pd.read_sql_query(q, self.db, params=(status,) if status else ())
-        for col in ("eps", "config", "summary", "flags", "probes", "versions"):
+        for col in ("eps", "config", "summary", "flags", "probes", "versions", "device"):
             df[col] = df[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
         return df
 

@@ -56,12 +56,13 @@ def clean_loss(pred: torch.Tensor, mos: torch.Tensor, lam: float = 1.0) -> torch
 def predict(target, dataset, batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Oriented quality ``q`` for every pair of ``dataset`` (and its MOS)."""
     target.eval()
+    device = getattr(target, "device", torch.device("cpu"))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     qs, ms = [], []
     with progress_bar(progress) as bar:
         task = bar.add_task(f"evaluating {target.card.name}", total=len(dataset)) if bar else None
         for b in loader:
-            qs.append(target.oriented_quality(b["dist"], b["ref"]).cpu().numpy())
+            qs.append(target.oriented_quality(b["dist"].to(device), b["ref"].to(device)).cpu().numpy())
             ms.append(b["mos"].numpy())
             if bar:
                 bar.advance(task, len(b["mos"]))
@@ -193,13 +194,16 @@ def train(model: str, dataset: str | None = None, profile: str | Profile = "quic
           out: str | Path | None = None, seed: int = 0, lr: float | None = None, batch_size: int | None = None,
           max_steps_per_epoch: int | None = None, dataset_options: dict[str, Any] | None = None,
           model_options: dict[str, Any] | None = None, register_as: str | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, device: str = "cpu") -> TrainResult:
     """Train ``model`` on ``dataset`` (train split; val split for model selection; default: the
-    registry's default dataset)."""
+    registry's default dataset) on ``device`` (auto | cpu | cuda | cuda:N: recorded in the
+    provenance, not part of the run's identity — a run resumes on another device)."""
     from robench.core import weights as W
+    from robench.core.device import device_record, resolve_device
     from robench.core.registry import default_dataset
     from robench.models import build, split_name
 
+    dev = resolve_device(device)
     prof = get_profile(profile)
     base, tag = split_name(model)
     if tag is not None:
@@ -226,6 +230,7 @@ def train(model: str, dataset: str | None = None, profile: str | Profile = "quic
         if official is not None:
             target.load_upstream(official, "official weights")
             start_from = "official"
+    target = target.to(dev)  # initialised on the CPU: the same start on any device
     config = dict(getattr(target, "config", {}) or (model_options or {}))
     run_cfg = {"model": base, "dataset": dataset, "dataset_options": ds_opts, "profile": prof.to_dict(), "epochs": epochs,
                "lr": lr, "batch_size": batch_size, "seed": seed, "max_steps_per_epoch": max_steps_per_epoch,
@@ -247,7 +252,8 @@ def train(model: str, dataset: str | None = None, profile: str | Profile = "quic
     provenance = {"dataset": dataset, "split": "train", "model_selection": "val SROCC", "profile": prof.name,
                   "epochs": epochs, "best_epoch": best_epoch, "val_srocc": best, "seed": seed, "lr": lr,
                   "batch_size": batch_size, "train_seconds": round(elapsed, 2), "start_from": start_from,
-                  "dataset_options": ds_opts, "git_commit": git_commit(), "versions": versions(), "run": str(out)}
+                  "dataset_options": ds_opts, "git_commit": git_commit(), "versions": versions(), "run": str(out),
+                  "device": device_record(dev)}
     best_path = out / "best.safetensors"
     _save_best(target, best_path, config, provenance, reload_from=best_path)
     name = register_as or base

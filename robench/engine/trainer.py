@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robench.core.device import to_device
 from robench.core.errors import RobenchError
 from robench.core.progress import progress_bar
 from robench.engine.faults import fault
@@ -145,6 +146,14 @@ class TrainTask:
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module trains: the Trainer moves each batch here (batches are made on the
+        CPU, their random draws from CPU generators, so a run's batches are the same on any device)."""
+        from robench.core.device import module_device
+
+        return module_device(self.module)
 
     def rng_seed(self, step: int) -> int:
         return self.seed * 1_000_003 + step
@@ -363,7 +372,7 @@ class Trainer:
     def _one_step(self) -> None:
         s, task = self.step, self.task
         gen = task.generator(s)
-        batch = task.make_batch(s, gen)
+        batch = to_device(task.make_batch(s, gen), task.device)
         if self.schedule == "warmup-cosine":
             for group in self.opt.param_groups:
                 group["lr"] = self.lr * lr_factor(s, self.total, self.warmup)

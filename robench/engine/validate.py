@@ -52,8 +52,10 @@ def evaluations(attack, eot: int = 1) -> dict[str, float]:
 
 def time_target(name: str, size: tuple[int, int], batch: int = 2, repeats: int = 2, device: str = "cpu") -> dict[str, float]:
     """Seconds per image of a forward pass and of forward + ∂q/∂x at ``size`` (random weights)."""
+    from robench.core.device import resolve_device
     from robench.models import load_model
 
+    device = resolve_device(device)
     t = load_model(name, weights="none", device=device).eval()
     for p in t.parameters():
         p.requires_grad_(False)
@@ -61,7 +63,7 @@ def time_target(name: str, size: tuple[int, int], batch: int = 2, repeats: int =
     gen = torch.Generator().manual_seed(0)
     ref = torch.rand(batch, 3, h, w, generator=gen).to(device)
     dist = (ref + 0.05 * torch.randn(batch, 3, h, w, generator=gen).to(device)).clamp(0, 1)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     fwd, fb = [], []
     with torch.no_grad():
         t(dist, ref)  # warm-up
@@ -81,10 +83,12 @@ def time_target(name: str, size: tuple[int, int], batch: int = 2, repeats: int =
 
 def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", size: tuple[int, int] = (512, 384),
               progress=None) -> dict[str, Any]:
+    from robench.core.device import resolve_device
     from robench.defenses.wrappers import parse_defense
     from robench.models import build
     from robench.core.registry import ATTACKS
 
+    device = str(resolve_device(device))  # a device this machine lacks fails before the build
     prof = get_profile(profile)
     cfg = paper_grid(prof.name)
     grid = {"targets": cfg.targets, "defenses": cfg.defenses, "attacks": cfg.attacks, "dataset": cfg.dataset,
@@ -148,21 +152,23 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
 # `robench validate`: a fast self-check of an installation
 
 
-def self_check(progress=None) -> dict[str, Any]:
+def self_check(progress=None, device: str = "cpu") -> dict[str, Any]:
     """Seconds-long checks that an installation works end to end, each reported ok/failed with
     what it found: versions and optional extras, every registry entry imports, a tiny target
     gives finite non-zero gradients, tiny attacks stay in budget and raise quality, the store
     round-trips a cell in the folder of the default store, the cache is writable and every cached
     weights file matches its sha256. Nothing is downloaded; the only writes are temporary files,
-    removed again."""
+    removed again. ``device`` (auto | cpu | cuda | cuda:N): where the tiny target and attacks run."""
     import importlib.util
     import platform
     import shutil
     import tempfile
 
     from robench.core.version import __version__
+    from robench.core.device import device_record, resolve_device
     from robench.core.home import robench_home
 
+    dev = resolve_device(device)  # an unavailable device is bad input (exit 2), not a failed check
     checks: list[dict[str, Any]] = []
 
     def check(name: str):
@@ -187,7 +193,8 @@ def self_check(progress=None) -> dict[str, Any]:
                   for m in ("ray", "pyiqa", "ot", "torchattacks", "autoattack", "art")}
         cuda = torch.cuda.is_available()
         return (f"robench {__version__}, python {platform.python_version()}, torch {torch.__version__}, numpy "
-                f"{numpy.__version__}; CUDA {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}; optional: "
+                f"{numpy.__version__}; CUDA {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}; checks on "
+                f"{', '.join(str(v) for v in device_record(dev).values())}; optional: "
                 + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in extras.items()))
 
     @check("registries")
@@ -220,7 +227,8 @@ def self_check(progress=None) -> dict[str, Any]:
         dist = (ref + 0.1 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            target = build(name, **opts).eval()
+            target = build(name, **opts).eval().to(dev)
+        ref, dist = ref.to(dev), dist.to(dev)
         x = dist.clone().requires_grad_(True)
         s = target(x, ref)
         (grad,) = torch.autograd.grad(s.sum(), x)
@@ -232,8 +240,8 @@ def self_check(progress=None) -> dict[str, Any]:
             raise RuntimeError("two identical calls gave different scores")
         tiny.update(target=target, dist=dist, ref=ref)
         desc = ", ".join(f"{k} {v}" for k, v in opts.items())
-        return (f"{name} ({desc + ', ' if desc else ''}random init) on 2×3×32×32: scores finite, gradient finite and "
-                "non-zero, deterministic")
+        return (f"{name} ({desc + ', ' if desc else ''}random init) on 2×3×32×32 on {dev}: scores finite, gradient "
+                "finite and non-zero, deterministic")
 
     @check("tiny attacks stay in budget")
     def _():

@@ -41,7 +41,7 @@ def build(name: str, **kwargs: Any):
         raise RobenchError(f"model {base!r} does not accept {sorted(kwargs)}: {exc}") from None
 
 
-def load_model(name: str, weights: str | Path | None = None, device: str = "cpu", **kwargs: Any):
+def load_model(name: str, weights: str | Path | None = None, device: "str | torch.device" = "cpu", **kwargs: Any):
     """Build target ``name`` and load its weights.
 
     ``weights=None``: the best available — official weights, else weights trained here, else a
@@ -49,8 +49,10 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
     A path: that file (a robench checkpoint, or the upstream format of the architecture).
     """
     from robench.core import weights as W
+    from robench.core.device import resolve_device
     from robench.core.target import WeightsInfo
 
+    device = resolve_device(device)  # auto | cpu | cuda | cuda:N, checked against this machine
     base, tag = split_name(name)
     if weights is not None and str(weights) != "none":
         path = Path(str(weights))
@@ -78,8 +80,9 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "cpu"
             target.card = target.card.with_weights(WeightsInfo("official", state_digest(official)), name=name)
             return target.to(device).eval()
     if entry is None:
+        recipe, k = W.split_seed(tag) if tag else (None, 0)
         hint = (f"`robench train --model {base} --dataset mini` trains it here" if tag is None else
-                f"`robench train --model {base} --defense {tag}` makes it")
+                f"`robench train --model {base} --defense {recipe}" + (f" --train-seed {k}" if k else "") + "` makes it")
         raise MissingWeightsError(f"no weights for {name!r}: no official weights found offline and none trained here; "
                            f"{hint}, `robench weights import PATH --model {name}` adds a file, or pass weights='none' "
                            f"for a random initialisation")

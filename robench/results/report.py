@@ -24,7 +24,7 @@ from robench.core.errors import RobenchError
 from robench.results.latex import latex_escape as _latex_escape  # noqa: F401
 from robench.results.labels import BASE, attack_order, defense_label, defense_order, recipe_declares, recipes  # noqa: F401
 from robench.results.stats import (benjamini_hochberg, bootstrap_units, holm, correlations, mean_weighted, msu_scores, paired_bootstrap,
-                           twoafc_scores)
+                           seeded_paired_bootstrap, twoafc_scores)
 from robench.results.transport import MapCache, ir_interval, ir_score
 
 
@@ -65,6 +65,7 @@ class CellData:
     attack_params: dict = field(default_factory=dict)
     psnr: np.ndarray | None = None  # K × n, adversarial vs unattacked distorted (NaN: δ = 0 or not stored)
     ssim: np.ndarray | None = None
+    train_seed: int = 0  # the recipe's training seed (--seeds; 0: the weights M.<recipe>, and every non-recipe cell)
 
     @property
     def active_flags(self) -> list[str]:
@@ -163,7 +164,7 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
             q_other=sign * first["other_score"].to_numpy(float) if kind != "pairs" else None,
             q_clean=sign * first["clean_score"].to_numpy(float), q_adv=sign * adv,
             seconds=c["seconds"], flags=c["flags"] or {}, attack_params=cfg["attack"].get("params", {}),
-            psnr=per_eps("psnr"), ssim=per_eps("ssim")))
+            psnr=per_eps("psnr"), ssim=per_eps("ssim"), train_seed=int(cfg["defense"].get("train_seed", 0) or 0)))
         t1 = ((weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}).get("theorem1")
         if t1 and t1.get("n_batches"):  # AAT weights: the training bound's evidence is a flag of every cell
             out[-1].flags = {**out[-1].flags, "bound_non_vacuous_fraction": t1["non_vacuous_fraction"]}
@@ -173,10 +174,14 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
 def _arch(cfg: dict) -> str:
     """The model a row belongs to: ``birqa`` for ``birqa.aat`` (recipe variants), the target's
     own name otherwise (``lpips.alex``, ``ssim``)."""
+    from robench.core.weights import split_seed
+
     name = cfg["target"]["name"].split("+")[0]
     recipe = cfg["defense"].get("training")
-    if recipe and name.endswith(f".{recipe}"):
-        return name[: -len(recipe) - 1]
+    if recipe:
+        name = split_seed(name)[0] if cfg["defense"].get("train_seed") else name  # birqa.aat-s1 → birqa.aat
+        if name.endswith(f".{recipe}"):
+            return name[: -len(recipe) - 1]
     return name
 
 
@@ -196,9 +201,11 @@ class Table:
     flags: dict = field(default_factory=dict)  # (row, col) → active flag codes of the cell(s) behind the value
     precision: int = 3
     col_precision: dict = field(default_factory=dict)  # column → digits where 3 is wrong (minutes)
+    spread: dict = field(default_factory=dict)  # (row, col) → s.d. over training seeds (a value shown as mean ± s.d.)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "title": self.title, "caption": self.caption, "footnote": self.footnote,
+        extra = {"spread": {f"{r}|{c}": v for (r, c), v in self.spread.items()}} if self.spread else {}
+        return {**extra, "name": self.name, "title": self.title, "caption": self.caption, "footnote": self.footnote,
                 "columns": [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in self.df.columns],
                 "rows": [{"index": list(i) if isinstance(i, tuple) else [i],
                           "values": [None if pd.isna(v) else (float(v) if isinstance(v, (int, float, np.floating)) else v)
@@ -231,8 +238,9 @@ class Reporter:
             raise RobenchError("the store has no finished cells to report")
         # one weights version per row: after a retrain where only some attacks were rerun, a row
         # must not mix cells of old and new weights (the latest cell's weights win)
-        latest = {c.row: c.weights_sha for c in cells}
-        self.cells, self.weights = [c for c in cells if c.weights_sha == latest[c.row]], weights
+        # (per training seed: each seed of a recipe is its own weights version)
+        latest = {(c.row, c.train_seed): c.weights_sha for c in cells}
+        self.cells, self.weights = [c for c in cells if c.weights_sha == latest[(c.row, c.train_seed)]], weights
         settings = {c.row[2:] for c in self.cells}
         self.multi_setting = len(settings) > 1  # then every row label names its setting
         all_eps = sorted({e for c in cells for e in c.eps})
@@ -259,10 +267,64 @@ class Reporter:
         return sorted(rows, key=lambda r: (archs.index(r[0]), recipes().index(r[1]) if r[1] in recipes() else len(recipes()),
                                            r[1], r[2:]))
 
-    def cell(self, row: tuple, attack: str, eps: float | None = None) -> CellData | None:
-        """The latest cell of a row for an attack (holding ``eps`` when given)."""
+    def cell(self, row: tuple, attack: str, eps: float | None = None, train_seed: int | None = None) -> CellData | None:
+        """The latest cell of a row for an attack (holding ``eps`` when given), of training seed
+        ``train_seed`` — by default the row's lowest (a row over several seeds: seed 0, the
+        weights ``M.<recipe>``; what the tables without a seed summary show)."""
         found = [c for c in self.cells if c.row == row and c.attack == attack and (eps is None or c.eps_index(eps) is not None)]
+        if found:
+            s = min(c.train_seed for c in found) if train_seed is None else train_seed
+            found = [c for c in found if c.train_seed == s]
         return found[-1] if found else None
+
+    def seed_cells(self, row: tuple, attack: str, eps: float | None = None) -> list[CellData]:
+        """The latest cell of every training seed of a row for an attack, by seed (one for a
+        row of one seed: the base, inference defences, a recipe run without ``--seeds``)."""
+        found = [c for c in self.cells if c.row == row and c.attack == attack and (eps is None or c.eps_index(eps) is not None)]
+        return [self.cell(row, attack, eps, s) for s in sorted({c.train_seed for c in found})]
+
+    def train_seeds(self, row: tuple) -> list[int]:
+        return sorted({c.train_seed for c in self.cells if c.row == row})
+
+    def compare_seeds(self, a: list[CellData], b: list[CellData], eps: float | None) -> dict | None:
+        """:meth:`compare` over training seeds: ``a`` and ``b`` one cell per seed of each side.
+        One seed each: :meth:`compare` itself (the same numbers, the same memoised record). Several:
+        the two-stage bootstrap of :func:`robench.results.stats.seeded_paired_bootstrap` (photos
+        once, shared by every seed, then each side's seeds with replacement) on the items all the
+        cells hold."""
+        if not a or not b:
+            return None
+        if len(a) == 1 and len(b) == 1:
+            res = self.compare(a[0], b[0], eps)
+            if res is not None:
+                res.setdefault("train_seeds", [[a[0].train_seed], [b[0].train_seed]])
+            return res
+        key = (tuple(c.key for c in a), tuple(c.key for c in b), eps)
+        if key in self._compared:
+            return self._compared[key]
+        qs = [c.q_at(eps) for c in a + b]
+        if any(q is None for q in qs):
+            return None
+        common = a[0].item_ids
+        for c in a[1:] + b:
+            common = np.intersect1d(common, c.item_ids)
+        if len(common) < 3:
+            return None
+        idx = [np.intersect1d(common, c.item_ids, return_indices=True)[2] for c in a + b]  # each cell's rows of common
+        ia = idx[0]
+        cl, label = self.units(a[0], ia)
+        if a[0].kind == "pairs":
+            va = [q[i] for q, i in zip(qs[:len(a)], idx[:len(a)])]
+            vb = [q[i] for q, i in zip(qs[len(a):], idx[len(a):])]
+            res = seeded_paired_bootstrap(va, vb, a[0].mos[ia], n_resamples=self.n_boot, seed=self.seed, clusters=cl)
+        else:
+            va = [c.item_values(q)[i] for c, q, i in zip(a, qs[:len(a)], idx[:len(a)])]
+            vb = [c.item_values(q)[i] for c, q, i in zip(b, qs[len(a):], idx[len(a):])]
+            res = seeded_paired_bootstrap(va, vb, stat=mean_weighted, n_resamples=self.n_boot, seed=self.seed, clusters=cl)
+        res["units"] = f"{label} × training seeds (resampled)"
+        res["train_seeds"] = [[c.train_seed for c in a], [c.train_seed for c in b]]
+        self._compared[key] = res
+        return res
 
     def base_row(self, row: tuple) -> tuple:
         return (row[0], BASE, *row[2:])
@@ -318,16 +380,18 @@ class Reporter:
                         c, b = self.cell(row, a), self.cell(other, a)
                         if c is None or b is None:
                             continue
-                        meta = {"row": row, "other": other, "cell": c, "versus_cell": b}
+                        # every training seed of each side (one each without --seeds: compare as before)
+                        cs, bs = self.seed_cells(row, a), self.seed_cells(other, a)
+                        meta = {"row": row, "other": other, "cell": c, "versus_cell": b, "cells": cs, "versus_cells": bs}
                         if (row, other) not in seen:
                             seen.add((row, other))
-                            res = self.compare(c, b, None)
+                            res = self.compare_seeds(cs, bs, None)
                             if res:
                                 recs.append({**meta, "attack": "clean", "eps": None, "res": res, "flags": []})
-                        codes = [f for f in FL.active(c.flags) + FL.active(b.flags)]
+                        codes = [f for x in cs + bs for f in FL.active(x.flags)]
                         codes = [f for f, _, _ in FL.FLAGS if f in codes]
-                        for e in [e for e in c.eps if b.eps_index(e) is not None]:
-                            res = self.compare(c, b, e)
+                        for e in [e for e in c.eps if all(x.eps_index(e) is not None for x in cs + bs)]:
+                            res = self.compare_seeds(cs, bs, e)
                             if res:
                                 recs.append({**meta, "attack": a, "eps": e, "res": res, "flags": codes})
         adjust = holm if self.correction == "holm" else benjamini_hochberg
@@ -351,7 +415,11 @@ class Reporter:
                         "p_adjusted": res["p_adjusted"], "correction": self.correction,
                         "significant": res["significant"], "significant_uncorrected": res["significant_raw"],
                         "n_items": res["n_items"], "n_clusters": res["n_clusters"], "units": res["units"],
-                        "seeds": sorted({c.seed, r["versus_cell"].seed}),
+                        # the training seeds the bootstrap pooled (--seeds; [0] for a single run), of
+                        # the defence and of the row it is compared with; split_seed: the items' seed
+                        "seeds": [x.train_seed for x in r["cells"]],
+                        "versus_seeds": [x.train_seed for x in r["versus_cells"]],
+                        "split_seed": c.seed,
                         "dataset": c.dataset, "split": c.split, "profile": c.profile,
                         "flags": {f: True for f in r["flags"]},
                         "not_converged": "nc" in r["flags"], "masking": "gm" in r["flags"],
@@ -458,43 +526,77 @@ class Reporter:
         attacks = attack_order(c.attack for c in self.cells if c.row in rows)
         cols = ([("SROCC", "clean")] + [("SROCC", a) for a in attacks] + ([("SROCC", "worst")] if len(attacks) > 1 else [])
                 + [("IR-Score", a) for a in attacks] + [("Train time (min)", "")])
-        data, marks, used, flags = [], {}, [], {}
+        seeds_of = {row: self.train_seeds(row) for row in rows}
+        multi = any(len(v) > 1 for v in seeds_of.values())  # a row over several training seeds (--seeds)
+        if multi:
+            cols.append(("Seeds", ""))
+        data, marks, used, flags, spread = [], {}, [], {}, {}
         index = [self.label(r) for r in rows]
         for row, idx in zip(rows, index):
-            vals = {}
-            cs = {a: self.cell(row, a, self.eps) for a in attacks}
-            any_c = next((c for c in cs.values() if c is not None), None) or self.cell(row, attacks[0])
-            used += [c for c in cs.values() if c is not None]
-            vals[("SROCC", "clean")] = any_c.clean_metric() if any_c else np.nan
             base = None if row[1] == BASE else {a: self.cell(self.base_row(row), a, self.eps) for a in attacks}
-            for a, c in cs.items():
-                vals[("SROCC", a)] = c.metric(self.eps) if c else np.nan
-                self._flag(flags, idx, ("SROCC", a), c)
-                if c is not None and base and base[a] is not None:
-                    vals[("IR-Score", a)] = self.ir(c, base[a])
-                    self._flag(flags, idx, ("IR-Score", a), c, base[a])
-                    self._mark(marks, idx, ("SROCC", a), self.compare(c, base[a], self.eps))
-                else:
-                    vals[("IR-Score", a)] = np.nan
-            if any_c is not None and base:
+            per_seed, cells_of, any_cs = [], {a: [] for a in attacks}, []
+            for s in seeds_of[row]:  # one pass for a row of one seed: the numbers as before --seeds
+                vals = {}
+                cs = {a: self.cell(row, a, self.eps, s) for a in attacks}
+                any_c = next((c for c in cs.values() if c is not None), None) or self.cell(row, attacks[0], train_seed=s)
+                used += [c for c in cs.values() if c is not None]
+                vals[("SROCC", "clean")] = any_c.clean_metric() if any_c else np.nan
+                for a, c in cs.items():
+                    vals[("SROCC", a)] = c.metric(self.eps) if c else np.nan
+                    vals[("IR-Score", a)] = (self.ir(c, base[a]) if c is not None and base and base[a] is not None
+                                             else np.nan)
+                    if c is not None:
+                        cells_of[a].append(c)
+                if any_c is not None:
+                    any_cs.append(any_c)
+                if ("SROCC", "worst") in cols:
+                    vals[("SROCC", "worst")] = self.worst(list(cs.values()))
+                vals[("Train time (min)", "")] = self.train_minutes(any_c) if any_c else np.nan
+                per_seed.append(vals)
+            for a in attacks:
+                cs_a = cells_of[a]
+                self._flag(flags, idx, ("SROCC", a), *(cs_a or [None]))
+                if cs_a and base and base[a] is not None:
+                    self._flag(flags, idx, ("IR-Score", a), *cs_a, base[a])
+                    # over every seed of the row: the seed-and-photo bootstrap (one seed: as before)
+                    self._mark(marks, idx, ("SROCC", a), self.compare_seeds(cs_a, [base[a]], self.eps))
+            if any_cs and base:
                 b = next((x for x in base.values() if x is not None), None)
                 if b is not None:
-                    self._mark(marks, idx, ("SROCC", "clean"), self.compare(any_c, b, None))
-            if ("SROCC", "worst") in cols:
-                vals[("SROCC", "worst")] = self.worst(list(cs.values()))
-            vals[("Train time (min)", "")] = self.train_minutes(any_c) if any_c else np.nan
+                    self._mark(marks, idx, ("SROCC", "clean"), self.compare_seeds(any_cs, [b], None))
+            if len(per_seed) == 1:
+                vals = per_seed[0]
+            else:  # mean ± sample s.d. over the seeds that hold the value
+                vals = {}
+                for col in cols:
+                    v = np.array([x.get(col, np.nan) for x in per_seed], dtype=float)
+                    v = v[np.isfinite(v)]
+                    vals[col] = float(v.mean()) if v.size else np.nan
+                    if v.size > 1:
+                        spread[(idx, col)] = float(v.std(ddof=1))
+            if multi:
+                vals[("Seeds", "")] = len(per_seed)
+                spread.pop((idx, ("Seeds", "")), None)
             data.append([vals.get(c, np.nan) for c in cols])
         df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=self.label_names()),
                           columns=pd.MultiIndex.from_tuples(cols))
-        bold = self.best(df, exclude=[("Train time (min)", "")])
+        bold = self.best(df, exclude=[("Train time (min)", ""), ("Seeds", "")])
+        seeds_note = ""
+        if multi:
+            several = sorted({s for r in rows if len(seeds_of[r]) > 1 for s in seeds_of[r]})
+            seeds_note = (f" Rows over several training seeds ({', '.join(map(str, several))}; 'Seeds': how many): "
+                          f"mean ± sample standard deviation over the seeds, each seed a separate fine-tuning of the "
+                          f"same clean model; their †/‡ from the two-stage bootstrap that resamples the seeds "
+                          f"and the photos.")
         return Table("robustness", "Robustness of trained defences (paper Table 3 shape)", df,
                      caption=(f"SROCC of oriented quality vs MOS, clean and under each attack at ε = {self.eps:g}/255 "
                               f"('worst': per image the attack that moved it most); IR-Score over every stored ε "
                               f"({self.ot} OT; 0.5 = as movable as base, 1 = never moved more). "
-                              + self.setting(used, f"ε = {self.eps:g}/255 (IR: all stored ε)")),
+                              + self.setting(used, f"ε = {self.eps:g}/255 (IR: all stored ε)") + seeds_note),
                      footnote=self.sig_note("SROCC") + " Train time: clean training; for R/AT/AAT the clean "
                      "training plus the fine-tuning. " + self.flag_note(flags) + self.provenance(used), bold=bold,
-                     marks=marks, flags=flags, col_precision={("Train time (min)", ""): 1})
+                     marks=marks, flags=flags, spread=spread,
+                     col_precision={("Train time (min)", ""): 1, **({("Seeds", ""): 0} if multi else {})})
 
     def accuracy_table(self, name: str, title: str, rows: list[tuple], shape: str) -> Table | None:
         """Clean + per-attack metric, grouped white-box / black-box (paper Tables 7 and 9)."""
@@ -595,7 +697,9 @@ class Reporter:
                            "CI low": [x["ci"][0] for x in res], "CI high": [x["ci"][1] for x in res],
                            "p": [x["p"] for x in res], f"p ({self.correction_name})": [x["p_adjusted"] for x in res],
                            "significant": ["yes" if x["significant"] else "no" for x in res],
-                           "units": [f"{x['n_clusters']} {'photos' if x['cluster'] else 'items'}" for x in res],
+                           "units": [f"{x['n_clusters']} {'photos' if x['cluster'] else 'items'}"
+                                     + (f" × {x['n_seeds'][0]}/{x['n_seeds'][1]} seeds" if "n_seeds" in x else "")
+                                     for x in res],
                            "flags": [" ".join(r["flags"]) or "—" for r in fam]},
                           index=pd.MultiIndex.from_tuples(index, names=["metric", *self.label_names()[:-1], "comparison",
                                                                         "attack", "ε /255"]))
@@ -703,11 +807,14 @@ def _fmt(v, precision: int) -> str:
     return f"{v:.{precision}f}"
 
 
-def _strings(t: Table, marks: dict[str, str], dash: str) -> pd.DataFrame:
+def _strings(t: Table, marks: dict[str, str], dash: str, pm: str = " ± ") -> pd.DataFrame:
     digits = [t.col_precision.get(c, t.precision) for c in t.df.columns]
     s = pd.DataFrame([[_fmt(v, d) for v, d in zip(r, digits)] for r in t.df.to_numpy(dtype=object)],
                      index=t.df.index, columns=t.df.columns)
     s = s.replace("—", dash)
+    for (idx, col), sd in t.spread.items():  # a mean over training seeds: mean ± s.d.
+        if s.loc[idx, col] != dash:
+            s.loc[idx, col] = s.loc[idx, col] + pm + _fmt(sd, t.col_precision.get(col, t.precision))
     for (idx, col), m in t.marks.items():
         s.loc[idx, col] = s.loc[idx, col] + marks[m]
     for (idx, col), codes in t.flags.items():  # a flagged value carries its codes (legend in the footnote)
@@ -717,7 +824,7 @@ def _strings(t: Table, marks: dict[str, str], dash: str) -> pd.DataFrame:
 
 def to_latex(t: Table) -> str:
     """booktabs table through pandas Styler; best values bold, significance marked."""
-    s = _strings(t, MARK_TEX, "--")
+    s = _strings(t, MARK_TEX, "--", r" $\pm$ ")
     names = [_latex_escape(str(n)) if n is not None else None for n in s.index.names]
     s.index = s.index.set_levels([[_latex_escape(str(v)) for v in lvl] for lvl in s.index.levels]) \
         if isinstance(s.index, pd.MultiIndex) else pd.Index([_latex_escape(str(v)) for v in s.index])

@@ -145,6 +145,56 @@ def paired_bootstrap(a, b, y=None, *, stat=srocc_weighted, n_resamples: int = 10
             "p": bootstrap_p(observed, d)}
 
 
+def seed_counts(n_seeds: int, n_resamples: int, rng) -> np.ndarray:
+    """B×S multiplicities of ``n_seeds`` seeds drawn with replacement per resample."""
+    draws = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    return np.bincount((draws + n_seeds * np.arange(n_resamples)[:, None]).ravel(),
+                       minlength=n_resamples * n_seeds).reshape(n_resamples, n_seeds)
+
+
+def seeded_paired_bootstrap(a, b, y=None, *, stat=srocc_weighted, n_resamples: int = 1000, seed: int = 0,
+                            clusters=None, alpha: float = 0.05) -> dict:
+    """:func:`paired_bootstrap` over training seeds (issue 17.5): ``a`` (S_a × n) and ``b``
+    (S_b × n) hold one prediction per training seed of each side, items aligned. A two-stage
+    resample: the photos (or items) once, shared by every seed of both sides (the pairing with the
+    base), then each side's seeds with replacement, independently; the statistic is
+    ``mean over the drawn seeds of stat(a_s) − mean over the drawn seeds of stat(b_s)``. The observed
+    Δ is the difference of the means over all seeds. The photo draws are those of
+    :func:`paired_bootstrap` with the same ``seed`` (the seed draws come from a second stream), so
+    with one seed on each side the result is exactly :func:`paired_bootstrap`'s."""
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    if a.shape[0] == 1 and b.shape[0] == 1:
+        return paired_bootstrap(a[0], b[0], y, stat=stat, n_resamples=n_resamples, seed=seed, clusters=clusters,
+                                alpha=alpha)
+    n = a.shape[1]
+    y = np.zeros(n) if y is None else np.asarray(y, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or b.shape[1] != n or y.shape != (n,):
+        raise ValueError(f"seeded paired bootstrap needs S×n arrays and n labels, got {a.shape}, {b.shape}, {y.shape}")
+    w = bootstrap_weights(n, n_resamples, seed, clusters)  # the same photo draws as paired_bootstrap
+    rng = np.random.default_rng([seed, 17])  # the seed draws: a separate stream
+    ca, cb = seed_counts(a.shape[0], n_resamples, rng), seed_counts(b.shape[0], n_resamples, rng)
+    ma = np.stack([stat(x, y, w) for x in a], axis=1)  # B × S_a: each seed's statistic per resample
+    mb = np.stack([stat(x, y, w) for x in b], axis=1)
+    # a NaN of a seed that was not drawn does not count; one that was drawn makes the resample NaN
+    bad = ((ca > 0) & ~np.isfinite(ma)).any(1) | ((cb > 0) & ~np.isfinite(mb)).any(1)
+    d = (np.where(ca > 0, ca * np.nan_to_num(ma), 0).sum(1) / a.shape[0]
+         - np.where(cb > 0, cb * np.nan_to_num(mb), 0).sum(1) / b.shape[0])
+    d = d[~bad]
+    ones = np.ones((1, n), dtype=int)
+    per_a = [float(stat(x, y, ones)[0]) for x in a]
+    per_b = [float(stat(x, y, ones)[0]) for x in b]
+    observed = float(np.mean(per_a) - np.mean(per_b))
+    n_clusters = int(len(np.unique(np.asarray(clusters)))) if clusters is not None else int(n)
+    out = {"delta": observed, "n_resamples": n_resamples, "seed": seed, "cluster": clusters is not None,
+           "n_items": int(n), "n_clusters": n_clusters, "n_seeds": [int(a.shape[0]), int(b.shape[0])],
+           "per_seed": [per_a, per_b]}
+    if d.size == 0:
+        return {**out, "effect": float("nan"), "ci": [float("nan")] * 2, "significant": False, "p": float("nan")}
+    lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {**out, "effect": float(np.median(d)), "ci": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0),
+            "p": bootstrap_p(observed, d)}
+
+
 def bootstrap_p(observed: float, d) -> float:
     """Two-sided p-value of Δ = 0 from the bootstrap standard error: ``2·Φ(−|Δ| / sd(Δ*))``.
     Not the tail count of the resamples: that p has a resolution of 2/(B + 1), and after a Holm

@@ -1,0 +1,98 @@
+"""Issue 22.3: Ray across nodes, on one machine. `ray.cluster_utils.Cluster` starts a head and
+two worker nodes (one CPU each, separate raylets as on separate hosts); robench connects with
+`--executor ray --address`. The store must equal the serial run's, and losing a worker node
+mid-grid must lose or duplicate nothing, with the re-run cells recorded as retried."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from tests.test_executors import TINY_OPTS, _snapshot
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture
+def cluster(robench_home):
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [c.add_node(num_cpus=1) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c, workers
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+def _specs(store, queries=8):
+    from robench.core.config import RunSpec
+
+    return [RunSpec(model=m, attacks=["fgsm", "square"], eps=[2, 8], n=8, store=store, dataset_options=dict(TINY_OPTS),
+                    attack_params={"square": {"queries": queries}}) for m in ("ssim", "psnr")]
+
+
+def test_cli_grid_on_a_three_node_cluster_equals_serial(tiny_mini, cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from robench.cli.app import app
+    from robench.engine.grid import run_grid
+
+    c, _ = cluster
+    run_grid(_specs(tmp_path / "serial.sqlite"), progress=False)
+    common = ["--attacks", "fgsm,square", "--eps", "2,8", "--n", "8", "--dataset-option", "size=32",
+              "--dataset-option", "crops_per_source=1", "--attack-option", "square.queries=8",
+              "--store", str(tmp_path / "ray.sqlite"), "--executor", "ray", "--address", c.address, "--json"]
+    for model in ("ssim", "psnr"):
+        r = CliRunner().invoke(app, ["run", "--model", model, *common])
+        assert r.exit_code == 0, r.output
+    keys_s, rows_s = _snapshot(tmp_path / "serial.sqlite")
+    keys_r, rows_r = _snapshot(tmp_path / "ray.sqlite")
+    assert keys_s == keys_r and len(keys_s) == 4
+    assert rows_s.equals(rows_r)  # the same keys and bit-identical per-image numbers
+
+
+def test_losing_a_worker_node_mid_grid_loses_and_duplicates_nothing(tiny_mini, cluster, tmp_path):
+    from robench.engine.grid import run_grid
+
+    c, workers = cluster
+    store = tmp_path / "ray.sqlite"
+    specs = _specs(store, queries=1500)
+    removed = threading.Event()
+
+    def kill_when_busy():
+        # once the first cell is committed the other CPUs are busy with cells: take a worker away
+        for _ in range(600):
+            try:
+                with sqlite3.connect(store) as con:
+                    if con.execute("select count(*) from cells where status='done'").fetchone()[0] >= 1:
+                        break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.2)
+        c.remove_node(workers[0], allow_graceful=False)
+        removed.set()
+
+    th = threading.Thread(target=kill_when_busy, daemon=True)
+    th.start()
+    out = run_grid(specs, progress=False, executor="ray", executor_options={"address": c.address, "max_retries": 3})
+    th.join(timeout=60)
+    assert removed.is_set(), "the grid ended before a node could be removed: make the cells longer"
+    cells = [cell for r in out["runs"] for cell in r["cells"]]
+    assert all(cell["status"] in ("done", "cached") for cell in cells), cells
+    with sqlite3.connect(store) as con:
+        keys = [k for (k,) in con.execute("select key from cells")]
+        flags = [json.loads(f or "{}") for (f,) in con.execute("select flags from cells")]
+        dup = con.execute("select count(*) from (select cell_key, item, eps, count(*) n from results "
+                          "group by cell_key, item, eps having n > 1)").fetchone()[0]
+    assert len(keys) == len(set(keys)) == 4 and dup == 0  # every cell once, every row once
+    assert any(f.get("retried", 0) >= 1 for f in flags), flags  # the lost node's cell was re-run and says so
+    serial = tmp_path / "serial.sqlite"
+    run_grid(_specs(serial, queries=1500), progress=False)
+    assert _snapshot(serial)[1].equals(_snapshot(store)[1])  # the retried cells' numbers are the serial ones
