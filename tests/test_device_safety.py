@@ -1,8 +1,9 @@
 """Device safety without a GPU: every registered target (forward + backward), attack (a few
-steps through the harness), inference defence and a training step run with the model on an
-accelerator, so a tensor made on the wrong device (``torch.zeros(n)`` without ``device=`` inside
-an attack, a generator left on the CPU, a constant that is not a buffer) fails here, not on the
-first GPU run. The parametrisations are read from the registries: a new plugin is covered with
+steps through the harness), inference defence and training recipe (one fine-tuning step and its
+held-out evaluation), a clean-training step, a DiffPure denoiser step and an engine cell run
+with the model on an accelerator, so a tensor made on the wrong device (``torch.zeros(n)``
+without ``device=`` inside an attack, a generator left on the CPU, a constant that is not a
+buffer, a batch never moved) fails here, not on the first GPU run. The parametrisations are read from the registries: a new plugin is covered with
 no edit here.
 
 Why an emulated accelerator and not ``FakeTensorMode`` on a fake CUDA device. On this CPU-only

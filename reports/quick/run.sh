@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STORE=reports/quick/results.sqlite
 for model in ${MODELS:-birqa lpips.alex topiq.fr}; do
-  for defense in none r at aat; do
+  for defense in ${DEFENSES:-none aat r at}; do
     robench run --model "$model" --defense "$defense" --attacks all --eps 8 --n "${N:-16}" --store "$STORE" --json \
       > "reports/quick/run-${model}-${defense}.json"
   done

@@ -41,7 +41,7 @@ def build(name: str, **kwargs: Any):
         raise RobenchError(f"model {base!r} does not accept {sorted(kwargs)}: {exc}") from None
 
 
-def load_model(name: str, weights: str | Path | None = None, device: "str | torch.device" = "cpu", **kwargs: Any):
+def load_model(name: str, weights: str | Path | None = None, device: Any = "cpu", **kwargs: Any):
     """Build target ``name`` and load its weights.
 
     ``weights=None``: the best available — official weights, else weights trained here, else a
