@@ -31,6 +31,13 @@ def cluster(robench_home):
     c.shutdown()
 
 
+def _namespace(name):
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["name"] == name:
+            return a["namespace"]
+    return None
+
+
 def _specs(store, queries=8):
     from robench.core.config import RunSpec
 
@@ -67,23 +74,33 @@ def test_losing_a_worker_node_mid_grid_loses_and_duplicates_nothing(tiny_mini, c
     removed = threading.Event()
 
     def kill_when_busy():
-        # once the first cell is committed the other CPUs are busy with cells: take a worker away
-        for _ in range(600):
+        # wait until a Square cell (long) has started on a worker node and is not committed, then
+        # take that node away (not gracefully): its cell must be re-run elsewhere and say so.
+        # Waiting on the run's attempt counter, not on wall time, makes this independent of speed.
+        by_id = {w.node_id: w for w in workers}
+        for _ in range(3000):
             try:
+                names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                         if a["name"].startswith("robench-attempts-")] if ray.is_initialized() else []
+                started = ray.get(ray.get_actor(names[0], namespace=_namespace(names[0])).started.remote()) if names else {}
                 with sqlite3.connect(store) as con:
-                    if con.execute("select count(*) from cells where status='done'").fetchone()[0] >= 1:
-                        break
-            except sqlite3.Error:
-                pass
-            time.sleep(0.2)
-        c.remove_node(workers[0], allow_graceful=False)
-        removed.set()
+                    done = {k for (k,) in con.execute("select key from cells where status='done'")}
+            except Exception:  # noqa: BLE001 - the store or the actor may not exist yet
+                started, done = {}, set()
+            busy = [w["node"] for k, w in started.items() if w["node"] in by_id and w["attack"] == "square"
+                    and k not in done]
+            if busy:
+                time.sleep(0.5)  # let it get well into the cell
+                c.remove_node(by_id[busy[0]], allow_graceful=False)
+                removed.set()
+                return
+            time.sleep(0.1)
 
     th = threading.Thread(target=kill_when_busy, daemon=True)
     th.start()
     out = run_grid(specs, progress=False, executor="ray", executor_options={"address": c.address, "max_retries": 3})
     th.join(timeout=60)
-    assert removed.is_set(), "the grid ended before a node could be removed: make the cells longer"
+    assert removed.is_set(), "no Square cell ran on the worker node before the grid ended: make the cells longer"
     cells = [cell for r in out["runs"] for cell in r["cells"]]
     assert all(cell["status"] in ("done", "cached") for cell in cells), cells
     with sqlite3.connect(store) as con:

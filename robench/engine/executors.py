@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -146,7 +147,10 @@ class RayExecutor(Executor):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self._attempts = ray.remote(num_cpus=0)(_Attempts).options(scheduling_strategy=here).remote()
+        # named (unique per run) so a monitor on the driver can see which node runs which cell
+        self.attempts_name = f"robench-attempts-{uuid.uuid4().hex[:12]}"
+        self._attempts = ray.remote(num_cpus=0)(_Attempts).options(
+            scheduling_strategy=here, name=self.attempts_name).remote()
 
     def run(self, tasks, local=None):
         ray = self.ray
@@ -174,20 +178,26 @@ class RayExecutor(Executor):
 
 
 class _Attempts:
-    """Attempts per cell key (a Ray actor on the driver's node)."""
+    """Attempts per cell key, and where the latest one runs (a Ray actor on the driver's node)."""
 
     def __init__(self):
         self.n: dict[str, int] = {}
+        self.where: dict[str, dict[str, Any]] = {}
 
-    def bump(self, key: str) -> int:
+    def bump(self, key: str, node: str = "", attack: str = "") -> int:
         self.n[key] = self.n.get(key, 0) + 1
+        self.where[key] = {"attempt": self.n[key], "node": node, "attack": attack}
         return self.n[key]
+
+    def started(self) -> dict[str, dict[str, Any]]:
+        return dict(self.where)
 
 
 def _ray_compute(task: dict, attempts=None) -> dict[str, Any]:
     import ray
 
-    n = ray.get(attempts.bump.remote(task["key"])) if attempts is not None else 1
+    node = ray.get_runtime_context().get_node_id()
+    n = ray.get(attempts.bump.remote(task["key"], node, task.get("attack", ""))) if attempts is not None else 1
     t0 = time.perf_counter()
     out = compute_cell(task)
     out["worker_seconds"] = time.perf_counter() - t0
