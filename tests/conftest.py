@@ -35,3 +35,69 @@ def tiny_mini(robench_home):
     from robench.data.mini import build_mini
 
     return build_mini(size=32, crops_per_source=1, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def defence_home(tmp_path_factory):
+    """A cache of the module's own for defences that need trained weights (kept out of the
+    session cache other tests share)."""
+    return tmp_path_factory.mktemp("defence_home")
+
+
+@pytest.fixture(scope="module")
+def tiny_denoiser(defence_home):
+    """DiffPure is built from a denoiser its ``prepare`` trains (a DDPM): train a tiny one here
+    (about a second) instead of calling ``prepare``."""
+    from robench.defenses.diffpure import train_diffpure
+
+    old = os.environ.get("ROBENCH_HOME")
+    os.environ["ROBENCH_HOME"] = str(defence_home)
+    try:
+        return train_diffpure(dataset_options={"size": 32, "crops_per_source": 1, "progress": False}, steps=5,
+                              batch=4, crop=32, width=8, progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("ROBENCH_HOME", None)
+        else:
+            os.environ["ROBENCH_HOME"] = old
+
+
+#: defences whose construction needs something trained first, and the fixture that makes it
+DEFENCE_PREREQUISITES = {"diffpure": "tiny_denoiser"}
+
+
+def prepare_defence(name: str, request) -> None:
+    """Make what defence `name` needs before it is built (a tiny trained denoiser for DiffPure)."""
+    if name in DEFENCE_PREREQUISITES:
+        request.getfixturevalue(DEFENCE_PREREQUISITES[name])
+
+
+def attack_test_params(name: str) -> dict:
+    """Attack ``name``'s ``test_options``, plus the default dataset (with its own test options)
+    for an attack that trains on data, as the engine fills ``training_data_params``."""
+    from robench.core.registry import ATTACKS, DATASETS, default_dataset
+
+    cls = ATTACKS.get(name)
+    params = dict(cls.test_options)
+    ds = default_dataset()
+    run_data = {"dataset": ds, "dataset_options": dict(DATASETS.get(ds).test_options)}
+    for k in cls.training_data_params:
+        params.setdefault(k, run_data[k])
+    return params
+
+
+class Interrupt(Exception):
+    """A simulated crash (tests of resuming)."""
+
+
+def crash_at(task, step: int) -> None:
+    """Make a Trainer task's ``make_batch`` raise `Interrupt` at `step` (after any checkpoint
+    written before it): what a killed process leaves behind."""
+    real = task.make_batch
+
+    def die(s, gen):
+        if s == step:
+            raise Interrupt
+        return real(s, gen)
+
+    task.make_batch = die

@@ -36,17 +36,24 @@ exactly (same random draws: robench draws its random numbers on the CPU and move
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 from robench.core.errors import RobenchError
-from robench.core.registry import ATTACKS, DATASETS, DEFENSES, MODELS, default_dataset, default_of
+from robench.core.registry import (
+    ATTACKS,
+    DATASETS,
+    DEFENSES,
+    MODELS,
+    default_dataset,
+    default_of,
+)
 from robench.defenses.wrappers import Defended, InferenceDefense
 from robench.models import build
+from tests.conftest import attack_test_params, prepare_defence
 
 EPS = 4 / 255
 SIZE = 32
@@ -229,7 +236,10 @@ def test_the_emulator_catches_what_cuda_refuses():
 
 def test_fake_cuda_tensors_catch_cross_device_ops():
     """What FakeTensorMode does on this build (the module docstring says what it cannot)."""
-    from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError, FakeTensorMode
+    from torch._subclasses.fake_tensor import (
+        FakeTensorDeviceMismatchError,
+        FakeTensorMode,
+    )
 
     with FakeTensorMode(allow_non_fake_inputs=False):
         x = torch.empty(2, 3, device="cuda")
@@ -298,11 +308,7 @@ def test_target_on_accelerator(name):
 
 def _attack(name: str):
     cls = ATTACKS.get(name)
-    params = dict(cls.test_options)
-    ds = default_dataset()
-    run_data = {"dataset": ds, "dataset_options": dict(DATASETS.get(ds).test_options)}
-    for k in cls.training_data_params:
-        params.setdefault(k, run_data[k])
+    params = attack_test_params(name)
     return cls(seed=0, **params)
 
 
@@ -355,26 +361,6 @@ def test_attack_on_accelerator(name, tiny_mini, tmp_path, monkeypatch):
 # inference defences
 
 
-@pytest.fixture(scope="module")
-def defence_home(tmp_path_factory):
-    return tmp_path_factory.mktemp("device_defence_home")
-
-
-@pytest.fixture(scope="module")
-def tiny_denoiser(defence_home):
-    """DiffPure's denoiser, trained tiny (as tests/test_plugins.py does)."""
-    from robench.defenses.diffpure import train_diffpure
-
-    old = os.environ.get("ROBENCH_HOME")
-    os.environ["ROBENCH_HOME"] = str(defence_home)
-    try:
-        return train_diffpure(dataset_options={"size": 32, "crops_per_source": 1, "progress": False}, steps=5,
-                              batch=4, crop=32, width=8, progress=False)
-    finally:
-        os.environ["ROBENCH_HOME"] = old
-
-
-PREREQUISITES = {"diffpure": "tiny_denoiser"}
 INFERENCE = [n for n in DEFENSES.names() if getattr(DEFENSES.get(n), "kind", None) == "inference"]
 
 
@@ -391,8 +377,7 @@ def _defended_pass(t, dist, ref):
 @pytest.mark.parametrize("name", INFERENCE)
 def test_inference_defence_on_accelerator(name, defence_home, monkeypatch, request):
     monkeypatch.setenv("ROBENCH_HOME", str(defence_home))
-    if name in PREREQUISITES:
-        request.getfixturevalue(PREREQUISITES[name])
+    prepare_defence(name, request)
     cls = DEFENSES.get(name)
     assert issubclass(cls, InferenceDefense)
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -26,12 +25,22 @@ import torch
 from robench.attacks.base import Attack
 from robench.core.errors import RobenchError, UnknownNameError
 from robench.core.profiles import PROFILES
-from robench.core.registry import (ATTACKS, DATASETS, DEFENSES, MODELS, REGISTRIES, Registry, attack_suite,
-                                   default_dataset, default_of)
+from robench.core.registry import (
+    ATTACKS,
+    DATASETS,
+    DEFENSES,
+    MODELS,
+    REGISTRIES,
+    Registry,
+    attack_suite,
+    default_dataset,
+    default_of,
+)
 from robench.core.target import Target
 from robench.data.base import SPLITS, IQADataset
 from robench.defenses.wrappers import Defended, InferenceDefense
 from robench.models import build
+from tests.conftest import attack_test_params, prepare_defence
 
 EPS = 4 / 255
 SIZE = 32
@@ -145,11 +154,7 @@ def run_attack_contract(name: str) -> None:
     An attack that trains on data gets the default dataset with its ``test_options`` (built by
     the ``tiny_mini`` fixture), as the engine fills ``training_data_params``."""
     cls = ATTACKS.get(name)
-    params = dict(cls.test_options)
-    ds = default_dataset()
-    run_data = {"dataset": ds, "dataset_options": dict(DATASETS.get(ds).test_options)}
-    for k in cls.training_data_params:
-        params.setdefault(k, run_data[k])
+    params = attack_test_params(name)
     torch.manual_seed(0)
     t = build("ssim").eval()
     dist, ref = _pair(n=2, size=SIZE, seed=1)
@@ -227,37 +232,12 @@ def check_defence(name: str) -> None:
     assert (g.abs().sum(dim=1) > 0).all(), f"zero gradient through a defence declaring gradient={cls.gradient!r}"
 
 
-@pytest.fixture(scope="module")
-def defence_home(tmp_path_factory):
-    """A cache of this module's own for defences that need trained weights (kept out of the
-    session cache other tests share)."""
-    return tmp_path_factory.mktemp("plugins_defence_home")
-
-
-@pytest.fixture(scope="module")
-def tiny_denoiser(defence_home):
-    """DiffPure is built from a denoiser its ``prepare`` trains (a DDPM): train a tiny one here
-    (about a second: tests/test_defenses.py's fixture) instead of calling ``prepare``."""
-    from robench.defenses.diffpure import train_diffpure
-
-    old = os.environ.get("ROBENCH_HOME")
-    os.environ["ROBENCH_HOME"] = str(defence_home)
-    try:
-        return train_diffpure(dataset_options={"size": 32, "crops_per_source": 1, "progress": False}, steps=5,
-                              batch=4, crop=32, width=8, progress=False)
-    finally:
-        os.environ["ROBENCH_HOME"] = old
-
-
-#: defences whose construction needs something trained first, and the fixture that makes it
-PREREQUISITES = {"diffpure": "tiny_denoiser"}
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_defence_contract(name, defence_home, monkeypatch, request):
     monkeypatch.setenv("ROBENCH_HOME", str(defence_home))
-    if name in PREREQUISITES:
-        request.getfixturevalue(PREREQUISITES[name])
+    prepare_defence(name, request)
     cls = DEFENSES.get(name)
     if getattr(cls, "kind", None) == "inference":
         try:

@@ -13,6 +13,7 @@ import torch
 
 from robench.core.profiles import PROFILES, get_profile
 from robench.engine.trainer import PatienceStop
+from tests.conftest import Interrupt, crash_at
 
 TINY = {"size": 32, "crops_per_source": 1, "progress": False}
 
@@ -222,18 +223,8 @@ def test_monitoring_does_not_change_the_training_and_resume_makes_the_same_decis
     bare.run()
     assert _strip(bare.rows) == _strip(full.rows[:2]) and _log(tmp_path / "bare")["heldout"] == []
 
-    class Interrupt(Exception):
-        pass
-
     part, task = _trainer(tmp_path / "part", prof)
-    real = task.make_batch
-
-    def die_at_step_2(step, gen):  # after the checkpoint at step 2, before the settling at 3
-        if step == 2:
-            raise Interrupt
-        return real(step, gen)
-
-    task.make_batch = die_at_step_2
+    crash_at(task, 2)  # after the checkpoint at step 2, before the settling at 3
     with pytest.raises(Interrupt):
         part.run()
     mid = _log(tmp_path / "part")

@@ -14,6 +14,7 @@ from torch import nn
 
 from robench.core.errors import RobenchError
 from robench.engine.trainer import Trainer, TrainTask, config_hash
+from tests.conftest import Interrupt, crash_at
 
 
 class Regression(TrainTask):
@@ -67,18 +68,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path):
     full, full_task = _trainer(tmp_path / "full", 10)
     full.run()
 
-    class Interrupt(Exception):
-        pass
-
     part, task = _trainer(tmp_path / "part", 10)
-    real = task.make_batch
-
-    def die_at_step_7(step, gen):  # a crash after the checkpoint at step 6, mid-way to the next
-        if step == 7:
-            raise Interrupt
-        return real(step, gen)
-
-    task.make_batch = die_at_step_7
+    crash_at(task, 7)  # a crash after the checkpoint at step 6, mid-way to the next
     with pytest.raises(Interrupt):
         part.run()
     assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["step"] == 6

@@ -67,14 +67,23 @@ def train_cmd(
 
     resolve_device(device)  # before any data is read
 
-    if train_seed is not None and (not defense or defense == "diffpure"):
-        raise RobenchError("--train-seed is the seed of a recipe's fine-tuning: give it with --defense r|at|aat")
-    if defense == "diffpure":
-        from robench.defenses.diffpure import train_diffpure
+    # an inference defence that trains weights of its own (DiffPure's DDPM) declares `train_weights`;
+    # recipes (r, at, aat) fine-tune MODEL; the CLI names neither
+    own = None
+    if defense:
+        from robench.core.registry import DEFENSES
 
-        r = train_diffpure(dataset=dataset, profile=profile, steps=steps, seed=seed, out=out, device=device,
-                           dataset_options={**({"root": str(root)} if root else {}),
-                                            **_parse_kv(dataset_option, "--dataset-option")})
+        cls = DEFENSES.get(defense)
+        if getattr(cls, "kind", None) == "inference":
+            own = getattr(cls, "train_weights", None)
+            if own is None:
+                raise RobenchError(f"--defense {defense} has no weights to train (an inference-time defence)")
+    if train_seed is not None and (not defense or own is not None):
+        raise RobenchError("--train-seed is the seed of a recipe's fine-tuning: give it with --defense r|at|aat")
+    if own is not None:
+        r = own(dataset=dataset, profile=profile, steps=steps, seed=seed, out=out, device=device,
+                dataset_options={**({"root": str(root)} if root else {}),
+                                 **_parse_kv(dataset_option, "--dataset-option")})
         emit_json(r) if as_json else err.print(f"{r['name']}: {r['train_seconds']:.0f} s, final loss "
                                                f"{r['final_loss']:.4f}; weights {r['weights']}")
         return

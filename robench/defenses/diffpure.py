@@ -257,3 +257,7 @@ def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | N
     entry = W.register(f"diffpure.{dataset}", path, source="trained-here", provenance=provenance)
     return {"name": f"diffpure.{dataset}", "sha256": entry["sha256"], "train_seconds": round(seconds, 1),
             "final_loss": provenance["final_loss"], "weights": str(W.weights_dir() / entry["file"])}
+
+
+# `robench train --defense diffpure` finds the trainer here (the CLI names no defence)
+DiffPure.train_weights = staticmethod(train_diffpure)
