@@ -423,3 +423,26 @@ def test_check_reports_new_missing_and_insignificant_drops(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(RobenchError, match="not a robench baseline"):
         check(tmp_path / "c.sqlite", tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("photos, units", [(10, "photo bootstrap (10 photos)"), (4, "item bootstrap: only 4")])
+def test_check_resamples_source_photos_not_references(tmp_path, photos, units):
+    """`robench check` bootstraps a drop over source photos (the independent unit; crops of one
+    photo have different references) when there are ≥ 10, else over items, and says which."""
+    from robench.results.checks import check, make_baseline, write_baseline
+
+    rng = np.random.default_rng(1)
+    n = 40
+    mos, refs, sources = rng.uniform(1, 5, n), np.arange(n), np.array([f"p{i % photos}" for i in range(n)])
+    q = mos / 5 + rng.normal(0, 0.05, n)
+    common = dict(target="m", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8], mos=mos,
+                  q_clean=q, ref_ids=refs, sources=sources)
+    with Store(tmp_path / "a.sqlite") as st:
+        add_cell(st, q_adv=[q], **common)
+    write_baseline(make_baseline(tmp_path / "a.sqlite"), tmp_path / "b.json")
+    with Store(tmp_path / "c.sqlite") as st:
+        add_cell(st, q_adv=[q + rng.normal(0, 0.5, n)], **common)  # the attack now scrambles the ranking
+    res = check(tmp_path / "c.sqlite", tmp_path / "b.json", tolerance=0.0, n_boot=300)
+    row = next(r for r in res["rows"] if r["point"] == "8")
+    assert row["status"] in ("fail", "drop-not-significant") and row["units"].startswith(units), row
+    assert units.split(" (")[0] in row["reason"]

@@ -22,7 +22,7 @@ import numpy as np
 
 from robench.core.errors import RobenchError
 from robench.results.report import CellData, load_cells
-from robench.results.stats import default_clusters, mean_weighted, paired_bootstrap, srocc_weighted
+from robench.results.stats import bootstrap_units, mean_weighted, paired_bootstrap, srocc_weighted
 
 BASELINE_FORMAT = 1
 
@@ -117,14 +117,19 @@ def _paired(cur: CellData, base: dict[str, Any], key: str, q: np.ndarray, n_boot
         return None
     ib = np.array([pos[cur.item_ids[i]] for i in ic], dtype=int)
     cur_vals, base_vals = _values(cur, q)[ic], np.asarray(vals, dtype=float)[ib]
-    clusters = default_clusters(cur.ref_ids[ic])
+    # the independent unit is the source photo (crops of one photo share a reference each but are
+    # not independent); under 10 photos the item bootstrap, labelled — as the report does
+    clusters, units = bootstrap_units("auto", None if cur.sources is None else cur.sources[ic])
     if cur.kind == "pairs":
         mos = cur.mos[ic]
         if base.get("mos") is None or not np.allclose(np.asarray(base["mos"], dtype=float)[ib], mos, atol=1e-5):
             return None  # the labels changed: the items are not the same measurement
-        return paired_bootstrap(cur_vals, base_vals, mos, stat=srocc_weighted, n_resamples=n_boot, seed=seed,
-                                clusters=clusters)
-    return paired_bootstrap(cur_vals, base_vals, stat=mean_weighted, n_resamples=n_boot, seed=seed, clusters=clusters)
+        out = paired_bootstrap(cur_vals, base_vals, mos, stat=srocc_weighted, n_resamples=n_boot, seed=seed,
+                               clusters=clusters)
+    else:
+        out = paired_bootstrap(cur_vals, base_vals, stat=mean_weighted, n_resamples=n_boot, seed=seed,
+                               clusters=clusters)
+    return {**out, "units": units}
 
 
 def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02, n_boot: int = 1000,
@@ -178,12 +183,12 @@ def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02,
                 if boot is None:
                     row.update(status="fail", reason=f"drop {-delta:.3f} > tolerance {tolerance} (no per-image pairing)")
                 else:
-                    row["ci"] = boot["ci"]
+                    row["ci"], row["units"] = boot["ci"], boot["units"]
                     sig = boot["ci"][1] < 0
                     row.update(status="fail" if sig else "drop-not-significant",
                                reason=(f"drop {-delta:.3f} > tolerance {tolerance}, 95 % CI of Δ "
                                        f"[{boot['ci'][0]:+.3f}, {boot['ci'][1]:+.3f}]"
-                                       + (" excludes 0" if sig else " includes 0")))
+                                       + (" excludes 0" if sig else " includes 0") + f"; {boot['units']}"))
             rows.append(row)
     for ident in sorted(set(baseline["cells"]) - set(current) - set(failed_now)):
         # a baseline cell the store lacks fails the gate (a shrunken suite, a changed --n) unless

@@ -7,7 +7,7 @@ targets); the store keeps raw scores and the reporter orients them once.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -57,15 +57,6 @@ def msu_scores(q_clean, q_adv) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------------------
 # paired bootstrap (paper §C.5)
-
-
-def default_clusters(ref_ids: Sequence | None):
-    """Cluster by reference image when references repeat (KADID, TID, PIPAL, mini: many
-    distorted images share one reference, so items are not independent); None otherwise."""
-    if ref_ids is None:
-        return None
-    ref_ids = np.asarray(ref_ids)
-    return ref_ids if len(np.unique(ref_ids)) < len(ref_ids) else None
 
 
 def bootstrap_weights(n: int, n_resamples: int, seed: int, clusters=None) -> np.ndarray:
