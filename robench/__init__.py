@@ -34,7 +34,9 @@ def load_attack(name: str, profile: str = "quick", seed: int = 0, **params):
 def run(config=None, *, progress: bool = True, **settings):
     """Run a grid from Python: ``robench.run(RunConfig(...))``, ``robench.run("run.toml")`` or
     ``robench.run(model="birqa", defense="aat", attacks="all")`` (the CLI's names), with
-    ``device="auto" | "cpu" | "cuda" | "cuda:N"`` where to compute (recorded, never keyed). The same
+    ``device="auto" | "cpu" | "cuda" | "cuda:N"`` where to compute (recorded, never keyed),
+    ``amp="bf16"`` (autocast; keyed) and ``compile=True`` (torch.compile; recorded), each checked
+    against float32 eager first (robench.engine.speed). The same
     settings give the same cell keys and records as ``robench run``; returns the grid report."""
     from pathlib import Path
 

@@ -32,6 +32,7 @@ Conventions (stated once, here):
 
 from __future__ import annotations
 
+import copy
 import difflib
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from robench.core.device import halving_batches
 from robench.core.errors import RobenchError, UnknownNameError
 from robench.core.profiles import get_profile
 from robench.core.target import BoundTarget, Target, validate_pair
@@ -80,6 +82,11 @@ class AttackResult:
     #: seconds in the attack proper (prepare, perturb/minimise) and in scoring clean and adversarial
     #: images; the rest of the call (probes, verification) is harness overhead
     compute_seconds: float = 0.0
+    #: the batch size asked for, the one in use at the end (smaller after an out-of-memory
+    #: error: each halves it, ``oom_halved`` counts them) — provenance, never the cell's key
+    batch_size: int = 0
+    batch_size_used: int = 0
+    oom_halved: int = 0
 
     def oriented(self, lower_better: bool) -> tuple[torch.Tensor, torch.Tensor]:
         sign = -1.0 if lower_better else 1.0
@@ -295,8 +302,21 @@ class Attack:
             t0 = time.perf_counter()
             self.prepare(target)
             compute += time.perf_counter() - t0
-            for start in range(0, n, bs):
-                sl = slice(start, min(n, start + bs))
+
+            def one(start: int, stop: int) -> None:
+                nonlocal compute
+                kept = copy.deepcopy(probes)
+                try:
+                    compute += batch(slice(start, stop), start)
+                except BaseException:
+                    probes.clear()  # a batch retried at half its size must not count its probes twice
+                    probes.update(kept)
+                    raise
+                if progress is not None:
+                    progress(stop - start)
+
+            def batch(sl: slice, start: int) -> float:
+                spent_s = 0.0
                 # a copy on the target's device (items stay on the CPU; on the CPU this is clone())
                 x, r = dist[sl].detach().to(device, copy=True), ref[sl].detach().to(device, copy=True)
                 if streamed:
@@ -308,7 +328,7 @@ class Attack:
                     s0 = target.expected_score(x, r, eot)
                 q0 = target.orient(s0)
                 clean[sl] = s0
-                compute += time.perf_counter() - t0
+                spent_s += time.perf_counter() - t0
                 if start == 0:
                     self._probe(target, f, x[: self.PROBE_N], probes)
                 t0 = time.perf_counter()
@@ -317,26 +337,26 @@ class Attack:
                     far = self.minimise(f, x, q0, max(epses))
                     fars = [c.detach() for c in far] if isinstance(far, (list, tuple)) else [far.detach()]
                     spent = f.queries.clone()
-                compute += time.perf_counter() - t0
+                spent_s += time.perf_counter() - t0
                 for k, e in enumerate(epses):
                     if self.kind == "minimisation":
                         t0 = time.perf_counter()
                         adv = self._best_clipped(target, fars, x, r, e, eot)
-                        compute += time.perf_counter() - t0
+                        spent_s += time.perf_counter() - t0
                         queries[k, sl] = spent
                     else:
                         t0 = time.perf_counter()
                         f.queries.zero_()
                         adv = self.perturb(f, x, e, q0).detach()
                         queries[k, sl] = f.queries
-                        compute += time.perf_counter() - t0
+                        spent_s += time.perf_counter() - t0
                     for key, val in getattr(self, "_extra", {}).items():
                         extra.setdefault(key, torch.zeros(K, n, dtype=val.dtype))[k, sl] = val
                     adv = self._verify(adv, x, x_keep, r, r_keep, e)
                     t0 = time.perf_counter()
                     with torch.no_grad():
                         s = target.expected_score(adv, r, eot)
-                    compute += time.perf_counter() - t0
+                    spent_s += time.perf_counter() - t0
                     worse = target.orient(s) < q0
                     if worse.any():  # δ = 0 is feasible: never report below the clean image
                         adv[worse] = x[worse]
@@ -349,10 +369,18 @@ class Attack:
                     psnr[k, sl], ssim[k, sl] = perceptibility(adv, x)
                     if images is not None:
                         images[k, sl] = adv
-                if progress is not None:
-                    progress(sl.stop - sl.start)
+                return spent_s
+
+            # an out-of-memory batch is retried at half its size (down to 1); the batch size in
+            # use at the end is recorded with the result. Seeding is per call and per batch (the
+            # global RNG once per call, an attack's own generator once per batch), so a randomised
+            # attack's numbers depend on the batch size: equal to a run at the smaller batch from
+            # the start when the first batch fails (the global RNG is rewound), deterministic
+            # attacks equal per item wherever it fails
+            used, halved = halving_batches(n, bs, one, device, what=f"attack {self.name!r} on {target.card.name}")
         return AttackResult(eps=epses, clean_scores=clean, scores=scores, queries=queries, linf=linf, l2=l2,
-                            images=images, psnr=psnr, ssim=ssim, probes=probes, extra=extra, compute_seconds=compute)
+                            images=images, psnr=psnr, ssim=ssim, probes=probes, extra=extra, compute_seconds=compute,
+                            batch_size=bs, batch_size_used=used, oom_halved=halved)
 
     def _best_clipped(self, target: Target, fars: list[torch.Tensor], x: torch.Tensor, r: torch.Tensor, e: float,
                       eot: int) -> torch.Tensor:

@@ -49,6 +49,10 @@ class RunSpec:
     store: Path | None = None
     force: bool = False
     device: str = "cpu"  # auto | cpu | cuda | cuda:N: recorded with every cell, never part of its key
+    # speed options (robench.engine.speed): bf16 autocast is part of a cell's key (another
+    # measurement), torch.compile is recorded, not keyed (eager's arithmetic up to float order)
+    amp: str | None = None  # None: float32 | "bf16"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -111,6 +115,8 @@ class RunConfig:
     executor: str = "serial"
     executor_options: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"  # recorded with the results; not part of a cell's key
+    amp: str | None = None  # "bf16": autocast (keyed: another measurement); None: float32
+    compile: bool = False  # torch.compile of the targets (recorded, not keyed)
     store: str | None = None
     force: bool = False
     resolved: bool = False
@@ -159,6 +165,12 @@ class RunConfig:
             data["device"] = str(data["device"])  # a torch.device from Python: its name
         if data.get("seeds") is not None:
             data["seeds"] = parse_seeds(data["seeds"], where)
+        if "amp" in data:
+            from robench.core.target import check_amp
+
+            data["amp"] = check_amp(data["amp"], f"{where}: amp")
+        if not isinstance(data.get("compile", False), bool):
+            raise RobenchError(f"{where}: compile must be true or false, got {data['compile']!r}")
         return cls(**data)
 
     @classmethod
@@ -216,7 +228,7 @@ class RunConfig:
         return [RunSpec(model=m, attacks=list(c.attacks), dataset=c.dataset, eps=list(c.eps), profile=c.profile,
                         n=c.n, seed=c.seed, split=c.split, defense=None if d == NO_DEFENSE else d,
                         train_seed=s, weights=c.weights, store=Path(c.store) if c.store else None, force=c.force,
-                        device=c.device,
+                        device=c.device, amp=c.amp, compile=c.compile,
                         dataset_options=json.loads(json.dumps(c.dataset_options)),
                         attack_params={k: dict(v) for k, v in c.attack_params.items()},
                         defense_options={k: dict(v) for k, v in c.defense_options.items()})

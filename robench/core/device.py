@@ -11,12 +11,13 @@ what make it one).
 
 from __future__ import annotations
 
+import gc
 import re
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from robench.core.errors import RobenchError
+from robench.core.errors import OutOfMemory, RobenchError
 
 #: what ``--device`` accepts
 CHOICES = "auto, cpu, cuda or cuda:N"
@@ -89,3 +90,69 @@ def to_device(obj: Any, device: "str | torch.device") -> Any:
         return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
                                            for f in dataclasses.fields(obj) if f.init})
     return obj
+
+
+# --------------------------------------------------------------------------------------------
+# out of memory: halve the batch and retry it (issue 18.3)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """An accelerator out-of-memory error: ``torch.cuda.OutOfMemoryError``, or a RuntimeError
+    whose message says "out of memory" (cuDNN, cuBLAS and MPS report it that way). Never a
+    RobenchError (the batch-1 failure below says "out of memory" too)."""
+    if isinstance(exc, RobenchError):
+        return False
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError)
+                                                            and "out of memory" in str(exc))
+
+
+def free_memory() -> None:
+    """Give a failed batch's memory back before the retry: collect its tensors (reference cycles
+    of autograd graphs) and empty CUDA's caching allocator when CUDA is present."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def halving_batches(n: int, batch_size: int | None, body: Callable[[int, int], None],
+                    device: "str | torch.device" = "cpu", what: str = "batch") -> tuple[int, int]:
+    """Call ``body(start, stop)`` over ``[0, n)`` in batches of ``batch_size``; a batch that runs
+    out of memory is retried from its start at half its size (then every later batch is that
+    size), down to 1; out of memory at 1 is :class:`OutOfMemory` naming ``what``. ``body`` must
+    leave no trace of a failed call (it overwrites its output rows; counters it keeps are its
+    own to restore). The global RNG (CPU and the CUDA device's) is rewound to the batch's start
+    before a retry, so when the first batch fails the run equals one at the smaller batch from
+    the start. Returns ``(batch size in use at the end, number of halvings)``."""
+    device = torch.device(device)
+    start, bs, halved = 0, max(1, int(batch_size or n or 1)), 0
+    while start < n:
+        stop = min(n, start + bs)
+        rng = _rng_state(device)
+        failed = None
+        try:
+            body(start, stop)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+            if not is_oom(exc):
+                raise
+            failed = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if failed is None:
+            start = stop
+            continue
+        free_memory()  # outside the except block: the traceback (and the batch's tensors it holds) is gone
+        if stop - start <= 1:
+            raise OutOfMemory(f"{what}: out of memory on {device} even at batch size 1 ({failed}); use smaller "
+                              "images, a device with more memory, or --device cpu")
+        bs = (stop - start) // 2
+        halved += 1
+        _set_rng_state(rng, device)
+    return bs, halved

@@ -32,3 +32,8 @@ class IntegrityError(RobenchError):
 class MissingWeightsError(RobenchError):
     """A target has no weights in the cache (none official offline, none trained here): the run
     trains them, anything else reports how to add them. Caught by type, never by message."""
+
+
+class OutOfMemory(RobenchError):
+    """A batch ran out of accelerator memory even at batch size 1 (the harness halves the batch
+    of an out-of-memory error down to 1 first): the cell fails with this message."""

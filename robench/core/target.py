@@ -245,9 +245,28 @@ class Target(nn.Module):
             return self(dist, ref)
         return torch.stack([self(dist, ref) for _ in range(draws)]).mean(dim=0)
 
+    # --- speed options (issue 18.4; set by :func:`set_speed`) -----------------------------
+    #: "bf16": every evaluation (scoring, the attacks' steps and gradients) under bf16 autocast,
+    #: scores returned in float32; None: float32
+    amp: str | None = None
+    #: torch.compile'd score functions by name (None: eager)
+    compiled: dict | None = None
+
+    def call(self, name: str, *args):
+        """``self.<name>(*args)`` for ``score``, ``score_with`` or ``reference``, as the speed
+        options say: compiled, and under autocast (the one place every evaluation passes)."""
+        fn = (self.compiled or {}).get(name) or getattr(self, name)
+        if self.amp is None:
+            return fn(*args)
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]):
+            out = fn(*args)
+        # scores leave in float32 (the harness's tables, comparisons and budget checks are float32);
+        # a prepared reference keeps the dtype the autocast forward gave it
+        return out.float() if name != "reference" else out
+
     def forward(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         validate_pair(dist, ref, self.card.min_size)
-        s = self.score(dist, ref)
+        s = self.call("score", dist, ref)
         if s.shape != (dist.shape[0],):
             raise RobenchError(f"target {self.card.name} returned shape {tuple(s.shape)}, expected ({dist.shape[0]},)")
         if not torch.isfinite(s.detach()).all():
@@ -288,6 +307,43 @@ class Target(nn.Module):
         return f"name={self.card.name}, lower_better={self.card.lower_better}, weights={self.card.weights.describe()}"
 
 
+#: ``--amp`` values and the autocast dtype of each (None / "none": float32, no autocast)
+AMP_DTYPES = {"bf16": torch.bfloat16}
+AMP_CHOICES = ("none", *AMP_DTYPES)
+
+
+def check_amp(value: Any, where: str = "--amp") -> str | None:
+    """``"none"`` / ``"fp32"`` / None → None (float32); ``"bf16"`` (or ``"bfloat16"``) → ``"bf16"``;
+    anything else is a RobenchError naming the allowed values."""
+    text = "none" if value is None else str(value).strip().lower()
+    text = {"fp32": "none", "float32": "none", "bfloat16": "bf16"}.get(text, text)
+    if text not in AMP_CHOICES:
+        raise RobenchError(f"{where} must be one of {', '.join(AMP_CHOICES)} (none = float32), got {value!r}")
+    return None if text == "none" else text
+
+
+def set_speed(target: "Target", amp: str | None = None, compile: bool = False) -> "Target":
+    """Set a target's speed options in place (and return it): ``amp`` (see :func:`check_amp`)
+    and ``compile`` (``torch.compile`` of its score functions, built once and kept; False
+    drops them). Idempotent: a cached target serving cells of both settings follows each."""
+    target.amp = check_amp(amp)
+    if not compile:
+        target.compiled = None
+    elif target.compiled is None:
+        import torch._inductor.config as inductor
+
+        # a randomised defence draws the same numbers compiled as eager (inductor's own RNG
+        # would make the compiled run a different sample)
+        inductor.fallback_random = True
+        target.compiled = {name: torch.compile(getattr(target, name)) for name in ("score", "score_with", "reference")}
+    return target
+
+
+def speed_of(target: "Target") -> dict[str, Any]:
+    """The speed options a target runs with (provenance): ``{"amp": None | "bf16", "compile": bool}``."""
+    return {"amp": getattr(target, "amp", None), "compile": getattr(target, "compiled", None) is not None}
+
+
 def index_prepared(prepared, idx):
     """Rows ``idx`` of a prepared reference (a tensor, or a list/tuple/dict of them)."""
     if isinstance(prepared, torch.Tensor):
@@ -320,7 +376,7 @@ class BoundTarget(nn.Module):
         self.prepared = None
         if cache:
             with torch.no_grad():
-                self.prepared = target.reference(self.ref)
+                self.prepared = target.call("reference", self.ref)
         self.queries = torch.zeros(ref.shape[0], dtype=torch.long)
 
     def scores(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -331,9 +387,9 @@ class BoundTarget(nn.Module):
         for _ in range(self.eot):
             if self.cache:
                 prep = self.prepared if idx is None else index_prepared(self.prepared, idx)
-                draws.append(self.target.score_with(x, prep))
+                draws.append(self.target.call("score_with", x, prep))
             else:
-                draws.append(self.target.score(x, self.ref if idx is None else self.ref[idx]))
+                draws.append(self.target.call("score", x, self.ref if idx is None else self.ref[idx]))
         s = draws[0] if self.eot == 1 else torch.stack(draws).mean(dim=0)
         if s.shape != (n,):
             raise RobenchError(f"target {self.target.card.name} returned shape {tuple(s.shape)}, expected ({n},)")

@@ -15,6 +15,8 @@ import torch
 
 from robench.attacks.base import Attack, AttackResult, BudgetViolation
 from robench.core.config import RunSpec
+from robench.core.device import halving_batches
+from robench.core.errors import OutOfMemory
 from robench.core.registry import ATTACKS
 from robench.core.target import Target, fingerprint
 from robench.engine.items import Items
@@ -39,6 +41,9 @@ def cell_config(target: Target, defense: dict[str, Any], attack: Attack, eps: li
                     **({"content_version": items.content_version} if items.content_version else {})},
         "seed": spec.seed,
         "profile": attack.profile,
+        # bf16 autocast gives other numbers: its cells are keyed apart (absent for float32, so
+        # every stored cell keeps its key); torch.compile is provenance (engine.speed)
+        **({"amp": target.amp} if getattr(target, "amp", None) else {}),
     }
 
 
@@ -49,6 +54,8 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     t0 = time.perf_counter()
     res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False,
                  batch_size=batch_size, progress=progress)
+    # after an out-of-memory error the rest of the cell runs at the batch size the attack ended with
+    bs, halved = res.batch_size_used, res.oom_halved
     other_scores = None
     t1 = time.perf_counter()
     if items.other is not None:
@@ -60,19 +67,29 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             # the EOT draws when the target is randomised
             eot = int(attack.params["eot"])
             dev = getattr(target, "device", torch.device("cpu"))  # items stay on the CPU; batches go to the target
-            other_scores = torch.cat([target.expected_score(items.other[i:i + batch_size].to(dev),
-                                                            items.ref[i:i + batch_size].to(dev), eot).cpu()
-                                      for i in range(0, len(items), batch_size)])
+            other_scores = torch.empty(len(items))
+
+            def score_other(i: int, j: int) -> None:
+                other_scores[i:j] = target.expected_score(items.other[i:j].to(dev), items.ref[i:j].to(dev), eot).cpu()
+
+            bs, more = halving_batches(len(items), bs, score_other, dev, what=f"2AFC scores of {target.card.name}")
+            halved += more
     compute = res.compute_seconds + (time.perf_counter() - t1)
     rows = make_rows(res, items, eps, other_scores)
     summary = summarise(res, items, eps, target.lower_better, other_scores)
     flags = cell_flags(res, summary, attack)
-    convergence = convergence_check(target, attack, items, eps, batch_size, summary["mean_gain"])
+    convergence = convergence_check(target, attack, items, eps, bs, summary["mean_gain"])
     if convergence is not None:
         compute += convergence.pop("seconds")
+        bs, more = convergence.pop("batch_size_used"), convergence.pop("oom_halved")
+        halved += more
         flags["convergence"] = convergence
         flags["not_converged"] = convergence["not_converged"]
-    return {"summary": summary, "probes": res.probes, "flags": flags, "n_items": len(items),
+    # the batch sizes are provenance (not in the key): asked for, and in use at the end
+    probes = {**res.probes, "batch_size": int(batch_size), "batch_size_used": int(bs), "oom_halved": int(halved)}
+    if halved:
+        flags["oom_halved"] = int(halved)  # shown with the cell: it ran out of memory and went on smaller
+    return {"summary": summary, "probes": probes, "flags": flags, "n_items": len(items),
             "attack_seconds": compute, "seconds": time.perf_counter() - t0}, rows
 
 
@@ -99,7 +116,7 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
     return {"half_params": {k: params[k] for k in attack.budget_params if k in params},
             "full_gain": [float(g) for g in full_gain], "half_gain": half_gain, "rel_gap": gap,
             "tolerance": CONVERGENCE_TOL, "not_converged": bool(any(g > CONVERGENCE_TOL for g in gap)),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "batch_size_used": res.batch_size_used, "oom_halved": res.oom_halved}
 
 
 def make_rows(res: AttackResult, items: Items, eps: list[float], other_scores) -> list[dict[str, Any]]:
@@ -191,7 +208,7 @@ def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: lis
     stopped it (an out-of-budget result must never reach the store as data)."""
     try:
         record, rows = run_cell(target, attack, items, eps, batch_size, progress)
-    except BudgetViolation as exc:
+    except (BudgetViolation, OutOfMemory) as exc:  # out of memory even at batch size 1: a failed cell
         return {"key": key, "failed": str(exc)}
     return {"key": key, "record": record, "rows": rows}
 
@@ -208,7 +225,8 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
     if cells.empty:
         return
     res = {k: store.results(k) for k in cells["key"]}
-    for _, grp in cells.groupby(["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile"]):
+    cells = cells.assign(amp=cells["config"].map(lambda c: c.get("amp") or "fp32"))  # bf16 cells compare among themselves
+    for _, grp in cells.groupby(["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile", "amp"]):
         by_attack = {r["attack"]: r for _, r in grp.iterrows()}
         for name, row in by_attack.items():
             # an attack declares the attacks it must match or beat (PGD: FGSM); flag key kept

@@ -49,6 +49,7 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     from robench.core.device import device_record, resolve_device
     from robench.core.registry import ATTACKS
     from robench.core.config import RunSpec
+    from robench.core.target import set_speed
     from robench.engine.cell import cell_config, cell_result
     from robench.engine.items import load_items
     from robench.engine.resolve import resolve_target
@@ -63,6 +64,9 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
                               lambda: resolve_target(spec, progress=False, train=False))
     device = resolve_device(task.device, where=f"worker {os.getpid()}: --device")
     target = target.to(device)
+    # the speed options as the driver checked them (amp is in the key: a worker that skipped
+    # it would compute another cell; the cached target follows each cell's setting)
+    set_speed(target, spec.amp, spec.compile)
     items = _cached(("items", spec.dataset, spec.split, task.n, spec.seed, repr(sorted(spec.dataset_options.items()))),
                     lambda: load_items(spec.dataset, spec.split, task.n or None, spec.seed, spec.dataset_options))
     attack = ATTACKS.get(task.attack)(profile=spec.profile, seed=spec.seed, **task.attack_params)
@@ -134,10 +138,24 @@ class RayExecutor(Executor):
             kw["address"] = address
         elif num_cpus is not None:
             kw["num_cpus"] = num_cpus
+        if not 0 <= gpus_per_cell <= 1:
+            # a cell computes on one device, its worker's cuda:0: more would hold GPUs it never uses
+            raise RobenchError(f"--gpus-per-cell must be in [0, 1] (a cell computes on one GPU; a fraction lets "
+                               f"cells share one), got {gpus_per_cell:g}")
+        ours = not ray.is_initialized()  # a caller's connection (an Executor it passes in) stays its own
         try:
             ray.init(**kw)
         except Exception as exc:  # noqa: BLE001 - Ray raises many types for an unreachable cluster
             raise RobenchError(f"could not start or reach Ray ({address or 'local'}): {exc}") from None
+        if gpus_per_cell > 0:
+            # Ray would keep a GPU cell pending forever where no node has a GPU: refuse now
+            most = max((float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+            if most < gpus_per_cell:
+                if ours:
+                    ray.shutdown()
+                raise RobenchError(f"--gpus-per-cell {gpus_per_cell:g}: no node of the Ray cluster ({address or 'local'}) "
+                                   f"has {gpus_per_cell:g} GPU (the most on one node: {most:g}); start the worker nodes "
+                                   "on GPU machines (`ray start --num-gpus N`) or drop --gpus-per-cell")
         self.cpus, self.gpus, self.retries = cpus_per_cell, gpus_per_cell, max_retries
         self._remote = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries)(
             _ray_compute)
@@ -194,14 +212,36 @@ class _Attempts:
 
 
 def _ray_compute(task: dict, attempts=None) -> dict[str, Any]:
+    """A Ray task: one cell. A GPU cell (``--gpus-per-cell``: the task's device is ``cuda``) runs
+    whole on the GPU Ray assigned it — Ray sets the worker's ``CUDA_VISIBLE_DEVICES`` to it, so it
+    is the worker's ``cuda:0``, where ``compute_cell`` moves the target (the attack builds its
+    state on the target's device, the harness moves each batch of items there) — and never falls
+    back to the CPU: a worker without CUDA fails the cell, naming it, rather than store a CPU
+    result labelled as a GPU cell."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
     n = ray.get(attempts.bump.remote(task["key"], node, task.get("attack", ""))) if attempts is not None else 1
+    gpu_ids: list[str] = []
+    if str(task.get("device", "cpu")).startswith("cuda"):
+        import torch
+
+        gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+        if not torch.cuda.is_available():
+            why = (f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else
+                   f"torch {torch.__version__} has CUDA {torch.version.cuda} but sees no GPU")
+            raise RobenchError(
+                f"cell {task.get('label') or task['key'][:12]}: --gpus-per-cell gave it GPU "
+                f"{','.join(gpu_ids) or '?'} on Ray node {node[:12]} (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}), but CUDA is not available in its worker ({why}); "
+                "a GPU cell never falls back to the CPU: install a CUDA build of torch on the GPU nodes, or drop "
+                "--gpus-per-cell")
     t0 = time.perf_counter()
     out = compute_cell(task)
     out["worker_seconds"] = time.perf_counter() - t0
     out["attempts"] = n
+    if gpu_ids:  # cuda:0 of the worker is this GPU of its node (provenance, never the key)
+        out["device"] = {**out["device"], "ray_gpu_ids": gpu_ids}
     return out
 
 

@@ -27,10 +27,11 @@ from robench.core.home import robench_home
 from robench.core.profiles import get_profile
 from robench.core.registry import ATTACKS
 from robench.core.config import RunConfig, RunSpec, dataset_options_for, expand_attacks  # noqa: F401
-from robench.core.target import Target
+from robench.core.target import Target, speed_of
 from robench.engine.cell import cell_config, cell_result, cross_cell_checks
 from robench.engine.items import Items, load_items
 from robench.engine.resolve import resolve_target, weights_records
+from robench.engine.speed import check_speed
 from robench.engine.store import Store, cell_key
 
 
@@ -134,12 +135,17 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
         a.check(target)
         a.resolve(target)
     items = load_items(spec.dataset, spec.split, n or None, spec.seed, spec.dataset_options)
+    # --amp / --compile: agreement with float32 eager on the first items, refused beyond tolerance,
+    # before any cell (and before the keys: the key holds the target's amp)
+    speed = check_speed(target, items.dist, items.ref, [e / 255 for e in eps], spec.amp, spec.compile,
+                        prof.name, spec.seed)
     store_path = Path(spec.store) if spec.store else default_store()
     report: dict[str, Any] = {"store": str(store_path), "cells": [], "profile": prof.name, "eps": eps,
                               "defense": defense, "weights": target.card.weights.describe(),
                               "target": target.card.name, "dataset": spec.dataset, "split": spec.split, "n": len(items),
                               "train_seed": defense.get("train_seed", 0) if defense.get("training") else None,
-                              "device": device_record(device)}
+                              "device": device_record(device),
+                              "speed": {**speed_of(target), "agreement": speed} if speed else None}
     spec_dict = {k: v for k, v in spec.__dict__.items() if k not in ("store", "force")}
     tasks = []
     for a in attacks:
@@ -206,8 +212,10 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                 t_commit = time.perf_counter()
                 # where it ran: provenance beside the key, never in it (an executor reports its worker's)
                 ran_on = result.get("device") if isinstance(result, dict) else None
+                # with the speed options and their agreement check (how it ran: provenance too)
+                speed = {"speed": p.report["speed"]} if p.report.get("speed") else {}
                 cell = {"config": t.extra["config"], "versions": vers, "git_commit": commit,
-                        "device": ran_on or p.report["device"]}
+                        "device": {**(ran_on or p.report["device"]), **speed}}
                 if isinstance(result, BaseException) or "failed" in result:
                     msg = str(result) if isinstance(result, BaseException) else result["failed"]
                     store.record_failure(t.key, cell, msg)
