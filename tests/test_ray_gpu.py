@@ -22,6 +22,7 @@ head and one worker node with a (fake) GPU shows:
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -136,8 +137,10 @@ def test_cli_gpu_cells_run_on_the_gpu_node_and_refuse_a_worker_without_cuda(tiny
     assert not ray.is_initialized()
     with sqlite3.connect(store) as con:
         failed = con.execute("select key, status, error from cells").fetchall()
+        devices = [json.loads(d) for (d,) in con.execute("select device from cells")]
         n_rows = con.execute("select count(*) from results").fetchone()[0]
     assert len(failed) == 2 and n_rows == 0, (failed, n_rows)
+    assert all(d["device"] == "cuda" for d in devices), devices  # where it was sent, not the driver's cpu
     for _, status, error in failed:
         assert status == "failed"
         assert "CUDA is not available in its worker" in error and "never falls back to the CPU" in error, error

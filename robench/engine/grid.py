@@ -212,6 +212,10 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                 t_commit = time.perf_counter()
                 # where it ran: provenance beside the key, never in it (an executor reports its worker's)
                 ran_on = result.get("device") if isinstance(result, dict) else None
+                if ran_on is None and t.device != p.report["device"].get("device"):
+                    # a cell that failed before saying where it ran: the device it was sent to
+                    # (a Ray GPU cell), not the driver's
+                    ran_on = {"device": t.device, "reported": False}
                 # with the speed options and their agreement check (how it ran: provenance too)
                 speed = {"speed": p.report["speed"]} if p.report.get("speed") else {}
                 cell = {"config": t.extra["config"], "versions": vers, "git_commit": commit,
