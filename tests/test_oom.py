@@ -4,6 +4,8 @@ run at that batch size from the start; out of memory at batch size 1 is a failed
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -66,6 +68,14 @@ def test_oom_halves_the_batch_and_equals_a_run_at_that_batch(tiny_mini, tmp_path
         assert got.equals(want), attack.name  # per item and ε, bit for bit
         assert row["summary"] == record["summary"]
         assert row["flags"].get("convergence") == record["flags"].get("convergence")
+    # and a reader sees it: the report flags every such cell [oom] and explains the code
+    from robench.results.report import write_report
+
+    write_report(tmp_path / "a.sqlite", tmp_path / "rep", ot="exact", n_boot=50, plots=False, pdf=False)
+    rj = json.loads((tmp_path / "rep" / "report.json").read_text())
+    flagged = {c["attack"]: c["flags"] for c in rj["flagged_cells"]}
+    assert all("oom" in flagged.get(a, []) for a in ATTACKS), flagged
+    assert "oom" in rj["flag_legend"]
 
 
 def _frame(rows):

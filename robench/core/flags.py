@@ -26,6 +26,13 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
      lambda f: f.get("bound_non_vacuous_fraction") is not None and f["bound_non_vacuous_fraction"] < 0.5),
     ("grad", "zero or NaN input gradients at the clean image",
      lambda f: bool(f.get("zero_grad", 0)) or bool(f.get("nan_grad", 0))),
+    # how the cell ran (issue 18.3, 22.3): shown because an attack that draws per batch gives the
+    # numbers of the smaller batch, and a re-run is the record of a lost worker
+    ("oom", "ran out of device memory and finished at a smaller batch (the cell's probes say which): an attack "
+            "that draws random numbers per batch gives that batch size's numbers",
+     lambda f: bool(f.get("oom_halved", 0))),
+    ("re", "re-run after its worker or node was lost (the stored numbers are the re-run's)",
+     lambda f: bool(f.get("retried", 0))),
 )
 LEGEND = {code: text for code, text, _ in FLAGS}
 
