@@ -155,7 +155,8 @@ def test_ir_of_a_defence_that_halves_every_gain_is_near_one(backend):
 
 
 def add_cell(store: Store, *, target: str, defense: str, training: str | None, attack: str, needs: str, eps, mos,
-             q_clean, q_adv, ref_ids, kind: str = "pairs", train_seconds: float | None = None, sources=None) -> str:
+             q_clean, q_adv, ref_ids, kind: str = "pairs", train_seconds: float | None = None, sources=None,
+             amp: str | None = None) -> str:
     """A hand-made cell in the runner's format (for reporter logic that needs recipe rows)."""
     n = len(q_clean)
     config = {"target": {"name": target, "weights_sha256": f"sha-{target}", "weights_source": "trained-here",
@@ -165,7 +166,7 @@ def add_cell(store: Store, *, target: str, defense: str, training: str | None, a
               "eps": [float(e) for e in eps],
               "dataset": {"name": "synthetic", "split": "test", "kind": kind, "options": {}, "n": n, "n_requested": n,
                           "subset_seed": 0, "items_sha256": "items"},
-              "seed": 0, "profile": "quick"}
+              "seed": 0, "profile": "quick", **({"amp": amp} if amp else {})}
     key = cell_key(config, "test")
     rows = [{"item": i, "eps": float(e), "item_id": f"img{i}", "ref_id": str(ref_ids[i]), "distortion": "d", "level": 1,
              "mos": float(mos[i]), "clean_score": float(q_clean[i]), "score": float(q_adv[k][i]), "linf": 0.0, "l2": 0.0,
@@ -446,3 +447,24 @@ def test_check_resamples_source_photos_not_references(tmp_path, photos, units):
     row = next(r for r in res["rows"] if r["point"] == "8")
     assert row["status"] in ("fail", "drop-not-significant") and row["units"].startswith(units), row
     assert units.split(" (")[0] in row["reason"]
+
+
+def test_bf16_cells_are_a_row_of_their_own(tmp_path):
+    """--amp bf16 cells are another measurement (keyed apart): the report shows them as their own
+    row, labelled, never as the float32 row's latest cell."""
+    from robench.results.report import Reporter, load_cells
+
+    rng = np.random.default_rng(0)
+    n = 30
+    mos, refs = rng.uniform(1, 5, n), np.arange(n)
+    q = mos / 5 + rng.normal(0, 0.2, n)
+    with Store(tmp_path / "s.sqlite") as st:
+        for amp, shift in ((None, 0.1), ("bf16", 0.3)):
+            add_cell(st, target="m", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8], mos=mos,
+                     q_clean=q, q_adv=[q + shift * rng.normal(0, 1, n)], ref_ids=refs, amp=amp)
+    cells, weights = load_cells(tmp_path / "s.sqlite")
+    rep = Reporter(cells, weights, ot="exact", n_boot=50)
+    rows = rep.rows("pairs")
+    assert len(rows) == 2 and {r[-1] for r in rows} == {"fp32", "bf16"}
+    labels = [rep.label(r) for r in rows]
+    assert sum("bf16" in lab[1] for lab in labels) == 1, labels

@@ -162,9 +162,9 @@ def _image_side(dataset: str, profile: str) -> int | None:
 
 def setting_of(rep: Reporter, c: CellData | None, row: tuple, eps: str) -> str:
     """robench's setting of a value: target, dataset/split, profile (image side), seed, n, ε."""
-    dataset, split, _kind, profile, seed = row[2:]
+    dataset, split, _kind, profile, seed, amp = row[2:]
     side = _image_side(dataset, profile)
-    prof = f"{profile} profile" + (f", {side} px" if side else "")
+    prof = f"{profile} profile" + (f", {side} px" if side else "") + ("" if amp == "fp32" else f", {amp}")
     if c is None:
         return f"{row[0]} · {dataset}/{split} · {prof} · seed {seed}: no such cell"
     return f"{row[0]} · {dataset}/{split} · {prof} · seed {seed} · n = {c.n} · {eps}"
@@ -385,7 +385,7 @@ def scale_note(rep: Reporter) -> str:
     """What the paper measured against what robench measured: the honest header of both files."""
     settings = {}
     for c in rep.cells:
-        dataset, split, kind, profile, seed = c.row[2:]
+        dataset, split, kind, profile, seed, _amp = c.row[2:]
         side = _image_side(dataset, profile)
         k = (dataset, split, kind, profile)
         s = settings.setdefault(k, {"n": set(), "side": side, "seeds": set()})

@@ -66,6 +66,7 @@ class CellData:
     psnr: np.ndarray | None = None  # K × n, adversarial vs unattacked distorted (NaN: δ = 0 or not stored)
     ssim: np.ndarray | None = None
     train_seed: int = 0  # the recipe's training seed (--seeds; 0: the weights M.<recipe>, and every non-recipe cell)
+    amp: str = "fp32"  # --amp: bf16 cells are another measurement (keyed apart), so another row
 
     @property
     def active_flags(self) -> list[str]:
@@ -88,7 +89,7 @@ class CellData:
     @property
     def row(self) -> tuple:
         """Cells sharing a row of a table: one model behind one defence on one item set."""
-        return (self.arch, self.defense, self.dataset, self.split, self.kind, self.profile, self.seed)
+        return (self.arch, self.defense, self.dataset, self.split, self.kind, self.profile, self.seed, self.amp)
 
     @property
     def metric_name(self) -> str:
@@ -164,7 +165,8 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
             q_other=sign * first["other_score"].to_numpy(float) if kind != "pairs" else None,
             q_clean=sign * first["clean_score"].to_numpy(float), q_adv=sign * adv,
             seconds=c["seconds"], flags=c["flags"] or {}, attack_params=cfg["attack"].get("params", {}),
-            psnr=per_eps("psnr"), ssim=per_eps("ssim"), train_seed=int(cfg["defense"].get("train_seed", 0) or 0)))
+            psnr=per_eps("psnr"), ssim=per_eps("ssim"), train_seed=int(cfg["defense"].get("train_seed", 0) or 0),
+            amp=cfg.get("amp") or "fp32"))
         t1 = ((weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}).get("theorem1")
         if t1 and t1.get("n_batches"):  # AAT weights: the training bound's evidence is a flag of every cell
             out[-1].flags = {**out[-1].flags, "bound_non_vacuous_fraction": t1["non_vacuous_fraction"]}
@@ -720,8 +722,9 @@ class Reporter:
     def label(self, row: tuple) -> tuple:
         """A row's printed label: (target, defence), with its setting when the store mixes several."""
         if self.multi_setting:
-            dataset, split, kind, profile, seed = row[2:]
-            return (row[0], f"{dataset}/{split}/{profile}/seed {seed}", defense_label(row[1]))
+            dataset, split, kind, profile, seed, amp = row[2:]
+            return (row[0], f"{dataset}/{split}/{profile}/seed {seed}" + ("" if amp == "fp32" else f"/{amp}"),
+                    defense_label(row[1]))
         return (row[0], defense_label(row[1]))
 
     def label_names(self) -> list[str]:
