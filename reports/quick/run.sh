@@ -3,8 +3,10 @@
 # lpips.alex, topiq.fr} × all seven attacks at ε = 8/255, stored in reports/quick/results.sqlite,
 # then the reporter's tables and plots (reports/quick/report/) and the baseline `robench check`
 # compares against (reports/baseline.json).
-# 16 items per cell (N=32 for the profile's default): with converged attack budgets and the
-# convergence re-run at half budget, a BiRQA row of eight attacks takes ~15 min on 2 cores.
+# 96 items per cell (issue 17.8, scripts/size_quick.sh: the ΔSROCC half-width base vs AAT under
+# PGD ε 8 is 0.046 with 96 items over the 10 test photos, photo bootstrap; ~0.14 at 32 items).
+# With converged budgets and the half-budget re-run a PGD cell takes ~11 min at 96 items on the
+# shared 2-core machine; ATTACKS (default all) and DEFENSES (default none aat r at) select a part.
 # Trains what is missing (clean models, then each recipe) into $ROBENCH_HOME. Rerunning skips
 # stored cells. On the 2-core CPU machine birqa and lpips.alex take minutes each; topiq.fr
 # (36 M parameters, trained from scratch offline) takes hours.
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/../.."
 STORE=reports/quick/results.sqlite
 for model in ${MODELS:-birqa lpips.alex topiq.fr}; do
   for defense in ${DEFENSES:-none aat r at}; do
-    robench run --model "$model" --defense "$defense" --attacks all --eps 8 --n "${N:-16}" --store "$STORE" --json \
+    robench run --model "$model" --defense "$defense" --attacks "${ATTACKS:-all}" --eps 8 --n "${N:-96}" --store "$STORE" --json \
       > "reports/quick/run-${model}-${defense}.json"
   done
 done
