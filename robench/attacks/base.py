@@ -285,7 +285,7 @@ class Attack:
         n = dist.shape[0]
         bs = batch_size or n
         K = len(epses)
-        device = getattr(target, "device", torch.device("cpu"))
+        device = target.device
         scores = torch.empty(K, n)
         queries = torch.zeros(K, n, dtype=torch.long)
         linf = torch.empty(K, n)

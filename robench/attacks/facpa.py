@@ -93,7 +93,7 @@ class FACPA(Attack):
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         folder = robench_home() / "attacks" / "facpa" / digest[:16]
         # built (its seeded initialisation) on the CPU, then moved to the target's device
-        gen = Generator(int(self.width)).to(getattr(target, "device", torch.device("cpu")))
+        gen = Generator(int(self.width)).to(target.device)
         if (folder / "meta.json").is_file():
             from robench.core.weights import load_state_dict
 

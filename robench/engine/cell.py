@@ -66,7 +66,7 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             # the unattacked image of a 2AFC triplet: like every reported score, a mean over
             # the EOT draws when the target is randomised
             eot = int(attack.params["eot"])
-            dev = getattr(target, "device", torch.device("cpu"))  # items stay on the CPU; batches go to the target
+            dev = target.device  # items stay on the CPU; batches go to the target
             other_scores = torch.empty(len(items))
 
             def score_other(i: int, j: int) -> None:

@@ -199,13 +199,12 @@ class _Attempts:
     """Attempts per cell key, and where the latest one runs (a Ray actor on the driver's node)."""
 
     def __init__(self):
-        self.n: dict[str, int] = {}
         self.where: dict[str, dict[str, Any]] = {}
 
     def bump(self, key: str, node: str = "", attack: str = "") -> int:
-        self.n[key] = self.n.get(key, 0) + 1
-        self.where[key] = {"attempt": self.n[key], "node": node, "attack": attack}
-        return self.n[key]
+        n = self.where.get(key, {}).get("attempt", 0) + 1
+        self.where[key] = {"attempt": n, "node": node, "attack": attack}
+        return n
 
     def started(self) -> dict[str, dict[str, Any]]:
         return dict(self.where)

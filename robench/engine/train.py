@@ -56,7 +56,7 @@ def clean_loss(pred: torch.Tensor, mos: torch.Tensor, lam: float = 1.0) -> torch
 def predict(target, dataset, batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Oriented quality ``q`` for every pair of ``dataset`` (and its MOS)."""
     target.eval()
-    device = getattr(target, "device", torch.device("cpu"))
+    device = target.device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     qs, ms = [], []
     with progress_bar(progress) as bar:
