@@ -226,3 +226,59 @@ def test_vacuous_aat_bound_is_a_flag_of_every_cell_of_those_weights(tiny_mini, t
                                                                          "non_vacuous_fraction": 0.2}}}])
     cells, _ = load_cells(store)
     assert "vac" in cells[0].active_flags
+
+
+def test_escalate_doubles_a_flagged_budget_until_converged_and_reopens_stored_cells(tiny_mini, tmp_path):
+    """--escalate K: a cell the half-budget check flags runs again at 2×, 4×, … its budget, each
+    run checked against the one before; the cell keeps the largest budget's rows, says so ([esc])
+    and a stored flagged cell is re-opened by a larger cap (same key), then cached."""
+    from typer.testing import CliRunner
+
+    from robench.cli import app
+    from robench.engine.cell import run_cell
+    from robench.engine.items import load_items
+    from robench.engine.store import Store
+
+    items = load_items("mini", "test", 6, 0, {"size": 32, "crops_per_source": 1})
+    t = robench.load_model("ssim")
+    rec, rows = run_cell(t, robench.load_attack("square", queries=32), items, [8.0], batch_size=8, escalate=4)
+    conv = rec["flags"]["convergence"]
+    ladder = conv["ladder"]
+    assert [s["params"]["queries"] for s in ladder] == [16 * 2 ** i for i in range(len(ladder))]
+    assert rec["flags"]["escalated"] == conv["escalated"] == len(ladder) - 2 >= 1
+    assert conv["budget_used"] == ladder[-1]["params"] and conv["half_params"] == ladder[-2]["params"]
+    gains = [s["gain"][0] for s in ladder]
+    # stopped at the first doubling that met the rule, or at the cap still flagged
+    stop = next((i for i in range(2, len(gains)) if gains[i] - gains[i - 1] <= 0.05 * gains[i]), None)
+    assert (stop == len(gains) - 1 and not rec["flags"]["not_converged"]) or (stop is None and conv["escalated"] == 4)
+    # the rows are the largest budget's: their mean gain is the ladder's last
+    mean = sum(r["score"] - r["clean_score"] for r in rows) / len(rows)
+    assert abs(mean - gains[-1]) < 1e-6 and rows[0]["queries"] <= ladder[-1]["params"]["queries"]
+    # a converged cell is untouched by the cap
+    rec2, _ = run_cell(t, robench.load_attack("pgd", steps=40), items, [8.0], batch_size=8, escalate=4)
+    assert not rec2["flags"].get("escalated") and rec2["flags"]["convergence"]["escalated"] == 0
+
+    store = tmp_path / "s.sqlite"
+    runner = CliRunner()
+    base = ["run", "--model", "ssim", "--attacks", "square", "--n", "6", "--eps", "8", "--dataset-option", "size=32",
+            "--dataset-option", "crops_per_source=1", "--attack-option", "square.queries=32", "--store", str(store),
+            "--json"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0, r.output
+    key = json.loads(r.stdout)["cells"][0]["key"]
+    with Store(store) as s:
+        assert s.cell_flags(key)["not_converged"] is True
+    r = runner.invoke(app, base + ["--escalate", "4"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)["cells"][0]
+    assert out["key"] == key and out["status"] == "done" and out["reopened"]
+    with Store(store) as s:
+        assert len(s.cells()) == 1 and s.cell_flags(key)["escalated"] == conv["escalated"]
+        assert len(s.results(key)) == 6  # replaced, not appended
+    assert json.loads(runner.invoke(app, base + ["--escalate", "4"]).stdout)["cells"][0]["status"] == "cached"
+    rep = tmp_path / "rep"
+    r = runner.invoke(app, ["report", "--store", str(store), "--out", str(rep), "--ot", "exact", "--resamples", "50",
+                            "--no-pdf", "--no-plots"])
+    assert r.exit_code == 0, r.output
+    sweep = (rep / "sweep.md").read_text()
+    assert "esc" in sweep and "--escalate" in sweep

@@ -226,6 +226,17 @@ class Attack:
                 half[k] = max(1, int(v) // 2)
         return {**self.params, **half} if half else {}
 
+    def scaled_budget(self, factor: int) -> dict[str, Any]:
+        """This attack's parameters with every budget parameter multiplied by ``factor`` (the
+        engine's ``--escalate``: a cell its half-budget check flags is re-run at 2×, 4×, …);
+        empty when the attack has no budget to scale."""
+        up = {}
+        for k in self.budget_params:
+            v = self.params.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                up[k] = int(v) * int(factor)
+        return {**self.params, **up} if up else {}
+
     @property
     def white_box(self) -> bool:
         return self.needs == WHITE_BOX_NEEDS

@@ -193,6 +193,10 @@ def run_cmd(
                                   "on CPU; the first batches pay the compile time). Recorded with each cell, not "
                                   "keyed; first checked against eager like --amp (within 1e-4 / 1e-3 of the spread). "
                                   "With --config it overrides the file's."),
+    escalate: int = typer.Option(0, "--escalate", min=0, max=6, help="Budget doublings allowed for a cell the "
+                                 "half-budget check flags not converged: it is run again at 2×, 4×, … the attack's "
+                                 "budget until the rule holds (flag [esc]; still flagged [nc] past the cap). Not keyed: "
+                                 "a stored flagged cell is re-run by a larger cap. With --config it overrides the file's."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Attack targets across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy).
@@ -220,6 +224,8 @@ def run_cmd(
             cfg.device = device
         if compile_:
             cfg.compile = True
+        if escalate:
+            cfg.escalate = escalate
         cfg.force = cfg.force or force or not resume
     else:
         if not model:
@@ -238,7 +244,7 @@ def run_cmd(
             "attack_params": _parse_nested(attack_option, "--attack-option", "attack"),
             "defense_options": _parse_nested(defense_option, "--defense-option", "defence"),
             "executor": executor, "executor_options": ex_opts, "device": device or "cpu", "amp": amp,
-            "compile": compile_}, where="robench run")
+            "compile": compile_, "escalate": escalate}, where="robench run")
     grid = run_config(cfg, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"))
     if as_json:
         emit_json(grid["runs"][0] if len(grid["runs"]) == 1 else grid)

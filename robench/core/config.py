@@ -53,6 +53,10 @@ class RunSpec:
     # measurement), torch.compile is recorded, not keyed (eager's arithmetic up to float order)
     amp: str | None = None  # None: float32 | "bf16"
     compile: bool = False
+    # doublings of an attack's budget allowed when a cell's half-budget check flags it not
+    # converged (engine.cell.run_cell); not keyed: a converged cell is the same measurement at
+    # any cap, and a stored flagged cell is re-opened by a run with a larger cap (engine.grid)
+    escalate: int = 0
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -117,6 +121,7 @@ class RunConfig:
     device: str = "cpu"  # recorded with the results; not part of a cell's key
     amp: str | None = None  # "bf16": autocast (keyed: another measurement); None: float32
     compile: bool = False  # torch.compile of the targets (recorded, not keyed)
+    escalate: int = 0  # budget doublings for a cell flagged not converged (RunSpec.escalate)
     store: str | None = None
     force: bool = False
     resolved: bool = False
@@ -169,6 +174,9 @@ class RunConfig:
             from robench.core.target import check_amp
 
             data["amp"] = check_amp(data["amp"], f"{where}: amp")
+        esc = data.get("escalate", 0)
+        if isinstance(esc, bool) or not isinstance(esc, int) or not 0 <= esc <= 6:
+            raise RobenchError(f"{where}: escalate must be a whole number of budget doublings from 0 to 6, got {esc!r}")
         if not isinstance(data.get("compile", False), bool):
             raise RobenchError(f"{where}: compile must be true or false, got {data['compile']!r}")
         return cls(**data)
@@ -228,7 +236,7 @@ class RunConfig:
         return [RunSpec(model=m, attacks=list(c.attacks), dataset=c.dataset, eps=list(c.eps), profile=c.profile,
                         n=c.n, seed=c.seed, split=c.split, defense=None if d == NO_DEFENSE else d,
                         train_seed=s, weights=c.weights, store=Path(c.store) if c.store else None, force=c.force,
-                        device=c.device, amp=c.amp, compile=c.compile,
+                        device=c.device, amp=c.amp, compile=c.compile, escalate=c.escalate,
                         dataset_options=json.loads(json.dumps(c.dataset_options)),
                         attack_params={k: dict(v) for k, v in c.attack_params.items()},
                         defense_options={k: dict(v) for k, v in c.defense_options.items()})

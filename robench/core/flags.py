@@ -26,6 +26,10 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
      lambda f: f.get("bound_non_vacuous_fraction") is not None and f["bound_non_vacuous_fraction"] < 0.5),
     ("grad", "zero or NaN input gradients at the clean image",
      lambda f: bool(f.get("zero_grad", 0)) or bool(f.get("nan_grad", 0))),
+    # the budget it needed (robench run --escalate): the cell's convergence record holds the ladder
+    ("esc", "the half-budget check flagged the profile's budget, so the attack ran again at 2×, 4×, … its budget "
+            "(--escalate) until the rule held: the number is the largest budget's",
+     lambda f: bool(f.get("escalated", 0))),
     # how the cell ran (issue 18.3, 22.3): shown because an attack that draws per batch gives the
     # numbers of the smaller batch, and a re-run is the record of a lost worker
     ("oom", "ran out of device memory and finished at a smaller batch (the cell's probes say which): an attack "

@@ -48,14 +48,44 @@ def cell_config(target: Target, defense: dict[str, Any], attack: Attack, eps: li
 
 
 def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-             progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             progress: Callable[[int], None] | None = None, escalate: int = 0
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Attack every item at every ε; return the cell's record (summary, probes, flags, timing)
-    and its per-(item, ε) rows. Raises BudgetViolation rather than return an out-of-budget result."""
+    and its per-(item, ε) rows. Raises BudgetViolation rather than return an out-of-budget result.
+
+    ``escalate`` (``robench run --escalate K``): when the half-budget check flags the cell not
+    converged, the attack runs again at twice its budget, checked against the run before it (its
+    half), up to K doublings; the cell keeps the largest budget's numbers and records the ladder.
+    A cell still short of the rule after K doublings stays flagged."""
     t0 = time.perf_counter()
     res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False,
                  batch_size=batch_size, progress=progress)
     # after an out-of-memory error the rest of the cell runs at the batch size the attack ended with
     bs, halved = res.batch_size_used, res.oom_halved
+    compute = res.compute_seconds
+    convergence = convergence_check(target, attack, items, eps, bs, _gains(res, target, eps))
+    if convergence is not None:
+        compute += convergence.pop("seconds")
+        bs, more = convergence.pop("batch_size_used"), convergence.pop("oom_halved")
+        halved += more
+        ladder = [{"params": convergence["half_params"], "gain": convergence["half_gain"]},
+                  {"params": _budget(attack, attack.params), "gain": convergence["full_gain"]}]
+        k = 0
+        while convergence["not_converged"] and k < int(escalate):
+            k += 1
+            params = attack.scaled_budget(2 ** k)
+            up = type(attack)(profile=attack.profile, seed=attack.seed, **params)
+            res = up(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=bs)
+            compute += res.compute_seconds
+            bs, halved = res.batch_size_used, halved + res.oom_halved
+            full, prev = _gains(res, target, eps), ladder[-1]["gain"]
+            ladder.append({"params": _budget(attack, params), "gain": full})
+            gap = _rel_gap(full, prev)
+            convergence.update(half_params=ladder[-2]["params"], full_gain=full, half_gain=prev, rel_gap=gap,
+                               not_converged=bool(any(g > CONVERGENCE_TOL for g in gap)))
+        if escalate:
+            # the run's cap and what it used: a later run with a larger cap re-opens a flagged cell
+            convergence.update(escalate=int(escalate), escalated=k, budget_used=ladder[-1]["params"], ladder=ladder)
     other_scores = None
     t1 = time.perf_counter()
     if items.other is not None:
@@ -74,17 +104,15 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
 
             bs, more = halving_batches(len(items), bs, score_other, dev, what=f"2AFC scores of {target.card.name}")
             halved += more
-    compute = res.compute_seconds + (time.perf_counter() - t1)
+    compute += time.perf_counter() - t1
     rows = make_rows(res, items, eps, other_scores)
     summary = summarise(res, items, eps, target.lower_better, other_scores)
     flags = cell_flags(res, summary, attack)
-    convergence = convergence_check(target, attack, items, eps, bs, summary["mean_gain"])
     if convergence is not None:
-        compute += convergence.pop("seconds")
-        bs, more = convergence.pop("batch_size_used"), convergence.pop("oom_halved")
-        halved += more
         flags["convergence"] = convergence
         flags["not_converged"] = convergence["not_converged"]
+        if convergence.get("escalated"):
+            flags["escalated"] = convergence["escalated"]  # shown with the cell: it ran past its profile's budget
     # the batch sizes are provenance (not in the key): asked for, and in use at the end
     probes = {**res.probes, "batch_size": int(batch_size), "batch_size_used": int(bs), "oom_halved": int(halved)}
     if halved:
@@ -96,6 +124,19 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
 #: the convergence rule of issue 15: the full budget's gain may exceed the half budget's by at
 #: most this fraction of the full gain
 CONVERGENCE_TOL = 0.05
+
+
+def _gains(res: AttackResult, target: Target, eps: list[float]) -> list[float]:
+    q0, q = (t.numpy() for t in res.oriented(target.lower_better))
+    return [float((q[k] - q0).mean()) for k in range(len(eps))]
+
+
+def _rel_gap(full: list[float], half: list[float]) -> list[float]:
+    return [(f - h) / f if f > 0 else 0.0 for f, h in zip(full, half)]
+
+
+def _budget(attack: Attack, params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in attack.budget_params if k in params}
 
 
 def convergence_check(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
@@ -110,10 +151,9 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
     t0 = time.perf_counter()
     half = type(attack)(profile=attack.profile, seed=attack.seed, **params)
     res = half(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size)
-    q0, q = (t.numpy() for t in res.oriented(target.lower_better))
-    half_gain = [float((q[k] - q0).mean()) for k in range(len(eps))]
-    gap = [(f - h) / f if f > 0 else 0.0 for f, h in zip(full_gain, half_gain)]
-    return {"half_params": {k: params[k] for k in attack.budget_params if k in params},
+    half_gain = _gains(res, target, eps)
+    gap = _rel_gap(full_gain, half_gain)
+    return {"half_params": _budget(attack, params),
             "full_gain": [float(g) for g in full_gain], "half_gain": half_gain, "rel_gap": gap,
             "tolerance": CONVERGENCE_TOL, "not_converged": bool(any(g > CONVERGENCE_TOL for g in gap)),
             "seconds": time.perf_counter() - t0, "batch_size_used": res.batch_size_used, "oom_halved": res.oom_halved}
@@ -203,11 +243,11 @@ def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> di
 
 
 def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                progress: Callable[[int], None] | None = None, escalate: int = 0) -> dict[str, Any]:
     """What an executor hands back for one cell: record and rows, or the budget violation that
     stopped it (an out-of-budget result must never reach the store as data)."""
     try:
-        record, rows = run_cell(target, attack, items, eps, batch_size, progress)
+        record, rows = run_cell(target, attack, items, eps, batch_size, progress, escalate)
     except (BudgetViolation, OutOfMemory) as exc:  # out of memory even at batch size 1: a failed cell
         return {"key": key, "failed": str(exc)}
     return {"key": key, "record": record, "rows": rows}

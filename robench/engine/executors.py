@@ -76,7 +76,8 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     if key != task.key:  # a worker with other weights, data or code must not answer for this cell
         raise RobenchError(f"worker computed cell {key[:12]} for task {task.key[:12]} ({task.label}): its cache or "
                            "code differs from the driver's")
-    return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size), "pid": os.getpid(),
+    return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size, escalate=spec.escalate),
+            "pid": os.getpid(),
             "device": device_record(device)}
 
 

@@ -135,6 +135,11 @@ class Store:
         row = self.db.execute("SELECT status FROM cells WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
+    def cell_flags(self, key: str) -> dict[str, Any] | None:
+        """The stored flags of one cell (None when it is not stored)."""
+        row = self.db.execute("SELECT flags FROM cells WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
     @contextmanager
     def _transaction(self, what: str):
         """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error. A full disk (SQLITE_FULL)
