@@ -195,7 +195,7 @@ def run_cmd(
                                   "With --config it overrides the file's."),
     escalate: int = typer.Option(0, "--escalate", min=0, max=6, help="Budget doublings allowed for a cell the "
                                  "half-budget check flags not converged: it is run again at 2×, 4×, … the attack's "
-                                 "budget until the rule holds (flag [esc]; still flagged [nc] past the cap). Not keyed: "
+                                 "budget until the rule holds or the cap is spent (flag [esc]; still [nc] past the cap). Not keyed: "
                                  "a stored flagged cell is re-run by a larger cap. With --config it overrides the file's."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:

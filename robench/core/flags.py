@@ -28,7 +28,8 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
      lambda f: bool(f.get("zero_grad", 0)) or bool(f.get("nan_grad", 0))),
     # the budget it needed (robench run --escalate): the cell's convergence record holds the ladder
     ("esc", "the half-budget check flagged the profile's budget, so the attack ran again at 2×, 4×, … its budget "
-            "(--escalate) until the rule held: the number is the largest budget's",
+            "(--escalate) until the rule held or the cap was spent (then [nc] too): the number is the largest "
+            "budget's",
      lambda f: bool(f.get("escalated", 0))),
     # how the cell ran (issue 18.3, 22.3): shown because an attack that draws per batch gives the
     # numbers of the smaller batch, and a re-run is the record of a lost worker
