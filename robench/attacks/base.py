@@ -219,23 +219,20 @@ class Attack:
     def half_budget(self) -> dict[str, Any]:
         """This attack's parameters with every budget parameter halved (the convergence check);
         empty when the attack has no budget to halve (single-step attacks)."""
-        half = {}
-        for k in self.budget_params:
-            v = self.params.get(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
-                half[k] = max(1, int(v) // 2)
-        return {**self.params, **half} if half else {}
+        return self._with_budget(lambda v: max(1, v // 2))
 
     def scaled_budget(self, factor: int) -> dict[str, Any]:
         """This attack's parameters with every budget parameter multiplied by ``factor`` (the
         engine's ``--escalate``: a cell its half-budget check flags is re-run at 2×, 4×, …);
         empty when the attack has no budget to scale."""
-        up = {}
-        for k in self.budget_params:
-            v = self.params.get(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
-                up[k] = int(v) * int(factor)
-        return {**self.params, **up} if up else {}
+        return self._with_budget(lambda v: v * int(factor))
+
+    def _with_budget(self, change: Callable[[int], int]) -> dict[str, Any]:
+        """The parameters with ``change`` applied to every positive numeric budget parameter;
+        empty when there is none."""
+        new = {k: change(int(v)) for k in self.budget_params
+               if isinstance(v := self.params.get(k), (int, float)) and not isinstance(v, bool) and v > 0}
+        return {**self.params, **new} if new else {}
 
     @property
     def white_box(self) -> bool:

@@ -74,8 +74,7 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
         while convergence["not_converged"] and k < int(escalate):
             k += 1
             params = attack.scaled_budget(2 ** k)
-            up = type(attack)(profile=attack.profile, seed=attack.seed, **params)
-            res = up(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=bs)
+            res = _run_at(attack, params, target, items, eps, bs)
             compute += res.compute_seconds
             bs, halved = res.batch_size_used, halved + res.oom_halved
             full, prev = _gains(res, target, eps), ladder[-1]["gain"]
@@ -126,6 +125,13 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
 CONVERGENCE_TOL = 0.05
 
 
+def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items, eps: list[float],
+            batch_size: int) -> AttackResult:
+    """The same attack (profile, seed) at other budget parameters, on the cell's items."""
+    other = type(attack)(profile=attack.profile, seed=attack.seed, **params)
+    return other(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size)
+
+
 def _gains(res: AttackResult, target: Target, eps: list[float]) -> list[float]:
     q0, q = (t.numpy() for t in res.oriented(target.lower_better))
     return [float((q[k] - q0).mean()) for k in range(len(eps))]
@@ -149,8 +155,7 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
     if not params:
         return None
     t0 = time.perf_counter()
-    half = type(attack)(profile=attack.profile, seed=attack.seed, **params)
-    res = half(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size)
+    res = _run_at(attack, params, target, items, eps, batch_size)
     half_gain = _gains(res, target, eps)
     gap = _rel_gap(full_gain, half_gain)
     return {"half_params": _budget(attack, params),

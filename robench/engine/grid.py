@@ -193,25 +193,25 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
             for t, a in zip(p.tasks, p.attacks):
                 entry = {"key": t.key, "attack": a.name, "repr": repr(a)}
                 p.report["cells"].append(entry)
-                reopen = p.spec.escalate and _reopens(store, t.key, p.spec.escalate)
-                if not p.spec.force and store.status(t.key) == "done" and not reopen:
+                done = store.status(t.key) == "done"
+                if done and p.spec.escalate and _reopens(store.cell_flags(t.key), p.spec.escalate):
+                    entry["reopened"] = "not converged at a smaller --escalate"  # replaced when it is committed
+                if not p.spec.force and done and "reopened" not in entry:
                     entry["status"] = "cached"
                 else:
-                    if reopen:
-                        entry["reopened"] = "not converged at a smaller --escalate"
                     todo.append(t)
-                    by_key[t.key] = (p, entry, a, bool(reopen))
+                    by_key[t.key] = (p, entry, a)
         ex = executor if isinstance(executor, Executor) else (make_executor(executor, **(executor_options or {}))
                                                              if todo else None)
         local = {}
         if ex is not None and ex.name == "serial":
             for t in todo:  # in process: reuse the loaded target and items, per-item progress
-                p, _, a, *_ = by_key[t.key]
+                p, _, a = by_key[t.key]
                 local[t.key] = _local_cell(p, a, t, bar)
         overall = bar.add_task(f"grid ({ex.name})", total=len(todo)) if (bar and ex is not None and ex.name != "serial") else None
         try:
             for t, result in (ex.run(todo, local) if ex is not None else []):
-                p, entry, a, *_ = by_key[t.key]
+                p, entry, a = by_key[t.key]
                 t_commit = time.perf_counter()
                 # where it ran: provenance beside the key, never in it (an executor reports its worker's)
                 ran_on = result.get("device") if isinstance(result, dict) else None
@@ -234,7 +234,7 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                     if result.get("attempts", 1) > 1:  # a worker died and Ray re-ran the cell: say so
                         record = {**record, "flags": {**(record.get("flags") or {}), "retried": result["attempts"] - 1}}
                         entry["retried"] = result["attempts"] - 1
-                    written = store.commit_cell(t.key, {**cell, **record}, result["rows"], replace=p.spec.force or by_key[t.key][3],
+                    written = store.commit_cell(t.key, {**cell, **record}, result["rows"], replace=p.spec.force or "reopened" in entry,
                                                 before_commit=_fault_hook(a.name))
                     wall = result.get("wall", record["seconds"]) + (time.perf_counter() - t_commit)
                     compute_total += record["attack_seconds"]
@@ -263,14 +263,11 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
             "store": str(store_path)}
 
 
-def _reopens(store: Store, key: str, escalate: int) -> bool:
+def _reopens(flags: dict[str, Any] | None, escalate: int) -> bool:
     """A stored cell flagged not converged whose run allowed fewer budget doublings than this
     one: computed again (with the larger cap) and replaced, so ``--escalate`` upgrades a store."""
-    if store.status(key) != "done":
-        return False
-    flags = store.cell_flags(key) or {}
-    conv = flags.get("convergence") or {}
-    return bool(flags.get("not_converged")) and int(conv.get("escalate", 0)) < int(escalate)
+    flags = flags or {}
+    return bool(flags.get("not_converged")) and int((flags.get("convergence") or {}).get("escalate", 0)) < int(escalate)
 
 
 def _local_cell(p: Plan, attack: Attack, task, bar) -> Callable[[], dict[str, Any]]:
