@@ -282,3 +282,57 @@ def test_escalate_doubles_a_flagged_budget_until_converged_and_reopens_stored_ce
     assert r.exit_code == 0, r.output
     sweep = (rep / "sweep.md").read_text()
     assert "esc" in sweep and "--escalate" in sweep
+
+
+def _stalling_attack(plateau_probe: int, stall: bool):
+    """A signed-gradient step whose size depends on the budget like a generator that stalls:
+    half of ε up to 8 steps, all of ε from 32 (stall) — or half of ε at every budget."""
+    from robench.attacks.base import Attack
+
+    class Stalling(Attack):
+        name = "stalling"
+        kind = "fixed"
+        needs = "gradients"
+        budget_params = ("steps",)
+        defaults = {"steps": 8}
+
+        def cost(self):
+            return {"grad": 1, "forward": 0}
+
+        def perturb(self, f, x, eps, q0):
+            x = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(f(x).sum(), x)
+            frac = 1.0 if stall and int(self.steps) >= 32 else 0.5
+            return (x.detach() + frac * eps * g.sign()).clamp(0.0, 1.0)
+
+    Stalling.plateau_probe = plateau_probe
+    return Stalling()
+
+
+def test_plateau_probe_flags_a_half_budget_pass_on_a_plateau(tiny_mini):
+    """An attack that declares ``plateau_probe = m`` is run again at m × the budget the half-budget
+    rule accepted; more gain there flags the cell [nc] (FACPA passed the rule at 240 steps while
+    1 920 steps doubled its gain). Without the declaration, or without a later rise, no flag."""
+    from robench.engine.cell import run_cell
+    from robench.engine.items import load_items
+    from robench.attacks.facpa import FACPA
+
+    assert FACPA.plateau_probe == 4
+    items = load_items("mini", "test", 6, 0, {"size": 32, "crops_per_source": 1})
+    t = Linear((3, 32, 32))
+    rec, rows = run_cell(t, _stalling_attack(4, stall=True), items, [8.0], batch_size=8)
+    conv = rec["flags"]["convergence"]
+    probe = conv["plateau_probe"]
+    assert conv["half_gain"] == conv["full_gain"]  # 4 vs 8 steps: the half-budget rule alone passes
+    assert probe["params"] == {"steps": 32} and probe["factor"] == 4
+    assert probe["gain"][0] > 1.9 * conv["full_gain"][0] and rec["flags"]["not_converged"] is True
+    # the rows are the accepted budget's (8 steps), the probe only a check
+    mean = sum(r["score"] - r["clean_score"] for r in rows) / len(rows)
+    assert abs(mean - conv["full_gain"][0]) < 1e-6
+    rec2, _ = run_cell(t, _stalling_attack(4, stall=False), items, [8.0], batch_size=8)
+    assert rec2["flags"]["not_converged"] is False and rec2["flags"]["convergence"]["plateau_probe"]["rel_gap"][0] < 0.05
+    rec3, _ = run_cell(t, _stalling_attack(0, stall=True), items, [8.0], batch_size=8)
+    assert rec3["flags"]["not_converged"] is False and "plateau_probe" not in rec3["flags"]["convergence"]
+    # with --escalate the probe confirms the budget the ladder accepted (here the first: 8 steps)
+    rec4, _ = run_cell(t, _stalling_attack(4, stall=True), items, [8.0], batch_size=8, escalate=2)
+    assert rec4["flags"]["convergence"]["escalated"] == 0 and rec4["flags"]["not_converged"] is True

@@ -178,6 +178,10 @@ class Attack:
     #: parameters the engine fills with the run's dataset and its options (a generator that
     #: trains on the run's train split)
     training_data_params: ClassVar[tuple[str, ...]] = ()
+    #: m > 0: the gain can stall and rise again at a larger budget (a generator's training), so
+    #: once the half-budget rule passes the engine runs the attack at m × the accepted budget and
+    #: flags the cell not converged when that gains > 5 % more (0: the half-budget rule alone)
+    plateau_probe: ClassVar[int] = 0
 
     #: harness parameters every attack takes: ``eot`` draws per objective evaluation ("auto": the
     #: profile's ``eot_draws`` against a randomised target, else 1)

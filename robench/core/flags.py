@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 #: (code, legend, active?) — order is the order codes are printed in
 FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
-    ("nc", "not converged: the full budget's gain exceeds the half budget's by > 5 % of the gain",
+    ("nc", "not converged: the full budget's gain exceeds the half budget's by > 5 % of the gain (or, for an "
+           "attack that declares a plateau probe, a run at m× the budget gains > 5 % more)",
      lambda f: bool(f.get("not_converged"))),
     ("gm", "suspect gradient masking: a score-only attack beats every gradient attack on > 10 % of images",
      lambda f: bool(f.get("suspect_gradient_masking"))),

@@ -85,6 +85,8 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
         if escalate:
             # the run's cap and what it used: a later run with a larger cap re-opens a flagged cell
             convergence.update(escalate=int(escalate), escalated=k, budget_used=ladder[-1]["params"], ladder=ladder)
+        if not convergence["not_converged"] and attack.plateau_probe:
+            compute += _plateau_probe(convergence, attack, 2 ** k, target, items, eps, bs)
     other_scores = None
     t1 = time.perf_counter()
     if items.other is not None:
@@ -130,6 +132,25 @@ def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items
     """The same attack (profile, seed) at other budget parameters, on the cell's items."""
     other = type(attack)(profile=attack.profile, seed=attack.seed, **params)
     return other(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size)
+
+
+def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, target: Target, items: Items,
+                   eps: list[float], batch_size: int) -> float:
+    """The half-budget rule passed at ``scale`` × the profile's budget; an attack that declares
+    ``plateau_probe = m`` (its gain can stall, then rise again: FACPA's generator gained 0.113 at
+    120 steps, 0.110 at 240, 0.226 at 1 920) is run once more at m × that budget on the same
+    items and seed. More than 5 % more gain there flags the cell not converged: the rule passed
+    on a plateau. The cell keeps the accepted budget's rows; the probe is recorded. Returns the
+    probe's compute seconds."""
+    params = attack.scaled_budget(scale * int(attack.plateau_probe))
+    res = _run_at(attack, params, target, items, eps, batch_size)
+    probe, accepted = _gains(res, target, eps), convergence["full_gain"]
+    gap = _rel_gap(probe, accepted)
+    flagged = bool(any(g > CONVERGENCE_TOL for g in gap))
+    convergence.update(plateau_probe={"params": _budget(attack, params), "gain": probe, "rel_gap": gap,
+                                      "factor": int(attack.plateau_probe), "not_converged": flagged},
+                       not_converged=flagged)
+    return res.compute_seconds
 
 
 def _gains(res: AttackResult, target: Target, eps: list[float]) -> list[float]:
