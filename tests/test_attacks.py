@@ -103,7 +103,7 @@ def test_unknown_attack_did_you_mean():
 
 
 def test_profiles_set_budgets_and_params_override():
-    assert robench.load_attack("pgd").steps == 40  # quick
+    assert robench.load_attack("pgd").steps == 80  # quick (measured: reports/quick)
     assert robench.load_attack("pgd", profile="paper").steps == 100
     assert robench.load_attack("pgd", steps=7).steps == 7
     assert robench.load_attack("square", profile="paper").queries == 10000
