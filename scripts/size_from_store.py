@@ -48,14 +48,15 @@ def main() -> None:
         ka, kb = c.eps_index(a.eps), b.eps_index(a.eps)
         for k in [int(x) for x in a.ks.split(",")]:
             want = ids[stratified_subset(data.table, k, c.seed)]
-            common = np.intersect1d(np.intersect1d(c.item_ids, b.item_ids), want)
-            if len(common) < k:
+            # aligned like Reporter.compare, then cut to the first k items of the stratified order
+            common, ia, ib = np.intersect1d(c.item_ids, b.item_ids, return_indices=True)
+            keep = np.isin(common, want)
+            if keep.sum() < k:
                 continue  # the stored cells do not hold the first k items
-            ia = np.searchsorted(c.item_ids, common, sorter=np.argsort(c.item_ids))
-            ia = np.argsort(c.item_ids)[ia]
-            ib = np.argsort(b.item_ids)[np.searchsorted(b.item_ids, common, sorter=np.argsort(b.item_ids))]
+            ia, ib = ia[keep], ib[keep]
+            cl, _ = rep.units(c, ia)
             res = paired_bootstrap(c.q_adv[ka][ia], b.q_adv[kb][ib], c.mos[ia], n_resamples=a.resamples,
-                                   seed=rep.seed, clusters=c.sources[ia])
+                                   seed=rep.seed, clusters=cl)
             row = {"target": c.target, "defense": c.defense, "k": k, "delta": res["delta"], "ci": res["ci"],
                    "half_width": (res["ci"][1] - res["ci"][0]) / 2, "photos": res["n_clusters"]}
             out.append(row)

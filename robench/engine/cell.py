@@ -81,12 +81,14 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             ladder.append({"params": _budget(attack, params), "gain": full})
             gap = _rel_gap(full, prev)
             convergence.update(half_params=ladder[-2]["params"], full_gain=full, half_gain=prev, rel_gap=gap,
-                               not_converged=bool(any(g > CONVERGENCE_TOL for g in gap)))
+                               not_converged=_short(gap))
         if escalate:
             # the run's cap and what it used: a later run with a larger cap re-opens a flagged cell
             convergence.update(escalate=int(escalate), escalated=k, budget_used=ladder[-1]["params"], ladder=ladder)
         if not convergence["not_converged"] and attack.plateau_probe:
-            compute += _plateau_probe(convergence, attack, 2 ** k, target, items, eps, bs)
+            probe = _plateau_probe(convergence, attack, 2 ** k, target, items, eps, bs)
+            compute += probe.compute_seconds
+            bs, halved = probe.batch_size_used, halved + probe.oom_halved
     other_scores = None
     t1 = time.perf_counter()
     if items.other is not None:
@@ -135,22 +137,22 @@ def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items
 
 
 def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, target: Target, items: Items,
-                   eps: list[float], batch_size: int) -> float:
+                   eps: list[float], batch_size: int) -> AttackResult:
     """The half-budget rule passed at ``scale`` × the profile's budget; an attack that declares
     ``plateau_probe = m`` (its gain can stall, then rise again: FACPA's generator gained 0.113 at
     120 steps, 0.110 at 240, 0.226 at 1 920) is run once more at m × that budget on the same
     items and seed. More than 5 % more gain there flags the cell not converged: the rule passed
     on a plateau. The cell keeps the accepted budget's rows; the probe is recorded. Returns the
-    probe's compute seconds."""
+    probe's run (its seconds and batch sizes count like the ladder's)."""
     params = attack.scaled_budget(scale * int(attack.plateau_probe))
     res = _run_at(attack, params, target, items, eps, batch_size)
     probe, accepted = _gains(res, target, eps), convergence["full_gain"]
     gap = _rel_gap(probe, accepted)
-    flagged = bool(any(g > CONVERGENCE_TOL for g in gap))
+    flagged = _short(gap)
     convergence.update(plateau_probe={"params": _budget(attack, params), "gain": probe, "rel_gap": gap,
                                       "factor": int(attack.plateau_probe), "not_converged": flagged},
                        not_converged=flagged)
-    return res.compute_seconds
+    return res
 
 
 def _gains(res: AttackResult, target: Target, eps: list[float]) -> list[float]:
@@ -160,6 +162,11 @@ def _gains(res: AttackResult, target: Target, eps: list[float]) -> list[float]:
 
 def _rel_gap(full: list[float], half: list[float]) -> list[float]:
     return [(f - h) / f if f > 0 else 0.0 for f, h in zip(full, half)]
+
+
+def _short(gap: list[float]) -> bool:
+    """The convergence rule: at some ε the larger budget gained > CONVERGENCE_TOL more."""
+    return bool(any(g > CONVERGENCE_TOL for g in gap))
 
 
 def _budget(attack: Attack, params: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +188,7 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
     gap = _rel_gap(full_gain, half_gain)
     return {"half_params": _budget(attack, params),
             "full_gain": [float(g) for g in full_gain], "half_gain": half_gain, "rel_gap": gap,
-            "tolerance": CONVERGENCE_TOL, "not_converged": bool(any(g > CONVERGENCE_TOL for g in gap)),
+            "tolerance": CONVERGENCE_TOL, "not_converged": _short(gap),
             "seconds": time.perf_counter() - t0, "batch_size_used": res.batch_size_used, "oom_halved": res.oom_halved}
 
 
