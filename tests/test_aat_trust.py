@@ -256,3 +256,59 @@ def test_bound_summary_plot_and_report_note(tmp_path):
     assert [x["weights"] for x in b] == ["birqa.aat"] and b[0]["non_vacuous"] == 8 and b[0]["n_batches"] == 12
     md = aat_bounds_markdown(b)
     assert "non-vacuous on 8/12 (67 %)" in md and "not evidence" in md
+
+
+# --------------------------------------------------------------------------------------------
+# the anchored objective must not reward a collapsed model
+
+
+def _real_aat_batch(data, seed=3):
+    """A real AAT batch (band/anchor draw of the built-in set) and a real predictor's MOS-scale
+    predictions for it: SmallDistance (an MS-SSIM distance) calibrated by least squares on the
+    batch, its non-anchors then raised by an 'attack' of half a MOS unit."""
+    mos = data.table["mos"].to_numpy(dtype=float)
+    ab = AnchorSampler(mos, 32, 8, 0.5, seed=seed).sample()
+    items = [data[int(i)] for i in ab.indices]
+    ref = torch.stack([it["ref"] for it in items])
+    dist = torch.stack([it["dist"] for it in items])
+    y = torch.tensor([it["mos"] for it in items], dtype=torch.float32)
+    with torch.no_grad():
+        q = -SmallDistance()(dist, ref)
+    A = torch.stack([q, torch.ones_like(q)], 1)
+    coef = torch.linalg.lstsq(A, y.view(-1, 1)).solution.flatten()
+    clean = (A @ coef).float()
+    anchor = torch.from_numpy(ab.is_anchor)
+    return clean + 0.5 * (~anchor).float(), y, anchor
+
+
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_a_constant_predictor_scores_worse_than_the_real_model(mini_train, seed):
+    from robench.core.profiles import get_profile
+    from robench.defenses.recipes import aat_objective
+
+    prof = get_profile("quick")
+    pred, y, anchor = _real_aat_batch(mini_train, seed)
+    model_loss = float(aat_objective(pred, y, anchor, prof)[0])
+    for c in (float(y[anchor].mean()), float(y.mean()), float(pred.mean())):
+        const_loss = float(aat_objective(torch.full_like(pred, c), y, anchor, prof)[0])
+        assert const_loss > model_loss, (c, const_loss, model_loss)
+    # nor does any shrunk copy of the model (predictions pulled toward their mean) do better
+    for s in (0.5, 0.2, 0.05):
+        shrunk = pred.mean() + s * (pred - pred.mean())
+        assert float(aat_objective(shrunk, y, anchor, prof)[0]) > model_loss - 1e-6
+
+
+def test_the_hinge_is_blind_to_a_global_rescaling_and_theorem1_unchanged(mini_train):
+    pred, y, anchor = _real_aat_batch(mini_train)
+    ell, topk, st = anchored_terms(pred, y, anchor, 4, "pred-range")
+    ell2, topk2, st2 = anchored_terms(3.0 + 0.25 * pred, y, anchor, 4, "pred-range")
+    assert float(topk2) == pytest.approx(float(topk), rel=1e-5)  # shrinking earns nothing
+    _, topk_p, st_p = anchored_terms(pred, y, anchor, 4, "mos-range")
+    _, topk_ps, _ = anchored_terms(3.0 + 0.25 * pred, y, anchor, 4, "mos-range")
+    assert float(topk_ps) < float(topk_p)  # the paper's normaliser rewards it
+    # Theorem 1's terms are the same whichever normaliser the loss uses
+    for k in ("anchor_err", "coverage", "max_hinge", "bound", "emp_max_err", "vacuous"):
+        assert st[k] == st_p[k]
+    assert st["emp_max_err"] <= st["bound"] + 1e-6
+    with pytest.raises(RobenchError, match="hinge_norm"):
+        anchored_terms(pred, y, anchor, 4, "nope")

@@ -254,3 +254,36 @@ def test_the_recipe_version_is_in_the_config_hash(clean_tiny_birqa, tmp_path, mo
     monkeypatch.setattr(recipes, "RECIPE_VERSION", version)
     with pytest.raises(RobenchError, match="different configuration"):
         recipes.adversarial_train("birqa", "r", profile=prof, steps=2, dataset_options=TINY, progress=False, out=out)
+
+
+def test_a_collapsing_run_stops_and_keeps_the_last_weights_above_the_floor(clean_tiny_birqa, tmp_path, monkeypatch):
+    """The collapse guard: a recipe whose loss rewards one prediction for everything (what AAT's
+    hinge over the MOS range did) is stopped once its clean-score SD falls below half its start,
+    and the registered weights are those of the last evaluation above that line."""
+    import robench
+    from robench.defenses import recipes
+
+    def collapse(self, b, adv):  # rewards shrinking every prediction toward the batch mean
+        pred = self.module.predict_mos(adv, b.ref)
+        return ((pred - pred.mean().detach()) ** 2).mean(), {}
+
+    monkeypatch.setattr(recipes.R, "objective", collapse)
+    prof = _prof(adv_eval_every=1, adv_patience=50, adv_lr=3e-2, scale_items=16)
+    out = tmp_path / "collapse"
+    r = recipes.adversarial_train("birqa", "r", profile=prof, steps=40, dataset_options=TINY, progress=False, out=out)
+    log = _log(out)
+    held = log["heldout"]
+    assert all({"clean_sd", "clean_mse", "clean_r2", "clean_sd_ratio"} <= set(h) for h in held)
+    assert r["stopped"] == "scale-collapse" and log["stopped"] == "scale-collapse" and r["steps"] < 40
+    guard = log["scale_guard"]["collapsed"]
+    assert held[-1]["clean_sd_ratio"] < 0.5 and guard["step"] == held[-1]["step"]
+    kept = next(h for h in held if h["step"] == guard["kept_step"])
+    assert kept["clean_sd_ratio"] >= 0.5 and guard["kept_step"] < guard["step"]
+    prov = robench.load_model("birqa.r").card.weights.provenance
+    assert prov["stop_reason"] == "scale-collapse" and prov["scale_guard"]["collapsed"]["kept_step"] == guard["kept_step"]
+    # the registered weights are the kept step's: their clean SD on the guard's items is that step's
+    from robench.engine.train import training_data
+
+    _, (data, val) = training_data("mini", prof, 0, TINY, "train", "val")
+    task = recipes.R(robench.load_model("birqa.r"), data, prof, 0, "birqa", heldout=val)
+    assert task.scale_stats()["clean_sd"] == pytest.approx(kept["clean_sd"], rel=1e-4)

@@ -1,7 +1,11 @@
 """The attack contract.
 
 An attack raises the oriented quality ``q`` of ``dist`` within ``‖δ‖∞ ≤ ε``, keeps ``ref``
-untouched and the image in [0, 1]. Two kinds, as in foolbox v3:
+untouched and the image in [0, 1]. The direction is the harness's (``signs``, one ±1 per item,
+:mod:`robench.core.directions`): the attack is handed the objective ``sign · q`` and its clean
+value, so "raise" means "move the item its own way" and no attack needs code per direction
+(FACPA, whose generator is trained before it sees an item, reads ``run_signs``). Two kinds, as in
+foolbox v3:
 
 * **fixed-ε** attacks (:meth:`Attack.perturb`) run once per budget;
 * **minimisation** attacks (:meth:`Attack.minimise`) run once and their perturbation is clipped
@@ -15,7 +19,7 @@ norms and the sanity probes. Every batch is verified (L∞ ≤ ε + 1e-6, [0, 1]
 Conventions (stated once, here):
 
 * δ = 0 is always feasible, so per image the harness keeps the clean image when an attack ends
-  below it (``probes["kept_clean"]`` counts those images). A broken attack therefore shows as zero
+  against its direction (below it for ``up``) (``probes["kept_clean"]`` counts those images). A broken attack therefore shows as zero
   gain, which the runner's sanity checks flag. Iterative attacks return their best iterate (the
   highest ``q`` seen), so "kept clean" means no evaluated point beat the clean image.
 * A minimisation attack may return several candidate perturbations (a ``list``, e.g. snapshots
@@ -286,7 +290,7 @@ class Attack:
     # --- the harness ----------------------------------------------------------------------
     def __call__(self, target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: float | Sequence[float],
                  return_images: bool = True, batch_size: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> AttackResult:
+                 progress: Callable[[int], None] | None = None, signs: torch.Tensor | None = None) -> AttackResult:
         epses = as_eps(eps)
         self.check(target)
         self.resolve(target)
@@ -295,6 +299,11 @@ class Attack:
         if not streamed:
             validate_pair(dist, ref, target.card.min_size)
         n = dist.shape[0]
+        signs = torch.ones(n) if signs is None else torch.as_tensor(signs, dtype=torch.float32).flatten().cpu()
+        if signs.numel() != n or not bool(((signs == 1) | (signs == -1)).all()):
+            raise RobenchError(f"attack {self.name!r}: direction signs must be ±1, one per item ({n})")
+        #: the directions this call needs (+1 and/or −1): an attack that prepares per direction reads it
+        self.run_signs = sorted({int(v) for v in signs.tolist()}, reverse=True)
         bs = batch_size or n
         K = len(epses)
         device = target.device
@@ -334,11 +343,13 @@ class Attack:
                 if streamed:
                     validate_pair(x, r, target.card.min_size)
                 x_keep, r_keep = x.clone(), r.clone()
+                sg = signs[sl].to(device)
                 t0 = time.perf_counter()
-                f = target.bind(r, eot=eot)
+                # the attack sees the directed objective sign · q (and its clean value)
+                f = target.bind(r, eot=eot, sign=sg)
                 with torch.no_grad():
                     s0 = target.expected_score(x, r, eot)
-                q0 = target.orient(s0)
+                q0 = target.orient(s0) * sg
                 clean[sl] = s0
                 spent_s += time.perf_counter() - t0
                 if start == 0:
@@ -353,7 +364,7 @@ class Attack:
                 for k, e in enumerate(epses):
                     if self.kind == "minimisation":
                         t0 = time.perf_counter()
-                        adv = self._best_clipped(target, fars, x, r, e, eot)
+                        adv = self._best_clipped(target, fars, x, r, e, eot, sg)
                         spent_s += time.perf_counter() - t0
                         queries[k, sl] = spent
                     else:
@@ -369,8 +380,8 @@ class Attack:
                     with torch.no_grad():
                         s = target.expected_score(adv, r, eot)
                     spent_s += time.perf_counter() - t0
-                    worse = target.orient(s) < q0
-                    if worse.any():  # δ = 0 is feasible: never report below the clean image
+                    worse = target.orient(s) * sg < q0
+                    if worse.any():  # δ = 0 is feasible: never report against the direction
                         adv[worse] = x[worse]
                         s = torch.where(worse, s0, s)
                         probes["kept_clean"][k] += int(worse.sum())
@@ -395,14 +406,14 @@ class Attack:
                             batch_size=bs, batch_size_used=used, oom_halved=halved)
 
     def _best_clipped(self, target: Target, fars: list[torch.Tensor], x: torch.Tensor, r: torch.Tensor, e: float,
-                      eot: int) -> torch.Tensor:
-        """Each candidate clipped to ε; per image the one with the highest ``q`` (harness scoring,
-        not counted as the attack's queries)."""
+                      eot: int, sign: torch.Tensor) -> torch.Tensor:
+        """Each candidate clipped to ε; per image the one with the highest directed ``sign · q``
+        (harness scoring, not counted as the attack's queries)."""
         advs = [(x + (c - x).clamp(-e, e)).clamp(0.0, 1.0) for c in fars]
         if len(advs) == 1:
             return advs[0]
         with torch.no_grad():
-            qs = torch.stack([target.orient(target.expected_score(a, r, eot)) for a in advs])
+            qs = torch.stack([target.orient(target.expected_score(a, r, eot)) * sign for a in advs])
         pick = qs.argmax(dim=0)
         return torch.stack(advs)[pick, torch.arange(x.shape[0], device=x.device)]
 

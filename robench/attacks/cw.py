@@ -38,7 +38,7 @@ class CW(Attack):
 
     def minimise(self, f, x, q0, eps_max):
         n = x.shape[0]
-        scale = observed_scale(q0, f.target)
+        scale = observed_scale(f.plain(q0), f.target)  # the metric's own spread, whatever the direction
         self._extra = {"scale": torch.full((n,), scale)}  # recorded per image (one value per batch)
         q_target = q0 + self.target_gain * scale
         dev = x.device

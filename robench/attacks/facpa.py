@@ -7,7 +7,12 @@ being fully convolutional), then applied in one forward pass per image (ε scale
 generator for every budget; it is trained at ``train_eps`` = 8/255). Generators are cached under
 ``$ROBENCH_HOME/attacks/facpa/<key>/`` with their provenance; the key covers the target's
 weights digest, every hyper-parameter, the dataset and the seed, so a changed target never
-reuses a stale generator."""
+reuses a stale generator.
+
+Directions: the generator is trained before it sees the attacked items, so it cannot take the
+harness's per-item objective; one generator is trained per direction the call needs (``run_signs``:
+raising ``q`` and/or lowering it; the lowering one is keyed ``direction: down``) and each item gets
+its direction's generator."""
 
 from __future__ import annotations
 
@@ -84,15 +89,27 @@ class FACPA(Attack):
 
     def __init__(self, profile: str = "quick", seed: int = 0, **params):
         super().__init__(profile=profile, seed=seed, **params)
-        self.generator: Generator | None = None
+        self.generators: dict[int, Generator] = {}
         self.generator_info: dict | None = None
 
-    def cache_key(self, target) -> dict:
-        return {"version": VERSION, "target": target.card.name, "target_sha256": fingerprint(target),
-                "defense": getattr(target, "defense_config", None), "params": self.params, "seed": self.seed}
+    @property
+    def generator(self) -> Generator | None:
+        """The score-raising generator (the ``up`` direction)."""
+        return self.generators.get(1)
+
+    def cache_key(self, target, sign: int = 1) -> dict:
+        key = {"version": VERSION, "target": target.card.name, "target_sha256": fingerprint(target),
+               "defense": getattr(target, "defense_config", None), "params": self.params, "seed": self.seed}
+        return key if sign > 0 else {**key, "direction": "down"}  # raising keeps its cache key
 
     def prepare(self, target) -> None:
-        key = self.cache_key(target)
+        self.generators, info = {}, {}
+        for sign in getattr(self, "run_signs", [1]):
+            self.generators[sign], info["up" if sign > 0 else "down"] = self._prepare_one(target, sign)
+        self.generator_info = info["up"] if list(info) == ["up"] else info
+
+    def _prepare_one(self, target, sign: int) -> tuple[Generator, dict]:
+        key = self.cache_key(target, sign)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         folder = robench_home() / "attacks" / "facpa" / digest[:16]
         # built (its seeded initialisation) on the CPU, then moved to the target's device
@@ -103,11 +120,11 @@ class FACPA(Attack):
             meta = json.loads((folder / "meta.json").read_text())
             gen.load_state_dict(load_state_dict(folder / "generator.safetensors", sha256=meta["sha256"]))
         else:
-            meta = self._train(gen, target, key, folder)
-        self.generator = gen.eval().requires_grad_(False)
-        self.generator_info = {"path": str(folder), "sha256": meta["sha256"], "train_seconds": meta["train_seconds"]}
+            meta = self._train(gen, target, key, folder, sign)
+        return gen.eval().requires_grad_(False), {"path": str(folder), "sha256": meta["sha256"],
+                                                  "train_seconds": meta["train_seconds"]}
 
-    def _train(self, gen: Generator, target, key: dict, folder: Path) -> dict:
+    def _train(self, gen: Generator, target, key: dict, folder: Path, sign: int = 1) -> dict:
         from torch.utils.data import DataLoader
 
         from robench.core.weights import save_safetensors
@@ -123,7 +140,8 @@ class FACPA(Attack):
         t0 = time.perf_counter()
         done = 0
         with progress_bar() as bar:
-            task = bar.add_task(f"facpa: generator for {target.card.name}", total=steps) if bar else None
+            task = bar.add_task(f"facpa: generator for {target.card.name}" + ("" if sign > 0 else " (down)"),
+                                total=steps) if bar else None
             while done < steps:
                 for batch in loader:
                     ref, dist = batch["ref"], batch["dist"]
@@ -133,7 +151,7 @@ class FACPA(Attack):
                     ref, dist = ref.to(device), dist.to(device)
                     with torch.enable_grad():
                         adv = (dist + float(self.train_eps) * torch.tanh(gen(dist))).clamp(0.0, 1.0)
-                        loss = -target.oriented_quality(adv, ref).mean()
+                        loss = -(sign * target.oriented_quality(adv, ref)).mean()
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -157,6 +175,11 @@ class FACPA(Attack):
         return json.loads((folder / "meta.json").read_text())
 
     def perturb(self, f, x, eps, q0):
+        sign = f.sign if f.sign is not None else torch.ones(x.shape[0], device=x.device)
+        delta = torch.zeros_like(x)
         with torch.no_grad():
-            delta = eps * torch.tanh(self.generator(x))
+            for s, gen in self.generators.items():
+                rows = sign == s
+                if rows.any():
+                    delta[rows] = eps * torch.tanh(gen(x[rows]))
         return (x + delta).clamp(0.0, 1.0)

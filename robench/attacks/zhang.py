@@ -73,7 +73,7 @@ class Zhang(Attack):
             raise RobenchError(f"attack 'zhang' needs images of at least 11×11 px (SSIM's window); "
                                f"got {tuple(x.shape[-2:])}")
         n = x.shape[0]
-        scale = observed_scale(q0, f.target)
+        scale = observed_scale(f.plain(q0), f.target)  # the metric's own spread, whatever the direction
         self._extra = {"scale": torch.full((n,), scale)}  # recorded per image (one value per batch)
         lam = float(self.lam)
         # Adam on the image itself (the same updates as on δ, x being fixed); projecting the image

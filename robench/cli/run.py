@@ -162,6 +162,10 @@ def run_cmd(
     dataset: Optional[str] = typer.Option(None, help="Dataset (pairs: SROCC; 2afc: accuracy); default: the built-in offline set."),
     split: str = typer.Option("test"),
     eps: Optional[str] = typer.Option(None, help="Budgets in /255 units, e.g. 2,4,6,8,10 (default: the profile's)."),
+    direction: Optional[str] = typer.Option(None, "--direction", help="Attack direction(s), comma list: up (raise "
+                                            "every score: score inflation, default), down, mos-split (the ranking "
+                                            "attack: items with MOS above the items' mean pushed down, the rest up). "
+                                            "One cell per attack × direction; keyed."),
     profile: str = typer.Option("quick", help="quick | paper"),
     n: Optional[int] = typer.Option(None, help="Items (stratified by distortion); 0 = whole split; default: the profile's."),
     seed: int = typer.Option(0, help="Split/item seed (which items, the attacks' randomness)."),
@@ -212,7 +216,7 @@ def run_cmd(
         given = {"--model": model, "--defense": defense, "--dataset": dataset, "--eps": eps, "--n": n, "--seeds": seeds,
                  "--weights": weights, "--root": root, "--dataset-option": dataset_option,
                  "--attack-option": attack_option, "--defense-option": defense_option, "--address": address,
-                 "--workers": workers, "--amp": amp}
+                 "--workers": workers, "--amp": amp, "--direction": direction}
         clash = [k for k, v in given.items() if v] + [k for k, v, d in (("--attacks", attacks, "all"), ("--split", split, "test"),
                  ("--profile", profile, "quick"), ("--seed", seed, 0), ("--executor", executor, "serial")) if v != d]
         if clash:
@@ -244,7 +248,8 @@ def run_cmd(
             "attack_params": _parse_nested(attack_option, "--attack-option", "attack"),
             "defense_options": _parse_nested(defense_option, "--defense-option", "defence"),
             "executor": executor, "executor_options": ex_opts, "device": device or "cpu", "amp": amp,
-            "compile": compile_, "escalate": escalate}, where="robench run")
+            "compile": compile_, "escalate": escalate, **({"directions": direction} if direction else {})},
+            where="robench run")
     grid = run_config(cfg, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"))
     if as_json:
         emit_json(grid["runs"][0] if len(grid["runs"]) == 1 else grid)
@@ -256,31 +261,41 @@ def run_cmd(
         raise typer.Exit(1)
 
 
+def _label(cell: dict[str, Any]) -> str:
+    """The attack, with its direction when it is not the default ``up``."""
+    d = cell.get("direction", "up")
+    return cell["attack"] if d == "up" else f"{cell['attack']} · {d}"
+
+
 def print_summary(report: dict[str, Any]) -> None:
     out = Console()
     metric = "SROCC"
     table = Table(title=f"{report['target']} on {report['dataset']}/{report['split']} (n={report['n']}, "
                         f"profile {report['profile']}); store {report['store']}")
+    from robench.core import flags as FL
+
     for c in ("attack", "ε/255", "clean", "attacked", "mean gain", "queries", "status"):
         table.add_column(c, no_wrap=True)
+    codes_seen: set[str] = set()
     table.add_column("flags", overflow="fold", min_width=10)
     for c in report["cells"]:
         s = c.get("summary") or {}
         if not s:
-            table.add_row(c["attack"], "—", "—", "—", "—", "—", c.get("status", "?"), c.get("error", "")[:60])
+            table.add_row(_label(c), "—", "—", "—", "—", "—", c.get("status", "?"), c.get("error", "")[:60])
             continue
         if "clean_2afc" in s:
             metric, clean, att = "2AFC", s["clean_2afc"], s["attacked_2afc"]
         else:
             clean, att = s["clean_srocc"], s["attacked_srocc"]
-        fl = c.get("flags") or {}
-        bad = [k for k, v in fl.items() if (k in ("gain_monotone_in_eps", "moves_target", "iterative_ge_single_step")
-                                            and v is False) or (k in ("eot_required", "suspect_gradient_masking") and v)
-               or (k in ("zero_grad", "nan_grad") and v)]
+        bad = FL.active(c.get("flags"))  # the same flag registry as the report and `check`
+        codes_seen.update(bad)
         for k, e in enumerate(s["eps"]):
-            table.add_row(c["attack"] if k == 0 else "", f"{e:g}", f"{clean:.3f}" if k == 0 else "", f"{att[k]:.3f}",
+            table.add_row(_label(c) if k == 0 else "", f"{e:g}", f"{clean:.3f}" if k == 0 else "", f"{att[k]:.3f}",
                           f"{s['mean_gain'][k]:+.4f}", f"{s['mean_queries'][k]:.0f}", c["status"] if k == 0 else "",
                           ", ".join(bad) if k == 0 else "")
     table.caption = (f"{metric} of oriented quality; {report['seconds']:.0f} s; harness overhead "
-                     + (f"{100 * report['harness_overhead']:.1f} %" if report.get("harness_overhead") is not None else "—"))
+                     + (f"{100 * report['harness_overhead']:.1f} %" if report.get("harness_overhead") is not None else "—")
+                     + ("; mean gain: directed, sign · (q_adv − q_clean); mos-split: the ranking attack"
+                        if any(c.get("direction", "up") != "up" for c in report["cells"]) else "")
+                     + (". " + FL.legend(codes_seen) if codes_seen else ""))
     out.print(table)

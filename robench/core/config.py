@@ -57,6 +57,8 @@ class RunSpec:
     # converged (engine.cell.run_cell); not keyed: a converged cell is the same measurement at
     # any cap, and a stored flagged cell is re-opened by a run with a larger cap (engine.grid)
     escalate: int = 0
+    # attack directions (core.directions): one cell per attack × direction; "up" keeps old keys
+    directions: list[str] = field(default_factory=lambda: ["up"])
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -122,6 +124,9 @@ class RunConfig:
     amp: str | None = None  # "bf16": autocast (keyed: another measurement); None: float32
     compile: bool = False  # torch.compile of the targets (recorded, not keyed)
     escalate: int = 0  # budget doublings for a cell flagged not converged (RunSpec.escalate)
+    # attack directions (core.directions): up (score inflation), down, mos-split (the ranking
+    # attack); each attack runs once per direction, and the direction is part of the cell's key
+    directions: list[str] = field(default_factory=lambda: ["up"])
     store: str | None = None
     force: bool = False
     resolved: bool = False
@@ -132,7 +137,8 @@ class RunConfig:
         """Keys as in the TOML file; ``model``/``defense``/``attack`` (comma lists) are accepted
         for ``targets``/``defenses``/``attacks``, as the CLI flags are named."""
         data = dict(data)
-        alias = {"model": "targets", "models": "targets", "defense": "defenses", "attack": "attacks"}
+        alias = {"model": "targets", "models": "targets", "defense": "defenses", "attack": "attacks",
+                 "direction": "directions"}
         for a, k in alias.items():
             if a in data:
                 if k in data:
@@ -170,6 +176,10 @@ class RunConfig:
             data["device"] = str(data["device"])  # a torch.device from Python: its name
         if data.get("seeds") is not None:
             data["seeds"] = parse_seeds(data["seeds"], where)
+        if "directions" in data:
+            from robench.core.directions import parse_directions
+
+            data["directions"] = parse_directions(data["directions"], f"{where}: directions")
         if "amp" in data:
             from robench.core.target import check_amp
 
@@ -226,8 +236,11 @@ class RunConfig:
 
         resolve_device(self.device)  # a device this machine lacks fails here, before any work
         n = self.n if self.n is not None else prof.attack_n
+        from robench.core.directions import parse_directions
+
+        directions = parse_directions(self.directions, "--direction")
         return replace(self, profile=prof.name, dataset=dataset, dataset_options=options, eps=eps, attacks=attacks,
-                       defenses=defenses, n=n, seeds=seeds, resolved=True)
+                       defenses=defenses, n=n, seeds=seeds, directions=directions, resolved=True)
 
     def specs(self) -> list[RunSpec]:
         """One :class:`RunSpec` per target × defence (of the resolved config), and per training
@@ -237,6 +250,7 @@ class RunConfig:
                         n=c.n, seed=c.seed, split=c.split, defense=None if d == NO_DEFENSE else d,
                         train_seed=s, weights=c.weights, store=Path(c.store) if c.store else None, force=c.force,
                         device=c.device, amp=c.amp, compile=c.compile, escalate=c.escalate,
+                        directions=list(c.directions),
                         dataset_options=json.loads(json.dumps(c.dataset_options)),
                         attack_params={k: dict(v) for k, v in c.attack_params.items()},
                         defense_options={k: dict(v) for k, v in c.defense_options.items()})

@@ -57,6 +57,15 @@ class Profile:
     aat_top_k: int = 4
     aat_alpha: float = 1.0
     aat_beta: float = 1.0
+    # the hinge's normaliser (defenses/aat.py): "pred-range" (robench, scale-invariant) | "mos-range" (paper)
+    aat_hinge_norm: str = "pred-range"
+    # weight of the spread term γ·(1 − SD(ŷ_anchors)/SD(y_anchors))₊² (defenses/aat.py) **[choice]**
+    aat_gamma: float = 1.0
+    # collapse guard (every recipe): at each held-out evaluation the clean-score SD, MSE and R² on
+    # `scale_items` fixed val items; below `scale_floor` × the starting SD the run stops and keeps
+    # the last evaluated weights above that line
+    scale_items: int = 64
+    scale_floor: float = 0.5
     at_k: float = 1.0  # AT- label modification strength
 
     def to_dict(self) -> dict:

@@ -233,10 +233,12 @@ class Target(nn.Module):
     def score_with(self, dist: torch.Tensor, prepared) -> torch.Tensor:
         return self.score(dist, prepared)
 
-    def bind(self, ref: torch.Tensor, cache: bool = True, eot: int = 1) -> "BoundTarget":
+    def bind(self, ref: torch.Tensor, cache: bool = True, eot: int = 1,
+             sign: torch.Tensor | None = None) -> "BoundTarget":
         """``q`` as a function of ``dist`` alone, with ``ref`` fixed (what an attack optimises);
-        ``eot`` > 1 averages that many draws of a randomised target (EOT)."""
-        return BoundTarget(self, ref, cache=cache, eot=eot)
+        ``eot`` > 1 averages that many draws of a randomised target (EOT); ``sign`` (±1 per row,
+        :mod:`robench.core.directions`) makes the objective ``sign · q``."""
+        return BoundTarget(self, ref, cache=cache, eot=eot, sign=sign)
 
     def expected_score(self, dist: torch.Tensor, ref: torch.Tensor, draws: int = 1) -> torch.Tensor:
         """The score, averaged over ``draws`` forwards when the target is randomised (a
@@ -364,10 +366,19 @@ class BoundTarget(nn.Module):
     * ``queries`` counts forward evaluations per image (a gradient evaluation is one query; with
       EOT, each draw is one).
     * Non-finite scores are an error, as in :meth:`Target.forward`.
+    * ``sign`` (±1 per row; None = all +1) is the attack direction: ``bound(x)`` is then
+      ``sign · q``, so an attack that raises it moves each row its own way (``down`` rows lower
+      ``q``). :meth:`plain` undoes it.
     """
 
-    def __init__(self, target: Target, ref: torch.Tensor, cache: bool = True, eot: int = 1):
+    def __init__(self, target: Target, ref: torch.Tensor, cache: bool = True, eot: int = 1,
+                 sign: torch.Tensor | None = None):
         super().__init__()
+        if sign is not None:
+            sign = torch.as_tensor(sign, dtype=torch.float32).to(ref.device).flatten()
+            if sign.numel() != ref.shape[0] or not bool(((sign == 1) | (sign == -1)).all()):
+                raise RobenchError(f"direction signs must be ±1, one per reference ({ref.shape[0]}); got {sign.tolist()}")
+        self.sign = sign
         self.eot = max(1, int(eot))
         validate_pair(ref, ref, target.card.min_size)
         self.target = target
@@ -402,7 +413,16 @@ class BoundTarget(nn.Module):
         return s
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        return self.target.orient(self.scores(x, idx))
+        q = self.target.orient(self.scores(x, idx))
+        if self.sign is None:
+            return q
+        return q * (self.sign if idx is None else self.sign[idx.to(self.sign.device)]).to(q.dtype)
+
+    def plain(self, v: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """``q`` from the directed objective ``sign · q`` (and back: sign² = 1)."""
+        if self.sign is None:
+            return v
+        return v * (self.sign if idx is None else self.sign[idx.to(self.sign.device)]).to(v.dtype)
 
 
 def fingerprint(target: nn.Module) -> str:

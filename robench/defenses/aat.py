@@ -12,6 +12,22 @@ allows errors as large as the labels' whole spread (a constant mid-range predict
 error ≤ R/2). :func:`anchored_terms` therefore also reports ``bound_rel = bound/R`` and
 ``vacuous = bound ≥ R``; only non-vacuous batches say something about the training.
 
+**[choice] The hinge's normaliser** (issue: AAT collapsed its score range 13×). The paper divides
+each violation by the batch MOS range ``R``, a constant: every violation is a difference of two
+predictions, so shrinking *all* predictions toward one value shrinks the hinge, and the only term
+that resists (the MSE on the 8 anchors) lost at every step — a constant predictor wins the paper's
+anchored loss. robench divides by the anchors' *prediction* range ``P = max_a ŷ_a − min_a ŷ_a``
+instead, as ``ℓ_i = v_i / (v_i + P)`` (``hinge_norm="pred-range"``, ``P`` floored at 1 % of
+``R``): ≈ ``v_i/P`` for small violations and below 1, so no violation outweighs the base terms; it is
+unchanged by a global rescaling of the predictions, so shrinking earns nothing. A constant
+predictor has hinge 0 but pays the base loss of a constant (MSE + λ·1) and the recipe's spread
+term (γ·1, :func:`robench.defenses.recipes.spread_term`) — more than a model that ranks the
+anchors (tests/test_aat_trust.py checks it on a real batch). Theorem 1 is untouched: its ``η``
+is the largest violation over ``R`` (logged as before, from the same prediction vector), and
+``η·R`` is the largest raw violation whatever the loss divides by; only the loss's weighting of
+violations changed, so the theorem bounds the trained model's error exactly as before. ``hinge_norm="mos-range"``
+is the paper's literal objective.
+
 The sampler draws a moving MOS sub-range (``W = min(Δ·(K−1), ½ × dataset MOS range)``), with random
 tie-breaks and fresh anchors on every draw (method-notes §2, batch construction).
 """
@@ -135,14 +151,33 @@ def nearest_anchors(y: torch.Tensor, is_anchor: torch.Tensor) -> tuple[torch.Ten
     return aidx[below.argmax(dim=1)], aidx[above.argmin(dim=1)]
 
 
-def anchored_terms(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor, top_k: int = 4):
+#: what the hinge's violations are divided by (module docstring) **[choice]**
+HINGE_NORMS = ("pred-range", "mos-range")
+#: the prediction-range normaliser's floor, as a fraction of the batch MOS range (a collapsed
+#: anchor set must not divide by ~0)
+PRED_RANGE_FLOOR = 0.01
+
+
+def anchored_terms(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor, top_k: int = 4,
+                   hinge_norm: str = "pred-range"):
     """The per-sample hinge ``ℓ_i`` (non-anchors), the top-k surrogate of its max, and every
-    Theorem-1 quantity of this batch (floats, from this one prediction vector)."""
+    Theorem-1 quantity of this batch (floats, from this one prediction vector). The hinge is
+    divided by the anchors' prediction range (``pred-range``, robench) or the batch MOS range
+    (``mos-range``, the paper); the logged ``max_hinge`` is always over ``R``, Theorem 1's ``η``."""
+    if hinge_norm not in HINGE_NORMS:
+        raise RobenchError(f"AAT hinge_norm must be one of {', '.join(HINGE_NORMS)}, got {hinge_norm!r}")
     lo, hi = nearest_anchors(y, is_anchor)
     R = (y.max() - y.min()).clamp_min(1e-8)
     v_minus = (pred[lo] - pred).clamp_min(0.0)  # i predicted below its lower anchor
     v_plus = (pred - pred[hi]).clamp_min(0.0)  # i predicted above its upper anchor
-    ell = torch.maximum(v_minus, v_plus) / R
+    v = torch.maximum(v_minus, v_plus)
+    if hinge_norm == "mos-range":
+        norm = R
+        ell = v / norm
+    else:
+        pa = pred[is_anchor]
+        norm = (pa.max() - pa.min()).clamp_min(PRED_RANGE_FLOOR * float(R))
+        ell = v / (v + norm)  # ≈ v/P for small violations, bounded by 1: no violation outweighs the base loss
     non = ~is_anchor
     ell_non = ell[non]
     k = min(int(top_k), int(ell_non.numel()))
@@ -151,12 +186,13 @@ def anchored_terms(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor,
         p, yy = pred.detach(), y.detach()
         delta = float((p[is_anchor] - yy[is_anchor]).abs().max())
         cov = float(torch.maximum(yy - yy[lo], yy[hi] - yy)[non].max()) if non.any() else 0.0
-        eta = float(ell_non.detach().max()) if non.any() else 0.0
+        eta = float((v[non].detach() / R).max()) if non.any() else 0.0  # Theorem 1's η: over R
         Rf = float(R)
         bound = delta + cov + eta * Rf
         # a bound ≥ the batch MOS range constrains nothing a constant prediction would not meet:
         # such a batch is "vacuous" and is no evidence for Theorem 1
         stats = {"anchor_err": delta, "coverage": cov, "max_hinge": eta, "mos_range": Rf,
+                 "hinge_norm_value": float(norm.detach()),
                  "bound": bound, "bound_rel": bound / Rf, "vacuous": bool(bound >= Rf),
                  "emp_max_err": float((p - yy).abs().max()), "n_anchors": int(is_anchor.sum())}
     return ell, topk, stats

@@ -40,6 +40,14 @@ the registered weights are the last step's). ``steps.json`` gains
 ``stopped_at`` and the best held-out EMA; the weights' provenance ``stop_reason``, ``steps_run``,
 ``patience``, ``min_delta``, ``eval_every``.
 
+**Collapse guard.** A falling held-out loss is no evidence by itself: AAT's anchored loss fell
+2.23 → 1.18 while its clean-score SD fell 1.25 → 0.06 (a model that predicts one value for
+everything). Every held-out evaluation therefore also logs, on ``scale_items`` fixed val items
+(whole images, clean, seeded), the clean predictions' SD, MSE and R² (``1 − MSE/Var(MOS)``) on the
+MOS scale. When the SD falls below ``scale_floor`` (0.5) × its step-0 value, the run stops
+(``stop_reason = "scale-collapse"``) and the weights of the last evaluation above that line are
+restored and registered; the provenance's ``scale_guard`` says which step they are from.
+
 Each recipe is a :class:`TrainingRecipe` registered in ``DEFENSES``: the task the shared loop
 (:class:`robench.engine.trainer.Trainer`) runs. It declares what tables need (``label``, ``order``,
 …) and implements only what differs (which items, which labels, which loss); a new recipe is a new
@@ -71,7 +79,7 @@ from robench.engine.trainer import PatienceStop, TrainTask, Trainer, config_hash
 #: (2: moving AAT band + random tie-breaks, least-squares calibration init, RGB SSIM for AT-;
 #: 3: held-out patience stopping — the patience state lives in last.pt, so a v2 checkpoint, which
 #: has none, is refused by the config hash with the Trainer's "different configuration" message)
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4  # 4: AAT hinge over the anchors' prediction range; the scale (collapse) guard
 #: least-squares calibration fit: at most this many training items (a seeded subset) **[choice]**
 CALIBRATION_ITEMS = 512
 AT_SSIM = "rgb-mean, gaussian 11/1.5, valid (pytorch_msssim convention)"
@@ -155,6 +163,12 @@ class TrainingRecipe(TrainTask):
         self.stopper = PatienceStop(prof.adv_patience, prof.adv_min_delta, prof.adv_eval_span)
         self.heldout_rows: list[dict[str, Any]] = []
         self._heldout_batches: list[RecipeBatch] | None = None
+        # the collapse guard: step-0 SD, the weights of the last evaluation above the floor, and
+        # the stop record (None while the SD holds)
+        self.scale_start: float | None = None
+        self.scale_keep: dict[str, Any] | None = None
+        self.scale_collapse: dict[str, Any] | None = None
+        self._scale_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- what differs between recipes -------------------------------------------------------
     def provenance_extra(self) -> dict[str, Any]:
@@ -249,6 +263,27 @@ class TrainingRecipe(TrainTask):
                 losses.append(float(loss))
         return float(np.mean(losses)), losses
 
+    def scale_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The guard's fixed val items: ``scale_items`` drawn uniformly (seeded), whole images."""
+        if self._scale_batch is None:
+            n = min(int(self.prof.scale_items), len(self.heldout))
+            idx = np.random.default_rng(self.heldout_seed(10_000)).choice(len(self.heldout), size=n, replace=False)
+            items = [self.heldout[int(i)] for i in sorted(idx)]
+            self._scale_batch = tuple(t.to(self.device) for t in (
+                torch.stack([it["ref"] for it in items]), torch.stack([it["dist"] for it in items]),
+                torch.tensor([it["mos"] for it in items], dtype=torch.float32)))
+        return self._scale_batch
+
+    def scale_stats(self) -> dict[str, float]:
+        """Clean predictions on the guard's items: SD, MSE and R² on the MOS scale."""
+        from robench.attacks.base import ModeGuard
+
+        ref, dist, y = self.scale_batch()
+        with ModeGuard(self.module), torch.no_grad():
+            pred = torch.cat([self.module.predict_mos(dist[i:i + 32], ref[i:i + 32]) for i in range(0, len(y), 32)])
+        mse = float(((pred - y) ** 2).mean())
+        return {"clean_sd": float(pred.std()), "clean_mse": mse, "clean_r2": 1.0 - mse / max(float(y.var(unbiased=False)), 1e-12)}
+
     def observe(self, trainer: Trainer) -> None:
         step = trainer.step
         if self.heldout is None or self.stopper.settled or step % self.eval_every or step <= self.stopper.last_step:
@@ -257,23 +292,49 @@ class TrainingRecipe(TrainTask):
         row = self.stopper.update(value, step)
         if len(per_batch) > 1:
             row["batch_losses"] = per_batch
+        row.update(self.scale_stats())
+        if self.scale_start is None:
+            self.scale_start = row["clean_sd"]
+        row["clean_sd_ratio"] = row["clean_sd"] / self.scale_start if self.scale_start > 0 else float("nan")
         row["seconds"] = round(trainer.seconds(), 3)
         self.heldout_rows.append(row)
+        if row["clean_sd_ratio"] < float(self.prof.scale_floor):
+            kept = self.scale_keep or {"step": 0, "model": None}
+            if kept["model"] is not None:
+                self.module.load_state_dict(kept["model"])
+            self.scale_collapse = {"step": step, "clean_sd": row["clean_sd"], "start_sd": self.scale_start,
+                                   "floor": float(self.prof.scale_floor), "kept_step": kept["step"],
+                                   "kept_clean_sd": kept.get("clean_sd")}
+            trainer.say(f"{self.title}: clean-score SD fell to {row['clean_sd']:.3f} at step {step}, below "
+                        f"{self.prof.scale_floor:g} × its start ({self.scale_start:.3f}): the model is collapsing its "
+                        f"score range; stopped, keeping the weights of step {kept['step']}")
+            return
+        self.scale_keep = {"step": step, "clean_sd": row["clean_sd"],
+                           "model": {k: v.detach().clone() for k, v in self.module.state_dict().items()}}
         if row["settled"]:
             trainer.say(f"{self.title}: held-out loss settled at step {step} (EMA {row['ema']:.4f}, best "
                         f"{self.stopper.best:.4f} at step {self.stopper.best_step}; {self.stopper.patience} "
                         f"evaluations without a {self.stopper.min_delta:.1%} improvement)")
 
     def should_stop(self, trainer: Trainer) -> bool:
-        return self.stopper.settled
+        return self.stopper.settled or self.scale_collapse is not None
 
     def stop_summary(self, steps_done: int) -> dict[str, Any]:
         """Why the run stopped (``settled`` / ``cap``; None while it runs), where, and the best
         held-out EMA."""
         st = self.stopper
-        reason = "settled" if st.settled else ("cap" if steps_done >= self.cap else None)
+        reason = ("scale-collapse" if self.scale_collapse is not None else "settled" if st.settled
+                  else ("cap" if steps_done >= self.cap else None))
         return {"stopped": reason, "stopped_at": steps_done if reason else None, "steps_run": steps_done,
-                "best_heldout_ema": st.best, "best_heldout_step": st.best_step, "heldout_evals": len(self.heldout_rows)}
+                "best_heldout_ema": st.best, "best_heldout_step": st.best_step, "heldout_evals": len(self.heldout_rows),
+                "scale_guard": self.scale_guard()}
+
+    def scale_guard(self) -> dict[str, Any]:
+        """What the collapse guard saw: the step-0 and last clean-score SD, and the stop (if any)."""
+        last = self.heldout_rows[-1] if self.heldout_rows else {}
+        return {"start_sd": self.scale_start, "last_sd": last.get("clean_sd"), "last_r2": last.get("clean_r2"),
+                "floor": float(self.prof.scale_floor), "items": int(self.prof.scale_items),
+                "collapsed": self.scale_collapse}
 
     def stopping_config(self) -> dict[str, Any]:
         """The rule's settings (in the config hash and the provenance)."""
@@ -281,13 +342,15 @@ class TrainingRecipe(TrainTask):
         n = max(1, int(self.prof.adv_eval_batches))
         return {"eval_every": self.eval_every, "patience": st.patience, "min_delta": st.min_delta,
                 "eval_span": st.span, "eval_batches": n,
+                "scale_floor": float(self.prof.scale_floor), "scale_items": int(self.prof.scale_items),
                 "heldout": (f"val split: {n} fixed batch(es) by the recipe's own select, seeds "
                             f"(seed+1)*1000003-2-j; the recipe objective incl. inner PGD, eval mode")
                 if self.heldout is not None else None}
 
     def state(self) -> dict[str, Any]:
         return {"calibration_init": self.calibration_init, "stopping": self.stopper.state_dict(),
-                "heldout_log": list(self.heldout_rows)}
+                "heldout_log": list(self.heldout_rows),
+                "scale": {"start": self.scale_start, "keep": self.scale_keep, "collapse": self.scale_collapse}}
 
     def load_state(self, ck: dict[str, Any]) -> None:
         # fitted when the run began; the weights hold its trained state
@@ -296,6 +359,8 @@ class TrainingRecipe(TrainTask):
         if "stopping" in ck:
             self.stopper.load_state_dict(ck["stopping"])
             self.heldout_rows = [r for r in ck.get("heldout_log", []) if r["step"] <= int(ck["step"])]
+        sc = ck.get("scale") or {}
+        self.scale_start, self.scale_keep, self.scale_collapse = sc.get("start"), sc.get("keep"), sc.get("collapse")
 
     def upgrade_checkpoint(self, ck: dict[str, Any], out: Path) -> dict[str, Any]:
         ck = super().upgrade_checkpoint(ck, out)
@@ -375,7 +440,8 @@ class AAT(TrainingRecipe):
         p = self.prof
         width = AnchorSampler(self.mos, self.batch, p.aat_anchors, p.aat_spacing).width
         return {"anchors": p.aat_anchors, "spacing": p.aat_spacing, "top_k": p.aat_top_k, "alpha": p.aat_alpha,
-                "beta": p.aat_beta, "band_fraction": BAND_FRACTION, "band_width": width}
+                "beta": p.aat_beta, "band_fraction": BAND_FRACTION, "band_width": width, "hinge_norm": p.aat_hinge_norm,
+                "gamma": p.aat_gamma}
 
     def select(self, rng_seed):
         from robench.defenses.aat import AnchorSampler
@@ -386,14 +452,8 @@ class AAT(TrainingRecipe):
         return ab.indices, ab.is_anchor, {"band_lo": ab.band[0], "band_hi": ab.band[1], "anchor_ids": ab.anchor_ids}
 
     def objective(self, b, adv):
-        from robench.defenses.aat import anchored_terms
-        from robench.engine.train import clean_loss
-
-        p = self.prof
         pred = self.module.predict_mos(adv, b.ref)
-        base_l = clean_loss(pred[b.is_anchor], b.y[b.is_anchor], p.train_loss_lambda)
-        _, topk, stats = anchored_terms(pred, b.y, b.is_anchor, p.aat_top_k)
-        loss = p.aat_alpha * base_l + p.aat_beta * topk
+        loss, base_l, topk, stats = aat_objective(pred, b.y, b.is_anchor, self.prof)
         return loss, {**stats, "anchored_loss": float(topk.detach()), "base_loss": float(base_l.detach())}
 
     def final_provenance(self, rows):
@@ -401,6 +461,29 @@ class AAT(TrainingRecipe):
 
         # what the Theorem-1 log supports travels with the weights (the reporter reads the store)
         return {"theorem1": bound_summary(rows)}
+
+
+def spread_term(pred_a: torch.Tensor, y_a: torch.Tensor) -> torch.Tensor:
+    """``(1 − SD(ŷ_a)/SD(y_a))₊²`` on the (clean) anchors: 0 while the predictions spread at least
+    as much as the labels, 1 for a constant predictor. Sampling anchors from a narrow MOS band
+    selects on the label, which by itself attenuates a regression's slope (the quick AAT run with
+    β = 0 still halved its clean SD); this term is what holds the MOS scale **[choice]**."""
+    ratio = pred_a.std() / y_a.std().clamp_min(1e-8)
+    return (1.0 - ratio).clamp_min(0.0) ** 2
+
+
+def aat_objective(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor, prof):
+    """``L = α·L_base(anchors) + β·mean(top-k ℓ_i) + γ·spread(anchors)`` of one batch's
+    predictions (MOS scale): (loss, base term, anchored term, Theorem-1 stats + spread)."""
+    from robench.defenses.aat import anchored_terms
+    from robench.engine.train import clean_loss
+
+    base_l = clean_loss(pred[is_anchor], y[is_anchor], prof.train_loss_lambda)
+    _, topk, stats = anchored_terms(pred, y, is_anchor, prof.aat_top_k, prof.aat_hinge_norm)
+    spread = spread_term(pred[is_anchor], y[is_anchor])
+    stats["spread_loss"] = float(spread.detach())
+    loss = prof.aat_alpha * base_l + prof.aat_beta * topk + prof.aat_gamma * spread
+    return loss, base_l, topk, stats
 
 
 def training_recipes() -> list[str]:
@@ -524,6 +607,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
                   "clean_weights": clean_desc, "clean_sha256": clean_sha, **hp,
                   **task.final_provenance(trainer.rows), "recipe_version": RECIPE_VERSION,
                   "stop_reason": stop["stopped"], "steps_run": stop["steps_run"], "stopped_at": stop["stopped_at"],
+                  "scale_guard": stop["scale_guard"],
                   "best_heldout_ema": stop["best_heldout_ema"], "best_heldout_step": stop["best_heldout_step"],
                   "calibration_init": task.calibration_init, "val_srocc": v["srocc"], "train_seconds": round(elapsed, 2),
                   "git_commit": git_commit(), "versions": versions(), "run": str(out), "device": device_record(dev)}

@@ -15,6 +15,7 @@ import torch
 
 from robench.attacks.base import Attack, AttackResult, BudgetViolation
 from robench.core.config import RunSpec
+from robench.core.directions import DEFAULT as UP, get_direction
 from robench.core.device import halving_batches
 from robench.core.errors import OutOfMemory
 from robench.core.registry import ATTACKS
@@ -29,7 +30,7 @@ CHECK_TOL = 1e-6
 
 
 def cell_config(target: Target, defense: dict[str, Any], attack: Attack, eps: list[float], spec: RunSpec,
-                items: Items, n: int | None) -> dict[str, Any]:
+                items: Items, n: int | None, direction: str = UP) -> dict[str, Any]:
     return {
         "target": {"name": target.card.name, "weights_sha256": fingerprint(target),
                    "weights_source": target.card.weights.source, "lower_better": bool(target.lower_better)},
@@ -44,11 +45,20 @@ def cell_config(target: Target, defense: dict[str, Any], attack: Attack, eps: li
         # bf16 autocast gives other numbers: its cells are keyed apart (absent for float32, so
         # every stored cell keeps its key); torch.compile is provenance (engine.speed)
         **({"amp": target.amp} if getattr(target, "amp", None) else {}),
+        # the attack direction (core.directions): absent for ``up``, so every stored cell keeps its key
+        **({"direction": direction} if direction != UP else {}),
     }
 
 
+def direction_signs(direction: str, items: Items) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Per-item ±1 of the cell's direction and its record (name, protocol, threshold, counts)."""
+    mos = items.labels.get("mos") if items.kind == "pairs" else None
+    s, info = get_direction(direction).signs(mos, len(items))
+    return torch.from_numpy(s).float(), info
+
+
 def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-             progress: Callable[[int], None] | None = None, escalate: int = 0
+             progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Attack every item at every ε; return the cell's record (summary, probes, flags, timing)
     and its per-(item, ε) rows. Raises BudgetViolation rather than return an out-of-budget result.
@@ -56,14 +66,18 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     ``escalate`` (``robench run --escalate K``): when the half-budget check flags the cell not
     converged, the attack runs again at twice its budget, checked against the run before it (its
     half), up to K doublings; the cell keeps the largest budget's numbers and records the ladder.
-    A cell still short of the rule after K doublings stays flagged."""
+    A cell still short of the rule after K doublings stays flagged.
+
+    ``direction`` (core.directions) sets each item's sign; gains and the convergence rule are on
+    the directed gain ``sign · (q_adv − q_clean)`` (≥ 0 per item by the harness)."""
     t0 = time.perf_counter()
+    signs, dir_info = direction_signs(direction, items)
     res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False,
-                 batch_size=batch_size, progress=progress)
+                 batch_size=batch_size, progress=progress, signs=signs)
     # after an out-of-memory error the rest of the cell runs at the batch size the attack ended with
     bs, halved = res.batch_size_used, res.oom_halved
     compute = res.compute_seconds
-    convergence = convergence_check(target, attack, items, eps, bs, _gains(res, target, eps))
+    convergence = convergence_check(target, attack, items, eps, bs, _gains(res, target, eps, signs), signs)
     if convergence is not None:
         compute += convergence.pop("seconds")
         bs, more = convergence.pop("batch_size_used"), convergence.pop("oom_halved")
@@ -74,10 +88,10 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
         while convergence["not_converged"] and k < int(escalate):
             k += 1
             params = attack.scaled_budget(2 ** k)
-            res = _run_at(attack, params, target, items, eps, bs)
+            res = _run_at(attack, params, target, items, eps, bs, signs)
             compute += res.compute_seconds
             bs, halved = res.batch_size_used, halved + res.oom_halved
-            full, prev = _gains(res, target, eps), ladder[-1]["gain"]
+            full, prev = _gains(res, target, eps, signs), ladder[-1]["gain"]
             ladder.append({"params": _budget(attack, params), "gain": full})
             gap = _rel_gap(full, prev)
             convergence.update(half_params=ladder[-2]["params"], full_gain=full, half_gain=prev, rel_gap=gap,
@@ -86,7 +100,7 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             # the run's cap and what it used: a later run with a larger cap re-opens a flagged cell
             convergence.update(escalate=int(escalate), escalated=k, budget_used=ladder[-1]["params"], ladder=ladder)
         if not convergence["not_converged"] and attack.plateau_probe:
-            probe = _plateau_probe(convergence, attack, 2 ** k, target, items, eps, bs)
+            probe = _plateau_probe(convergence, attack, 2 ** k, target, items, eps, bs, signs)
             compute += probe.compute_seconds
             bs, halved = probe.batch_size_used, halved + probe.oom_halved
     other_scores = None
@@ -109,7 +123,8 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             halved += more
     compute += time.perf_counter() - t1
     rows = make_rows(res, items, eps, other_scores)
-    summary = summarise(res, items, eps, target.lower_better, other_scores)
+    summary = summarise(res, items, eps, target.lower_better, other_scores, signs)
+    summary["direction"] = dir_info
     flags = cell_flags(res, summary, attack)
     if convergence is not None:
         flags["convergence"] = convergence
@@ -130,14 +145,15 @@ CONVERGENCE_TOL = 0.05
 
 
 def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items, eps: list[float],
-            batch_size: int) -> AttackResult:
-    """The same attack (profile, seed) at other budget parameters, on the cell's items."""
+            batch_size: int, signs: torch.Tensor | None = None) -> AttackResult:
+    """The same attack (profile, seed, direction) at other budget parameters, on the cell's items."""
     other = type(attack)(profile=attack.profile, seed=attack.seed, **params)
-    return other(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size)
+    return other(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size,
+                 signs=signs)
 
 
 def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, target: Target, items: Items,
-                   eps: list[float], batch_size: int) -> AttackResult:
+                   eps: list[float], batch_size: int, signs: torch.Tensor | None = None) -> AttackResult:
     """The half-budget rule passed at ``scale`` × the profile's budget; an attack that declares
     ``plateau_probe = m`` (its gain can stall, then rise again: FACPA's generator gained 0.113 at
     120 steps, 0.110 at 240, 0.226 at 1 920) is run once more at m × that budget on the same
@@ -145,8 +161,8 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
     on a plateau. The cell keeps the accepted budget's rows; the probe is recorded. Returns the
     probe's run (its seconds and batch sizes count like the ladder's)."""
     params = attack.scaled_budget(scale * int(attack.plateau_probe))
-    res = _run_at(attack, params, target, items, eps, batch_size)
-    probe, accepted = _gains(res, target, eps), convergence["full_gain"]
+    res = _run_at(attack, params, target, items, eps, batch_size, signs)
+    probe, accepted = _gains(res, target, eps, signs), convergence["full_gain"]
     gap = _rel_gap(probe, accepted)
     flagged = _short(gap)
     convergence.update(plateau_probe={"params": _budget(attack, params), "gain": probe, "rel_gap": gap,
@@ -155,9 +171,11 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
     return res
 
 
-def _gains(res: AttackResult, target: Target, eps: list[float]) -> list[float]:
+def _gains(res: AttackResult, target: Target, eps: list[float], signs: torch.Tensor | None = None) -> list[float]:
+    """Mean directed gain ``sign · (q_adv − q_clean)`` per ε."""
     q0, q = (t.numpy() for t in res.oriented(target.lower_better))
-    return [float((q[k] - q0).mean()) for k in range(len(eps))]
+    s = np.ones(len(q0)) if signs is None else signs.numpy()
+    return [float((s * (q[k] - q0)).mean()) for k in range(len(eps))]
 
 
 def _rel_gap(full: list[float], half: list[float]) -> list[float]:
@@ -174,7 +192,7 @@ def _budget(attack: Attack, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def convergence_check(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-                      full_gain: list[float]) -> dict[str, Any] | None:
+                      full_gain: list[float], signs: torch.Tensor | None = None) -> dict[str, Any] | None:
     """Re-run the attack at half its budget (``Attack.half_budget``) on the same items and seed;
     ``not_converged`` when, at any ε, full gain − half gain > 5 % of the full gain: doubling the
     budget still moved the score, so the reported gain is a lower bound of an unfinished attack.
@@ -183,8 +201,8 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
     if not params:
         return None
     t0 = time.perf_counter()
-    res = _run_at(attack, params, target, items, eps, batch_size)
-    half_gain = _gains(res, target, eps)
+    res = _run_at(attack, params, target, items, eps, batch_size, signs)
+    half_gain = _gains(res, target, eps, signs)
     gap = _rel_gap(full_gain, half_gain)
     return {"half_params": _budget(attack, params),
             "full_gain": [float(g) for g in full_gain], "half_gain": half_gain, "rel_gap": gap,
@@ -230,10 +248,13 @@ def mean_perceptibility(res: AttackResult, k: int) -> dict[str, float | None]:
     return {"psnr": float(p.mean()) if p.numel() else None, "ssim": float(s.mean()) if s.numel() else None}
 
 
-def summarise(res: AttackResult, items: Items, eps: list[float], lower_better: bool, other_scores) -> dict[str, Any]:
+def summarise(res: AttackResult, items: Items, eps: list[float], lower_better: bool, other_scores,
+              signs: torch.Tensor | None = None) -> dict[str, Any]:
     q0, q = (t.numpy() for t in res.oriented(lower_better))
+    s = np.ones(len(q0)) if signs is None else signs.numpy()
     per = [mean_perceptibility(res, k) for k in range(len(eps))]
-    out: dict[str, Any] = {"eps": list(eps), "mean_gain": [float((q[k] - q0).mean()) for k in range(len(eps))],
+    # mean_gain: the directed gain sign · (q_adv − q_clean) (for ``up``, the plain gain)
+    out: dict[str, Any] = {"eps": list(eps), "mean_gain": [float((s * (q[k] - q0)).mean()) for k in range(len(eps))],
                            "mean_queries": [float(res.queries[k].float().mean()) for k in range(len(eps))],
                            "mean_psnr": [p["psnr"] for p in per], "mean_ssim": [p["ssim"] for p in per],
                            "kept_clean": list(res.probes.get("kept_clean", []))}
@@ -276,11 +297,11 @@ def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> di
 
 
 def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-                progress: Callable[[int], None] | None = None, escalate: int = 0) -> dict[str, Any]:
+                progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP) -> dict[str, Any]:
     """What an executor hands back for one cell: record and rows, or the budget violation that
     stopped it (an out-of-budget result must never reach the store as data)."""
     try:
-        record, rows = run_cell(target, attack, items, eps, batch_size, progress, escalate)
+        record, rows = run_cell(target, attack, items, eps, batch_size, progress, escalate, direction)
     except (BudgetViolation, OutOfMemory) as exc:  # out of memory even at batch size 1: a failed cell
         return {"key": key, "failed": str(exc)}
     return {"key": key, "record": record, "rows": rows}
@@ -298,8 +319,10 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
     if cells.empty:
         return
     res = {k: store.results(k) for k in cells["key"]}
-    cells = cells.assign(amp=cells["config"].map(lambda c: c.get("amp") or "fp32"))  # bf16 cells compare among themselves
-    for _, grp in cells.groupby(["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile", "amp"]):
+    cells = cells.assign(amp=cells["config"].map(lambda c: c.get("amp") or "fp32"),  # bf16 cells compare among themselves
+                         direction=cells["config"].map(lambda c: c.get("direction") or UP))  # and each direction
+    for _, grp in cells.groupby(["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile", "amp",
+                                 "direction"]):
         by_attack = {r["attack"]: r for _, r in grp.iterrows()}
         for name, row in by_attack.items():
             # an attack declares the attacks it must match or beat (PGD: FGSM); flag key kept
@@ -314,9 +337,14 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
         white = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "gradients"]
         black = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "scores"]
         if white and black:
-            def gains(r):
+            def gains(r):  # directed: sign · (score − clean) per item, raw-score sign below
                 df = res[r["key"]]
-                return df.assign(g=df["score"] - df["clean_score"]).pivot(index="item", columns="eps", values="g")
+                first = df[np.isclose(df["eps"], df["eps"].iloc[0])].sort_values("item")
+                s, _ = get_direction(r["config"].get("direction") or UP).signs(
+                    first["mos"].to_numpy(float) if r["config"]["dataset"]["kind"] == "pairs" else None, len(first))
+                sign_of = dict(zip(first["item"].to_numpy(), s))
+                return df.assign(g=df["item"].map(sign_of) * (df["score"] - df["clean_score"])).pivot(
+                    index="item", columns="eps", values="g")
 
             wb = [gains(r) for r in white]
             bb = [gains(r) for r in black]

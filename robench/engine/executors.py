@@ -38,6 +38,7 @@ class CellTask:
     device: str = "cpu"
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    direction: str = "up"  # core.directions: part of the cell's key
 
 
 def compute_cell(task: CellTask | dict) -> dict[str, Any]:
@@ -72,11 +73,12 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     attack = ATTACKS.get(task.attack)(profile=spec.profile, seed=spec.seed, **task.attack_params)
     attack.check(target)
     attack.resolve(target)
-    key = cell_key(cell_config(target, defense, attack, task.eps, spec, items, task.n), __version__)
+    key = cell_key(cell_config(target, defense, attack, task.eps, spec, items, task.n, task.direction), __version__)
     if key != task.key:  # a worker with other weights, data or code must not answer for this cell
         raise RobenchError(f"worker computed cell {key[:12]} for task {task.key[:12]} ({task.label}): its cache or "
                            "code differs from the driver's")
-    return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size, escalate=spec.escalate),
+    return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size, escalate=spec.escalate,
+                          direction=task.direction),
             "pid": os.getpid(),
             "device": device_record(device)}
 

@@ -28,7 +28,8 @@ from robench.core.profiles import get_profile
 from robench.core.registry import ATTACKS
 from robench.core.config import RunConfig, RunSpec, dataset_options_for, expand_attacks  # noqa: F401
 from robench.core.target import Target, speed_of
-from robench.engine.cell import cell_config, cell_result, cross_cell_checks
+from robench.core.directions import parse_directions
+from robench.engine.cell import cell_config, cell_result, cross_cell_checks, direction_signs
 from robench.engine.items import Items, load_items
 from robench.engine.resolve import resolve_target, weights_records
 from robench.engine.speed import check_speed
@@ -147,14 +148,20 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
                               "device": device_record(device),
                               "speed": {**speed_of(target), "agreement": speed} if speed else None}
     spec_dict = {k: v for k, v in spec.__dict__.items() if k not in ("store", "force")}
-    tasks = []
+    tasks, cell_attacks = [], []
+    directions = parse_directions(spec.directions)
+    for d in directions:  # a direction the items cannot take (mos-split on 2AFC) fails before any compute
+        direction_signs(d, items)
     for a in attacks:
-        config = cell_config(target, defense, a, eps, spec, items, n)
-        tasks.append(CellTask(key=cell_key(config, __version__), spec=spec_dict, attack=a.name,
-                              attack_params=dict(a.params), eps=eps, batch_size=prof.attack_batch, n=n,
-                              home=str(robench_home()), device=str(device), label=f"{target.card.name} · {a.name}",
-                              extra={"config": config}))
-    return Plan(spec, target, defense, items, eps, attacks, tasks, report)
+        for d in directions:
+            config = cell_config(target, defense, a, eps, spec, items, n, d)
+            tasks.append(CellTask(key=cell_key(config, __version__), spec=spec_dict, attack=a.name,
+                                  attack_params=dict(a.params), eps=eps, batch_size=prof.attack_batch, n=n,
+                                  home=str(robench_home()), device=str(device),
+                                  label=f"{target.card.name} · {a.name}" + ("" if d == "up" else f" · {d}"),
+                                  extra={"config": config}, direction=d))
+            cell_attacks.append(a)  # one per task (zipped with the tasks by the driver)
+    return Plan(spec, target, defense, items, eps, cell_attacks, tasks, report)
 
 
 def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None = None,
@@ -191,7 +198,7 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
         for p in plans:
             store.record_weights(weights_records(p.target))
             for t, a in zip(p.tasks, p.attacks):
-                entry = {"key": t.key, "attack": a.name, "repr": repr(a)}
+                entry = {"key": t.key, "attack": a.name, "direction": t.direction, "repr": repr(a)}
                 p.report["cells"].append(entry)
                 done = store.status(t.key) == "done"
                 if done and p.spec.escalate and _reopens(store.cell_flags(t.key), p.spec.escalate):
@@ -275,7 +282,8 @@ def _local_cell(p: Plan, attack: Attack, task, bar) -> Callable[[], dict[str, An
         t0 = time.perf_counter()
         prog = bar.add_task(task.label, total=len(p.items)) if bar else None
         tick = (lambda k: bar.advance(prog, k)) if bar else None
-        out = cell_result(task.key, p.target, attack, p.items, p.eps, task.batch_size, tick, escalate=p.spec.escalate)
+        out = cell_result(task.key, p.target, attack, p.items, p.eps, task.batch_size, tick, escalate=p.spec.escalate,
+                          direction=task.direction)
         out["wall"] = time.perf_counter() - t0
         return out
     return go

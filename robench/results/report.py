@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from robench.core import flags as FL
+from robench.core.directions import item_signs
 from robench.core.errors import RobenchError
 from robench.results.latex import latex_escape as _latex_escape  # noqa: F401
 from robench.results.labels import BASE, attack_order, defense_label, defense_order, recipe_declares, recipes  # noqa: F401
@@ -67,6 +68,19 @@ class CellData:
     ssim: np.ndarray | None = None
     train_seed: int = 0  # the recipe's training seed (--seeds; 0: the weights M.<recipe>, and every non-recipe cell)
     amp: str = "fp32"  # --amp: bf16 cells are another measurement (keyed apart), so another row
+    direction: str = "up"  # core.directions: which way each item was pushed (the protocol)
+    signs: np.ndarray | None = None  # per item ±1 of the direction (None: all +1)
+
+    @property
+    def protocol(self) -> str:
+        from robench.core.directions import protocol_of
+
+        return protocol_of(self.direction)
+
+    def directed_gain(self, k: int) -> np.ndarray:
+        """Per item ``sign · (q_adv − q_clean)`` at ε index ``k`` (≥ 0 by the harness)."""
+        s = 1.0 if self.signs is None else self.signs
+        return s * (self.q_adv[k] - self.q_clean)
 
     @property
     def active_flags(self) -> list[str]:
@@ -166,7 +180,9 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
             q_clean=sign * first["clean_score"].to_numpy(float), q_adv=sign * adv,
             seconds=c["seconds"], flags=c["flags"] or {}, attack_params=cfg["attack"].get("params", {}),
             psnr=per_eps("psnr"), ssim=per_eps("ssim"), train_seed=int(cfg["defense"].get("train_seed", 0) or 0),
-            amp=cfg.get("amp") or "fp32"))
+            amp=cfg.get("amp") or "fp32", direction=cfg.get("direction") or "up",
+            signs=item_signs(cfg.get("direction"), first["mos"].to_numpy(float) if kind == "pairs" else None,
+                             len(first))))
         t1 = ((weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}).get("theorem1")
         if t1 and t1.get("n_batches"):  # AAT weights: the training bound's evidence is a flag of every cell
             out[-1].flags = {**out[-1].flags, "bound_non_vacuous_fraction": t1["non_vacuous_fraction"]}
