@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from robench.cli.app import app, emit_json, err, plot_app, user_errors
+from robench.core import flags as FL
 from robench.core.errors import RobenchError
 
 
@@ -67,7 +68,7 @@ def check_cmd(
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline from the store instead of checking."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline cells absent from the store pass (checking a subset)."),
     fail_on_flag: str = typer.Option("", "--fail-on-flag", help="Comma list of cell flag codes that fail the gate "
-                                     "(nc, gm, eot, 0, mono, it, grad); every flagged cell is listed either way."),
+                                     f"({', '.join(FL.LEGEND)}); every flagged cell is listed either way."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """CI gate: fail (exit 1) when a cell's attacked or clean metric drops by more than the tolerance

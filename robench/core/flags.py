@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+#: the scale check's thresholds: clean-score SD ratio to the base model, and clean R²
+SCALE_RATIO = 0.5
+SCALE_R2 = 0.1
+
 #: (code, legend, active?) — order is the order codes are printed in
 FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
     ("nc", "not converged: the full budget's gain exceeds the half budget's by > 5 % of the gain (or, for an "
@@ -39,6 +43,12 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
      lambda f: bool(f.get("oom_halved", 0))),
     ("re", "re-run after its worker or node was lost (the stored numbers are the re-run's)",
      lambda f: bool(f.get("retried", 0))),
+    # the scale check (results.report.scale_checks): a defence that shrinks every prediction looks
+    # robust in MOS units without being so
+    ("scale", f"collapsed score range: the defended model's clean-score SD is < {SCALE_RATIO:g} × its base model's "
+              f"on the same items, or its clean R² after its calibration is ≤ {SCALE_R2:g}; gains in MOS units "
+              "understate how far an attack moves it (see the gain / own-SD columns)",
+     lambda f: bool((f.get("scale") or {}).get("collapsed"))),
 )
 LEGEND = {code: text for code, text, _ in FLAGS}
 

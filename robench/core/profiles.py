@@ -59,7 +59,7 @@ class Profile:
     aat_beta: float = 1.0
     # the hinge's normaliser (defenses/aat.py): "pred-range" (robench, scale-invariant) | "mos-range" (paper)
     aat_hinge_norm: str = "pred-range"
-    # weight of the spread term γ·(1 − SD(ŷ_anchors)/SD(y_anchors))₊² (defenses/aat.py) **[choice]**
+    # weight of the spread term γ·(1 − SD(ŷ_anchors)/SD(MOS_anchors))₊² (recipes.spread_term) **[choice]**
     aat_gamma: float = 1.0
     # collapse guard (every recipe): at each held-out evaluation the clean-score SD, MSE and R² on
     # `scale_items` fixed val items; below `scale_floor` × the starting SD the run stops and keeps

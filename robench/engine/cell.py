@@ -125,6 +125,8 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     rows = make_rows(res, items, eps, other_scores)
     summary = summarise(res, items, eps, target.lower_better, other_scores, signs)
     summary["direction"] = dir_info
+    if items.kind == "pairs":
+        summary["clean_scale"] = clean_scale(target, res, items)
     flags = cell_flags(res, summary, attack)
     if convergence is not None:
         flags["convergence"] = convergence
@@ -278,6 +280,21 @@ def summarise(res: AttackResult, items: Items, eps: list[float], lower_better: b
         out["clean_2afc"] = acc(q0)
         out["attacked_2afc"] = [acc(q[k]) for k in range(len(eps))]
     return out
+
+
+def clean_scale(target: Target, res: AttackResult, items: Items) -> dict[str, float]:
+    """The clean scores' spread and fit on the MOS scale (the scale check, core.flags ``scale``):
+    SD of oriented ``q``, and SD, MSE and R² = 1 − MSE/Var(MOS) of the target's calibrated
+    prediction (its own map ``a·q + b``; BiRQA's is the identity: it regresses MOS)."""
+    q0 = res.oriented(target.lower_better)[0].double()
+    mos = torch.as_tensor(np.asarray(items.labels["mos"], dtype=float))
+    with torch.no_grad():
+        cal = getattr(target, "calibration", None)
+        pred = cal(q0.float().to(target.device)).double().cpu() if cal is not None else q0
+    mse = float(((pred - mos) ** 2).mean())
+    var = float(mos.var(unbiased=False))
+    return {"sd_q": float(q0.std()), "sd_pred": float(pred.std()), "mse": mse,
+            "r2": 1.0 - mse / var if var > 0 else float("nan"), "sd_mos": float(mos.std())}
 
 
 def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> dict[str, Any]:

@@ -28,11 +28,14 @@ BASELINE_FORMAT = 1
 
 
 def identity(c: CellData) -> str:
-    return _identity(c.target, c.defense, c.attack, c.dataset, c.split, c.kind, c.profile, c.seed, c.n)
+    return _identity(c.target, c.defense, c.attack, c.dataset, c.split, c.kind, c.profile, c.seed, c.n, c.direction)
 
 
-def _identity(target, defense, attack, dataset, split, kind, profile, seed, n) -> str:
-    return "|".join([target, defense, attack, dataset, split, kind, profile, f"seed={seed}", f"n={n}"])
+def _identity(target, defense, attack, dataset, split, kind, profile, seed, n, direction=None) -> str:
+    # the attack direction (the protocol) only when it is not the default ``up``: baselines written
+    # before directions existed keep matching their cells
+    return "|".join([target, defense, attack, dataset, split, kind, profile, f"seed={seed}", f"n={n}"]
+                    + ([f"direction={direction}"] if direction and direction != "up" else []))
 
 
 def failed_identities(store: str | Path) -> dict[str, str]:
@@ -47,7 +50,7 @@ def failed_identities(store: str | Path) -> dict[str, str]:
         cfg = c["config"]
         d = cfg["dataset"]
         ident = _identity(cfg["target"]["name"], cfg["defense"]["name"], cfg["attack"]["name"], d["name"], d["split"],
-                          d["kind"], cfg["profile"], cfg["seed"], d["n"])
+                          d["kind"], cfg["profile"], cfg["seed"], d["n"], cfg.get("direction"))
         latest[ident] = (c["status"], c["error"] or "")
     return {k: err for k, (status, err) in latest.items() if status == "failed"}
 
@@ -60,6 +63,7 @@ def _values(c: CellData, q: np.ndarray) -> np.ndarray:
 def cell_entry(c: CellData) -> dict[str, Any]:
     r6 = lambda a: [round(float(v), 6) for v in a]  # noqa: E731  (bytes, not precision, are the limit)
     return {"metric": c.metric_name, "kind": c.kind, "eps": c.eps, "weights_sha256": c.weights_sha,
+            "direction": c.direction, "protocol": c.protocol,
             "clean": c.clean_metric(), "attacked": [c.metric(e) for e in c.eps],
             "items": [str(i) for i in c.item_ids], "ref_ids": [str(i) for i in c.ref_ids],
             "mos": r6(c.mos) if c.kind == "pairs" else None,

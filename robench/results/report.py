@@ -69,6 +69,7 @@ class CellData:
     train_seed: int = 0  # the recipe's training seed (--seeds; 0: the weights M.<recipe>, and every non-recipe cell)
     amp: str = "fp32"  # --amp: bf16 cells are another measurement (keyed apart), so another row
     direction: str = "up"  # core.directions: which way each item was pushed (the protocol)
+    clean_scale: dict | None = None  # SD / MSE / R² of the clean scores on the MOS scale (engine.cell.clean_scale)
     signs: np.ndarray | None = None  # per item ±1 of the direction (None: all +1)
 
     @property
@@ -186,7 +187,40 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
         t1 = ((weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}).get("theorem1")
         if t1 and t1.get("n_batches"):  # AAT weights: the training bound's evidence is a flag of every cell
             out[-1].flags = {**out[-1].flags, "bound_non_vacuous_fraction": t1["non_vacuous_fraction"]}
+        out[-1].clean_scale = (c["summary"] or {}).get("clean_scale")
+    scale_checks(out)
     return out, weights
+
+
+def scale_checks(cells: list[CellData]) -> None:
+    """The scale check of every defended cell (core.flags ``scale``): the SD of its clean oriented
+    scores over its base model's on the items both hold (the same architecture, setting and
+    weights generation: the base row's latest cell), and its clean R² after the target's own
+    calibration (recorded with the cell; None for cells stored before it was). Recorded in the
+    cell's flags as ``scale`` = {sd_ratio, r2, collapsed}."""
+    from robench.core.flags import SCALE_R2, SCALE_RATIO
+
+    base: dict[tuple, CellData] = {}
+    for c in cells:  # finish order: the latest base cell of a setting wins
+        if c.defense == BASE and c.kind == "pairs":
+            base[c.row[2:] + (c.arch,)] = c
+    for c in cells:
+        if c.defense == BASE or c.kind != "pairs":
+            continue
+        b = base.get(c.row[2:] + (c.arch,))
+        ratio = float("nan")
+        if b is not None:
+            _, i, j = np.intersect1d(c.item_ids, b.item_ids, return_indices=True)
+            if len(i) >= 3 and np.std(b.q_clean[j]) > 0:
+                ratio = float(np.std(c.q_clean[i]) / np.std(b.q_clean[j]))
+        r2 = (c.clean_scale or {}).get("r2")
+        # R² means something where the scores are on the MOS scale: a recipe fitted its calibration,
+        # or the base model regresses MOS (an uncalibrated distance behind a purifier does not)
+        b_r2 = (b.clean_scale or {}).get("r2") if b is not None else None
+        r2_applies = r2 is not None and (c.training is not None or (b_r2 is not None and b_r2 > SCALE_R2))
+        collapsed = bool((np.isfinite(ratio) and ratio < SCALE_RATIO) or (r2_applies and r2 <= SCALE_R2))
+        c.flags = {**c.flags, "scale": {"sd_ratio": ratio if np.isfinite(ratio) else None, "r2": r2,
+                                        "collapsed": collapsed}}
 
 
 def _arch(cfg: dict) -> str:
@@ -220,10 +254,13 @@ class Table:
     precision: int = 3
     col_precision: dict = field(default_factory=dict)  # column → digits where 3 is wrong (minutes)
     spread: dict = field(default_factory=dict)  # (row, col) → s.d. over training seeds (a value shown as mean ± s.d.)
+    direction: str | None = None  # the attack direction of every cell behind the table (core.directions)
+    protocol: str | None = None
 
     def to_dict(self) -> dict:
         extra = {"spread": {f"{r}|{c}": v for (r, c), v in self.spread.items()}} if self.spread else {}
         return {**extra, "name": self.name, "title": self.title, "caption": self.caption, "footnote": self.footnote,
+                "direction": self.direction, "protocol": self.protocol,
                 "columns": [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in self.df.columns],
                 "rows": [{"index": list(i) if isinstance(i, tuple) else [i],
                           "values": [None if pd.isna(v) else (float(v) if isinstance(v, (int, float, np.floating)) else v)
@@ -254,6 +291,11 @@ class Reporter:
                  ot_options: dict | None = None, bootstrap: str = "auto", correction: str = "holm"):
         if not cells:
             raise RobenchError("the store has no finished cells to report")
+        dirs = {c.direction for c in cells}
+        if len(dirs) > 1:  # one protocol per reporter: write_report builds one for each
+            raise RobenchError(f"a Reporter takes the cells of one attack direction, got {sorted(dirs)}")
+        self.direction = dirs.pop()
+        self.protocol = cells[0].protocol
         # one weights version per row: after a retrain where only some attacks were rerun, a row
         # must not mix cells of old and new weights (the latest cell's weights win)
         # (per training seed: each seed of a recipe is its own weights version)
@@ -440,6 +482,7 @@ class Reporter:
                         "split_seed": c.seed,
                         "dataset": c.dataset, "split": c.split, "profile": c.profile,
                         "flags": {f: True for f in r["flags"]},
+                        "direction": self.direction, "protocol": self.protocol,
                         "not_converged": "nc" in r["flags"], "masking": "gm" in r["flags"],
                         "vacuous_bound": "vac" in r["flags"]})
         return out
@@ -678,19 +721,26 @@ class Reporter:
                     q = c.q_at(self.eps)
                     msu = msu_scores(c.q_clean, q) if q is not None else {"abs_gain": np.nan, "R": np.nan}
                     psnr, ssim = c.perceptibility(self.eps)
-                    data.append([c.clean_metric()] + [c.metric(e) for e in all_eps] + [msu["abs_gain"], msu["R"],
-                                                                                        psnr, ssim])
+                    k = c.eps_index(self.eps)
+                    gain = float(np.mean(c.directed_gain(k))) if k is not None else np.nan
+                    sd = float(np.std(c.q_clean, ddof=1)) if c.n > 1 else np.nan
+                    data.append([c.clean_metric()] + [c.metric(e) for e in all_eps]
+                                + [gain, gain / sd if sd > 0 else np.nan, msu["abs_gain"], msu["R"], psnr, ssim])
                     for e in all_eps:
                         if c.eps_index(e) is not None:  # no marker on a budget the cell does not hold
                             self._flag(flags, idx, f"{e:g}/255", c)
         if not data:
             return None
-        cols = (["clean"] + [f"{e:g}/255" for e in all_eps] + [f"MSU gain@{self.eps:g}", f"MSU R@{self.eps:g}",
-                                                                f"PSNR@{self.eps:g}", f"SSIM@{self.eps:g}"])
+        cols = (["clean"] + [f"{e:g}/255" for e in all_eps]
+                + [f"gain@{self.eps:g}", f"gain/SD@{self.eps:g}", f"MSU gain@{self.eps:g}", f"MSU R@{self.eps:g}",
+                   f"PSNR@{self.eps:g}", f"SSIM@{self.eps:g}"])
         df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=["metric", *self.label_names(), "attack"]),
                           columns=cols)
         return Table("sweep", "Metric against the attack budget ε", df,
-                     caption=(f"SROCC (or 2AFC accuracy) clean and at every stored ε; MSU-benchmark scores at ε = "
+                     caption=(f"SROCC (or 2AFC accuracy) clean and at every stored ε; gain@ε: mean directed gain "
+                              f"sign·(q_adv − q_clean) in the target's units (MOS for BiRQA), gain/SD@ε: the same in "
+                              f"units of the row's own clean-score SD (comparable across a model that shrinks its "
+                              f"scores); MSU-benchmark scores at ε = "
                               f"{self.eps:g}/255 on min-max scaled scores: mean absolute gain and robustness "
                               f"R = log10(max(1−s, s)/(|s − s_adv| + 1e-6)) (higher R = moved less); perceptibility "
                               f"at ε = {self.eps:g}/255: mean PSNR (dB, over the images the attack changed) and SSIM "
@@ -790,23 +840,42 @@ class Reporter:
         return pd.DataFrame(bold, index=df.index, columns=df.columns)
 
     def tables(self) -> list[Table]:
-        return [t for t in (self.robustness(), self.twoafc(), self.purification(), self.sweep(), self.significance())
-                if t is not None]
+        return [self.named(t) for t in (self.robustness(), self.twoafc(), self.purification(), self.sweep(),
+                                        self.significance()) if t is not None]
+
+    def named(self, t: Table | None) -> Table | None:
+        """A table of this reporter's protocol: named (``robustness-mos-split``), titled and
+        captioned with it, and carrying it into report.json."""
+        if t is None or t.protocol is not None:
+            return t
+        t.direction, t.protocol = self.direction, self.protocol
+        if self.direction != "up":
+            t.name = f"{t.name}-{self.direction}"
+        t.title = f"{t.title} — {self.protocol}"
+        from robench.core.directions import get_direction
+
+        t.caption = f"Protocol: {self.protocol}: {get_direction(self.direction).summary}. " + t.caption
+        return t
 
 
 def cell_stats(c: CellData) -> dict[str, Any]:
     """Every per-cell statistic (report.json): SROCC/PLCC/KROCC or 2AFC accuracy clean and per ε,
     mean gain of oriented quality and the MSU scores per ε."""
     per_eps = []
+    sd = float(np.std(c.q_clean, ddof=1)) if c.n > 1 else float("nan")
     for k, e in enumerate(c.eps):
         q = c.q_adv[k]
-        d = {"eps": e, "mean_gain": float(np.mean(q - c.q_clean)), **msu_scores(c.q_clean, q)}
+        g = float(np.mean(c.directed_gain(k)))
+        # the directed gain in the target's units and in units of its own clean-score SD (a model
+        # that shrinks every score looks robust in MOS units alone)
+        d = {"eps": e, "mean_gain": g, "mean_gain_per_sd": g / sd if sd > 0 else None, **msu_scores(c.q_clean, q)}
         d.update(correlations(q, c.mos) if c.kind == "pairs" else {"2afc": c.metric_of(q)})
         per_eps.append(d)
     for d in per_eps:
         d["mean_psnr"], d["mean_ssim"] = (None if v != v else v for v in c.perceptibility(d["eps"]))
     clean = correlations(c.q_clean, c.mos) if c.kind == "pairs" else {"2afc": c.clean_metric()}
-    return {"flags": c.flags, "active_flags": c.active_flags, "key": c.key, "target": c.target, "defense": c.defense, "attack": c.attack, "kind": c.kind,
+    return {"flags": c.flags, "active_flags": c.active_flags, "key": c.key, "target": c.target, "defense": c.defense,
+            "attack": c.attack, "direction": c.direction, "protocol": c.protocol, "clean_sd": sd, "kind": c.kind,
             "dataset": c.dataset, "split": c.split, "profile": c.profile, "seed": c.seed, "n": c.n,
             "weights_sha256": c.weights_sha, "clean": clean, "attacked": per_eps}
 
@@ -916,15 +985,22 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
     plots, and ``report.json`` with all numbers, under ``out``. Written to a temporary folder and
     moved into place, so a failure leaves no half report."""
     cells, weights = load_cells(store)
-    rep = Reporter(cells, weights, eps=eps, ot=ot, n_boot=n_boot, seed=seed, cluster=cluster, ot_options=ot_options,
-                   bootstrap=bootstrap, correction=correction)
+    from robench.core.directions import DIRECTIONS
+
+    # one reporter per attack direction (protocol): tables, comparisons and their corrections never
+    # mix the ranking attack with score inflation
+    reps = {d: Reporter([c for c in cells if c.direction == d], weights, eps=eps, ot=ot, n_boot=n_boot, seed=seed,
+                        cluster=cluster, ot_options=ot_options, bootstrap=bootstrap, correction=correction)
+            for d in DIRECTIONS if any(c.direction == d for c in cells)}
+    # the primary reporter (IR-Score, plots, Theorem-1 evidence): score inflation when stored
+    rep = reps.get("up") or next(iter(reps.values()))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a private temporary folder beside the target: concurrent reports cannot delete each other's
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would become the report's permissions
     try:
-        written = _write(rep, cells, store, out, tmp, ot, n_boot, seed, plots, pdf, bench)
+        written = _write(reps, rep, cells, store, out, tmp, ot, n_boot, seed, plots, pdf, bench)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -974,14 +1050,18 @@ def aat_bounds_markdown(bounds: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: int, seed: int, plots: bool, pdf: bool,
-           bench) -> dict[str, Any]:
-    written: dict[str, Any] = {"store": str(store), "out": str(out), "tables": [], "plots": [], "skipped": []}
+def _write(reps: dict[str, Reporter], rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: int,
+           seed: int, plots: bool, pdf: bool, bench) -> dict[str, Any]:
+    written: dict[str, Any] = {"store": str(store), "out": str(out), "tables": [], "plots": [], "skipped": [],
+                               "protocols": {d: r.protocol for d, r in reps.items()}}
     tables = []
-    for build in (rep.robustness, rep.twoafc, rep.purification, rep.sweep, rep.significance, rep.ir_table):
-        t = build()
+    # every table per protocol; gains and IR-Score on score inflation only (as the reference gain script)
+    builds = [(r, b) for d, r in reps.items()
+              for b in (r.robustness, r.twoafc, r.purification, r.sweep, r.significance) + ((r.ir_table,) if d == "up" else ())]
+    for r, build in builds:
+        t = r.named(build())
         if t is None:
-            written["skipped"].append(build.__name__)
+            written["skipped"].append(build.__name__ + ("" if r.direction == "up" else f"-{r.direction}"))
             continue
         tables.append(t)
         (tmp / f"{t.name}.tex").write_text(to_latex(t))
@@ -995,17 +1075,20 @@ def _write(rep: Reporter, cells, store, out: Path, tmp: Path, ot: str, n_boot: i
                                                  "seed": seed, "tables": [t.to_dict() for t in tables],
                                                  "aat_bounds": bounds,
                                                  "bootstrap": rep.bootstrap, "correction": rep.correction,
-                                                 # one row per comparison (schema: docs/statistics.md)
-                                                 "comparisons": rep.comparisons(),
+                                                 "protocols": written["protocols"],
+                                                 # one row per comparison (schema: docs/statistics.md),
+                                                 # each family corrected within its protocol
+                                                 "comparisons": [x for r in reps.values() for x in r.comparisons()],
                                                  "flag_legend": FL.LEGEND,
                                                  "flagged_cells": [{"key": c.key, "target": c.target, "defense": c.defense,
-                                                                    "attack": c.attack, "flags": c.active_flags}
+                                                                    "attack": c.attack, "direction": c.direction,
+                                                                    "flags": c.active_flags}
                                                                    for c in cells if c.active_flags],
                                                  "cells": [cell_stats(c) for c in cells]}, indent=1, default=str))
     from robench.results.paper import write_paper
 
     # the paper's Tables 3, 7, 9 beside robench's measurements, with the claims table
-    written["paper"] = write_paper(rep, tmp)
+    written["paper"] = write_paper(rep, tmp, ranking=reps.get("mos-split"))
     if plots:
         from robench.results import plots as P
 
