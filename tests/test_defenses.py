@@ -37,13 +37,17 @@ def test_hinge_and_bound_on_a_hand_made_batch():
     pred = torch.tensor([1.1, 3.5, 2.9])
     lo, hi = nearest_anchors(y, is_anchor)
     assert lo.tolist() == [0, 0, 2] and hi.tolist() == [0, 2, 2]
-    ell, topk, s = anchored_terms(pred, y, is_anchor, top_k=4)
+    ell, topk, s = anchored_terms(pred, y, is_anchor, top_k=4, hinge_norm="mos-range")  # the paper's
     assert ell[1].item() == pytest.approx((3.5 - 2.9) / 2)  # predicted above its upper anchor, / R
     assert topk.item() == pytest.approx(0.3)
     assert s["anchor_err"] == pytest.approx(0.1) and s["coverage"] == pytest.approx(1.0)
     assert s["bound"] == pytest.approx(0.1 + 1.0 + 0.3 * 2.0) and s["emp_max_err"] == pytest.approx(1.5)
+    # robench's default: v / (v + P), P the anchors' prediction range (2.9 − 1.1); Theorem 1 unchanged
+    ell_p, topk_p, s_p = anchored_terms(pred, y, is_anchor, top_k=4)
+    assert ell_p[1].item() == pytest.approx(0.6 / (0.6 + 1.8)) and topk_p.item() == pytest.approx(0.25)
+    assert s_p["bound"] == pytest.approx(s["bound"]) and s_p["max_hinge"] == pytest.approx(0.3)
     pred2 = torch.tensor([1.0, 0.5, 3.0])  # below its lower anchor
-    ell2, _, s2 = anchored_terms(pred2, y, is_anchor)
+    ell2, _, s2 = anchored_terms(pred2, y, is_anchor, hinge_norm="mos-range")
     assert ell2[1].item() == pytest.approx(0.25) and s2["emp_max_err"] <= s2["bound"]
 
 

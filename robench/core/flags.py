@@ -45,9 +45,10 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
      lambda f: bool(f.get("retried", 0))),
     # the scale check (results.report.scale_checks): a defence that shrinks every prediction looks
     # robust in MOS units without being so
-    ("scale", f"collapsed score range: the defended model's clean-score SD is < {SCALE_RATIO:g} × its base model's "
-              f"on the same items, or its clean R² after its calibration is ≤ {SCALE_R2:g}; gains in MOS units "
-              "understate how far an attack moves it (see the gain / own-SD columns)",
+    ("scale", f"scale check failed: the defended model's clean-score SD is < {SCALE_RATIO:g} × its base model's on "
+              f"the same items (a collapsed score range: gains in MOS units understate how far an attack moves it; "
+              f"see gain/SD), or its clean R² after its calibration is ≤ {SCALE_R2:g} (its scores are off the MOS "
+              "scale)",
      lambda f: bool((f.get("scale") or {}).get("collapsed"))),
 )
 LEGEND = {code: text for code, text, _ in FLAGS}
