@@ -59,8 +59,9 @@ class Profile:
     aat_beta: float = 1.0
     # the hinge's normaliser (defenses/aat.py): "pred-range" (robench, scale-invariant) | "mos-range" (paper)
     aat_hinge_norm: str = "pred-range"
-    # weight of the spread term γ·(1 − SD(ŷ_anchors)/SD(MOS_anchors))₊² (recipes.spread_term) **[choice]**
-    aat_gamma: float = 1.0
+    # the replay term γ·L_base(uniform clean items) that holds the MOS scale (recipes.aat_objective) **[choice]**
+    aat_gamma: float = 2.0
+    aat_replay: int = 8  # clean items per step drawn uniformly over MOS for that term
     # collapse guard (every recipe): at each held-out evaluation the clean-score SD, MSE and R² on
     # `scale_items` fixed val items; below `scale_floor` × the starting SD the run stops and keeps
     # the last evaluated weights above that line

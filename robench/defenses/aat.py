@@ -20,8 +20,8 @@ anchored loss. robench divides by the anchors' *prediction* range ``P = max_a ŷ
 instead, as ``ℓ_i = v_i / (v_i + P)`` (``hinge_norm="pred-range"``, ``P`` floored at 1 % of
 ``R``): ≈ ``v_i/P`` for small violations and below 1, so no violation outweighs the base terms; it is
 unchanged by a global rescaling of the predictions, so shrinking earns nothing. A constant
-predictor has hinge 0 but pays the base loss of a constant (MSE + λ·1) and the recipe's spread
-term (γ·1, :func:`robench.defenses.recipes.spread_term`) — more than a model that ranks the
+predictor has hinge 0 but pays the base loss of a constant (MSE + λ·1) on the anchors and on the
+recipe's replay items (:func:`robench.defenses.recipes.aat_objective`) — more than a model that ranks the
 anchors (tests/test_aat_trust.py checks it on a real batch). Theorem 1 is untouched: its ``η``
 is the largest violation over ``R`` (logged as before, from the same prediction vector), and
 ``η·R`` is the largest raw violation whatever the loss divides by; only the loss's weighting of
@@ -175,7 +175,9 @@ def anchored_terms(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor,
         norm = R
         ell = v / norm
     else:
-        pa = pred[is_anchor]
+        # P without its gradient: a normaliser with one would pay the model to push the band-end
+        # anchors apart (measured: the clean SD inflated 1.6×, R² < 0)
+        pa = pred[is_anchor].detach()
         norm = (pa.max() - pa.min()).clamp_min(PRED_RANGE_FLOOR * float(R))
         ell = v / (v + norm)  # ≈ v/P for small violations, bounded by 1: no violation outweighs the base loss
     non = ~is_anchor
