@@ -456,8 +456,8 @@ class AAT(TrainingRecipe):
         items = [self.data[int(i)] for i in idx]
         ref = torch.stack([it["ref"] for it in items])
         dist = torch.stack([it["dist"] for it in items])
-        if self.prof.train_crop:
-            ref, dist = random_crop_pair(ref, dist, self.prof.train_crop, gen)
+        # whole images: the scale a run is judged on (the attacked cells, the collapse guard and
+        # val SROCC see whole images; the step's batch sees crops)
         b.replay = {"ref": ref, "dist": dist, "y": torch.tensor([it["mos"] for it in items], dtype=torch.float32)}
         return b
 

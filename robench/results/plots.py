@@ -186,7 +186,7 @@ def _eps_axis(ax, eps: list[float]) -> None:
 
 
 def draw_sweep(series: list[dict[str, Any]], stem: Path, *, metric: str = "SROCC", note: str = "",
-               max_lines: int = MAX_LINES) -> list[str]:
+               max_lines: int = MAX_LINES, setting: str = "") -> list[str]:
     """The metric-vs-ε figure from :func:`sweep_series` points: one panel per target (per attack
     when the series hold several), one line per defence with the same colour and marker in
     every panel, at most ``max_lines`` lines a panel (more: the target is split, "birqa (1/2)",
@@ -251,7 +251,8 @@ def draw_sweep(series: list[dict[str, Any]], stem: Path, *, metric: str = "SROCC
     handles = [plt.Line2D([], [], color=style[d]["color"], marker=style[d]["marker"], ms=5, lw=1.3, label=d)
                for d in defences]
     fig.suptitle(f"{metric} vs attack budget ε" + (f" — {attacks[0]}" if len(attacks) == 1 else "")
-                 + (" (bands: 95 % bootstrap CI" + (f", {note}" if note else "") + ")" if banded else ""), fontsize=9)
+                 + (" (bands: 95 % bootstrap CI" + (f", {note}" if note else "") + ")" if banded else "")
+                 + (f"\n{setting}" if setting else ""), fontsize=9)
     fig.tight_layout()
     # right of the whole grid, in figure coordinates: never over a panel (bbox_inches="tight" keeps it)
     fig.legend(handles=handles, title="defence", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
@@ -264,7 +265,13 @@ def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
     line per defence, clean at ε = 0, 95 % bootstrap bands. Returns the written file names."""
     series = sweep_series(rep, kind)
     metric = "SROCC" if kind == "pairs" else "2AFC accuracy"
-    return draw_sweep(series, stem, metric=metric, note=f"{rep.n_boot} resamples")
+    cells = [c for c in rep.cells if c.kind == kind]
+    where = "; ".join(sorted({f"{c.dataset}/{c.split}" for c in cells}))
+    n = "/".join(str(x) for x in sorted({c.n for c in cells}))
+    seeds = ",".join(str(x) for x in sorted({c.seed for c in cells}))
+    protocol = getattr(rep, "protocol", None)
+    setting = f"{protocol + ' · ' if protocol else ''}{where}, {n} items, seed {seeds}" if cells else ""
+    return draw_sweep(series, stem, metric=metric, note=f"{rep.n_boot} resamples", setting=setting)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1093,6 +1093,9 @@ def _write(reps: dict[str, Reporter], rep: Reporter, cells, store, out: Path, tm
         from robench.results import plots as P
 
         written["plots"] = P.draw_all(rep, tmp / "plots", bench=bench, rename_to=out / "plots")
+        for d, r in reps.items():  # the ε figure of every other protocol, named by it
+            if r is not rep:
+                written["plots"] += [str(out / "plots" / n) for n in P.plot_sweep(r, tmp / "plots" / f"sweep-pairs-{d}")]
     if pdf:
         try:
             pdf_path = compile_pdf(tmp / "report.tex")
