@@ -468,3 +468,30 @@ def test_bf16_cells_are_a_row_of_their_own(tmp_path):
     assert len(rows) == 2 and {r[-1] for r in rows} == {"fp32", "bf16"}
     labels = [rep.label(r) for r in rows]
     assert sum("bf16" in lab[1] for lab in labels) == 1, labels
+
+
+def test_report_out_never_deletes_foreign_files(tmp_path):
+    """`report --out DIR` replaces DIR as a whole: a folder with files robench did not write is
+    refused (exit 2 through the CLI), untouched; a previous report is replaced; a report folder
+    with a file added by hand is refused too."""
+    from robench.core.errors import RobenchError
+    from robench.results.report import MANIFEST, check_report_folder
+
+    foreign = tmp_path / "mine"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "keep.txt").write_text("mine")
+    (foreign / "sub" / "a.txt").write_text("mine too")
+    with pytest.raises(RobenchError, match="did not write"):
+        check_report_folder(foreign)
+    assert (foreign / "keep.txt").read_text() == "mine" and (foreign / "sub" / "a.txt").is_file()
+    check_report_folder(tmp_path / "new")  # missing: fine
+    (tmp_path / "empty").mkdir()
+    check_report_folder(tmp_path / "empty")
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    (prev / "report.md").write_text("x")
+    (prev / MANIFEST).write_text(json.dumps({"files": ["report.md"]}))
+    check_report_folder(prev)  # a previous report: replaceable
+    (prev / "notes.txt").write_text("added by hand")
+    with pytest.raises(RobenchError, match="notes.txt"):
+        check_report_folder(prev)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from robench.core.errors import RobenchError
 
@@ -23,17 +24,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help printed as written: rich markup would eat bracketed text ("robench[ray]", "[esc]") and
+    # keep the docstrings' line breaks mid-sentence; click's formatter rewraps whole paragraphs
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Datasets: build the built-in set, inspect, fetch and verify real ones.", no_args_is_help=True)
+data_app = typer.Typer(rich_markup_mode=None, help="Datasets: build the built-in set, inspect, fetch and verify real ones.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-weights_app = typer.Typer(help="Weights cache: list, import, verify, fetch official files.", no_args_is_help=True)
+weights_app = typer.Typer(rich_markup_mode=None, help="Weights cache: list, import, verify, fetch official files.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
-bench_app = typer.Typer(help="Benchmarks measured side by side (speed, attack step).", no_args_is_help=True)
+bench_app = typer.Typer(rich_markup_mode=None, help="Benchmarks measured side by side (speed, attack step).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-plot_app = typer.Typer(help="Plots on their own (robench report draws them all).", no_args_is_help=True)
+plot_app = typer.Typer(rich_markup_mode=None, help="Plots on their own (robench report draws them all).", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
 
-err = Console(stderr=True)
+# literal by default: messages name files, flags ([nc]) and extras (robench[ray]); the few
+# styled lines pass markup=True with their user text escaped
+err = Console(stderr=True, markup=False)
 
 #: the help of every ``--device`` (resolved and checked by robench.core.device.resolve_device)
 DEVICE_HELP = ("Where to compute: auto (CUDA when torch.cuda.is_available(), else CPU) | cpu | cuda | cuda:N. "
@@ -48,7 +54,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except RobenchError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            # the message literally: rich markup would eat bracketed text such as robench[ray] or [nc]
+            err.print("[bold red]error:[/] " + escape(str(exc)), highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper

@@ -19,7 +19,8 @@ from robench.core.errors import RobenchError
 @user_errors
 def report_cmd(
     store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
-    out: Path = typer.Option(Path("reports/latest"), help="Output folder (replaced as a whole)."),
+    out: Path = typer.Option(Path("reports/latest"), help="Output folder: new, empty, or a previous report (replaced "
+                             "as a whole); a folder holding other files is refused."),
     eps: Optional[float] = typer.Option(None, help="ε (/255) of the single-budget tables (default 8 if stored, else the largest)."),
     ot: str = typer.Option("neural", help="IR-Score OT map: neural (Korotin et al. 2023) | exact (quantile map)."),
     n_boot: int = typer.Option(1000, "--resamples", help="Bootstrap resamples."),

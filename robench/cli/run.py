@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from robench.cli.app import DEVICE_HELP, app, emit_json, err, user_errors
@@ -61,7 +62,8 @@ def train_cmd(
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Clean training (eq. 5: MSE + λ(1 − PLCC)) or, with --defense, R-/AT-/AAT- fine-tuning; resumable."""
+    """Clean training (loss MSE + λ(1 − PLCC), paper equation 5) or, with --defense, R-/AT-/AAT- fine-tuning;
+    resumable."""
     from robench.core.device import resolve_device
     from robench.engine.train import train
 
@@ -250,7 +252,7 @@ def run_cmd(
             "executor": executor, "executor_options": ex_opts, "device": device or "cpu", "amp": amp,
             "compile": compile_, "escalate": escalate, **({"directions": direction} if direction else {})},
             where="robench run")
-    grid = run_config(cfg, progress=True, log=lambda m: err.print(f"[yellow]warning:[/] {m}"))
+    grid = run_config(cfg, progress=True, log=lambda m: err.print("[yellow]warning:[/] " + escape(m), markup=True))
     if as_json:
         emit_json(grid["runs"][0] if len(grid["runs"]) == 1 else grid)
     else:
@@ -281,7 +283,7 @@ def print_summary(report: dict[str, Any]) -> None:
     for c in report["cells"]:
         s = c.get("summary") or {}
         if not s:
-            table.add_row(_label(c), "—", "—", "—", "—", "—", c.get("status", "?"), c.get("error", "")[:60])
+            table.add_row(_label(c), "—", "—", "—", "—", "—", c.get("status", "?"), escape(c.get("error", "")[:60]))
             continue
         if "clean_2afc" in s:
             metric, clean, att = "2AFC", s["clean_2afc"], s["attacked_2afc"]

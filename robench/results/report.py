@@ -984,6 +984,8 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
     """Every table (.tex, .md), the standalone ``report.tex`` (and PDF when pdflatex exists), the
     plots, and ``report.json`` with all numbers, under ``out``. Written to a temporary folder and
     moved into place, so a failure leaves no half report."""
+    out = Path(out)
+    check_report_folder(out)  # before any work: a folder of someone else's files is refused
     cells, weights = load_cells(store)
     from robench.core.directions import DIRECTIONS
 
@@ -994,13 +996,14 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
             for d in DIRECTIONS if any(c.direction == d for c in cells)}
     # the primary reporter (IR-Score, plots, Theorem-1 evidence): score inflation when stored
     rep = reps.get("up") or next(iter(reps.values()))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a private temporary folder beside the target: concurrent reports cannot delete each other's
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would become the report's permissions
     try:
         written = _write(reps, rep, cells, store, out, tmp, ot, n_boot, seed, plots, pdf, bench)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        (tmp / MANIFEST).write_text(json.dumps({"robench_report": 1, "files": files}, indent=1))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1014,6 +1017,45 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return written
+
+
+#: written into every report folder: the files robench wrote there (what a rerun may replace)
+MANIFEST = ".robench-report.json"
+#: what a report folder written before the manifest holds (a rerun may replace such a folder)
+_REPORT_SUFFIXES = {".md", ".tex", ".json", ".pdf", ".png", ".aux", ".log", ".out", ".html"}
+
+
+def check_report_folder(out: Path) -> None:
+    """``robench report --out`` replaces its folder as a whole, so it never touches a folder holding
+    anything robench did not write there: a missing or empty folder is fine; so is a previous
+    report whose manifest lists every file in it (or, written before the manifest, whose
+    report.json is robench's and whose files are all report files). Anything else is refused,
+    naming a foreign file."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RobenchError(f"--out {out} is a file, not a folder")
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() or p.is_symlink())
+    if not files and not any(out.iterdir()):
+        return
+    manifest = out / MANIFEST
+    listed: set[str] | None = None
+    if manifest.is_file():
+        try:
+            listed = set(json.loads(manifest.read_text())["files"]) | {MANIFEST}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            listed = None
+    else:  # a report written before the manifest: robench's report.json and report files only
+        try:
+            legacy = {"tables", "cells"} <= set(json.loads((out / "report.json").read_text()))
+        except (OSError, json.JSONDecodeError, TypeError):
+            legacy = False
+        if legacy:
+            listed = {f for f in files if Path(f).suffix in _REPORT_SUFFIXES}
+    foreign = [f for f in files if listed is None or f not in listed]
+    if foreign:
+        raise RobenchError(f"--out {out} holds files robench did not write (e.g. {foreign[0]!r}); a report replaces its "
+                           "folder as a whole, so give a new or empty folder, or a previous report's")
 
 
 def aat_bounds(rep: Reporter) -> list[dict[str, Any]]:
