@@ -36,7 +36,8 @@ def test_bracketed_words_survive_in_help():
     out = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
     assert "robench[ray]" in out and "[esc]" in out and "[nc]" in out
     # docstring line breaks are not kept mid-sentence: click rewraps each paragraph
-    assert "--model and --defense take comma lists: the grid is every model × defence × attack. The settings form" in out
+    flat = " ".join(out.split())
+    assert "--model and --defense take comma lists: the grid is every model × defence × attack. The settings form" in flat
 
 
 def test_error_messages_print_brackets_literally(capsys):
