@@ -198,8 +198,8 @@ class Attack:
         if unknown:
             k = unknown[0]
             close = difflib.get_close_matches(k, list(known), n=1)
-            hint = f" did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"unknown parameter {k!r} for attack {self.name!r};{hint} "
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"unknown parameter {k!r} for attack {self.name!r}{hint} "
                                    f"(parameters: {', '.join(known)})")
         merged = dict(known)
         merged.update(self.budgets.get(prof.name, {}))

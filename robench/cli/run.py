@@ -169,7 +169,10 @@ def run_cmd(
                                             "attack: items with MOS above the items' mean pushed down, the rest up). "
                                             "One cell per attack × direction; keyed."),
     profile: str = typer.Option("quick", help="quick | paper"),
-    n: Optional[int] = typer.Option(None, help="Items (stratified by distortion); 0 = whole split; default: the profile's."),
+    n: Optional[str] = typer.Option(None, help="Items per cell (stratified by distortion), a whole number ≥ 1, or "
+                                    "'all' for the whole split; default: the profile's."),
+    eps_units: str = typer.Option("255", "--eps-units", help="Units of --eps: 255 (default: 8 means 8/255) or 1 "
+                                  "(fractions of the pixel range: 0.031 means 0.031, stored as 7.9/255)."),
     seed: int = typer.Option(0, help="Split/item seed (which items, the attacks' randomness)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Training seeds, e.g. 0,1,2: each recipe defence "
                                         "(r, at, aat) is fine-tuned and attacked once per seed (M.<recipe>-s<k>); "
@@ -214,6 +217,8 @@ def run_cmd(
     from robench.engine.grid import run_config
 
     amp = check_amp(amp)  # an unknown value fails here, naming the allowed ones
+    n_items = parse_n(n)
+    eps = parse_eps(eps, eps_units)
     if config is not None:
         given = {"--model": model, "--defense": defense, "--dataset": dataset, "--eps": eps, "--n": n, "--seeds": seeds,
                  "--weights": weights, "--root": root, "--dataset-option": dataset_option,
@@ -245,7 +250,7 @@ def run_cmd(
                    "gpus_per_cell": gpus_per_cell} if executor == "ray" else {}
         cfg = RunConfig.from_dict({
             "targets": model, "attacks": attacks, "defenses": defense or "none", "dataset": dataset, "split": split,
-            "eps": eps, "profile": profile, "n": n, "seed": seed, "seeds": seeds, "weights": weights,
+            "eps": eps, "profile": profile, "n": n_items, "seed": seed, "seeds": seeds, "weights": weights,
             "store": str(store) if store else None, "force": force or not resume, "dataset_options": opts,
             "attack_params": _parse_nested(attack_option, "--attack-option", "attack"),
             "defense_options": _parse_nested(defense_option, "--defense-option", "defence"),
@@ -261,6 +266,46 @@ def run_cmd(
         err.print(f"run configuration: {grid['config']}")
     if any(c.get("status") == "failed" for r in grid["runs"] for c in r["cells"]):
         raise typer.Exit(1)
+
+
+def parse_n(n: str | None) -> int | None:
+    """``--n``: a whole number ≥ 1, or ``all`` (the whole split: 0 in the run configuration)."""
+    if n is None:
+        return None
+    if str(n).strip().lower() == "all":
+        return 0
+    try:
+        v = int(str(n))
+    except ValueError:
+        raise RobenchError(f"--n must be a whole number of items ≥ 1 or 'all', got {n!r}") from None
+    if v < 1:
+        raise RobenchError(f"--n must be ≥ 1 (or 'all' for the whole split), got {v}")
+    return v
+
+
+def parse_eps(eps: str | None, units: str) -> str | None:
+    """``--eps`` in /255 units (``--eps-units 255``, the default) or as fractions of the pixel
+    range (``--eps-units 1``, converted). A /255 value below 1 is refused: 0.031 would be an attack
+    of 0.031/255, almost surely a fraction meant as 8/255."""
+    if units not in ("255", "1"):
+        raise RobenchError(f"--eps-units must be 255 or 1, got {units!r}")
+    if eps is None:
+        return None
+    try:
+        vals = [float(e) for e in eps.split(",") if e.strip()]
+    except ValueError:
+        raise RobenchError(f"--eps must be comma-separated numbers, got {eps!r}") from None
+    if units == "1":
+        bad = [v for v in vals if not 0 < v <= 1]
+        if bad:
+            raise RobenchError(f"--eps {bad[0]:g} with --eps-units 1 must be a fraction in (0, 1]")
+        return ",".join(repr(v * 255) for v in vals)
+    small = [v for v in vals if 0 < v < 1]
+    if small:
+        raise RobenchError(f"--eps {small[0]:g} is in /255 units (that is {small[0]:g}/255 = {small[0] / 255:.2g} of "
+                           f"the pixel range); for {small[0]:g} of the range give --eps {small[0] * 255:.3g} or "
+                           f"--eps-units 1")
+    return eps
 
 
 def _label(cell: dict[str, Any]) -> str:
@@ -299,5 +344,5 @@ def print_summary(report: dict[str, Any]) -> None:
                      + (f"{100 * report['harness_overhead']:.1f} %" if report.get("harness_overhead") is not None else "—")
                      + ("; mean gain: directed, sign · (q_adv − q_clean); mos-split: the ranking attack"
                         if any(c.get("direction", "up") != "up" for c in report["cells"]) else "")
-                     + (". " + FL.legend(codes_seen) if codes_seen else ""))
+                     + (". " + escape(FL.legend(codes_seen)) if codes_seen else ""))
     out.print(table)

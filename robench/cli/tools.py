@@ -27,8 +27,8 @@ def ls(
         import difflib
 
         close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
-        hint = f" did you mean {close[0]!r}?" if close else ""
-        raise RobenchError(f"unknown registry {kind!r};{hint} (choose from {', '.join(REGISTRIES)})")
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RobenchError(f"unknown registry {kind!r}{hint} (choose from {', '.join(REGISTRIES)})")
     rows = REGISTRIES[kind].info()
     if as_json:
         emit_json(rows)

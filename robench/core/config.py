@@ -148,8 +148,8 @@ class RunConfig:
         for k in data:
             if k not in known:
                 close = difflib.get_close_matches(k, sorted(known), n=1)
-                hint = f" did you mean {close[0]!r}?" if close else ""
-                raise UnknownNameError(f"{where}: unknown setting {k!r};{hint} (settings: {', '.join(sorted(known))})")
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UnknownNameError(f"{where}: unknown setting {k!r}{hint} (settings: {', '.join(sorted(known))})")
         if "targets" not in data or not _comma(data["targets"]):
             raise RobenchError(f"{where}: no target given (targets = [\"birqa\"] or --model)")
         data["targets"] = _comma(data["targets"])
@@ -176,6 +176,10 @@ class RunConfig:
             data["device"] = str(data["device"])  # a torch.device from Python: its name
         if data.get("seeds") is not None:
             data["seeds"] = parse_seeds(data["seeds"], where)
+        if isinstance(data.get("n"), str) and data["n"].strip().lower() == "all":
+            data["n"] = 0  # the whole split
+        if data.get("n") is not None and (isinstance(data["n"], bool) or not isinstance(data["n"], int) or data["n"] < 0):
+            raise RobenchError(f"{where}: n must be a whole number of items ≥ 1 or 'all', got {data['n']!r}")
         if "directions" in data:
             from robench.core.directions import parse_directions
 
@@ -218,8 +222,21 @@ class RunConfig:
             if not (0 < e <= 255) or math.isnan(e):
                 raise RobenchError(f"--eps values are in /255 units and must be in (0, 255], got {e:g}")
         attacks = expand_attacks(self.attacks)
-        for name in self.attack_params:
+        for name, params in self.attack_params.items():
             ATTACKS.entry(name)
+            if name not in attacks:  # a setting that would silently do nothing
+                close = difflib.get_close_matches(name, attacks, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise RobenchError(f"--attack-option (attack_params) names attack {name!r}, which is not in this run's "
+                                   f"attacks ({', '.join(attacks)}){hint}")
+            cls = ATTACKS.get(name)
+            known = {**cls.defaults, **cls.HARNESS_DEFAULTS}
+            for k in params:
+                if k not in known:
+                    close = difflib.get_close_matches(k, list(known), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise UnknownNameError(f"unknown parameter {k!r} for attack {name!r}{hint} "
+                                           f"(parameters: {', '.join(known)})")
         defenses = []
         for d in self.defenses:
             for tok in d.split("+"):

@@ -65,8 +65,8 @@ DEFAULT = "up"
 def get_direction(name: str) -> Direction:
     if name not in DIRECTIONS:
         close = difflib.get_close_matches(str(name), list(DIRECTIONS), n=1)
-        hint = f" did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(f"unknown attack direction {name!r};{hint} (directions: {', '.join(DIRECTIONS)})")
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(f"unknown attack direction {name!r}{hint} (directions: {', '.join(DIRECTIONS)})")
     return DIRECTIONS[name]
 
 

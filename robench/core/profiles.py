@@ -105,6 +105,6 @@ def get_profile(name: str | Profile) -> Profile:
         import difflib
 
         close = difflib.get_close_matches(name, list(PROFILES), n=1)
-        hint = f" did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(f"unknown profile {name!r};{hint} (known: {', '.join(PROFILES)})")
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(f"unknown profile {name!r}{hint} (known: {', '.join(PROFILES)})")
     return PROFILES[name]

@@ -143,9 +143,9 @@ class Registry:
 
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-        hint = f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(sorted(self._entries)) or "none"
-        return f"unknown {self.kind} {name!r};{hint} (known: {known})"
+        return f"unknown {self.kind} {name!r}{hint} (known: {known})"
 
     def info(self) -> list[dict[str, Any]]:
         """One dict per entry: at least ``name`` and ``summary`` plus the entry's metadata."""

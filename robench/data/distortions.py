@@ -444,8 +444,8 @@ def get_distortion(key: int | str) -> DistortionType:
     import difflib
 
     close = difflib.get_close_matches(k, list(_ALIASES), n=3, cutoff=0.5)
-    hint = f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownNameError(f"unknown distortion {key!r};{hint} (ids 1-25 or names like 'gaussian_blur')")
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownNameError(f"unknown distortion {key!r}{hint} (ids 1-25 or names like 'gaussian_blur')")
 
 
 def apply(image: np.ndarray, kind: int | str, level: int, seed: int | np.random.SeedSequence = 0) -> np.ndarray:
