@@ -495,3 +495,22 @@ def test_report_out_never_deletes_foreign_files(tmp_path):
     (prev / "notes.txt").write_text("added by hand")
     with pytest.raises(RobenchError, match="notes.txt"):
         check_report_folder(prev)
+
+
+def test_worst_is_computed_on_the_items_cells_share():
+    """The committed quick store mixes 192-item (FGSM, PGD) and 96-item (C&W, Zhang) cells: the
+    worst case over attacks is taken on their 96 shared items (it was NaN in every row), and the
+    footnote says the clean column belongs to one item set."""
+    from pathlib import Path
+
+    from robench.results.report import Reporter, load_cells
+
+    store = Path(__file__).resolve().parents[1] / "reports" / "quick" / "results.sqlite"
+    cells, weights = load_cells(store)
+    rep = Reporter([c for c in cells if c.direction == "up"], weights, ot="exact", n_boot=20)
+    t = rep.robustness()
+    worst = t.df[("SROCC", "worst")].to_numpy(dtype=float)
+    assert np.isfinite(worst).all()
+    per = t.df[[("SROCC", a) for a in ("fgsm", "pgd", "cw", "zhang")]].to_numpy(dtype=float)
+    assert (worst <= per.max(axis=1) + 1e-9).all()
+    assert "different item sets" in t.footnote and "own clean value" in t.footnote

@@ -540,8 +540,10 @@ class Reporter:
                      caption=(f"IR-Score of each defended row vs its base over every stored ε (0.5 = as movable as "
                               f"base, 1 = never moved more); 95 % percentile CI from {self.n_boot} bootstrap resamples "
                               f"of the per-image wins, conditional on the OT maps fitted once; 'agree': the "
-                              f"{other.backend} estimate lies inside the {self.ot} interval. "
-                              + self.setting(self.cells, "all ε")),
+                              f"{other.backend} estimate lies inside the {self.ot} interval. Where they disagree ('no') "
+                              f"the OT fit, not the defence, moves the number: read the exact (monotone quantile) value "
+                              f"as the reference, and treat the difference as the OT uncertainty (more items per cell "
+                              f"narrow it). " + self.setting(self.cells, "all ε")),
                      footnote=self.provenance(self.cells))
 
     def train_minutes(self, c: CellData) -> float:
@@ -651,11 +653,13 @@ class Reporter:
                           f"and the photos.")
         return Table("robustness", "Robustness of trained defences (paper Table 3 shape)", df,
                      caption=(f"SROCC of oriented quality vs MOS, clean and under each attack at ε = {self.eps:g}/255 "
-                              f"('worst': per image the attack that moved it most); IR-Score over every stored ε "
+                              f"('worst': per image the attack that moved it most, on the items all the row's attacks "
+                              f"share); IR-Score over every stored ε "
                               f"({self.ot} OT; 0.5 = as movable as base, 1 = never moved more). "
                               + self.setting(used, f"ε = {self.eps:g}/255 (IR: all stored ε)") + seeds_note),
                      footnote=self.sig_note("SROCC") + " Train time: clean training; for R/AT/AAT the clean "
-                     "training plus the fine-tuning. " + self.flag_note(flags) + self.provenance(used), bold=bold,
+                     "training plus the fine-tuning. " + self.items_note(rows, attacks, df) + self.flag_note(flags)
+                     + self.provenance(used), bold=bold,
                      marks=marks, flags=flags, spread=spread,
                      col_precision={("Train time (min)", ""): 1, **({("Seeds", ""): 0} if multi else {})})
 
@@ -797,11 +801,27 @@ class Reporter:
         return ["target", "setting", "defence"] if self.multi_setting else ["target", "defence"]
 
     def worst(self, cells: list[CellData | None]) -> float:
-        cs = [c for c in cells if c is not None]
-        if len(cs) < 2 or len({c.items_sha for c in cs}) != 1:
+        """Per image the attack that moved it furthest its way, on the items every cell holds
+        (cells of 192 and 96 items: their 96 shared items); NaN below 3 shared items."""
+        cs = [c for c in cells if c is not None and c.q_at(self.eps) is not None]
+        if len(cs) < 2:
             return float("nan")
-        q = np.max(np.stack([c.q_at(self.eps) for c in cs]), axis=0)  # per image: the attack that raised q most
-        return cs[0].metric_of(q)
+        common = cs[0].item_ids
+        for c in cs[1:]:
+            common = np.intersect1d(common, c.item_ids)
+        if len(common) < 3:
+            return float("nan")
+        idx = [np.intersect1d(common, c.item_ids, return_indices=True)[2] for c in cs]
+        k = [c.eps_index(self.eps) for c in cs]
+        moved = np.stack([c.directed_gain(kk)[i] for c, kk, i in zip(cs, k, idx)])
+        pick = moved.argmax(axis=0)
+        q = np.stack([c.q_adv[kk][i] for c, kk, i in zip(cs, k, idx)])[pick, np.arange(len(common))]
+        c0 = cs[0]
+        i0 = idx[0]
+        if c0.kind == "pairs":
+            return correlations(q, c0.mos[i0])["srocc"]
+        return float(twoafc_scores(np.where(c0.side[i0] == 0, q, c0.q_other[i0]),
+                                   np.where(c0.side[i0] == 1, q, c0.q_other[i0]), c0.judge[i0]).mean())
 
     def _flag(self, flags: dict, idx, col, *cells: CellData | None) -> None:
         """Attach the active flags of the cell(s) behind a value (a defence's IR-Score depends on
@@ -809,6 +829,30 @@ class Reporter:
         codes = {f for c in cells if c is not None for f in c.active_flags}
         if codes:
             flags[(idx, col)] = [c for c, _, _ in FL.FLAGS if c in codes]
+
+    def items_note(self, rows: list[tuple], attacks: list[str], df: pd.DataFrame) -> str:
+        """What a reader needs when the row's cells differ in items, and when an attack raised SROCC."""
+        notes = []
+        for row in rows:
+            cs = {a: self.cell(row, a, self.eps) for a in attacks}
+            sizes = {a: c.n for a, c in cs.items() if c is not None}
+            if len(set(sizes.values())) > 1:
+                per = ", ".join(f"{a} {n} items (clean {cs[a].clean_metric():.3f})" for a, n in sizes.items())
+                notes.append(f"{row[0]} {defense_label(row[1])}: the attacks ran on different item sets — {per}; the "
+                             f"clean column is the first's, so compare each attack with its own clean value.")
+        rose = []
+        for idx, r in zip(df.index, df.to_numpy(dtype=float)):
+            cols = list(df.columns)
+            clean = r[cols.index(("SROCC", "clean"))]
+            for a in attacks:
+                v = r[cols.index(("SROCC", a))]
+                if np.isfinite(v) and np.isfinite(clean) and v > clean:
+                    rose.append(f"{' '.join(map(str, idx))} × {a}")
+        if rose:
+            notes.append(f"An attack raised SROCC ({'; '.join(rose)}): under score inflation every score moves the "
+                         f"same way, so the ranking can improve by chance while every score is wrong; the ranking "
+                         f"attack (mos-split) measures ranking damage.")
+        return " ".join(notes) + (" " if notes else "")
 
     def flag_note(self, flags: dict) -> str:
         text = FL.legend({c for v in flags.values() for c in v})
