@@ -60,6 +60,12 @@ def _check(cmd: str) -> None:
             assert opt in known, f"README: `{cmd}`: `{' '.join(path)}` has no option {opt} (it has {sorted(known)})"
     if not hasattr(node, "get_command"):  # the whole line parses as --help would see it
         node.parse_args(node.context_class(node, info_name=path[-1], resilient_parsing=True), list(words))
+        # resilient parsing skips required options: a command missing one fails when a user types it
+        given = {w.split("=", 1)[0] for w in words if w.startswith("-")}
+        if "--help" not in given:
+            for p in node.params:
+                if getattr(p, "param_type_name", "") == "option" and p.required and not set(p.opts) & given:
+                    raise AssertionError(f"README: `{cmd}`: `{' '.join(path)}` needs {p.opts[0]}")
 
 
 COMMANDS = readme_commands()
@@ -79,6 +85,15 @@ def test_checker_catches_a_wrong_option_and_subcommand():
         _check("robench run --nope 3")
     with pytest.raises(AssertionError, match="no subcommand"):
         _check("robench frobnicate")
+    # a command that would fail with "Missing option": caught (the old `train --defense diffpure`
+    # needed --model; now it does not, so a command with a required option stands in)
+    required = [(name, p.opts[0]) for name in ("eval", "train", "data", "weights")
+                for p in getattr(typer.main.get_command(robench_app).get_command(None, name), "params", [])
+                if getattr(p, "param_type_name", "") == "option" and p.required]
+    assert required, "no command has a required option to test the checker with"
+    name, opt = required[0]
+    with pytest.raises(AssertionError, match=f"needs {opt}"):
+        _check(f"robench {name}")
 
 
 def test_measured_tables_name_their_command():

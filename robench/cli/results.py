@@ -65,7 +65,7 @@ def check_cmd(
     store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
     baseline: Path = typer.Option(Path("reports/baseline.json"), help="Baseline JSON."),
     tolerance: float = typer.Option(0.02, help="Allowed drop of SROCC / 2AFC accuracy before a cell can fail."),
-    n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the significance of a drop."),
+    n_boot: int = typer.Option(1000, "--resamples", "--bootstrap", help="Bootstrap resamples for the significance of a drop (--bootstrap: the old name)."),
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline from the store instead of checking."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline cells absent from the store pass (checking a subset)."),
     fail_on_flag: str = typer.Option("", "--fail-on-flag", help="Comma list of cell flag codes that fail the gate "
@@ -134,7 +134,7 @@ def plot_bound_cmd(
 def plot_sweep_cmd(
     store: Optional[Path] = typer.Option(None, help="SQLite store."),
     out: Path = typer.Option(Path("reports/latest/plots/sweep"), help="Output stem."),
-    n_boot: int = typer.Option(1000, "--bootstrap"),
+    n_boot: int = typer.Option(1000, "--resamples", "--bootstrap", help="Bootstrap resamples (--bootstrap: the old name)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Metric vs ε: one panel per target (× attack), one line per defence (≤ 6 a panel), bootstrap bands."""

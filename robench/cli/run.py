@@ -42,7 +42,8 @@ def _parse_nested(items: list[str] | None, flag: str, what: str) -> dict[str, di
 @app.command("train")
 @user_errors
 def train_cmd(
-    model: str = typer.Option(..., help="Architecture to train: birqa, lpips.alex, lpips.vgg, topiq.fr."),
+    model: Optional[str] = typer.Option(None, help="Architecture to train: birqa, lpips.alex, lpips.vgg, topiq.fr "
+                                        "(not needed for a defence's own weights: --defense diffpure)."),
     dataset: str = typer.Option("mini", help="A pairs dataset (train split trains, val split selects)."),
     profile: str = typer.Option("quick", help="quick | paper"),
     epochs: Optional[int] = typer.Option(None, help="Override the profile's epochs."),
@@ -80,6 +81,8 @@ def train_cmd(
             own = getattr(cls, "train_weights", None)
             if own is None:
                 raise RobenchError(f"--defense {defense} has no weights to train (an inference-time defence)")
+    if own is None and not model:
+        raise RobenchError("give --model (the architecture to train, e.g. --model birqa)")
     if train_seed is not None and (not defense or own is not None):
         raise RobenchError("--train-seed is the seed of a recipe's fine-tuning: give it with --defense r|at|aat")
     if own is not None:

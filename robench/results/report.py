@@ -587,8 +587,9 @@ class Reporter:
         if not rows:
             return None
         attacks = attack_order(c.attack for c in self.cells if c.row in rows)
+        ir = self.direction == "up"  # IR-Score is a score-inflation measure (the reference gain script)
         cols = ([("SROCC", "clean")] + [("SROCC", a) for a in attacks] + ([("SROCC", "worst")] if len(attacks) > 1 else [])
-                + [("IR-Score", a) for a in attacks] + [("Train time (min)", "")])
+                + ([("IR-Score", a) for a in attacks] if ir else []) + [("Train time (min)", "")])
         seeds_of = {row: self.train_seeds(row) for row in rows}
         multi = any(len(v) > 1 for v in seeds_of.values())  # a row over several training seeds (--seeds)
         if multi:
@@ -606,7 +607,7 @@ class Reporter:
                 vals[("SROCC", "clean")] = any_c.clean_metric() if any_c else np.nan
                 for a, c in cs.items():
                     vals[("SROCC", a)] = c.metric(self.eps) if c else np.nan
-                    vals[("IR-Score", a)] = (self.ir(c, base[a]) if c is not None and base and base[a] is not None
+                    vals[("IR-Score", a)] = (self.ir(c, base[a]) if ir and c is not None and base and base[a] is not None
                                              else np.nan)
                     if c is not None:
                         cells_of[a].append(c)
@@ -619,8 +620,9 @@ class Reporter:
             for a in attacks:
                 cs_a = cells_of[a]
                 self._flag(flags, idx, ("SROCC", a), *(cs_a or [None]))
-                if cs_a and base and base[a] is not None:
+                if cs_a and base and base[a] is not None and ir:
                     self._flag(flags, idx, ("IR-Score", a), *cs_a, base[a])
+                if cs_a and base and base[a] is not None:
                     # over every seed of the row: the seed-and-photo bootstrap (one seed: as before)
                     self._mark(marks, idx, ("SROCC", a), self.compare_seeds(cs_a, [base[a]], self.eps))
             if any_cs and base:
@@ -654,9 +656,10 @@ class Reporter:
         return Table("robustness", "Robustness of trained defences (paper Table 3 shape)", df,
                      caption=(f"SROCC of oriented quality vs MOS, clean and under each attack at ε = {self.eps:g}/255 "
                               f"('worst': per image the attack that moved it most, on the items all the row's attacks "
-                              f"share); IR-Score over every stored ε "
-                              f"({self.ot} OT; 0.5 = as movable as base, 1 = never moved more). "
-                              + self.setting(used, f"ε = {self.eps:g}/255 (IR: all stored ε)") + seeds_note),
+                              f"share)" + (f"; IR-Score over every stored ε ({self.ot} OT; 0.5 = as movable as base, "
+                                           f"1 = never moved more)" if ir else "") + ". "
+                              + self.setting(used, f"ε = {self.eps:g}/255" + (" (IR: all stored ε)" if ir else ""))
+                              + seeds_note),
                      footnote=self.sig_note("SROCC") + " Train time: clean training; for R/AT/AAT the clean "
                      "training plus the fine-tuning. " + self.items_note(rows, attacks, df) + self.flag_note(flags)
                      + self.provenance(used), bold=bold,
