@@ -93,3 +93,14 @@ def test_mos_split_refused_on_2afc_before_compute(tiny_mini, tmp_path):
     with pytest.raises(RobenchError, match="needs a MOS"):
         robench.run(model="ssim", attacks="fgsm", directions="mos-split", dataset="mini-2afc", eps=[8], n=4,
                     store=str(tmp_path / "s.sqlite"), progress=False)
+
+
+def test_directions_round_trip_through_toml(tmp_path):
+    from robench.core.config import RunConfig
+
+    c = RunConfig.from_dict({"targets": "ssim", "attacks": "pgd", "direction": "mos-split,up"}).resolve()
+    assert 'directions = ["up", "mos-split"]' in c.to_toml()
+    p = tmp_path / "c.toml"
+    p.write_text(c.to_toml())
+    again = RunConfig.from_toml(p).resolve()
+    assert again.directions == ["up", "mos-split"] and again.specs()[0].directions == ["up", "mos-split"]
