@@ -47,7 +47,7 @@ import torch
 from robench.core.device import halving_batches
 from robench.core.errors import RobenchError, UnknownNameError
 from robench.core.profiles import get_profile
-from robench.core.target import BoundTarget, Target, validate_pair
+from robench.core.target import BoundTarget, Target, as_signs, validate_pair
 
 def suite() -> tuple[str, ...]:
     """``--attacks all``: the registered attacks that declare a ``suite`` place, in order."""
@@ -186,6 +186,9 @@ class Attack:
     #: once the half-budget rule passes the engine runs the attack at m × the accepted budget and
     #: flags the cell not converged when that gains > 5 % more (0: the half-budget rule alone)
     plateau_probe: ClassVar[int] = 0
+    #: the directions (+1 raise, −1 lower) the current call needs, set by the harness before
+    #: ``prepare``: an attack that prepares per direction (a generator) reads it
+    run_signs: list[int] = [1]
 
     #: harness parameters every attack takes: ``eot`` draws per objective evaluation ("auto": the
     #: profile's ``eot_draws`` against a randomised target, else 1)
@@ -299,10 +302,7 @@ class Attack:
         if not streamed:
             validate_pair(dist, ref, target.card.min_size)
         n = dist.shape[0]
-        signs = torch.ones(n) if signs is None else torch.as_tensor(signs, dtype=torch.float32).flatten().cpu()
-        if signs.numel() != n or not bool(((signs == 1) | (signs == -1)).all()):
-            raise RobenchError(f"attack {self.name!r}: direction signs must be ±1, one per item ({n})")
-        #: the directions this call needs (+1 and/or −1): an attack that prepares per direction reads it
+        signs = torch.ones(n) if signs is None else as_signs(signs, n, f"attack {self.name!r}")
         self.run_signs = sorted({int(v) for v in signs.tolist()}, reverse=True)
         bs = batch_size or n
         K = len(epses)

@@ -104,7 +104,7 @@ class FACPA(Attack):
 
     def prepare(self, target) -> None:
         self.generators, info = {}, {}
-        for sign in getattr(self, "run_signs", [1]):
+        for sign in self.run_signs:
             self.generators[sign], info["up" if sign > 0 else "down"] = self._prepare_one(target, sign)
         self.generator_info = info["up"] if list(info) == ["up"] else info
 

@@ -374,11 +374,7 @@ class BoundTarget(nn.Module):
     def __init__(self, target: Target, ref: torch.Tensor, cache: bool = True, eot: int = 1,
                  sign: torch.Tensor | None = None):
         super().__init__()
-        if sign is not None:
-            sign = torch.as_tensor(sign, dtype=torch.float32).to(ref.device).flatten()
-            if sign.numel() != ref.shape[0] or not bool(((sign == 1) | (sign == -1)).all()):
-                raise RobenchError(f"direction signs must be ±1, one per reference ({ref.shape[0]}); got {sign.tolist()}")
-        self.sign = sign
+        self.sign = None if sign is None else as_signs(sign, ref.shape[0], "bound target").to(ref.device)
         self.eot = max(1, int(eot))
         validate_pair(ref, ref, target.card.min_size)
         self.target = target
@@ -413,16 +409,22 @@ class BoundTarget(nn.Module):
         return s
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        q = self.target.orient(self.scores(x, idx))
-        if self.sign is None:
-            return q
-        return q * (self.sign if idx is None else self.sign[idx.to(self.sign.device)]).to(q.dtype)
+        return self.plain(self.target.orient(self.scores(x, idx)), idx)
 
     def plain(self, v: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """``q`` from the directed objective ``sign · q`` (and back: sign² = 1)."""
+        """``v`` times the rows' signs: ``q`` from the directed objective ``sign · q``, and the
+        objective from ``q`` (sign² = 1)."""
         if self.sign is None:
             return v
         return v * (self.sign if idx is None else self.sign[idx.to(self.sign.device)]).to(v.dtype)
+
+
+def as_signs(sign, n: int, where: str) -> torch.Tensor:
+    """Direction signs as a float CPU tensor of ±1, one per row (core.directions), or an error."""
+    s = torch.as_tensor(sign, dtype=torch.float32).flatten().cpu()
+    if s.numel() != n or not bool(((s == 1) | (s == -1)).all()):
+        raise RobenchError(f"{where}: direction signs must be ±1, one per item ({n}); got {s.tolist()}")
+    return s
 
 
 def fingerprint(target: nn.Module) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from robench.attacks.base import Attack, AttackResult, BudgetViolation
 from robench.core.config import RunSpec
-from robench.core.directions import DEFAULT as UP, get_direction
+from robench.core.directions import DEFAULT as UP, get_direction, item_signs
 from robench.core.device import halving_batches
 from robench.core.errors import OutOfMemory
 from robench.core.registry import ATTACKS
@@ -77,7 +77,8 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     # after an out-of-memory error the rest of the cell runs at the batch size the attack ended with
     bs, halved = res.batch_size_used, res.oom_halved
     compute = res.compute_seconds
-    convergence = convergence_check(target, attack, items, eps, bs, _gains(res, target, eps, signs), signs)
+    convergence = convergence_check(target, attack, items, eps, bs, directed_gains(res, target.lower_better, signs),
+                                    signs)
     if convergence is not None:
         compute += convergence.pop("seconds")
         bs, more = convergence.pop("batch_size_used"), convergence.pop("oom_halved")
@@ -91,7 +92,7 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             res = _run_at(attack, params, target, items, eps, bs, signs)
             compute += res.compute_seconds
             bs, halved = res.batch_size_used, halved + res.oom_halved
-            full, prev = _gains(res, target, eps, signs), ladder[-1]["gain"]
+            full, prev = directed_gains(res, target.lower_better, signs), ladder[-1]["gain"]
             ladder.append({"params": _budget(attack, params), "gain": full})
             gap = _rel_gap(full, prev)
             convergence.update(half_params=ladder[-2]["params"], full_gain=full, half_gain=prev, rel_gap=gap,
@@ -164,7 +165,7 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
     probe's run (its seconds and batch sizes count like the ladder's)."""
     params = attack.scaled_budget(scale * int(attack.plateau_probe))
     res = _run_at(attack, params, target, items, eps, batch_size, signs)
-    probe, accepted = _gains(res, target, eps, signs), convergence["full_gain"]
+    probe, accepted = directed_gains(res, target.lower_better, signs), convergence["full_gain"]
     gap = _rel_gap(probe, accepted)
     flagged = _short(gap)
     convergence.update(plateau_probe={"params": _budget(attack, params), "gain": probe, "rel_gap": gap,
@@ -173,11 +174,11 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
     return res
 
 
-def _gains(res: AttackResult, target: Target, eps: list[float], signs: torch.Tensor | None = None) -> list[float]:
-    """Mean directed gain ``sign · (q_adv − q_clean)`` per ε."""
-    q0, q = (t.numpy() for t in res.oriented(target.lower_better))
+def directed_gains(res: AttackResult, lower_better: bool, signs: torch.Tensor | None = None) -> list[float]:
+    """Mean directed gain ``sign · (q_adv − q_clean)`` per ε (for ``up``, the plain gain)."""
+    q0, q = (t.numpy() for t in res.oriented(lower_better))
     s = np.ones(len(q0)) if signs is None else signs.numpy()
-    return [float((s * (q[k] - q0)).mean()) for k in range(len(eps))]
+    return [float((s * (qk - q0)).mean()) for qk in q]
 
 
 def _rel_gap(full: list[float], half: list[float]) -> list[float]:
@@ -204,7 +205,7 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
         return None
     t0 = time.perf_counter()
     res = _run_at(attack, params, target, items, eps, batch_size, signs)
-    half_gain = _gains(res, target, eps, signs)
+    half_gain = directed_gains(res, target.lower_better, signs)
     gap = _rel_gap(full_gain, half_gain)
     return {"half_params": _budget(attack, params),
             "full_gain": [float(g) for g in full_gain], "half_gain": half_gain, "rel_gap": gap,
@@ -253,10 +254,8 @@ def mean_perceptibility(res: AttackResult, k: int) -> dict[str, float | None]:
 def summarise(res: AttackResult, items: Items, eps: list[float], lower_better: bool, other_scores,
               signs: torch.Tensor | None = None) -> dict[str, Any]:
     q0, q = (t.numpy() for t in res.oriented(lower_better))
-    s = np.ones(len(q0)) if signs is None else signs.numpy()
     per = [mean_perceptibility(res, k) for k in range(len(eps))]
-    # mean_gain: the directed gain sign · (q_adv − q_clean) (for ``up``, the plain gain)
-    out: dict[str, Any] = {"eps": list(eps), "mean_gain": [float((s * (q[k] - q0)).mean()) for k in range(len(eps))],
+    out: dict[str, Any] = {"eps": list(eps), "mean_gain": directed_gains(res, lower_better, signs),
                            "mean_queries": [float(res.queries[k].float().mean()) for k in range(len(eps))],
                            "mean_psnr": [p["psnr"] for p in per], "mean_ssim": [p["ssim"] for p in per],
                            "kept_clean": list(res.probes.get("kept_clean", []))}
@@ -289,8 +288,7 @@ def clean_scale(target: Target, res: AttackResult, items: Items) -> dict[str, fl
     q0 = res.oriented(target.lower_better)[0].double()
     mos = torch.as_tensor(np.asarray(items.labels["mos"], dtype=float))
     with torch.no_grad():
-        cal = getattr(target, "calibration", None)
-        pred = cal(q0.float().to(target.device)).double().cpu() if cal is not None else q0
+        pred = target.calibration(q0.float().to(target.device)).double().cpu()
     mse = float(((pred - mos) ** 2).mean())
     var = float(mos.var(unbiased=False))
     return {"sd_q": float(q0.std()), "sd_pred": float(pred.std()), "mse": mse,
@@ -357,8 +355,9 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
             def gains(r):  # directed: sign · (score − clean) per item, raw-score sign below
                 df = res[r["key"]]
                 first = df[np.isclose(df["eps"], df["eps"].iloc[0])].sort_values("item")
-                s, _ = get_direction(r["config"].get("direction") or UP).signs(
-                    first["mos"].to_numpy(float) if r["config"]["dataset"]["kind"] == "pairs" else None, len(first))
+                s = item_signs(r["config"].get("direction"),
+                               first["mos"].to_numpy(float) if r["config"]["dataset"]["kind"] == "pairs" else None,
+                               len(first))
                 sign_of = dict(zip(first["item"].to_numpy(), s))
                 return df.assign(g=df["item"].map(sign_of) * (df["score"] - df["clean_score"])).pivot(
                     index="item", columns="eps", values="g")

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
+from robench.core.directions import DEFAULT as DEFAULT_DIRECTION
 from robench.core.errors import RobenchError
 
 EXECUTORS = ("serial", "ray")
@@ -38,7 +39,7 @@ class CellTask:
     device: str = "cpu"
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    direction: str = "up"  # core.directions: part of the cell's key
+    direction: str = DEFAULT_DIRECTION  # core.directions: part of the cell's key
 
 
 def compute_cell(task: CellTask | dict) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from robench.core.profiles import get_profile
 from robench.core.registry import ATTACKS
 from robench.core.config import RunConfig, RunSpec, dataset_options_for, expand_attacks  # noqa: F401
 from robench.core.target import Target, speed_of
-from robench.core.directions import parse_directions
+from robench.core.directions import DEFAULT as DEFAULT_DIRECTION, parse_directions
 from robench.engine.cell import cell_config, cell_result, cross_cell_checks, direction_signs
 from robench.engine.items import Items, load_items
 from robench.engine.resolve import resolve_target, weights_records
@@ -158,7 +158,7 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
             tasks.append(CellTask(key=cell_key(config, __version__), spec=spec_dict, attack=a.name,
                                   attack_params=dict(a.params), eps=eps, batch_size=prof.attack_batch, n=n,
                                   home=str(robench_home()), device=str(device),
-                                  label=f"{target.card.name} · {a.name}" + ("" if d == "up" else f" · {d}"),
+                                  label=f"{target.card.name} · {a.name}" + ("" if d == DEFAULT_DIRECTION else f" · {d}"),
                                   extra={"config": config}, direction=d))
             cell_attacks.append(a)  # one per task (zipped with the tasks by the driver)
     return Plan(spec, target, defense, items, eps, cell_attacks, tasks, report)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from robench.core import flags as FL
-from robench.core.directions import item_signs
+from robench.core.directions import DIRECTIONS, get_direction, item_signs, protocol_of
 from robench.core.errors import RobenchError
 from robench.results.latex import latex_escape as _latex_escape  # noqa: F401
 from robench.results.labels import BASE, attack_order, defense_label, defense_order, recipe_declares, recipes  # noqa: F401
@@ -74,9 +74,12 @@ class CellData:
 
     @property
     def protocol(self) -> str:
-        from robench.core.directions import protocol_of
-
         return protocol_of(self.direction)
+
+    @property
+    def clean_sd(self) -> float:
+        """Sample SD of the clean oriented scores: the unit of gains per own SD (NaN below 2 items)."""
+        return float(np.std(self.q_clean, ddof=1)) if self.n > 1 else float("nan")
 
     def directed_gain(self, k: int) -> np.ndarray:
         """Per item ``sign · (q_adv − q_clean)`` at ε index ``k`` (≥ 0 by the harness)."""
@@ -113,16 +116,19 @@ class CellData:
     def eps_index(self, eps: float) -> int | None:
         return next((k for k, e in enumerate(self.eps) if abs(e - eps) < 1e-9), None)
 
-    def item_values(self, q: np.ndarray) -> np.ndarray:
-        """Per-item 2AFC scores of attacked-side quality ``q`` (the other image unattacked)."""
-        q0 = np.where(self.side == 0, q, self.q_other)
-        q1 = np.where(self.side == 1, q, self.q_other)
-        return twoafc_scores(q0, q1, self.judge)
+    def item_values(self, q: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+        """Per-item 2AFC scores of attacked-side quality ``q`` (the other image unattacked);
+        ``idx``: ``q`` is for these rows of the cell only."""
+        i = slice(None) if idx is None else idx
+        q0 = np.where(self.side[i] == 0, q, self.q_other[i])
+        q1 = np.where(self.side[i] == 1, q, self.q_other[i])
+        return twoafc_scores(q0, q1, self.judge[i])
 
-    def metric_of(self, q: np.ndarray) -> float:
+    def metric_of(self, q: np.ndarray, idx: np.ndarray | None = None) -> float:
+        """SROCC vs MOS, or mean 2AFC score, of quality ``q`` (``idx``: of these rows only)."""
         if self.kind == "pairs":
-            return correlations(q, self.mos)["srocc"]
-        return float(self.item_values(q).mean())
+            return correlations(q, self.mos if idx is None else self.mos[idx])["srocc"]
+        return float(self.item_values(q, idx).mean())
 
     def clean_metric(self) -> float:
         return self.metric_of(self.q_clean)
@@ -730,7 +736,7 @@ class Reporter:
                     psnr, ssim = c.perceptibility(self.eps)
                     k = c.eps_index(self.eps)
                     gain = float(np.mean(c.directed_gain(k))) if k is not None else np.nan
-                    sd = float(np.std(c.q_clean, ddof=1)) if c.n > 1 else np.nan
+                    sd = c.clean_sd
                     data.append([c.clean_metric()] + [c.metric(e) for e in all_eps]
                                 + [gain, gain / sd if sd > 0 else np.nan, msu["abs_gain"], msu["R"], psnr, ssim])
                     for e in all_eps:
@@ -819,12 +825,7 @@ class Reporter:
         moved = np.stack([c.directed_gain(kk)[i] for c, kk, i in zip(cs, k, idx)])
         pick = moved.argmax(axis=0)
         q = np.stack([c.q_adv[kk][i] for c, kk, i in zip(cs, k, idx)])[pick, np.arange(len(common))]
-        c0 = cs[0]
-        i0 = idx[0]
-        if c0.kind == "pairs":
-            return correlations(q, c0.mos[i0])["srocc"]
-        return float(twoafc_scores(np.where(c0.side[i0] == 0, q, c0.q_other[i0]),
-                                   np.where(c0.side[i0] == 1, q, c0.q_other[i0]), c0.judge[i0]).mean())
+        return cs[0].metric_of(q, idx[0])
 
     def _flag(self, flags: dict, idx, col, *cells: CellData | None) -> None:
         """Attach the active flags of the cell(s) behind a value (a defence's IR-Score depends on
@@ -899,8 +900,6 @@ class Reporter:
         if self.direction != "up":
             t.name = f"{t.name}-{self.direction}"
         t.title = f"{t.title} — {self.protocol}"
-        from robench.core.directions import get_direction
-
         t.caption = f"Protocol: {self.protocol}: {get_direction(self.direction).summary}. " + t.caption
         return t
 
@@ -909,7 +908,7 @@ def cell_stats(c: CellData) -> dict[str, Any]:
     """Every per-cell statistic (report.json): SROCC/PLCC/KROCC or 2AFC accuracy clean and per ε,
     mean gain of oriented quality and the MSU scores per ε."""
     per_eps = []
-    sd = float(np.std(c.q_clean, ddof=1)) if c.n > 1 else float("nan")
+    sd = c.clean_sd
     for k, e in enumerate(c.eps):
         q = c.q_adv[k]
         g = float(np.mean(c.directed_gain(k)))
@@ -1034,8 +1033,6 @@ def write_report(store: str | Path, out: str | Path, *, eps: float | None = None
     out = Path(out)
     check_report_folder(out)  # before any work: a folder of someone else's files is refused
     cells, weights = load_cells(store)
-    from robench.core.directions import DIRECTIONS
-
     # one reporter per attack direction (protocol): tables, comparisons and their corrections never
     # mix the ranking attack with score inflation
     reps = {d: Reporter([c for c in cells if c.direction == d], weights, eps=eps, ot=ot, n_boot=n_boot, seed=seed,
