@@ -175,6 +175,32 @@ def test_convergence_flag_and_perceptibility_recorded(tiny_mini):
     assert rec["summary"]["mean_psnr"][0] is not None and rec["summary"]["mean_ssim"][0] <= 1
 
 
+def test_convergence_check_on_a_subset_decides_as_all_items(tiny_mini):
+    """The half-budget re-run attacks a seeded quarter of the items (at least 16): its record
+    names them, its gains are theirs, and it flags a starved attack and passes a converged one
+    as the re-run on every item does."""
+    from robench.engine import cell as C
+    from robench.engine.items import load_items
+
+    items = load_items("mini", "test", 64, 0, {"size": 32, "crops_per_source": 1})
+    n = len(items)
+    idx = C.check_items(n, 0)
+    assert len(idx) == max(16, -(-n // 4)) < n and torch.equal(idx, C.check_items(n, 0))
+    t = robench.load_model("ssim")
+    for attack, flagged in ((robench.load_attack("square", queries=32), True), (robench.load_attack("pgd", steps=40), False)):
+        rec, rows = C.run_cell(t, attack, items, [8.0], batch_size=32)
+        conv = rec["flags"]["convergence"]
+        assert conv["items"] == len(idx) and conv["of"] == n and conv["item_index"] == idx.tolist()
+        # full gain over the check's items, from the cell's own rows
+        sub = [r["score"] - r["clean_score"] for r in rows if r["item"] in set(idx.tolist())]
+        assert abs(conv["full_gain"][0] - sum(sub) / len(sub)) < 1e-6
+        # the old rule: the half budget on every item
+        half_all = C._run_at(attack, attack.half_budget(), t, items, [8.0], 32)
+        full_all = sum(r["score"] - r["clean_score"] for r in rows) / len(rows)
+        old = C._short(C._rel_gap([full_all], C.directed_gains(half_all, t.lower_better)))
+        assert rec["flags"]["not_converged"] is flagged is old, (conv, full_all)
+
+
 def test_flags_reach_report_tables_json_and_check(tiny_mini, tmp_path):
     from typer.testing import CliRunner
 

@@ -79,4 +79,6 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", help="Print the version (and commit) and exit.",
                                        is_eager=True, callback=_print_version)) -> None:
-    pass
+    from robench.core.device import tune_cpu_allocator
+
+    tune_cpu_allocator()  # every command: large tensors reuse memory instead of page-faulting it in

@@ -151,7 +151,11 @@ def weights_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     """Cached weight files with their sha256 and provenance."""
     from robench.core import weights as W
 
-    rows = [{"name": k, **v} for k, v in sorted(W.read_index().items())]
+    own = W.read_index()
+    rows = [{"name": k, **v} for k, v in sorted(own.items())]
+    # the package's shipped files, marked when this machine's own weights take their place
+    rows += [{"name": k, **{x: y for x, y in v.items() if x != "path"}, "file": v["path"], "in_use": k not in own}
+             for k, v in sorted(W.shipped().items())]
     if as_json:
         emit_json(rows)
         return
@@ -159,7 +163,8 @@ def weights_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     for c in ("name", "source", "sha256", "file"):
         table.add_column(c, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["source"], r["sha256"][:16], r["file"])
+        src = r["source"] + ("" if r.get("in_use", True) else " (not used: this machine's own comes first)")
+        table.add_row(r["name"], src, r["sha256"][:16], r["file"])
     Console().print(table)
 
 

@@ -163,6 +163,48 @@ def bench_attack(
               f"{res['max_abs_score_diff']:.2g}, max |Δgrad| {res['max_abs_grad_diff']:.2g}")
 
 
+@bench_app.command("kernels")
+@user_errors
+def bench_kernels(
+    models: str = typer.Option("birqa,lpips.alex,topiq.fr", help="Comma-separated targets (random weights)."),
+    sizes: str = typer.Option("128x128,512x384", help="Comma-separated WxH."),
+    batch: int = typer.Option(32),
+    batch_large: int = typer.Option(8, help="Batch for sizes over 256×256 px (memory)."),
+    threads: str = typer.Option("1,2", help="Comma-separated torch thread counts."),
+    rounds: int = typer.Option(5),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The attack step (forward + gradient to the image) of each target: today's textbook
+    kernels and glibc's default allocator beside robench's fast kernels and tuned allocator, in
+    one process, with GFLOP/s against the machine's measured matmul/conv peak (CPU)."""
+    from robench.engine.bench import kernels
+
+    size_list = [_parse_size(s_.strip(), "128x128") for s_ in sizes.split(",") if s_.strip()]
+    try:
+        thread_list = [int(t) for t in threads.split(",") if t.strip()]
+    except ValueError:
+        raise RobenchError(f"--threads must be comma-separated integers, got {threads!r}") from None
+    if not thread_list or min(thread_list) < 1 or min(batch, batch_large, rounds) < 1:
+        raise RobenchError("--threads, --batch, --batch-large and --rounds must be ≥ 1")
+    res = kernels([m.strip() for m in models.split(",") if m.strip()], size_list, batch=batch, threads=thread_list,
+                  rounds=rounds, batch_large=batch_large, log=lambda m: err.print(m))
+    if as_json:
+        emit_json(res)
+        return
+    peaks = ", ".join(f"{t} thread(s): matmul {p['matmul']:.0f}, conv {p['conv3x3']:.0f}" for t, p in res["peaks"].items())
+    table = Table(title=f"attack step (peak GFLOP/s {peaks})")
+    for c in ("model", "size", "batch", "threads", "today ms/img", "new ms/img", "speed-up", "GFLOP/img",
+              "today GFLOP/s (peak %)", "new GFLOP/s (peak %)", "max rel Δ score / grad"):
+        table.add_column(c)
+    for r in res["results"]:
+        table.add_row(r["model"], r["size"], str(r["batch"]), str(r["threads"]), f"{r['reference_ms_per_image']:.1f}",
+                      f"{r['fast_ms_per_image']:.1f}", f"{r['speedup']:.2f}×", f"{r['gflop_per_image']:.2f}",
+                      f"{r['reference_gflops']:.0f} ({100 * r['reference_fraction_of_peak']:.0f} %)",
+                      f"{r['fast_gflops']:.0f} ({100 * r['fast_fraction_of_peak']:.0f} %)",
+                      f"{r['score_rel_diff']:.1e} / {r['grad_rel_diff']:.1e}")
+    Console(width=200).print(table)
+
+
 @bench_app.command("attack-strength")
 @user_errors
 def bench_attack_strength(

@@ -298,18 +298,40 @@ def split_seed(name: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (name, 0)
 
 
+#: weights that ship with the package (the quick profile's targets, so a fresh clone attacks at
+#: once): ``MANIFEST.json`` maps a name to its file, sha256 and provenance. Read-only: training
+#: registers under ``$ROBENCH_HOME`` and never writes here.
+SHIPPED_DIR = Path(__file__).with_name("shipped")
+
+
+def shipped() -> dict[str, dict[str, Any]]:
+    """The package's own weights: name → manifest entry (``path`` added); none when
+    ``ROBENCH_SHIPPED_WEIGHTS=0`` (train everything here)."""
+    manifest = SHIPPED_DIR / "MANIFEST.json"
+    if os.environ.get("ROBENCH_SHIPPED_WEIGHTS", "1") == "0" or not manifest.is_file():
+        return {}
+    try:
+        entries = json.loads(manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{manifest}: not JSON ({exc})") from None
+    return {name: {**e, "path": str(SHIPPED_DIR / e["file"])} for name, e in entries.items()}
+
+
 def lookup(name: str) -> dict[str, Any] | None:
+    """The weights registered under ``name``: this machine's own (trained or imported here)
+    first, then the package's shipped file; None when neither exists."""
     entry = read_index().get(name)
     if entry is None:
-        return None
+        return shipped().get(name)
     return {**entry, "path": str(weights_dir() / entry["file"])}
 
 
 def verify_all() -> list[dict[str, Any]]:
-    """Recompute every cached file's sha256; report ok/mismatch/missing per entry."""
+    """Recompute every cached and shipped file's sha256; report ok/mismatch/missing per entry."""
     out = []
-    for name, entry in sorted(read_index().items()):
-        p = weights_dir() / entry["file"]
+    entries = [(n, e, weights_dir() / e["file"]) for n, e in sorted(read_index().items())]
+    entries += [(n, e, Path(e["path"])) for n, e in sorted(shipped().items())]
+    for name, entry, p in entries:
         if not p.is_file():
             status = "missing"
         else:

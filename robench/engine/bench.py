@@ -135,6 +135,123 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
     }
 
 
+def peak_gflops(threads: int, rounds: int = 3) -> dict[str, float]:
+    """The machine's measured fp32 peak at ``threads`` threads: a 2048³ matmul, and a 3×3
+    convolution (128 channels, 32×32, batch 32, channels-last: oneDNN's fastest layout here)
+    forward. The best of ``rounds``; what a step's GFLOP/s is compared with."""
+    import torch.nn.functional as F
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        x = torch.randn(32, 128, 32, 32).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(128, 128, 3, 3).contiguous(memory_format=torch.channels_last)
+        out = {}
+        for name, fn, flop in (("matmul", lambda: a @ b, 2 * 2048**3),
+                               ("conv3x3", lambda: F.conv2d(x, w, padding=1), 2 * 32 * 128 * 128 * 9 * 32 * 32)):
+            fn()
+            best = min(_timed(fn) for _ in range(rounds))
+            out[name] = flop / best / 1e9
+        return out
+    finally:
+        torch.set_num_threads(was)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def step_flops(f, x: torch.Tensor) -> float:
+    """Matmul and convolution FLOPs of one forward + ∂q/∂x (torch.utils.flop_counter; element-wise
+    work is not counted, so GFLOP/s understates what a memory-bound step does)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        x = x.clone().requires_grad_(True)
+        f(x).sum().backward()  # (the counter's hooks refuse autograd.grad on a leaf)
+    return float(counter.get_total_flops())
+
+
+def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512, 384)), batch: int = 32,
+            threads: list[int] = (1, 2), rounds: int = 5, seed: int = 0, batch_large: int = 8,
+            log: Any = None) -> dict[str, Any]:
+    """The attack step (forward of the distorted branch + ∂q/∂x, reference branch cached) of each
+    target, today's code path beside the new one, interleaved round by round in this process:
+
+    * ``reference``: the textbook kernels (robench.models.kernels.reference_kernels) and glibc's
+      default allocator (robench.core.device.tune_cpu_allocator(False));
+    * ``fast``: robench's kernels and the tuned allocator (what a run uses).
+
+    Per model × size × threads: median seconds per image, the speed-up, matmul/conv GFLOP per
+    image and the achieved GFLOP/s of each path against the machine's measured peak, and the
+    largest relative score and gradient differences between the paths (≤ 1e-5: a test holds the
+    kernels to it). Sizes over 256×256 px use ``batch_large`` (TOPIQ-FR's step at 512×384 and
+    batch 32 needs more than the 24 GiB of the reference machine)."""
+    from robench.attacks.base import ModeGuard
+    from robench.core.device import tune_cpu_allocator
+    from robench.models import load_model
+    from robench.models.kernels import reference_kernels
+
+    was = torch.get_num_threads()
+    out: dict[str, Any] = {"batch": batch, "batch_large": batch_large, "rounds": rounds, "machine": machine("cpu"),
+                           "peaks": {}, "results": []}
+    try:
+        for nt in threads:
+            out["peaks"][str(nt)] = peak_gflops(nt)
+        for w, h in sizes:
+            bsz = batch if w * h <= 256 * 256 else batch_large
+            gen = torch.Generator().manual_seed(seed)
+            ref = torch.rand(bsz, 3, h, w, generator=gen)
+            dist = (ref + 0.05 * torch.randn(bsz, 3, h, w, generator=gen)).clamp(0, 1)
+            for name in models:
+                target = load_model(name, weights="none")
+                with ModeGuard(target):
+                    bound = {}
+                    for mode in ("reference", "fast"):
+                        with reference_kernels(mode == "reference"):
+                            bound[mode] = target.bind(ref, cache=True)
+                    flops = step_flops(bound["fast"], dist)
+                    for nt in threads:
+                        torch.set_num_threads(nt)
+                        times: dict[str, list[float]] = {"reference": [], "fast": []}
+                        last = {}
+                        for r in range(rounds + 1):  # round 0 warms up
+                            for mode in times:
+                                tune_cpu_allocator(mode == "fast")
+                                with reference_kernels(mode == "reference"):
+                                    t0 = time.perf_counter()
+                                    x = dist.clone().requires_grad_(True)
+                                    q = bound[mode](x)
+                                    g, = torch.autograd.grad(q.sum(), x)
+                                    if r:
+                                        times[mode].append(time.perf_counter() - t0)
+                                    last[mode] = (q.detach(), g)
+                        med = {m: sorted(v)[len(v) // 2] / bsz for m, v in times.items()}
+                        (q0, g0), (q1, g1) = last["reference"], last["fast"]
+                        peak = out["peaks"][str(nt)]
+                        row = {"model": name, "size": f"{w}x{h}", "batch": bsz, "threads": nt,
+                               "reference_ms_per_image": 1e3 * med["reference"], "fast_ms_per_image": 1e3 * med["fast"],
+                               "speedup": med["reference"] / med["fast"], "gflop_per_image": flops / batch / 1e9}
+                        for m in times:
+                            gf = flops / batch / med[m] / 1e9
+                            row[f"{m}_gflops"] = gf
+                            row[f"{m}_fraction_of_peak"] = gf / max(peak.values())
+                        row["score_rel_diff"] = float((q0 - q1).abs().max() / q0.abs().max().clamp_min(1e-12))
+                        row["grad_rel_diff"] = float((g0 - g1).abs().max() / g0.abs().max().clamp_min(1e-12))
+                        out["results"].append(row)
+                        if log is not None:
+                            log(f"{name} {w}x{h} batch {bsz}, {nt} thread(s): {row['reference_ms_per_image']:.1f} → "
+                                f"{row['fast_ms_per_image']:.1f} ms/img ({row['speedup']:.2f}×)")
+                del target, bound
+    finally:
+        torch.set_num_threads(was)
+        tune_cpu_allocator(True)
+    return out
+
+
 def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers: int = 2, queries: int = 300,
          n: int = 32, image_size: int | None = None, progress: bool = False, device: str = "cpu") -> dict[str, Any]:
     """The same CPU-bound grid — ``cells`` equal cells (a query attack with ``queries`` queries

@@ -176,8 +176,11 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
     are not stored yet to the executor, and commit each returned cell in one transaction (the
     driver is the store's only writer)."""
     from robench.engine.executors import Executor, make_executor
+    from robench.core.device import tune_cpu_allocator
     from robench.core.progress import progress_bar
     from robench.core.provenance import git_commit, versions
+
+    tune_cpu_allocator()
 
     if isinstance(executor, str):
         from robench.engine.executors import check_name

@@ -95,13 +95,16 @@ def _train_missing(base: str, recipe: str | None, spec: RunSpec, progress: bool)
 def weights_records(target: Target) -> list[dict[str, Any]]:
     """The provenance the reporter needs (train time, recipe, data) for the target's weights and,
     for a recipe variant, the clean weights it was fine-tuned from."""
-    from robench.core.weights import read_index
+    from robench.core.weights import read_index, shipped
 
     w = target.card.weights
     recs = [{"sha256": fingerprint(target), "name": target.card.name, "source": w.source, "provenance": w.provenance}]
     clean = (w.provenance or {}).get("clean_sha256")
     if clean:
-        entry = next((e for e in read_index().values() if e.get("sha256") == clean), None)
+        # this machine's weights, then the package's (a shipped file rounded from the clean
+        # weights a recipe was fine-tuned from names their digest)
+        known = list(read_index().values()) + list(shipped().values())
+        entry = next((e for e in known if clean in (e.get("sha256"), e.get("rounded_from_sha256"))), None)
         if entry is not None:
             recs.append({"sha256": clean, "name": entry["name"], "source": entry["source"],
                          "provenance": entry.get("provenance", {})})

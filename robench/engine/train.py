@@ -199,10 +199,11 @@ def train(model: str, dataset: str | None = None, profile: str | Profile = "quic
     registry's default dataset) on ``device`` (auto | cpu | cuda | cuda:N: recorded in the
     provenance, not part of the run's identity — a run resumes on another device)."""
     from robench.core import weights as W
-    from robench.core.device import device_record, resolve_device
+    from robench.core.device import device_record, resolve_device, tune_cpu_allocator
     from robench.core.registry import default_dataset
     from robench.models import build, split_name
 
+    tune_cpu_allocator()
     dev = resolve_device(device)
     prof = get_profile(profile)
     base, tag = split_name(model)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robench.models import kernels
 from robench.models.birqa.features import GROUPS
 
 BASE_WIDTHS = (32, 64, 160, 320)
@@ -73,9 +74,29 @@ class Level(nn.Module):
         self.fuse = nn.Conv2d(per * len(GROUPS), width, 1)
         self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(depth)])
 
-    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = torch.cat([self.stems[k](feats[k]) for k in GROUPS], dim=1)
+    def forward(self, feats: "dict[str, torch.Tensor] | torch.Tensor") -> torch.Tensor:
+        if isinstance(feats, dict):
+            x = torch.cat([self.stems[k](feats[k]) for k in GROUPS], dim=1)
+        else:  # all groups stacked: the stems as one block-diagonal conv and one grouped conv
+            x = self._stems_fused(feats)
         return self.blocks(F.gelu(self.fuse(self.se(x))))
+
+    def _stems_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-feature stems in two calls instead of eight (the same sums: the first conv's
+        weight is zero outside each stem's own input channels; the second is a grouped conv).
+        Small convolutions are overhead-bound on CPU, and the concatenation disappears."""
+        first = [self.stems[k][0] for k in GROUPS]
+        per, k = first[0].out_channels, first[0].kernel_size
+        w = x.new_zeros(per * len(first), x.shape[1], *k)
+        c0 = 0
+        for i, (conv, c) in enumerate(zip(first, GROUPS.values())):
+            w[i * per:(i + 1) * per, c0:c0 + c] = conv.weight
+            c0 += c
+        b = torch.cat([conv.bias for conv in first])
+        y = F.gelu(F.conv2d(x, w, b, stride=first[0].stride, padding=first[0].padding))
+        second = [self.stems[k][2] for k in GROUPS]
+        return F.conv2d(y, torch.cat([c.weight for c in second]), torch.cat([c.bias for c in second]),
+                        padding=second[0].padding, groups=len(second))
 
 
 class CSRAM(nn.Module):
@@ -112,8 +133,17 @@ class SCGB(nn.Module):
         nn.init.zeros_(self.shift.bias)
 
     def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
-        ctx = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        return fine * torch.sigmoid(self.gate(ctx)) + self.shift(ctx)
+        size = fine.shape[-2:]
+        if not kernels.fast():
+            ctx = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+            return fine * torch.sigmoid(self.gate(ctx)) + self.shift(ctx)
+        # the same map: a 1×1 conv commutes with bilinear upsampling (its weights sum to 1, so the
+        # bias passes through), and at the coarse level it costs 1/4 (one conv for gate and shift)
+        w = torch.cat([self.gate.weight, self.shift.weight])
+        b = torch.cat([self.gate.bias, self.shift.bias])
+        gs = kernels.upsample_bilinear(F.conv2d(coarse, w, b), size)
+        g, s = gs.chunk(2, dim=1)
+        return torch.addcmul(s, fine, torch.sigmoid(g))
 
 
 class GeM(nn.Module):
@@ -124,6 +154,8 @@ class GeM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p.clamp(1.0, 8.0)
+        if kernels.fast() and not p.requires_grad:
+            return kernels.gem(x, float(p), self.eps)
         # x^p as exp(p·log x): the same value, but autograd's pow-with-tensor-exponent backward
         # was a quarter of a training step on CPU
         return torch.exp(p * torch.log(x.clamp_min(self.eps))).mean(dim=(2, 3)).pow(1.0 / p)
@@ -143,7 +175,12 @@ class ReliabilityHead(nn.Module):
         c, r = [], []
         for i, f in enumerate(levels):
             # softplus keeps GeM's input positive without a hard clamp on the gradient path
-            v = self.gem[i](F.softplus(self.proj[i](f)))
+            z = kernels.conv1x1(f, self.proj[i].weight, self.proj[i].bias)
+            gem = self.gem[i]
+            if kernels.fast() and not gem.p.requires_grad:
+                v = kernels.softplus_gem(z, float(gem.p.clamp(1.0, 8.0)), gem.eps)
+            else:
+                v = gem(F.softplus(z))
             c.append(self.contrib[i](v))
             r.append(self.reliab[i](v))
         c, r = torch.cat(c, dim=1), torch.cat(r, dim=1)
@@ -175,14 +212,25 @@ class BiRQANet(nn.Module):
         self.head = ReliabilityHead(self.widths, d) if rah else ConcatHead(self.widths, d)
 
     def forward(self, features: torch.Tensor, return_parts: bool = False):
-        groups = dict(zip(GROUPS, torch.split(features, list(GROUPS.values()), dim=1)))
+        fused = kernels.fast()
+        groups = None if fused else dict(zip(GROUPS, torch.split(features, list(GROUPS.values()), dim=1)))
         levels = []
+        pooled, k_pooled = features, 1
         for i, level in enumerate(self.levels):
             if i == 0:
-                inp = groups  # full resolution; the stems stride by 2
+                inp = features if fused else groups  # full resolution; the stems stride by 2
             else:
                 k = 2 ** (i + 1)
-                inp = {n: F.avg_pool2d(g, k, ceil_mode=True) for n, g in groups.items()}
+                if not fused:
+                    inp = {n: F.avg_pool2d(g, k, ceil_mode=True) for n, g in groups.items()}
+                else:
+                    # each level's mean from the previous level's when the windows tile exactly
+                    # (the mean of equal-sized block means is the block mean)
+                    step = k // k_pooled
+                    exact = all(d % k == 0 for d in features.shape[-2:])
+                    src, by = (pooled, step) if exact else (features, k)
+                    pooled, k_pooled = F.avg_pool2d(src, by, ceil_mode=True), k
+                    inp = pooled
             levels.append(level(inp))
         if self.csram is not None:  # bottom-up: fine → coarse
             for i in range(3):
