@@ -136,6 +136,7 @@ def test_topiq_parameter_count():
 
 def test_load_model_needs_weights_or_says_how(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBENCH_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setenv("ROBENCH_SHIPPED_WEIGHTS", "0")  # and none of the package's
     with pytest.raises(RobenchError, match="robench train --model birqa"):
         robench.load_model("birqa")
     assert robench.load_model("birqa", weights="none").card.weights.source == "random"

@@ -76,5 +76,5 @@ def test_eval_cli_json(tiny_mini):
     res = json.loads(r.stdout)
     ds = robench.load_dataset("mini", split="test", size=32, crops_per_source=1, progress=False)
     assert res["n"] == len(ds) and 0 < res["srocc"] <= 1 and {"srocc", "plcc", "krocc"} <= set(res)
-    r = subprocess.run(cmd[:5] + ["birqa"] + cmd[6:], capture_output=True, text=True, env={**env, "ROBENCH_HOME": str(tiny_mini.parent.parent / "empty")})
+    r = subprocess.run(cmd[:5] + ["birqa"] + cmd[6:], capture_output=True, text=True, env={**env, "ROBENCH_HOME": str(tiny_mini.parent.parent / "empty"), "ROBENCH_SHIPPED_WEIGHTS": "0"})
     assert r.returncode == 2 and "robench train --model birqa" in r.stderr

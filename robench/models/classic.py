@@ -44,7 +44,9 @@ def gaussian_filter(x: torch.Tensor, size: int = 11, sigma: float = 1.5, padding
     if padding == "reflect":
         p = size // 2
         x = F.pad(x, (p, p, p, p), mode="reflect")
-    if kernels.fast():
+    # under --amp bf16 the window stays a convolution, which autocast runs in bf16 (the keyed
+    # bf16 measurement means autocast's precision, not this kernel's float32 sums)
+    if kernels.fast() and not kernels.autocasting(x):
         return kernels.separable_valid(x, _window_values(size, sigma))
     c = x.shape[1]
     g = gaussian_window(size, sigma, x.device, x.dtype)

@@ -33,6 +33,14 @@ def reference_kernels(on: bool = True):
         _state.reference = was
 
 
+def autocasting(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device (False for device types autocast does not know)."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:
+        return False
+
+
 def _corr(x: torch.Tensor, w: tuple[float, ...], dim: int) -> torch.Tensor:
     """'valid' correlation of ``x`` with the 1-D window ``w`` along ``dim`` (−1 or −2)."""
     k = len(w)
@@ -112,17 +120,17 @@ class _SoftplusGeM(torch.autograd.Function):
         t.clamp_min_(eps)
         u = t.pow(p)
         v = u.mean(dim=(2, 3)).pow_(1.0 / p)
-        ctx.save_for_backward(z, t, v)
+        ctx.save_for_backward(z, t, u, v)
         ctx.p, ctx.eps, ctx.soft = p, eps, soft
         return v
 
     @staticmethod
     def backward(ctx, grad):
-        z, t, v = ctx.saved_tensors
+        z, t, u, v = ctx.saved_tensors
         p, eps = ctx.p, ctx.eps
         hw = z.shape[-1] * z.shape[-2]
         scale = (grad * v.pow(1.0 - p) / hw)[:, :, None, None]
-        g = t.pow(p - 1.0)
+        g = u / t  # t^(p−1) from the saved t^p: a division, not a second power (t ≥ eps > 0)
         if ctx.soft:
             g.mul_(torch.sigmoid(z))
             g.masked_fill_(t <= eps, 0.0)
@@ -148,9 +156,7 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
         return torch.nn.functional.conv2d(x, weight, bias)
     n, c, h, w = x.shape
     o = weight.shape[0]
-    wm = weight.reshape(1, o, c).expand(n, o, c)
-    if bias is None:
-        y = torch.bmm(wm, x.reshape(n, c, h * w))
-    else:
-        y = torch.baddbmm(bias.view(1, o, 1).expand(n, o, 1), wm, x.reshape(n, c, h * w))
+    y = torch.bmm(weight.reshape(1, o, c).expand(n, o, c), x.reshape(n, c, h * w))
+    if bias is not None:
+        y = y + bias.view(1, o, 1)
     return y.view(n, o, h, w)
