@@ -33,13 +33,14 @@ from robench.core.target import fingerprint
 def _target(cfg: dict):
     name = cfg["target"]["name"]
     tag = cfg["defense"].get("training")
-    return robench.load_model(f"{name}.{tag}" if tag else name)
+    return robench.load_model(f"{name}.{tag}" if tag and not name.endswith(f".{tag}") else name)
 
 
-def _decide(target, attack, items, eps, signs, full_gain_items, batch=32):
-    """The subset rule: (half gains, full gains, gaps, flag, seconds) on the check's items."""
+def _decide(target, attack, items, eps, signs, full_gain_items, batch=32, all_items=False):
+    """The rule on the check's items (or on every item, the old rule, with ``all_items``): half
+    gains, full gains, gaps, flag, seconds."""
     n = len(items)
-    idx = C.check_items(n, attack.seed)
+    idx = torch.arange(n) if all_items else C.check_items(n, attack.seed, attack)
     sub = None if len(idx) == n else idx
     t0 = time.perf_counter()
     res = C._run_at(attack, attack.half_budget(), target, items, eps, batch, signs, sub)
@@ -81,12 +82,17 @@ def stored(store: Path) -> list[dict]:
                 if target.lower_better:
                     d = -d
                 gains.append(d * signs.double())
-            new = _decide(target, attack, items, eps, signs, gains)
+            # the half-budget rule's own decision (a plateau probe's verdict is a separate check)
+            stored_rec = {"items": conv.get("items", len(items)), "rel_gap": conv["rel_gap"],
+                          "not_converged": C._short(conv["rel_gap"]),
+                          "plateau_probe_flagged": (conv.get("plateau_probe") or {}).get("not_converged")}
+            if stored_rec["items"] < len(items):  # stored by the subset rule: compute the old one
+                old_rec, new_rec = _decide(target, attack, items, eps, signs, gains, all_items=True), stored_rec
+            else:  # stored by the old rule (every item): compute the subset rule
+                old_rec, new_rec = stored_rec, _decide(target, attack, items, eps, signs, gains)
             out.append({"cell": r["key"][:12], "target": r["target"], "defense": cfg["defense"]["name"],
                         "attack": a["name"], "direction": cfg.get("direction", "up"), "n": len(items),
-                        "old": {"rel_gap": conv["rel_gap"], "not_converged": bool(conv["not_converged"]),
-                                "half_seconds_all_items": None},
-                        "new": new})
+                        "old": old_rec, "new": new_rec})
             print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     return out
 
@@ -109,7 +115,7 @@ def fresh(model: str, attacks: list[str], n: int, eps: float) -> list[dict]:
         full_all = sum(r["score"] - r["clean_score"] for r in rows) / len(rows) * (-1 if target.lower_better else 1)
         gap_all = C._rel_gap([full_all], C.directed_gains(half_all, target.lower_better))
         out.append({"target": model, "defense": "none", "attack": name, "direction": "up", "n": len(items),
-                    "old": {"rel_gap": gap_all, "not_converged": C._short(gap_all), "half_seconds_all_items": half_s},
+                    "old": {"items": len(items), "rel_gap": gap_all, "not_converged": C._short(gap_all), "seconds": half_s},
                     "new": {k: conv[k] for k in ("items", "half_gain", "full_gain", "rel_gap", "not_converged")},
                     "cell_seconds_with_new_check": cell_s})
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)

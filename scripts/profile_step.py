@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--paths", default="fast,textbook", help="which paths, in this order (each after its own warm-up step)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     target = load_model(args.model, weights="none")
@@ -31,7 +32,7 @@ def main() -> None:
     ref = torch.rand(args.batch, 3, args.size, args.size, generator=g)
     dist = (ref + 0.05 * torch.randn(ref.shape, generator=g)).clamp(0, 1)
     with ModeGuard(target):
-        for mode in ("textbook", "fast"):
+        for mode in args.paths.split(","):
             tune_cpu_allocator(mode == "fast")
             with reference_kernels(mode == "textbook"):
                 f = target.bind(ref, cache=True)

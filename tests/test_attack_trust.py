@@ -186,6 +186,10 @@ def test_convergence_check_on_a_subset_decides_as_all_items(tiny_mini):
     n = len(items)
     idx = C.check_items(n, 0)
     assert len(idx) == max(16, -(-n // 4)) < n and torch.equal(idx, C.check_items(n, 0))
+    # a generator attack's check costs its training whatever the items: it re-attacks them all
+    from robench.attacks.facpa import FACPA
+
+    assert FACPA.check_all_items and torch.equal(C.check_items(n, 0, FACPA()), torch.arange(n))
     t = robench.load_model("ssim")
     for attack, flagged in ((robench.load_attack("square", queries=32), True), (robench.load_attack("pgd", steps=40), False)):
         rec, rows = C.run_cell(t, attack, items, [8.0], batch_size=32)

@@ -186,6 +186,10 @@ class Attack:
     #: once the half-budget rule passes the engine runs the attack at m × the accepted budget and
     #: flags the cell not converged when that gains > 5 % more (0: the half-budget rule alone)
     plateau_probe: ClassVar[int] = 0
+    #: True: the convergence check re-attacks every item, not a quarter (the budget's cost does
+    #: not grow with the items — a generator trained once — so a subset saves nothing and only
+    #: adds sampling noise)
+    check_all_items: ClassVar[bool] = False
     #: the directions (+1 raise, −1 lower) the current call needs, set by the harness before
     #: ``prepare``: an attack that prepares per direction (a generator) reads it
     run_signs: list[int] = [1]

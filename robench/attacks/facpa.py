@@ -77,6 +77,8 @@ class FACPA(Attack):
     # the half-budget rule passed base BiRQA at 240 steps on a plateau (0.113 at 120, 0.110 at 240)
     # while 1 920 steps gained 0.226 (mini v2, 96 items, ε 8/255): confirm every pass at 4×
     plateau_probe = 4
+    # the check's cost is the generator's training, whatever the items: it applies it to all
+    check_all_items = True
     #: the generator trains on the run's dataset: the engine fills ``dataset`` / ``dataset_options``
     training_data_params = ("dataset", "dataset_options")
 

@@ -172,6 +172,7 @@ def bench_kernels(
     batch_large: int = typer.Option(8, help="Batch for sizes over 256×256 px (memory)."),
     threads: str = typer.Option("1,2", help="Comma-separated torch thread counts."),
     rounds: int = typer.Option(5),
+    isolated: bool = typer.Option(False, "--isolated", help="Also time each path in a fresh process of its own."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The attack step (forward + gradient to the image) of each target: today's textbook
@@ -187,7 +188,7 @@ def bench_kernels(
     if not thread_list or min(thread_list) < 1 or min(batch, batch_large, rounds) < 1:
         raise RobenchError("--threads, --batch, --batch-large and --rounds must be ≥ 1")
     res = kernels([m.strip() for m in models.split(",") if m.strip()], size_list, batch=batch, threads=thread_list,
-                  rounds=rounds, batch_large=batch_large, log=lambda m: err.print(m))
+                  rounds=rounds, batch_large=batch_large, log=lambda m: err.print(m), isolated=isolated)
     if as_json:
         emit_json(res)
         return

@@ -177,7 +177,7 @@ def step_flops(f, x: torch.Tensor) -> float:
 
 def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512, 384)), batch: int = 32,
             threads: list[int] = (1, 2), rounds: int = 5, seed: int = 0, batch_large: int = 8,
-            log: Any = None) -> dict[str, Any]:
+            log: Any = None, isolated: bool = False) -> dict[str, Any]:
     """The attack step (forward of the distorted branch + ∂q/∂x, reference branch cached) of each
     target, today's code path beside the new one, interleaved round by round in this process:
 
@@ -189,7 +189,8 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
     image and the achieved GFLOP/s of each path against the machine's measured peak, and the
     largest relative score and gradient differences between the paths (≤ 1e-5: a test holds the
     kernels to it). Sizes over 256×256 px use ``batch_large`` (TOPIQ-FR's step at 512×384 and
-    batch 32 needs more than the 24 GiB of the reference machine)."""
+    batch 32 needs more than the 24 GiB of the reference machine). ``isolated`` also times each
+    path in a process of its own (:func:`isolated_step`)."""
     from robench.attacks.base import ModeGuard
     from robench.core.device import tune_cpu_allocator
     from robench.models import load_model
@@ -241,15 +242,57 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
                             row[f"{m}_fraction_of_peak"] = gf / max(peak.values())
                         row["score_rel_diff"] = float((q0 - q1).abs().max() / q0.abs().max().clamp_min(1e-12))
                         row["grad_rel_diff"] = float((g0 - g1).abs().max() / g0.abs().max().clamp_min(1e-12))
+                        if isolated:
+                            iso = {m: isolated_step(name, (w, h), bsz, nt, m, rounds, seed) for m in times}
+                            row.update(isolated_reference_ms_per_image=1e3 * iso["reference"],
+                                       isolated_fast_ms_per_image=1e3 * iso["fast"],
+                                       isolated_speedup=iso["reference"] / iso["fast"])
                         out["results"].append(row)
                         if log is not None:
                             log(f"{name} {w}x{h} batch {bsz}, {nt} thread(s): {row['reference_ms_per_image']:.1f} → "
-                                f"{row['fast_ms_per_image']:.1f} ms/img ({row['speedup']:.2f}×)")
+                                f"{row['fast_ms_per_image']:.1f} ms/img ({row['speedup']:.2f}×)"
+                                + (f"; own processes {row['isolated_reference_ms_per_image']:.1f} → "
+                                   f"{row['isolated_fast_ms_per_image']:.1f} ({row['isolated_speedup']:.2f}×)"
+                                   if isolated else ""))
                 del target, bound
     finally:
         torch.set_num_threads(was)
         tune_cpu_allocator(True)
     return out
+
+
+def isolated_step(model: str, size: tuple[int, int], batch: int, threads: int, path: str, rounds: int = 5,
+                  seed: int = 0) -> float:
+    """Median seconds per image of the attack step of ``model`` on one ``path`` ("reference":
+    textbook kernels and glibc's default allocator; "fast": what a run uses), measured in a fresh
+    Python process: the allocator's state is the process's, so only a process of its own shows
+    what each path costs alone (in one process the paths share the heap the other left)."""
+    import json as _json
+    import subprocess
+    import sys
+
+    code = (
+        "import json,statistics,time,torch\n"
+        "from robench.core.device import tune_cpu_allocator\n"
+        f"tune_cpu_allocator({path == 'fast'})\n"
+        f"torch.set_num_threads({int(threads)})\n"
+        "from robench.attacks.base import ModeGuard\n"
+        "from robench.models import load_model\n"
+        "from robench.models.kernels import reference_kernels\n"
+        f"t=load_model({model!r}, weights='none')\n"
+        f"g=torch.Generator().manual_seed({int(seed)})\n"
+        f"ref=torch.rand({batch},3,{size[1]},{size[0]},generator=g)\n"
+        "dist=(ref+0.05*torch.randn(ref.shape,generator=g)).clamp(0,1)\n"
+        "ts=[]\n"
+        f"with ModeGuard(t), reference_kernels({path == 'reference'}):\n"
+        "    f=t.bind(ref,cache=True)\n"
+        f"    for r in range({int(rounds) + 1}):\n"
+        "        t0=time.perf_counter(); x=dist.clone().requires_grad_(True)\n"
+        "        torch.autograd.grad(f(x).sum(),x)\n"
+        "        if r: ts.append(time.perf_counter()-t0)\n"
+        f"print(json.dumps(statistics.median(ts)/{batch}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(_json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers: int = 2, queries: int = 300,

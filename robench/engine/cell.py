@@ -159,9 +159,12 @@ CHECK_MIN_ITEMS = 16
 CHECK_MAX_ITEMS = 128
 
 
-def check_items(n: int, seed: int) -> torch.Tensor:
-    """Indices (sorted) of the items the convergence check re-attacks."""
+def check_items(n: int, seed: int, attack: Attack | None = None) -> torch.Tensor:
+    """Indices (sorted) of the items the convergence check re-attacks (all of them for an
+    attack that declares ``check_all_items``)."""
     m = min(n, max(CHECK_MIN_ITEMS, min(CHECK_MAX_ITEMS, math.ceil(CHECK_FRACTION * n))))
+    if attack is not None and attack.check_all_items:
+        m = n
     if m == n:
         return torch.arange(n)
     g = torch.Generator().manual_seed(int(seed) + 7919)
@@ -243,7 +246,7 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
         return None
     t0 = time.perf_counter()
     n = len(items)
-    idx = check_items(n, attack.seed)
+    idx = check_items(n, attack.seed, attack)
     sub = None if len(idx) == n else idx
     res = _run_at(attack, params, target, items, eps, batch_size, signs, sub)
     s_sub = None if signs is None else (signs if sub is None else signs[sub])
