@@ -44,8 +44,7 @@ def _decide(target, attack, items, eps, signs, full_gain_items, batch=32, all_it
     sub = None if len(idx) == n else idx
     t0 = time.perf_counter()
     res = C._run_at(attack, attack.half_budget(), target, items, eps, batch, signs, sub)
-    s_sub = None if signs is None else (signs if sub is None else signs[sub])
-    half = C.directed_gains(res, target.lower_better, s_sub)
+    half = C.directed_gains(res, target.lower_better, C._rows(signs, sub))
     full = [float(g[idx].mean()) for g in full_gain_items]
     gap = C._rel_gap(full, half)
     return {"items": len(idx), "half_gain": half, "full_gain": full, "rel_gap": gap, "not_converged": C._short(gap),

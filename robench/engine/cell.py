@@ -163,12 +163,15 @@ def check_items(n: int, seed: int, attack: Attack | None = None) -> torch.Tensor
     """Indices (sorted) of the items the convergence check re-attacks (all of them for an
     attack that declares ``check_all_items``)."""
     m = min(n, max(CHECK_MIN_ITEMS, min(CHECK_MAX_ITEMS, math.ceil(CHECK_FRACTION * n))))
-    if attack is not None and attack.check_all_items:
-        m = n
-    if m == n:
+    if m == n or (attack is not None and attack.check_all_items):
         return torch.arange(n)
     g = torch.Generator().manual_seed(int(seed) + 7919)
     return torch.randperm(n, generator=g)[:m].sort().values
+
+
+def _rows(signs: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor | None:
+    """The signs of the items ``idx`` (all when None; None stays None: every item up)."""
+    return signs if signs is None or idx is None else signs[idx]
 
 
 def _gather(images, idx: torch.Tensor) -> torch.Tensor:
@@ -184,8 +187,8 @@ def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items
     (those of ``idx`` when given)."""
     other = type(attack)(profile=attack.profile, seed=attack.seed, **params)
     dist, ref = (items.dist, items.ref) if idx is None else (_gather(items.dist, idx), _gather(items.ref, idx))
-    s = signs if (idx is None or signs is None) else signs[idx]
-    return other(target, dist, ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size, signs=s)
+    return other(target, dist, ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size,
+                 signs=_rows(signs, idx))
 
 
 def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, target: Target, items: Items,
@@ -199,7 +202,7 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
     params = attack.scaled_budget(scale * int(attack.plateau_probe))
     idx = torch.tensor(convergence["item_index"]) if convergence.get("item_index") is not None else None
     res = _run_at(attack, params, target, items, eps, batch_size, signs, idx)
-    probe = directed_gains(res, target.lower_better, None if signs is None else (signs if idx is None else signs[idx]))
+    probe = directed_gains(res, target.lower_better, _rows(signs, idx))
     accepted = convergence["full_gain"]
     gap = _rel_gap(probe, accepted)
     flagged = _short(gap)
@@ -249,8 +252,7 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
     idx = check_items(n, attack.seed, attack)
     sub = None if len(idx) == n else idx
     res = _run_at(attack, params, target, items, eps, batch_size, signs, sub)
-    s_sub = None if signs is None else (signs if sub is None else signs[sub])
-    half_gain = directed_gains(res, target.lower_better, s_sub)
+    half_gain = directed_gains(res, target.lower_better, _rows(signs, sub))
     full_gain = directed_gains(full, target.lower_better, signs, sub)
     gap = _rel_gap(full_gain, half_gain)
     return {"half_params": _budget(attack, params), "items": len(idx), "of": n,

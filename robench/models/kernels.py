@@ -10,6 +10,7 @@ shifted multiply-adds with a hand-written adjoint (the same sums on the zero-pad
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import torch
@@ -73,7 +74,8 @@ def separable_valid(x: torch.Tensor, window: tuple[float, ...]) -> torch.Tensor:
     return _Separable.apply(x, tuple(float(v) for v in window))
 
 
-def _upsample_matrix(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _upsample_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Bilinear (``align_corners=False``) interpolation from ``n_in`` to ``n_out`` samples as a
     ``n_out × n_in`` matrix: source coordinate ``(o + ½)·n_in/n_out − ½``, clamped at 0 as
     PyTorch does, each row two weights summing to 1."""
@@ -88,9 +90,6 @@ def _upsample_matrix(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
     return m.to(device=device, dtype=dtype)
 
 
-_UPSAMPLE_CACHE: dict = {}
-
-
 def upsample_bilinear(x: torch.Tensor, size) -> torch.Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)``; on the fast path as two
     small matrix products (PyTorch's CPU upsampling copies its input and output between memory
@@ -98,14 +97,8 @@ def upsample_bilinear(x: torch.Tensor, size) -> torch.Tensor:
     h, w = int(size[0]), int(size[1])
     if not fast() or x.dtype not in (torch.float32, torch.float64):
         return torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-    key = (x.shape[-2], x.shape[-1], h, w, x.device, x.dtype)
-    mats = _UPSAMPLE_CACHE.get(key)
-    if mats is None:
-        mats = (_upsample_matrix(x.shape[-2], h, x.device, x.dtype), _upsample_matrix(x.shape[-1], w, x.device, x.dtype).T.contiguous())
-        if len(_UPSAMPLE_CACHE) > 64:
-            _UPSAMPLE_CACHE.clear()
-        _UPSAMPLE_CACHE[key] = mats
-    mh, mwt = mats
+    mh = _upsample_matrix(x.shape[-2], h, x.device, x.dtype)
+    mwt = _upsample_matrix(x.shape[-1], w, x.device, x.dtype).T
     return torch.matmul(mh, torch.matmul(x, mwt))
 
 
@@ -115,13 +108,13 @@ class _SoftplusGeM(torch.autograd.Function):
     attack's batch sizes); backward ``∂v/∂z = v^(1−p)·t^(p−1)·σ(z)/(H·W)`` where ``t > eps``."""
 
     @staticmethod
-    def forward(ctx, z, p, eps, soft):
-        t = torch.nn.functional.softplus(z) if soft else z.clone()
+    def forward(ctx, z, p, eps):
+        t = torch.nn.functional.softplus(z)
         t.clamp_min_(eps)
         u = t.pow(p)
         v = u.mean(dim=(2, 3)).pow_(1.0 / p)
         ctx.save_for_backward(z, t, u, v)
-        ctx.p, ctx.eps, ctx.soft = p, eps, soft
+        ctx.p, ctx.eps = p, eps
         return v
 
     @staticmethod
@@ -131,22 +124,14 @@ class _SoftplusGeM(torch.autograd.Function):
         hw = z.shape[-1] * z.shape[-2]
         scale = (grad * v.pow(1.0 - p) / hw)[:, :, None, None]
         g = u / t  # t^(p−1) from the saved t^p: a division, not a second power (t ≥ eps > 0)
-        if ctx.soft:
-            g.mul_(torch.sigmoid(z))
-            g.masked_fill_(t <= eps, 0.0)
-        else:
-            g.masked_fill_(z < eps, 0.0)
-        return g.mul_(scale), None, None, None
+        g.mul_(torch.sigmoid(z))
+        g.masked_fill_(t <= eps, 0.0)
+        return g.mul_(scale), None, None
 
 
 def softplus_gem(z: torch.Tensor, p: float, eps: float) -> torch.Tensor:
     """GeM pooling (fixed exponent ``p``) of ``softplus(z)``: BiRQA's head, N×C×H×W → N×C."""
-    return _SoftplusGeM.apply(z, p, eps, True)
-
-
-def gem(x: torch.Tensor, p: float, eps: float) -> torch.Tensor:
-    """GeM pooling (fixed exponent ``p``) of ``x`` clamped at ``eps``."""
-    return _SoftplusGeM.apply(x, p, eps, False)
+    return _SoftplusGeM.apply(z, p, eps)
 
 
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

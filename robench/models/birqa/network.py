@@ -154,11 +154,15 @@ class GeM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p.clamp(1.0, 8.0)
-        if kernels.fast() and not p.requires_grad:
-            return kernels.gem(x, float(p), self.eps)
         # x^p as exp(p·log x): the same value, but autograd's pow-with-tensor-exponent backward
         # was a quarter of a training step on CPU
         return torch.exp(p * torch.log(x.clamp_min(self.eps))).mean(dim=(2, 3)).pow(1.0 / p)
+
+    def of_softplus(self, z: torch.Tensor) -> torch.Tensor:
+        """GeM of ``softplus(z)``; one fused function when ``p`` is fixed (attacks, evaluation)."""
+        if kernels.fast() and not self.p.requires_grad:
+            return kernels.softplus_gem(z, float(self.p.clamp(1.0, 8.0)), self.eps)
+        return self(F.softplus(z))
 
 
 class ReliabilityHead(nn.Module):
@@ -175,12 +179,7 @@ class ReliabilityHead(nn.Module):
         c, r = [], []
         for i, f in enumerate(levels):
             # softplus keeps GeM's input positive without a hard clamp on the gradient path
-            z = kernels.conv1x1(f, self.proj[i].weight, self.proj[i].bias)
-            gem = self.gem[i]
-            if kernels.fast() and not gem.p.requires_grad:
-                v = kernels.softplus_gem(z, float(gem.p.clamp(1.0, 8.0)), gem.eps)
-            else:
-                v = gem(F.softplus(z))
+            v = self.gem[i].of_softplus(kernels.conv1x1(f, self.proj[i].weight, self.proj[i].bias))
             c.append(self.contrib[i](v))
             r.append(self.reliab[i](v))
         c, r = torch.cat(c, dim=1), torch.cat(r, dim=1)
