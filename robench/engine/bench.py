@@ -32,6 +32,25 @@ def _device_and_sync(device):
     return device, ((lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None))
 
 
+def _random_pair(batch: int, w: int, h: int, seed: int = 0, device: "str | torch.device" = "cpu"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded ``batch×3×h×w`` reference and a mildly noisy distorted copy (speed does not
+    depend on content)."""
+    gen = torch.Generator().manual_seed(seed)
+    ref = torch.rand(batch, 3, h, w, generator=gen).to(device)
+    dist = (ref + 0.05 * torch.randn(batch, 3, h, w, generator=gen).to(device)).clamp(0, 1)
+    return ref, dist
+
+
+def _time_step(f, dist: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Seconds of one attack step of the bound target ``f`` (forward and ∂q/∂x), and q, ∂q/∂x."""
+    t0 = time.perf_counter()
+    x = dist.clone().requires_grad_(True)
+    q = f(x)
+    g, = torch.autograd.grad(q.sum(), x)
+    return time.perf_counter() - t0, q.detach(), g
+
+
 def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1, rounds: int = 5, warmup: int = 2,
           device: str = "cpu", seed: int = 0, reference: str | None = None) -> dict[str, Any]:
     """Images per second, end to end (analytic features included), for each model on random
@@ -40,9 +59,7 @@ def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1,
 
     device, sync = _device_and_sync(device)
     w, h = size
-    gen = torch.Generator().manual_seed(seed)
-    ref = torch.rand(batch, 3, h, w, generator=gen).to(device)
-    dist = (ref + 0.05 * torch.randn(batch, 3, h, w, generator=gen).to(device)).clamp(0, 1)
+    ref, dist = _random_pair(batch, w, h, seed, device)
     # speed does not depend on weight values: random initialisation needs no weight files
     targets = {m: load_model(m, weights="none", device=device) for m in models}
     times = {m: 0.0 for m in models}
@@ -88,9 +105,7 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
 
     device, sync = _device_and_sync(device)
     w, h = size
-    gen = torch.Generator().manual_seed(seed)
-    ref = torch.rand(batch, 3, h, w, generator=gen).to(device)
-    dist = (ref + 0.05 * torch.randn(batch, 3, h, w, generator=gen).to(device)).clamp(0, 1)
+    ref, dist = _random_pair(batch, w, h, seed, device)
     target = load_model(model, weights="none", device=device)
     trainable = [p for p in target.parameters() if p.requires_grad]
     times: dict[str, list[float]] = {"naive": [], "cached": [], "textbook": []}
@@ -204,9 +219,7 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
             out["peaks"][str(nt)] = peak_gflops(nt)
         for w, h in sizes:
             bsz = batch if w * h <= 256 * 256 else batch_large
-            gen = torch.Generator().manual_seed(seed)
-            ref = torch.rand(bsz, 3, h, w, generator=gen)
-            dist = (ref + 0.05 * torch.randn(bsz, 3, h, w, generator=gen)).clamp(0, 1)
+            ref, dist = _random_pair(bsz, w, h, seed)
             for name in models:
                 target = load_model(name, weights="none")
                 with ModeGuard(target):
@@ -223,21 +236,18 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
                             for mode in times:
                                 tune_cpu_allocator(mode == "fast")
                                 with reference_kernels(mode == "reference"):
-                                    t0 = time.perf_counter()
-                                    x = dist.clone().requires_grad_(True)
-                                    q = bound[mode](x)
-                                    g, = torch.autograd.grad(q.sum(), x)
-                                    if r:
-                                        times[mode].append(time.perf_counter() - t0)
-                                    last[mode] = (q.detach(), g)
+                                    seconds, q, g = _time_step(bound[mode], dist)
+                                last[mode] = (q, g)
+                                if r:
+                                    times[mode].append(seconds)
                         med = {m: sorted(v)[len(v) // 2] / bsz for m, v in times.items()}
                         (q0, g0), (q1, g1) = last["reference"], last["fast"]
                         peak = out["peaks"][str(nt)]
                         row = {"model": name, "size": f"{w}x{h}", "batch": bsz, "threads": nt,
                                "reference_ms_per_image": 1e3 * med["reference"], "fast_ms_per_image": 1e3 * med["fast"],
-                               "speedup": med["reference"] / med["fast"], "gflop_per_image": flops / batch / 1e9}
+                               "speedup": med["reference"] / med["fast"], "gflop_per_image": flops / bsz / 1e9}
                         for m in times:
-                            gf = flops / batch / med[m] / 1e9
+                            gf = flops / bsz / med[m] / 1e9
                             row[f"{m}_gflops"] = gf
                             row[f"{m}_fraction_of_peak"] = gf / max(peak.values())
                         row["score_rel_diff"] = float((q0 - q1).abs().max() / q0.abs().max().clamp_min(1e-12))
@@ -261,37 +271,39 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
     return out
 
 
+def own_process_step(model: str, size: tuple[int, int], batch: int, threads: int, path: str, rounds: int = 5,
+                     seed: int = 0) -> float:
+    """Median seconds per image of ``model``'s attack step on one ``path`` ("reference": textbook
+    kernels and glibc's default allocator; "fast": what a run uses), in this process: meant to
+    run in a fresh one (:func:`isolated_step`)."""
+    from robench.attacks.base import ModeGuard
+    from robench.core.device import tune_cpu_allocator
+    from robench.models import load_model
+    from robench.models.kernels import reference_kernels
+
+    tune_cpu_allocator(path == "fast")
+    torch.set_num_threads(int(threads))
+    target = load_model(model, weights="none")
+    ref, dist = _random_pair(batch, size[0], size[1], seed)
+    with ModeGuard(target), reference_kernels(path == "reference"):
+        f = target.bind(ref, cache=True)
+        times = [_time_step(f, dist)[0] for _ in range(int(rounds) + 1)][1:]  # the first warms up
+    return sorted(times)[len(times) // 2] / batch
+
+
 def isolated_step(model: str, size: tuple[int, int], batch: int, threads: int, path: str, rounds: int = 5,
                   seed: int = 0) -> float:
-    """Median seconds per image of the attack step of ``model`` on one ``path`` ("reference":
-    textbook kernels and glibc's default allocator; "fast": what a run uses), measured in a fresh
-    Python process: the allocator's state is the process's, so only a process of its own shows
-    what each path costs alone (in one process the paths share the heap the other left)."""
+    """:func:`own_process_step` in a fresh Python process: the allocator's state is the process's,
+    so only a process of its own shows what each path costs alone (in one process the paths
+    share the heap the other left)."""
     import json as _json
     import subprocess
     import sys
 
-    code = (
-        "import json,statistics,time,torch\n"
-        "from robench.core.device import tune_cpu_allocator\n"
-        f"tune_cpu_allocator({path == 'fast'})\n"
-        f"torch.set_num_threads({int(threads)})\n"
-        "from robench.attacks.base import ModeGuard\n"
-        "from robench.models import load_model\n"
-        "from robench.models.kernels import reference_kernels\n"
-        f"t=load_model({model!r}, weights='none')\n"
-        f"g=torch.Generator().manual_seed({int(seed)})\n"
-        f"ref=torch.rand({batch},3,{size[1]},{size[0]},generator=g)\n"
-        "dist=(ref+0.05*torch.randn(ref.shape,generator=g)).clamp(0,1)\n"
-        "ts=[]\n"
-        f"with ModeGuard(t), reference_kernels({path == 'reference'}):\n"
-        "    f=t.bind(ref,cache=True)\n"
-        f"    for r in range({int(rounds) + 1}):\n"
-        "        t0=time.perf_counter(); x=dist.clone().requires_grad_(True)\n"
-        "        torch.autograd.grad(f(x).sum(),x)\n"
-        "        if r: ts.append(time.perf_counter()-t0)\n"
-        f"print(json.dumps(statistics.median(ts)/{batch}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    args = _json.dumps([model, list(size), batch, threads, path, rounds, seed])
+    code = ("import json, sys\nfrom robench.engine.bench import own_process_step\n"
+            "print(json.dumps(own_process_step(*json.loads(sys.argv[1]))))")
+    out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
     return float(_json.loads(out.stdout.strip().splitlines()[-1]))
 
 
