@@ -8,7 +8,7 @@ and exits with code 2.
 
 from __future__ import annotations
 
-from robench.cli import data, results, run, tools  # noqa: F401  (each registers its commands)
+from robench.cli import analyses, data, results, run, tools  # noqa: F401  (each registers its commands)
 from robench.cli.app import app, emit_json, err, user_errors  # noqa: F401
 
 

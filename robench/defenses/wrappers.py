@@ -14,7 +14,7 @@ branch stays cacheable.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,17 @@ class InferenceDefense(torch.nn.Module):
     def forward(self, dist: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    #: True for a defence that aggregates the inner target's scores over several inputs (median
+    #: smoothing) instead of transforming one input: it overrides :meth:`around`, and its
+    #: reference is passed raw (the inner target's prepared reference is per batch row)
+    aggregates: ClassVar[bool] = False
+
+    def around(self, score: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor]", dist: torch.Tensor,
+               ref: torch.Tensor) -> torch.Tensor:
+        """The defended score given the inner ``score(dist, ref)``: transform, then score."""
+        d, r = self(dist, ref)
+        return score(d, r)
+
 
 def bpda(x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
     """Forward: ``purified``; backward: identity (BPDA with the identity as surrogate)."""
@@ -96,6 +107,31 @@ class Rotate(InferenceDefense):
         # border padding: no black corners for the metric to react to
         rot = lambda x: F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # noqa: E731
         return rot(dist).clamp(0, 1), rot(ref).clamp(0, 1)
+
+
+@DEFENSES.register("smooth", summary="median smoothing: median score over Gaussian noise N(0, sigma^2) on dist "
+                  "(randomised; EOT); robench certify bounds it")
+class Smooth(InferenceDefense):
+    """The smoothed target of median smoothing (Chiang et al. 2020; :mod:`robench.core.smoothing`):
+    the median of the inner score over ``samples`` draws of Gaussian noise (σ in pixel units of
+    [0, 1]) added to ``dist`` (the reference is trusted and untouched). Each noisy image is clipped to
+    [0, 1] before scoring: the clip is part of the smoothed function, so the certificate (which
+    holds for any function of ``x + ε``) is unchanged and the target sees valid images. The gradient is
+    exact: the median's gradient flows to the draw that is the median; attacks average it over
+    their EOT draws."""
+
+    name = "smooth"
+    randomised = True
+    aggregates = True
+    defaults = {"sigma": 0.12, "samples": 8}
+    test_options = {"sigma": 0.05, "samples": 3}
+
+    def forward(self, dist, ref):  # one noisy draw (what the chain would apply without aggregation)
+        return (dist + float(self.params["sigma"]) * torch.randn_like(dist)).clamp(0.0, 1.0), ref
+
+    def around(self, score, dist, ref):
+        draws = torch.stack([score(self(dist, ref)[0], ref) for _ in range(int(self.params["samples"]))])
+        return draws.median(dim=0).values
 
 
 class _ArtPreprocessor(InferenceDefense):
@@ -156,7 +192,9 @@ class Defended(Target):
         self.randomised = any(d.randomised for d in chain)
         self.gradient = "bpda" if any(d.gradient == "bpda" for d in chain) else "exact"
         self.differentiable = inner.differentiable
-        self.both = any(d.applies_to == "both" for d in chain)
+        # the reference passes raw (and is scored with every call) when a defence transforms it
+        # too or aggregates over several copies of the input
+        self.both = any(d.applies_to == "both" or d.aggregates for d in chain)
         names = "+".join(d.name for d in chain)
         self.card = TargetCard(**{**inner.card.__dict__, "name": f"{inner.card.name}+{names}",
                                   "summary": f"{inner.card.summary} behind {names}"})
@@ -169,8 +207,10 @@ class Defended(Target):
         return dist, ref
 
     def score(self, dist, ref):
-        d, r = self._defend(dist, ref)
-        return self.inner.score(d, r)
+        fn = self.inner.score
+        for d in reversed(self.chain):  # the first defence of the chain is the outermost
+            fn = (lambda f, dd: (lambda x, r: dd.around(f, x, r)))(fn, d)
+        return fn(dist, ref)
 
     # purifiers of dist only keep the reference branch cacheable
     def reference(self, ref):
