@@ -78,3 +78,35 @@ def certify_cmd(
         err.print(f"  R {s['radius']:g}: median width {width}; within ±0.5 MOS {within}; certified ranking "
                   f"{ranking} of {s['pairs']} pairs; abstained {s['abstained']}{viol}")
     err.print(f"store: {store or 'default'} (certification {rec['key'][:12]})")
+
+
+@app.command("transfer")
+@user_errors
+def transfer_cmd(
+    source: str = typer.Option(..., "--source", help="Targets whose cells kept their adversarial images "
+                               "(robench run --keep-images), comma list, e.g. birqa,lpips.alex,topiq.fr,ssim,ms-ssim."),
+    to: str = typer.Option(..., "--to", help="Targets that score those images, comma list (the same list gives the "
+                           "N×N matrix; the diagonal is the white-box cells)."),
+    attacks: Optional[str] = typer.Option(None, help="Only the source cells of these attacks (comma list); default: "
+                                          "every cell that kept its images."),
+    store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
+    batch: int = typer.Option(16, help="Images per forward pass."),
+    force: bool = typer.Option(False, "--force", help="Score again pairs already stored."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score the adversarial images crafted against each source target with every other target
+    (no attack is recomputed); robench report draws the matrices of gains (in each target's clean
+    SD) and of SROCC under the ranking attack."""
+    from robench.engine.grid import default_store
+    from robench.engine.transfer import transfer
+
+    names = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
+    out = transfer(store or default_store(), names(source), names(to), names(attacks) if attacks else None,
+                   device=device, batch=batch, progress=True, force=force)
+    if as_json:
+        emit_json(out)
+        return
+    done = sum(p["status"] == "done" for p in out["pairs"])
+    err.print(f"transfer: {done} pairs scored, {len(out['pairs']) - done} already stored ({out['seconds']:.1f} s); "
+              f"robench report --store {out['store']} shows the matrices")

@@ -209,6 +209,10 @@ def run_cmd(
                                  "half-budget check flags not converged: it is run again at 2×, 4×, … the attack's "
                                  "budget until the rule holds or the cap is spent (flag [esc]; still [nc] past the cap). Not keyed: "
                                  "a stored flagged cell is re-run by a larger cap. With --config it overrides the file's."),
+    keep_images: bool = typer.Option(False, "--keep-images", help="Store every cell's adversarial images beside the "
+                                     "store (<store>-images/, lossless float32 .npy named by sha256: 196 736 bytes an "
+                                     "image at 128 px) for robench transfer. Not keyed; a stored cell without "
+                                     "images is computed again. With --config it overrides the file's."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Attack targets across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy).
@@ -240,6 +244,8 @@ def run_cmd(
             cfg.compile = True
         if escalate:
             cfg.escalate = escalate
+        if keep_images:
+            cfg.keep_images = True
         cfg.force = cfg.force or force or not resume
     else:
         if not model:
@@ -258,7 +264,7 @@ def run_cmd(
             "attack_params": _parse_nested(attack_option, "--attack-option", "attack"),
             "defense_options": _parse_nested(defense_option, "--defense-option", "defence"),
             "executor": executor, "executor_options": ex_opts, "device": device or "cpu", "amp": amp,
-            "compile": compile_, "escalate": escalate, **({"directions": direction} if direction else {})},
+            "compile": compile_, "escalate": escalate, "keep_images": keep_images, **({"directions": direction} if direction else {})},
             where="robench run")
     grid = run_config(cfg, progress=True, log=lambda m: err.print("[yellow]warning:[/] " + escape(m), markup=True))
     if as_json:

@@ -59,6 +59,9 @@ class RunSpec:
     escalate: int = 0
     # attack directions (core.directions): one cell per attack × direction; "up" keeps old keys
     directions: list[str] = field(default_factory=lambda: ["up"])
+    # store each cell's adversarial images beside the store (engine.images); not keyed: the same
+    # measurement, kept or not (a stored cell without images is computed again when asked to keep them)
+    keep_images: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -124,6 +127,7 @@ class RunConfig:
     amp: str | None = None  # "bf16": autocast (keyed: another measurement); None: float32
     compile: bool = False  # torch.compile of the targets (recorded, not keyed)
     escalate: int = 0  # budget doublings for a cell flagged not converged (RunSpec.escalate)
+    keep_images: bool = False  # adversarial images of every cell kept beside the store (RunSpec.keep_images)
     # attack directions (core.directions): up (score inflation), down, mos-split (the ranking
     # attack); each attack runs once per direction, and the direction is part of the cell's key
     directions: list[str] = field(default_factory=lambda: ["up"])
@@ -191,6 +195,8 @@ class RunConfig:
         esc = data.get("escalate", 0)
         if isinstance(esc, bool) or not isinstance(esc, int) or not 0 <= esc <= 6:
             raise RobenchError(f"{where}: escalate must be a whole number of budget doublings from 0 to 6, got {esc!r}")
+        if not isinstance(data.get("keep_images", False), bool):
+            raise RobenchError(f"{where}: keep_images must be true or false, got {data['keep_images']!r}")
         if not isinstance(data.get("compile", False), bool):
             raise RobenchError(f"{where}: compile must be true or false, got {data['compile']!r}")
         return cls(**data)
@@ -261,6 +267,7 @@ class RunConfig:
                         n=c.n, seed=c.seed, split=c.split, defense=None if d == NO_DEFENSE else d,
                         train_seed=s, weights=c.weights, store=Path(c.store) if c.store else None, force=c.force,
                         device=c.device, amp=c.amp, compile=c.compile, escalate=c.escalate,
+                        keep_images=c.keep_images,
                         directions=list(c.directions),
                         dataset_options=json.loads(json.dumps(c.dataset_options)),
                         attack_params={k: dict(v) for k, v in c.attack_params.items()},

@@ -59,8 +59,8 @@ def direction_signs(direction: str, items: Items) -> tuple[torch.Tensor, dict[st
 
 
 def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-             progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP
-             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP,
+             keep_images: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Attack every item at every ε; return the cell's record (summary, probes, flags, timing)
     and its per-(item, ε) rows. Raises BudgetViolation rather than return an out-of-budget result.
 
@@ -70,10 +70,13 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     A cell still short of the rule after K doublings stays flagged.
 
     ``direction`` (core.directions) sets each item's sign; gains and the convergence rule are on
-    the directed gain ``sign · (q_adv − q_clean)`` (≥ 0 per item by the harness)."""
+    the directed gain ``sign · (q_adv − q_clean)`` (≥ 0 per item by the harness).
+
+    ``keep_images``: the record carries the adversarial images (K×N×3×H×W, ``record["images"]``)
+    for the driver to store beside the store (engine.images)."""
     t0 = time.perf_counter()
     signs, dir_info = direction_signs(direction, items)
-    res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=False,
+    res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=keep_images,
                  batch_size=batch_size, progress=progress, signs=signs)
     # after an out-of-memory error the rest of the cell runs at the batch size the attack ended with
     bs, halved = res.batch_size_used, res.oom_halved
@@ -90,7 +93,7 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
         while convergence["not_converged"] and k < int(escalate):
             k += 1
             params = attack.scaled_budget(2 ** k)
-            res = _run_at(attack, params, target, items, eps, bs, signs)
+            res = _run_at(attack, params, target, items, eps, bs, signs, keep_images=keep_images)
             compute += res.compute_seconds
             bs, halved = res.batch_size_used, halved + res.oom_halved
             full, prev = directed_gains(res, target.lower_better, signs), ladder[-1]["gain"]
@@ -140,8 +143,11 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     probes = {**res.probes, "batch_size": int(batch_size), "batch_size_used": int(bs), "oom_halved": int(halved)}
     if halved:
         flags["oom_halved"] = int(halved)  # shown with the cell: it ran out of memory and went on smaller
-    return {"summary": summary, "probes": probes, "flags": flags, "n_items": len(items),
-            "attack_seconds": compute, "seconds": time.perf_counter() - t0}, rows
+    record = {"summary": summary, "probes": probes, "flags": flags, "n_items": len(items),
+              "attack_seconds": compute, "seconds": time.perf_counter() - t0}
+    if keep_images:
+        record["images"] = res.images  # of the run the rows come from (the last rung when escalated)
+    return record, rows
 
 
 #: the convergence rule of issue 15: the full budget's gain may exceed the half budget's by at
@@ -182,12 +188,13 @@ def _gather(images, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items, eps: list[float],
-            batch_size: int, signs: torch.Tensor | None = None, idx: torch.Tensor | None = None) -> AttackResult:
+            batch_size: int, signs: torch.Tensor | None = None, idx: torch.Tensor | None = None,
+            keep_images: bool = False) -> AttackResult:
     """The same attack (profile, seed, direction) at other budget parameters, on the cell's items
     (those of ``idx`` when given)."""
     other = type(attack)(profile=attack.profile, seed=attack.seed, **params)
     dist, ref = (items.dist, items.ref) if idx is None else (_gather(items.dist, idx), _gather(items.ref, idx))
-    return other(target, dist, ref, eps=[e / 255 for e in eps], return_images=False, batch_size=batch_size,
+    return other(target, dist, ref, eps=[e / 255 for e in eps], return_images=keep_images, batch_size=batch_size,
                  signs=_rows(signs, idx))
 
 
@@ -361,11 +368,12 @@ def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> di
 
 
 def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-                progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP) -> dict[str, Any]:
+                progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP,
+                keep_images: bool = False) -> dict[str, Any]:
     """What an executor hands back for one cell: record and rows, or the budget violation that
     stopped it (an out-of-budget result must never reach the store as data)."""
     try:
-        record, rows = run_cell(target, attack, items, eps, batch_size, progress, escalate, direction)
+        record, rows = run_cell(target, attack, items, eps, batch_size, progress, escalate, direction, keep_images)
     except (BudgetViolation, OutOfMemory) as exc:  # out of memory even at batch size 1: a failed cell
         return {"key": key, "failed": str(exc)}
     return {"key": key, "record": record, "rows": rows}

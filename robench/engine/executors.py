@@ -79,7 +79,7 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
         raise RobenchError(f"worker computed cell {key[:12]} for task {task.key[:12]} ({task.label}): its cache or "
                            "code differs from the driver's")
     return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size, escalate=spec.escalate,
-                          direction=task.direction),
+                          direction=task.direction, keep_images=spec.keep_images),
             "pid": os.getpid(),
             "device": device_record(device)}
 

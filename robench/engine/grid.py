@@ -206,6 +206,8 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                 done = store.status(t.key) == "done"
                 if done and p.spec.escalate and _reopens(store.cell_flags(t.key), p.spec.escalate):
                     entry["reopened"] = "not converged at a smaller --escalate"  # replaced when it is committed
+                elif done and p.spec.keep_images and not store.has_images(t.key):
+                    entry["reopened"] = "stored without its images (--keep-images)"
                 if not p.spec.force and done and "reopened" not in entry:
                     entry["status"] = "cached"
                 else:
@@ -241,6 +243,14 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                         log(f"cell {t.label} failed: {msg}")
                 else:
                     record = result["record"]
+                    images = record.pop("images", None)
+                    if images is not None:  # content-addressed files first: the rows name them
+                        from robench.engine.images import images_folder, save_image
+
+                        folder = images_folder(store_path)
+                        k_of = {float(e): k for k, e in enumerate(p.eps)}
+                        for row in result["rows"]:
+                            row["image"] = save_image(folder, images[k_of[float(row["eps"])], row["item"]])
                     if result.get("attempts", 1) > 1:  # a worker died and Ray re-ran the cell: say so
                         record = {**record, "flags": {**(record.get("flags") or {}), "retried": result["attempts"] - 1}}
                         entry["retried"] = result["attempts"] - 1
@@ -286,7 +296,7 @@ def _local_cell(p: Plan, attack: Attack, task, bar) -> Callable[[], dict[str, An
         prog = bar.add_task(task.label, total=len(p.items)) if bar else None
         tick = (lambda k: bar.advance(prog, k)) if bar else None
         out = cell_result(task.key, p.target, attack, p.items, p.eps, task.batch_size, tick, escalate=p.spec.escalate,
-                          direction=task.direction)
+                          direction=task.direction, keep_images=p.spec.keep_images)
         out["wall"] = time.perf_counter() - t0
         return out
     return go

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS results (
     linf REAL NOT NULL, l2 REAL NOT NULL, queries INTEGER NOT NULL,
     psnr REAL, ssim REAL,                 -- adversarial vs unattacked distorted image (NULL: δ = 0)
     source TEXT,                          -- the item's source photo (the bootstrap's independent unit)
+    image TEXT,                           -- sha256 of the kept adversarial image (engine.images); NULL: not kept
     PRIMARY KEY (cell_key, item, eps)
 );
 -- provenance of the weights cells ran with (train time, data, recipe): the reporter reads it
@@ -71,9 +72,9 @@ CREATE TABLE IF NOT EXISTS weights (
 );
 """
 RESULT_COLUMNS = ("item", "eps", "item_id", "ref_id", "distortion", "level", "mos", "judge", "attacked_side",
-                  "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim", "source")
+                  "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim", "source", "image")
 #: columns added after schema 1 shipped (ALTER TABLE on open: old stores read and append)
-ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL", "source": "TEXT"}
+ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL", "source": "TEXT", "image": "TEXT"}
 #: columns of ``cells`` added after schema 1 shipped (issue 17.5: old rows read NULL = seed 0 / no recipe)
 ADDED_CELL_COLUMNS = {"train_seed": "INTEGER", "device": "TEXT"}
 
@@ -134,6 +135,11 @@ class Store:
     def status(self, key: str) -> str | None:
         row = self.db.execute("SELECT status FROM cells WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
+
+    def has_images(self, key: str) -> bool:
+        """Whether every row of a cell names a kept adversarial image."""
+        row = self.db.execute("SELECT COUNT(*), COUNT(image) FROM results WHERE cell_key=?", (key,)).fetchone()
+        return bool(row[0]) and row[0] == row[1]
 
     def cell_flags(self, key: str) -> dict[str, Any] | None:
         """The stored flags of one cell (None when it is not stored)."""

@@ -124,6 +124,20 @@ class CellData:
         q1 = np.where(self.side[i] == 1, q, self.q_other[i])
         return twoafc_scores(q0, q1, self.judge[i])
 
+    #: people agree strongly on a 2AFC triplet when the share preferring one side is ≤ 0.2 or ≥ 0.8
+    STRONG = 0.2
+
+    def flip_rate(self, k: int, strong: bool = False) -> float:
+        """2AFC: the fraction of triplets whose metric decision (which image is better) differs
+        between the clean and the attacked image at ε index ``k`` (Ghildyal & Liu 2023's decision
+        flips); ``strong``: over the triplets people agree on strongly (judge ≤ 0.2 or ≥ 0.8)."""
+        decide = lambda q: np.sign(np.where(self.side == 0, q, self.q_other) - np.where(self.side == 1, q, self.q_other))  # noqa: E731
+        flipped = decide(self.q_clean) != decide(self.q_adv[k])
+        if strong:
+            keep = (self.judge <= self.STRONG) | (self.judge >= 1 - self.STRONG)
+            return float(flipped[keep].mean()) if keep.any() else float("nan")
+        return float(flipped.mean())
+
     def metric_of(self, q: np.ndarray, idx: np.ndarray | None = None) -> float:
         """SROCC vs MOS, or mean 2AFC score, of quality ``q`` (``idx``: of these rows only)."""
         if self.kind == "pairs":
@@ -706,6 +720,37 @@ class Reporter:
                      footnote=self.sig_note(metric) + " " + self.flag_note(flags) + self.provenance(used),
                      bold=self.best(df), marks=marks, flags=flags)
 
+    def flips(self) -> Table | None:
+        """2AFC decision flips per row × attack and ε: all triplets and those people agree on."""
+        rows = self.rows("2afc")
+        if not rows:
+            return None
+        all_eps = sorted({e for c in self.cells if c.kind == "2afc" for e in c.eps})
+        data, index, flags, used = [], [], {}, []
+        for row in rows:
+            for a in attack_order(c.attack for c in self.cells if c.row == row):
+                c = self.cell(row, a)
+                idx = (*self.label(row), a)
+                index.append(idx)
+                used.append(c)
+                vals = [c.clean_metric()]
+                for e in all_eps:
+                    k = c.eps_index(e)
+                    vals += [c.flip_rate(k) if k is not None else np.nan, c.flip_rate(k, True) if k is not None else np.nan]
+                    if k is not None:
+                        self._flag(flags, idx, (f"{e:g}/255", "all"), c)
+                data.append(vals)
+        cols = [("2AFC acc.", "clean")] + [(f"{e:g}/255", s) for e in all_eps for s in ("all", "strong")]
+        df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index, names=[*self.label_names(), "attack"]),
+                          columns=pd.MultiIndex.from_tuples(cols))
+        n_strong = sorted({int(((c.judge <= CellData.STRONG) | (c.judge >= 1 - CellData.STRONG)).sum()) for c in used})
+        return Table("flips", "2AFC decision flips under attack (Ghildyal & Liu)", df,
+                     caption=("Fraction of 2AFC triplets whose metric decision (which distorted image is closer to the "
+                              "reference) changes when the less-preferred image is attacked, per ε: over all triplets "
+                              "and over those people agree on strongly (judge ≤ 0.2 or ≥ 0.8; "
+                              f"{'/'.join(map(str, n_strong))} triplets). " + self.setting(used, "every stored ε")),
+                     footnote=self.flag_note(flags) + self.provenance(used), flags=flags)
+
     def twoafc(self) -> Table | None:
         return self.accuracy_table("twoafc", "2AFC accuracy under attack (paper Table 7 shape)",
                                    self.rows("2afc", lambda c: not c.inference), "paper Table 7 shape")
@@ -888,7 +933,7 @@ class Reporter:
         return pd.DataFrame(bold, index=df.index, columns=df.columns)
 
     def tables(self) -> list[Table]:
-        return [self.named(t) for t in (self.robustness(), self.twoafc(), self.purification(), self.sweep(),
+        return [self.named(t) for t in (self.robustness(), self.twoafc(), self.flips(), self.purification(), self.sweep(),
                                         self.significance()) if t is not None]
 
     def named(self, t: Table | None) -> Table | None:
@@ -915,7 +960,8 @@ def cell_stats(c: CellData) -> dict[str, Any]:
         # the directed gain in the target's units and in units of its own clean-score SD (a model
         # that shrinks every score looks robust in MOS units alone)
         d = {"eps": e, "mean_gain": g, "mean_gain_per_sd": g / sd if sd > 0 else None, **msu_scores(c.q_clean, q)}
-        d.update(correlations(q, c.mos) if c.kind == "pairs" else {"2afc": c.metric_of(q)})
+        d.update(correlations(q, c.mos) if c.kind == "pairs" else
+                 {"2afc": c.metric_of(q), "flip_rate": c.flip_rate(k), "flip_rate_strong": _none_nan(c.flip_rate(k, True))})
         per_eps.append(d)
     for d in per_eps:
         d["mean_psnr"], d["mean_ssim"] = (None if v != v else v for v in c.perceptibility(d["eps"]))
@@ -924,6 +970,10 @@ def cell_stats(c: CellData) -> dict[str, Any]:
             "attack": c.attack, "direction": c.direction, "protocol": c.protocol, "clean_sd": sd, "kind": c.kind,
             "dataset": c.dataset, "split": c.split, "profile": c.profile, "seed": c.seed, "n": c.n,
             "weights_sha256": c.weights_sha, "clean": clean, "attacked": per_eps}
+
+
+def _none_nan(v: float) -> float | None:
+    return None if v != v else v
 
 
 # --------------------------------------------------------------------------------------------
@@ -1143,13 +1193,20 @@ def _write(reps: dict[str, Reporter], rep: Reporter, cells, store, out: Path, tm
     tables = []
     # every table per protocol; gains and IR-Score on score inflation only (as the reference gain script)
     builds = [(r, b) for d, r in reps.items()
-              for b in (r.robustness, r.twoafc, r.purification, r.sweep, r.significance) + ((r.ir_table,) if d == "up" else ())]
+              for b in (r.robustness, r.twoafc, r.flips, r.purification, r.sweep, r.significance)
+              + ((r.ir_table,) if d == "up" else ())]
     for r, build in builds:
         t = r.named(build())
         if t is None:
             written["skipped"].append(build.__name__ + ("" if r.direction == "up" else f"-{r.direction}"))
             continue
         tables.append(t)
+    # the store's transfer matrices and certificates (results.transfer): their own tables, figures, JSON
+    from robench.results.transfer import write_sections
+
+    extra_tables, extra_json, extra_figures = write_sections(store, tmp, n_boot, seed, plots)
+    tables += extra_tables
+    for t in tables:
         (tmp / f"{t.name}.tex").write_text(to_latex(t))
         (tmp / f"{t.name}.md").write_text(to_markdown(t))
         written["tables"].append(t.name)
@@ -1170,7 +1227,8 @@ def _write(reps: dict[str, Reporter], rep: Reporter, cells, store, out: Path, tm
                                                                     "attack": c.attack, "direction": c.direction,
                                                                     "flags": c.active_flags}
                                                                    for c in cells if c.active_flags],
-                                                 "cells": [cell_stats(c) for c in cells]}, indent=1, default=str))
+                                                 "cells": [cell_stats(c) for c in cells], **extra_json},
+                                                indent=1, default=str))
     from robench.results.paper import write_paper
 
     # the paper's Tables 3, 7, 9 beside robench's measurements, with the claims table
@@ -1182,6 +1240,7 @@ def _write(reps: dict[str, Reporter], rep: Reporter, cells, store, out: Path, tm
         for d, r in reps.items():  # the ε figure of every other protocol, named by it
             if r is not rep:
                 written["plots"] += [str(out / "plots" / n) for n in P.plot_sweep(r, tmp / "plots" / f"sweep-pairs-{d}")]
+    written["plots"] = written.get("plots", []) + [str(out / "plots" / n) for n in extra_figures]
     if pdf:
         try:
             pdf_path = compile_pdf(tmp / "report.tex")
