@@ -52,7 +52,7 @@ class CertifySpec:
     samples: int = 100
     alpha: float = 0.001
     batch: int = 8
-    check_attack: str | None = None  # None | "pgd"
+    check_attack: str | None = None  # None | a name of attacks.smoothed.CHECK_ATTACKS
     attack_steps: int = CHECK_DEFAULTS["steps"]
     attack_eot: int = CHECK_DEFAULTS["eot"]
     store: str | None = None
@@ -67,8 +67,11 @@ class CertifySpec:
         for r in self.radii:
             if not (r > 0 and math.isfinite(r)):
                 raise RobenchError(f"--radius values must be positive L2 norms in pixel units, got {r!r}")
-        if self.check_attack not in (None, "pgd"):
-            raise RobenchError(f"--check-attack must be pgd (or omitted), got {self.check_attack!r}")
+        from robench.attacks.smoothed import CHECK_ATTACKS
+
+        if self.check_attack is not None and self.check_attack not in CHECK_ATTACKS:
+            raise RobenchError(f"--check-attack must be one of {', '.join(CHECK_ATTACKS)} (or omitted), "
+                               f"got {self.check_attack!r}")
         if self.attack_steps < 1 or self.attack_eot < 1:
             raise RobenchError("--attack-steps and --attack-eot must be at least 1")
         if self.batch < 1:
@@ -122,33 +125,6 @@ def _smoothed_draws(target, x, ref_prep, idx, sigma, n, gens, chunk: int) -> tor
         for start in range(0, n, per):
             out.append(_noisy_scores(target, x, ref_prep, idx, sigma, min(per, n - start), gens))
     return torch.cat(out, dim=1)
-
-
-def l2_pgd_smoothed(target, x: torch.Tensor, ref_prep, idx: torch.Tensor, sign: float, radius: float,
-                    sigma: float, steps: int, eot: int, gen: torch.Generator) -> torch.Tensor:
-    """L2 PGD on ``sign ·`` the mean noisy score (EOT over ``eot`` draws a step) inside the L2
-    ball of ``radius`` and [0, 1]: step 2.5·R/steps along the normalised gradient (Madry et al.'s
-    L2 step; SmoothAdv, Salman et al. 2019, for the smoothed objective). Returns ``x + δ``."""
-    from robench.core.target import index_prepared
-
-    delta = torch.zeros_like(x)
-    alpha = 2.5 * radius / steps
-    rows = idx.repeat(eot).to(x.device)
-    prep = index_prepared(ref_prep, rows)
-    for _ in range(steps):
-        d = delta.clone().requires_grad_(True)
-        with torch.enable_grad():
-            xa = (x + d).repeat(eot, 1, 1, 1)
-            noise = torch.randn(xa.shape, generator=gen).to(x.device)
-            q = target.orient(target.call("score_with", (xa + sigma * noise).clamp(0.0, 1.0), prep))
-            obj = sign * q.view(eot, -1).mean(dim=0)
-            g, = torch.autograd.grad(obj.sum(), d)
-        gn = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        delta = delta + alpha * g / gn
-        dn = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        delta = delta * torch.clamp(radius / dn.clamp_min(1e-12), max=1.0)
-        delta = (x + delta).clamp(0.0, 1.0) - x  # the box may only shrink the norm
-    return (x + delta).detach()
 
 
 def run_key(config: dict[str, Any]) -> str:
@@ -206,7 +182,7 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
     n = spec.n if spec.n is not None else prof.attack_n
     items = load_items(run.dataset, spec.split, n or None, spec.seed, opts)
     radii = sorted({float(r) for r in spec.radii})
-    check = ({"name": "pgd", "norm": "L2", "steps": int(spec.attack_steps), "eot": int(spec.attack_eot),
+    check = ({"name": spec.check_attack, "norm": "L2", "steps": int(spec.attack_steps), "eot": int(spec.attack_eot),
               "step": "2.5 R / steps", "directions": ["up", "down"]} if spec.check_attack else None)
     config = {"target": {"name": target.card.name, "weights_sha256": fingerprint(target),
                          "lower_better": bool(target.lower_better)},
@@ -261,6 +237,8 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
 
 
 def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: CertifySpec, device) -> list[dict]:
+    from robench.attacks.smoothed import CHECK_ATTACKS
+
     idx = torch.tensor(chunk)
     x = torch.cat([items.dist[i:i + 1] for i in chunk]).to(device)
     r = torch.cat([items.ref[i:i + 1] for i in chunk]).to(device)
@@ -280,8 +258,8 @@ def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: Ce
             agen = torch.Generator().manual_seed(int(spec.seed) * 7919 + int(chunk[0]) * 31 + j)
             att = {}
             for sign in (1.0, -1.0):
-                xa = l2_pgd_smoothed(target, x, prep, local, sign, R, spec.sigma, spec.attack_steps, spec.attack_eot,
-                                     agen)
+                xa = CHECK_ATTACKS[spec.check_attack](target, x, prep, local, sign, R, spec.sigma, spec.attack_steps,
+                                                      spec.attack_eot, agen)
                 egens = [torch.Generator().manual_seed(int(spec.seed) * 1_000_003 + int(i) + 10_000_019 * (j + 1)
                                                        + (0 if sign > 0 else 5_000_011)) for i in chunk]
                 att[sign] = median_of(_smoothed_draws(target, xa, prep, local, spec.sigma, spec.samples, egens,

@@ -98,7 +98,7 @@ def transfer_tables(entries: list[dict[str, Any]]):
     """One table per attack × direction at its largest ε: rows = source, columns = to target.
     Score inflation shows gain/SD; the ranking attack shows SROCC (clean SROCC of each to
     target in the last row)."""
-    from robench.results.report import Table
+    from robench.results.table import Table
 
     tables = []
     for (attack, direction), grp in _groups(entries):
@@ -202,7 +202,7 @@ def certified_data(store) -> list[dict[str, Any]]:
 
 
 def certified_table(entries: list[dict[str, Any]]):
-    from robench.results.report import Table
+    from robench.results.table import Table
 
     if not entries:
         return None
