@@ -222,7 +222,7 @@ def test_report_writes_every_table_and_plot(grid_store, tmp_path):
 
     out = tmp_path / "rep"
     res = write_report(grid_store, out, ot="exact", n_boot=200, pdf=False)
-    assert set(res["tables"]) == {"robustness", "twoafc", "purification", "sweep", "significance", "ir"}
+    assert set(res["tables"]) == {"robustness", "twoafc", "flips", "purification", "sweep", "significance", "ir"}
     for t in res["tables"]:
         tex, md = (out / f"{t}.tex").read_text(), (out / f"{t}.md").read_text()
         assert "\\toprule" in tex and "\\bottomrule" in tex and "\\caption{" in tex
