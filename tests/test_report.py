@@ -229,7 +229,7 @@ def test_report_writes_every_table_and_plot(grid_store, tmp_path):
         assert "mini" in tex + md or "synthetic" in tex + md
         assert "profile quick" in md and "seed 0" in md
     assert {"sweep-pairs.pdf", "sweep-pairs.png", "sweep-2afc.pdf"} <= {p.name for p in (out / "plots").iterdir()}
-    assert (out / "report.tex").read_text().count("\\input{") == 6
+    assert (out / "report.tex").read_text().count("\\input{") == 7
     assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folder left behind
     # numbers come from the stored rows: the md's clean SROCC of ssim is the rows' SROCC
     cells, _ = load_cells(grid_store)
