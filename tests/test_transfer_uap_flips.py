@@ -110,7 +110,7 @@ def test_uap_trained_on_train_items_raises_q_on_unseen_test_items(tiny_mini, rob
     res = atk(target, items.dist, items.ref, eps=[4 / 255])
     gain = target.orient(res.scores[0]) - target.orient(res.clean_scores)
     assert (gain > 0).all()
-    info = next(iter(atk.patch_info.values()))
+    info = next(iter(res.probes["trained"].values()))  # recorded with the cell: the patch it applied
     assert info["sha256"] and (robench_home / "attacks" / "uap").is_dir()
     # universal: one perturbation for every image (where the clip to [0, 1] leaves it whole)
     d = res.images[0] - items.dist

@@ -286,6 +286,11 @@ class Attack:
     def prepare(self, target: Target) -> None:
         """Per-target set-up before the first batch (FACPA trains or loads its generator)."""
 
+    def trained(self) -> dict[str, Any] | None:
+        """What the attack trained or loaded for this call (a generator, a universal patch: path,
+        sha256, training seconds), recorded with the cell's probes; None for most attacks."""
+        return None
+
     def perturb(self, f: BoundTarget, x: torch.Tensor, eps: float, q0: torch.Tensor) -> torch.Tensor:
         """Fixed-ε attacks: adversarial images for one budget."""
         raise NotImplementedError
@@ -405,6 +410,8 @@ class Attack:
             # the start when the first batch fails (the global RNG is rewound), deterministic
             # attacks equal per item wherever it fails
             used, halved = halving_batches(n, bs, one, device, what=f"attack {self.name!r} on {target.card.name}")
+        if self.trained():
+            probes["trained"] = self.trained()  # provenance of the generator / patch the images came from
         return AttackResult(eps=epses, clean_scores=clean, scores=scores, queries=queries, linf=linf, l2=l2,
                             images=images, psnr=psnr, ssim=ssim, probes=probes, extra=extra, compute_seconds=compute,
                             batch_size=bs, batch_size_used=used, oom_halved=halved)

@@ -176,6 +176,9 @@ class FACPA(Attack):
             shutil.rmtree(tmp, ignore_errors=True)
         return json.loads((folder / "meta.json").read_text())
 
+    def trained(self):
+        return self.generator_info
+
     def perturb(self, f, x, eps, q0):
         sign = f.sign if f.sign is not None else torch.ones(x.shape[0], device=x.device)
         delta = torch.zeros_like(x)

@@ -145,6 +145,9 @@ class UAP(Attack):
         meta = json.loads((folder / "meta.json").read_text())
         return load_state_dict(folder / "patch.safetensors", sha256=meta["sha256"])["patch"], meta
 
+    def trained(self):
+        return dict(self.patch_info) or None
+
     def perturb(self, f, x, eps, q0):
         sign = f.sign if f.sign is not None else torch.ones(x.shape[0], device=x.device)
         delta = torch.zeros_like(x)
