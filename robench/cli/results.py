@@ -165,3 +165,28 @@ def plot_speed_cmd(
     cells, _ = load_cells(store or default_store())
     names = plot_speed(bench, clean_accuracy(cells), out)
     err.print("wrote " + ", ".join(str(out.with_name(n)) for n in names))
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    format_: str = typer.Option("records", "--format", help="records: one JSON record per target × defence (model "
+                                "card: weights and provenance, clean and robust metrics per attack, ε and protocol "
+                                "with intervals, flags, version and commit), valid against the shipped JSON Schema."),
+    store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
+    out: Path = typer.Option(Path("reports/records"), help="Output folder (new, empty, or earlier records)."),
+    n_boot: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of each interval."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Export the store as standard JSON records; robench check --baseline FOLDER accepts them."""
+    from robench.engine.grid import default_store
+    from robench.results.records import write_records
+
+    if format_ != "records":
+        raise RobenchError(f"--format must be records, got {format_!r}")
+    names = write_records(store or default_store(), out, n_boot=n_boot, seed=seed)
+    if as_json:
+        emit_json({"records": names, "schema": "robench/results/record.schema.json"})
+    else:
+        err.print(f"wrote {len(names)} records to {out} (schema: robench/results/record.schema.json)")

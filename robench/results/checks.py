@@ -98,7 +98,21 @@ def write_baseline(baseline: dict[str, Any], path: str | Path) -> None:
 
 
 def read_baseline(path: str | Path) -> dict[str, Any]:
+    """A baseline file (``check --update``), or records (``robench export --format records``: a
+    folder of record files, one record file, or a list of records)."""
+    from robench.results.records import RECORD_FORMAT, baseline_from_records
+
     p = Path(path)
+    if p.is_dir():
+        return baseline_from_records(p)
+    if p.is_file():
+        try:
+            head = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            head = None
+        first = head[0] if isinstance(head, list) and head else head
+        if isinstance(first, dict) and first.get("format") == RECORD_FORMAT:
+            return baseline_from_records(p)
     if not p.is_file():
         raise RobenchError(f"no baseline at {p} (create one with `robench check --store STORE --baseline {p} --update`)")
     try:
