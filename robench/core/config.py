@@ -59,9 +59,10 @@ class RunSpec:
     escalate: int = 0
     # attack directions (core.directions): one cell per attack × direction; "up" keeps old keys
     directions: list[str] = field(default_factory=lambda: ["up"])
-    # store each cell's adversarial images beside the store (engine.images); not keyed: the same
-    # measurement, kept or not (a stored cell without images is computed again when asked to keep them)
-    keep_images: bool = False
+    # adversarial images kept beside the store (engine.images): "top" (default: the report's
+    # gallery, a few items per cell), "all" (robench transfer), "none"; not keyed: the same
+    # measurement, kept or not (a stored cell without them is computed again for "all")
+    keep_images: str = "top"
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -127,7 +128,7 @@ class RunConfig:
     amp: str | None = None  # "bf16": autocast (keyed: another measurement); None: float32
     compile: bool = False  # torch.compile of the targets (recorded, not keyed)
     escalate: int = 0  # budget doublings for a cell flagged not converged (RunSpec.escalate)
-    keep_images: bool = False  # adversarial images of every cell kept beside the store (RunSpec.keep_images)
+    keep_images: str = "top"  # adversarial images kept beside the store: top | all | none (RunSpec.keep_images)
     # attack directions (core.directions): up (score inflation), down, mos-split (the ranking
     # attack); each attack runs once per direction, and the direction is part of the cell's key
     directions: list[str] = field(default_factory=lambda: ["up"])
@@ -195,8 +196,8 @@ class RunConfig:
         esc = data.get("escalate", 0)
         if isinstance(esc, bool) or not isinstance(esc, int) or not 0 <= esc <= 6:
             raise RobenchError(f"{where}: escalate must be a whole number of budget doublings from 0 to 6, got {esc!r}")
-        if not isinstance(data.get("keep_images", False), bool):
-            raise RobenchError(f"{where}: keep_images must be true or false, got {data['keep_images']!r}")
+        if "keep_images" in data:
+            data["keep_images"] = keep_mode(data["keep_images"], where)
         if not isinstance(data.get("compile", False), bool):
             raise RobenchError(f"{where}: compile must be true or false, got {data['compile']!r}")
         return cls(**data)
@@ -299,6 +300,18 @@ def parse_seeds(v: Any, where: str = "--seeds") -> list[int]:
     if not seeds or seeds[0] < 0:
         raise RobenchError(f"{where}: seeds must be comma-separated non-negative integers, got {v!r}")
     return seeds
+
+
+KEEP_MODES = ("top", "all", "none")
+
+
+def keep_mode(v: Any, where: str = "keep_images") -> str:
+    """``keep_images``: true → "all", false → "none", or one of top | all | none."""
+    if isinstance(v, bool):
+        return "all" if v else "none"
+    if v not in KEEP_MODES:
+        raise RobenchError(f"{where}: keep_images must be one of {', '.join(KEEP_MODES)} (or true/false), got {v!r}")
+    return str(v)
 
 
 def has_recipe(defense: str | None) -> bool:

@@ -60,7 +60,7 @@ def direction_signs(direction: str, items: Items) -> tuple[torch.Tensor, dict[st
 
 def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
              progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP,
-             keep_images: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             keep_images: str = "none") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Attack every item at every ε; return the cell's record (summary, probes, flags, timing)
     and its per-(item, ε) rows. Raises BudgetViolation rather than return an out-of-budget result.
 
@@ -72,11 +72,18 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     ``direction`` (core.directions) sets each item's sign; gains and the convergence rule are on
     the directed gain ``sign · (q_adv − q_clean)`` (≥ 0 per item by the harness).
 
-    ``keep_images``: the record carries the adversarial images (K×N×3×H×W, ``record["images"]``)
-    for the driver to store beside the store (engine.images)."""
+    ``keep_images`` ("top" | "all"; engine.images): the record carries the adversarial images
+    (K×N×3×H×W, ``record["images"]``) for the driver to store beside the store; "top" keeps none
+    when they would not fit ``TOP_MAX_BYTES`` or the items are streamed."""
+    from robench.engine.images import TOP_MAX_BYTES
+
     t0 = time.perf_counter()
     signs, dir_info = direction_signs(direction, items)
-    res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=keep_images,
+    if keep_images == "top" and (items.streamed or
+                                 len(eps) * len(items) * 4 * int(np.prod(items.dist.shape[1:])) > TOP_MAX_BYTES):
+        keep_images = "none"
+    keep = keep_images in ("top", "all")
+    res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=keep,
                  batch_size=batch_size, progress=progress, signs=signs)
     # after an out-of-memory error the rest of the cell runs at the batch size the attack ended with
     bs, halved = res.batch_size_used, res.oom_halved
@@ -93,7 +100,7 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
         while convergence["not_converged"] and k < int(escalate):
             k += 1
             params = attack.scaled_budget(2 ** k)
-            res = _run_at(attack, params, target, items, eps, bs, signs, keep_images=keep_images)
+            res = _run_at(attack, params, target, items, eps, bs, signs, keep_images=keep)
             compute += res.compute_seconds
             bs, halved = res.batch_size_used, halved + res.oom_halved
             full, prev = directed_gains(res, target.lower_better, signs), ladder[-1]["gain"]
@@ -145,7 +152,7 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
         flags["oom_halved"] = int(halved)  # shown with the cell: it ran out of memory and went on smaller
     record = {"summary": summary, "probes": probes, "flags": flags, "n_items": len(items),
               "attack_seconds": compute, "seconds": time.perf_counter() - t0}
-    if keep_images:
+    if keep:
         record["images"] = res.images  # of the run the rows come from (the last rung when escalated)
     return record, rows
 
@@ -369,7 +376,7 @@ def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> di
 
 def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
                 progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP,
-                keep_images: bool = False) -> dict[str, Any]:
+                keep_images: str = "none") -> dict[str, Any]:
     """What an executor hands back for one cell: record and rows, or the budget violation that
     stopped it (an out-of-budget result must never reach the store as data)."""
     try:

@@ -206,7 +206,7 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                 done = store.status(t.key) == "done"
                 if done and p.spec.escalate and _reopens(store.cell_flags(t.key), p.spec.escalate):
                     entry["reopened"] = "not converged at a smaller --escalate"  # replaced when it is committed
-                elif done and p.spec.keep_images and not store.has_images(t.key):
+                elif done and p.spec.keep_images == "all" and not store.has_images(t.key):
                     entry["reopened"] = "stored without its images (--keep-images)"
                 if not p.spec.force and done and "reopened" not in entry:
                     entry["status"] = "cached"
@@ -245,12 +245,11 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                     record = result["record"]
                     images = record.pop("images", None)
                     if images is not None:  # content-addressed files first: the rows name them
-                        from robench.engine.images import images_folder, save_image
+                        from robench.engine.cell import direction_signs
+                        from robench.engine.images import images_folder, keep_rows
 
-                        folder = images_folder(store_path)
-                        k_of = {float(e): k for k, e in enumerate(p.eps)}
-                        for row in result["rows"]:
-                            row["image"] = save_image(folder, images[k_of[float(row["eps"])], row["item"]])
+                        keep_rows(result["rows"], images, p.items, direction_signs(t.direction, p.items)[0].numpy(),
+                                  p.target.lower_better, p.spec.keep_images, images_folder(store_path), p.eps)
                     if result.get("attempts", 1) > 1:  # a worker died and Ray re-ran the cell: say so
                         record = {**record, "flags": {**(record.get("flags") or {}), "retried": result["attempts"] - 1}}
                         entry["retried"] = result["attempts"] - 1

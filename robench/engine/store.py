@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS results (
     psnr REAL, ssim REAL,                 -- adversarial vs unattacked distorted image (NULL: δ = 0)
     source TEXT,                          -- the item's source photo (the bootstrap's independent unit)
     image TEXT,                           -- sha256 of the kept adversarial image (engine.images); NULL: not kept
+    dist_image TEXT, ref_image TEXT,      -- the gallery items' distorted and reference images (same store)
     PRIMARY KEY (cell_key, item, eps)
 );
 -- provenance of the weights cells ran with (train time, data, recipe): the reporter reads it
@@ -72,9 +73,10 @@ CREATE TABLE IF NOT EXISTS weights (
 );
 """
 RESULT_COLUMNS = ("item", "eps", "item_id", "ref_id", "distortion", "level", "mos", "judge", "attacked_side",
-                  "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim", "source", "image")
+                  "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim", "source", "image", "dist_image", "ref_image")
 #: columns added after schema 1 shipped (ALTER TABLE on open: old stores read and append)
-ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL", "source": "TEXT", "image": "TEXT"}
+ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL", "source": "TEXT", "image": "TEXT", "dist_image": "TEXT",
+                        "ref_image": "TEXT"}
 #: columns of ``cells`` added after schema 1 shipped (issue 17.5: old rows read NULL = seed 0 / no recipe)
 ADDED_CELL_COLUMNS = {"train_seed": "INTEGER", "device": "TEXT"}
 
