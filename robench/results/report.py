@@ -1203,6 +1203,16 @@ def _write(reps: dict[str, Reporter], rep: Reporter, cells, store, out: Path, tm
             if r is not rep:
                 written["plots"] += [str(out / "plots" / n) for n in P.plot_sweep(r, tmp / "plots" / f"sweep-pairs-{d}")]
     written["plots"] = written.get("plots", []) + [str(out / "plots" / n) for n in extra_figures]
+    # index.html: the browsable, self-contained report (results.html) over the same numbers
+    from robench.engine.store import Store
+    from robench.results.html import write_index
+    from robench.results.records import make_records
+
+    with Store(store) as st:
+        raw = st.cells()
+    write_index(tmp, Path(store), tables, json.loads((tmp / "report.json").read_text()),
+                make_records(store, n_boot=n_boot, seed=seed), extra_json["certified"], rep.weights, raw)
+    written["html"] = str(out / "index.html")
     if pdf:
         try:
             pdf_path = compile_pdf(tmp / "report.tex")
