@@ -172,6 +172,8 @@ NOT_PLUGINS = {
     ("robench/engine/store.py", "ssim"): "perceptibility column of the results table",
     ("robench/results/report.py", "psnr"): "perceptibility field of a cell",
     ("robench/results/report.py", "ssim"): "perceptibility field of a cell",
+    ("robench/results/cells.py", "psnr"): "perceptibility column read into a cell",
+    ("robench/results/cells.py", "ssim"): "perceptibility column read into a cell",
     ("robench/engine/validate.py", "autoattack"): "the optional Python package reported by validate",
 }
 

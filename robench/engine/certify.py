@@ -239,7 +239,6 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
 def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: CertifySpec, device) -> list[dict]:
     from robench.attacks.smoothed import CHECK_ATTACKS
 
-    idx = torch.tensor(chunk)
     x = torch.cat([items.dist[i:i + 1] for i in chunk]).to(device)
     r = torch.cat([items.ref[i:i + 1] for i in chunk]).to(device)
     # one generator per item, seeded by the run seed and the item: the same draws at any batch size

@@ -79,10 +79,10 @@ def setting(raw, weights: dict[str, dict]) -> str:
                    for c in cfgs})
     from robench.core.directions import protocol_of
 
-    vers = {json.dumps(v, sort_keys=True) for v in raw["versions"] if v}
-    devices = sorted({(d or {}).get("device", "?") + (f" ({d.get('gpu')})" if (d or {}).get("gpu") else "")
-                      for d in raw["device"]})
-    commits = sorted({c for c in raw["git_commit"] if c})
+    vers = {json.dumps(v, sort_keys=True) for v in raw["versions"] if isinstance(v, dict) and v}
+    dev = [d if isinstance(d, dict) else {} for d in raw["device"]]  # NULL in stores written before it was recorded
+    devices = sorted({d.get("device", "?") + (f" ({d['gpu']})" if d.get("gpu") else "") for d in dev})
+    commits = sorted({c for c in raw["git_commit"] if isinstance(c, str) and c})
     out = ["<section id='setting'><h2>Setting</h2>",
            "<h3>Targets</h3><table class='plain'><tr><th>target</th><th>weights sha256</th><th>source</th>"
            "<th>provenance</th></tr>" + "".join(rows) + "</table>",
@@ -147,7 +147,7 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
                 vals[f"2AFC|clean|{e['attack']}"] = (e["clean"]["value"], _with_ci(e["clean"]))
                 for d in st.get("attacked") or []:
                     if d.get("flip_rate") is not None:
-                        vals[f"flip|{e['attack']}|{d['eps']:g}"] = (d["flip_rate"], _num(d["flip_rate"]))
+                        vals[f"flips|{e['attack']}|{d['eps']:g}"] = (d["flip_rate"], _num(d["flip_rate"]))
         for short, v in worst.items():
             vals[f"worst|{short}"] = (v, f"<b>{_num(v)}</b>")
         if ir is not None:
@@ -162,7 +162,6 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
             if k not in [c[0] for c in cols]:
                 cols.append((k, k))
         rows.append((r, vals))
-    order = ["clean", "plcc"]
     cols.sort(key=lambda c: (_colrank(c[0]), c[0].replace("|ranking", "|0").replace("|inflation", "|1")))
     head = "".join(f"<th data-col='{i}' title='click to sort'>{_header(k)}</th>" for i, (k, _) in enumerate(
         [("target", ""), ("defence", ""), ("flags", "")] + cols))
@@ -198,7 +197,7 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
 
 def _colrank(k: str) -> int:
     head = k.split("|")[0]
-    return {"clean": 0, "plcc": 1, "worst": 2, "SROCC": 3, "IR": 4, "2AFC": 5, "flip": 6, "cert": 7}.get(head, 8)
+    return {"clean": 0, "plcc": 1, "worst": 2, "SROCC": 3, "IR": 4, "2AFC": 5, "flips": 6, "cert": 7}.get(head, 8)
 
 
 def _header(k: str) -> str:
@@ -217,8 +216,8 @@ def _header(k: str) -> str:
         return f"2AFC clean<br>({_e(parts[2])} cell)"
     if parts[0] == "IR":
         return f"IR {_e(parts[1])}"
-    if parts[0] == "flip":
-        return f"flip {_e(parts[1])} {parts[2]}"
+    if parts[0] == "flips":
+        return f"flip rate {_e(parts[1])} {parts[2]}"
     if parts[0] == "cert":
         return f"cert. width R {parts[1]}"
     return _e(k)
@@ -238,7 +237,7 @@ def _badge(code: str) -> str:
 
 
 def table_html(t) -> str:
-    from robench.results.report import MARK_MD, _strings
+    from robench.results.table import MARK_MD, _strings
 
     s = _strings(t, MARK_MD, "—")
     names = list(s.index.names) if hasattr(s.index, "names") else [s.index.name]

@@ -52,8 +52,8 @@ def _units(c) -> str:
 
 def make_records(store: str | Path, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
     from robench.engine.store import Store
-    from robench.results.checks import cell_entry, identity, latest
-    from robench.results.report import load_cells
+    from robench.results.entries import cell_entry, identity, latest
+    from robench.results.cells import load_cells
 
     cells, weights = load_cells(store)
     if not cells:
@@ -176,7 +176,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 def baseline_from_records(path: str | Path) -> dict[str, Any]:
     """A ``robench check`` baseline from records: every evaluation's identity → its entry."""
-    from robench.results.checks import BASELINE_FORMAT
+    from robench.results.entries import BASELINE_FORMAT
 
     recs = read_records(path)
     for r in recs:

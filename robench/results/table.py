@@ -42,3 +42,30 @@ class Table:
     def flag_codes(self) -> list[str]:
         used = {c for v in self.flags.values() for c in v}
         return [c for c, _, _ in FL.FLAGS if c in used]
+
+
+MARK_TEX = {"+": r"$^{\dagger}$", "-": r"$^{\ddagger}$"}
+MARK_MD = {"+": "†", "-": "‡"}
+
+
+def _fmt(v, precision: int) -> str:
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    return f"{v:.{precision}f}"
+
+
+def _strings(t: Table, marks: dict[str, str], dash: str, pm: str = " ± ") -> pd.DataFrame:
+    digits = [t.col_precision.get(c, t.precision) for c in t.df.columns]
+    s = pd.DataFrame([[_fmt(v, d) for v, d in zip(r, digits)] for r in t.df.to_numpy(dtype=object)],
+                     index=t.df.index, columns=t.df.columns)
+    s = s.replace("—", dash)
+    for (idx, col), sd in t.spread.items():  # a mean over training seeds: mean ± s.d.
+        if s.loc[idx, col] != dash:
+            s.loc[idx, col] = s.loc[idx, col] + pm + _fmt(sd, t.col_precision.get(col, t.precision))
+    for (idx, col), m in t.marks.items():
+        s.loc[idx, col] = s.loc[idx, col] + marks[m]
+    for (idx, col), codes in t.flags.items():  # a flagged value carries its codes (legend in the footnote)
+        s.loc[idx, col] = s.loc[idx, col] + " [" + ",".join(codes) + "]"
+    return s
