@@ -89,10 +89,12 @@ def test_certify_cli_json_on_ssim(tmp_path):
     for it in rec["items"]:
         assert {"clean", "smoothed", "radii"} <= set(it)
         for r in it["radii"]:
-            assert {"lower", "upper", "attacked_up", "attacked_down", "violated"} <= set(r)
+            assert {"lower", "upper", "attacked_up", "attacked_down", "outside", "violated"} <= set(r)
             if not r["abstain"]:
                 assert r["lower"] <= it["smoothed"] <= r["upper"]
                 assert r["violated"] is False
+                # the attacked point's own interval: the up attack's lower end ≤ its estimate
+                assert r["attacked_up_low"] <= r["attacked_up"] and r["attacked_down"] <= r["attacked_down_high"]
     assert sum(s["violations"] for s in rec["summary"]) == 0
     again = CliRunner().invoke(app, args)  # resumed: nothing recomputed, the same numbers
     assert again.exit_code == 0 and json.loads(again.stdout)["items"] == rec["items"]

@@ -74,7 +74,8 @@ def certify_cmd(
         width = f"{s['median_width']:.4f}{mos}" if s["median_width"] is not None else "—"
         within = f"{100 * s['within_half_mos']:.0f} %" if s["within_half_mos"] is not None else "—"
         ranking = f"{100 * s['certified_ranking']:.0f} %" if s["certified_ranking"] is not None else "—"
-        viol = f"; check attack: {s['violations']} of {s['checked']} violated" if s["checked"] else ""
+        viol = (f"; check attack: {s['violations']} of {s['checked']} violated ({s['outside']} estimates outside)"
+                if s["checked"] else "")
         err.print(f"  R {s['radius']:g}: median width {width}; within ±0.5 MOS {within}; certified ranking "
                   f"{ranking} of {s['pairs']} pairs; abstained {s['abstained']}{viol}")
     err.print(f"store: {store or 'default'} (certification {rec['key'][:12]})")

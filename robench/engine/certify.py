@@ -8,9 +8,12 @@ per L2 radius R, the certified interval [lower, upper] that holds for the smooth
 ``check_attack="pgd"``: an L2 PGD inside radius R, in both directions, against the smoothed
 score (its gradient by EOT: the mean over ``attack_eot`` noise draws per step, SmoothAdv's
 surrogate for the median), the attacked point scored like the clean one (the median of
-``samples`` fresh draws). ``violated``: that median left [lower, upper] — reported, never hidden
-(an empirical median can leave the certified interval of the true one by Monte-Carlo error alone,
-rarely at these ranks).
+``samples`` fresh draws). Two records per radius, both reported: ``outside`` — the attacked point's
+*estimated* smoothed score (its empirical median) left [lower, upper]; ``violated`` — its 1 − α
+confidence interval for the true median (order statistics, as the bounds) lies wholly outside
+[lower, upper], i.e. the attack certainly broke the certificate. An estimate can leave the interval
+by Monte-Carlo error alone (the bounds hold for the true median, not for a 100-draw estimate of it):
+that is ``outside`` without ``violated``.
 
 Rows are committed to the store per batch of items in one transaction (a killed run resumes where
 it stopped); a run is keyed by everything that defines its numbers.
@@ -88,12 +91,14 @@ CREATE TABLE IF NOT EXISTS certify_items (
     run_key TEXT NOT NULL REFERENCES certify_runs(key), item INTEGER NOT NULL, radius REAL NOT NULL,
     item_id TEXT, ref_id TEXT, source TEXT, distortion TEXT, mos REAL,
     clean REAL NOT NULL, smoothed REAL NOT NULL, lower REAL, upper REAL, abstain INTEGER NOT NULL,
-    attacked_up REAL, attacked_down REAL, violated INTEGER,
+    attacked_up REAL, attacked_down REAL, attacked_up_low REAL, attacked_down_high REAL,
+    outside INTEGER, violated INTEGER,
     PRIMARY KEY (run_key, item, radius)
 );
 """
 ROW_COLUMNS = ("item", "radius", "item_id", "ref_id", "source", "distortion", "mos", "clean", "smoothed", "lower",
-               "upper", "abstain", "attacked_up", "attacked_down", "violated")
+               "upper", "abstain", "attacked_up", "attacked_down", "attacked_up_low", "attacked_down_high", "outside",
+               "violated")
 
 
 def open_tables(store) -> None:
@@ -255,24 +260,33 @@ def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: Ce
         up = down = None
         if spec.check_attack:
             agen = torch.Generator().manual_seed(int(spec.seed) * 7919 + int(chunk[0]) * 31 + j)
-            att = {}
+            att, conf = {}, {}
             for sign in (1.0, -1.0):
                 xa = CHECK_ATTACKS[spec.check_attack](target, x, prep, local, sign, R, spec.sigma, spec.attack_steps,
                                                       spec.attack_eot, agen)
                 egens = [torch.Generator().manual_seed(int(spec.seed) * 1_000_003 + int(i) + 10_000_019 * (j + 1)
                                                        + (0 if sign > 0 else 5_000_011)) for i in chunk]
-                att[sign] = median_of(_smoothed_draws(target, xa, prep, local, spec.sigma, spec.samples, egens,
-                                                      chunk_imgs).cpu().numpy())
+                dr = _smoothed_draws(target, xa, prep, local, spec.sigma, spec.samples, egens, chunk_imgs).cpu().numpy()
+                att[sign] = median_of(dr)
+                # the attacked point's own 1 − α interval for its true median (radius 0: p = ½ both sides)
+                ci = certify_draws(dr, spec.sigma, [0.0], spec.alpha)
+                conf[sign] = ci["lower"][:, 0] if sign > 0 else ci["upper"][:, 0]
             up, down = att[1.0], att[-1.0]
         for b, i in enumerate(chunk):
             ab = bool(cert["abstain"][b, j])
             row = {"item": int(i), "radius": R, "clean": float(clean[b]), "smoothed": float(cert["smoothed"][b]),
                    "lower": None if ab else float(cert["lower"][b, j]), "upper": None if ab else float(cert["upper"][b, j]),
-                   "abstain": int(ab), "attacked_up": None, "attacked_down": None, "violated": None}
+                   "abstain": int(ab), "attacked_up": None, "attacked_down": None, "attacked_up_low": None,
+                   "attacked_down_high": None, "outside": None, "violated": None}
             if up is not None:
-                row.update(attacked_up=float(up[b]), attacked_down=float(down[b]))
+                up_low, down_high = conf[1.0][b], conf[-1.0][b]
+                row.update(attacked_up=float(up[b]), attacked_down=float(down[b]),
+                           attacked_up_low=None if np.isnan(up_low) else float(up_low),
+                           attacked_down_high=None if np.isnan(down_high) else float(down_high))
                 if not ab:
-                    row["violated"] = int(down[b] < row["lower"] or up[b] > row["upper"])
+                    row["outside"] = int(down[b] < row["lower"] or up[b] > row["upper"])
+                    row["violated"] = int((not np.isnan(down_high) and down_high < row["lower"])
+                                          or (not np.isnan(up_low) and up_low > row["upper"]))
             out.append(row)
     return out
 
@@ -302,7 +316,9 @@ def load_certified(store, key: str | None = None) -> dict[str, Any] | list[dict[
             it["radii"].append({"radius": r["radius"], "lower": r["lower"], "upper": r["upper"],
                                 "abstain": bool(r["abstain"]), "lower_mos": to_mos(r["lower"]),
                                 "upper_mos": to_mos(r["upper"]), "attacked_up": r["attacked_up"],
-                                "attacked_down": r["attacked_down"],
+                                "attacked_down": r["attacked_down"], "attacked_up_low": r["attacked_up_low"],
+                                "attacked_down_high": r["attacked_down_high"],
+                                "outside": None if r["outside"] is None else bool(r["outside"]),
                                 "violated": None if r["violated"] is None else bool(r["violated"])})
         rec = {"key": k, "config": cfg, "calibration": cal, "versions": json.loads(vers or "{}"), "git_commit": commit,
                "device": json.loads(dev or "{}"), "seconds": secs, "n_items": n, "items": list(items.values())}
@@ -356,7 +372,8 @@ def summarise(rec: dict[str, Any]) -> list[dict[str, Any]]:
                     "within_half_mos": within,
                     "pairs": pairs, "certified_ranking": guaranteed / pairs if pairs else None,
                     "certified_ranking_correct": correct / pairs if pairs else None,
-                    "checked": len(checked), "violations": int(sum(bool(r["violated"]) for r in checked))})
+                    "checked": len(checked), "violations": int(sum(bool(r["violated"]) for r in checked)),
+                    "outside": int(sum(bool(r["outside"]) for r in checked))})
     return out
 
 
