@@ -295,7 +295,6 @@ def load_certified(store, key: str | None = None) -> dict[str, Any] | list[dict[
     """One certification run (``key``) or every run of a store: config, calibration and items
     (per item: clean, smoothed, and per radius lower/upper/abstain/attacked/violated, each in
     oriented ``q`` and, where a calibration exists, on the MOS scale)."""
-    open_tables(store)
     q = "SELECT key, config, calibration, versions, git_commit, device, seconds, n_items FROM certify_runs"
     runs = store.db.execute(q + (" WHERE key=?" if key else " ORDER BY finished"), (key,) if key else ()).fetchall()
     out = []

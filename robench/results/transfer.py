@@ -34,9 +34,8 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
     """One entry per (source cell, to target, ε): mean directed gain of the to target in units of
     its clean-score SD and SROCC of its scores of the adversarial images vs MOS, each with a
     photo-bootstrap 95 % interval (the same resamples for every entry of one item set)."""
-    from robench.engine.transfer import open_tables
-
-    open_tables(store)
+    if not _has_table(store, "transfer_runs"):  # a reader: never creates tables in the store it reads
+        return []
     runs = store.db.execute("SELECT source_key, to_target, to_weights_sha256, to_lower_better FROM transfer_runs "
                             "ORDER BY finished").fetchall()
     if not runs:
@@ -187,9 +186,15 @@ def plot_transfer(entries: list[dict[str, Any]], folder: Path) -> list[str]:
 # certified intervals
 
 
+def _has_table(store, name: str) -> bool:
+    return store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
 def certified_data(store) -> list[dict[str, Any]]:
     from robench.engine.certify import load_certified
 
+    if not _has_table(store, "certify_runs"):
+        return []
     out = []
     for rec in load_certified(store):
         cfg = rec["config"]
