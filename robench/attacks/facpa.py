@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robench.attacks._cache import publish
 from robench.attacks.base import Attack
 from robench.core.home import robench_home
 from robench.core.progress import progress_bar
@@ -129,7 +128,6 @@ class FACPA(Attack):
     def _train(self, gen: Generator, target, key: dict, folder: Path, sign: int = 1) -> dict:
         from torch.utils.data import DataLoader
 
-        from robench.core.weights import save_safetensors
         from robench.core.registry import DATASETS
         from robench.engine.train import random_crop_pair
 
@@ -162,19 +160,9 @@ class FACPA(Attack):
                         bar.advance(task)
                     if done >= steps:
                         break
-        seconds = time.perf_counter() - t0
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        sha = save_safetensors(gen.state_dict(), tmp / "generator.safetensors")
-        meta = {"sha256": sha, "train_seconds": seconds, "steps": steps, "key": key,
-                "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)}}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        try:
-            os.replace(tmp, folder)  # atomic: a killed training leaves only a .tmp folder
-        except OSError:  # another process finished first: use its generator, drop ours
-            shutil.rmtree(tmp, ignore_errors=True)
-        return json.loads((folder / "meta.json").read_text())
+        return publish(folder, gen.state_dict(), "generator.safetensors",
+                       {"train_seconds": time.perf_counter() - t0, "steps": steps, "key": key,
+                        "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)}})
 
     def trained(self):
         return self.generator_info

@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from robench.attacks._cache import publish
 from robench.attacks.base import Attack
 from robench.core.home import robench_home
 from robench.core.progress import progress_bar
@@ -100,7 +99,6 @@ class UAP(Attack):
         from torch.utils.data import DataLoader
 
         from robench.core.registry import DATASETS
-        from robench.core.weights import save_safetensors
 
         data = DATASETS.get(self.dataset)(split="train", **dict(self.dataset_options))
         g = torch.Generator().manual_seed(self.seed)
@@ -128,21 +126,11 @@ class UAP(Attack):
                         bar.advance(task)
                     if done >= steps:
                         break
-        seconds = time.perf_counter() - t0
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        sha = save_safetensors({"patch": patch.detach().cpu().contiguous()}, tmp / "patch.safetensors")
-        meta = {"sha256": sha, "train_seconds": seconds, "steps": steps, "key": key,
-                "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)}}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        try:
-            os.replace(tmp, folder)  # atomic: a killed training leaves only a .tmp folder
-        except OSError:  # another process finished first: use its patch
-            shutil.rmtree(tmp, ignore_errors=True)
+        meta = publish(folder, {"patch": patch.detach().cpu().contiguous()}, "patch.safetensors",
+                       {"train_seconds": time.perf_counter() - t0, "steps": steps, "key": key,
+                        "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)}})
         from robench.core.weights import load_state_dict
 
-        meta = json.loads((folder / "meta.json").read_text())
         return load_state_dict(folder / "patch.safetensors", sha256=meta["sha256"])["patch"], meta
 
     def trained(self):

@@ -4,7 +4,7 @@ stored adversarial images between targets)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 

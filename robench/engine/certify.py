@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from robench.core.errors import RobenchError
-from robench.core.smoothing import certify_draws, check_smoothing, median_of, order_bounds
+from robench.core.smoothing import certify_draws, check_smoothing, median_of
 
 #: the check attack's quick settings (``robench certify --attack-steps/--attack-eot`` override)
 CHECK_DEFAULTS = {"steps": 10, "eot": 4}
@@ -375,7 +375,3 @@ def summarise(rec: dict[str, Any]) -> list[dict[str, Any]]:
                     "outside": int(sum(bool(r["outside"]) for r in checked))})
     return out
 
-
-def order_summary(n: int, sigma: float, radii: list[float], alpha: float) -> list[dict[str, Any]]:
-    """The order-statistic ranks each radius uses (what ``--samples`` buys): for the JSON record."""
-    return [asdict(order_bounds(n, sigma, r, alpha)) for r in radii]

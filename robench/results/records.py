@@ -52,7 +52,7 @@ def _units(c) -> str:
 
 def make_records(store: str | Path, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
     from robench.engine.store import Store
-    from robench.results.entries import cell_entry, identity, latest
+    from robench.results.entries import cell_entry, latest
     from robench.results.cells import load_cells
 
     cells, weights = load_cells(store)

@@ -100,11 +100,7 @@ def transfer_tables(entries: list[dict[str, Any]]):
     from robench.results.table import Table
 
     tables = []
-    for (attack, direction), grp in _groups(entries):
-        e = max(x["eps"] for x in grp)
-        sel = [x for x in grp if x["eps"] == e]
-        srcs = list(dict.fromkeys(x["source"] for x in sel))
-        tos = list(dict.fromkeys(x["to"] for x in sel))
+    for attack, direction, e, sel, srcs, tos in _groups(entries):
         stat, what = (("srocc", "SROCC vs MOS of the to target's scores of the adversarial images")
                       if direction == "mos-split" else
                       ("gain_sd", "mean directed gain of the to target, in units of its clean-score SD"))
@@ -132,8 +128,16 @@ def transfer_tables(entries: list[dict[str, Any]]):
 
 
 def _groups(entries):
-    keys = list(dict.fromkeys((x["attack"], x["direction"]) for x in entries))
-    return [(k, [x for x in entries if (x["attack"], x["direction"]) == k]) for k in keys]
+    """Per attack × direction, its entries at its largest ε: (attack, direction, ε, entries,
+    sources, to targets), sources and targets in first-seen order."""
+    out = []
+    for key in dict.fromkeys((x["attack"], x["direction"]) for x in entries):
+        grp = [x for x in entries if (x["attack"], x["direction"]) == key]
+        e = max(x["eps"] for x in grp)
+        sel = [x for x in grp if x["eps"] == e]
+        out.append((*key, e, sel, list(dict.fromkeys(x["source"] for x in sel)),
+                    list(dict.fromkeys(x["to"] for x in sel))))
+    return out
 
 
 def plot_transfer(entries: list[dict[str, Any]], folder: Path) -> list[str]:
@@ -145,11 +149,7 @@ def plot_transfer(entries: list[dict[str, Any]], folder: Path) -> list[str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     names = []
-    for (attack, direction), grp in _groups(entries):
-        e = max(x["eps"] for x in grp)
-        sel = [x for x in grp if x["eps"] == e]
-        srcs = list(dict.fromkeys(x["source"] for x in sel))
-        tos = list(dict.fromkeys(x["to"] for x in sel))
+    for attack, direction, e, sel, srcs, tos in _groups(entries):
         ranking = direction == "mos-split"
         stat = "srocc" if ranking else "gain_sd"
         m = np.full((len(srcs), len(tos)), np.nan)
