@@ -269,13 +269,16 @@ def test_zhang_raises_quality_and_its_ssim_term_keeps_the_image_close():
     t = _target()
     dist, ref = _batch()
     eps = [8 / 255]
-    plain = _attack("zhang", steps=10, lam=0.0)(t, dist, ref, eps=eps)
-    default = _attack("zhang", steps=10)(t, dist, ref, eps=eps)
-    close = _attack("zhang", steps=10, lam=300.0)(t, dist, ref, eps=eps)
+    plain = _attack("zhang", steps=10, lam=0.0, restarts=1)(t, dist, ref, eps=eps)
+    default = _attack("zhang", steps=10, restarts=1)(t, dist, ref, eps=eps)
+    close = _attack("zhang", steps=10, lam=300.0, restarts=1)(t, dist, ref, eps=eps)
     for res in (plain, default, close):
         q0, q = res.oriented(t.lower_better)
         assert (q[0] > q0).all(), "zhang did not raise q on every image"
         assert (res.queries == 11).all()  # 10 gradient steps + the final iterate
+    two = _attack("zhang", steps=10, restarts=2)(t, dist, ref, eps=eps)
+    assert (two.queries == 22).all()  # a second run from a random point: its own 10 steps + final iterate
+    assert (two.oriented(t.lower_better)[1][0] >= default.oriented(t.lower_better)[1][0] - 1e-6).all()
     s_plain, s_default, s_close = (ssim_rgb(r.images[0], dist) for r in (plain, default, close))
     assert (s_default > 0.98).all()  # measured ≈ 0.990 at ε = 8/255
     # +λ·SSIM keeps the image closer (the AT- authors' loss, minimised, would lower SSIM instead)

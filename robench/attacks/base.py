@@ -194,6 +194,22 @@ class Attack:
     #: ``prepare``: an attack that prepares per direction (a generator) reads it
     run_signs: list[int] = [1]
 
+    #: parameters added after cells were stored, with the value that reproduces those cells:
+    #: left out of the record (and so of the cell key) while they hold that value
+    quiet_defaults: ClassVar[dict[str, Any]] = {}
+    #: parameters that make the attack start somewhere else (a random first point): the
+    #: convergence check runs the attack once more with them and another seed on its items and
+    #: flags the cell not converged when the per-item better of the two gains > 5 % more (a start
+    #: that stops in a worse basin is invisible to the half-budget rule). None: no such check
+    another_start: ClassVar[dict[str, Any] | None] = None
+
+    #: measured strength per profile and direction: the lowest mean directed move, as a fraction
+    #: of a converged reference's, over the targets and ε of reports/bench/attack-strength.json
+    #: (``robench bench attack-strength``; a test holds these to that table). Below
+    #: core.flags.STRENGTH_FLOOR every cell of the attack in that direction carries [nc] and the
+    #: fraction. Empty: not measured
+    strength: ClassVar[dict[str, dict[str, float]]] = {}
+
     #: harness parameters every attack takes: ``eot`` draws per objective evaluation ("auto": the
     #: profile's ``eot_draws`` against a randomised target, else 1)
     HARNESS_DEFAULTS: ClassVar[dict[str, Any]] = {"eot": "auto"}
@@ -265,7 +281,9 @@ class Attack:
 
     def config(self) -> dict[str, Any]:
         """What a result records about the attack (with every resolved hyper-parameter)."""
-        return {"name": self.name, "kind": self.kind, "needs": self.needs, "params": dict(self.params)}
+        params = {k: v for k, v in self.params.items()
+                  if not (k in self.quiet_defaults and v == self.quiet_defaults[k])}
+        return {"name": self.name, "kind": self.kind, "needs": self.needs, "params": params}
 
     # --- what subclasses implement ------------------------------------------------------
     def check(self, target: Target) -> None:

@@ -34,8 +34,9 @@ attacked image perceptually close); robench adds the SSIM term with a plus sign,
 of the rest of the suite and returns the best iterate. Their 10 iterations are not converged (on
 quick-trained BiRQA, mini v2, 32 items, ε 8/255: gain 0.71 at 10 steps vs 0.52 at 5, flagged; 1.08
 at 40 vs 1.04 at 20, converged). On the weights of reports/quick (96 items) 40 steps failed the
-rule (1.116 vs 1.060 at 20: 5.0 %) and 80 met it (1.133), so the quick profile runs 80; the paper
-profile 100.
+rule (1.116 vs 1.060 at 20: 5.0 %) and 80 met it (1.133) — measured upwards. Downwards a run from
+δ = 0 stops short (0.92–0.94 of a converged reference on SSIM), so the quick profile spends the same
+80 steps as two runs of 40, the second from a random point of the ball; the paper profile 100.
 """
 
 from __future__ import annotations
@@ -58,15 +59,21 @@ class Zhang(Attack):
     budget_params = ("steps",)
     #: steps: Adam steps per budget; lr: Adam learning rate on δ (Zhang et al.'s code and the AT-
     #: authors': 0.005); lam: weight of SSIM(x', x) against the score gain in units of the clean spread
-    defaults = {"steps": 100, "lr": 0.005, "lam": 1.0}
+    defaults = {"steps": 100, "lr": 0.005, "lam": 1.0, "restarts": 1, "first": "zero"}
+    # restarts: Adam runs of ``steps`` each, the first from δ = 0 (``first="random"``: from a random
+    # point too), the rest from uniform points of the ball; per image the best iterate of all
+    quiet_defaults = {"restarts": 1, "first": "zero"}
+    another_start = {"first": "random"}
     suite = 8
-    # quick: the smallest doubling the half-budget rule accepted on reports/quick's weights (see
-    # above); paper: robench's choice (the AT- authors ran 10, Zhang et al.'s own script 200)
-    budgets = {"quick": {"steps": 80}, "paper": {"steps": 100}}
+    # paper: robench's choice (the AT- authors ran 10, Zhang et al.'s own script 200). quick: two Adam runs of 40 (δ = 0, then a random start) for one of 80: from δ = 0 alone it
+    # reached 0.92–0.94 of the converged reference on SSIM's downward items (32 items, ε 8/255),
+    # 40 × 2 reaches 0.998 (down) / 0.993 (up) at the same cost
+    budgets = {"quick": {"steps": 40, "restarts": 2}, "paper": {"steps": 100}}
     test_options = {"steps": 2}
 
     def cost(self) -> dict[str, float]:
-        return {"grad": self.params["steps"], "forward": 1}  # + one forward of the final iterate
+        r = self.params.get("restarts", 1)
+        return {"grad": self.params["steps"] * r, "forward": r}  # + one forward of each run's final iterate
 
     def perturb(self, f, x, eps, q0):
         if min(x.shape[-2:]) < 11:
@@ -75,12 +82,24 @@ class Zhang(Attack):
         n = x.shape[0]
         scale = observed_scale(f.plain(q0), f.target)  # the metric's own spread, whatever the direction
         self._extra = {"scale": torch.full((n,), scale)}  # recorded per image (one value per batch)
+        best, best_q = x.clone(), q0.detach().clone()
+        gen = torch.Generator().manual_seed(int(self.seed))
+        for r in range(max(1, int(self.restarts))):
+            if r == 0 and self.first == "zero":
+                start = x
+            else:
+                u = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device) * 2 - 1
+                start = (x + eps * u).clamp(0.0, 1.0)
+            self._walk(f, x, start, eps, q0, scale, best, best_q)
+        return best
+
+    def _walk(self, f, x, start, eps, q0, scale, best, best_q):
+        """One Adam run from ``start``; ``best``/``best_q`` updated in place."""
         lam = float(self.lam)
         # Adam on the image itself (the same updates as on δ, x being fixed); projecting the image
         # keeps it exactly in [0, 1] (x + δ could round past 1)
-        z = x.clone().requires_grad_(True)
+        z = start.clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=float(self.lr))
-        best, best_q = x.clone(), q0.detach().clone()
         for _ in range(int(self.steps)):
             with torch.enable_grad():
                 q = f(z)
@@ -95,5 +114,4 @@ class Zhang(Attack):
         with torch.no_grad():  # the last step's iterate
             q = f(z)
             better = q > best_q
-            best[better] = z.detach()[better]
-        return best
+            best[better], best_q[better] = z.detach()[better], q[better]

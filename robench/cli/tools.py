@@ -209,43 +209,58 @@ def bench_kernels(
 @bench_app.command("attack-strength")
 @user_errors
 def bench_attack_strength(
-    model: str = typer.Option("ssim,ms-ssim,birqa,topiq.fr", help="Targets (comma list; trained weights are used)."),
+    model: str = typer.Option("ssim,birqa,lpips.alex", help="Targets (comma list; trained weights are used)."),
     attacks: str = typer.Option("all", help="Attacks to compare with the converged reference (comma list or all)."),
-    eps: float = typer.Option(8.0, help="ε in /255 units."),
-    n: int = typer.Option(16, help="Items (stratified subset of the split)."),
+    eps: str = typer.Option("2,4,8", help="ε in /255 units (comma list)."),
+    direction: str = typer.Option("up,down", "--direction", help="Directions (comma list: up, down, mos-split)."),
+    n: int = typer.Option(32, help="Items (stratified subset of the split)."),
     profile: str = typer.Option("quick", help="Profile whose attack settings are measured."),
     ref_steps: int = typer.Option(100, help="Steps of each reference PGD restart."),
-    ref_restarts: int = typer.Option(3, help="Reference restarts (the first from δ = 0)."),
-    curve: str = typer.Option("5,10,20,40", help="PGD step counts of the convergence curve (comma list; '' = none)."),
+    ref_restarts: int = typer.Option(3, help="Reference restarts (the first from δ = 0, the rest random)."),
+    curve: str = typer.Option("", help="PGD step counts of a convergence curve (comma list; '' = none)."),
     seed: int = typer.Option(0),
     attack_option: list[str] = typer.Option([], "--attack-option", help="attack.param=value, e.g. pgd.steps=20 "
                                             "(repeatable)."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Each attack's mean gain as a fraction of a converged reference (many-step restarted PGD, best
-    iterate; per image the best of the reference and every attack) on the same items, plus the
-    reference's convergence curve. An attack far below 1.0 gives up early and fakes robustness."""
+    """Each attack's mean directed move as a fraction of a converged reference (many-step PGD from
+    δ = 0 and random starts, best iterate; per item the best of the reference and every attack) on
+    the same items, per target × direction × ε, with a photo-bootstrap interval. An attack far
+    below 1.0 gives up early and fakes robustness."""
+    from robench.core.directions import get_direction
     from robench.engine.bench import attack_strength
     from robench.engine.grid import expand_attacks
 
     params = _parse_nested(attack_option, "--attack-option", "attack")
-    res = attack_strength([m.strip() for m in model.split(",") if m.strip()], expand_attacks(attacks), eps=eps, n=n,
-                          profile=profile, ref_steps=ref_steps, ref_restarts=ref_restarts, seed=seed,
-                          attack_params=params, progress=not as_json, device=device,
+    dirs = tuple(d.strip() for d in direction.split(",") if d.strip())
+    for d in dirs:
+        get_direction(d)  # an unknown name fails before any compute
+    try:
+        eps_list = [float(v) for v in eps.split(",") if v.strip()]
+    except ValueError:
+        raise RobenchError(f"--eps must be a comma list of numbers in /255 units, got {eps!r}") from None
+    res = attack_strength([m.strip() for m in model.split(",") if m.strip()], expand_attacks(attacks), eps=eps_list,
+                          n=n, profile=profile, ref_steps=ref_steps, ref_restarts=ref_restarts, seed=seed,
+                          attack_params=params, progress=not as_json, device=device, directions=dirs,
                           curve_steps=tuple(int(k) for k in curve.split(",") if k.strip()))
     if as_json:
         emit_json(res)
         return
-    table = Table(title=f"attack strength at ε = {eps:g}/255, {res['n']} items, {profile} profile vs PGD "
-                        f"{ref_steps}×{ref_restarts} restarts")
-    for c in ("model", "attack", "budget", "mean gain", "ratio", "gains on", "s"):
+    Console(width=160).print(strength_table(res))
+
+
+def strength_table(res: dict) -> Table:
+    """The attack-strength rows as a table (also what scripts/strength_table.py writes as markdown)."""
+    table = Table(title=f"attack strength: mean directed move / converged reference's, {res['n']} items, "
+                        f"{res['profile']} profile, {res['interval']}")
+    for c in ("model", "direction", "items", "ε/255", "attack", "budget", "ratio", "interval", "moved", "s"):
         table.add_column(c)
-    for m in res["models"]:
-        for r in m["attacks"]:
-            table.add_row(m["model"], r["attack"], json.dumps(r["budget"]), f"{r['mean_gain']:.4g}",
-                          f"{r['ratio']:.2f}", f"{r['gains_on']}/{res['n']}", f"{r['seconds']:.1f}")
-    Console().print(table)
+    for r in res["rows"]:
+        table.add_row(r["model"], r["direction"], r["items"], f"{r['eps']:g}", r["attack"], json.dumps(r["budget"]),
+                      f"{r['ratio']:.3f}", f"{r['lo']:.3f}–{r['hi']:.3f}", f"{r['moved']}/{r['n']}",
+                      f"{r['seconds']:.1f}")
+    return table
 
 
 @bench_app.command("grid")

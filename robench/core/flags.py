@@ -15,11 +15,18 @@ from typing import Any, Callable
 SCALE_RATIO = 0.5
 SCALE_R2 = 0.1
 
+#: an attack whose measured mean move (robench bench attack-strength, per direction) is below this
+#: fraction of a converged reference's is a weak attack: its cells carry [nc] and the fraction
+STRENGTH_FLOOR = 0.97
+
 #: (code, legend, active?) — order is the order codes are printed in
 FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
-    ("nc", "not converged: the full budget's gain exceeds the half budget's by > 5 % of the gain (or, for an "
-           "attack that declares a plateau probe, a run at m× the budget gains > 5 % more)",
-     lambda f: bool(f.get("not_converged"))),
+    ("nc", "not converged: the full budget's gain exceeds the half budget's by > 5 % of the gain, a run from "
+           "another (random) start finds > 5 % more (the better of the two per item), or, for an attack that "
+           "declares a plateau probe, a run at m× the budget gains > 5 % more; or the attack's measured strength "
+           f"at this profile is below {STRENGTH_FLOOR:g} of a converged reference (robench bench attack-strength; "
+           "the fraction is in the cell)",
+     lambda f: bool(f.get("not_converged")) or bool(f.get("below_reference"))),
     ("gm", "suspect gradient masking: a score-only attack beats every gradient attack on > 10 % of images",
      lambda f: bool(f.get("suspect_gradient_masking"))),
     ("eot", "randomised target attacked without EOT (not a valid result)", lambda f: bool(f.get("eot_required"))),

@@ -346,85 +346,116 @@ def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers:
     return out
 
 
-def attack_strength(models: list[str], attacks: list[str], eps: float = 8.0, n: int = 16, profile: str = "quick",
-                    ref_steps: int = 100, ref_restarts: int = 3, seed: int = 0, dataset: str | None = None,
-                    split: str = "test", attack_params: dict[str, dict] | None = None,
-                    curve_steps: tuple[int, ...] = (5, 10, 20, 40),
-                    progress: bool = False, device: str = "cpu") -> dict[str, Any]:
-    """Each attack at the profile's settings against a converged reference on the same items
-    (issue 15): restarted many-step PGD (restart 0 from δ = 0, the rest random, cosine step, best
-    iterate), the per-image best over the reference *and* every attack measured, so no attack can
-    exceed 1.0 by beating a weak reference. Prints ratio = mean gain / mean reference gain per
-    attack, and PGD's convergence curve: the ratio of PGD runs of k steps (each its own cosine
-    schedule, the profile's other settings) for every k in ``curve_steps``."""
+def attack_strength(models: list[str], attacks: list[str], eps: "float | list[float]" = (2.0, 4.0, 8.0),
+                    n: int = 32, profile: str = "quick", ref_steps: int = 100, ref_restarts: int = 3, seed: int = 0,
+                    dataset: str | None = None, split: str = "test", attack_params: dict[str, dict] | None = None,
+                    curve_steps: tuple[int, ...] = (), directions: tuple[str, ...] = ("up", "down"),
+                    progress: bool = False, device: str = "cpu", n_resamples: int = 1000,
+                    log: Any = None) -> dict[str, Any]:
+    """Each attack at the profile's settings against a converged reference on the same items, per
+    target × direction × ε (issues 15, 38): the reference is restarted many-step PGD on the
+    directed objective (restart 0 from δ = 0, the rest random, cosine step, best iterate); per
+    item the best directed move of the reference *and* every attack measured, so no attack can
+    exceed 1.0 by beating a weak reference. ``ratio`` = the attack's mean directed move / that
+    best's, with a percentile interval over resampled photos (items when there are too few
+    photos; the unit is named). ``directions`` are core.directions names (``up``, ``down``: every
+    item moved one way). ``curve_steps``: PGD at k steps for each k (the profile's other settings)."""
+    import sys
+
+    import numpy as np
+
     from robench.attacks._ascent import ascend
-    from robench.models import load_model
-    from robench.core.registry import ATTACKS
-    from robench.engine.items import load_items
-
-    from robench.core.profiles import get_profile
-
     from robench.core.config import dataset_options_for
-    from robench.core.registry import default_dataset
+    from robench.core.directions import get_direction
+    from robench.core.profiles import get_profile
+    from robench.core.registry import ATTACKS, default_dataset
+    from robench.engine.items import load_items
+    from robench.models import load_model
+    from robench.results.stats import bootstrap_units, bootstrap_weights
 
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     device, _ = _device_and_sync(device)
     prof = get_profile(profile)
-    e = float(eps) / 255
+    epses = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
     dataset = dataset or default_dataset()
     opts = dataset_options_for(dataset, prof, {})
-    # the convergence curve: the attack that declares itself the reference's own family (PGD)
     curve_name = next(a for a in ATTACKS.names() if getattr(ATTACKS.get(a), "convergence_curve", False))
     items = load_items(dataset, split, n, seed, opts)
     x, r = items.dist[:], items.ref[:]
-    out: dict[str, Any] = {"machine": machine(device), "eps": eps, "n": len(items), "profile": prof.name,
+    mos = items.labels.get("mos") if items.kind == "pairs" else None
+    clusters, unit = bootstrap_units("auto", items.labels.get("source"), "the items")
+    weights = bootstrap_weights(len(items), n_resamples, seed, clusters)
+    out: dict[str, Any] = {"machine": machine(device), "eps": epses, "directions": list(directions), "n": len(items),
+                           "profile": prof.name, "dataset": dataset, "split": split, "interval": f"95 % {unit}",
                            "reference": {"attack": curve_name, "steps": ref_steps, "restarts": ref_restarts,
-                                         "schedule": "cosine"}, "dataset": dataset, "split": split, "models": []}
+                                         "schedule": "cosine", "first": "zero, then random"},
+                           "references": [], "rows": []}
     for name in models:
         target = load_model(name, device=device).eval()
         for p in target.parameters():
             p.requires_grad_(False)
-        xd = x.to(device)  # the reference ascent on the target's device; the harness moves its own batches
-        f = target.bind(r.to(device))
-        with torch.no_grad():
-            q0 = f(xd)
-        t0 = time.perf_counter()
-        trace: list[float] = []
-        ref_adv = ascend(f, xd, q0, e, steps=ref_steps, restarts=ref_restarts, schedule="cosine", seed=seed, trace=trace)
-        with torch.no_grad():
-            q_ref = f(ref_adv).cpu()
-        q0 = q0.cpu()  # compared with the harness's results, which come back on the CPU
-        ref_seconds = time.perf_counter() - t0
-        curve_q = {}
-        for k in curve_steps:
-            atk_k = ATTACKS.get(curve_name)(profile=prof.name, seed=seed, steps=int(k))
-            curve_q[k] = atk_k(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch).oriented(
-                target.lower_better)[1][0]
-        per_attack = {}
-        for a in attacks:
-            atk = ATTACKS.get(a)(profile=prof.name, seed=seed, **dict((attack_params or {}).get(a, {})))
-            t1 = time.perf_counter()
-            res = atk(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch)
-            q_clean, q_adv = res.oriented(target.lower_better)
-            per_attack[a] = {"q": q_adv[0], "seconds": time.perf_counter() - t1,
-                             "params": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
-                             "kept_clean": int(res.probes.get("kept_clean", [0])[0])}
-        best = torch.stack([q_ref] + [v["q"] for v in per_attack.values()] + list(curve_q.values())).amax(dim=0)
-        g_ref = float((best - q0).mean())
-        curve = {k: float((q - q0).mean()) / g_ref if g_ref > 0 else float("nan") for k, q in curve_q.items()}
-        rows = []
-        for a, v in per_attack.items():
-            g = float((v["q"] - q0).mean())
-            rows.append({"attack": a, "mean_gain": g, "ratio": g / g_ref if g_ref > 0 else float("nan"),
-                         "gains_on": int(((v["q"] - q0) > 0).sum()), "kept_clean": v["kept_clean"],
-                         "seconds": round(v["seconds"], 2), "budget": v["params"]})
-        out["models"].append({"model": name, "reference_gain": g_ref,
-                              "reference_pgd_gain": float((q_ref - q0).mean()),
-                              "reference_seconds": round(ref_seconds, 1),
-                              "pgd_curve": {str(k): v for k, v in curve.items()},
-                              "reference_trace": trace[:: max(1, len(trace) // 20)], "attacks": rows})
-        import sys  # one line per model on stderr, also with --json (long runs show where they are)
+        xd = x.to(device)
+        for direction in directions:
+            signs = torch.from_numpy(get_direction(direction).signs(mos, len(items))[0]).float()
+            f = target.bind(r.to(device), sign=signs.to(device))
+            with torch.no_grad():
+                q0 = f(xd)  # directed: sign · q
+            for e255 in epses:
+                e = e255 / 255
+                t0 = time.perf_counter()
+                trace: list[float] = []
+                ref_adv = ascend(f, xd, q0, e, steps=ref_steps, restarts=ref_restarts, schedule="cosine", seed=seed,
+                                 trace=trace)
+                with torch.no_grad():
+                    g_ref = (f(ref_adv) - q0).cpu().numpy()
+                ref_seconds = time.perf_counter() - t0
+                moves: dict[str, dict[str, Any]] = {}
 
-        print(f"{name}: reference gain {g_ref:.4g} ({ref_seconds:.0f} s); PGD curve "
-              + ", ".join(f"{k}: {v:.2f}" for k, v in curve.items()) + "; "
-              + ", ".join(f"{r_['attack']} {r_['ratio']:.2f}" for r_ in rows), file=sys.stderr, flush=True)
+                def run(atk):
+                    t1 = time.perf_counter()
+                    res = atk(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch, signs=signs)
+                    q_clean, q_adv = (v.numpy() for v in res.oriented(target.lower_better))
+                    return {"g": signs.numpy() * (q_adv[0] - q_clean), "seconds": time.perf_counter() - t1,
+                            "budget": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
+                            "kept_clean": int(res.probes.get("kept_clean", [0])[0])}
+
+                curve = {k: run(ATTACKS.get(curve_name)(profile=prof.name, seed=seed, steps=int(k))) for k in curve_steps}
+                for a in attacks:
+                    moves[a] = run(ATTACKS.get(a)(profile=prof.name, seed=seed, **dict((attack_params or {}).get(a, {}))))
+                best = np.max(np.stack([g_ref] + [v["g"] for v in moves.values()] + [v["g"] for v in curve.values()]),
+                              axis=0).clip(min=0)
+                # a mixed direction (mos-split) is also measured on each half: its downward items are
+                # the high-MOS ones, where dist ≈ ref and a zero start is weakest
+                groups = [("all", np.ones(len(best), bool))]
+                if (signs > 0).any() and (signs < 0).any():
+                    groups += [("up", signs.numpy() > 0), ("down", signs.numpy() < 0)]
+                for group, m in groups:
+                    w = weights[:, m]
+                    best_w = w @ best[m]
+
+                    def ratio(g, m=m, w=w, best_w=best_w):
+                        b = np.divide(w @ g[m], best_w, out=np.full(len(best_w), np.nan), where=best_w > 0)
+                        b = b[np.isfinite(b)]
+                        lo, hi = np.percentile(b, [2.5, 97.5]) if b.size else (float("nan"), float("nan"))
+                        mb = float(best[m].mean())
+                        return (float(g[m].mean()) / mb if mb > 0 else float("nan")), float(lo), float(hi)
+
+                    for a, v in moves.items():
+                        rt, lo, hi = ratio(v["g"])
+                        out["rows"].append({"model": name, "direction": direction, "items": group, "eps": e255,
+                                            "attack": a, "budget": v["budget"], "n": int(m.sum()),
+                                            "mean_move": float(v["g"][m].mean()), "ratio": rt, "lo": lo, "hi": hi,
+                                            "moved": int((v["g"][m] > 0).sum()), "kept_clean": v["kept_clean"],
+                                            "seconds": round(v["seconds"], 2)})
+                    out["references"].append({
+                        "model": name, "direction": direction, "items": group, "eps": e255,
+                        "best_move": float(best[m].mean()), "reference_move": float(g_ref[m].mean()),
+                        "reference_ratio": ratio(g_ref)[0], "reference_seconds": round(ref_seconds, 1),
+                        "reference_trace": trace[:: max(1, len(trace) // 20)] if group == "all" else [],
+                        "pgd_curve": {str(k): ratio(v["g"])[0] for k, v in curve.items()}})
+                    log(f"{name} {direction}{'' if group == 'all' else ' (' + group + ' items)'} ε {e255:g}/255: "
+                        f"best move {best[m].mean():.4g} (reference {ref_seconds:.0f} s); "
+                        + ", ".join(f"{a} {ratio(v['g'])[0]:.3f}" for a, v in moves.items())
+                        + ("; PGD curve " + ", ".join(f"{k}: {ratio(v['g'])[0]:.2f}" for k, v in curve.items())
+                           if curve else ""))
     return out

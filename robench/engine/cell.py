@@ -19,6 +19,7 @@ from robench.core.config import RunSpec
 from robench.core.directions import DEFAULT as UP, get_direction, item_signs
 from robench.core.device import halving_batches
 from robench.core.errors import OutOfMemory
+from robench.core.flags import STRENGTH_FLOOR
 from robench.core.registry import ATTACKS
 from robench.core.target import Target, fingerprint
 from robench.engine.items import Items
@@ -116,6 +117,11 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             probe = _plateau_probe(convergence, attack, 2 ** k, target, items, eps, bs, signs)
             compute += probe.compute_seconds
             bs, halved = probe.batch_size_used, halved + probe.oom_halved
+        if attack.another_start is not None:
+            other = _another_start(convergence, attack, attack.scaled_budget(2 ** k) if k else attack.params,
+                                   target, items, eps, bs, signs, res)
+            compute += other.compute_seconds
+            bs, halved = other.batch_size_used, halved + other.oom_halved
     other_scores = None
     t1 = time.perf_counter()
     if items.other is not None:
@@ -196,10 +202,10 @@ def _gather(images, idx: torch.Tensor) -> torch.Tensor:
 
 def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items, eps: list[float],
             batch_size: int, signs: torch.Tensor | None = None, idx: torch.Tensor | None = None,
-            keep_images: bool = False) -> AttackResult:
-    """The same attack (profile, seed, direction) at other budget parameters, on the cell's items
-    (those of ``idx`` when given)."""
-    other = type(attack)(profile=attack.profile, seed=attack.seed, **params)
+            keep_images: bool = False, seed: int | None = None) -> AttackResult:
+    """The same attack (profile, seed unless given, direction) at other parameters, on the
+    cell's items (those of ``idx`` when given)."""
+    other = type(attack)(profile=attack.profile, seed=attack.seed if seed is None else seed, **params)
     dist, ref = (items.dist, items.ref) if idx is None else (_gather(items.dist, idx), _gather(items.ref, idx))
     return other(target, dist, ref, eps=[e / 255 for e in eps], return_images=keep_images, batch_size=batch_size,
                  signs=_rows(signs, idx))
@@ -226,16 +232,51 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
     return res
 
 
-def directed_gains(res: AttackResult, lower_better: bool, signs: torch.Tensor | None = None,
-                   idx: torch.Tensor | None = None) -> list[float]:
-    """Mean directed gain ``sign · (q_adv − q_clean)`` per ε (for ``up``, the plain gain), over
-    the items ``idx`` when given."""
+#: the another-start run's seed offset from the cell's (a start the cell's own run never drew)
+ANOTHER_START_SEED = 7717
+
+
+def _another_start(convergence: dict[str, Any], attack: Attack, params: dict[str, Any], target: Target,
+                   items: Items, eps: list[float], batch_size: int, signs: torch.Tensor | None,
+                   full: AttackResult) -> AttackResult:
+    """The attack once more from another start (``Attack.another_start``: a random first point,
+    another seed) at the accepted budget on the check's items. Per item the better of the two
+    runs is what a second start would have found; when its mean directed gain exceeds the cell's
+    own on those items by > 5 % at some ε, the cell is flagged not converged: its single start
+    stopped short (a worse basin), which a half budget from the same start cannot show. Returns
+    the run (its seconds and batch sizes count like the ladder's)."""
+    idx = torch.tensor(convergence["item_index"]) if convergence.get("item_index") is not None else None
+    res = _run_at(attack, {**params, **attack.another_start}, target, items, eps, batch_size, signs, idx,
+                  seed=attack.seed + ANOTHER_START_SEED)
+    own = item_gains(full, target.lower_better, signs, idx)
+    again = item_gains(res, target.lower_better, _rows(signs, idx))
+    own_mean = [float(g.mean()) for g in own]
+    best_mean = [float(np.maximum(a, b).mean()) for a, b in zip(own, again)]
+    gap = _rel_gap(best_mean, own_mean)
+    flagged = _short(gap)
+    convergence.update(another_start={"params": dict(attack.another_start), "seed": attack.seed + ANOTHER_START_SEED,
+                                      "gain": [float(g.mean()) for g in again], "own_gain": own_mean,
+                                      "best_of_both": best_mean, "rel_gap": gap, "not_converged": flagged},
+                       not_converged=bool(convergence["not_converged"] or flagged))
+    return res
+
+
+def item_gains(res: AttackResult, lower_better: bool, signs: torch.Tensor | None = None,
+               idx: torch.Tensor | None = None) -> list[np.ndarray]:
+    """Per ε the directed gain ``sign · (q_adv − q_clean)`` of every item (of ``idx`` when given)."""
     q0, q = (t.numpy() for t in res.oriented(lower_better))
     s = np.ones(len(q0)) if signs is None else signs.numpy()
     if idx is not None:
         i = idx.numpy()
         q0, q, s = q0[i], q[:, i], s[i]
-    return [float((s * (qk - q0)).mean()) for qk in q]
+    return [s * (qk - q0) for qk in q]
+
+
+def directed_gains(res: AttackResult, lower_better: bool, signs: torch.Tensor | None = None,
+                   idx: torch.Tensor | None = None) -> list[float]:
+    """Mean directed gain ``sign · (q_adv − q_clean)`` per ε (for ``up``, the plain gain), over
+    the items ``idx`` when given."""
+    return [float(g.mean()) for g in item_gains(res, lower_better, signs, idx)]
 
 
 def _rel_gap(full: list[float], half: list[float]) -> list[float]:
@@ -371,7 +412,24 @@ def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> di
     }
     if flags["randomised"] and int(attack.params.get("eot", 1) or 1) <= 1:
         flags["eot_required"] = True  # a randomised target attacked without EOT is not a valid result
+    measured = strength_of(attack, summary.get("direction"))
+    if measured is not None:
+        flags["strength"] = measured
+        flags["below_reference"] = measured["fraction"] < STRENGTH_FLOOR
     return flags
+
+
+def strength_of(attack: Attack, direction: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The attack's declared measured strength (``Attack.strength``) for the directions the cell's
+    items move in (the lower of up and down for a mixed direction), or None when not measured."""
+    table = attack.strength.get(attack.profile, {})
+    d = direction or {"n_up": 1, "n_down": 0}
+    ways = [w for w, k in (("up", "n_up"), ("down", "n_down")) if d.get(k)]
+    vals = [table[w] for w in ways if w in table]
+    if not vals:
+        return None
+    return {"fraction": float(min(vals)), "directions": ways, "floor": STRENGTH_FLOOR,
+            "measured_by": "robench bench attack-strength (reports/bench/attack-strength.json)"}
 
 
 def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,

@@ -1,0 +1,77 @@
+"""Merge the per-target attack-strength runs into one table (JSON and markdown).
+
+    python scripts/strength_table.py reports/bench/attack-strength-*.json \
+        --out reports/bench/attack-strength
+
+Each input is the ``--json`` output of ``robench bench attack-strength`` for one or more targets.
+The markdown lists every attack × target × direction × ε ratio with its interval, and per attack
+and direction the lowest ratio over targets and ε: the figure an attack declares as its
+``strength`` (robench/attacks/*.py), which flags its cells [nc] below core.flags.STRENGTH_FLOOR."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+#: which rows measure a way of moving: the items of a one-way direction, and each half of mos-split
+WAYS = {("up", "all"): "up", ("down", "all"): "down", ("mos-split", "up"): "up", ("mos-split", "down"): "down"}
+
+
+def lowest(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per attack and way (up, down) the lowest ratio over targets, ε and directions."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        way = WAYS.get((r["direction"], r.get("items", "all")))
+        if way is None or r["ratio"] != r["ratio"]:
+            continue
+        cur = out[r["attack"]].get(way)
+        out[r["attack"]][way] = r["ratio"] if cur is None else min(cur, r["ratio"])
+    return {a: dict(sorted(v.items())) for a, v in sorted(out.items())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("inputs", nargs="+")
+    ap.add_argument("--out", required=True, help="path without extension: writes .json and .md")
+    args = ap.parse_args()
+    runs = [json.load(open(p)) for p in args.inputs]
+    rows = [r for run in runs for r in run["rows"]]
+    refs = [r for run in runs for r in run["references"]]
+    first = runs[0]
+    merged = {"profile": first["profile"], "dataset": first["dataset"], "split": first["split"], "n": first["n"],
+              "interval": first["interval"], "reference": first["reference"], "machine": first["machine"],
+              "inputs": args.inputs, "rows": rows, "references": refs, "lowest": lowest(rows)}
+    with open(args.out + ".json", "w") as fh:
+        json.dump(merged, fh, indent=1)
+        fh.write("\n")
+    ref = first["reference"]
+    lines = [f"# Attack strength per direction ({first['profile']} profile)", "",
+             f"Mean directed move `sign · (q_adv − q_clean)` of each attack as a fraction of the per-item best of a "
+             f"converged reference (PGD {ref['steps']} steps × {ref['restarts']} starts: δ = 0, then random; cosine "
+             f"step; best iterate) and every attack measured, on the same {first['n']} items of "
+             f"`{first['dataset']}` {first['split']} (128 px), ε in /255 of [0, 1]. Interval: {first['interval']}. "
+             "`mos-split` rows give each half of the ranking attack (its upward and downward items).", "",
+             f"Command: `robench bench attack-strength --json` per target, merged by `python scripts/strength_table.py`.",
+             "", "## Lowest ratio per attack and way (over targets and ε)", "", "| attack | up | down |", "|---|---|---|"]
+    for a, v in merged["lowest"].items():
+        lines.append(f"| {a} | {v.get('up', float('nan')):.3f} | {v.get('down', float('nan')):.3f} |")
+    lines += ["", "## Every measurement", "",
+              "| target | direction | items | ε/255 | attack | budget | ratio | 95 % interval | moved | s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["model"], r["direction"], r.get("items", "all"), r["eps"], r["attack"])):
+        lines.append(f"| {r['model']} | {r['direction']} | {r.get('items', 'all')} | {r['eps']:g} | {r['attack']} | "
+                     f"`{json.dumps(r['budget'])}` | {r['ratio']:.3f} | {r['lo']:.3f}–{r['hi']:.3f} | "
+                     f"{r['moved']}/{r.get('n', first['n'])} | {r['seconds']:.0f} |")
+    lines += ["", "## The reference", "", "| target | direction | items | ε/255 | best move | reference / best | reference s |",
+              "|---|---|---|---|---|---|---|"]
+    for r in sorted(refs, key=lambda r: (r["model"], r["direction"], r.get("items", "all"), r["eps"])):
+        lines.append(f"| {r['model']} | {r['direction']} | {r.get('items', 'all')} | {r['eps']:g} | {r['best_move']:.4g} | "
+                     f"{r['reference_ratio']:.3f} | {r['reference_seconds']:.0f} |")
+    with open(args.out + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(json.dumps(merged["lowest"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
