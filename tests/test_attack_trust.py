@@ -290,7 +290,8 @@ def test_escalate_doubles_a_flagged_budget_until_converged_and_reopens_stored_ce
 
     store = tmp_path / "s.sqlite"
     runner = CliRunner()
-    base = ["run", "--model", "ssim", "--attacks", "square", "--n", "6", "--eps", "8", "--dataset-option", "size=32",
+    base = ["run", "--model", "ssim", "--attacks", "square", "--direction", "up", "--n", "6", "--eps", "8",
+            "--dataset-option", "size=32",
             "--dataset-option", "crops_per_source=1", "--attack-option", "square.queries=32", "--store", str(store),
             "--json"]
     r = runner.invoke(app, base)

@@ -49,7 +49,8 @@ def test_cli_file_and_python_give_the_same_cells(tiny_mini, tmp_path):
     robench.run(RunConfig.from_dict({**SETTINGS, "store": str(s_obj)}), progress=False)
     robench.run(**SETTINGS, store=str(s_kw), progress=False)
     ref_keys, ref_rows = contents(s_cli)
-    assert len(ref_keys) == 2 and len(ref_rows) == 2 * 2 * 6
+    # no direction given: both protocols (up and the ranking attack) for each attack
+    assert len(ref_keys) == 2 * 2 and len(ref_rows) == 2 * 2 * 2 * 6
     for other in (s_file, s_obj, s_kw):
         keys, rows = contents(other)
         assert keys == ref_keys, other
@@ -59,12 +60,14 @@ def test_cli_file_and_python_give_the_same_cells(tiny_mini, tmp_path):
     assert 'profile = "quick"' in text and "eps = [2.0, 8.0]" in text and "size = 32" in text
     r = cli("run", "--config", written, "--json")
     assert r.returncode == 0, r.stderr
-    assert [c["status"] for c in json.loads(r.stdout)["cells"]] == ["cached", "cached"]
+    assert [c["status"] for c in json.loads(r.stdout)["cells"]] == ["cached"] * 4
 
 
 def test_resolve_fills_every_setting_from_the_profile_and_the_plugins():
     c = RunConfig.from_dict({"model": "birqa", "defense": "aat", "attacks": "all"}).resolve()
     assert c.dataset == "mini" and c.dataset_options == {"size": 128} and c.eps == [2.0, 8.0] and c.n == 32
+    assert c.directions == ["up", "mos-split"]  # the main job: both protocols
+    assert RunConfig.from_dict({"model": "ssim", "dataset": "mini-2afc"}).resolve().directions == ["up"]
     assert c.attacks == list(robench.attacks.base.suite()) and len(c.attacks) >= 8
     p = RunConfig.from_dict({"model": "birqa", "profile": "paper"}).resolve()
     assert p.dataset_options == {"size": 512} and p.eps == [2.0, 4.0, 6.0, 8.0, 10.0]  # not 128 px

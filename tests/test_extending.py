@@ -90,7 +90,7 @@ def test_example_grid_runs_through_the_python_api(examples, tmp_path):
 
     store = tmp_path / "s.sqlite"
     out = robench.run(model="example-nmae", attacks="example-hillclimb", defense="example-blur",
-                      dataset="example-synthetic", eps=[4], n=4, store=str(store), progress=False,
+                      dataset="example-synthetic", eps=[4], n=4, store=str(store), progress=False, directions="up",
                       dataset_options=dict(DATASETS.get("example-synthetic").test_options))
     (run,) = out["runs"]
     assert [c["status"] for c in run["cells"]] == ["done"]

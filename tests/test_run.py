@@ -21,7 +21,7 @@ from robench.engine.store import Store
 TINY = ["--dataset", "mini", "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--n", "8",
         "--eps", "2,8", "--attack-option", "pgd.steps=3", "--attack-option", "square.queries=8",
         "--attack-option", "parsimonious.queries=8", "--attack-option", "parsimonious.batch_blocks=4"]
-GRID = ["--model", "ssim", "--attacks", "fgsm,pgd,square,parsimonious"] + TINY
+GRID = ["--model", "ssim", "--attacks", "fgsm,pgd,square,parsimonious", "--direction", "up"] + TINY  # one protocol
 
 
 def robench(*args, env=None, check=True):

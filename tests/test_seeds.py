@@ -221,7 +221,7 @@ def test_run_with_two_seeds_end_to_end(tiny_training, tmp_path):
     from robench.results.report import Reporter, load_cells, to_markdown
 
     store = tmp_path / "s.sqlite"
-    settings = dict(model="birqa", defense="none,r", attacks="fgsm", eps=[8], n=6, dataset_options=TINY,
+    settings = dict(model="birqa", defense="none,r", attacks="fgsm", eps=[8], n=6, dataset_options=TINY, directions="up",
                     store=str(store), progress=False)
     grid = robench.run(**settings, seeds="0,1")
     assert [(r["defense"]["name"], r["train_seed"]) for r in grid["runs"]] == [("none", None), ("r", 0), ("r", 1)]

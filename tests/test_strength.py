@@ -176,3 +176,30 @@ def test_attack_strength_measures_each_half_of_the_ranking_attack(tiny_mini):
     # the whole is the halves' moves weighted by their items
     whole = (by["up"]["mean_move"] * by["up"]["n"] + by["down"]["mean_move"] * by["down"]["n"]) / 8
     assert abs(whole - by["all"]["mean_move"]) < 1e-6
+
+
+def test_declared_strength_is_the_committed_table_and_flags_weak_cells():
+    """Each attack's ``strength`` is the lowest ratio of reports/bench/attack-strength.json per way
+    (up, down) at 3 decimals, for every attack the table measured; a cell of an attack below the
+    floor carries [nc] with the fraction, in the direction(s) its items move."""
+    import json
+    from pathlib import Path
+
+    from robench.core.flags import STRENGTH_FLOOR, active
+    from robench.core.registry import ATTACKS
+    from robench.engine.cell import strength_of
+
+    table = json.loads((Path(__file__).parents[1] / "reports/bench/attack-strength.json").read_text())
+    assert table["profile"] == "quick"
+    for name, ways in table["lowest"].items():
+        declared = ATTACKS.get(name).strength.get("quick", {})
+        assert set(declared) == set(ways), name
+        for way, v in ways.items():
+            assert abs(declared[way] - round(v, 3)) < 1e-9, (name, way, declared[way], v)
+    weak = next(n for n, w in table["lowest"].items() if min(w.values()) < STRENGTH_FLOOR)
+    atk = robench.load_attack(weak)
+    split = strength_of(atk, {"n_up": 3, "n_down": 2})
+    assert split["fraction"] == min(atk.strength["quick"].values()) and split["directions"] == ["up", "down"]
+    flags = {"below_reference": split["fraction"] < STRENGTH_FLOOR, "strength": split}
+    assert "nc" in active(flags)
+    assert strength_of(robench.load_attack(weak, profile="paper"), None) is None  # not measured: no flag

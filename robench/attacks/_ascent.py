@@ -19,9 +19,12 @@ by the BoundTarget: one per evaluated point per image, a gradient evaluation bei
 
 Two savings, both off by default and measured before a profile adopts them (README "Speed"):
 
-* ``patience`` (cosine only): an item whose best ``q`` of the current walk has not risen by more
-  than ``tol`` × its gain so far in ``patience`` steps leaves the batch; the walk goes on with
-  the items still moving (``f(x[rows], rows)``), so a converged item costs nothing more.
+* ``patience`` (cosine only): in the second half of a walk (once the step is below half its first
+  value), an item whose best ``q`` of the walk has not risen by more than ``tol`` × its gain in
+  ``patience`` steps leaves the batch; the walk goes on with the items still moving
+  (``f(x[rows], rows)``). Counted from the first step, it stopped items while the large early
+  steps oscillated: PGD 80 × 2 kept 0.90–0.91 of the converged move at ε 8/255 upwards on BiRQA
+  and LPIPS-Alex. An item's walk is the same until it leaves, so a later exit is never weaker.
 * ``amp="bf16"``: the search direction ∂q/∂x is taken under bf16 autocast, but no bf16 value is
   ever kept: a point whose bf16 ``q`` is within the bf16 rounding margin of the walk's best is
   re-scored in float32 and kept only when that exact value is better, so the best iterate and
@@ -131,9 +134,10 @@ def _cosine_walk(f: BoundTarget, x: torch.Tensor, cur: torch.Tensor, eps: float,
             w = walk[active]
             gained = q > w + tol * (w - q0[active]).abs().clamp_min(1e-12)
             walk[active] = torch.maximum(w, q)
-            stale[active] = torch.where(gained, torch.zeros_like(stale[active]), stale[active] + 1)
-            moving = stale[active] < int(patience)
-            active, g = active[moving], g[moving]
+            if t >= int(steps) // 2:  # counted only once the large early steps no longer oscillate
+                stale[active] = torch.where(gained, torch.zeros_like(stale[active]), stale[active] + 1)
+                moving = stale[active] < int(patience)
+                active, g = active[moving], g[moving]
         if trace is not None:
             trace.append(float((best.q - q0).mean()))
         if active.numel() == 0:

@@ -33,8 +33,9 @@ class PGD(Attack):
     # (0.998 upward) — those are the high-MOS items, dist ≈ ref, where the score is many-peaked;
     # 40 × 2 starts 0.962 (32 items), and on the downward half alone 40 × 2 0.910, 40 × 3 0.946,
     # 80 × 2 0.965 (16 items, seven runs in the union). SSIM downwards: one zero start 0.93, two
-    # starts 0.999. Quick runs 80 × 2 (zero, then random) and lets items that stopped rising for
-    # 10 steps leave the batch (the patience rule saved 34 % of the gradients of 40 × 2 on BiRQA).
+    # starts 0.999. Quick runs 80 × 2 (zero, then random); in the second half of each walk an item
+    # that stopped rising for 10 steps leaves the batch (attacks/_ascent.py: counted from the first
+    # step, the rule cost 10 % of the move at ε 8/255; reports/bench/attack-strength.md).
     # bf16 search directions were measured and not adopted: on BiRQA their float32 re-scoring
     # kept 0.76 of the float32 attack's upward move (README "Speed").
     # paper: 100 steps + 1 random restart (512-px images have more pixels to move)

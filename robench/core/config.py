@@ -130,8 +130,9 @@ class RunConfig:
     escalate: int = 0  # budget doublings for a cell flagged not converged (RunSpec.escalate)
     keep_images: str = "top"  # adversarial images kept beside the store: top | all | none (RunSpec.keep_images)
     # attack directions (core.directions): up (score inflation), down, mos-split (the ranking
-    # attack); each attack runs once per direction, and the direction is part of the cell's key
-    directions: list[str] = field(default_factory=lambda: ["up"])
+    # attack); each attack runs once per direction, and the direction is part of the cell's key.
+    # None: core.directions.run_default for the dataset's kind (up and mos-split on pairs data)
+    directions: list[str] | None = None
     store: str | None = None
     force: bool = False
     resolved: bool = False
@@ -219,7 +220,7 @@ class RunConfig:
         """Everything the profile and the plugins decide, filled in once: the result names every
         setting explicitly and resolves to itself."""
         from robench.core.profiles import get_profile
-        from robench.core.registry import ATTACKS, DEFENSES, default_dataset
+        from robench.core.registry import ATTACKS, DATASETS, DEFENSES, default_dataset
 
         prof = get_profile(self.profile)
         dataset = self.dataset or default_dataset()
@@ -254,9 +255,10 @@ class RunConfig:
 
         resolve_device(self.device)  # a device this machine lacks fails here, before any work
         n = self.n if self.n is not None else prof.attack_n
-        from robench.core.directions import parse_directions
+        from robench.core.directions import parse_directions, run_default
 
-        directions = parse_directions(self.directions, "--direction")
+        directions = (parse_directions(self.directions, "--direction") if self.directions is not None
+                      else run_default(DATASETS.get(dataset).kind))
         return replace(self, profile=prof.name, dataset=dataset, dataset_options=options, eps=eps, attacks=attacks,
                        defenses=defenses, n=n, seeds=seeds, directions=directions, resolved=True)
 

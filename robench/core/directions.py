@@ -60,6 +60,15 @@ DIRECTIONS: dict[str, Direction] = {d.name: d for d in (
               "protocol)", True, _mos_split),
 )}
 DEFAULT = "up"
+#: what a run measures when no direction is given (the main job): score inflation for gains and
+#: IR-Score, and the ranking attack for SROCC under attack — the protocol of the paper's headline.
+#: Data without a MOS (2AFC) cannot take the ranking attack and runs ``up`` alone.
+RUN_DEFAULT = ("up", "mos-split")
+
+
+def run_default(kind: str) -> list[str]:
+    """The directions of a run that names none, for items of ``kind`` (pairs | 2afc)."""
+    return [d for d in RUN_DEFAULT if kind == "pairs" or not DIRECTIONS[d].needs_mos]
 
 
 def get_direction(name: str) -> Direction:
