@@ -53,7 +53,7 @@ def main() -> None:
     items = load_items(ds, "test", args.n, 0, dataset_options_for(ds, prof, {}))
     signs = direction_signs(args.direction, items)[0].numpy()
     target = load_model(args.model)
-    configs = [("today", TodayPGD, {"steps": 80, "restarts": 1})]
+    configs = [("today", TodayPGD, {"steps": 80, "restarts": 1, "patience": 0})]
     for spec in args.config or ["quick:"]:
         name, _, rest = spec.partition(":")
         params = {}

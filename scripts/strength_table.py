@@ -34,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("inputs", nargs="+")
     ap.add_argument("--out", required=True, help="path without extension: writes .json and .md")
+    ap.add_argument("--note", default="", help="a sentence for the markdown header (e.g. the commit measured)")
     args = ap.parse_args()
     runs = [json.load(open(p)) for p in args.inputs]
     rows = [r for run in runs for r in run["rows"]]
@@ -52,6 +53,7 @@ def main() -> None:
              f"step; best iterate) and every attack measured, on the same {first['n']} items of "
              f"`{first['dataset']}` {first['split']} (128 px), ε in /255 of [0, 1]. Interval: {first['interval']}. "
              "`mos-split` rows give each half of the ranking attack (its upward and downward items).", "",
+             *([args.note, ""] if args.note else []),
              f"Command: `robench bench attack-strength --json` per target, merged by `python scripts/strength_table.py`.",
              "", "## Lowest ratio per attack and way (over targets and ε)", "", "| attack | up | down |", "|---|---|---|"]
     for a, v in merged["lowest"].items():
@@ -61,7 +63,7 @@ def main() -> None:
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["direction"], r.get("items", "all"), r["eps"], r["attack"])):
         lines.append(f"| {r['model']} | {r['direction']} | {r.get('items', 'all')} | {r['eps']:g} | {r['attack']} | "
-                     f"`{json.dumps(r['budget'])}` | {r['ratio']:.3f} | {r['lo']:.3f}–{r['hi']:.3f} | "
+                     f"`{json.dumps(r.get('settings', r['budget']))}` | {r['ratio']:.3f} | {r['lo']:.3f}–{r['hi']:.3f} | "
                      f"{r['moved']}/{r.get('n', first['n'])} | {r['seconds']:.0f} |")
     lines += ["", "## The reference", "", "| target | direction | items | ε/255 | best move | reference / best | reference s |",
               "|---|---|---|---|---|---|---|"]

@@ -193,6 +193,9 @@ def test_declared_strength_is_the_committed_table_and_flags_weak_cells():
     assert table["profile"] == "quick"
     for name, ways in table["lowest"].items():
         declared = ATTACKS.get(name).strength.get("quick", {})
+        if not ATTACKS.get(name).budget_params:  # single-step FGSM: its ratio is context, not a verdict
+            assert not declared, name
+            continue
         assert set(declared) == set(ways), name
         for way, v in ways.items():
             assert abs(declared[way] - round(v, 3)) < 1e-9, (name, way, declared[way], v)

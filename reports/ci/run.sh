@@ -6,5 +6,5 @@
 #   bash reports/ci/run.sh /tmp/ci.sqlite && robench check --store /tmp/ci.sqlite --baseline reports/ci/baseline.json --update
 set -euo pipefail
 STORE=${1:?usage: reports/ci/run.sh STORE.sqlite}
-robench run --model ssim --attacks fgsm,pgd,square --eps 2,8 --n 64 --store "$STORE" --json > /dev/null
+robench run --model ssim --attacks fgsm,pgd,square --direction up --eps 2,8 --n 64 --store "$STORE" --json > /dev/null
 robench run --model ssim --dataset mini-2afc --attacks fgsm,square --eps 8 --n 32 --store "$STORE" --json > /dev/null

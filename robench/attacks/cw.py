@@ -31,6 +31,9 @@ class CW(Attack):
     defaults = {"binary_steps": 5, "steps": 100, "lr": 0.01, "c_init": 10.0, "kappa": 0.0, "target_gain": 0.25}
     suite = 3
     budgets = {"quick": {"binary_steps": 3, "steps": 20}, "paper": {"binary_steps": 5, "steps": 100}}
+    #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
+    strength = {"quick": {"down": 0.104, "up": 0.335}}
+    #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     test_options = {"binary_steps": 1, "steps": 3}
 
     def cost(self) -> dict[str, float]:

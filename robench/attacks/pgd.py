@@ -40,6 +40,9 @@ class PGD(Attack):
     # kept 0.76 of the float32 attack's upward move (README "Speed").
     # paper: 100 steps + 1 random restart (512-px images have more pixels to move)
     budgets = {"quick": {"steps": 80, "restarts": 2, "patience": 10}, "paper": {"steps": 100, "restarts": 2}}
+    #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
+    strength = {"quick": {"down": 0.888, "up": 0.895}}
+    #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     test_options = {"steps": 3}
     #: iterative PGD must reach at least single-step FGSM's gain (method-notes §4 sanity check)
     at_least_as_strong_as = ("fgsm",)

@@ -417,6 +417,9 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
                     q_clean, q_adv = (v.numpy() for v in res.oriented(target.lower_better))
                     return {"g": signs.numpy() * (q_adv[0] - q_clean), "seconds": time.perf_counter() - t1,
                             "budget": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
+                            # what the profile (and any override) set: starts, early exit, …
+                            "settings": {k: atk.params[k] for k in {**atk.budgets.get(prof.name, {}),
+                                                                    **dict((attack_params or {}).get(atk.name, {}))}},
                             "kept_clean": int(res.probes.get("kept_clean", [0])[0])}
 
                 curve = {k: run(ATTACKS.get(curve_name)(profile=prof.name, seed=seed, steps=int(k))) for k in curve_steps}
@@ -443,7 +446,8 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
                     for a, v in moves.items():
                         rt, lo, hi = ratio(v["g"])
                         out["rows"].append({"model": name, "direction": direction, "items": group, "eps": e255,
-                                            "attack": a, "budget": v["budget"], "n": int(m.sum()),
+                                            "attack": a, "budget": v["budget"], "settings": v["settings"],
+                                            "n": int(m.sum()),
                                             "mean_move": float(v["g"][m].mean()), "ratio": rt, "lo": lo, "hi": hi,
                                             "moved": int((v["g"][m] > 0).sum()), "kept_clean": v["kept_clean"],
                                             "seconds": round(v["seconds"], 2)})
