@@ -53,7 +53,7 @@ def test_cli_grid_on_a_three_node_cluster_equals_serial(tiny_mini, cluster, tmp_
 
     c, _ = cluster
     run_grid(_specs(tmp_path / "serial.sqlite"), progress=False)
-    common = ["--attacks", "fgsm,square", "--eps", "2,8", "--n", "8", "--dataset-option", "size=32",
+    common = ["--attacks", "fgsm,square", "--direction", "up", "--eps", "2,8", "--n", "8", "--dataset-option", "size=32",
               "--dataset-option", "crops_per_source=1", "--attack-option", "square.queries=8",
               "--store", str(tmp_path / "ray.sqlite"), "--executor", "ray", "--address", c.address, "--json"]
     for model in ("ssim", "psnr"):

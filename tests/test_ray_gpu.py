@@ -129,7 +129,7 @@ def test_cli_gpu_cells_run_on_the_gpu_node_and_refuse_a_worker_without_cuda(tiny
 
     c, gpu_node = gpu_cluster
     store = tmp_path / "gpu.sqlite"
-    r = CliRunner().invoke(app, ["run", "--model", "ssim", "--attacks", "fgsm,pgd", "--eps", "2", "--n", "4",
+    r = CliRunner().invoke(app, ["run", "--model", "ssim", "--attacks", "fgsm,pgd", "--direction", "up", "--eps", "2", "--n", "4",
                                  "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1",
                                  "--attack-option", "pgd.steps=2", "--store", str(store), "--executor", "ray",
                                  "--address", c.address, "--gpus-per-cell", "1", "--json"])
