@@ -52,7 +52,7 @@ BF16_MARGIN = 2.0 ** -8
 def _value_and_grad(f: BoundTarget, x: torch.Tensor, idx: torch.Tensor | None = None,
                     amp: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``q`` and ``∂q/∂x`` of ``x`` (the rows ``idx`` of the bound batch when given); under bf16
-    autocast when ``amp`` (then ``q`` is only a screen, see :func:`_keep`)."""
+    autocast when ``amp`` (then ``q`` is only a screen, see :meth:`_Best.keep`)."""
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         if amp is None:

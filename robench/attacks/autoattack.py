@@ -34,7 +34,6 @@ class AutoAttack(Attack):
                "paper": {"apgd_iter": 100, "square_queries": 5000}}
     #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     strength = {"quick": {"down": 0.916, "up": 0.947}}
-    #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     test_options = {"apgd_iter": 3, "square_queries": 5}
 
     def cost(self) -> dict[str, float]:

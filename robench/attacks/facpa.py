@@ -74,7 +74,6 @@ class FACPA(Attack):
     budgets = {"quick": {"steps": 240, "crop": 64}, "paper": {"steps": None, "epochs": 5, "crop": 256}}
     #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     strength = {"quick": {"down": 0.082, "up": 0.053}}
-    #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     test_options = {"steps": 2, "crop": 32, "width": 4}
     # the half-budget rule passed base BiRQA at 240 steps on a plateau (0.113 at 120, 0.110 at 240)
     # while 1 920 steps gained 0.226 (mini v2, 96 items, ε 8/255): confirm every pass at 4×

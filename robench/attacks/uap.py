@@ -55,7 +55,6 @@ class UAP(Attack):
     budgets = {"quick": {"steps": 120}, "paper": {"steps": 2000}}
     #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     strength = {"quick": {"down": 0.138, "up": 0.004}}
-    #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     test_options = {"steps": 3, "batch": 4, "tile": 16}
     # the check's cost is the patch's training, whatever the items: it applies it to all
     check_all_items = True

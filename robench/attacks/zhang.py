@@ -65,13 +65,13 @@ class Zhang(Attack):
     quiet_defaults = {"restarts": 1, "first": "zero"}
     another_start = {"first": "random"}
     suite = 8
-    # paper: robench's choice (the AT- authors ran 10, Zhang et al.'s own script 200). quick: two Adam runs of 40 (δ = 0, then a random start) for one of 80: from δ = 0 alone it
+    # quick: two Adam runs of 40 (δ = 0, then a random start) for one of 80: from δ = 0 alone it
     # reached 0.92–0.94 of the converged reference on SSIM's downward items (32 items, ε 8/255),
-    # 40 × 2 reaches 0.998 (down) / 0.993 (up) at the same cost
+    # 40 × 2 reaches 0.998 (down) / 0.993 (up) at the same cost; paper: robench's choice (the AT-
+    # authors ran 10, Zhang et al.'s own script 200)
     budgets = {"quick": {"steps": 40, "restarts": 2}, "paper": {"steps": 100}}
     #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     strength = {"quick": {"down": 0.866, "up": 0.977}}
-    #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     test_options = {"steps": 2}
 
     def cost(self) -> dict[str, float]:

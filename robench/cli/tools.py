@@ -251,13 +251,13 @@ def bench_attack_strength(
 
 
 def strength_table(res: dict) -> Table:
-    """The attack-strength rows as a table (also what scripts/strength_table.py writes as markdown)."""
+    """The attack-strength rows as a table (scripts/strength_table.py merges runs into markdown)."""
     table = Table(title=f"attack strength: mean directed move / converged reference's, {res['n']} items, "
                         f"{res['profile']} profile, {res['interval']}")
     for c in ("model", "direction", "items", "ε/255", "attack", "budget", "ratio", "interval", "moved", "s"):
         table.add_column(c)
     for r in res["rows"]:
-        table.add_row(r["model"], r["direction"], r["items"], f"{r['eps']:g}", r["attack"], json.dumps(r["budget"]),
+        table.add_row(r["model"], r["direction"], r["items"], f"{r['eps']:g}", r["attack"], json.dumps(r.get("settings", r["budget"])),
                       f"{r['ratio']:.3f}", f"{r['lo']:.3f}–{r['hi']:.3f}", f"{r['moved']}/{r['n']}",
                       f"{r['seconds']:.1f}")
     return table

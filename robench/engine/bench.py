@@ -443,8 +443,10 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
                         mb = float(best[m].mean())
                         return (float(g[m].mean()) / mb if mb > 0 else float("nan")), float(lo), float(hi)
 
+                    ratios = {a: ratio(v["g"]) for a, v in moves.items()}
+                    curve_ratios = {str(k): ratio(v["g"])[0] for k, v in curve.items()}
                     for a, v in moves.items():
-                        rt, lo, hi = ratio(v["g"])
+                        rt, lo, hi = ratios[a]
                         out["rows"].append({"model": name, "direction": direction, "items": group, "eps": e255,
                                             "attack": a, "budget": v["budget"], "settings": v["settings"],
                                             "n": int(m.sum()),
@@ -456,10 +458,10 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
                         "best_move": float(best[m].mean()), "reference_move": float(g_ref[m].mean()),
                         "reference_ratio": ratio(g_ref)[0], "reference_seconds": round(ref_seconds, 1),
                         "reference_trace": trace[:: max(1, len(trace) // 20)] if group == "all" else [],
-                        "pgd_curve": {str(k): ratio(v["g"])[0] for k, v in curve.items()}})
+                        "pgd_curve": curve_ratios})
                     log(f"{name} {direction}{'' if group == 'all' else ' (' + group + ' items)'} ε {e255:g}/255: "
                         f"best move {best[m].mean():.4g} (reference {ref_seconds:.0f} s); "
-                        + ", ".join(f"{a} {ratio(v['g'])[0]:.3f}" for a, v in moves.items())
-                        + ("; PGD curve " + ", ".join(f"{k}: {ratio(v['g'])[0]:.2f}" for k, v in curve.items())
+                        + ", ".join(f"{a} {v[0]:.3f}" for a, v in ratios.items())
+                        + ("; PGD curve " + ", ".join(f"{k}: {v:.2f}" for k, v in curve_ratios.items())
                            if curve else ""))
     return out

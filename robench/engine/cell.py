@@ -211,6 +211,12 @@ def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items
                  signs=_rows(signs, idx))
 
 
+def _check_index(convergence: dict[str, Any]) -> torch.Tensor | None:
+    """The items the convergence check attacked (None: all of them)."""
+    idx = convergence.get("item_index")
+    return None if idx is None else torch.tensor(idx)
+
+
 def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, target: Target, items: Items,
                    eps: list[float], batch_size: int, signs: torch.Tensor | None = None) -> AttackResult:
     """The half-budget rule passed at ``scale`` × the profile's budget; an attack that declares
@@ -220,7 +226,7 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
     on a plateau. The cell keeps the accepted budget's rows; the probe is recorded. Returns the
     probe's run (its seconds and batch sizes count like the ladder's)."""
     params = attack.scaled_budget(scale * int(attack.plateau_probe))
-    idx = torch.tensor(convergence["item_index"]) if convergence.get("item_index") is not None else None
+    idx = _check_index(convergence)
     res = _run_at(attack, params, target, items, eps, batch_size, signs, idx)
     probe = directed_gains(res, target.lower_better, _rows(signs, idx))
     accepted = convergence["full_gain"]
@@ -245,7 +251,7 @@ def _another_start(convergence: dict[str, Any], attack: Attack, params: dict[str
     own on those items by > 5 % at some ε, the cell is flagged not converged: its single start
     stopped short (a worse basin), which a half budget from the same start cannot show. Returns
     the run (its seconds and batch sizes count like the ladder's)."""
-    idx = torch.tensor(convergence["item_index"]) if convergence.get("item_index") is not None else None
+    idx = _check_index(convergence)
     res = _run_at(attack, {**params, **attack.another_start}, target, items, eps, batch_size, signs, idx,
                   seed=attack.seed + ANOTHER_START_SEED)
     own = item_gains(full, target.lower_better, signs, idx)
