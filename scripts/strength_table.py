@@ -50,7 +50,8 @@ def main() -> None:
     lines = [f"# Attack strength per direction ({first['profile']} profile)", "",
              f"Mean directed move `sign · (q_adv − q_clean)` of each attack as a fraction of the per-item best of a "
              f"converged reference (PGD {ref['steps']} steps × {ref['restarts']} starts: δ = 0, then random; cosine "
-             f"step; best iterate) and every attack measured, on the same {first['n']} items of "
+             f"step{'' if not ref.get('inertia') else ', heavy ball ' + format(ref['inertia'], 'g')}; best iterate) "
+             f"and every attack measured, on the same {first['n']} items of "
              f"`{first['dataset']}` {first['split']} (128 px), ε in /255 of [0, 1]. Interval: {first['interval']}. "
              "`mos-split` rows give each half of the ranking attack (its upward and downward items).", "",
              *([args.note, ""] if args.note else []),

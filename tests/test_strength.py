@@ -141,7 +141,7 @@ def test_bf16_search_keeps_float32_values_only():
 
 
 def test_new_parameters_at_their_defaults_leave_the_cell_key_alone():
-    """PGD's ``first``, ``patience`` and ``amp`` are left out of the record at their defaults, so
+    """PGD's ``first``, ``patience``, ``amp`` and ``inertia`` are left out of the record at their defaults, so
     stored cells keep their keys; set, they are recorded."""
     from robench.attacks.pgd import PGD
 
@@ -149,6 +149,20 @@ def test_new_parameters_at_their_defaults_leave_the_cell_key_alone():
     assert not {"first", "patience", "amp"} & set(cfg) and cfg["steps"] == 100
     assert PGD(profile="paper", patience=5).config()["params"]["patience"] == 5
     assert PGD(profile="quick").config()["params"]["patience"] == 10  # the quick budget sets it: recorded
+    assert "inertia" not in cfg and PGD(profile="quick").config()["params"]["inertia"] == 0.25
+
+
+def test_heavy_ball_is_cosine_only_and_bounded():
+    t = TwoBasins()
+    items = _items(n=2)
+    f = t.bind(items.ref)
+    q0 = f(items.dist).detach()
+    with pytest.raises(ValueError, match="own momentum"):
+        ascend(f, items.dist, q0, EPS / 255, steps=2, schedule="apgd", inertia=0.25)
+    with pytest.raises(ValueError, match="inertia"):
+        ascend(f, items.dist, q0, EPS / 255, steps=2, inertia=1.0)
+    adv = ascend(f, items.dist, q0, EPS / 255, steps=10, inertia=0.25)
+    assert float((adv - items.dist).abs().max()) <= EPS / 255 + 1e-7 and bool((f(adv) >= q0).all())
 
 
 def test_attack_strength_per_direction_has_ratios_intervals_and_the_reference(tiny_mini):

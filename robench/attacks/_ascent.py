@@ -30,6 +30,14 @@ Two savings, both off by default and measured before a profile adopts them (READ
   re-scored in float32 and kept only when that exact value is better, so the best iterate and
   every ``q`` the attack compares are float32.
 
+``inertia`` (cosine only): APGD's heavy ball on the sign walk — the step taken is
+``(1 − inertia)·(z − x_k) + inertia·(x_k − x_{k−1})``, z the plain sign step (APGD's momentum 0.75 is
+inertia 0.25). Measured on BiRQA (shipped weights, 32 mini test items, ε 4/255, downwards): 80 steps
+from δ = 0 reached 1.29 mean move with inertia 0.25 against 1.09 without, 1.15 for APGD 80 and
+1.06–1.08 for random starts; two items moved 6.1 and 6.3 against 3.4 and 2.7 — a sign walk alone
+stalls on a ridge the carried displacement crosses. Upwards 0.624 vs 0.622; SSIM and LPIPS-Alex
+equal either way.
+
 ``first="random"`` starts restart 0 at a random point too (the convergence check's "another
 start", engine/cell.py: a zero start can stop in a worse basin — at δ = 0 a distortion-free
 pixel has ∂SSIM/∂x = 0 and a sign step never moves it downwards).
@@ -112,7 +120,7 @@ class _Best:
 
 def _cosine_walk(f: BoundTarget, x: torch.Tensor, cur: torch.Tensor, eps: float, steps: int, step0: float,
                  best: _Best, q0: torch.Tensor, patience: int, tol: float, amp: str | None,
-                 trace: list | None) -> int:
+                 trace: list | None, inertia: float = 0.0) -> int:
     """One walk of the cosine schedule from ``cur``; returns the gradient evaluations it spent
     (fewer than the full batch × steps when ``patience`` lets converged items leave)."""
     n = x.shape[0]
@@ -122,10 +130,16 @@ def _cosine_walk(f: BoundTarget, x: torch.Tensor, cur: torch.Tensor, eps: float,
     walk = q.clone()  # this walk's best value per item (a random start begins below the global best)
     stale = torch.zeros(n, dtype=torch.long, device=x.device)
     spent = n
+    prev = cur.clone() if inertia else None
     for t in range(int(steps)):
         alpha = step0 * eps * 0.5 * (1 + math.cos(math.pi * t / max(1, int(steps))))
         part = active.numel() < n
         pts = _project(x[active], cur[active] + alpha * g.sign(), eps)
+        if inertia and t > 0:  # heavy ball as APGD's: a share of the last displacement carries on
+            c = cur[active]
+            pts = _project(x[active], c + (1 - inertia) * (pts - c) + inertia * (c - prev[active]), eps)
+        if inertia:
+            prev[active] = cur[active]
         cur[active] = pts
         q, g = _value_and_grad(f, pts, active if part else None, amp)
         spent += int(active.numel())
@@ -156,12 +170,13 @@ def apgd_checkpoints(steps: int) -> list[int]:
 def ascend(f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps: float, steps: int, restarts: int = 1,
            schedule: str = "cosine", step0: float = 0.5, rho: float = 0.75, momentum: float = 0.75,
            seed: int = 0, trace: list | None = None, first: str = "zero", patience: int = 0, tol: float = 1e-3,
-           amp: str | None = None, stats: dict | None = None) -> torch.Tensor:
+           amp: str | None = None, stats: dict | None = None, inertia: float = 0.0) -> torch.Tensor:
     """Best iterate per image of ``restarts`` sign-gradient walks of ``steps`` steps each.
 
     ``trace`` (optional list) receives, after every step, the mean best-so-far gain
     ``mean(q_best − q0)`` — the convergence curve ``robench bench attack-strength`` plots.
-    ``patience``/``tol`` and ``amp`` are the savings of the module docstring (cosine only);
+    ``patience``/``tol`` and ``amp`` are the savings, ``inertia`` the heavy ball, of the module
+    docstring (cosine only);
     ``stats`` (optional dict) receives the gradient evaluations spent and the float32
     re-scorings."""
     if schedule not in ("cosine", "apgd"):
@@ -170,8 +185,10 @@ def ascend(f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps: float, steps:
         raise ValueError(f"first must be 'zero' or 'random', got {first!r}")
     if amp not in (None, "bf16"):
         raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
-    if schedule == "apgd" and (patience or amp):
-        raise ValueError("patience and amp apply to the cosine schedule only")
+    if schedule == "apgd" and (patience or amp or inertia):
+        raise ValueError("patience, amp and inertia apply to the cosine schedule only (APGD has its own momentum)")
+    if not 0.0 <= float(inertia) < 1.0:
+        raise ValueError(f"inertia must be in [0, 1), got {inertia!r}")
     gen = torch.Generator().manual_seed(int(seed))
     keeper = _Best(f, x, q0, amp)
     best, best_q = keeper.x, keeper.q  # the same tensors: APGD's branch updates them in place
@@ -181,7 +198,7 @@ def ascend(f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps: float, steps:
     for r in range(max(1, int(restarts))):
         cur = _start(x, eps, r, gen, first)
         if schedule == "cosine":
-            spent += _cosine_walk(f, x, cur, eps, steps, step0, keeper, q0, patience, tol, amp, trace)
+            spent += _cosine_walk(f, x, cur, eps, steps, step0, keeper, q0, patience, tol, amp, trace, inertia)
             continue
         q, g = _value_and_grad(f, cur)
         better = q > best_q

@@ -347,14 +347,16 @@ def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers:
 
 
 def attack_strength(models: list[str], attacks: list[str], eps: "float | list[float]" = (2.0, 4.0, 8.0),
-                    n: int = 32, profile: str = "quick", ref_steps: int = 100, ref_restarts: int = 3, seed: int = 0,
+                    n: int = 32, profile: str = "quick", ref_steps: int = 100, ref_restarts: int = 3,
+                    ref_inertia: float = 0.25, seed: int = 0,
                     dataset: str | None = None, split: str = "test", attack_params: dict[str, dict] | None = None,
                     curve_steps: tuple[int, ...] = (), directions: tuple[str, ...] = ("up", "down"),
                     progress: bool = False, device: str = "cpu", n_resamples: int = 1000,
                     log: Any = None) -> dict[str, Any]:
     """Each attack at the profile's settings against a converged reference on the same items, per
-    target × direction × ε (issues 15, 38): the reference is restarted many-step PGD on the
-    directed objective (restart 0 from δ = 0, the rest random, cosine step, best iterate); per
+    target × direction × ε: the reference is restarted many-step PGD on the directed objective
+    (restart 0 from δ = 0, the rest random, cosine step with ``ref_inertia`` heavy ball — without
+    it a sign walk stalled at 0.42 of the best move on some BiRQA items downwards — best iterate); per
     item the best directed move of the reference *and* every attack measured, so no attack can
     exceed 1.0 by beating a weak reference. ``ratio`` = the attack's mean directed move / that
     best's, with a percentile interval over resampled photos (items when there are too few
@@ -388,7 +390,7 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
     out: dict[str, Any] = {"machine": machine(device), "eps": epses, "directions": list(directions), "n": len(items),
                            "profile": prof.name, "dataset": dataset, "split": split, "interval": f"95 % {unit}",
                            "reference": {"attack": curve_name, "steps": ref_steps, "restarts": ref_restarts,
-                                         "schedule": "cosine", "first": "zero, then random"},
+                                         "schedule": "cosine", "inertia": ref_inertia, "first": "zero, then random"},
                            "references": [], "rows": []}
     for name in models:
         target = load_model(name, device=device).eval()
@@ -405,7 +407,7 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
                 t0 = time.perf_counter()
                 trace: list[float] = []
                 ref_adv = ascend(f, xd, q0, e, steps=ref_steps, restarts=ref_restarts, schedule="cosine", seed=seed,
-                                 trace=trace)
+                                 trace=trace, inertia=ref_inertia)
                 with torch.no_grad():
                     g_ref = (f(ref_adv) - q0).cpu().numpy()
                 ref_seconds = time.perf_counter() - t0
