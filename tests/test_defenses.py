@@ -95,9 +95,10 @@ def test_tiny_aat_run_logs_the_bound_and_never_attacks_anchors(clean_tiny_birqa,
     seen = []
     real = recipes.pgd_inner
 
-    def spy(target, dist, ref, eps, steps, seed):
+    def spy(target, dist, ref, eps, steps, seed, **kw):
         seen.append(dist.shape[0])
-        return real(target, dist, ref, eps, steps, seed)
+        assert kw.get("objective") is not None  # the default inner PGD ascends the recipe's own loss
+        return real(target, dist, ref, eps, steps, seed, **kw)
 
     monkeypatch.setattr(recipes, "pgd_inner", spy)
     r = recipes.adversarial_train("birqa", "aat", steps=8, dataset_options=TINY, progress=False, out=tmp_path / "aat")
@@ -312,3 +313,47 @@ def test_diffpure_denoiser_plumbing(denoiser):
         DiffPure(t_star=3, steps=5)
     with pytest.raises(RobenchError, match="robench train --defense diffpure"):
         DiffPure(weights="diffpure.kadid10k")
+
+
+@pytest.mark.parametrize("recipe", ["r", "at", "aat"])
+def test_inner_pgd_ascends_the_recipes_own_loss(clean_tiny_birqa, recipe):
+    """The default inner attack maximises the recipe's training loss over the attacked items: on
+    the same batch and start it ends with a higher loss than the score-raising inner attack and
+    than the clean batch, anchors untouched; ``mos-split`` lowers the higher-MOS half."""
+    from dataclasses import replace
+
+    import robench
+    from robench.attacks.base import ModeGuard
+    from robench.core.profiles import get_profile
+    from robench.defenses import recipes
+    from robench.engine.train import training_data
+
+    prof = get_profile("quick")
+    ds_opts, _ = training_data("mini", prof, 0, TINY)
+    _, (data, val) = training_data("mini", prof, 0, ds_opts, "train", "val")
+    target = robench.load_model("birqa")
+    task = recipes.DEFENSES.get(recipe)(target, data, prof, 0, "birqa", heldout=val)
+    b = task.make_batch(0, torch.Generator().manual_seed(0))
+
+    def loss_at(adv):
+        with ModeGuard(target), torch.no_grad():
+            return float(task.objective(replace(b, replay=None), adv)[0])
+
+    adv = {}
+    for inner in ("loss", "up", "mos-split"):
+        task.prof = replace(prof, adv_inner=inner)
+        adv[inner] = task._attack(b)
+    assert loss_at(adv["loss"]) > max(loss_at(adv["up"]), loss_at(b.dist))
+    for a in adv.values():
+        assert torch.equal(a[b.is_anchor], b.dist[b.is_anchor])
+        assert float((a - b.dist).abs().max()) <= task.eps + 1e-6
+    att = ~b.is_anchor
+    with ModeGuard(target), torch.no_grad():
+        q0, q = (target(x[att], b.ref[att]) for x in (b.dist, adv["mos-split"]))
+    from robench.core.directions import get_direction
+
+    hi = torch.from_numpy(get_direction("mos-split").signs(b.y[att].numpy(), int(att.sum()))[0]) < 0
+    assert float((q - q0)[hi].mean()) < 0 < float((q - q0)[~hi].mean())
+    task.prof = replace(prof, adv_inner="sideways")
+    with pytest.raises(Exception, match="adv_inner"):
+        task._attack(b)

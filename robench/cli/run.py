@@ -56,6 +56,8 @@ def train_cmd(
     dataset_option: Optional[list[str]] = typer.Option(None, "--dataset-option", help="Dataset option key=value."),
     defense: Optional[str] = typer.Option(None, help="Adversarial fine-tuning recipe r | at | aat (makes MODEL.<recipe>)."),
     steps: Optional[int] = typer.Option(None, help="Optimiser steps of the recipe (default: the profile's)."),
+    inner: Optional[str] = typer.Option(None, "--inner", help="With --defense: what the inner PGD maximises: loss "
+                                        "(the recipe's own, default) | up | mos-split."),
     train_seed: Optional[int] = typer.Option(None, "--train-seed", help="With --defense: the fine-tuning's seed, "
                                              "on --seed's data (default: --seed); k > 0 makes MODEL.<recipe>-s<k>."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap the steps of each clean-training epoch "
@@ -96,7 +98,7 @@ def train_cmd(
         from robench.defenses.recipes import adversarial_train
 
         r = adversarial_train(model, defense, dataset=dataset, profile=profile, seed=seed, steps=steps, out=out,
-                              train_seed=train_seed, device=device,
+                              train_seed=train_seed, device=device, inner=inner,
                               dataset_options={**({"root": str(root)} if root else {}),
                                                **_parse_kv(dataset_option, "--dataset-option")})
         emit_json(r) if as_json else err.print(f"{r['name']}: {r['steps']} steps in {r['train_seconds']:.0f} s; "

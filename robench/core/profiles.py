@@ -36,6 +36,10 @@ class Profile:
     # ε/4, from the clean checkpoint; AAT batch of `train_batch` with `aat_anchors` anchors
     adv_eps: float = 4.0  # /255
     adv_pgd_steps: int = 10
+    # what the inner PGD maximises: "loss" — the recipe's own training loss over the attacked
+    # items, anchors clean (the paper's eq. 2); "up" — the predicted quality; "mos-split" — the
+    # ranking attack within the batch (the higher-MOS half pushed down, the rest up)
+    adv_inner: str = "loss"
     adv_steps: int = 500  # optimiser steps: the cap (the held-out rule below may stop sooner)
     adv_lr: float = 1e-4
     # stopping (issue 17.6): every `adv_eval_every` steps (and before the first) the recipe's own

@@ -2,7 +2,11 @@
 
 All three fine-tune the clean checkpoint of ``M`` (trained first when missing) with the same
 inner attacker — PGD at ``ε_train`` (profile ``adv_eps``, 4/255), step ε/4, random start,
-``adv_pgd_steps`` steps (10 in the paper profile) — so only the recipe differs (method-notes §2):
+``adv_pgd_steps`` steps (10 in the paper profile) — so only the recipe differs (method-notes §2).
+The inner PGD ascends the recipe's own training loss over the attacked items by default (the
+paper's eq. 2, anchors clean; profile ``adv_inner="loss"``): an inner attack that only raises the
+score trains against half of the ranking attack the cells test with. ``"up"`` and a batch-level
+``"mos-split"`` stay selectable; the choice is in the weights' provenance.
 
 * ``r`` (R-, vanilla AT): every sample attacked, unchanged labels, loss eq. 5.
 * ``at`` (AT-, Chistyakova et al. 2024): half clean, half their attacked copies labelled
@@ -60,7 +64,7 @@ import csv
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,11 +212,28 @@ class TrainingRecipe(TrainTask):
         return RecipeBatch(ref, dist, y, torch.from_numpy(is_anchor), rng_seed, info)
 
     def _attack(self, b: RecipeBatch, attacker=None) -> torch.Tensor:
-        """``b`` with every non-anchor attacked (``attacker``: :func:`pgd_inner` by default)."""
+        """``b`` with every non-anchor attacked (``attacker``: :func:`pgd_inner` by default) on the
+        profile's ``adv_inner`` objective."""
         attacked = ~b.is_anchor
         adv = b.dist.clone()
+        kw: dict[str, Any] = {}
+        inner = inner_objective(self.prof)
+        if inner == "loss":
+            plain = replace(b, replay=None)  # the replay term is clean: constant in the attacked images
+
+            def loss_of(z: torch.Tensor) -> torch.Tensor:
+                full = b.dist.clone()
+                full[attacked] = z
+                return self.objective(plain, full)[0]
+
+            kw["objective"] = loss_of
+        elif inner == "mos-split":
+            from robench.core.directions import get_direction
+
+            mos = b.y[attacked].cpu().numpy()
+            kw["signs"] = torch.from_numpy(get_direction("mos-split").signs(mos, len(mos))[0]).float().to(b.dist.device)
         adv[attacked] = (attacker or pgd_inner)(self.module, b.dist[attacked], b.ref[attacked], self.eps,
-                                                self.prof.adv_pgd_steps, b.rng_seed)
+                                                self.prof.adv_pgd_steps, b.rng_seed, **kw)
         return adv
 
     def loss(self, b: RecipeBatch) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -540,30 +561,54 @@ def ensure_clean(base: str, dataset: str, profile: str, seed: int, dataset_optio
     return load_model(base, device=device)
 
 
-def pgd_inner(target, dist, ref, eps: float, steps: int, seed: int) -> torch.Tensor:
+INNER_OBJECTIVES = ("loss", "up", "mos-split")
+
+
+def inner_objective(prof) -> str:
+    inner = str(prof.adv_inner)
+    if inner not in INNER_OBJECTIVES:
+        raise RobenchError(f"adv_inner must be one of {', '.join(INNER_OBJECTIVES)}; got {inner!r}")
+    return inner
+
+
+def pgd_inner(target, dist, ref, eps: float, steps: int, seed: int, objective=None, signs=None) -> torch.Tensor:
     """A training step's inner attack (:func:`pgd_attack`). The held-out evaluation calls
     :func:`pgd_attack` itself, so what reaches this name is the training steps' attacks only."""
-    return pgd_attack(target, dist, ref, eps, steps, seed)
+    return pgd_attack(target, dist, ref, eps, steps, seed, objective, signs)
 
 
-def pgd_attack(target, dist, ref, eps: float, steps: int, seed: int) -> torch.Tensor:
-    """The shared inner attacker: PGD, step ε/4, random start (torchattacks through the adapter),
-    in eval mode with frozen parameters (restored afterwards)."""
+def pgd_attack(target, dist, ref, eps: float, steps: int, seed: int, objective=None, signs=None) -> torch.Tensor:
+    """The shared inner attacker: PGD, step ε/4, random start, last iterate, in eval mode with
+    frozen parameters (restored afterwards). It ascends ``objective(images)`` (a scalar: the
+    recipe's loss of the batch with these attacked items) when given, else the oriented quality
+    directed by ``signs`` (+1 raise, −1 lower; all raised when None; torchattacks through the
+    adapter). A zero or non-finite loss gradient leaves that item's pixels where the start put
+    them: sign(0) = 0, and a NaN gradient is zeroed."""
     from robench.attacks import _torchattacks
     from robench.attacks.base import ModeGuard
 
     with ModeGuard(target), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        f = target.bind(ref)
-        with torch.no_grad():
-            q0 = f(dist)
-        adv = _torchattacks.run("PGD", f, dist, q0, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
-    return adv.detach()
+        if objective is None:
+            f = target.bind(ref, sign=signs)
+            with torch.no_grad():
+                q0 = f(dist)
+            adv = _torchattacks.run("PGD", f, dist, q0, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
+            return adv.detach()
+        z = (dist + eps * (2 * torch.rand(dist.shape, device=dist.device, dtype=dist.dtype) - 1)).clamp(0.0, 1.0)
+        for _ in range(int(steps)):
+            with torch.enable_grad():
+                zg = z.detach().requires_grad_(True)
+                g, = torch.autograd.grad(objective(zg), zg)
+            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+            z = (dist + (z + eps / 4 * g.sign() - dist).clamp(-eps, eps)).clamp(0.0, 1.0)
+    return z.detach()
 
 
 def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: str = "quick", seed: int = 0,
                       steps: int | None = None, dataset_options: dict | None = None, out: str | Path | None = None,
-                      progress: bool = True, train_seed: int | None = None, device: str = "cpu") -> dict[str, Any]:
+                      progress: bool = True, train_seed: int | None = None, device: str = "cpu",
+                      inner: str | None = None) -> dict[str, Any]:
     """Fine-tune the clean ``model`` with ``recipe`` into weights ``model.<recipe>``, on ``device``
     (auto | cpu | cuda | cuda:N: in the provenance, not in the config hash — a run resumes anywhere).
 
@@ -572,7 +617,7 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     batches, crops, inner-PGD starts, the held-out batches, the calibration subset — on the same
     data and clean model. None: the fine-tuning uses ``seed``, as before. The weights of training
     seed k > 0 are registered as ``model.<recipe>-s<k>`` (:func:`robench.core.weights.seeded_name`);
-    seed 0 (or None) keeps ``model.<recipe>``."""
+    seed 0 (or None) keeps ``model.<recipe>``. ``inner`` overrides the profile's ``adv_inner``."""
     from robench.models import split_name
     from robench.core import weights as W
     from robench.core.target import fingerprint, fit_calibration
@@ -586,6 +631,9 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     if not (isinstance(cls, type) and issubclass(cls, TrainingRecipe)):
         raise RobenchError(f"{recipe!r} is not a training recipe (recipes: {', '.join(training_recipes())})")
     prof = get_profile(profile)
+    if inner is not None:
+        prof = replace(prof, adv_inner=inner)
+    inner_objective(prof)  # an unknown name fails before anything is trained
     base, tag = split_name(model)
     if tag is not None:
         raise RobenchError(f"give the architecture ({base!r}), not a variant: the recipe makes {base}.{recipe}")
@@ -600,7 +648,11 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     task = cls(target, data, prof, tseed, base, heldout=val)
     n_steps = int(steps or prof.adv_steps)  # the cap: the held-out rule may stop the run sooner
     task.cap = n_steps
+    inner = inner_objective(prof)
+    # the inner objective enters the record only when it is not "up", so weights trained before
+    # the choice existed (inner PGD on the raised score) keep their config hash
     hp = {"recipe": recipe, "eps_train": prof.adv_eps, "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
+          **({} if inner == "up" else {"inner_objective": inner}),
           "steps": n_steps, "batch": task.batch, "lr": prof.adv_lr, "crop": prof.train_crop,
           "loss_lambda": prof.train_loss_lambda, **task.provenance_extra(), **task.stopping_config()}
     task.run_cfg = {"model": base, "clean_sha256": clean_sha, "dataset": dataset, "dataset_options": ds_opts,
