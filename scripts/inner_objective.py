@@ -4,8 +4,9 @@ with quick PGD under the ranking attack (mos-split) at each ε and record SROCC,
 the calibrated R² on the val items, steps run and seconds.
 
     python scripts/inner_objective.py --recipe aat --inner loss --json reports/bench/inner/aat-loss.json
+    python scripts/inner_objective.py --recipe aat --set aat_band_fraction=1.0 --json ...   # other settings
 
-Each slice trains in its own ROBENCH_HOME (``--homes``/<recipe>-<inner>), so slices run side by
+Each slice trains in its own ROBENCH_HOME (``--homes``/<slice name>), so slices run side by
 side without overwriting each other's ``birqa.<recipe>`` entry; the built datasets of the default
 home are linked in (read-only use). Merge: ``python scripts/inner_objective.py --merge
 reports/bench/inner/*.json --out reports/bench/inner-objective``."""
@@ -20,8 +21,24 @@ import time
 from pathlib import Path
 
 
+def overrides(args) -> dict:
+    """``--set field=value`` pairs: profile fields of the fine-tune (values read as JSON when they parse)."""
+    out = {}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def slice_name(args) -> str:
+    return "-".join([args.recipe, args.inner] + [f"{k}={v}" for k, v in sorted(overrides(args).items())])
+
+
 def run_slice(args) -> dict:
-    home = Path(args.homes) / f"{args.recipe}-{args.inner}"
+    home = Path(args.homes) / slice_name(args)
     (home / "datasets").mkdir(parents=True, exist_ok=True)
     shared = Path.home() / ".cache" / "robench" / "datasets"
     for d in shared.glob("*") if shared.exists() else []:
@@ -48,7 +65,7 @@ def run_slice(args) -> dict:
     ds = default_dataset()
     t0 = time.perf_counter()
     tr = adversarial_train(args.model, args.recipe, dataset=ds, profile="quick", seed=0, steps=args.steps,
-                           progress=False, inner=args.inner)
+                           progress=False, inner=args.inner, overrides=overrides(args))
     train_s = time.perf_counter() - t0
     target = load_model(f"{args.model}.{args.recipe}").eval()
     items = load_items(ds, "val", args.n, 0, dataset_options_for(ds, prof, {}))
@@ -60,7 +77,8 @@ def run_slice(args) -> dict:
     rec, _ = run_cell(target, PGD(profile="quick", seed=0), items, list(args.eps), batch_size=prof.attack_batch,
                       direction="mos-split")
     prov = target.card.weights.provenance
-    return {"model": args.model, "recipe": args.recipe, "inner": args.inner, "n": len(items), "split": "val",
+    return {"model": args.model, "recipe": args.recipe, "inner": args.inner, "set": overrides(args),
+            "name": slice_name(args), "n": len(items), "split": "val",
             "eps": list(args.eps), "direction": "mos-split", "attack": "pgd (quick)",
             "clean_srocc": rec["summary"]["clean_srocc"], "attacked_srocc": rec["summary"]["attacked_srocc"],
             "calibrated_r2": r2, "clean_sd": float(pred.std()), "mos_sd": float(y.std()),
@@ -71,7 +89,7 @@ def run_slice(args) -> dict:
 
 
 def merge(paths: list[str], out: str) -> None:
-    runs = sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda r: (r["recipe"], r["inner"]))
+    runs = sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda r: (r["recipe"], r["inner"], str(r.get("set"))))
     eps = runs[0]["eps"]
     lines = ["# Inner objective of the adversarial fine-tunes", "",
              f"BiRQA fine-tuned from the shipped clean weights (quick profile: cap {runs[0]['cap']} steps, inner PGD-5 at "
@@ -79,16 +97,20 @@ def merge(paths: list[str], out: str) -> None:
              f"{runs[0]['n']} val items (128 px), ε in /255 of [0, 1]. Higher attacked SROCC is better.", "",
              "Command: `bash reports/bench/inner/run.sh` (one slice per recipe × objective), merged by "
              "`python scripts/inner_objective.py --merge reports/bench/inner/*.json --out reports/bench/inner-objective`.",
-             "", "| recipe | inner objective | clean SROCC | " + " | ".join(f"SROCC ε {e:g}" for e in eps)
-             + " | calibrated R² | clean SD / MOS SD | steps (stop) | [nc] | train s |",
-             "|---|---|---|" + "---|" * len(eps) + "---|---|---|---|---|"]
+             "", "| recipe | inner objective | other settings | clean SROCC | "
+             + " | ".join(f"SROCC ε {e:g}" for e in eps)
+             + " | calibrated R² | clean SD / MOS SD | Theorem 1 non-vacuous | steps (stop) | [nc] | train s |",
+             "|---|---|---|---|" + "---|" * len(eps) + "---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['recipe']} | {r['inner']} | {r['clean_srocc']:.3f} | "
+        t1 = r.get("theorem1") or {}
+        nv = f"{t1['non_vacuous']}/{t1['n_batches']}" if t1 else "–"
+        other = ", ".join(f"{k}={v}" for k, v in sorted((r.get("set") or {}).items())) or "–"
+        lines.append(f"| {r['recipe']} | {r['inner']} | {other} | {r['clean_srocc']:.3f} | "
                      + " | ".join(f"{v:.3f}" for v in r["attacked_srocc"])
-                     + f" | {r['calibrated_r2']:.3f} | {r['clean_sd'] / r['mos_sd']:.2f} | {r['steps_run']} ({r['stopped']})"
+                     + f" | {r['calibrated_r2']:.3f} | {r['clean_sd'] / r['mos_sd']:.2f} | {nv} | {r['steps_run']} ({r['stopped']})"
                      f" | {'yes' if r['not_converged'] else ''} | {r['train_seconds']:.0f} |")
     best = {}
-    for r in runs:
+    for r in (r for r in runs if not r.get("set")):  # the inner-objective comparison: other settings at defaults
         score = sum(r["attacked_srocc"]) / len(r["attacked_srocc"])
         if r["recipe"] not in best or score > best[r["recipe"]][1]:
             best[r["recipe"]] = (r["inner"], score)
@@ -105,6 +127,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="aat")
     ap.add_argument("--inner", default="loss")
     ap.add_argument("--steps", type=int, default=None, help="fine-tune cap (default: the profile's)")
+    ap.add_argument("--set", action="append", default=[], help="profile field=value of the fine-tune (repeatable)")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--eps", type=lambda s: [float(v) for v in s.split(",")], default=[2.0, 4.0])
     ap.add_argument("--threads", type=int, default=1)

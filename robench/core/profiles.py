@@ -58,6 +58,9 @@ class Profile:
     adv_eval_batches: int = 2  # 64 held-out items at batch 32
     aat_anchors: int = 8
     aat_spacing: float = 0.5  # Δ, MOS units (paper Table 10)
+    # band width W = min(Δ·(K−1), aat_band_fraction × MOS range) **[choice]**: 1.0 is the paper's
+    # Δ·(K−1) wherever it fits the range (defenses/aat.AnchorSampler)
+    aat_band_fraction: float = 0.5
     aat_top_k: int = 4
     aat_alpha: float = 1.0
     aat_beta: float = 1.0

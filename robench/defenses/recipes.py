@@ -459,12 +459,12 @@ class AAT(TrainingRecipe):
     purification_reference = True  # Table 9: purification defences against AAT
 
     def provenance_extra(self):
-        from robench.defenses.aat import BAND_FRACTION, AnchorSampler
+        from robench.defenses.aat import AnchorSampler
 
         p = self.prof
-        width = AnchorSampler(self.mos, self.batch, p.aat_anchors, p.aat_spacing).width
+        width = AnchorSampler(self.mos, self.batch, p.aat_anchors, p.aat_spacing, band_fraction=p.aat_band_fraction).width
         return {"anchors": p.aat_anchors, "spacing": p.aat_spacing, "top_k": p.aat_top_k, "alpha": p.aat_alpha,
-                "beta": p.aat_beta, "band_fraction": BAND_FRACTION, "band_width": width, "hinge_norm": p.aat_hinge_norm,
+                "beta": p.aat_beta, "band_fraction": p.aat_band_fraction, "band_width": width, "hinge_norm": p.aat_hinge_norm,
                 "gamma": p.aat_gamma, "replay_items": p.aat_replay}
 
     def _build_batch(self, rng_seed, gen):
@@ -487,6 +487,7 @@ class AAT(TrainingRecipe):
 
         # a fresh sampler per step: its band, tie-breaks and anchors follow (seed, step)
         ab = AnchorSampler(self.mos, self.batch, self.prof.aat_anchors, self.prof.aat_spacing, seed=rng_seed,
+                           band_fraction=self.prof.aat_band_fraction,
                            ids=self.ids).sample()
         return ab.indices, ab.is_anchor, {"band_lo": ab.band[0], "band_hi": ab.band[1], "anchor_ids": ab.anchor_ids}
 
@@ -608,7 +609,7 @@ def pgd_attack(target, dist, ref, eps: float, steps: int, seed: int, objective=N
 def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: str = "quick", seed: int = 0,
                       steps: int | None = None, dataset_options: dict | None = None, out: str | Path | None = None,
                       progress: bool = True, train_seed: int | None = None, device: str = "cpu",
-                      inner: str | None = None) -> dict[str, Any]:
+                      inner: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune the clean ``model`` with ``recipe`` into weights ``model.<recipe>``, on ``device``
     (auto | cpu | cuda | cuda:N: in the provenance, not in the config hash — a run resumes anywhere).
 
@@ -617,7 +618,9 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     batches, crops, inner-PGD starts, the held-out batches, the calibration subset — on the same
     data and clean model. None: the fine-tuning uses ``seed``, as before. The weights of training
     seed k > 0 are registered as ``model.<recipe>-s<k>`` (:func:`robench.core.weights.seeded_name`);
-    seed 0 (or None) keeps ``model.<recipe>``. ``inner`` overrides the profile's ``adv_inner``."""
+    seed 0 (or None) keeps ``model.<recipe>``. ``inner`` overrides the profile's ``adv_inner``;
+    ``overrides`` any of its fields (``aat_band_fraction``, ``aat_hinge_norm``, …: each one that
+    changes the run is in the recipe's hyper-parameters, hence in the config hash)."""
     from robench.models import split_name
     from robench.core import weights as W
     from robench.core.target import fingerprint, fit_calibration
@@ -631,8 +634,12 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     if not (isinstance(cls, type) and issubclass(cls, TrainingRecipe)):
         raise RobenchError(f"{recipe!r} is not a training recipe (recipes: {', '.join(training_recipes())})")
     prof = get_profile(profile)
-    if inner is not None:
-        prof = replace(prof, adv_inner=inner)
+    from dataclasses import fields
+
+    unknown = sorted(set(overrides or {}) - {f.name for f in fields(prof)})
+    if unknown:
+        raise RobenchError(f"unknown profile field(s) {', '.join(map(repr, unknown))} in the fine-tune's overrides")
+    prof = replace(prof, **(overrides or {}), **({} if inner is None else {"adv_inner": inner}))
     inner_objective(prof)  # an unknown name fails before anything is trained
     base, tag = split_name(model)
     if tag is not None:
