@@ -210,3 +210,37 @@ def test_write_paper_writes_md_and_tex(reporter, tmp_path):
     assert "_" not in body and "95 \\% CI" in tex and " % " not in tex  # escaped
     assert "AAT-\\{model\\}" in tex and all(ord(ch) < 128 for ch in tex)  # braces escaped; pdflatex-safe ASCII
     assert "\\caption{Paper Table 3" in tex and "\\label{tab:paper-claims}" in tex
+
+
+def test_claims_are_evaluated_at_every_budget_and_their_agreement_shown(tmp_path):
+    """AAT quarters the base's gains at ε 4 and doubles them at ε 8: the same claim instance is
+    reproduced at one budget and contradicted at the other, each record names its ε under both
+    readings of the paper's units, and paper.md lists the instance as budget-dependent."""
+    from test_report import add_cell
+
+    from robench.engine.store import Store
+    from robench.results.report import Reporter, load_cells
+
+    path = tmp_path / "s.sqlite"
+    rng = np.random.default_rng(0)
+    n = 60
+    mos = rng.uniform(1, 5, n)
+    q = mos / 5 + rng.normal(0, 0.08, n)
+    gain = rng.uniform(0.0, 0.6, (2, n))
+    with Store(path) as st:
+        for target, defense, training, g in (("birqa", "none", None, gain),
+                                             ("birqa.aat", "aat", "aat", gain * np.array([[0.25], [2.0]]))):
+            add_cell(st, target=target, defense=defense, training=training, attack="fgsm", needs="gradients",
+                     eps=[4, 8], mos=mos, q_clean=q, q_adv=q + g, ref_ids=np.arange(n) // 3, train_seconds=60.0)
+    cells, weights = load_cells(path)
+    rep = Reporter(cells, weights, ot="exact", n_boot=200)
+    got = [r for r in P.evaluate_claims(rep) if r["claim"] == "T3-aat-vs-base" and r["attack"] == "FGSM"
+           and r["a"] == "AAT BiRQA"]
+    assert {r["eps"]: r["status"] for r in got} == {4.0: "reproduced", 8.0: "contradicted"}
+    assert all(r["across_eps"].startswith("differs across ε") for r in got)
+    four = next(r for r in got if r["eps"] == 4.0)
+    assert "paper 4/255 in [0, 1]" in four["readings"] and "paper 8/255 in [−1, 1]" in four["readings"]
+    P.write_paper(rep, tmp_path / "out")
+    md = (tmp_path / "out" / "paper.md").read_text()
+    assert "Instances whose verdict changes with the budget" in md and "ε 4: reproduced, ε 8: contradicted" in md
+    assert "| 4/255 (paper 4/255 in [0, 1]; paper 8/255 in [−1, 1]) |" in md

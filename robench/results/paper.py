@@ -264,7 +264,6 @@ def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
 
     fam = rep.family()
     lookup = _family_lookup(rep)
-    eps_key = round(float(rep.eps), 9)
     records, extras = [], {}
     for table in paper_tables():
         for inst in claim_instances(table):
@@ -287,43 +286,10 @@ def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
             atk = ATTACK_NAMES[inst["attack"]]
             clean = atk is None
             for ra, rb in pairs:
-                rec = {**base, "row_a": ra, "row_b": rb, "robench_a": f"{ra[0]} {ra[1]}", "robench_b": f"{rb[0]} {rb[1]}"}
-                fam_key = (ra, rb, "clean", None) if clean else (ra, rb, atk, eps_key)
-                rev_key = (rb, ra, "clean", None) if clean else (rb, ra, atk, eps_key)
-                if fam_key in lookup or rev_key in lookup:
-                    f = lookup.get(fam_key) or lookup[rev_key]
-                    res = f["res"] if fam_key in lookup else _flip(f["res"])
-                    ca, cb = (f["cell"], f["versus_cell"]) if fam_key in lookup else (f["versus_cell"], f["cell"])
-                    rec.update(res=res, in_family=True)
-                else:
-                    if clean:
-                        ca, cb = _any_cell(rep, ra), _any_cell(rep, rb)
-                        shared = [c for c in rep.cells if c.row == ra and rep.cell(rb, c.attack) is not None]
-                        if shared:  # the same attack's cells: the same items
-                            ca, cb = shared[-1], rep.cell(rb, shared[-1].attack)
-                    else:
-                        ca, cb = rep.cell(ra, atk, rep.eps), rep.cell(rb, atk, rep.eps)
-                    if ca is None or cb is None:
-                        who = " and ".join(f"{r[0]} {r[1]}" for r, c in ((ra, ca), (rb, cb)) if c is None)
-                        rec.update(setting=setting_of(rep, None, ra, "—"), status=NOT_MEASURED, flags=[],
-                                   reason=f"robench has no cell of {who} under {atk} at ε = {rep.eps:g}/255")
-                        records.append(rec)
-                        continue
-                    eps = None if clean else rep.eps
-                    key = (ca.key, cb.key, eps)
-                    if key not in extras:
-                        got = rep.compare(ca, cb, eps)
-                        extras[key] = None if got is None else dict(got)
-                    if extras[key] is None:
-                        rec.update(setting=setting_of(rep, ca, ra, "—"), status=NOT_MEASURED, flags=[],
-                                   reason="robench's two cells share fewer than 3 items: no comparison")
-                        records.append(rec)
-                        continue
-                    rec.update(res=extras[key], in_family=False)
-                eps_txt = "clean" if clean else f"ε = {rep.eps:g}/255"
-                rec["setting"] = setting_of(rep, ca, ra, eps_txt)
-                rec["flags"] = _codes(ca, cb, only=CLEAN_FLAGS if clean else None)
-                records.append(rec)
+                got = [_claim_at(rep, base, ra, rb, atk, e, lookup, extras) for e in ([None] if clean else rep.all_eps)]
+                measured = [r for r in got if "res" in r]
+                # every budget the pair was compared at; "not measured" once when it was at none
+                records += measured or [next((r for r in got if r["eps"] in (None, rep.eps)), got[0])]
     # comparisons outside the report's family: corrected together with it (a larger family can
     # only raise the adjusted p of Holm / BH, never lower it)
     if extras:
@@ -338,7 +304,83 @@ def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
     for rec in records:
         if "res" in rec:
             _classify(rep, rec, len(fam))
+    budget_agreement(records)  # each record's "across_eps"
     return records
+
+
+def _claim_at(rep: Reporter, base: dict, ra: tuple, rb: tuple, atk: str | None, e: float | None,
+              lookup: dict, extras: dict) -> dict:
+    """One claim instance on one robench row pair at one ε (None: clean): the family's
+    comparison when it holds it, else a comparison outside it (``extras``, corrected later), else
+    a "not measured" record saying why."""
+    clean = atk is None
+    rec = {**base, "row_a": ra, "row_b": rb, "robench_a": f"{ra[0]} {ra[1]}", "robench_b": f"{rb[0]} {rb[1]}",
+           "eps": e, "readings": None if clean else eps_readings(e)}
+    eps_key = None if clean else round(float(e), 9)
+    fam_key = (ra, rb, "clean", None) if clean else (ra, rb, atk, eps_key)
+    rev_key = (rb, ra, "clean", None) if clean else (rb, ra, atk, eps_key)
+    if fam_key in lookup or rev_key in lookup:
+        f = lookup.get(fam_key) or lookup[rev_key]
+        res = f["res"] if fam_key in lookup else _flip(f["res"])
+        ca, cb = (f["cell"], f["versus_cell"]) if fam_key in lookup else (f["versus_cell"], f["cell"])
+        rec.update(res=res, in_family=True)
+    else:
+        if clean:
+            ca, cb = _any_cell(rep, ra), _any_cell(rep, rb)
+            shared = [c for c in rep.cells if c.row == ra and rep.cell(rb, c.attack) is not None]
+            if shared:  # the same attack's cells: the same items
+                ca, cb = shared[-1], rep.cell(rb, shared[-1].attack)
+        else:
+            ca, cb = rep.cell(ra, atk, e), rep.cell(rb, atk, e)
+        if ca is None or cb is None:
+            who = " and ".join(f"{r[0]} {r[1]}" for r, c in ((ra, ca), (rb, cb)) if c is None)
+            rec.update(setting=setting_of(rep, None, ra, "—"), status=NOT_MEASURED, flags=[],
+                       reason=f"robench has no cell of {who} under {atk} at any ε of the store")
+            return rec
+        key = (ca.key, cb.key, e)
+        if key not in extras:
+            got = rep.compare(ca, cb, e)
+            extras[key] = None if got is None else dict(got)
+        if extras[key] is None:
+            rec.update(setting=setting_of(rep, ca, ra, "—"), status=NOT_MEASURED, flags=[],
+                       reason="robench's two cells share fewer than 3 items: no comparison")
+            return rec
+        rec.update(res=extras[key], in_family=False)
+    rec["setting"] = setting_of(rep, ca, ra, "clean" if clean else f"ε = {e:g}/255")
+    rec["flags"] = _codes(ca, cb, only=CLEAN_FLAGS if clean else None)
+    return rec
+
+
+#: the paper's "ε k/255" read two ways (its budget is lost in the text extraction): in [0, 1]
+#: pixel units, robench's own (the BiRQA author's attack code, the AT- authors' training code), or
+#: in [−1, 1] (the AT- authors' LPIPS KADID-10k script), which is robench's k/510
+EPS_READINGS = (("[0, 1]", 1.0), ("[−1, 1]", 2.0))
+
+
+def eps_readings(e: float) -> str:
+    """What robench's ε = e/255 is in the paper's units under each reading."""
+    return "; ".join(f"paper {e * f:g}/255 in {name}" for name, f in EPS_READINGS)
+
+
+def budget_agreement(records: list[dict]) -> list[dict]:
+    """Per claim instance and robench row pair measured at more than one ε: whether its verdict
+    is the same at every budget, and the verdict per ε. Sets ``across_eps`` on each record."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("eps") is not None and r["status"] != NOT_MEASURED:
+            groups.setdefault((r["claim"], r["a"], r["b"], r["attack"], r.get("robench_a"), r.get("robench_b")),
+                              []).append(r)
+    out = []
+    for (claim, a, b, attack, _ra, _rb), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["eps"])
+        same = len({r["status"] for r in rs}) == 1
+        per = ", ".join(f"ε {r['eps']:g}: {r['status']}" for r in rs)
+        for r in rs:
+            r["across_eps"] = ("same at every ε measured" if same else "differs across ε") + f" ({per})"
+        if len(rs) > 1:
+            out.append({"claim": claim, "instance": f"{a} vs {b} · {attack}", "same": same, "per_eps": per,
+                        "robench": f"{rs[0].get('robench_a')} vs {rs[0].get('robench_b')}"})
+    return out
 
 
 def _num(x: float, fmt: str = "+.3f") -> str:
@@ -402,14 +444,18 @@ def scale_note(rep: Reporter) -> str:
     text = ("The paper measures Table 3 on KADID-10k's test split (512×384 images, not cropped) and Tables 7 and 9 "
             "on the BAPPS 2AFC test set, with its own trained weights, its attack budgets (lost in the text "
             "extraction) and a 1k-resample bootstrap. robench measured here: " + "; ".join(parts)
-            + f"; attacks at ε = {rep.eps:g}/255 (IR-Score: every stored ε); {rep.n_boot} bootstrap resamples "
+            + f"; attacks at ε = {', '.join(f'{e:g}' for e in rep.all_eps)}/255 (the side-by-side tables at "
+            f"{rep.eps:g}/255); {rep.n_boot} bootstrap resamples "
             f"({rep.bootstrap} units), {rep.correction_name} correction. "
             "Protocol: the paper's SROCC-under-attack columns come from the ranking attack (mos-split: every image "
             "rated above the mean MOS pushed down, the rest up, as in the AT- authors' KADID-10k code); robench "
             "compares them with its mos-split cells where the store has them (each row names its protocol), and "
             "IR-Score with score inflation (up), as the reference gain script. ε convention: robench's ε is in "
-            "[0, 1] pixel units (method-notes §1); the AT- authors' code normalises images to [−1, 1], so its "
-            "'ε k/255' is robench's k/510 (their 8/255 = robench's 4/255). ")
+            "[0, 1] pixel units. The paper's budget is lost in the text extraction, and its authors' code uses "
+            "both conventions (the AT- authors' LPIPS KADID-10k script normalises images to [−1, 1], where "
+            "'ε k/255' is robench's k/510; their AT training code and the BiRQA author's attack code work in "
+            "[0, 1]): every claim instance is evaluated at every ε of the store and names the paper's ε under "
+            "both readings. ")
     if paper_like:
         text += ("Even at the paper profile, robench trains its own weights and implements the attacks from their "
                  "descriptions: a robench number is compared with the paper's by direction, not by value.")
@@ -459,10 +505,29 @@ def to_markdown(rep: Reporter, tables: list[dict], sides: dict[int, list[dict]],
     lines += _md_table(["claim", "table", "statement", "source", *STATUSES],
                        [[s["claim"], str(s["table"]), s["template"], s["source"], *(str(s[k]) for k in STATUSES)]
                         for s in summ])
+    agree = budget_agreement(records)
+    if agree:
+        per_claim: dict[str, list[bool]] = {}
+        for g in agree:
+            per_claim.setdefault(g["claim"], []).append(g["same"])
+        lines += ["", "### The same verdict at every budget?", "",
+                  "Claim instances measured at more than one ε: whether robench's verdict is the same at each. "
+                  "robench's ε = e/255 is the paper's e/255 if the paper's pixels are in [0, 1] and its 2e/255 if "
+                  "they are in [−1, 1] (the paper's budget is lost in the text; both conventions occur in its "
+                  "authors' code).", ""]
+        lines += _md_table(["claim", "instances at ≥ 2 ε", "same verdict at every ε", "differs"],
+                           [[c, str(len(v)), str(sum(v)), str(len(v) - sum(v))] for c, v in per_claim.items()])
+        differ = [g for g in agree if not g["same"]]
+        if differ:
+            lines += ["", "Instances whose verdict changes with the budget:", ""]
+            lines += _md_table(["claim", "instance", "robench rows", "verdict per ε"],
+                               [[g["claim"], g["instance"], g["robench"], g["per_eps"]] for g in differ])
     lines += ["", "### Every claim instance", ""]
-    lines += _md_table(["claim", "instance", "paper (a, b, Δ)", "robench setting", "robench Δ [95 % CI]",
-                        f"p ({rep.correction_name})", "n", "flags", "status", "reason"],
+    lines += _md_table(["claim", "instance", "ε (paper's units, both readings)", "paper (a, b, Δ)", "robench setting",
+                        "robench Δ [95 % CI]", f"p ({rep.correction_name})", "n", "flags", "status", "reason"],
                        [[r["claim"], _instance(r),
+                         "clean" if r.get("eps") is None and r.get("attack") == "clean" else
+                         (f"{r['eps']:g}/255 ({r['readings']})" if r.get("eps") is not None else "—"),
                          ("—" if r["paper_delta"] is None else
                           f"{r['paper_a']:.3f}, {r['paper_b']:.3f}, {r['paper_delta']:+.3f}"),
                          r.get("setting", "—"),

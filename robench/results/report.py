@@ -57,6 +57,7 @@ class Reporter:
         settings = {c.row[2:] for c in self.cells}
         self.multi_setting = len(settings) > 1  # then every row label names its setting
         all_eps = sorted({e for c in cells for e in c.eps})
+        self.all_eps = all_eps  # every budget of the store (paper.md evaluates its claims at each)
         self.eps = eps if eps is not None else (8.0 if 8.0 in all_eps else all_eps[-1])
         self.maps = MapCache(ot, seed, **(ot_options or {}))
         self.ot, self.n_boot, self.seed, self.cluster = ot, n_boot, seed, cluster
