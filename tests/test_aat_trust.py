@@ -321,3 +321,21 @@ def test_the_hinge_is_blind_to_a_global_rescaling_and_theorem1_unchanged(mini_tr
     assert st["emp_max_err"] <= st["bound"] + 1e-6
     with pytest.raises(RobenchError, match="hinge_norm"):
         anchored_terms(pred, y, anchor, 4, "nope")
+
+
+def test_training_curve_plot_reads_the_heldout_log_and_refuses_a_bad_one(tmp_path):
+    from robench.core.errors import RobenchError
+    from robench.results import plots as P
+
+    run = tmp_path / "run"
+    run.mkdir()
+    steps = [{**r, "loss": 1.0 / (r["step"] + 1)} for r in _steps()]
+    held = [{"step": k, "loss": 1.0 / (k + 1), "ema": 1.0 / (k + 1), "settled": k == 10, "clean_sd_ratio": 1.0,
+             "clean_r2": 0.5} for k in range(0, 12, 2)]
+    (run / "steps.json").write_text(json.dumps({"config": {}, "steps": steps, "heldout": held}))
+    assert P.read_heldout(run) == held
+    names = P.plot_training(run, tmp_path / "plots" / "training-x")
+    assert {n.rsplit(".", 1)[1] for n in names} == {"pdf", "png"}
+    (run / "steps.json").write_text("{not json")
+    with pytest.raises(RobenchError, match="not a robench steps.json"):
+        P.plot_training(run, tmp_path / "plots" / "training-y")

@@ -129,6 +129,19 @@ def plot_bound_cmd(
     err.print("wrote " + ", ".join(str(out.with_name(n)) for n in names))
 
 
+@plot_app.command("training")
+@user_errors
+def plot_training_cmd(
+    log: Path = typer.Option(..., help="A recipe's run folder or its steps.json."),
+    out: Path = typer.Option(Path("reports/latest/plots/training"), help="Output stem (.pdf and .png are written)."),
+) -> None:
+    """A fine-tune's curves: training loss, the held-out objective the stopping rule watches, the clean scale."""
+    from robench.results.plots import plot_training
+
+    names = plot_training(log, out)
+    err.print("wrote " + ", ".join(str(out.with_name(n)) for n in names))
+
+
 @plot_app.command("sweep")
 @user_errors
 def plot_sweep_cmd(

@@ -107,6 +107,49 @@ def plot_bound(log: str | Path, stem: str | Path, log_y: bool = False) -> list[s
     return _save(fig, Path(stem))
 
 
+def read_heldout(path: str | Path) -> list[dict[str, Any]]:
+    """The held-out evaluations of a recipe's run (``steps.json``'s ``heldout``; empty when the
+    run was not monitored)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "steps.json"
+    read_steps(p)  # the same refusals for a missing or malformed log
+    return list(json.loads(p.read_text()).get("heldout") or [])
+
+
+def plot_training(log: str | Path, stem: str | Path) -> list[str]:
+    """A recipe's fine-tune as it ran: (a) the training loss per step and its EMA-20, (b) the
+    held-out objective the stopping rule watches (each evaluation and its EMA, the step where it
+    settled or the cap), (c) the clean scale the collapse guard watches (SD ratio to step 0 and
+    calibrated R² on its val items)."""
+    steps, held = read_steps(log), read_heldout(log)
+    plt = _plt()
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(12, 3.2))
+    s = np.array([r["step"] for r in steps])
+    loss = np.array([r["loss"] for r in steps])
+    a.plot(s, loss, lw=0.8, alpha=0.6, label="batch loss")
+    a.plot(s, ema(loss, 20), lw=1.6, label="EMA-20")
+    a.set(xlabel="step", ylabel="training loss", title="(a) training objective")
+    if held:
+        hs = np.array([r["step"] for r in held])
+        b.plot(hs, [r["loss"] for r in held], "o", ms=3, alpha=0.6, label="held-out objective")
+        b.plot(hs, [r["ema"] for r in held], "-o", ms=2, lw=1.6, label="its EMA (the stopping rule's)")
+        settled = [r["step"] for r in held if r.get("settled")]
+        end = settled[0] if settled else int(s.max())
+        b.axvline(end, color="0.3", ls="--", lw=1.0, label=("settled" if settled else "cap") + f" at {end}")
+        c.plot(hs, [r.get("clean_sd_ratio", np.nan) for r in held], "-o", ms=2, lw=1.4, label="clean SD / step-0 SD")
+        c.plot(hs, [r.get("clean_r2", np.nan) for r in held], "-o", ms=2, lw=1.4, label="calibrated R²")
+    else:
+        b.text(0.5, 0.5, "not monitored (no held-out split)", ha="center", transform=b.transAxes, fontsize=8)
+    b.set(xlabel="step", ylabel="held-out objective", title="(b) held-out objective")
+    c.set(xlabel="step", title="(c) clean scale")
+    for ax in (a, b, c):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, Path(stem))
+
+
 # --------------------------------------------------------------------------------------------
 # metric vs ε
 
@@ -323,14 +366,19 @@ def clean_accuracy(cells) -> dict[str, float]:
 
 
 def draw_all(rep, folder: Path, bench: str | Path | None = None, rename_to: Path | None = None) -> list[str]:
-    """Every plot the store supports: sweeps, Theorem-1 plots of AAT runs whose logs exist, and
+    """Every plot the store supports: sweeps, training curves of the recipes' runs and Theorem-1
+    plots of AAT runs whose logs exist, and
     accuracy vs speed when a benchmark file is given. Returns paths (under ``rename_to``)."""
     names: list[str] = []
     for kind in ("pairs", "2afc"):
         names += plot_sweep(rep, folder / f"sweep-{kind}", kind)
     for sha, w in rep.weights.items():
         run = w["provenance"].get("run")
-        if recipe_declares(w["provenance"].get("recipe"), "logs_bound", False) and run and (Path(run) / "steps.json").is_file():
+        if not (run and (Path(run) / "steps.json").is_file()):
+            continue
+        if w["provenance"].get("recipe"):
+            names += plot_training(run, folder / f"training-{w['name']}-{sha[:8]}")
+        if recipe_declares(w["provenance"].get("recipe"), "logs_bound", False):
             names += plot_bound(run, folder / f"bound-{w['name']}-{sha[:8]}")
     if bench is not None:
         names += plot_speed(bench, clean_accuracy(rep.cells), folder / "speed")
