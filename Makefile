@@ -25,6 +25,8 @@ report: $(STAMP)
 	$(BIN)/robench report
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2
 
 test-slow: $(STAMP)

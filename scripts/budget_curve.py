@@ -53,12 +53,27 @@ def main() -> None:
             secs.append(time.perf_counter() - t0)
             gains.append(directed_gains(res, target.lower_better)[0])
         gaps = [None] + [_rel_gap([g], [h])[0] for g, h in zip(gains[1:], gains[:-1])]
-        row = {"model": args.model, "attack": args.attack, "setting": params, "n": len(items), "eps": args.eps,
-               "budgets": args.budgets, "gains": gains, "rel_gap_to_half": gaps, "seconds": secs}
+        row = {
+            "model": args.model,
+            "attack": args.attack,
+            "setting": params,
+            "n": len(items),
+            "eps": args.eps,
+            "budgets": args.budgets,
+            "gains": gains,
+            "rel_gap_to_half": gaps,
+            "seconds": secs,
+        }
         out.append(row)
         print(json.dumps(row), flush=True)
-        print(f"{params}: " + ", ".join(f"{b}: {g:+.4f}" + ("" if gp is None else f" (gap {gp:.3f})")
-                                        for b, g, gp in zip(args.budgets.split(","), gains, gaps)), file=sys.stderr)
+        print(
+            f"{params}: "
+            + ", ".join(
+                f"{b}: {g:+.4f}" + ("" if gp is None else f" (gap {gp:.3f})")
+                for b, g, gp in zip(args.budgets.split(","), gains, gaps)
+            ),
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

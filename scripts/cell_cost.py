@@ -25,8 +25,12 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=4.0)
     ap.add_argument("--direction", default="mos-split")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--config", action="append", default=[],
-                    help="name:param=value,... (PGD parameters; repeatable; default: quick:)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="name:param=value,... (PGD parameters; repeatable; default: quick:)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -61,8 +65,16 @@ def main() -> None:
             k, _, v = kv.partition("=")
             params[k] = json.loads(v) if v[:1].isdigit() or v in ("true", "false", "null") else v
         configs.append((name, PGD, params))
-    out = {"model": args.model, "n": len(items), "eps": args.eps, "direction": args.direction, "profile": "quick",
-           "machine": machine("cpu"), "threads": args.threads, "runs": []}
+    out = {
+        "model": args.model,
+        "n": len(items),
+        "eps": args.eps,
+        "direction": args.direction,
+        "profile": "quick",
+        "machine": machine("cpu"),
+        "threads": args.threads,
+        "runs": [],
+    }
     gains = {}
     for name, cls, params in configs:
         attack = cls(profile="quick", seed=0, **params)
@@ -73,16 +85,27 @@ def main() -> None:
         g = signs * (-g if target.lower_better else g)
         gains[name] = g
         conv = rec["flags"].get("convergence", {})
-        out["runs"].append({"name": name, "params": {k: attack.params[k] for k in ("steps", "restarts", "patience", "amp")
-                                                     if k in attack.params},
-                            "seconds": round(wall, 1), "attack_seconds": round(rec["attack_seconds"], 1),
-                            "mean_move_down": float(g[signs < 0].mean()), "mean_move_up": float(g[signs > 0].mean()),
-                            "srocc": rec["summary"]["attacked_srocc"][0], "clean_srocc": rec["summary"]["clean_srocc"],
-                            "not_converged": bool(rec["flags"].get("not_converged")),
-                            "half_rel_gap": conv.get("rel_gap"),
-                            "another_start_rel_gap": (conv.get("another_start") or {}).get("rel_gap")})
-        print(f"{name}: {wall:.0f} s, SROCC {out['runs'][-1]['srocc']:.3f}, move down {g[signs < 0].mean():.4g} "
-              f"up {g[signs > 0].mean():.4g}", file=sys.stderr, flush=True)
+        out["runs"].append(
+            {
+                "name": name,
+                "params": {k: attack.params[k] for k in ("steps", "restarts", "patience", "amp") if k in attack.params},
+                "seconds": round(wall, 1),
+                "attack_seconds": round(rec["attack_seconds"], 1),
+                "mean_move_down": float(g[signs < 0].mean()),
+                "mean_move_up": float(g[signs > 0].mean()),
+                "srocc": rec["summary"]["attacked_srocc"][0],
+                "clean_srocc": rec["summary"]["clean_srocc"],
+                "not_converged": bool(rec["flags"].get("not_converged")),
+                "half_rel_gap": conv.get("rel_gap"),
+                "another_start_rel_gap": (conv.get("another_start") or {}).get("rel_gap"),
+            }
+        )
+        print(
+            f"{name}: {wall:.0f} s, SROCC {out['runs'][-1]['srocc']:.3f}, move down {g[signs < 0].mean():.4g} "
+            f"up {g[signs > 0].mean():.4g}",
+            file=sys.stderr,
+            flush=True,
+        )
     base = out["runs"][0]
     for r in out["runs"]:
         r["time_ratio"] = r["seconds"] / base["seconds"]

@@ -47,8 +47,14 @@ def _decide(target, attack, items, eps, signs, full_gain_items, batch=32, all_it
     half = C.directed_gains(res, target.lower_better, C._rows(signs, sub))
     full = [float(g[idx].mean()) for g in full_gain_items]
     gap = C._rel_gap(full, half)
-    return {"items": len(idx), "half_gain": half, "full_gain": full, "rel_gap": gap, "not_converged": C._short(gap),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "items": len(idx),
+        "half_gain": half,
+        "full_gain": full,
+        "rel_gap": gap,
+        "not_converged": C._short(gap),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def stored(store: Path) -> list[dict]:
@@ -62,7 +68,10 @@ def stored(store: Path) -> list[dict]:
             cfg = r["config"]
             target = _target(cfg)
             if fingerprint(target) != r["weights_sha256"]:
-                print(f"skip {r['key'][:10]}: this machine's {r['target']} weights are not the stored cell's", file=sys.stderr)
+                print(
+                    f"skip {r['key'][:10]}: this machine's {r['target']} weights are not the stored cell's",
+                    file=sys.stderr,
+                )
                 continue
             ds = cfg["dataset"]
             items = load_items(ds["name"], ds["split"], ds["n_requested"], ds["subset_seed"], ds["options"])
@@ -82,16 +91,28 @@ def stored(store: Path) -> list[dict]:
                     d = -d
                 gains.append(d * signs.double())
             # the half-budget rule's own decision (a plateau probe's verdict is a separate check)
-            stored_rec = {"items": conv.get("items", len(items)), "rel_gap": conv["rel_gap"],
-                          "not_converged": C._short(conv["rel_gap"]),
-                          "plateau_probe_flagged": (conv.get("plateau_probe") or {}).get("not_converged")}
+            stored_rec = {
+                "items": conv.get("items", len(items)),
+                "rel_gap": conv["rel_gap"],
+                "not_converged": C._short(conv["rel_gap"]),
+                "plateau_probe_flagged": (conv.get("plateau_probe") or {}).get("not_converged"),
+            }
             if stored_rec["items"] < len(items):  # stored by the subset rule: compute the old one
                 old_rec, new_rec = _decide(target, attack, items, eps, signs, gains, all_items=True), stored_rec
             else:  # stored by the old rule (every item): compute the subset rule
                 old_rec, new_rec = stored_rec, _decide(target, attack, items, eps, signs, gains)
-            out.append({"cell": r["key"][:12], "target": r["target"], "defense": cfg["defense"]["name"],
-                        "attack": a["name"], "direction": cfg.get("direction", "up"), "n": len(items),
-                        "old": old_rec, "new": new_rec})
+            out.append(
+                {
+                    "cell": r["key"][:12],
+                    "target": r["target"],
+                    "defense": cfg["defense"]["name"],
+                    "attack": a["name"],
+                    "direction": cfg.get("direction", "up"),
+                    "n": len(items),
+                    "old": old_rec,
+                    "new": new_rec,
+                }
+            )
             print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     return out
 
@@ -113,10 +134,18 @@ def fresh(model: str, attacks: list[str], n: int, eps: float) -> list[dict]:
         half_s = time.perf_counter() - t1
         full_all = sum(r["score"] - r["clean_score"] for r in rows) / len(rows) * (-1 if target.lower_better else 1)
         gap_all = C._rel_gap([full_all], C.directed_gains(half_all, target.lower_better))
-        out.append({"target": model, "defense": "none", "attack": name, "direction": "up", "n": len(items),
-                    "old": {"items": len(items), "rel_gap": gap_all, "not_converged": C._short(gap_all), "seconds": half_s},
-                    "new": {k: conv[k] for k in ("items", "half_gain", "full_gain", "rel_gap", "not_converged")},
-                    "cell_seconds_with_new_check": cell_s})
+        out.append(
+            {
+                "target": model,
+                "defense": "none",
+                "attack": name,
+                "direction": "up",
+                "n": len(items),
+                "old": {"items": len(items), "rel_gap": gap_all, "not_converged": C._short(gap_all), "seconds": half_s},
+                "new": {k: conv[k] for k in ("items", "half_gain", "full_gain", "rel_gap", "not_converged")},
+                "cell_seconds_with_new_check": cell_s,
+            }
+        )
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     return out
 
@@ -130,20 +159,25 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=8.0)
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args()
-    rows = (stored(args.store) if args.store else []) + \
-        (fresh(args.model, [a for a in args.fresh.split(",") if a], args.n, args.eps) if args.fresh else [])
+    rows = (stored(args.store) if args.store else []) + (
+        fresh(args.model, [a for a in args.fresh.split(",") if a], args.n, args.eps) if args.fresh else []
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     same = sum(r["old"]["not_converged"] == r["new"]["not_converged"] for r in rows)
-    lines = [f"# Convergence check on a quarter of the items vs on all items\n",
-             f"`{' '.join(sys.argv)}`\n",
-             f"Same decision on **{same} of {len(rows)}** cells.\n",
-             "| target | defence | attack | direction | items | check items | old gap | old [nc] | new gap | new [nc] |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Convergence check on a quarter of the items vs on all items\n",
+        f"`{' '.join(sys.argv)}`\n",
+        f"Same decision on **{same} of {len(rows)}** cells.\n",
+        "| target | defence | attack | direction | items | check items | old gap | old [nc] | new gap | new [nc] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['defense']} | {r['attack']} | {r['direction']} | {r['n']} | {r['new']['items']} | "
-                     f"{', '.join(f'{g:.3f}' for g in r['old']['rel_gap'])} | {'yes' if r['old']['not_converged'] else 'no'} | "
-                     f"{', '.join(f'{g:.3f}' for g in r['new']['rel_gap'])} | {'yes' if r['new']['not_converged'] else 'no'} |")
+        lines.append(
+            f"| {r['target']} | {r['defense']} | {r['attack']} | {r['direction']} | {r['n']} | {r['new']['items']} | "
+            f"{', '.join(f'{g:.3f}' for g in r['old']['rel_gap'])} | {'yes' if r['old']['not_converged'] else 'no'} | "
+            f"{', '.join(f'{g:.3f}' for g in r['new']['rel_gap'])} | {'yes' if r['new']['not_converged'] else 'no'} |"
+        )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

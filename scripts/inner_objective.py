@@ -64,58 +64,103 @@ def run_slice(args) -> dict:
     prof = get_profile("quick")
     ds = default_dataset()
     t0 = time.perf_counter()
-    tr = adversarial_train(args.model, args.recipe, dataset=ds, profile="quick", seed=0, steps=args.steps,
-                           progress=False, inner=args.inner, overrides=overrides(args))
+    tr = adversarial_train(
+        args.model,
+        args.recipe,
+        dataset=ds,
+        profile="quick",
+        seed=0,
+        steps=args.steps,
+        progress=False,
+        inner=args.inner,
+        overrides=overrides(args),
+    )
     train_s = time.perf_counter() - t0
     target = load_model(f"{args.model}.{args.recipe}").eval()
     items = load_items(ds, "val", args.n, 0, dataset_options_for(ds, prof, {}))
     with torch.no_grad():
-        pred = torch.cat([target.predict_mos(items.dist[i:i + 32], items.ref[i:i + 32]) for i in range(0, len(items), 32)])
+        pred = torch.cat(
+            [target.predict_mos(items.dist[i : i + 32], items.ref[i : i + 32]) for i in range(0, len(items), 32)]
+        )
     y = torch.tensor(items.labels["mos"], dtype=torch.float32)
     r2 = 1.0 - float(((pred - y) ** 2).mean()) / float(y.var(unbiased=False))
     t1 = time.perf_counter()
-    rec, _ = run_cell(target, PGD(profile="quick", seed=0), items, list(args.eps), batch_size=prof.attack_batch,
-                      direction="mos-split")
+    rec, _ = run_cell(
+        target, PGD(profile="quick", seed=0), items, list(args.eps), batch_size=prof.attack_batch, direction="mos-split"
+    )
     prov = target.card.weights.provenance
-    return {"model": args.model, "recipe": args.recipe, "inner": args.inner, "set": overrides(args),
-            "name": slice_name(args), "n": len(items), "split": "val",
-            "eps": list(args.eps), "direction": "mos-split", "attack": "pgd (quick)",
-            "clean_srocc": rec["summary"]["clean_srocc"], "attacked_srocc": rec["summary"]["attacked_srocc"],
-            "calibrated_r2": r2, "clean_sd": float(pred.std()), "mos_sd": float(y.std()),
-            "not_converged": bool(rec["flags"].get("not_converged")), "steps_run": tr["steps"], "cap": tr["cap"],
-            "stopped": tr["stopped"], "theorem1": prov.get("theorem1"), "train_seconds": round(train_s, 1),
-            "attack_seconds": round(time.perf_counter() - t1, 1), "sha256": tr["sha256"],
-            "machine": machine("cpu"), "threads": args.threads, "np": np.__version__}
+    return {
+        "model": args.model,
+        "recipe": args.recipe,
+        "inner": args.inner,
+        "set": overrides(args),
+        "name": slice_name(args),
+        "n": len(items),
+        "split": "val",
+        "eps": list(args.eps),
+        "direction": "mos-split",
+        "attack": "pgd (quick)",
+        "clean_srocc": rec["summary"]["clean_srocc"],
+        "attacked_srocc": rec["summary"]["attacked_srocc"],
+        "calibrated_r2": r2,
+        "clean_sd": float(pred.std()),
+        "mos_sd": float(y.std()),
+        "not_converged": bool(rec["flags"].get("not_converged")),
+        "steps_run": tr["steps"],
+        "cap": tr["cap"],
+        "stopped": tr["stopped"],
+        "theorem1": prov.get("theorem1"),
+        "train_seconds": round(train_s, 1),
+        "attack_seconds": round(time.perf_counter() - t1, 1),
+        "sha256": tr["sha256"],
+        "machine": machine("cpu"),
+        "threads": args.threads,
+        "np": np.__version__,
+    }
 
 
 def merge(paths: list[str], out: str) -> None:
-    runs = sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda r: (r["recipe"], r["inner"], str(r.get("set"))))
+    runs = sorted(
+        (json.loads(Path(p).read_text()) for p in paths), key=lambda r: (r["recipe"], r["inner"], str(r.get("set")))
+    )
     eps = runs[0]["eps"]
-    lines = ["# Inner objective of the adversarial fine-tunes", "",
-             f"BiRQA fine-tuned from the shipped clean weights (quick profile: cap {runs[0]['cap']} steps, inner PGD-5 at "
-             f"ε 4/255, seed 0) with each inner objective; then quick PGD under the ranking attack (mos-split) on "
-             f"{runs[0]['n']} val items (128 px), ε in /255 of [0, 1]. Higher attacked SROCC is better.", "",
-             "Command: `bash reports/bench/inner/run.sh` (one slice per recipe × objective), merged by "
-             "`python scripts/inner_objective.py --merge reports/bench/inner/*.json --out reports/bench/inner-objective`.",
-             "", "| recipe | inner objective | other settings | clean SROCC | "
-             + " | ".join(f"SROCC ε {e:g}" for e in eps)
-             + " | calibrated R² | clean SD / MOS SD | Theorem 1 non-vacuous | steps (stop) | [nc] | train s |",
-             "|---|---|---|---|" + "---|" * len(eps) + "---|---|---|---|---|---|"]
+    lines = [
+        "# Inner objective of the adversarial fine-tunes",
+        "",
+        f"BiRQA fine-tuned from the shipped clean weights (quick profile: cap {runs[0]['cap']} steps, inner PGD-5 at "
+        f"ε 4/255, seed 0) with each inner objective; then quick PGD under the ranking attack (mos-split) on "
+        f"{runs[0]['n']} val items (128 px), ε in /255 of [0, 1]. Higher attacked SROCC is better.",
+        "",
+        "Command: `bash reports/bench/inner/run.sh` (one slice per recipe × objective), merged by "
+        "`python scripts/inner_objective.py --merge reports/bench/inner/*.json --out reports/bench/inner-objective`.",
+        "",
+        "| recipe | inner objective | other settings | clean SROCC | "
+        + " | ".join(f"SROCC ε {e:g}" for e in eps)
+        + " | calibrated R² | clean SD / MOS SD | Theorem 1 non-vacuous | steps (stop) | [nc] | train s |",
+        "|---|---|---|---|" + "---|" * len(eps) + "---|---|---|---|---|---|",
+    ]
     for r in runs:
         t1 = r.get("theorem1") or {}
         nv = f"{t1['non_vacuous']}/{t1['n_batches']}" if t1 else "–"
         other = ", ".join(f"{k}={v}" for k, v in sorted((r.get("set") or {}).items())) or "–"
-        lines.append(f"| {r['recipe']} | {r['inner']} | {other} | {r['clean_srocc']:.3f} | "
-                     + " | ".join(f"{v:.3f}" for v in r["attacked_srocc"])
-                     + f" | {r['calibrated_r2']:.3f} | {r['clean_sd'] / r['mos_sd']:.2f} | {nv} | {r['steps_run']} ({r['stopped']})"
-                     f" | {'yes' if r['not_converged'] else ''} | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {r['recipe']} | {r['inner']} | {other} | {r['clean_srocc']:.3f} | "
+            + " | ".join(f"{v:.3f}" for v in r["attacked_srocc"])
+            + f" | {r['calibrated_r2']:.3f} | {r['clean_sd'] / r['mos_sd']:.2f} | {nv} | "
+            f"{r['steps_run']} ({r['stopped']})"
+            f" | {'yes' if r['not_converged'] else ''} | {r['train_seconds']:.0f} |"
+        )
     best = {}
     for r in (r for r in runs if not r.get("set")):  # the inner-objective comparison: other settings at defaults
         score = sum(r["attacked_srocc"]) / len(r["attacked_srocc"])
         if r["recipe"] not in best or score > best[r["recipe"]][1]:
             best[r["recipe"]] = (r["inner"], score)
-    lines += ["", "Best mean attacked SROCC over the ε per recipe: "
-              + ", ".join(f"{k}: {v[0]} ({v[1]:.3f})" for k, v in sorted(best.items())) + "."]
+    lines += [
+        "",
+        "Best mean attacked SROCC over the ε per recipe: "
+        + ", ".join(f"{k}: {v[0]} ({v[1]:.3f})" for k, v in sorted(best.items()))
+        + ".",
+    ]
     Path(out + ".md").write_text("\n".join(lines) + "\n")
     Path(out + ".json").write_text(json.dumps({"runs": runs, "best": best}, indent=1) + "\n")
     print("\n".join(lines))

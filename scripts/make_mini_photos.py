@@ -82,101 +82,282 @@ PD = "LicenseRef-PublicDomain"
 # id, (kind, package, version), path inside the package, sha256 of the original, licence, author,
 # credit line (where the licence is stated), source URL, content; the row of photo-sources.md
 PHOTOS = [
-    ("bridge", L16, "/usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg",
-     "bd86b081f9975e2b83527f71e49b9271a8ab40885428395969d9f7d834d7f050", "CC-BY-SA-4.0", "Sander Klootwijk",
-     "Bridge by Sander Klootwijk (2018), CC BY-SA 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "bridge cables over a beach and sky", 1),
-    ("dragonfly", L16, "/usr/share/backgrounds/Dragonfly_by_Bolly.jpg",
-     "af5af17841009732def24b09bb1e669a1b09d2b4bdeee7812c371101c30d2bb3", "CC-BY-SA-4.0", '"Bolly"',
-     'Dragonfly by "Bolly" (2018), CC BY-SA 4.0; debian/copyright of lomiri-wallpapers', LOMIRI,
-     "dragonfly on a branch, leaves, blue sky", 2),
-    ("fig", L16, "/usr/share/backgrounds/Picture_0B_by_freespace.jpg",
-     "c8c0ab18e48d9e0419fe42881112137f3afafc27dfddc29ec3a6d54c56d225ad", "CC-BY-4.0", 'Trevor "Freespace"',
-     'Picture 0B by Trevor "Freespace" (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers', LOMIRI,
-     "halved fig in a red bowl on concrete", 3),
-    ("brushes", L16, "/usr/share/backgrounds/Picture_1A_by_freespace.jpg",
-     "89e86af38d04daaef975665dc2127e9fa76f0fd68f4eea105a2d0ae3390b010b", "CC-BY-4.0", 'Trevor "Freespace"',
-     'Picture 1A by Trevor "Freespace" (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers', LOMIRI,
-     "colourful paint brushes", 4),
-    ("wine", L16, "/usr/share/backgrounds/Wine_by_Jakkub_Mede.jpg",
-     "d2e96e6d4da40dd804b3d0ce295e94de04a2d7d9b6785d42cd9d92ba58bced74", "CC-BY-4.0", "Jakub Mede",
-     "Wine by Jakub Mede (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "room interior with wine bottle, table and drum (portrait)", 5),
-    ("aitzgorri", L16, "/usr/share/backgrounds/aitzgorri_by_Aitzol_Berasategi.jpg",
-     "66268e7b48f8854d36a28765fac6e23ec1aee251daa6da1f64715f201020ad36", "CC-BY-4.0", "Aitzol Berasategi",
-     "aitzgorri by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "mountain landscape, autumn trees, meadow", 6),
-    ("toybird", L16, "/usr/share/backgrounds/free_by_Peter_Nerlich.jpg",
-     "85a5453c2fed514c75973016f3d862aca62eb7ca087618822469274ac1092373", "CC-BY-SA-4.0", "Peter Nerlich",
-     "free by Peter Nerlich (2018), CC BY-SA 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "toy bird hanging under a ceiling lamp", 7),
-    ("dogs", L16, "/usr/share/backgrounds/friends_by_Aitzol_Berasategi.jpg",
-     "cc40e313c74e421edffe3403def413c16878ce14661cce7ec5915baeab35538d", "CC-BY-4.0", "Aitzol Berasategi",
-     "friends by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "two dogs looking out of a wooden door (portrait)", 8),
-    ("clock", L16, "/usr/share/backgrounds/greentock_by_Peter_Nerlich.jpg",
-     "e7b20e2db9dcd6e2b278ca55873c2110b35d89cd38b04d0b18728726888e6889", "CC-BY-SA-4.0", "Peter Nerlich",
-     "greentock by Peter Nerlich (2018), CC BY-SA 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "wall clock close-up", 9),
-    ("stream", L16, "/usr/share/backgrounds/life_by_Aitzol_Berasategi.jpg",
-     "4c119350ead80201fe256850c3d316309ddfb4bdf10b235ce982dcde0c667c05", "CC-BY-4.0", "Aitzol Berasategi",
-     "life by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "forest stream over rocks", 10),
-    ("picos", L16, "/usr/share/backgrounds/picosdeeuropa_by_Aitzol_Berasategi.jpg",
-     "414d0072b2f6f2c555deafeaef6e45c4fed6fa9ad26eba6560ca8803959cf97a", "CC-BY-4.0", "Aitzol Berasategi",
-     "picosdeeuropa by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "rocky mountains, clouds, path through a meadow", 11),
-    ("dandelions", L16, "/usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg",
-     "a5634d1ab5e41a3568e92d4a894a500c92b891f9ff734e50bd224d6e185a605f", "CC0-1.0", "Clemens Engelhardt",
-     "seeding by Clemens Engelhardt (2018), CC0 1.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "dandelion seed heads in a meadow, backlit", 12),
-    ("sunset", L16, "/usr/share/backgrounds/sunset_by_Aitzol_Berasategi.jpg",
-     "474dab6a4b9f94dc76c29dfe30e9f5db4af0fd2e33fe5d695f8152b371efca18", "CC-BY-4.0", "Aitzol Berasategi",
-     "sunset by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "sunset over hills", 13),
-    ("nuthatch", L20, "/usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg",
-     "6572410c09f4492c74ccadde133565a14c0161617d5917d4c820c66d65a44ba7", "CC-BY-SA-3.0", "Lukas Baubkus",
-     "Kleiber by Lukas Baubkus (2021), CC BY-SA 3.0; debian/copyright of lomiri-wallpapers", LOMIRI,
-     "nuthatch on a tree trunk, blurred background", 14),
-    ("roebling", PAL, "/usr/share/palapeli/collection/cincinnati-bridge.jpg",
-     "09772d09318b34a5c5edd58ee86ff462bcd2907006f31cc8e0704310f8e9ab60", PD, "Derek Jensen",
-     ("Roebling Suspension Bridge by Derek Jensen, public domain (X-KDE-PluginInfo-License in "
-     "palapeli's cincinnati-bridge.desktop)"),
-     "http://commons.wikimedia.org/wiki/Image:Cincinnati-roebling-suspension-bridge.jpg",
-     "Roebling suspension bridge at night, Cincinnati", 57),
-    ("citrus", PAL, "/usr/share/palapeli/collection/citrus-fruits.jpg",
-     "0cbd7154a14789803167c86705130d0358875198231269df168ea26224e70848", PD, "US Department of Agriculture",
-     ("Citrus Fruits, US Department of Agriculture, public domain (X-KDE-PluginInfo-License in "
-     "palapeli's citrus-fruits.desktop)"),
-     "http://commons.wikimedia.org/wiki/Image:Citrus_fruits.jpg",
-     "backlit slices of citrus fruits", 58),
-    ("bee", PAL, "/usr/share/palapeli/collection/european-honey-bee.jpg",
-     "9d54ae706bddd899c91b2b801d9ca4556a5a9a399b4043f9d539df62a8cb7f27", PD, "John Severns",
-     ("European Honey Bee by John Severns, public domain (X-KDE-PluginInfo-License in "
-     "palapeli's european-honey-bee.desktop)"),
-     "http://commons.wikimedia.org/wiki/Image:European_honey_bee_extracts_nectar.jpg",
-     "honey bee on a purple aster", 59),
-    ("astronaut", SKI, "skimage/data/astronaut.png",
-     "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5", PD, "NASA",
-     "Eileen Collins, NASA Great Images database, public domain (skimage.data.astronaut docstring)",
-     "https://flic.kr/p/r9qvLn", "portrait of astronaut Eileen Collins", 62),
-    ("coffee", SKI, "skimage/data/coffee.png",
-     "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7", "CC0-1.0", "Rachel Michetti",
-     "Coffee cup by Rachel Michetti, courtesy of Pikolo Espresso Bar, CC0 (skimage.data.coffee docstring)",
-     "", "espresso cup on a wooden table", 64),
-    ("rocket", SKI, "skimage/data/rocket.jpg",
-     "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c", PD, "SpaceX",
-     "Launch of DSCOVR on Falcon 9 by SpaceX, public domain (skimage.data.rocket docstring)",
-     "https://www.flickr.com/photos/spacexphotos/16511594820/", "rocket on the launch pad at dusk", 65),
-    ("china", SKL, "sklearn/datasets/images/china.jpg",
-     "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29", "CC-BY-2.0", "danielbuechele (Flickr)",
-     "Photo by danielbuechele (Flickr), CC BY 2.0 (sklearn/datasets/images/README.txt)",
-     "https://www.flickr.com/photos/danielbuechele/6061409035/", "pagoda above a lake, trees", 66),
-    ("flower", SKL, "sklearn/datasets/images/flower.jpg",
-     "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638", "CC-BY-2.0", "vultilion (Flickr)",
-     ("Photo by vultilion (Flickr), CC BY 2.0 (sklearn/datasets/images/README.txt, which names "
-     "danielbuechele as attribution but links flickr.com/photos/vultilion)"),
-     "https://www.flickr.com/photos/vultilion/6056698931/", "orange dahlia, dark green background", 67),
+    (
+        "bridge",
+        L16,
+        "/usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg",
+        "bd86b081f9975e2b83527f71e49b9271a8ab40885428395969d9f7d834d7f050",
+        "CC-BY-SA-4.0",
+        "Sander Klootwijk",
+        "Bridge by Sander Klootwijk (2018), CC BY-SA 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "bridge cables over a beach and sky",
+        1,
+    ),
+    (
+        "dragonfly",
+        L16,
+        "/usr/share/backgrounds/Dragonfly_by_Bolly.jpg",
+        "af5af17841009732def24b09bb1e669a1b09d2b4bdeee7812c371101c30d2bb3",
+        "CC-BY-SA-4.0",
+        '"Bolly"',
+        'Dragonfly by "Bolly" (2018), CC BY-SA 4.0; debian/copyright of lomiri-wallpapers',
+        LOMIRI,
+        "dragonfly on a branch, leaves, blue sky",
+        2,
+    ),
+    (
+        "fig",
+        L16,
+        "/usr/share/backgrounds/Picture_0B_by_freespace.jpg",
+        "c8c0ab18e48d9e0419fe42881112137f3afafc27dfddc29ec3a6d54c56d225ad",
+        "CC-BY-4.0",
+        'Trevor "Freespace"',
+        'Picture 0B by Trevor "Freespace" (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers',
+        LOMIRI,
+        "halved fig in a red bowl on concrete",
+        3,
+    ),
+    (
+        "brushes",
+        L16,
+        "/usr/share/backgrounds/Picture_1A_by_freespace.jpg",
+        "89e86af38d04daaef975665dc2127e9fa76f0fd68f4eea105a2d0ae3390b010b",
+        "CC-BY-4.0",
+        'Trevor "Freespace"',
+        'Picture 1A by Trevor "Freespace" (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers',
+        LOMIRI,
+        "colourful paint brushes",
+        4,
+    ),
+    (
+        "wine",
+        L16,
+        "/usr/share/backgrounds/Wine_by_Jakkub_Mede.jpg",
+        "d2e96e6d4da40dd804b3d0ce295e94de04a2d7d9b6785d42cd9d92ba58bced74",
+        "CC-BY-4.0",
+        "Jakub Mede",
+        "Wine by Jakub Mede (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "room interior with wine bottle, table and drum (portrait)",
+        5,
+    ),
+    (
+        "aitzgorri",
+        L16,
+        "/usr/share/backgrounds/aitzgorri_by_Aitzol_Berasategi.jpg",
+        "66268e7b48f8854d36a28765fac6e23ec1aee251daa6da1f64715f201020ad36",
+        "CC-BY-4.0",
+        "Aitzol Berasategi",
+        "aitzgorri by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "mountain landscape, autumn trees, meadow",
+        6,
+    ),
+    (
+        "toybird",
+        L16,
+        "/usr/share/backgrounds/free_by_Peter_Nerlich.jpg",
+        "85a5453c2fed514c75973016f3d862aca62eb7ca087618822469274ac1092373",
+        "CC-BY-SA-4.0",
+        "Peter Nerlich",
+        "free by Peter Nerlich (2018), CC BY-SA 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "toy bird hanging under a ceiling lamp",
+        7,
+    ),
+    (
+        "dogs",
+        L16,
+        "/usr/share/backgrounds/friends_by_Aitzol_Berasategi.jpg",
+        "cc40e313c74e421edffe3403def413c16878ce14661cce7ec5915baeab35538d",
+        "CC-BY-4.0",
+        "Aitzol Berasategi",
+        "friends by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "two dogs looking out of a wooden door (portrait)",
+        8,
+    ),
+    (
+        "clock",
+        L16,
+        "/usr/share/backgrounds/greentock_by_Peter_Nerlich.jpg",
+        "e7b20e2db9dcd6e2b278ca55873c2110b35d89cd38b04d0b18728726888e6889",
+        "CC-BY-SA-4.0",
+        "Peter Nerlich",
+        "greentock by Peter Nerlich (2018), CC BY-SA 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "wall clock close-up",
+        9,
+    ),
+    (
+        "stream",
+        L16,
+        "/usr/share/backgrounds/life_by_Aitzol_Berasategi.jpg",
+        "4c119350ead80201fe256850c3d316309ddfb4bdf10b235ce982dcde0c667c05",
+        "CC-BY-4.0",
+        "Aitzol Berasategi",
+        "life by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "forest stream over rocks",
+        10,
+    ),
+    (
+        "picos",
+        L16,
+        "/usr/share/backgrounds/picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "414d0072b2f6f2c555deafeaef6e45c4fed6fa9ad26eba6560ca8803959cf97a",
+        "CC-BY-4.0",
+        "Aitzol Berasategi",
+        "picosdeeuropa by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "rocky mountains, clouds, path through a meadow",
+        11,
+    ),
+    (
+        "dandelions",
+        L16,
+        "/usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg",
+        "a5634d1ab5e41a3568e92d4a894a500c92b891f9ff734e50bd224d6e185a605f",
+        "CC0-1.0",
+        "Clemens Engelhardt",
+        "seeding by Clemens Engelhardt (2018), CC0 1.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "dandelion seed heads in a meadow, backlit",
+        12,
+    ),
+    (
+        "sunset",
+        L16,
+        "/usr/share/backgrounds/sunset_by_Aitzol_Berasategi.jpg",
+        "474dab6a4b9f94dc76c29dfe30e9f5db4af0fd2e33fe5d695f8152b371efca18",
+        "CC-BY-4.0",
+        "Aitzol Berasategi",
+        "sunset by Aitzol Berasategi (2018), CC BY 4.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "sunset over hills",
+        13,
+    ),
+    (
+        "nuthatch",
+        L20,
+        "/usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg",
+        "6572410c09f4492c74ccadde133565a14c0161617d5917d4c820c66d65a44ba7",
+        "CC-BY-SA-3.0",
+        "Lukas Baubkus",
+        "Kleiber by Lukas Baubkus (2021), CC BY-SA 3.0; debian/copyright of lomiri-wallpapers",
+        LOMIRI,
+        "nuthatch on a tree trunk, blurred background",
+        14,
+    ),
+    (
+        "roebling",
+        PAL,
+        "/usr/share/palapeli/collection/cincinnati-bridge.jpg",
+        "09772d09318b34a5c5edd58ee86ff462bcd2907006f31cc8e0704310f8e9ab60",
+        PD,
+        "Derek Jensen",
+        (
+            "Roebling Suspension Bridge by Derek Jensen, public domain (X-KDE-PluginInfo-License in "
+            "palapeli's cincinnati-bridge.desktop)"
+        ),
+        "http://commons.wikimedia.org/wiki/Image:Cincinnati-roebling-suspension-bridge.jpg",
+        "Roebling suspension bridge at night, Cincinnati",
+        57,
+    ),
+    (
+        "citrus",
+        PAL,
+        "/usr/share/palapeli/collection/citrus-fruits.jpg",
+        "0cbd7154a14789803167c86705130d0358875198231269df168ea26224e70848",
+        PD,
+        "US Department of Agriculture",
+        (
+            "Citrus Fruits, US Department of Agriculture, public domain (X-KDE-PluginInfo-License in "
+            "palapeli's citrus-fruits.desktop)"
+        ),
+        "http://commons.wikimedia.org/wiki/Image:Citrus_fruits.jpg",
+        "backlit slices of citrus fruits",
+        58,
+    ),
+    (
+        "bee",
+        PAL,
+        "/usr/share/palapeli/collection/european-honey-bee.jpg",
+        "9d54ae706bddd899c91b2b801d9ca4556a5a9a399b4043f9d539df62a8cb7f27",
+        PD,
+        "John Severns",
+        (
+            "European Honey Bee by John Severns, public domain (X-KDE-PluginInfo-License in "
+            "palapeli's european-honey-bee.desktop)"
+        ),
+        "http://commons.wikimedia.org/wiki/Image:European_honey_bee_extracts_nectar.jpg",
+        "honey bee on a purple aster",
+        59,
+    ),
+    (
+        "astronaut",
+        SKI,
+        "skimage/data/astronaut.png",
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+        PD,
+        "NASA",
+        "Eileen Collins, NASA Great Images database, public domain (skimage.data.astronaut docstring)",
+        "https://flic.kr/p/r9qvLn",
+        "portrait of astronaut Eileen Collins",
+        62,
+    ),
+    (
+        "coffee",
+        SKI,
+        "skimage/data/coffee.png",
+        "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+        "CC0-1.0",
+        "Rachel Michetti",
+        "Coffee cup by Rachel Michetti, courtesy of Pikolo Espresso Bar, CC0 (skimage.data.coffee docstring)",
+        "",
+        "espresso cup on a wooden table",
+        64,
+    ),
+    (
+        "rocket",
+        SKI,
+        "skimage/data/rocket.jpg",
+        "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
+        PD,
+        "SpaceX",
+        "Launch of DSCOVR on Falcon 9 by SpaceX, public domain (skimage.data.rocket docstring)",
+        "https://www.flickr.com/photos/spacexphotos/16511594820/",
+        "rocket on the launch pad at dusk",
+        65,
+    ),
+    (
+        "china",
+        SKL,
+        "sklearn/datasets/images/china.jpg",
+        "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
+        "CC-BY-2.0",
+        "danielbuechele (Flickr)",
+        "Photo by danielbuechele (Flickr), CC BY 2.0 (sklearn/datasets/images/README.txt)",
+        "https://www.flickr.com/photos/danielbuechele/6061409035/",
+        "pagoda above a lake, trees",
+        66,
+    ),
+    (
+        "flower",
+        SKL,
+        "sklearn/datasets/images/flower.jpg",
+        "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
+        "CC-BY-2.0",
+        "vultilion (Flickr)",
+        (
+            "Photo by vultilion (Flickr), CC BY 2.0 (sklearn/datasets/images/README.txt, which names "
+            "danielbuechele as attribution but links flickr.com/photos/vultilion)"
+        ),
+        "https://www.flickr.com/photos/vultilion/6056698931/",
+        "orange dahlia, dark green background",
+        67,
+    ),
 ]
 
 NOTICE_HEAD = """\
@@ -260,7 +441,9 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--debs", type=Path, default=Path("/tmp/debs/extracted"), help="dpkg-deb -x target folder")
-    ap.add_argument("--site-packages", type=Path, default=None, help="where skimage/ and sklearn/ are (default: installed)")
+    ap.add_argument(
+        "--site-packages", type=Path, default=None, help="where skimage/ and sklearn/ are (default: installed)"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "robench" / "data" / "photos")
     ap.add_argument("--format", choices=("auto", "png", "jpeg"), default="auto")
     ap.add_argument("--notice", type=Path, default=None, help="also write this NOTICE file (e.g. NOTICE)")
@@ -273,8 +456,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for (kind, pkg, ver), mod in ((SKI, skimage), (SKL, sklearn)):
         if args.site_packages is None and mod.__version__ != ver:
-            print(f"warning: {pkg} {mod.__version__} installed, the list was verified on {ver}; "
-                  f"the sha256 check decides", file=sys.stderr)
+            print(
+                f"warning: {pkg} {mod.__version__} installed, the list was verified on {ver}; the sha256 check decides",
+                file=sys.stderr,
+            )
 
     # 1. every original exists and matches its recorded sha256, before anything is written
     originals, bad = {}, []
@@ -308,8 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     if fmt == "jpeg":
         encoded = {pid: encode(img, "jpeg") for pid, (img, _, _) in done.items()}
     ext = "png" if fmt == "png" else "jpg"
-    save_note = ("PNG, optimize=True, no metadata" if fmt == "png"
-                 else "JPEG quality 95, 4:4:4 (subsampling=0), optimize=True, no metadata")
+    save_note = (
+        "PNG, optimize=True, no metadata"
+        if fmt == "png"
+        else "JPEG quality 95, 4:4:4 (subsampling=0), optimize=True, no metadata"
+    )
 
     # 3. write images + manifest (old images of another format are removed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -322,30 +510,56 @@ def main(argv: list[str] | None = None) -> int:
         img, orig, steps = done[pid]
         fname = f"{pid}.{ext}"
         (args.out / fname).write_bytes(encoded[pid])
-        entries.append({
-            "id": pid, "file": fname, "sha256": sha256_bytes(encoded[pid]), "bytes": len(encoded[pid]),
-            "width": img.width, "height": img.height,
-            "origin": {"kind": kind, "package": pkg, "version": ver, "path": rel,
-                       "obtained_with": ("apt-get download " + pkg) if kind == "debian" else f"pip download --no-deps {pkg}=={ver}"},
-            "original": {"sha256": sha, "bytes": len(originals[pid]), **orig},
-            "licence": lic, "author": author, "credit": credit, "source_url": url, "description": desc,
-            "processing": f"{steps}; save {save_note}", "photo_sources_row": row,
-        })
+        entries.append(
+            {
+                "id": pid,
+                "file": fname,
+                "sha256": sha256_bytes(encoded[pid]),
+                "bytes": len(encoded[pid]),
+                "width": img.width,
+                "height": img.height,
+                "origin": {
+                    "kind": kind,
+                    "package": pkg,
+                    "version": ver,
+                    "path": rel,
+                    "obtained_with": ("apt-get download " + pkg)
+                    if kind == "debian"
+                    else f"pip download --no-deps {pkg}=={ver}",
+                },
+                "original": {"sha256": sha, "bytes": len(originals[pid]), **orig},
+                "licence": lic,
+                "author": author,
+                "credit": credit,
+                "source_url": url,
+                "description": desc,
+                "processing": f"{steps}; save {save_note}",
+                "photo_sources_row": row,
+            }
+        )
     total = sum(e["bytes"] for e in entries)
     manifest = {
-        "dataset": "mini", "build_version": 2, "generator": "scripts/make_mini_photos.py",
+        "dataset": "mini",
+        "build_version": 2,
+        "generator": "scripts/make_mini_photos.py",
         "facts": "shared/data/photo-sources.md (rows as photo_sources_row)",
-        "format": fmt, "short_side": SHORT_SIDE, "max_aspect": "3:2", "pillow": PIL.__version__,
-        "n_photos": len(entries), "total_bytes": total,
+        "format": fmt,
+        "short_side": SHORT_SIDE,
+        "max_aspect": "3:2",
+        "pillow": PIL.__version__,
+        "n_photos": len(entries),
+        "total_bytes": total,
         "note": "natural photographs only (no microscopy, astronomy or synthetic images); licences "
-                "limited to public domain, CC0, CC-BY and CC-BY-SA; downscaled copies of CC-BY-SA "
-                "photos remain CC-BY-SA (see NOTICE)",
+        "limited to public domain, CC0, CC-BY and CC-BY-SA; downscaled copies of CC-BY-SA "
+        "photos remain CC-BY-SA (see NOTICE)",
         "photos": entries,
     }
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     if args.notice is not None:
         args.notice.write_text(notice_text(entries))
-    print(f"wrote {len(entries)} photos ({fmt}, {total / 2**20:.2f} MiB) + manifest.json to {args.out}", file=sys.stderr)
+    print(
+        f"wrote {len(entries)} photos ({fmt}, {total / 2**20:.2f} MiB) + manifest.json to {args.out}", file=sys.stderr
+    )
     return 0
 
 
@@ -353,14 +567,20 @@ def notice_text(entries: list[dict]) -> str:
     lines = [NOTICE_HEAD]
     for e in entries:
         o = e["origin"]
-        where = (f"Debian package {o['package']} {o['version']}, {o['path']}" if o["kind"] == "debian"
-                 else f"PyPI {o['package']} {o['version']}, {o['path']}")
-        lines.append(f"* {e['file']}: {e['description']}\n"
-                     f"    author:  {e['author']}\n"
-                     f"    licence: {e['licence']}" + ("  (this copy remains CC-BY-SA)" if "SA" in e["licence"] else "")
-                     + f"\n    origin:  {where}\n    credit:  {e['credit']}\n"
-                     + (f"    source:  {e['source_url']}\n" if e["source_url"] else "")
-                     + f"    changes: {e['processing']}\n")
+        where = (
+            f"Debian package {o['package']} {o['version']}, {o['path']}"
+            if o["kind"] == "debian"
+            else f"PyPI {o['package']} {o['version']}, {o['path']}"
+        )
+        lines.append(
+            f"* {e['file']}: {e['description']}\n"
+            f"    author:  {e['author']}\n"
+            f"    licence: {e['licence']}"
+            + ("  (this copy remains CC-BY-SA)" if "SA" in e["licence"] else "")
+            + f"\n    origin:  {where}\n    credit:  {e['credit']}\n"
+            + (f"    source:  {e['source_url']}\n" if e["source_url"] else "")
+            + f"    changes: {e['processing']}\n"
+        )
     return "\n".join(lines)
 
 

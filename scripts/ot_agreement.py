@@ -5,6 +5,7 @@ with photo-bootstrap intervals, for neural fits with several seeds.
     python scripts/ot_agreement.py [--seeds 0,1,2]
 
 Prints one line per back end / seed: IR, its 95 % interval and the fit time."""
+
 import argparse
 import time
 

@@ -24,7 +24,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=12)
-    ap.add_argument("--paths", default="fast,textbook", help="which paths, in this order (each after its own warm-up step)")
+    ap.add_argument(
+        "--paths", default="fast,textbook", help="which paths, in this order (each after its own warm-up step)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     target = load_model(args.model, weights="none")
@@ -46,13 +48,17 @@ def main() -> None:
                     step()
             events = sorted(p.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
             total = sum(e.self_cpu_time_total for e in events)
-            print(f"\n{args.model}, {mode} kernels, batch {args.batch} at {args.size} px, {args.threads} thread(s): "
-                  f"{total / 1e3:.0f} ms self CPU")
+            print(
+                f"\n{args.model}, {mode} kernels, batch {args.batch} at {args.size} px, {args.threads} thread(s): "
+                f"{total / 1e3:.0f} ms self CPU"
+            )
             print("| ms | % | calls | op | input shapes |\n|---|---|---|---|---|")
-            for e in events[:args.top]:
+            for e in events[: args.top]:
                 shapes = ", ".join(str(tuple(s)) for s in e.input_shapes[:2] if s)
-                print(f"| {e.self_cpu_time_total / 1e3:.1f} | {100 * e.self_cpu_time_total / total:.1f} | {e.count} | "
-                      f"{e.key} | {shapes} |")
+                print(
+                    f"| {e.self_cpu_time_total / 1e3:.1f} | {100 * e.self_cpu_time_total / total:.1f} | {e.count} | "
+                    f"{e.key} | {shapes} |"
+                )
 
 
 if __name__ == "__main__":

@@ -36,11 +36,20 @@ def main() -> None:
         sd0 = sd if sd0 is None else sd0
         prov = t.card.weights.provenance or {}
         t1 = prov.get("theorem1") or {}
-        out.append({"model": name, "sha256": (t.card.weights.sha256 or "")[:12], "n": len(mos), "sd": sd,
-                    "sd_ratio": sd / sd0, "srocc": correlations(q, mos)["srocc"],
-                    "r2": float(1 - np.mean((pred - mos) ** 2) / np.var(mos)),
-                    "non_vacuous_fraction": t1.get("non_vacuous_fraction"), "stop_reason": prov.get("stop_reason"),
-                    "steps_run": prov.get("steps_run")})
+        out.append(
+            {
+                "model": name,
+                "sha256": (t.card.weights.sha256 or "")[:12],
+                "n": len(mos),
+                "sd": sd,
+                "sd_ratio": sd / sd0,
+                "srocc": correlations(q, mos)["srocc"],
+                "r2": float(1 - np.mean((pred - mos) ** 2) / np.var(mos)),
+                "non_vacuous_fraction": t1.get("non_vacuous_fraction"),
+                "stop_reason": prov.get("stop_reason"),
+                "steps_run": prov.get("steps_run"),
+            }
+        )
     if a.json:
         print(json.dumps(out, indent=1))
         return
@@ -49,8 +58,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in out:
         nv = "—" if r["non_vacuous_fraction"] is None else f"{100 * r['non_vacuous_fraction']:.0f} %"
-        print(f"| {r['model']} | {r['sha256']} | {r['sd']:.3f} | {r['sd_ratio']:.2f} | {r['srocc']:.3f} | {r['r2']:.3f} "
-              f"| {nv} | {r['stop_reason'] or '—'} {r['steps_run'] or ''} |")
+        print(
+            f"| {r['model']} | {r['sha256']} | {r['sd']:.3f} | {r['sd_ratio']:.2f} | {r['srocc']:.3f} | {r['r2']:.3f} "
+            f"| {nv} | {r['stop_reason'] or '—'} {r['steps_run'] or ''} |"
+        )
 
 
 if __name__ == "__main__":

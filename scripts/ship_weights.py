@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
 
 import robench
 from robench.core import weights as W
@@ -38,18 +37,32 @@ def main(names: list[str]) -> None:
         tmp = W.SHIPPED_DIR / f".{name}.tmp.safetensors"
         W.save_safetensors(half, tmp, metadata={"config": config, "provenance": provenance})
         srocc = evaluate(robench.load_model(name, weights=str(tmp)), val)["srocc"]
-        prov = {**provenance, "stored_as": "float16", "rounded_from_sha256": entry["sha256"],
-                "val_srocc_shipped": float(srocc)}
+        prov = {
+            **provenance,
+            "stored_as": "float16",
+            "rounded_from_sha256": entry["sha256"],
+            "val_srocc_shipped": float(srocc),
+        }
         # the file's own metadata carries the full record too
         sha = W.save_safetensors(half, tmp, metadata={"config": config, "provenance": prov})
         for old in W.SHIPPED_DIR.glob(f"{name}-*.safetensors"):
             old.unlink()
         final = W.SHIPPED_DIR / f"{name}-{sha[:12]}.safetensors"
         tmp.replace(final)
-        manifest[name] = {"name": name, "file": final.name, "sha256": sha, "source": "shipped",
-                          "rounded_from_sha256": entry["sha256"], "bytes": final.stat().st_size, "provenance": prov}
-        print(f"{name}: {final.name} ({final.stat().st_size / 1e6:.1f} MB), val SROCC float32 "
-              f"{provenance.get('val_srocc', float('nan')):.4f} → float16 {srocc:.4f}", file=sys.stderr)
+        manifest[name] = {
+            "name": name,
+            "file": final.name,
+            "sha256": sha,
+            "source": "shipped",
+            "rounded_from_sha256": entry["sha256"],
+            "bytes": final.stat().st_size,
+            "provenance": prov,
+        }
+        print(
+            f"{name}: {final.name} ({final.stat().st_size / 1e6:.1f} MB), val SROCC float32 "
+            f"{provenance.get('val_srocc', float('nan')):.4f} → float16 {srocc:.4f}",
+            file=sys.stderr,
+        )
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 

@@ -55,15 +55,25 @@ def main() -> None:
                 continue  # the stored cells do not hold the first k items
             ia, ib = ia[keep], ib[keep]
             cl, _ = rep.units(c, ia)
-            res = paired_bootstrap(c.q_adv[ka][ia], b.q_adv[kb][ib], c.mos[ia], n_resamples=a.resamples,
-                                   seed=rep.seed, clusters=cl)
-            row = {"target": c.target, "defense": c.defense, "k": k, "delta": res["delta"], "ci": res["ci"],
-                   "half_width": (res["ci"][1] - res["ci"][0]) / 2, "photos": res["n_clusters"]}
+            res = paired_bootstrap(
+                c.q_adv[ka][ia], b.q_adv[kb][ib], c.mos[ia], n_resamples=a.resamples, seed=rep.seed, clusters=cl
+            )
+            row = {
+                "target": c.target,
+                "defense": c.defense,
+                "k": k,
+                "delta": res["delta"],
+                "ci": res["ci"],
+                "half_width": (res["ci"][1] - res["ci"][0]) / 2,
+                "photos": res["n_clusters"],
+            }
             out.append(row)
             if not a.json:
-                print(f"{c.target:12s} vs base, {a.attack} eps {a.eps:g}, k={k:3d}: dSROCC {row['delta']:+.3f} "
-                      f"[{res['ci'][0]:+.3f}, {res['ci'][1]:+.3f}] half-width {row['half_width']:.3f} "
-                      f"({row['photos']} photos)")
+                print(
+                    f"{c.target:12s} vs base, {a.attack} eps {a.eps:g}, k={k:3d}: dSROCC {row['delta']:+.3f} "
+                    f"[{res['ci'][0]:+.3f}, {res['ci'][1]:+.3f}] half-width {row['half_width']:.3f} "
+                    f"({row['photos']} photos)"
+                )
     if a.json:
         print(json.dumps(out, indent=2))
 

@@ -40,37 +40,68 @@ def main() -> None:
     rows = [r for run in runs for r in run["rows"]]
     refs = [r for run in runs for r in run["references"]]
     first = runs[0]
-    merged = {"profile": first["profile"], "dataset": first["dataset"], "split": first["split"], "n": first["n"],
-              "interval": first["interval"], "reference": first["reference"], "machine": first["machine"],
-              "inputs": args.inputs, "rows": rows, "references": refs, "lowest": lowest(rows)}
+    merged = {
+        "profile": first["profile"],
+        "dataset": first["dataset"],
+        "split": first["split"],
+        "n": first["n"],
+        "interval": first["interval"],
+        "reference": first["reference"],
+        "machine": first["machine"],
+        "inputs": args.inputs,
+        "rows": rows,
+        "references": refs,
+        "lowest": lowest(rows),
+    }
     with open(args.out + ".json", "w") as fh:
         json.dump(merged, fh, indent=1)
         fh.write("\n")
     ref = first["reference"]
-    lines = [f"# Attack strength per direction ({first['profile']} profile)", "",
-             f"Mean directed move `sign · (q_adv − q_clean)` of each attack as a fraction of the per-item best of a "
-             f"converged reference (PGD {ref['steps']} steps × {ref['restarts']} starts: δ = 0, then random; cosine "
-             f"step{'' if not ref.get('inertia') else ', heavy ball ' + format(ref['inertia'], 'g')}; best iterate) "
-             f"and every attack measured, on the same {first['n']} items of "
-             f"`{first['dataset']}` {first['split']} (128 px), ε in /255 of [0, 1]. Interval: {first['interval']}. "
-             "`mos-split` rows give each half of the ranking attack (its upward and downward items).", "",
-             *([args.note, ""] if args.note else []),
-             f"Command: `robench bench attack-strength --json` per target, merged by `python scripts/strength_table.py`.",
-             "", "## Lowest ratio per attack and way (over targets and ε)", "", "| attack | up | down |", "|---|---|---|"]
+    lines = [
+        f"# Attack strength per direction ({first['profile']} profile)",
+        "",
+        f"Mean directed move `sign · (q_adv − q_clean)` of each attack as a fraction of the per-item best of a "
+        f"converged reference (PGD {ref['steps']} steps × {ref['restarts']} starts: δ = 0, then random; cosine "
+        f"step{'' if not ref.get('inertia') else ', heavy ball ' + format(ref['inertia'], 'g')}; best iterate) "
+        f"and every attack measured, on the same {first['n']} items of "
+        f"`{first['dataset']}` {first['split']} (128 px), ε in /255 of [0, 1]. Interval: {first['interval']}. "
+        "`mos-split` rows give each half of the ranking attack (its upward and downward items).",
+        "",
+        *([args.note, ""] if args.note else []),
+        "Command: `robench bench attack-strength --json` per target, merged by `python scripts/strength_table.py`.",
+        "",
+        "## Lowest ratio per attack and way (over targets and ε)",
+        "",
+        "| attack | up | down |",
+        "|---|---|---|",
+    ]
     for a, v in merged["lowest"].items():
         lines.append(f"| {a} | {v.get('up', float('nan')):.3f} | {v.get('down', float('nan')):.3f} |")
-    lines += ["", "## Every measurement", "",
-              "| target | direction | items | ε/255 | attack | budget | ratio | 95 % interval | moved | s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Every measurement",
+        "",
+        "| target | direction | items | ε/255 | attack | budget | ratio | 95 % interval | moved | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["model"], r["direction"], r.get("items", "all"), r["eps"], r["attack"])):
-        lines.append(f"| {r['model']} | {r['direction']} | {r.get('items', 'all')} | {r['eps']:g} | {r['attack']} | "
-                     f"`{json.dumps(r.get('settings', r['budget']))}` | {r['ratio']:.3f} | {r['lo']:.3f}–{r['hi']:.3f} | "
-                     f"{r['moved']}/{r.get('n', first['n'])} | {r['seconds']:.0f} |")
-    lines += ["", "## The reference", "", "| target | direction | items | ε/255 | best move | reference / best | reference s |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['model']} | {r['direction']} | {r.get('items', 'all')} | {r['eps']:g} | {r['attack']} | "
+            f"`{json.dumps(r.get('settings', r['budget']))}` | {r['ratio']:.3f} | {r['lo']:.3f}–{r['hi']:.3f} | "
+            f"{r['moved']}/{r.get('n', first['n'])} | {r['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "## The reference",
+        "",
+        "| target | direction | items | ε/255 | best move | reference / best | reference s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(refs, key=lambda r: (r["model"], r["direction"], r.get("items", "all"), r["eps"])):
-        lines.append(f"| {r['model']} | {r['direction']} | {r.get('items', 'all')} | {r['eps']:g} | {r['best_move']:.4g} | "
-                     f"{r['reference_ratio']:.3f} | {r['reference_seconds']:.0f} |")
+        lines.append(
+            f"| {r['model']} | {r['direction']} | {r.get('items', 'all')} | {r['eps']:g} | {r['best_move']:.4g} | "
+            f"{r['reference_ratio']:.3f} | {r['reference_seconds']:.0f} |"
+        )
     with open(args.out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print(json.dumps(merged["lowest"], indent=1))

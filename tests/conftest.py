@@ -53,8 +53,14 @@ def tiny_denoiser(defence_home):
     old = os.environ.get("ROBENCH_HOME")
     os.environ["ROBENCH_HOME"] = str(defence_home)
     try:
-        return train_diffpure(dataset_options={"size": 32, "crops_per_source": 1, "progress": False}, steps=5,
-                              batch=4, crop=32, width=8, progress=False)
+        return train_diffpure(
+            dataset_options={"size": 32, "crops_per_source": 1, "progress": False},
+            steps=5,
+            batch=4,
+            crop=32,
+            width=8,
+            progress=False,
+        )
     finally:
         if old is None:
             os.environ.pop("ROBENCH_HOME", None)

@@ -34,8 +34,14 @@ def make_kadid(root: Path, n_refs: int = 5, types=(1, 2), levels=(1, 2)) -> dict
             for lv in levels:
                 name = f"I{r:02d}_{t:02d}_{lv:02d}.png"
                 img(base / "images" / name, 1000 * r + 10 * t + lv)
-                rows.append({"dist_img": name, "ref_img": f"I{r:02d}.png", "dmos": round(1 + 4 * ((r * 7 + t * 3 + lv) % 10) / 10, 3),
-                             "var": 0.1})
+                rows.append(
+                    {
+                        "dist_img": name,
+                        "ref_img": f"I{r:02d}.png",
+                        "dmos": round(1 + 4 * ((r * 7 + t * 3 + lv) % 10) / 10, 3),
+                        "var": 0.1,
+                    }
+                )
     pd.DataFrame(rows).to_csv(base / "dmos.csv", index=False)
     return {"base": base, "n": len(rows), "refs": n_refs, "labels": {r["dist_img"]: r["dmos"] for r in rows}}
 
@@ -100,8 +106,16 @@ def make_csiq(root: Path) -> dict:
                 fname = f"{name}.{token}.{lv}.png"
                 img(base / "dst_imgs" / folder / fname, 100 * i + 10 * t + lv)
                 d = round(((i + t + lv) % 5) / 5, 3)
-                rows.append({"image": int(name) if name.isdigit() else name, "dst_idx": t + 1, "dst_type": dtype,
-                             "dst_lev": lv, "dmos_std": 0.01, "dmos": d})
+                rows.append(
+                    {
+                        "image": int(name) if name.isdigit() else name,
+                        "dst_idx": t + 1,
+                        "dst_type": dtype,
+                        "dst_lev": lv,
+                        "dmos_std": 0.01,
+                        "dmos": d,
+                    }
+                )
                 labels[fname] = d
     with pd.ExcelWriter(base / "csiq.DMOS.xlsx") as xw:
         pd.DataFrame({"note": ["readme sheet"]}).to_excel(xw, sheet_name="readme", index=False)
@@ -138,18 +152,27 @@ def make_pieapp(root: Path) -> dict:
             dists = [f"distort_{r}_{k}.png" for k in range(3)]
             for k, d in enumerate(dists):
                 img(base / "distorted_images" / split / f"ref_{r}" / d, 10 * r + k)
-            pw = pd.DataFrame({"ref. image": [ref] * 2, " distorted image A": [dists[0], dists[1]],
-                               " distorted image B": [dists[1], dists[2]],
-                               " raw probability of preference for A": [0.3, 0.8],
-                               " processed probability of preference for A": [0.25, 0.9]})
+            pw = pd.DataFrame(
+                {
+                    "ref. image": [ref] * 2,
+                    " distorted image A": [dists[0], dists[1]],
+                    " distorted image B": [dists[1], dists[2]],
+                    " raw probability of preference for A": [0.3, 0.8],
+                    " processed probability of preference for A": [0.25, 0.9],
+                }
+            )
             (base / "labels" / split).mkdir(parents=True, exist_ok=True)
             pw.to_csv(base / "labels" / split / f"ref_{r}_pairwise_labels.csv", index=False)
             out["triplets"][split] += len(pw)
             if split == "test":
                 scores = {d: 0.5 + r + k for k, d in enumerate(dists)}
-                pd.DataFrame({"reference image": [ref] * 3, " distorted image": dists,
-                              " score for distorted image": [scores[d] for d in dists]}).to_csv(
-                    base / "labels" / split / f"ref_{r}_per_image_score.csv", index=False)
+                pd.DataFrame(
+                    {
+                        "reference image": [ref] * 3,
+                        " distorted image": dists,
+                        " score for distorted image": [scores[d] for d in dists],
+                    }
+                ).to_csv(base / "labels" / split / f"ref_{r}_per_image_score.csv", index=False)
                 out["pairs"].update(scores)
     return out
 
@@ -164,8 +187,11 @@ def make_bapps(root: Path) -> dict:
             for k in range(3):
                 stem = f"{k:06d}"
                 for s_i, sub in enumerate(("ref", "p0", "p1")):
-                    img(base / split / cat / sub / f"{stem}.png", 1000 * c + 10 * k + s_i + (0 if split == "train" else 5000),
-                        size=(8, 8))
+                    img(
+                        base / split / cat / sub / f"{stem}.png",
+                        1000 * c + 10 * k + s_i + (0 if split == "train" else 5000),
+                        size=(8, 8),
+                    )
                 j = (k + c + 1) / 10
                 (base / split / cat / "judge").mkdir(parents=True, exist_ok=True)
                 np.save(base / split / cat / "judge" / f"{stem}.npy", np.array([j]))

@@ -115,7 +115,9 @@ def test_lpips_calibration_fit_is_least_squares_on_a_seeded_subset(mini_train):
     rows = np.sort(np.random.default_rng(3).choice(len(mini_train), size=128, replace=False))
     q, y = _q_and_mos(t, mini_train, rows)
     slope, icpt = np.polyfit(q, y, 1)
-    assert info["n"] == 128 and info["a"] == pytest.approx(slope, rel=1e-3) and info["b"] == pytest.approx(icpt, rel=1e-3)
+    assert (
+        info["n"] == 128 and info["a"] == pytest.approx(slope, rel=1e-3) and info["b"] == pytest.approx(icpt, rel=1e-3)
+    )
     assert t.calibration.a == pytest.approx(slope, rel=1e-3)  # a > 0 through softplus, large slopes included
     with torch.no_grad():
         pred = t.calibration(torch.from_numpy(q).float()).numpy()
@@ -182,8 +184,15 @@ def test_ssim_rgb_matches_skimage_valid_convention():
     for i in range(2):
         # skimage filters with reflect padding, then crops (win−1)/2 = 5 px off each border before the
         # mean: what is left is exactly the 'valid' map; channel_axis averages the channels
-        ref = structural_similarity(y[i].numpy(), x[i].numpy(), gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, data_range=1.0, channel_axis=0)
+        ref = structural_similarity(
+            y[i].numpy(),
+            x[i].numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=0,
+        )
         assert got[i] == pytest.approx(ref, abs=1e-7)
 
 
@@ -202,8 +211,15 @@ def test_at_label_drop_uses_rgb_ssim():
     y = torch.tensor([3.0], dtype=torch.float64)
     k, lo, hi = 1.0, 1.3, 4.6
     y_adv = at_labels(y, adv, clean, k, lo, hi)
-    s = structural_similarity(adv[0].numpy(), clean[0].numpy(), gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False, data_range=1.0, channel_axis=0)
+    s = structural_similarity(
+        adv[0].numpy(),
+        clean[0].numpy(),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        channel_axis=0,
+    )
     assert float(y_adv) == pytest.approx(min(hi, max(lo, 3.0 - k * (1 - s) * (hi - lo))), abs=1e-7)
     drop_rgb = 3.0 - float(y_adv)
     s_y = float(ssim_map(luminance(adv), luminance(clean)).mean())
@@ -231,8 +247,17 @@ def _steps(vacuous_every: int = 3, n: int = 12):
     for i in range(n):
         R = 1.6
         bound = 2.0 if i % vacuous_every == 0 else 0.8
-        rows.append({"step": i, "bound": bound, "emp_max_err": 0.5, "mos_range": R, "anchored_loss": 0.1 / (i + 1),
-                     "bound_rel": bound / R, "vacuous": bound >= R})
+        rows.append(
+            {
+                "step": i,
+                "bound": bound,
+                "emp_max_err": 0.5,
+                "mos_range": R,
+                "anchored_loss": 0.1 / (i + 1),
+                "bound_rel": bound / R,
+                "vacuous": bound >= R,
+            }
+        )
     return rows
 
 
@@ -250,8 +275,12 @@ def test_bound_summary_plot_and_report_note(tmp_path):
     assert P.bound_summary(legacy)["non_vacuous"] == 6  # judged from bound and mos_range
     names = P.plot_bound(run, tmp_path / "plots" / "bound-x")
     assert {n.rsplit(".", 1)[1] for n in names} == {"pdf", "png"}
-    rep = SimpleNamespace(weights={"ab" * 32: {"name": "birqa.aat", "provenance": {"recipe": "aat", "run": str(run)}},
-                                   "cd" * 32: {"name": "birqa.r", "provenance": {"recipe": "r", "run": str(run)}}})
+    rep = SimpleNamespace(
+        weights={
+            "ab" * 32: {"name": "birqa.aat", "provenance": {"recipe": "aat", "run": str(run)}},
+            "cd" * 32: {"name": "birqa.r", "provenance": {"recipe": "r", "run": str(run)}},
+        }
+    )
     b = aat_bounds(rep)
     assert [x["weights"] for x in b] == ["birqa.aat"] and b[0]["non_vacuous"] == 8 and b[0]["n_batches"] == 12
     md = aat_bounds_markdown(b)
@@ -272,7 +301,7 @@ def _real_aat_batch(data, seed=3):
     ab = AnchorSampler(mos, 32, 8, 0.5, seed=seed).sample()
     g = torch.Generator().manual_seed(seed)
     m, v = float(mos.mean()), float(mos.var())
-    shrink = v / (v + 0.67 ** 2)  # E[MOS | reading]: calibrated, as an MSE-trained model is
+    shrink = v / (v + 0.67**2)  # E[MOS | reading]: calibrated, as an MSE-trained model is
 
     def model(y):
         return m + shrink * (y + torch.randn(len(y), generator=g) * 0.67 - m)
@@ -296,8 +325,9 @@ def test_a_constant_predictor_scores_worse_than_the_real_model(mini_train):
         pred, y, anchor, (pr, yr) = _real_aat_batch(mini_train, seed)
         model_loss = float(aat_objective(pred, y, anchor, prof, (pr, yr))[0])
         for c in (float(y[anchor].mean()), float(y.mean()), float(pred.mean()), float(yr.mean())):
-            const_loss = float(aat_objective(torch.full_like(pred, c), y, anchor, prof,
-                                             (torch.full_like(pr, c), yr))[0])
+            const_loss = float(
+                aat_objective(torch.full_like(pred, c), y, anchor, prof, (torch.full_like(pr, c), yr))[0]
+            )
             assert const_loss > model_loss, (seed, c, const_loss, model_loss)
         c = float(pred.mean())
         for s in mean_of:
@@ -330,8 +360,17 @@ def test_training_curve_plot_reads_the_heldout_log_and_refuses_a_bad_one(tmp_pat
     run = tmp_path / "run"
     run.mkdir()
     steps = [{**r, "loss": 1.0 / (r["step"] + 1)} for r in _steps()]
-    held = [{"step": k, "loss": 1.0 / (k + 1), "ema": 1.0 / (k + 1), "settled": k == 10, "clean_sd_ratio": 1.0,
-             "clean_r2": 0.5} for k in range(0, 12, 2)]
+    held = [
+        {
+            "step": k,
+            "loss": 1.0 / (k + 1),
+            "ema": 1.0 / (k + 1),
+            "settled": k == 10,
+            "clean_sd_ratio": 1.0,
+            "clean_r2": 0.5,
+        }
+        for k in range(0, 12, 2)
+    ]
     (run / "steps.json").write_text(json.dumps({"config": {}, "steps": steps, "heldout": held}))
     assert P.read_heldout(run) == held
     names = P.plot_training(run, tmp_path / "plots" / "training-x")

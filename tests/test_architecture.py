@@ -62,7 +62,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(u)
         for v in sorted(graph.get(u, ())):
             if state.get(v) == 1:
-                return stack[stack.index(v):] + [v]
+                return stack[stack.index(v) :] + [v]
             if v not in state and (c := visit(v)):
                 return c
         stack.pop()
@@ -92,14 +92,24 @@ LAYER = {"core": 0, "data": 1, "models": 1, "attacks": 1, "defenses": 1, "engine
 
 def test_contracts_import_nothing_above_them():
     """robench.core is the bottom: it may import only itself (plugins and the engine build on it)."""
-    bad = [(m, d) for m, deps in import_graph().items() if m.startswith("robench.core")
-           for d in deps if not d.startswith("robench.core")]
+    bad = [
+        (m, d)
+        for m, deps in import_graph().items()
+        if m.startswith("robench.core")
+        for d in deps
+        if not d.startswith("robench.core")
+    ]
     assert not bad, bad
 
 
 def test_engine_and_results_never_import_the_cli():
-    bad = [(m, d) for m, deps in import_graph().items() if m.split(".")[1:2] and LAYER.get(m.split(".")[1], 0) < 4
-           for d in deps if d.startswith("robench.cli")]
+    bad = [
+        (m, d)
+        for m, deps in import_graph().items()
+        if m.split(".")[1:2] and LAYER.get(m.split(".")[1], 0) < 4
+        for d in deps
+        if d.startswith("robench.cli")
+    ]
     assert not bad, bad
 
 
@@ -161,8 +171,10 @@ def plugin_mentions(source: str, names: set[str]) -> list[tuple[int, str]]:
 def test_plugin_name_check_catches_a_planted_name():
     names = {"pgd", "mini", "lpips"}
     names |= {"at"}
-    src = ('def f(a, row):\n    """pgd in a docstring is fine"""\n    # pgd in a comment is fine\n'
-           '    x = {"mini": 1}[row["mini"]]\n    return a == "pgd" or a.startswith("lpips.x") or a == "at" or "at"\n')
+    src = (
+        'def f(a, row):\n    """pgd in a docstring is fine"""\n    # pgd in a comment is fine\n'
+        '    x = {"mini": 1}[row["mini"]]\n    return a == "pgd" or a.startswith("lpips.x") or a == "at" or "at"\n'
+    )
     assert sorted(v for _, v in plugin_mentions(src, names)) == ["at", "lpips.x", "pgd"]
 
 

@@ -191,7 +191,10 @@ def test_convergence_check_on_a_subset_decides_as_all_items(tiny_mini):
 
     assert FACPA.check_all_items and torch.equal(C.check_items(n, 0, FACPA()), torch.arange(n))
     t = robench.load_model("ssim")
-    for attack, flagged in ((robench.load_attack("square", queries=32), True), (robench.load_attack("pgd", steps=40), False)):
+    for attack, flagged in (
+        (robench.load_attack("square", queries=32), True),
+        (robench.load_attack("pgd", steps=40), False),
+    ):
         rec, rows = C.run_cell(t, attack, items, [8.0], batch_size=32)
         conv = rec["flags"]["convergence"]
         assert conv["items"] == len(idx) and conv["of"] == n and conv["item_index"] == idx.tolist()
@@ -212,14 +215,51 @@ def test_flags_reach_report_tables_json_and_check(tiny_mini, tmp_path):
 
     store = tmp_path / "s.sqlite"
     runner = CliRunner()
-    r = runner.invoke(app, ["run", "--model", "ssim", "--attacks", "square,pgd", "--direction", "up", "--n", "6",
-                            "--eps", "8", "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1",
-                            "--attack-option", "square.queries=32", "--attack-option", "pgd.steps=40",
-                            "--store", str(store), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "ssim",
+            "--attacks",
+            "square,pgd",
+            "--direction",
+            "up",
+            "--n",
+            "6",
+            "--eps",
+            "8",
+            "--dataset-option",
+            "size=32",
+            "--dataset-option",
+            "crops_per_source=1",
+            "--attack-option",
+            "square.queries=32",
+            "--attack-option",
+            "pgd.steps=40",
+            "--store",
+            str(store),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = tmp_path / "rep"
-    r = runner.invoke(app, ["report", "--store", str(store), "--out", str(out), "--ot", "exact", "--resamples", "50",
-                            "--no-pdf", "--no-plots"])
+    r = runner.invoke(
+        app,
+        [
+            "report",
+            "--store",
+            str(store),
+            "--out",
+            str(out),
+            "--ot",
+            "exact",
+            "--resamples",
+            "50",
+            "--no-pdf",
+            "--no-plots",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     flagged = {c["attack"]: c["flags"] for c in rep["flagged_cells"]}
@@ -251,15 +291,34 @@ def test_vacuous_aat_bound_is_a_flag_of_every_cell_of_those_weights(tiny_mini, t
     from robench.engine.store import Store
 
     store = tmp_path / "v.sqlite"
-    run(RunSpec(model="ssim", attacks=["fgsm"], n=4, eps=[8], store=store,
-                dataset_options={"size": 32, "crops_per_source": 1}), progress=False)
+    run(
+        RunSpec(
+            model="ssim",
+            attacks=["fgsm"],
+            n=4,
+            eps=[8],
+            store=store,
+            dataset_options={"size": 32, "crops_per_source": 1},
+        ),
+        progress=False,
+    )
     cells, _ = load_cells(store)
     assert "vac" not in cells[0].active_flags
     with Store(store) as st:  # the same weights digest now carries an AAT log that was mostly vacuous
         st.db.execute("DELETE FROM weights")
-        st.record_weights([{"sha256": cells[0].weights_sha, "name": "ssim.aat", "source": "trained-here",
-                            "provenance": {"recipe": "aat", "theorem1": {"n_batches": 10, "non_vacuous": 2,
-                                                                         "non_vacuous_fraction": 0.2}}}])
+        st.record_weights(
+            [
+                {
+                    "sha256": cells[0].weights_sha,
+                    "name": "ssim.aat",
+                    "source": "trained-here",
+                    "provenance": {
+                        "recipe": "aat",
+                        "theorem1": {"n_batches": 10, "non_vacuous": 2, "non_vacuous_fraction": 0.2},
+                    },
+                }
+            ]
+        )
     cells, _ = load_cells(store)
     assert "vac" in cells[0].active_flags
 
@@ -280,7 +339,7 @@ def test_escalate_doubles_a_flagged_budget_until_converged_and_reopens_stored_ce
     rec, rows = run_cell(t, robench.load_attack("square", queries=32), items, [8.0], batch_size=8, escalate=4)
     conv = rec["flags"]["convergence"]
     ladder = conv["ladder"]
-    assert [s["params"]["queries"] for s in ladder] == [16 * 2 ** i for i in range(len(ladder))]
+    assert [s["params"]["queries"] for s in ladder] == [16 * 2**i for i in range(len(ladder))]
     assert rec["flags"]["escalated"] == conv["escalated"] == len(ladder) - 2 >= 1
     assert conv["budget_used"] == ladder[-1]["params"] and conv["half_params"] == ladder[-2]["params"]
     gains = [s["gain"][0] for s in ladder]
@@ -296,10 +355,28 @@ def test_escalate_doubles_a_flagged_budget_until_converged_and_reopens_stored_ce
 
     store = tmp_path / "s.sqlite"
     runner = CliRunner()
-    base = ["run", "--model", "ssim", "--attacks", "square", "--direction", "up", "--n", "6", "--eps", "8",
-            "--dataset-option", "size=32",
-            "--dataset-option", "crops_per_source=1", "--attack-option", "square.queries=32", "--store", str(store),
-            "--json"]
+    base = [
+        "run",
+        "--model",
+        "ssim",
+        "--attacks",
+        "square",
+        "--direction",
+        "up",
+        "--n",
+        "6",
+        "--eps",
+        "8",
+        "--dataset-option",
+        "size=32",
+        "--dataset-option",
+        "crops_per_source=1",
+        "--attack-option",
+        "square.queries=32",
+        "--store",
+        str(store),
+        "--json",
+    ]
     r = runner.invoke(app, base)
     assert r.exit_code == 0, r.output
     key = json.loads(r.stdout)["cells"][0]["key"]
@@ -314,8 +391,22 @@ def test_escalate_doubles_a_flagged_budget_until_converged_and_reopens_stored_ce
         assert len(s.results(key)) == 6  # replaced, not appended
     assert json.loads(runner.invoke(app, base + ["--escalate", "4"]).stdout)["cells"][0]["status"] == "cached"
     rep = tmp_path / "rep"
-    r = runner.invoke(app, ["report", "--store", str(store), "--out", str(rep), "--ot", "exact", "--resamples", "50",
-                            "--no-pdf", "--no-plots"])
+    r = runner.invoke(
+        app,
+        [
+            "report",
+            "--store",
+            str(store),
+            "--out",
+            str(rep),
+            "--ot",
+            "exact",
+            "--resamples",
+            "50",
+            "--no-pdf",
+            "--no-plots",
+        ],
+    )
     assert r.exit_code == 0, r.output
     sweep = (rep / "sweep.md").read_text()
     assert "esc" in sweep and "--escalate" in sweep
@@ -367,7 +458,9 @@ def test_plateau_probe_flags_a_half_budget_pass_on_a_plateau(tiny_mini):
     mean = sum(r["score"] - r["clean_score"] for r in rows) / len(rows)
     assert abs(mean - conv["full_gain"][0]) < 1e-6
     rec2, _ = run_cell(t, _stalling_attack(4, stall=False), items, [8.0], batch_size=8)
-    assert rec2["flags"]["not_converged"] is False and rec2["flags"]["convergence"]["plateau_probe"]["rel_gap"][0] < 0.05
+    assert (
+        rec2["flags"]["not_converged"] is False and rec2["flags"]["convergence"]["plateau_probe"]["rel_gap"][0] < 0.05
+    )
     rec3, _ = run_cell(t, _stalling_attack(0, stall=True), items, [8.0], batch_size=8)
     assert rec3["flags"]["not_converged"] is False and "plateau_probe" not in rec3["flags"]["convergence"]
     # with --escalate the probe confirms the budget the ladder accepted (here the first: 8 steps)

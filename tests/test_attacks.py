@@ -15,9 +15,17 @@ from robench.core.registry import ATTACKS
 NAMES = ATTACKS.names()
 EPS = [2 / 255, 8 / 255]
 TINY_OPTIONS = {  # a tiny budget for each attack (unknown names fall back to the quick profile)
-    "pgd": {"steps": 3}, "cw": {"binary_steps": 2, "steps": 4}, "autoattack": {"apgd_iter": 3, "square_queries": 6},
-    "square": {"queries": 12}, "parsimonious": {"queries": 12, "batch_blocks": 8},
-    "facpa": {"steps": 4, "batch": 4, "crop": 32, "dataset_options": {"size": 32, "crops_per_source": 1, "progress": False}},
+    "pgd": {"steps": 3},
+    "cw": {"binary_steps": 2, "steps": 4},
+    "autoattack": {"apgd_iter": 3, "square_queries": 6},
+    "square": {"queries": 12},
+    "parsimonious": {"queries": 12, "batch_blocks": 8},
+    "facpa": {
+        "steps": 4,
+        "batch": 4,
+        "crop": 32,
+        "dataset_options": {"size": 32, "crops_per_source": 1, "progress": False},
+    },
 }
 
 
@@ -213,8 +221,9 @@ def test_facpa_generator_cached_with_provenance(tiny_mini, robench_home):
     assert b.generator_info == info
     t = _target()
     with torch.no_grad():
-        t.net.head.weight.mul_(2) if hasattr(t.net, "head") and hasattr(t.net.head, "weight") else \
-            next(t.parameters()).add_(0.1)
+        t.net.head.weight.mul_(2) if hasattr(t.net, "head") and hasattr(t.net.head, "weight") else next(
+            t.parameters()
+        ).add_(0.1)
     c = _attack("facpa", seed=5)
     c(t, dist, ref, eps=[4 / 255])  # a changed target never reuses a stale generator
     assert c.generator_info["path"] != info["path"]

@@ -13,8 +13,24 @@ from robench.core.errors import RobenchError
 
 
 def test_bench_speed_cli_small():
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "bench", "speed", "--models", "birqa,psnr,topiq.fr",
-                        "--size", "64x48", "--rounds", "1", "--json"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "robench.cli",
+            "bench",
+            "speed",
+            "--models",
+            "birqa,psnr,topiq.fr",
+            "--size",
+            "64x48",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     rows = {row["model"]: row for row in res["results"]}
@@ -22,8 +38,11 @@ def test_bench_speed_cli_small():
     assert rows["topiq.fr"]["ratio_to_topiq.fr"] == pytest.approx(1.0)
     assert rows["birqa"]["images_per_s"] > 0 and rows["psnr"]["parameters"] == 0
     assert 4.4e6 < rows["birqa"]["parameters"] < 6.6e6 and rows["topiq.fr"]["parameters"] > 35e6
-    bad = subprocess.run([sys.executable, "-m", "robench.cli", "bench", "speed", "--models", "birqa", "--size", "big"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "robench.cli", "bench", "speed", "--models", "birqa", "--size", "big"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "--size" in bad.stderr
 
 

@@ -63,7 +63,7 @@ def test_smooth_defence_gradients_are_real_under_eot():
     r = torch.rand(2, 3, 32, 32)
     f = t.bind(r, eot=32)
     xg = x.clone().requires_grad_(True)
-    g, = torch.autograd.grad(f(xg).sum(), xg)
+    (g,) = torch.autograd.grad(f(xg).sum(), xg)
     assert torch.isfinite(g).all() and g.abs().amax() > 0
     torch.manual_seed(1)
     before = f(x).detach()
@@ -80,8 +80,24 @@ def test_certify_cli_json_on_ssim(tmp_path):
     from robench.cli import app
 
     store = tmp_path / "s.sqlite"
-    args = ["certify", "--model", "ssim", "--check-attack", "pgd", "--json", "--n", "6", "--samples", "40",
-            "--radius", "0.03,0.12", "--attack-steps", "3", "--store", str(store)]
+    args = [
+        "certify",
+        "--model",
+        "ssim",
+        "--check-attack",
+        "pgd",
+        "--json",
+        "--n",
+        "6",
+        "--samples",
+        "40",
+        "--radius",
+        "0.03,0.12",
+        "--attack-steps",
+        "3",
+        "--store",
+        str(store),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)

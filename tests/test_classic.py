@@ -32,8 +32,9 @@ def test_ssim_matches_skimage_on_luminance():
     y = lambda t: luminance(t)[0, 0].double().numpy()  # noqa: E731
     # skimage averages the map after cropping (win-1)/2 border pixels; ours is 'valid' filtering:
     # the same pixels.
-    theirs = structural_similarity(y(dist), y(ref), gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                   data_range=1.0, win_size=11)
+    theirs = structural_similarity(
+        y(dist), y(ref), gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, win_size=11
+    )
     assert ours == pytest.approx(theirs, abs=2e-3)
     assert SSIM()(ref, ref).item() == pytest.approx(1.0, abs=1e-5)
 

@@ -37,7 +37,9 @@ def test_bracketed_words_survive_in_help():
     assert "robench[ray]" in out and "[esc]" in out and "[nc]" in out
     # docstring line breaks are not kept mid-sentence: click rewraps each paragraph
     flat = " ".join(out.split())
-    assert "--model and --defense take comma lists: the grid is every model × defence × attack. The settings form" in flat
+    assert (
+        "--model and --defense take comma lists: the grid is every model × defence × attack. The settings form" in flat
+    )
 
 
 def test_error_messages_print_brackets_literally(capsys):
@@ -52,16 +54,19 @@ def test_error_messages_print_brackets_literally(capsys):
     assert "robench[ray]" in err and "[nc]" in err and "[esc]" in err and err.startswith("error:")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--n", "0"], "--n must be ≥ 1 (or 'all'"),
-    (["--n", "-1"], "--n must be ≥ 1 (or 'all'"),
-    (["--n", "many"], "--n must be a whole number"),
-    (["--eps", "0.031"], "is in /255 units"),
-    (["--eps", "2", "--eps-units", "1"], "must be a fraction"),
-    (["--attacks", "fgsm", "--attack-option", "pgd.stepz=3"], "not in this run's attacks (fgsm)"),
-    (["--attacks", "pgd", "--attack-option", "pgd.stepz=3"], "did you mean 'steps'?"),
-    (["--attacks", "foo"], "unknown attack 'foo' (known:"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n", "0"], "--n must be ≥ 1 (or 'all'"),
+        (["--n", "-1"], "--n must be ≥ 1 (or 'all'"),
+        (["--n", "many"], "--n must be a whole number"),
+        (["--eps", "0.031"], "is in /255 units"),
+        (["--eps", "2", "--eps-units", "1"], "must be a fraction"),
+        (["--attacks", "fgsm", "--attack-option", "pgd.stepz=3"], "not in this run's attacks (fgsm)"),
+        (["--attacks", "pgd", "--attack-option", "pgd.stepz=3"], "did you mean 'steps'?"),
+        (["--attacks", "foo"], "unknown attack 'foo' (known:"),
+    ],
+)
 def test_bad_run_input_exits_2_with_one_clear_line(args, message, tmp_path):
     res = runner.invoke(app, ["run", "--model", "ssim", "--store", str(tmp_path / "s.sqlite"), *args])
     assert res.exit_code == 2, res.output
@@ -84,13 +89,34 @@ def test_every_flag_shows_in_run_summary_and_is_accepted_by_check(capsys):
     from robench.cli.run import print_summary
     from robench.core import flags as FL
 
-    every = {"not_converged": True, "suspect_gradient_masking": True, "eot_required": True, "moves_target": False,
-             "gain_monotone_in_eps": False, "iterative_ge_single_step": False, "bound_non_vacuous_fraction": 0.1,
-             "zero_grad": 3, "escalated": 1, "oom_halved": 1, "retried": 1, "scale": {"collapsed": True}}
+    every = {
+        "not_converged": True,
+        "suspect_gradient_masking": True,
+        "eot_required": True,
+        "moves_target": False,
+        "gain_monotone_in_eps": False,
+        "iterative_ge_single_step": False,
+        "bound_non_vacuous_fraction": 0.1,
+        "zero_grad": 3,
+        "escalated": 1,
+        "oom_halved": 1,
+        "retried": 1,
+        "scale": {"collapsed": True},
+    }
     assert FL.active(every) == [c for c, _, _ in FL.FLAGS]  # the dict above sets every registered flag
     summary = {"eps": [8.0], "clean_srocc": 0.5, "attacked_srocc": [0.4], "mean_gain": [0.1], "mean_queries": [2.0]}
-    print_summary({"target": "t", "dataset": "d", "split": "test", "n": 8, "profile": "quick", "store": "s",
-                   "seconds": 1.0, "cells": [{"attack": "pgd", "status": "done", "summary": summary, "flags": every}]})
+    print_summary(
+        {
+            "target": "t",
+            "dataset": "d",
+            "split": "test",
+            "n": 8,
+            "profile": "quick",
+            "store": "s",
+            "seconds": 1.0,
+            "cells": [{"attack": "pgd", "status": "done", "summary": summary, "flags": every}],
+        }
+    )
     out = " ".join(capsys.readouterr().out.split())
     for code in FL.LEGEND:
         assert code in out, code
@@ -99,10 +125,29 @@ def test_every_flag_shows_in_run_summary_and_is_accepted_by_check(capsys):
 
 
 def test_run_shows_nc_for_an_unconverged_cell(tiny_mini, tmp_path):
-    res = runner.invoke(app, ["run", "--model", "ssim", "--attacks", "pgd", "--attack-option", "pgd.steps=2",
-                              "--eps", "8", "--n", "8", "--store", str(tmp_path / "s.sqlite"),
-                              "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1"],
-                        env={"COLUMNS": "200"})
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "ssim",
+            "--attacks",
+            "pgd",
+            "--attack-option",
+            "pgd.steps=2",
+            "--eps",
+            "8",
+            "--n",
+            "8",
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--dataset-option",
+            "size=32",
+            "--dataset-option",
+            "crops_per_source=1",
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     from robench.engine.store import Store
 

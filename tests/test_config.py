@@ -16,10 +16,30 @@ from robench.core.errors import RobenchError, UnknownNameError
 from robench.engine.store import Store
 
 TINY_OPTS = {"size": 32, "crops_per_source": 1}
-FLAGS = ["--model", "ssim", "--attacks", "fgsm,pgd", "--eps", "8,2", "--n", "6", "--attack-option", "pgd.steps=3",
-         "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1"]
-SETTINGS = {"model": "ssim", "attacks": "fgsm,pgd", "eps": [8, 2], "n": 6, "attack_params": {"pgd": {"steps": 3}},
-            "dataset_options": TINY_OPTS}
+FLAGS = [
+    "--model",
+    "ssim",
+    "--attacks",
+    "fgsm,pgd",
+    "--eps",
+    "8,2",
+    "--n",
+    "6",
+    "--attack-option",
+    "pgd.steps=3",
+    "--dataset-option",
+    "size=32",
+    "--dataset-option",
+    "crops_per_source=1",
+]
+SETTINGS = {
+    "model": "ssim",
+    "attacks": "fgsm,pgd",
+    "eps": [8, 2],
+    "n": 6,
+    "attack_params": {"pgd": {"steps": 3}},
+    "dataset_options": TINY_OPTS,
+}
 
 
 def cli(*args):
@@ -41,9 +61,19 @@ def test_cli_file_and_python_give_the_same_cells(tiny_mini, tmp_path):
     assert r.returncode == 0, r.stderr
     written = json.loads(r.stdout)["config"]
     toml = tmp_path / "run.toml"
-    toml.write_text(dumps_toml({"targets": ["ssim"], "attacks": ["fgsm", "pgd"], "eps": [2.0, 8.0], "n": 6,
-                                "store": str(s_file), "dataset_options": TINY_OPTS,
-                                "attack_params": {"pgd": {"steps": 3}}}))
+    toml.write_text(
+        dumps_toml(
+            {
+                "targets": ["ssim"],
+                "attacks": ["fgsm", "pgd"],
+                "eps": [2.0, 8.0],
+                "n": 6,
+                "store": str(s_file),
+                "dataset_options": TINY_OPTS,
+                "attack_params": {"pgd": {"steps": 3}},
+            }
+        )
+    )
     r = cli("run", "--config", str(toml), "--json")
     assert r.returncode == 0, r.stderr
     robench.run(RunConfig.from_dict({**SETTINGS, "store": str(s_obj)}), progress=False)

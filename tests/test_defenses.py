@@ -16,8 +16,13 @@ from robench.defenses.aat import AnchorSampler, anchored_terms, nearest_anchors
 TINY = {"size": 32, "crops_per_source": 1, "progress": False}
 
 
-@pytest.mark.parametrize("mos", [np.random.default_rng(0).uniform(1, 5, 2000),
-                                 np.repeat(np.round(np.random.default_rng(1).uniform(1.2, 4.8, 125), 3), 28)])
+@pytest.mark.parametrize(
+    "mos",
+    [
+        np.random.default_rng(0).uniform(1, 5, 2000),
+        np.repeat(np.round(np.random.default_rng(1).uniform(1.2, 4.8, 125), 3), 28),
+    ],
+)
 def test_sampler_anchors_cover_the_band(mos):
     s = AnchorSampler(mos, batch=32, anchors=8, spacing=0.5, seed=0)
     for _ in range(40):
@@ -83,8 +88,14 @@ def clean_tiny_birqa(aat_home):
     old = os.environ.get("ROBENCH_HOME")
     os.environ["ROBENCH_HOME"] = str(aat_home)
     try:
-        return train("birqa", dataset_options=TINY, model_options={"width": 0.25}, epochs=1, max_steps_per_epoch=2,
-                     progress=False)
+        return train(
+            "birqa",
+            dataset_options=TINY,
+            model_options={"width": 0.25},
+            epochs=1,
+            max_steps_per_epoch=2,
+            progress=False,
+        )
     finally:
         os.environ["ROBENCH_HOME"] = old
 
@@ -279,9 +290,16 @@ def test_run_with_a_trained_variant_and_a_wrapper_trains_what_is_missing(clean_t
     from robench.core.config import RunSpec
     from robench.engine.grid import run
 
-    spec = RunSpec(model="birqa", defense="r+flip", attacks=["fgsm"], eps=[4], n=4, store=tmp_path / "s.sqlite",
-                   dataset_options={"size": 32, "crops_per_source": 1},
-                   attack_params={"fgsm": {"eot": 2}})
+    spec = RunSpec(
+        model="birqa",
+        defense="r+flip",
+        attacks=["fgsm"],
+        eps=[4],
+        n=4,
+        store=tmp_path / "s.sqlite",
+        dataset_options={"size": 32, "crops_per_source": 1},
+        attack_params={"fgsm": {"eot": 2}},
+    )
     rep = run(spec, progress=False)
     assert rep["cells"][0]["status"] == "done"
     assert rep["defense"]["training"] == "r" and rep["defense"]["randomised"]

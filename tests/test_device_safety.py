@@ -3,8 +3,8 @@ steps through the harness), inference defence and training recipe (one fine-tuni
 held-out evaluation), a clean-training step, a DiffPure denoiser step and an engine cell run
 with the model on an accelerator, so a tensor made on the wrong device (``torch.zeros(n)``
 without ``device=`` inside an attack, a generator left on the CPU, a constant that is not a
-buffer, a batch never moved) fails here, not on the first GPU run. The parametrisations are read from the registries: a new plugin is covered with
-no edit here.
+buffer, a batch never moved) fails here, not on the first GPU run. The parametrisations are read
+from the registries: a new plugin is covered with no edit here.
 
 Why an emulated accelerator and not ``FakeTensorMode`` on a fake CUDA device. On this CPU-only
 torch build, ``torch._subclasses.fake_tensor.FakeTensorMode`` makes fake CUDA tensors and raises
@@ -61,7 +61,6 @@ SIZE = 32
 ACCEL = torch.device("meta")
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These passes are tiny (one or two 32-px images): one torch thread. Two OpenMP threads
@@ -76,8 +75,19 @@ def _one_thread():
 # the emulated accelerator
 
 #: ops that take tensors on different devices on CUDA too
-_CROSS_DEVICE = {"copy_", "_to_copy", "_copy_from", "_copy_from_and_resize", "to", "copy", "lift_fresh",
-                 "lift_fresh_copy", "detach", "alias", "_has_compatible_shallow_copy_type"}
+_CROSS_DEVICE = {
+    "copy_",
+    "_to_copy",
+    "_copy_from",
+    "_copy_from_and_resize",
+    "to",
+    "copy",
+    "lift_fresh",
+    "lift_fresh_copy",
+    "detach",
+    "alias",
+    "_has_compatible_shallow_copy_type",
+}
 _INDEX_DTYPES = (torch.long, torch.int, torch.bool, torch.uint8)
 
 
@@ -93,9 +103,16 @@ class OnDevice(torch.Tensor):
 
     @staticmethod
     def __new__(cls, inner: torch.Tensor):
-        r = torch.Tensor._make_wrapper_subclass(cls, inner.size(), strides=inner.stride(),
-                                                storage_offset=inner.storage_offset(), dtype=inner.dtype,
-                                                layout=inner.layout, device=ACCEL, requires_grad=inner.requires_grad)
+        r = torch.Tensor._make_wrapper_subclass(
+            cls,
+            inner.size(),
+            strides=inner.stride(),
+            storage_offset=inner.storage_offset(),
+            dtype=inner.dtype,
+            layout=inner.layout,
+            device=ACCEL,
+            requires_grad=inner.requires_grad,
+        )
         r.inner = inner
         return r
 
@@ -124,16 +141,20 @@ def _dispatch(func, args, kwargs):
     cpu = [a for a in tensors if not isinstance(a, OnDevice) and not (a.device.type == "cpu" and a.dim() == 0)]
     if on and cpu and name not in _CROSS_DEVICE:
         if not (name.startswith("index") and all(a.dtype in _INDEX_DTYPES for a in cpu)):  # CPU indices: fine
-            raise DeviceMismatch(f"{func}: accelerator tensors mixed with CPU tensors of shapes "
-                                 f"{[tuple(a.shape) for a in cpu]} (CUDA: 'Expected all tensors to be on the same "
-                                 f"device')")
+            raise DeviceMismatch(
+                f"{func}: accelerator tensors mixed with CPU tensors of shapes "
+                f"{[tuple(a.shape) for a in cpu]} (CUDA: 'Expected all tensors to be on the same "
+                f"device')"
+            )
     dev = kwargs.get("device")
     dev = None if dev is None else torch.device(dev)
     if dev is not None and dev.type == ACCEL.type:
         g = kwargs.get("generator")
         if g is not None and g.device.type == "cpu":
-            raise DeviceMismatch(f"{func}: a CPU torch.Generator for a tensor made on the accelerator (CUDA: "
-                                 f"'Expected a 'cuda' device type for generator')")
+            raise DeviceMismatch(
+                f"{func}: a CPU torch.Generator for a tensor made on the accelerator (CUDA: "
+                f"'Expected a 'cuda' device type for generator')"
+            )
         kwargs = {**kwargs, "device": torch.device("cpu")}
         out_on = True
     else:
@@ -179,11 +200,15 @@ class EmulatedAccelerator(TorchDispatchMode):
             return fn(data, **kwargs, **({"device": dev} if dev is not None else {}))
 
         torch.tensor = lambda data, *, device=None, **kw: make(originals["tensor"], data, device, kw)
-        torch.as_tensor = lambda data, dtype=None, device=None: make(originals["as_tensor"], data, device,
-                                                                     {"dtype": dtype})
+        torch.as_tensor = lambda data, dtype=None, device=None: make(
+            originals["as_tensor"], data, device, {"dtype": dtype}
+        )
         torch.Tensor.new_tensor = lambda self, data, *, dtype=None, device=None, requires_grad=False: make(
-            originals["tensor"], data, device or self.device,
-            {"dtype": dtype or self.dtype, "requires_grad": requires_grad})
+            originals["tensor"],
+            data,
+            device or self.device,
+            {"dtype": dtype or self.dtype, "requires_grad": requires_grad},
+        )
         return super().__enter__()
 
     def __exit__(self, *exc):
@@ -298,8 +323,9 @@ def test_target_on_accelerator(name):
         got = host(got)
     assert set(got) == set(want)
     for k in want:
-        torch.testing.assert_close(got[k], want[k], msg=lambda m: f"{k} differs between the CPU and the "
-                                                                  f"accelerator: {m}")
+        torch.testing.assert_close(
+            got[k], want[k], msg=lambda m: f"{k} differs between the CPU and the accelerator: {m}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,8 +379,9 @@ def test_attack_on_accelerator(name, tiny_mini, tmp_path, monkeypatch):
     got = _result(res)
     for k, v in want.items():
         assert got[k].device.type == "cpu", f"AttackResult.{k} must come back on the CPU"
-        assert torch.equal(got[k], v) if k != "psnr" else torch.equal(got[k].nan_to_num(), v.nan_to_num()), \
+        assert torch.equal(got[k], v) if k != "psnr" else torch.equal(got[k].nan_to_num(), v.nan_to_num()), (
             f"{k} differs between the CPU and the accelerator"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,13 +448,28 @@ def test_training_step_on_accelerator(tiny_mini, tmp_path):
     prof = get_profile("quick")
 
     def one_step(target, out):
-        task = CleanTask(target, train_set, val_set, prof, base=name, dataset=default_dataset(), batch_size=4,
-                         steps_per_epoch=1, epochs=1, seed=0, config={}, run_cfg={}, out=out)
-        trainer = Trainer(task, out, "h", 1, 1e-3, schedule="warmup-cosine", warmup=1, clip_grad=1.0,
-                          progress=False)
+        task = CleanTask(
+            target,
+            train_set,
+            val_set,
+            prof,
+            base=name,
+            dataset=default_dataset(),
+            batch_size=4,
+            steps_per_epoch=1,
+            epochs=1,
+            seed=0,
+            config={},
+            run_cfg={},
+            out=out,
+        )
+        trainer = Trainer(task, out, "h", 1, 1e-3, schedule="warmup-cosine", warmup=1, clip_grad=1.0, progress=False)
         trainer._one_step()  # the step alone: checkpoints (torch.save) are not the device's business
-        return {"state": dict(target.state_dict()), "loss": trainer.rows[0]["loss"],
-                "val": evaluate(target, val_set, batch_size=4)}
+        return {
+            "state": dict(target.state_dict()),
+            "loss": trainer.rows[0]["loss"],
+            "val": evaluate(target, val_set, batch_size=4),
+        }
 
     t = _target(name)
     want = one_step(copy.deepcopy(t), tmp_path / "cpu")
@@ -467,8 +509,14 @@ def test_device_is_recorded_and_not_keyed(tiny_mini, tmp_path):
     from robench.engine.store import Store
 
     store = tmp_path / "s.sqlite"
-    settings = dict(model="ssim", attacks="fgsm", n=2, eps="4", store=str(store),
-                    dataset_options=dict(DATASETS.get(default_dataset()).test_options))
+    settings = dict(
+        model="ssim",
+        attacks="fgsm",
+        n=2,
+        eps="4",
+        store=str(store),
+        dataset_options=dict(DATASETS.get(default_dataset()).test_options),
+    )
     first = robench.run(progress=False, device="cpu", **settings)["runs"][0]["cells"]
     again = robench.run(progress=False, device="auto", **settings)["runs"][0]["cells"]  # auto is the CPU here
     assert [c["key"] for c in first] == [c["key"] for c in again] and again[0]["status"] == "cached"
@@ -495,8 +543,11 @@ def test_resolve_device_on_this_machine(monkeypatch):
     assert resolve_device("cpu") == resolve_device(None) == resolve_device(" CPU ") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cpu")
     for spec in ("cuda", "cuda:0", "cuda:7"):
-        with pytest.raises(RobenchError, match=rf"^--device {spec}: CUDA is not available on this machine \(.*\); "
-                                               r"use --device cpu or --device auto$"):
+        with pytest.raises(
+            RobenchError,
+            match=rf"^--device {spec}: CUDA is not available on this machine \(.*\); "
+            r"use --device cpu or --device auto$",
+        ):
             resolve_device(spec)
     for bad in ("gpu", "cuda:x", "cpu:1", "auto:0", "mps", ""):
         with pytest.raises(RobenchError, match="must be auto, cpu, cuda or cuda:N"):
@@ -523,9 +574,14 @@ def test_cli_device_errors_are_one_line_exit_2(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     runner = CliRunner()
-    for args in (["run", "--model", "ssim", "--device", "cuda"], ["validate", "--device", "cuda"],
-                 ["train", "--model", "birqa", "--device", "cuda:7"], ["eval", "--model", "ssim", "--device", "cuda"],
-                 ["bench", "speed", "--device", "cuda"], ["run", "--model", "ssim", "--device", "gpu"]):
+    for args in (
+        ["run", "--model", "ssim", "--device", "cuda"],
+        ["validate", "--device", "cuda"],
+        ["train", "--model", "birqa", "--device", "cuda:7"],
+        ["eval", "--model", "ssim", "--device", "cuda"],
+        ["bench", "speed", "--device", "cuda"],
+        ["run", "--model", "ssim", "--device", "gpu"],
+    ):
         r = runner.invoke(app, args)
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: --device"), (args, r.output)
@@ -551,7 +607,9 @@ def test_recipe_step_on_accelerator(name, tiny_mini, tmp_path):
     opts = dict(ds.test_options)
     data, val = ds(split="train", **opts), ds(split="val", **opts)
     # small: a batch of 16 (AAT's 8 anchors + 8 attacked), 2 inner PGD steps, one held-out batch
-    prof = dataclasses.replace(get_profile("quick"), train_batch=16, adv_pgd_steps=2, adv_eval_batches=1, train_crop=None)
+    prof = dataclasses.replace(
+        get_profile("quick"), train_batch=16, adv_pgd_steps=2, adv_eval_batches=1, train_crop=None
+    )
     base = default_of(MODELS)
 
     def one_step(target, out):

@@ -70,9 +70,17 @@ def test_run_mos_split_never_ends_against_direction_and_lowers_srocc(tiny_mini, 
     from robench.results.report import load_cells
 
     store = tmp_path / "s.sqlite"
-    out = robench.run(model="ssim", attacks="pgd", directions="up,mos-split", eps=[8], n=12, store=str(store),
-                      dataset_options={"size": 32, "crops_per_source": 1, "progress": False},
-                      attack_params={"pgd": {"steps": 4}}, progress=False)
+    out = robench.run(
+        model="ssim",
+        attacks="pgd",
+        directions="up,mos-split",
+        eps=[8],
+        n=12,
+        store=str(store),
+        dataset_options={"size": 32, "crops_per_source": 1, "progress": False},
+        attack_params={"pgd": {"steps": 4}},
+        progress=False,
+    )
     cells = {c["direction"]: c for c in out["runs"][0]["cells"]}
     assert set(cells) == {"up", "mos-split"} and cells["up"]["key"] != cells["mos-split"]["key"]
     info = cells["mos-split"]["summary"]["direction"]
@@ -91,8 +99,16 @@ def test_run_mos_split_never_ends_against_direction_and_lowers_srocc(tiny_mini, 
 
 def test_mos_split_refused_on_2afc_before_compute(tiny_mini, tmp_path):
     with pytest.raises(RobenchError, match="needs a MOS"):
-        robench.run(model="ssim", attacks="fgsm", directions="mos-split", dataset="mini-2afc", eps=[8], n=4,
-                    store=str(tmp_path / "s.sqlite"), progress=False)
+        robench.run(
+            model="ssim",
+            attacks="fgsm",
+            directions="mos-split",
+            dataset="mini-2afc",
+            eps=[8],
+            n=4,
+            store=str(tmp_path / "s.sqlite"),
+            progress=False,
+        )
 
 
 def test_directions_round_trip_through_toml(tmp_path):

@@ -56,8 +56,11 @@ def test_psnr_falls_with_level(tid):
 
 
 def test_non_monotone_types_are_the_documented_ones():
-    assert {d.name for d in D.DISTORTIONS.values() if not d.monotone} == {"color_diffusion", "mean_shift",
-                                                                           "contrast_change"}
+    assert {d.name for d in D.DISTORTIONS.values() if not d.monotone} == {
+        "color_diffusion",
+        "mean_shift",
+        "contrast_change",
+    }
     for img in IMAGES:
         # mean shift and contrast change pass through the identity at level 3
         for name in ("mean_shift", "contrast_change"):
@@ -108,13 +111,20 @@ def test_float_input_matches_uint8_input():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    h=st.integers(8, 40), w=st.integers(8, 40), tid=st.integers(1, 25), level=st.integers(1, 5),
-    seed=st.integers(0, 2**32 - 1), fill=st.sampled_from(["random", "black", "white", "flat"]),
+    h=st.integers(8, 40),
+    w=st.integers(8, 40),
+    tid=st.integers(1, 25),
+    level=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+    fill=st.sampled_from(["random", "black", "white", "flat"]),
 )
 def test_fuzz_any_size_and_content(h, w, tid, level, seed, fill):
     rng = np.random.default_rng(seed)
-    img = {"random": lambda: rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-           "black": lambda: np.zeros((h, w, 3), np.uint8), "white": lambda: np.full((h, w, 3), 255, np.uint8),
-           "flat": lambda: np.full((h, w, 3), 97, np.uint8)}[fill]()
+    img = {
+        "random": lambda: rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        "black": lambda: np.zeros((h, w, 3), np.uint8),
+        "white": lambda: np.full((h, w, 3), 255, np.uint8),
+        "flat": lambda: np.full((h, w, 3), 97, np.uint8),
+    }[fill]()
     out = D.apply(img, tid, level, seed=seed)
     assert out.shape == (h, w, 3) and out.dtype == np.uint8

@@ -13,8 +13,18 @@ TINY_OPTS = {"size": 32, "crops_per_source": 1}
 def _specs(store):
     from robench.core.config import RunSpec
 
-    return [RunSpec(model=m, attacks=["fgsm", "square"], eps=[2, 8], n=8, store=store, dataset_options=dict(TINY_OPTS),
-                    attack_params={"square": {"queries": 8}}) for m in ("ssim", "psnr")]
+    return [
+        RunSpec(
+            model=m,
+            attacks=["fgsm", "square"],
+            eps=[2, 8],
+            n=8,
+            store=store,
+            dataset_options=dict(TINY_OPTS),
+            attack_params={"square": {"queries": 8}},
+        )
+        for m in ("ssim", "psnr")
+    ]
 
 
 def _snapshot(path):
@@ -70,7 +80,9 @@ def test_validate_dry_builds_the_paper_grid():
     from robench.attacks.base import SUITE
 
     res = dry_build("paper", sample=True, size=(48, 48))
-    assert res["cells"] == 3 * 4 * len(SUITE) and res["items_per_cell"] == sizes["test"] and res["eps"] == [2, 4, 6, 8, 10]
+    assert (
+        res["cells"] == 3 * 4 * len(SUITE) and res["items_per_cell"] == sizes["test"] and res["eps"] == [2, 4, 6, 8, 10]
+    )
     assert "dataset='kadid10k'" in res["attacks"]["facpa"] and "steps=100" in res["attacks"]["pgd"]
     cost = {(r["target"], r["attack"]): r for r in res["estimate"]["per_cell"]}
     assert len(cost) == 3 * len(SUITE) and all(r["seconds"] > 0 for r in cost.values())
@@ -85,8 +97,26 @@ def test_budgets_are_sorted_and_unique(tiny_mini, tmp_path):
     from robench.core.config import RunSpec
     from robench.engine.grid import plan
 
-    a = plan(RunSpec(model="ssim", attacks=["fgsm"], eps=[8, 2, 8], n=4, store=tmp_path / "a.sqlite",
-                     dataset_options=dict(TINY_OPTS)), progress=False)
-    b = plan(RunSpec(model="ssim", attacks=["fgsm"], eps=[2, 8], n=4, store=tmp_path / "a.sqlite",
-                     dataset_options=dict(TINY_OPTS)), progress=False)
+    a = plan(
+        RunSpec(
+            model="ssim",
+            attacks=["fgsm"],
+            eps=[8, 2, 8],
+            n=4,
+            store=tmp_path / "a.sqlite",
+            dataset_options=dict(TINY_OPTS),
+        ),
+        progress=False,
+    )
+    b = plan(
+        RunSpec(
+            model="ssim",
+            attacks=["fgsm"],
+            eps=[2, 8],
+            n=4,
+            store=tmp_path / "a.sqlite",
+            dataset_options=dict(TINY_OPTS),
+        ),
+        progress=False,
+    )
     assert a.eps == [2.0, 8.0] and a.tasks[0].key == b.tasks[0].key

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from robench.core.registry import ATTACKS, DATASETS, DEFENSES, MODELS, REGISTRIES, attack_suite
-from test_plugins import (check_attack_declarations, check_dataset, check_dataset_declarations, check_defence,
-                          check_target, run_attack_contract)
+from test_plugins import (
+    check_attack_declarations,
+    check_dataset,
+    check_dataset_declarations,
+    check_defence,
+    check_target,
+    run_attack_contract,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "extending"
 #: file → (registry, the name it registers)
@@ -89,17 +95,29 @@ def test_example_grid_runs_through_the_python_api(examples, tmp_path):
     from robench.engine.store import Store
 
     store = tmp_path / "s.sqlite"
-    out = robench.run(model="example-nmae", attacks="example-hillclimb", defense="example-blur",
-                      dataset="example-synthetic", eps=[4], n=4, store=str(store), progress=False, directions="up",
-                      dataset_options=dict(DATASETS.get("example-synthetic").test_options))
+    out = robench.run(
+        model="example-nmae",
+        attacks="example-hillclimb",
+        defense="example-blur",
+        dataset="example-synthetic",
+        eps=[4],
+        n=4,
+        store=str(store),
+        progress=False,
+        directions="up",
+        dataset_options=dict(DATASETS.get("example-synthetic").test_options),
+    )
     (run,) = out["runs"]
     assert [c["status"] for c in run["cells"]] == ["done"]
     with Store(store) as st:
         cells = st.cells()
         assert len(cells) == 1
         cell = cells.iloc[0]
-        assert (cell["target"], cell["attack"], cell["dataset"]) == ("example-nmae+example-blur", "example-hillclimb",
-                                                                     "example-synthetic")
+        assert (cell["target"], cell["attack"], cell["dataset"]) == (
+            "example-nmae+example-blur",
+            "example-hillclimb",
+            "example-synthetic",
+        )
         rows = st.results(cell["key"])
     assert len(rows) == 4 and (rows["linf"] <= 4 / 255 + 1e-6).all() and (rows["score"] >= rows["clean_score"]).all()
     assert set(rows["mos"]) <= {1.0, 2.0, 3.0, 4.0}

@@ -191,13 +191,27 @@ def test_cli_fetch(tmp_path, server):
     served, base = server
     archive, digest = _kadid_zip(tmp_path, served)
     root = tmp_path / "data"
-    cmd = [sys.executable, "-m", "robench.cli", "data", "fetch", "kadid10k", "--root", str(root),
-           "--url", f"{base}/kadid10k.zip", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "robench.cli",
+        "data",
+        "fetch",
+        "kadid10k",
+        "--root",
+        str(root),
+        "--url",
+        f"{base}/kadid10k.zip",
+        "--json",
+    ]
     r = subprocess.run(cmd + ["--sha256", "0" * 64], capture_output=True, text=True)
     assert r.returncode == 2 and "sha256 mismatch" in r.stderr and not (root / "kadid10k").exists()
     r = subprocess.run(cmd + ["--sha256", digest], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["extracted"] == [str(root / "kadid10k")]
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "data", "fetch", "live", "--root", str(root)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "robench.cli", "data", "fetch", "live", "--root", str(root)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "no public archive" in r.stderr

@@ -36,8 +36,10 @@ import torch
 from robench.core.registry import MODELS
 from tests.test_device_safety import _pair, _target, _target_pass
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False"),
+]
 
 TINY = {"size": 32, "crops_per_source": 1}
 FP32 = {"rtol": 1e-3, "atol": 1e-5}
@@ -100,7 +102,9 @@ def test_a_device_this_machine_lacks_is_refused():
     from robench.core.errors import RobenchError
 
     n = torch.cuda.device_count()
-    assert resolve_device("auto").type == "cuda" and resolve_device("cuda") == torch.device("cuda", torch.cuda.current_device())
+    assert resolve_device("auto").type == "cuda" and resolve_device("cuda") == torch.device(
+        "cuda", torch.cuda.current_device()
+    )
     with pytest.raises(RobenchError, match=rf"this machine has {n} CUDA device"):
         resolve_device(f"cuda:{n}")
 
@@ -123,8 +127,16 @@ def birqa_weights(tmp_path):
 
 
 def _settings(store, weights, model="birqa"):
-    return dict(model=model, weights=str(weights) if model == "birqa" else None, attacks="pgd", n=8, eps="2,8",
-                store=str(store), dataset_options=dict(TINY), attack_params={"pgd": {"steps": 10}})
+    return dict(
+        model=model,
+        weights=str(weights) if model == "birqa" else None,
+        attacks="pgd",
+        n=8,
+        eps="2,8",
+        store=str(store),
+        dataset_options=dict(TINY),
+        attack_params={"pgd": {"steps": 10}},
+    )
 
 
 def _stored(store):
@@ -147,8 +159,9 @@ def _same_cell(got_store, want_store, clean_tol):
     np.testing.assert_allclose(g["clean_score"], w["clean_score"], **clean_tol)
     gain = (w["score"] - w["clean_score"]).to_numpy()
     diff = abs((g["score"] - g["clean_score"]).to_numpy() - gain)
-    assert (diff <= 2e-5 + 0.1 * abs(gain)).all(), f"attack gains differ by up to {diff.max():.3g} (gains up to " \
-                                                   f"{abs(gain).max():.3g})"
+    assert (diff <= 2e-5 + 0.1 * abs(gain)).all(), (
+        f"attack gains differ by up to {diff.max():.3g} (gains up to {abs(gain).max():.3g})"
+    )
     assert (g["linf"] <= g["eps"] / 255 + 1e-6).all(), "an attacked image is outside its budget"
     mg, mw = gc.iloc[0]["summary"]["mean_gain"], wc.iloc[0]["summary"]["mean_gain"]
     for a, b in zip(mg, mw):
@@ -185,8 +198,16 @@ def test_ray_gpu_cell(tiny_mini, birqa_weights, tmp_path):
     except RobenchError as exc:
         pytest.skip(f"Ray cannot start here: {exc}")
     try:
-        spec = RunSpec(model="birqa", weights=str(birqa_weights), attacks=["pgd"], eps=[2, 8], n=8,
-                       store=tmp_path / "ray.sqlite", dataset_options=dict(TINY), attack_params={"pgd": {"steps": 10}})
+        spec = RunSpec(
+            model="birqa",
+            weights=str(birqa_weights),
+            attacks=["pgd"],
+            eps=[2, 8],
+            n=8,
+            store=tmp_path / "ray.sqlite",
+            dataset_options=dict(TINY),
+            attack_params={"pgd": {"steps": 10}},
+        )
         out = run_grid([spec], progress=False, executor=ex)
     finally:
         ex.close()

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,12 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 
 def _browser(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     # --no-sandbox: CI runs as root; --disable-gpu/--no-first-run: headless on a bare machine
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--disable-dev-shm-usage", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +37,31 @@ def report(tmp_path_factory, robench_home):
     build_mini(size=32, crops_per_source=1, seed=0, progress=False)
     folder = tmp_path_factory.mktemp("html")
     store = folder / "s.sqlite"
-    common = {"eps": [2, 8], "store": str(store), "dataset_options": {"size": 32, "crops_per_source": 1},
-              "attack_params": {"pgd": {"steps": 3}}}
-    run_config(RunConfig.from_dict({"targets": "ssim,psnr,ms-ssim", "attacks": "fgsm,pgd", "n": 16,
-                                    "directions": "up,mos-split", **common}), progress=False)
-    run_config(RunConfig.from_dict({"targets": "ssim", "defenses": "flip", "attacks": "fgsm", "n": 16,
-                                    "attack_params": {"fgsm": {"eot": 2}}, **{k: v for k, v in common.items()
-                                                                              if k != "attack_params"}}), progress=False)
+    common = {
+        "eps": [2, 8],
+        "store": str(store),
+        "dataset_options": {"size": 32, "crops_per_source": 1},
+        "attack_params": {"pgd": {"steps": 3}},
+    }
+    run_config(
+        RunConfig.from_dict(
+            {"targets": "ssim,psnr,ms-ssim", "attacks": "fgsm,pgd", "n": 16, "directions": "up,mos-split", **common}
+        ),
+        progress=False,
+    )
+    run_config(
+        RunConfig.from_dict(
+            {
+                "targets": "ssim",
+                "defenses": "flip",
+                "attacks": "fgsm",
+                "n": 16,
+                "attack_params": {"fgsm": {"eot": 2}},
+                **{k: v for k, v in common.items() if k != "attack_params"},
+            }
+        ),
+        progress=False,
+    )
     out = folder / "report"
     write_report(store, out, n_boot=50, pdf=False)
     return store, out
@@ -55,8 +76,9 @@ def test_index_html_is_self_contained(report):
     assert text.count("<div class='item'>") >= 4  # the gallery: kept items of the cells (default: top)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium; "
-                                             "apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium; apt-get install chromium)"
+)
 def test_index_html_in_headless_chromium(report, tmp_path):
     from robench.results.records import make_records
 
@@ -73,8 +95,9 @@ def test_index_html_in_headless_chromium(report, tmp_path):
     # sorting reorders the rows: the clean-SROCC column sorts as the records' values do
     clean = {f"{r['model']['target']} | {r['defense']['name']}": r["evaluations"][0]["clean"]["value"] for r in recs}
     col = next(s for s in st["sorted"] if s["header"] == "clean SROCC")
-    assert col["asc"] == sorted(clean, key=lambda k: (clean[k], k)) or \
-        [clean[k] for k in col["asc"]] == sorted(clean.values())
+    assert col["asc"] == sorted(clean, key=lambda k: (clean[k], k)) or [clean[k] for k in col["asc"]] == sorted(
+        clean.values()
+    )
     assert [clean[k] for k in col["desc"]] == sorted(clean.values(), reverse=True)
     assert any(s["asc"] != s["desc"] for s in st["sorted"])
     # every image decodes; nothing is requested outside the file

@@ -24,7 +24,7 @@ def test_gaussian_filter_matches_depthwise_conv(shape, padding):
     for ref in (True, False):
         with kernels.reference_kernels(ref):
             y = gaussian_filter(x, padding=padding)
-            g, = torch.autograd.grad(y, x, gy)
+            (g,) = torch.autograd.grad(y, x, gy)
         out[ref] = (y, g)
     assert _rel(out[False][0], out[True][0]) < 1e-12
     assert _rel(out[False][1], out[True][1]) < 1e-12
@@ -73,7 +73,7 @@ def test_target_step_equal_on_both_paths(name, size):
             with kernels.reference_kernels(mode == "reference"):
                 x = d.clone().requires_grad_(True)
                 q = t.bind(r, cache=True)(x)
-                g, = torch.autograd.grad(q.sum(), x)
+                (g,) = torch.autograd.grad(q.sum(), x)
             out[mode] = (q.detach().double(), g.double())
         target.float()
     if name == "birqa":

@@ -43,21 +43,34 @@ def test_items_contract(tiny_mini):
     assert item["mos"] == pytest.approx(D.get_distortion(row["distortion"]).mos_mean[int(row["level"]) - 1])
     # the stored distorted image is exactly the distortion applied to the stored reference
     ref_u8 = (item["ref"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    again = D.apply(ref_u8, row["distortion_id"], int(row["level"]),
-                    seed=np.random.SeedSequence([0, int(row["ref_index"]), int(row["distortion_id"]), int(row["level"])]))
+    again = D.apply(
+        ref_u8,
+        row["distortion_id"],
+        int(row["level"]),
+        seed=np.random.SeedSequence([0, int(row["ref_index"]), int(row["distortion_id"]), int(row["level"])]),
+    )
     assert np.array_equal(again, (item["dist"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 def test_splits_disjoint_by_photo_with_10_test_and_5_val(tiny_mini):
-    parts = {s: robench.load_dataset("mini", split=s, size=32, crops_per_source=1, progress=False) for s in ("train", "val", "test")}
+    parts = {
+        s: robench.load_dataset("mini", split=s, size=32, crops_per_source=1, progress=False)
+        for s in ("train", "val", "test")
+    }
     sources = {s: set(d.table["source"]) for s, d in parts.items()}
-    assert not (sources["train"] & sources["val"]) and not (sources["train"] & sources["test"]) and not (sources["val"] & sources["test"])
+    assert (
+        not (sources["train"] & sources["val"])
+        and not (sources["train"] & sources["test"])
+        and not (sources["val"] & sources["test"])
+    )
     n = len(M.load_sources())
     assert n >= 20
     assert len(sources["test"]) == M.N_TEST >= 10 and len(sources["val"]) == M.N_VAL >= 5
     assert len(sources["train"]) == n - 15 == 7
     assert sources["train"] | sources["val"] | sources["test"] == {s.name for s in M.load_sources()}
-    assert sum(len(d) for d in parts.values()) == len(robench.load_dataset("mini", split="all", size=32, crops_per_source=1, progress=False))
+    assert sum(len(d) for d in parts.values()) == len(
+        robench.load_dataset("mini", split="all", size=32, crops_per_source=1, progress=False)
+    )
     info = parts["test"].info()
     assert info["splits_disjoint"] is True
     assert info["sources_per_split"] == {"test": {"n_sources": 10, "sources": sorted(sources["test"])}}
@@ -134,8 +147,10 @@ def test_truncated_cache_file_is_rebuilt(tmp_path):
 
 
 def test_kill_9_during_build_leaves_nothing_loadable(tmp_path):
-    code = ("from robench.data.mini import build_mini; "
-            f"build_mini(size=64, crops_per_source=2, root={str(tmp_path)!r}, progress=False, workers=1)")
+    code = (
+        "from robench.data.mini import build_mini; "
+        f"build_mini(size=64, crops_per_source=2, root={str(tmp_path)!r}, progress=False, workers=1)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".build-*/dists.npy")):
@@ -160,8 +175,13 @@ def test_bad_options():
 
 def test_default_mini_via_cli(robench_home):
     """The done-means check: default mini (128 px) through the CLI, with its JSON counts."""
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "data", "info", "mini", "--json"],
-                       capture_output=True, text=True, check=False, env={**os.environ, "ROBENCH_HOME": str(robench_home)})
+    r = subprocess.run(
+        [sys.executable, "-m", "robench.cli", "data", "info", "mini", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ROBENCH_HOME": str(robench_home)},
+    )
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["n_pairs"] >= 5000 and info["n_references"] >= 40 and info["n_sources"] >= 20
@@ -235,7 +255,12 @@ def test_generator_script_agrees_with_manifest():
     rows = {r[0]: r for r in mod.PHOTOS}
     for p in _manifest()["photos"]:
         _, (kind, pkg, ver), rel, sha, lic, author, *_ = rows[p["id"]]
-        assert (kind, pkg, ver, rel) == (p["origin"]["kind"], p["origin"]["package"], p["origin"]["version"], p["origin"]["path"])
+        assert (kind, pkg, ver, rel) == (
+            p["origin"]["kind"],
+            p["origin"]["package"],
+            p["origin"]["version"],
+            p["origin"]["path"],
+        )
         assert (sha, lic, author) == (p["original"]["sha256"], p["licence"], p["author"])
     assert len(rows) == len(_manifest()["photos"])
 
@@ -264,12 +289,15 @@ def test_tampered_photo_is_refused(tmp_path, monkeypatch):
         M.build_mini(size=32, crops_per_source=1, root=tmp_path / "ds", progress=False, workers=1)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m["photos"][0].update(licence="GPL-2.0-or-later"), "licence 'GPL-2.0-or-later'"),
-    (lambda m: m["photos"][1].pop("author"), "lacks author"),
-    (lambda m: m["photos"][2].update(file="../../evil.png"), "plain name"),
-    (lambda m: m["photos"][2].update(id=m["photos"][3]["id"]), "duplicate"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["photos"][0].update(licence="GPL-2.0-or-later"), "licence 'GPL-2.0-or-later'"),
+        (lambda m: m["photos"][1].pop("author"), "lacks author"),
+        (lambda m: m["photos"][2].update(file="../../evil.png"), "plain name"),
+        (lambda m: m["photos"][2].update(id=m["photos"][3]["id"]), "duplicate"),
+    ],
+)
 def test_bad_manifest_is_refused(tmp_path, monkeypatch, edit, message):
     copy = _copy_photos(tmp_path, monkeypatch)
     m = _manifest()
@@ -300,12 +328,20 @@ def test_cache_built_from_other_photos_is_rebuilt(tmp_path, monkeypatch):
     (copy / "manifest.json").write_text(json.dumps(m))
     again = M.build_mini(size=32, crops_per_source=1, root=tmp_path / "ds", progress=False, workers=1)
     meta = json.loads((again / "meta.json").read_text())
-    assert again == first and meta["photos_manifest_sha256"] == hashlib.sha256((copy / "manifest.json").read_bytes()).hexdigest()
+    assert (
+        again == first
+        and meta["photos_manifest_sha256"] == hashlib.sha256((copy / "manifest.json").read_bytes()).hexdigest()
+    )
 
 
 def test_data_info_text_lists_sources_per_split(robench_home):
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "data", "info", "mini", "--size", "32"],
-                       capture_output=True, text=True, check=False, env={**os.environ, "ROBENCH_HOME": str(robench_home), "COLUMNS": "200"})
+    r = subprocess.run(
+        [sys.executable, "-m", "robench.cli", "data", "info", "mini", "--size", "32"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ROBENCH_HOME": str(robench_home), "COLUMNS": "200"},
+    )
     assert r.returncode == 0, r.stderr
     assert "sources train (7)" in r.stdout and "sources val (5)" in r.stdout and "sources test (10)" in r.stdout
     test_ids = M.sources_per_split(M.assign_photo_splits([s.name for s in M.load_sources()], seed=0))["test"]

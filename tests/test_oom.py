@@ -23,8 +23,15 @@ COLUMNS = ["item", "eps", "clean_score", "score", "linf", "l2", "queries", "psnr
 
 
 def _spec(store, model: str = "ssim") -> RunSpec:
-    return RunSpec(model=model, attacks=list(ATTACKS), eps=[2, 8], n=8, store=store, dataset_options=dict(TINY_OPTS),
-                   attack_params={"pgd": {"steps": 4}, "square": {"queries": 8}})
+    return RunSpec(
+        model=model,
+        attacks=list(ATTACKS),
+        eps=[2, 8],
+        n=8,
+        store=store,
+        dataset_options=dict(TINY_OPTS),
+        attack_params={"pgd": {"steps": 4}, "square": {"queries": 8}},
+    )
 
 
 @pytest.fixture

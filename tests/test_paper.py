@@ -44,7 +44,9 @@ def test_paper_tables_load_finite_with_sources():
     # Table 9's base and AAT rows repeat Table 7's (the reason its metric is read as BAPPS 2AFC accuracy)
     for d in ("base", "AAT"):
         for a in ("clean", "FGSM", "Parsimonious"):
-            assert P.paper_value(t9, "BiRQA", d, "2AFC accuracy", a) == P.paper_value(t7, "BiRQA", d, "2AFC accuracy", a)
+            assert P.paper_value(t9, "BiRQA", d, "2AFC accuracy", a) == P.paper_value(
+                t7, "BiRQA", d, "2AFC accuracy", a
+            )
 
 
 def test_claims_follow_the_papers_own_numbers():
@@ -85,11 +87,33 @@ def _twoafc_cell(target, arch, defense, training, inference, attack, needs, gain
     q_att = np.where(side == 0, q0, q1)
     q_oth = np.where(side == 0, q1, q0)
     ids = np.array([f"t{i}" for i in range(n)])
-    return CellData(key=f"{target}-{defense}-{attack}", target=target, arch=arch, defense=defense, training=training,
-                    inference=inference, attack=attack, needs=needs, kind="2afc", dataset="synthetic-2afc",
-                    split="test", profile="quick", seed=0, items_sha="t", weights_sha=f"sha-{target}", eps=[8.0],
-                    item_ids=ids, ref_ids=ids, sources=None, mos=None, judge=judge, side=side, q_other=q_oth,
-                    q_clean=q_att, q_adv=(q_att + gain)[None])
+    return CellData(
+        key=f"{target}-{defense}-{attack}",
+        target=target,
+        arch=arch,
+        defense=defense,
+        training=training,
+        inference=inference,
+        attack=attack,
+        needs=needs,
+        kind="2afc",
+        dataset="synthetic-2afc",
+        split="test",
+        profile="quick",
+        seed=0,
+        items_sha="t",
+        weights_sha=f"sha-{target}",
+        eps=[8.0],
+        item_ids=ids,
+        ref_ids=ids,
+        sources=None,
+        mos=None,
+        judge=judge,
+        side=side,
+        q_other=q_oth,
+        q_clean=q_att,
+        q_adv=(q_att + gain)[None],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,28 +137,56 @@ def reporter(tmp_path_factory):
     with Store(path) as st:
         for attack, factor in (("fgsm", 0.25), ("cw", 2.0), ("autoattack", 1.0)):
             gain = rng.uniform(0.0, 0.6, (2, n))
-            for target, defense, training, g in (("birqa", "none", None, gain), ("birqa.r", "r", "r", gain),
-                                                 ("birqa.aat", "aat", "aat", gain * factor)):
-                add_cell(st, target=target, defense=defense, training=training, attack=attack, needs="gradients",
-                         eps=[4, 8], mos=mos, q_clean=q, q_adv=q + g, ref_ids=refs, train_seconds=60.0)
+            for target, defense, training, g in (
+                ("birqa", "none", None, gain),
+                ("birqa.r", "r", "r", gain),
+                ("birqa.aat", "aat", "aat", gain * factor),
+            ):
+                add_cell(
+                    st,
+                    target=target,
+                    defense=defense,
+                    training=training,
+                    attack=attack,
+                    needs="gradients",
+                    eps=[4, 8],
+                    mos=mos,
+                    q_clean=q,
+                    q_adv=q + g,
+                    ref_ids=refs,
+                    train_seconds=60.0,
+                )
     cells, weights = load_cells(path)
     g = np.random.default_rng(1).uniform(0.0, 0.8, 80)
     two = []
     for attack, needs in (("fgsm", "gradients"), ("square", "scores")):
         aat_gain = g / 5 if attack == "fgsm" else g / 2
-        two += [_twoafc_cell("birqa", "birqa", "none", None, [], attack, needs, g),
-                _twoafc_cell("birqa.aat", "birqa", "aat", "aat", [], attack, needs, aat_gain),
-                _twoafc_cell("birqa+flip", "birqa", "flip", None, ["flip"], attack, needs, g),
-                # DiffPure moved less than AAT under Square: the paper's exception, in its direction
-                _twoafc_cell("birqa+diffpure", "birqa", "diffpure", None, ["diffpure"], attack, needs,
-                             g if attack == "fgsm" else g / 20),
-                _twoafc_cell("lpips.alex", "lpips.alex", "none", None, [], attack, needs, 2 * g)]
+        two += [
+            _twoafc_cell("birqa", "birqa", "none", None, [], attack, needs, g),
+            _twoafc_cell("birqa.aat", "birqa", "aat", "aat", [], attack, needs, aat_gain),
+            _twoafc_cell("birqa+flip", "birqa", "flip", None, ["flip"], attack, needs, g),
+            # DiffPure moved less than AAT under Square: the paper's exception, in its direction
+            _twoafc_cell(
+                "birqa+diffpure",
+                "birqa",
+                "diffpure",
+                None,
+                ["diffpure"],
+                attack,
+                needs,
+                g if attack == "fgsm" else g / 20,
+            ),
+            _twoafc_cell("lpips.alex", "lpips.alex", "none", None, [], attack, needs, 2 * g),
+        ]
     return Reporter(cells + two, weights, ot="exact", n_boot=200)
 
 
 def _status(records, claim, attack, b=None, a=None):
-    got = [r for r in records if r["claim"] == claim and r["attack"] == attack
-           and (b is None or r["b"] == b) and (a is None or r["a"] == a)]
+    got = [
+        r
+        for r in records
+        if r["claim"] == claim and r["attack"] == attack and (b is None or r["b"] == b) and (a is None or r["a"] == a)
+    ]
     assert got, (claim, attack, b)
     return {r["status"] for r in got}, got
 
@@ -228,14 +280,31 @@ def test_claims_are_evaluated_at_every_budget_and_their_agreement_shown(tmp_path
     q = mos / 5 + rng.normal(0, 0.08, n)
     gain = rng.uniform(0.0, 0.6, (2, n))
     with Store(path) as st:
-        for target, defense, training, g in (("birqa", "none", None, gain),
-                                             ("birqa.aat", "aat", "aat", gain * np.array([[0.25], [2.0]]))):
-            add_cell(st, target=target, defense=defense, training=training, attack="fgsm", needs="gradients",
-                     eps=[4, 8], mos=mos, q_clean=q, q_adv=q + g, ref_ids=np.arange(n) // 3, train_seconds=60.0)
+        for target, defense, training, g in (
+            ("birqa", "none", None, gain),
+            ("birqa.aat", "aat", "aat", gain * np.array([[0.25], [2.0]])),
+        ):
+            add_cell(
+                st,
+                target=target,
+                defense=defense,
+                training=training,
+                attack="fgsm",
+                needs="gradients",
+                eps=[4, 8],
+                mos=mos,
+                q_clean=q,
+                q_adv=q + g,
+                ref_ids=np.arange(n) // 3,
+                train_seconds=60.0,
+            )
     cells, weights = load_cells(path)
     rep = Reporter(cells, weights, ot="exact", n_boot=200)
-    got = [r for r in P.evaluate_claims(rep) if r["claim"] == "T3-aat-vs-base" and r["attack"] == "FGSM"
-           and r["a"] == "AAT BiRQA"]
+    got = [
+        r
+        for r in P.evaluate_claims(rep)
+        if r["claim"] == "T3-aat-vs-base" and r["attack"] == "FGSM" and r["a"] == "AAT BiRQA"
+    ]
     assert {r["eps"]: r["status"] for r in got} == {4.0: "reproduced", 8.0: "contradicted"}
     assert all(r["across_eps"].startswith("differs across ε") for r in got)
     four = next(r for r in got if r["eps"] == 4.0)

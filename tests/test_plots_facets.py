@@ -10,9 +10,11 @@ from robench.results import plots as P
 from robench.results.report import CellData, Reporter
 
 EPS = [1.0, 2.0, 4.0, 8.0]
-TARGETS = {"birqa": ["none", "r", "at", "aat", "flip", "diffpure", "jpeg"],  # 7 lines: split over 2 panels
-           "lpips.alex": ["none", "r", "aat"],
-           "topiq.fr": ["none", "at", "diffpure"]}
+TARGETS = {
+    "birqa": ["none", "r", "at", "aat", "flip", "diffpure", "jpeg"],  # 7 lines: split over 2 panels
+    "lpips.alex": ["none", "r", "aat"],
+    "topiq.fr": ["none", "at", "diffpure"],
+}
 
 
 def _cell(arch: str, defense: str, attack: str, n: int = 40, seed: int = 0) -> CellData:
@@ -21,11 +23,32 @@ def _cell(arch: str, defense: str, attack: str, n: int = 40, seed: int = 0) -> C
     clean = mos + rng.normal(0, 0.3, n)
     adv = np.stack([clean + rng.normal(0, 0.2 * e, n) for e in EPS])  # worse with ε
     return CellData(
-        key=f"{arch}-{defense}-{attack}", target=arch, arch=arch, defense=defense, training=None, inference=[],
-        attack=attack, needs="grad", kind="pairs", dataset="toy", split="test", profile="smoke", seed=0,
-        items_sha="i" * 8, weights_sha=f"w-{arch}-{defense}", eps=list(EPS),
-        item_ids=np.array([f"i{k}" for k in range(n)]), ref_ids=np.array([f"r{k}" for k in range(n)]), sources=None,
-        mos=mos, judge=None, side=None, q_other=None, q_clean=clean, q_adv=adv)
+        key=f"{arch}-{defense}-{attack}",
+        target=arch,
+        arch=arch,
+        defense=defense,
+        training=None,
+        inference=[],
+        attack=attack,
+        needs="grad",
+        kind="pairs",
+        dataset="toy",
+        split="test",
+        profile="smoke",
+        seed=0,
+        items_sha="i" * 8,
+        weights_sha=f"w-{arch}-{defense}",
+        eps=list(EPS),
+        item_ids=np.array([f"i{k}" for k in range(n)]),
+        ref_ids=np.array([f"r{k}" for k in range(n)]),
+        sources=None,
+        mos=mos,
+        judge=None,
+        side=None,
+        q_other=None,
+        q_clean=clean,
+        q_adv=adv,
+    )
 
 
 def _reporter(attacks=("pgd",)) -> Reporter:
@@ -81,7 +104,7 @@ def test_sweep_faceted_by_target(tmp_path, captured):
     names = P.plot_sweep(rep, tmp_path / "sweep-pairs", "pairs")
     assert names == ["sweep-pairs.pdf", "sweep-pairs.png"]
     assert (tmp_path / "sweep-pairs.png").stat().st_size > 1000
-    fig, = captured
+    (fig,) = captured
     axes = _panels(fig)
     assert len(axes) == 4  # birqa (1/2), birqa (2/2), lpips.alex, topiq.fr
     titles = [ax.get_title() for ax in axes]
@@ -90,7 +113,9 @@ def test_sweep_faceted_by_target(tmp_path, captured):
     # every defence of birqa drawn once over its two panels, the base repeated as the reference
     labels = [[ln.get_label() for ln in ax.get_lines()] for ax in axes]
     assert labels[0][0] == labels[1][0] == "base"
-    assert sorted({x for ls in labels[:2] for x in ls}) == sorted(["base", "R", "AT", "AAT", "flip", "diffpure", "jpeg"])
+    assert sorted({x for ls in labels[:2] for x in ls}) == sorted(
+        ["base", "R", "AT", "AAT", "flip", "diffpure", "jpeg"]
+    )
     assert [len(x) for x in labels] == [4, 4, 3, 3]
     # one colour and marker per defence, the same in every panel, distinct between defences
     style = {}
@@ -108,25 +133,30 @@ def test_sweep_faceted_by_target(tmp_path, captured):
 def test_bands_only_where_an_interval_exists(tmp_path, captured):
     def s(t, d, lo=None, hi=None):
         return {"target": t, "defence": d, "attack": "pgd", "eps": [0, 2, 8], "y": [0.9, 0.7, 0.3], "lo": lo, "hi": hi}
-    series = [s("a", "base", [0.85, 0.6, 0.2], [0.95, 0.8, 0.4]), s("a", "R"),
-              s("b", "base", [np.nan] * 3, [np.nan] * 3), s("b", "AT", [0.8, np.nan, 0.2], [0.95, np.nan, 0.4])]
+
+    series = [
+        s("a", "base", [0.85, 0.6, 0.2], [0.95, 0.8, 0.4]),
+        s("a", "R"),
+        s("b", "base", [np.nan] * 3, [np.nan] * 3),
+        s("b", "AT", [0.8, np.nan, 0.2], [0.95, np.nan, 0.4]),
+    ]
     names = P.draw_sweep(series, tmp_path / "x" / "sw", metric="SROCC")
     assert (tmp_path / "x" / "sw.png").is_file() and len(names) == 2
-    fig, = captured
+    (fig,) = captured
     a, b = _panels(fig)
     assert len(a.collections) == 1 and len(b.collections) == 1  # R and the all-NaN base: no band
     _check_layout(fig, [0, 2, 8])
     assert "95 %" in fig._suptitle.get_text()
     captured.clear()
     P.draw_sweep([s("a", "base"), s("a", "R")], tmp_path / "nb", metric="SROCC")
-    fig, = captured
+    (fig,) = captured
     assert not _panels(fig)[0].collections and "bootstrap" not in fig._suptitle.get_text()
 
 
 def test_several_attacks_one_row_each(tmp_path, captured):
     rep = _reporter(("pgd", "fgsm"))
     P.plot_sweep(rep, tmp_path / "s", "pairs")
-    fig, = captured
+    (fig,) = captured
     axes = _panels(fig)
     assert len(axes) == 8
     rows = {}
@@ -140,8 +170,11 @@ def test_several_attacks_one_row_each(tmp_path, captured):
 
 def test_chunks_and_styles():
     assert P.facet_chunks(list("abcdef")) == [list("abcdef")]
-    assert P.facet_chunks(["base", *"abcdefghijk"], keep="base") == [["base", *"abcd"], ["base", *"efgh"],
-                                                                      ["base", *"ijk"]]
+    assert P.facet_chunks(["base", *"abcdefghijk"], keep="base") == [
+        ["base", *"abcd"],
+        ["base", *"efgh"],
+        ["base", *"ijk"],
+    ]
     assert P.facet_chunks(list("abcdefg")) == [list("abcd"), list("efg")]
     st = P.defence_styles([f"d{i}" for i in range(30)])
     assert len({(v["color"], v["marker"]) for v in st.values()}) == 30
@@ -149,11 +182,20 @@ def test_chunks_and_styles():
 
 def test_geometric_ladder_uses_symlog_and_keeps_every_tick(tmp_path, captured):
     eps = [0, 0.5, 1, 2, 4, 8, 16]
-    series = [{"target": "t", "defence": "base", "attack": "pgd", "eps": eps, "y": np.linspace(0.9, 0.1, 7),
-               "lo": None, "hi": None}]
+    series = [
+        {
+            "target": "t",
+            "defence": "base",
+            "attack": "pgd",
+            "eps": eps,
+            "y": np.linspace(0.9, 0.1, 7),
+            "lo": None,
+            "hi": None,
+        }
+    ]
     P.draw_sweep(series, tmp_path / "g", metric="SROCC")
-    fig, = captured
-    ax, = _panels(fig)
+    (fig,) = captured
+    (ax,) = _panels(fig)
     assert ax.get_xscale() == "symlog"
     _check_layout(fig, eps)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.5", "1", "2", "4", "8", "16"]

@@ -47,8 +47,16 @@ SIZE = 32
 
 #: the real datasets' tiny official layouts (tests/layouts.py): the dataset contract runs on them
 #: when the real files are absent. A dataset with files and no maker here is skipped with a reason.
-LAYOUTS = {"kadid10k": L.make_kadid, "tid2013": L.make_tid, "live": L.make_live, "csiq": L.make_csiq,
-           "pipal": L.make_pipal, "pieapp": L.make_pieapp, "pieapp-2afc": L.make_pieapp, "bapps-2afc": L.make_bapps}
+LAYOUTS = {
+    "kadid10k": L.make_kadid,
+    "tid2013": L.make_tid,
+    "live": L.make_live,
+    "csiq": L.make_csiq,
+    "pipal": L.make_pipal,
+    "pieapp": L.make_pieapp,
+    "pieapp-2afc": L.make_pieapp,
+    "bapps-2afc": L.make_bapps,
+}
 
 
 def _pair(n: int = 2, size: int = SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +148,11 @@ def check_attack_declarations(name: str) -> None:
         assert set(cost) >= {"grad", "forward"}, f"cost() under {profile!r} must give grad and forward"
         for k in ("grad", "forward"):
             v = cost[k]
-            assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0, (profile, k, v)
+            assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0, (
+                profile,
+                k,
+                v,
+            )
         setup = a.setup_cost(100)
         assert isinstance(setup, (int, float)) and math.isfinite(setup) and setup >= 0
         half = a.half_budget()
@@ -232,8 +244,6 @@ def check_defence(name: str) -> None:
     assert (g.abs().sum(dim=1) > 0).all(), f"zero gradient through a defence declaring gradient={cls.gradient!r}"
 
 
-
-
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_defence_contract(name, defence_home, monkeypatch, request):
     monkeypatch.setenv("ROBENCH_HOME", str(defence_home))
@@ -268,12 +278,16 @@ def check_dataset_declarations(name: str) -> None:
         opts = cls.profile_options(prof)
         assert isinstance(opts, dict), f"profile_options({prof.name!r}) must return a dict"
     sizes = cls.nominal_sizes()
-    assert sizes is None or (isinstance(sizes, dict) and set(sizes) <= set(SPLITS)
-                             and all(isinstance(v, int) and v >= 0 for v in sizes.values()))
+    assert sizes is None or (
+        isinstance(sizes, dict)
+        and set(sizes) <= set(SPLITS)
+        and all(isinstance(v, int) and v >= 0 for v in sizes.values())
+    )
     if cls.kind == "2afc":
         ts = cls.training_set
-        assert ts is None or (ts in DATASETS.names() and DATASETS.get(ts).kind == "pairs"), \
+        assert ts is None or (ts in DATASETS.names() and DATASETS.get(ts).kind == "pairs"), (
             f"training_set {ts!r} must be None or a registered pairs dataset"
+        )
     else:
         assert cls.training_set is None
 
@@ -331,7 +345,7 @@ def check_dataset(name: str, **options) -> None:
     pd.testing.assert_frame_equal(again.table, t)
     a, b = full[0], again[0]
     for k in a:
-        assert (torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]), k
+        assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k], k
     sub = full.subset([len(full) - 1, 0])
     assert len(sub) == 2 and sub.table.iloc[1]["source"] == t.iloc[0]["source"]
 
@@ -386,10 +400,11 @@ def test_unregister_removes_an_entry_and_unknown_names_fail():
 def test_registries_hold_only_discovered_plugins():
     """Tests clean up what they register: the registries of this process (after the tests that
     ran before this one here) hold exactly what a fresh process discovers."""
-    code = ("import json; from robench.core.registry import REGISTRIES; "
-            "print(json.dumps({k: r.names() for k, r in REGISTRIES.items()}))")
-    fresh = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                      check=True).stdout)
+    code = (
+        "import json; from robench.core.registry import REGISTRIES; "
+        "print(json.dumps({k: r.names() for k, r in REGISTRIES.items()}))"
+    )
+    fresh = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     here = {k: r.names() for k, r in REGISTRIES.items()}
     leaked = {k: sorted(set(here[k]) - set(fresh[k])) for k in here if set(here[k]) - set(fresh[k])}
     missing = {k: sorted(set(fresh[k]) - set(here[k])) for k in here if set(fresh[k]) - set(here[k])}

@@ -41,8 +41,18 @@ def _namespace(name):
 def _specs(store, queries=8):
     from robench.core.config import RunSpec
 
-    return [RunSpec(model=m, attacks=["fgsm", "square"], eps=[2, 8], n=8, store=store, dataset_options=dict(TINY_OPTS),
-                    attack_params={"square": {"queries": queries}}) for m in ("ssim", "psnr")]
+    return [
+        RunSpec(
+            model=m,
+            attacks=["fgsm", "square"],
+            eps=[2, 8],
+            n=8,
+            store=store,
+            dataset_options=dict(TINY_OPTS),
+            attack_params={"square": {"queries": queries}},
+        )
+        for m in ("ssim", "psnr")
+    ]
 
 
 def test_cli_grid_on_a_three_node_cluster_equals_serial(tiny_mini, cluster, tmp_path):
@@ -53,9 +63,29 @@ def test_cli_grid_on_a_three_node_cluster_equals_serial(tiny_mini, cluster, tmp_
 
     c, _ = cluster
     run_grid(_specs(tmp_path / "serial.sqlite"), progress=False)
-    common = ["--attacks", "fgsm,square", "--direction", "up", "--eps", "2,8", "--n", "8", "--dataset-option", "size=32",
-              "--dataset-option", "crops_per_source=1", "--attack-option", "square.queries=8",
-              "--store", str(tmp_path / "ray.sqlite"), "--executor", "ray", "--address", c.address, "--json"]
+    common = [
+        "--attacks",
+        "fgsm,square",
+        "--direction",
+        "up",
+        "--eps",
+        "2,8",
+        "--n",
+        "8",
+        "--dataset-option",
+        "size=32",
+        "--dataset-option",
+        "crops_per_source=1",
+        "--attack-option",
+        "square.queries=8",
+        "--store",
+        str(tmp_path / "ray.sqlite"),
+        "--executor",
+        "ray",
+        "--address",
+        c.address,
+        "--json",
+    ]
     for model in ("ssim", "psnr"):
         r = CliRunner().invoke(app, ["run", "--model", model, *common])
         assert r.exit_code == 0, r.output
@@ -82,15 +112,27 @@ def test_losing_a_worker_node_mid_grid_loses_and_duplicates_nothing(tiny_mini, c
             if removed.is_set():  # an earlier try's watcher already took a node away
                 return
             try:
-                names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                         if a["name"].startswith("robench-attempts-")] if ray.is_initialized() else []
-                started = ray.get(ray.get_actor(names[0], namespace=_namespace(names[0])).started.remote()) if names else {}
+                names = (
+                    [
+                        a["name"]
+                        for a in ray.util.list_named_actors(all_namespaces=True)
+                        if a["name"].startswith("robench-attempts-")
+                    ]
+                    if ray.is_initialized()
+                    else []
+                )
+                started = (
+                    ray.get(ray.get_actor(names[0], namespace=_namespace(names[0])).started.remote()) if names else {}
+                )
                 with sqlite3.connect(store) as con:
                     done = {k for (k,) in con.execute("select key from cells where status='done'")}
             except Exception:  # noqa: BLE001 - the store or the actor may not exist yet
                 started, done = {}, set()
-            busy = [w["node"] for k, w in started.items() if w["node"] in by_id and w["attack"] == "square"
-                    and k not in done]
+            busy = [
+                w["node"]
+                for k, w in started.items()
+                if w["node"] in by_id and w["attack"] == "square" and k not in done
+            ]
             if busy:
                 time.sleep(0.5)  # let it get well into the cell
                 c.remove_node(by_id[busy[0]], allow_graceful=False)
@@ -116,8 +158,10 @@ def test_losing_a_worker_node_mid_grid_loses_and_duplicates_nothing(tiny_mini, c
     with sqlite3.connect(store) as con:
         keys = [k for (k,) in con.execute("select key from cells")]
         flags = [json.loads(f or "{}") for (f,) in con.execute("select flags from cells")]
-        dup = con.execute("select count(*) from (select cell_key, item, eps, count(*) n from results "
-                          "group by cell_key, item, eps having n > 1)").fetchone()[0]
+        dup = con.execute(
+            "select count(*) from (select cell_key, item, eps, count(*) n from results "
+            "group by cell_key, item, eps having n > 1)"
+        ).fetchone()[0]
     assert len(keys) == len(set(keys)) == 4 and dup == 0  # every cell once, every row once
     assert any(f.get("retried", 0) >= 1 for f in flags), flags  # the lost node's cell was re-run and says so
     serial = tmp_path / "serial.sqlite"

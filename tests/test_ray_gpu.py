@@ -129,10 +129,37 @@ def test_cli_gpu_cells_run_on_the_gpu_node_and_refuse_a_worker_without_cuda(tiny
 
     c, gpu_node = gpu_cluster
     store = tmp_path / "gpu.sqlite"
-    r = CliRunner().invoke(app, ["run", "--model", "ssim", "--attacks", "fgsm,pgd", "--direction", "up", "--eps", "2", "--n", "4",
-                                 "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1",
-                                 "--attack-option", "pgd.steps=2", "--store", str(store), "--executor", "ray",
-                                 "--address", c.address, "--gpus-per-cell", "1", "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "ssim",
+            "--attacks",
+            "fgsm,pgd",
+            "--direction",
+            "up",
+            "--eps",
+            "2",
+            "--n",
+            "4",
+            "--dataset-option",
+            "size=32",
+            "--dataset-option",
+            "crops_per_source=1",
+            "--attack-option",
+            "pgd.steps=2",
+            "--store",
+            str(store),
+            "--executor",
+            "ray",
+            "--address",
+            c.address,
+            "--gpus-per-cell",
+            "1",
+            "--json",
+        ],
+    )
     assert r.exit_code == 1, r.output  # failed cells, not a crash
     assert not ray.is_initialized()
     with sqlite3.connect(store) as con:
@@ -166,13 +193,30 @@ def test_gpu_cell_in_a_ray_worker_is_device_safe(tiny_mini, gpu_cluster, weights
     c, gpu_node = gpu_cluster
 
     def specs(store):
-        return [RunSpec(model="birqa", weights=str(weights), attacks=["pgd"], eps=[2, 4], n=4, store=store,
-                        dataset_options=dict(TINY), attack_params={"pgd": {"steps": 2}})]
+        return [
+            RunSpec(
+                model="birqa",
+                weights=str(weights),
+                attacks=["pgd"],
+                eps=[2, 4],
+                n=4,
+                store=store,
+                dataset_options=dict(TINY),
+                attack_params={"pgd": {"steps": 2}},
+            )
+        ]
 
     run_grid(specs(tmp_path / "cpu.sqlite"), progress=False)
-    ray.init(address=c.address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
-                          "worker_process_setup_hook": HOOK})
+    ray.init(
+        address=c.address,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
+            "worker_process_setup_hook": HOOK,
+        },
+    )
     ex = RayExecutor(address=c.address, gpus_per_cell=1)
     try:
         out = run_grid(specs(tmp_path / "gpu.sqlite"), progress=False, executor=ex)
@@ -200,10 +244,15 @@ def test_a_gpu_request_no_node_can_meet_is_refused_at_once(robench_home):
     Ray connection is left open."""
     from robench.engine.executors import RayExecutor
 
-    ray.init(address="local", num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local", num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     try:
-        with pytest.raises(RobenchError, match=r"^--gpus-per-cell 1: no node of the Ray cluster \(local\) has 1 GPU "
-                                               r"\(the most on one node: 0\); start the worker nodes on GPU machines"):
+        with pytest.raises(
+            RobenchError,
+            match=r"^--gpus-per-cell 1: no node of the Ray cluster \(local\) has 1 GPU "
+            r"\(the most on one node: 0\); start the worker nodes on GPU machines",
+        ):
             RayExecutor(gpus_per_cell=1)
         assert ray.is_initialized()
     finally:

@@ -87,9 +87,12 @@ def test_checker_catches_a_wrong_option_and_subcommand():
         _check("robench frobnicate")
     # a command that would fail with "Missing option": caught (the old `train --defense diffpure`
     # needed --model; now it does not, so a command with a required option stands in)
-    required = [(name, p.opts[0]) for name in ("eval", "train", "data", "weights")
-                for p in getattr(typer.main.get_command(robench_app).get_command(None, name), "params", [])
-                if getattr(p, "param_type_name", "") == "option" and p.required]
+    required = [
+        (name, p.opts[0])
+        for name in ("eval", "train", "data", "weights")
+        for p in getattr(typer.main.get_command(robench_app).get_command(None, name), "params", [])
+        if getattr(p, "param_type_name", "") == "option" and p.required
+    ]
     assert required, "no command has a required option to test the checker with"
     name, opt = required[0]
     with pytest.raises(AssertionError, match=f"needs {opt}"):
@@ -106,10 +109,12 @@ def test_measured_tables_name_their_command():
             continue
         header = [c.strip().lower() for c in line.strip("|").split("|")]
         col = header.index("command")
-        for row in lines[i + 2:]:
+        for row in lines[i + 2 :]:
             if not row.startswith("|"):
                 break
             cell = row.strip("|").split("|")[col].strip()
             rows += 1
-            assert re.search(r"`([A-Z_]+=\S* )*(robench|bash|python|make)[^`]*`|^same", cell), f"README table row names no command: {row}"
+            assert re.search(r"`([A-Z_]+=\S* )*(robench|bash|python|make)[^`]*`|^same", cell), (
+                f"README table row names no command: {row}"
+            )
     assert rows >= 8

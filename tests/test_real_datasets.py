@@ -220,18 +220,27 @@ def test_bapps_judge_must_be_fraction(tmp_path):
 def test_cli_bad_input_exit_2(tmp_path):
     e = L.make_kadid(tmp_path)
     (e["base"] / "images" / "I05.png").unlink()
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "data", "info", "kadid10k", "--root", str(tmp_path), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "robench.cli", "data", "info", "kadid10k", "--root", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "I05.png" in r.stderr and r.stdout == ""
 
 
 def test_cli_info_and_verify_real(tmp_path):
     L.make_csiq(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "data", "info", "csiq", "--root", str(tmp_path), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "robench.cli", "data", "info", "csiq", "--root", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["n_pairs"] == 30 and info["n_references"] == 5 and info["splits_disjoint"]
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "data", "verify", "csiq", "--root", str(tmp_path), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "robench.cli", "data", "verify", "csiq", "--root", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["verified"] == 30

@@ -49,7 +49,7 @@ def test_a_flat_sequence_settles_exactly_after_patience():
 
 
 def test_a_steadily_falling_sequence_runs_to_the_cap():
-    losses = [0.9 ** k for k in range(40)]  # 10 % per evaluation, well above min_delta
+    losses = [0.9**k for k in range(40)]  # 10 % per evaluation, well above min_delta
     rule = PatienceStop(patience=4, min_delta=0.01, span=3)
     assert _run(rule, losses) is None and not rule.settled
     assert rule.bad == 0 and rule.best == rule.ema and rule.best_step == 39
@@ -71,7 +71,7 @@ def test_noise_below_min_delta_counts_as_no_improvement():
 def test_small_gains_add_up_against_the_reference():
     # 0.4 % per evaluation: no single step beats 1 %, but the reference does not move with them,
     # so every third evaluation the accumulated gain passes 1 % and resets the count
-    losses = [0.996 ** k for k in range(40)]
+    losses = [0.996**k for k in range(40)]
     rule = PatienceStop(patience=4, min_delta=0.01, span=1)  # span 1: the EMA is the loss
     assert _run(rule, losses) is None
     assert rule.bad < 4
@@ -135,8 +135,14 @@ def clean_tiny_birqa(stop_home):
     os.environ["ROBENCH_HOME"] = str(stop_home)
     T.evaluate = _no_val_eval
     try:
-        return T.train("birqa", dataset_options=TINY, model_options={"width": 0.25}, epochs=1, max_steps_per_epoch=2,
-                       progress=False)
+        return T.train(
+            "birqa",
+            dataset_options=TINY,
+            model_options={"width": 0.25},
+            epochs=1,
+            max_steps_per_epoch=2,
+            progress=False,
+        )
     finally:
         os.environ["ROBENCH_HOME"] = old
         T.evaluate = real
@@ -203,8 +209,9 @@ def _trainer(out, prof, heldout=True, every=2):
     _, (data, val) = training_data("mini", prof, 0, TINY, "train", "val")
     task = R(robench.load_model("birqa"), data, prof, 0, "birqa", heldout=val if heldout else None)
     task.cap = 30
-    return Trainer(task, out, "stop-test", 30, prof.adv_lr, clip_grad=prof.train_clip_grad, checkpoint_every=every,
-                   progress=False), task
+    return Trainer(
+        task, out, "stop-test", 30, prof.adv_lr, clip_grad=prof.train_clip_grad, checkpoint_every=every, progress=False
+    ), task
 
 
 def test_monitoring_does_not_change_the_training_and_resume_makes_the_same_decision(clean_tiny_birqa, tmp_path):
@@ -280,7 +287,9 @@ def test_a_collapsing_run_stops_and_keeps_the_last_weights_above_the_floor(clean
     kept = next(h for h in held if h["step"] == guard["kept_step"])
     assert kept["clean_sd_ratio"] >= 0.5 and guard["kept_step"] < guard["step"]
     prov = robench.load_model("birqa.r").card.weights.provenance
-    assert prov["stop_reason"] == "scale-collapse" and prov["scale_guard"]["collapsed"]["kept_step"] == guard["kept_step"]
+    assert (
+        prov["stop_reason"] == "scale-collapse" and prov["scale_guard"]["collapsed"]["kept_step"] == guard["kept_step"]
+    )
     # the registered weights are the kept step's: their clean SD on the guard's items is that step's
     from robench.engine.train import training_data
 

@@ -24,10 +24,18 @@ def small_store(tmp_path_factory, robench_home):
     os.environ["ROBENCH_HOME"] = str(robench_home)
     build_mini(size=32, crops_per_source=1, seed=0, progress=False)
     store = tmp_path_factory.mktemp("rec") / "s.sqlite"
-    cfg = RunConfig.from_dict({"targets": "ssim,psnr", "attacks": "fgsm,pgd", "eps": [2, 8], "n": 24,
-                               "store": str(store), "directions": "up,mos-split",
-                               "dataset_options": {"size": 32, "crops_per_source": 1},
-                               "attack_params": {"pgd": {"steps": 3}}})
+    cfg = RunConfig.from_dict(
+        {
+            "targets": "ssim,psnr",
+            "attacks": "fgsm,pgd",
+            "eps": [2, 8],
+            "n": 24,
+            "store": str(store),
+            "directions": "up,mos-split",
+            "dataset_options": {"size": 32, "crops_per_source": 1},
+            "attack_params": {"pgd": {"steps": 3}},
+        }
+    )
     run_config(cfg, progress=False)
     return store
 
@@ -59,7 +67,9 @@ def test_records_validate_and_check_accepts_them(small_store, tmp_path):
     worse = tmp_path / "worse.sqlite"
     shutil.copy(small_store, worse)
     db = sqlite3.connect(worse)
-    (key,) = db.execute("SELECT key FROM cells WHERE target='ssim' AND attack='pgd' AND config LIKE '%mos-split%'").fetchone()
+    (key,) = db.execute(
+        "SELECT key FROM cells WHERE target='ssim' AND attack='pgd' AND config LIKE '%mos-split%'"
+    ).fetchone()
     db.execute("UPDATE results SET score = -clean_score WHERE cell_key=?", (key,))
     db.commit()
     db.close()

@@ -27,8 +27,12 @@ import robench
 from robench.data.base import read_rgb
 from robench.core.errors import DataError, RobenchError
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _rgb(h=24, w=20, seed=0):
@@ -51,7 +55,9 @@ def _png(path: Path, arr: np.ndarray, bitdepth: int, colortype: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, bitdepth, colortype, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -147,8 +153,15 @@ def test_tiny_image_refused_on_the_runner_path(tmp_path):
         L.img(p, 0, size=(8, 8))
     ds = robench.load_dataset("kadid10k", split="test", root=tmp_path / "data")
     assert ds[0]["ref"].shape == (3, 8, 8)
-    spec = RunSpec(model="ssim", attacks=["fgsm"], dataset="kadid10k", eps=[8], n=2,
-                   dataset_options={"root": str(tmp_path / "data")}, store=tmp_path / "s.sqlite")
+    spec = RunSpec(
+        model="ssim",
+        attacks=["fgsm"],
+        dataset="kadid10k",
+        eps=[8],
+        n=2,
+        dataset_options={"root": str(tmp_path / "data")},
+        store=tmp_path / "s.sqlite",
+    )
     cell = run(spec, progress=False)["cells"][0]  # the harness refuses it before the model sees it
     assert cell["status"] == "failed" and cell["summary"] is None
     assert cell["error"] == "images must be at least 11×11 px for this target, got (8, 8)"
@@ -189,20 +202,28 @@ def test_inf_mos_rejected_tid(tmp_path):
 def _drop_one(name, e):
     """Delete one distorted image a label row names; return its file name."""
     base = e["base"]
-    victim = {"pipal": lambda: next(base.glob("Distortion_*/A0002_01_*.bmp")),
-              "csiq": lambda: base / "dst_imgs" / "blur" / "boston.BLUR.2.png",
-              "pieapp": lambda: base / "distorted_images" / "test" / "ref_4" / "distort_4_1.png",
-              "pieapp-2afc": lambda: base / "distorted_images" / "train" / "ref_2" / "distort_2_2.png",
-              "live": lambda: base / "refimgs" / "ref3.bmp",
-              "bapps-2afc": lambda: base / "val" / "color" / "p0" / "000001.png"}[name]()
+    victim = {
+        "pipal": lambda: next(base.glob("Distortion_*/A0002_01_*.bmp")),
+        "csiq": lambda: base / "dst_imgs" / "blur" / "boston.BLUR.2.png",
+        "pieapp": lambda: base / "distorted_images" / "test" / "ref_4" / "distort_4_1.png",
+        "pieapp-2afc": lambda: base / "distorted_images" / "train" / "ref_2" / "distort_2_2.png",
+        "live": lambda: base / "refimgs" / "ref3.bmp",
+        "bapps-2afc": lambda: base / "val" / "color" / "p0" / "000001.png",
+    }[name]()
     victim.unlink()
     return victim.name
 
 
 @pytest.mark.parametrize("name", ["pipal", "csiq", "pieapp", "pieapp-2afc", "live", "bapps-2afc"])
 def test_label_row_naming_missing_file_other_loaders(tmp_path, name):
-    maker = {"pipal": L.make_pipal, "csiq": L.make_csiq, "pieapp": L.make_pieapp, "pieapp-2afc": L.make_pieapp,
-             "live": L.make_live, "bapps-2afc": L.make_bapps}[name]
+    maker = {
+        "pipal": L.make_pipal,
+        "csiq": L.make_csiq,
+        "pieapp": L.make_pieapp,
+        "pieapp-2afc": L.make_pieapp,
+        "live": L.make_live,
+        "bapps-2afc": L.make_bapps,
+    }[name]
     gone = _drop_one(name, maker(tmp_path))
     with pytest.raises(DataError, match="(?i)" + gone.replace(".", r"\.")):  # CSIQ lower-cases names
         robench.load_dataset(name, split="all" if name != "bapps-2afc" else "val", root=tmp_path)
@@ -228,7 +249,7 @@ def image_bytes(draw):
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
         return bytes(data)
     i = draw(st.integers(0, 60))  # overwrite header bytes (sizes, bit depths, offsets)
-    data[i:i + 4] = draw(st.binary(min_size=4, max_size=4))
+    data[i : i + 4] = draw(st.binary(min_size=4, max_size=4))
     return bytes(data)
 
 
@@ -264,9 +285,32 @@ def test_fuzz_read_rgb_bomb_header_is_dataerror(tmp_path, monkeypatch):
 LABEL = st.one_of(
     st.floats().map(repr),  # includes nan, inf, -0.0, 1e+308
     st.floats(0, 1).map(repr),
-    st.integers(-10**30, 10**30).map(str),
-    st.sampled_from(["", " ", "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e999", "-1", "0", "True",
-                     "abc", "1,5", '"2"', "1_0", "0x10", "٣", "²", "NA", "null"]),
+    st.integers(-(10**30), 10**30).map(str),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "nan",
+            "NaN",
+            "-nan",
+            "inf",
+            "-inf",
+            "Infinity",
+            "1e999",
+            "-1",
+            "0",
+            "True",
+            "abc",
+            "1,5",
+            '"2"',
+            "1_0",
+            "0x10",
+            "٣",
+            "²",
+            "NA",
+            "null",
+        ]
+    ),
     st.text(max_size=6),
 )
 
@@ -278,23 +322,41 @@ class Spec:
 
 
 TEXT_SPECS = {
-    "kadid10k": Spec(L.make_kadid, "kadid10k/dmos.csv",
-                     [(f"I{r:02d}_{t:02d}_{lv:02d}.png", f"I{r:02d}.png", None, "0.1")
-                      for r in range(1, 6) for t in (1, 2) for lv in (1, 2)],
-                     header="dist_img,ref_img,dmos,var"),
-    "tid2013": Spec(L.make_tid, "tid2013/mos_with_names.txt",
-                    [(None, f"i{r:02d}_{t:02d}_{lv}.bmp") for r in range(1, 6) for t in (1, 2) for lv in (1, 2, 3)],
-                    sep=" "),
-    "pipal": Spec(L.make_pipal, "PIPAL/Train_Label/A0001.txt",
-                  [(f"A{r:04d}_{t:02d}_{r % 3:02d}.bmp", None) for r in range(1, 6) for t in range(3)]),
-    "pieapp": Spec(L.make_pieapp, "PieAPP_dataset_CVPR_2018/labels/test/ref_4_per_image_score.csv",
-                   [("ref_4.png", f"distort_4_{k}.png", None) for k in range(3)],
-                   header="reference image, distorted image, score for distorted image"),
-    "pieapp-2afc": Spec(L.make_pieapp, "PieAPP_dataset_CVPR_2018/labels/train/ref_1_pairwise_labels.csv",
-                        [("ref_1.png", f"distort_1_{a}.png", f"distort_1_{b}.png", None, None)
-                         for a in range(3) for b in range(3)],
-                        header="ref. image, distorted image A, distorted image B, "
-                               "raw probability of preference for A, processed probability of preference for A"),
+    "kadid10k": Spec(
+        L.make_kadid,
+        "kadid10k/dmos.csv",
+        [
+            (f"I{r:02d}_{t:02d}_{lv:02d}.png", f"I{r:02d}.png", None, "0.1")
+            for r in range(1, 6)
+            for t in (1, 2)
+            for lv in (1, 2)
+        ],
+        header="dist_img,ref_img,dmos,var",
+    ),
+    "tid2013": Spec(
+        L.make_tid,
+        "tid2013/mos_with_names.txt",
+        [(None, f"i{r:02d}_{t:02d}_{lv}.bmp") for r in range(1, 6) for t in (1, 2) for lv in (1, 2, 3)],
+        sep=" ",
+    ),
+    "pipal": Spec(
+        L.make_pipal,
+        "PIPAL/Train_Label/A0001.txt",
+        [(f"A{r:04d}_{t:02d}_{r % 3:02d}.bmp", None) for r in range(1, 6) for t in range(3)],
+    ),
+    "pieapp": Spec(
+        L.make_pieapp,
+        "PieAPP_dataset_CVPR_2018/labels/test/ref_4_per_image_score.csv",
+        [("ref_4.png", f"distort_4_{k}.png", None) for k in range(3)],
+        header="reference image, distorted image, score for distorted image",
+    ),
+    "pieapp-2afc": Spec(
+        L.make_pieapp,
+        "PieAPP_dataset_CVPR_2018/labels/train/ref_1_pairwise_labels.csv",
+        [("ref_1.png", f"distort_1_{a}.png", f"distort_1_{b}.png", None, None) for a in range(3) for b in range(3)],
+        header="ref. image, distorted image A, distorted image B, "
+        "raw probability of preference for A, processed probability of preference for A",
+    ),
 }
 
 
@@ -352,7 +414,9 @@ def _labels_finite(ds) -> None:
         j = t["judge"].to_numpy(dtype=float)
         assert np.isfinite(j).all() and ((0 <= j) & (j <= 1)).all(), j
     else:
-        assert np.isfinite(t["mos"].to_numpy(dtype=float)).all() and np.isfinite(t["mos_raw"].to_numpy(dtype=float)).all()
+        assert (
+            np.isfinite(t["mos"].to_numpy(dtype=float)).all() and np.isfinite(t["mos_raw"].to_numpy(dtype=float)).all()
+        )
     for i in (0, len(ds) - 1):
         ds[i]  # items decode with the parsed labels
 
@@ -375,10 +439,19 @@ def test_fuzz_text_label_files(tmp_path, name):
     check()
 
 
-CELL = st.one_of(st.none(), st.floats(), st.integers(-5, 5), LABEL.filter(str.isprintable),
-                 st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=8))
-CSIQ_ROWS = [(name, dtype, lv) for name in ("1600", "aerial_city", "boston", "bridge", "butter_flower")
-             for dtype in ("noise", "jpeg 2000", "blur") for lv in (1, 2)]
+CELL = st.one_of(
+    st.none(),
+    st.floats(),
+    st.integers(-5, 5),
+    LABEL.filter(str.isprintable),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=8),
+)
+CSIQ_ROWS = [
+    (name, dtype, lv)
+    for name in ("1600", "aerial_city", "boston", "bridge", "butter_flower")
+    for dtype in ("noise", "jpeg 2000", "blur")
+    for lv in (1, 2)
+]
 
 
 @st.composite
@@ -388,8 +461,12 @@ def csiq_sheet(draw) -> pd.DataFrame | bytes:
     rows = []
     for _ in range(draw(st.integers(0, 6))):
         image, dtype, lv = draw(st.sampled_from(CSIQ_ROWS))
-        row = {"image": int(image) if image.isdigit() else image, "dst_type": dtype, "dst_lev": lv,
-               "dmos": draw(st.one_of(st.floats(), st.floats(0, 1), CELL))}
+        row = {
+            "image": int(image) if image.isdigit() else image,
+            "dst_type": dtype,
+            "dst_lev": lv,
+            "dmos": draw(st.one_of(st.floats(), st.floats(0, 1), CELL)),
+        }
         col = draw(st.sampled_from(["none"] * 4 + ["image", "dst_type", "dst_lev"]))
         if col != "none":
             row[col] = draw(CELL)
@@ -544,8 +621,13 @@ def test_distortion_of_empty_image_is_a_clear_valueerror(shape):
 
 
 @settings(FUZZ, max_examples=40)
-@given(h=st.integers(1, 16), w=st.integers(1, 16), tid=st.integers(1, 25), level=st.integers(1, 5),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    h=st.integers(1, 16),
+    w=st.integers(1, 16),
+    tid=st.integers(1, 25),
+    level=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_fuzz_distortions_tiny_sizes(h, w, tid, level, seed):
     from robench.data import distortions as D
 

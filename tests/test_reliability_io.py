@@ -345,8 +345,12 @@ def test_weights_fetch_server_errors_register_nothing_then_resume(home, server, 
 def _cli(*args, home: Path) -> subprocess.Popen:
     log = home.parent / f"cli-{time.time_ns()}.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "robench.cli", *args], env={**os.environ, "ROBENCH_HOME": str(home)},
-                                stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "robench.cli", *args],
+            env={**os.environ, "ROBENCH_HOME": str(home)},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     proc.log = log
     return proc
 
@@ -372,8 +376,18 @@ def test_kill_9_during_data_fetch_then_rerun_equals_clean(tmp_path, server, kadi
     archive, digest = kadid
     root = tmp_path / "data"
     part = root / ".downloads" / "kadid10k.zip.part"
-    proc = _cli("data", "fetch", "kadid10k", "--root", str(root), "--url", f"{server.base}/trickle/kadid10k.zip",
-                "--sha256", digest, home=home)
+    proc = _cli(
+        "data",
+        "fetch",
+        "kadid10k",
+        "--root",
+        str(root),
+        "--url",
+        f"{server.base}/trickle/kadid10k.zip",
+        "--sha256",
+        digest,
+        home=home,
+    )
     _wait_for(lambda: part.is_file() and part.stat().st_size >= 2048, proc, "the download started")
     _kill9(proc)
     assert not (root / "kadid10k").exists() and not (root / ".downloads" / "kadid10k.zip").exists()
@@ -388,8 +402,10 @@ def test_kill_9_during_data_fetch_then_rerun_equals_clean(tmp_path, server, kadi
 def _data_digests(folder: Path) -> dict[str, str]:
     meta = json.loads((folder / "meta.json").read_text())
     meta.pop("build_seconds")
-    return {**{f: F.sha256_file(folder / f) for f in ("refs.npy", "dists.npy", "pairs.csv", "references.csv")},
-            "meta": json.dumps(meta, sort_keys=True)}
+    return {
+        **{f: F.sha256_file(folder / f) for f in ("refs.npy", "dists.npy", "pairs.csv", "references.csv")},
+        "meta": json.dumps(meta, sort_keys=True),
+    }
 
 
 def test_kill_9_during_data_build_then_rerun_is_byte_identical(tiny_mini, tmp_path, monkeypatch):
@@ -424,12 +440,15 @@ def _edit_safetensors_header(path: Path, edit) -> None:
     path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
 
 
-@pytest.mark.parametrize("flaw,message", [
-    ("dtype", r"dtype mismatch.*int32"),            # header says I32 where the model has float (same byte size)
-    ("shape", r"shape mismatch"),                   # same bytes, flattened shape
-    ("size", r"corrupt safetensors"),               # shape disagrees with the byte range
-    ("truncated", r"corrupt safetensors"),
-])
+@pytest.mark.parametrize(
+    "flaw,message",
+    [
+        ("dtype", r"dtype mismatch.*int32"),  # header says I32 where the model has float (same byte size)
+        ("shape", r"shape mismatch"),  # same bytes, flattened shape
+        ("size", r"corrupt safetensors"),  # shape disagrees with the byte range
+        ("truncated", r"corrupt safetensors"),
+    ],
+)
 def test_safetensors_header_mismatch_refused(home, tmp_path, flaw, message):
     t = build("birqa", width=0.25)
     path = tmp_path / "b.safetensors"

@@ -43,9 +43,24 @@ def _sha(p: Path) -> str:
 # kill -9 during training
 
 
-TRAIN = ["train", "--model", "birqa", "--epochs", "3", "--max-steps-per-epoch", "2", "--batch-size", "8",
-         "--model-option", "width=0.25",
-         "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--json"]
+TRAIN = [
+    "train",
+    "--model",
+    "birqa",
+    "--epochs",
+    "3",
+    "--max-steps-per-epoch",
+    "2",
+    "--batch-size",
+    "8",
+    "--model-option",
+    "width=0.25",
+    "--dataset-option",
+    "size=32",
+    "--dataset-option",
+    "crops_per_source=1",
+    "--json",
+]
 
 
 def _epochs(out: Path) -> list[dict]:
@@ -66,8 +81,12 @@ def test_kill_9_during_training_then_rerun_gives_identical_weights_and_log(tiny_
     assert r.returncode == -signal.SIGKILL
     assert not (out / "log.json").exists() and (out / "last.pt").exists()
     # 2. killed from outside at a moment during epoch 2 or 3
-    p = subprocess.Popen([sys.executable, "-m", "robench.cli", *TRAIN, "--out", str(out)],
-                         env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "robench.cli", *TRAIN, "--out", str(out)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None and not (out / "log.json").exists():
         time.sleep(0.05)
@@ -88,13 +107,39 @@ def test_kill_9_during_training_then_rerun_gives_identical_weights_and_log(tiny_
 def test_kill_9_during_a_recipe_then_rerun_gives_identical_steps(tiny_mini, tmp_path, model):
     home = _home_with_tiny_mini(tiny_mini, tmp_path / "home")
     env = {"ROBENCH_HOME": str(home)}
-    clean_args = ["train", "--model", model, "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "8",
-                  "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--json"]
+    clean_args = [
+        "train",
+        "--model",
+        model,
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+        "--batch-size",
+        "8",
+        "--dataset-option",
+        "size=32",
+        "--dataset-option",
+        "crops_per_source=1",
+        "--json",
+    ]
     if model == "birqa":
         clean_args += ["--model-option", "width=0.25"]
     robench(*clean_args, env=env)  # the clean tiny model the recipe starts from
-    args = ["train", "--model", model, "--defense", "aat", "--steps", "20",
-            "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--json"]
+    args = [
+        "train",
+        "--model",
+        model,
+        "--defense",
+        "aat",
+        "--steps",
+        "20",
+        "--dataset-option",
+        "size=32",
+        "--dataset-option",
+        "crops_per_source=1",
+        "--json",
+    ]
     clean = tmp_path / "clean"
     robench(*args, "--out", str(clean), env=env)
     out = tmp_path / "killed"
@@ -103,7 +148,9 @@ def test_kill_9_during_a_recipe_then_rerun_gives_identical_steps(tiny_mini, tmp_
     robench(*args, "--out", str(out), env=env)
 
     def steps(o):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((o / "steps.json").read_text())["steps"]]
+        return [
+            {k: v for k, v in r.items() if k != "seconds"} for r in json.loads((o / "steps.json").read_text())["steps"]
+        ]
 
     assert steps(out) == steps(clean) and [r["step"] for r in steps(out)] == list(range(20))
     from robench.core.weights import load_state_dict
@@ -145,8 +192,9 @@ def test_two_runs_on_one_store_at_once(tiny_mini, tmp_path):
     with sqlite3.connect(str(store)) as db:
         n_cells = db.execute("SELECT count(*), count(DISTINCT key) FROM cells").fetchone()
         per_cell = db.execute("SELECT count(*) FROM results GROUP BY cell_key").fetchall()
-        dup = db.execute("SELECT count(*) FROM (SELECT cell_key, item, eps FROM results GROUP BY 1, 2, 3 "
-                         "HAVING count(*) > 1)").fetchone()[0]
+        dup = db.execute(
+            "SELECT count(*) FROM (SELECT cell_key, item, eps FROM results GROUP BY 1, 2, 3 HAVING count(*) > 1)"
+        ).fetchone()[0]
     assert n_cells == (4, 4) and [c for (c,) in per_cell] == [8 * 2] * 4 and dup == 0
     serial = tmp_path / "serial.sqlite"
     robench("run", *GRID, "--store", str(serial), "--json")
@@ -162,8 +210,14 @@ def test_store_stays_consistent_when_the_disk_fills(tiny_mini, tmp_path, monkeyp
     from robench.core.config import RunSpec
     from robench.engine.grid import run
 
-    spec = dict(model="ssim", attacks=["fgsm", "pgd", "square"], eps=[2, 8], n=8, dataset_options=DS,
-                attack_params={"pgd": {"steps": 3}, "square": {"queries": 8}})
+    spec = dict(
+        model="ssim",
+        attacks=["fgsm", "pgd", "square"],
+        eps=[2, 8],
+        n=8,
+        dataset_options=DS,
+        attack_params={"pgd": {"steps": 3}, "square": {"queries": 8}},
+    )
     want = tmp_path / "want.sqlite"
     run(RunSpec(store=want, **spec), progress=False)
 
@@ -202,11 +256,22 @@ def test_disk_full_is_a_clear_cli_error(tiny_mini, tmp_path):
         "import sqlite3, robench.engine.store as S\n"
         "def _full(self, *a, **k):\n"
         "    raise sqlite3.OperationalError('database or disk is full')\n"
-        "S.Store._insert_cell = _full\n")
+        "S.Store._insert_cell = _full\n"
+    )
     store = tmp_path / "s.sqlite"
     # TINY's --attack-option settings name attacks this run does not have: refused since they'd do nothing
-    r = robench("run", "--model", "ssim", "--attacks", "fgsm,pgd,square,parsimonious", *TINY, "--store", str(store), check=False,
-                env={"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
+    r = robench(
+        "run",
+        "--model",
+        "ssim",
+        "--attacks",
+        "fgsm,pgd,square,parsimonious",
+        *TINY,
+        "--store",
+        str(store),
+        check=False,
+        env={"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])},
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "disk full" in r.stderr and str(store) in r.stderr.replace("\n", "") and "Traceback" not in r.stderr
 
@@ -232,6 +297,7 @@ def _alive_counter(monkeypatch):
         def getitem(self, i):
             s = get(self, i)
             return {k: track(v) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+
         return getitem
 
     monkeypatch.setattr(M.Mini, "__getitem__", wrap(real[0]))
@@ -251,8 +317,16 @@ def test_a_grid_larger_than_the_memory_budget_streams_with_identical_results(tin
 
     # batches of 4 so that "a batch" is visibly less than the 24 items
     quick4 = dataclasses.replace(get_profile("quick"), attack_batch=4)
-    spec = dict(model="ssim", attacks=["fgsm", "square"], eps=[2, 8], n=24, dataset=dataset, dataset_options=DS,
-                attack_params={"square": {"queries": 8}}, profile=quick4)
+    spec = dict(
+        model="ssim",
+        attacks=["fgsm", "square"],
+        eps=[2, 8],
+        n=24,
+        dataset=dataset,
+        dataset_options=DS,
+        attack_params={"square": {"queries": 8}},
+        profile=quick4,
+    )
     want = tmp_path / "in-memory.sqlite"
     run(RunSpec(store=want, **spec), progress=False)
     assert not load_items(dataset, "test", 24, 0, DS).streamed  # the default budget holds 24 tiny pairs
@@ -278,11 +352,11 @@ def test_memory_budget_must_be_a_size(monkeypatch):
     from robench.engine.items import memory_budget
 
     monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "512M")
-    assert memory_budget() == 512 * 2 ** 20
+    assert memory_budget() == 512 * 2**20
     monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "4GB")
-    assert memory_budget() == 4 * 2 ** 30
+    assert memory_budget() == 4 * 2**30
     monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", "")
-    assert memory_budget() == 2 * 2 ** 30
+    assert memory_budget() == 2 * 2**30
     for bad in ("lots", "-5", "inf", "0"):
         monkeypatch.setenv("ROBENCH_MEMORY_BUDGET", bad)
         with pytest.raises(RobenchError, match="ROBENCH_MEMORY_BUDGET"):
@@ -298,11 +372,13 @@ def test_randomised_defence_without_eot_is_flagged(tiny_mini, tmp_path):
     from robench.engine.grid import run
 
     base = dict(model="ssim", attacks=["fgsm"], eps=[4], n=8, dataset_options=DS)
-    rep = run(RunSpec(defense="flip", store=tmp_path / "a.sqlite", attack_params={"fgsm": {"eot": 1}}, **base),
-              progress=False)
+    rep = run(
+        RunSpec(defense="flip", store=tmp_path / "a.sqlite", attack_params={"fgsm": {"eot": 1}}, **base), progress=False
+    )
     assert rep["cells"][0]["flags"]["randomised"] and rep["cells"][0]["flags"]["eot_required"]
-    rep = run(RunSpec(defense="flip", store=tmp_path / "b.sqlite", attack_params={"fgsm": {"eot": 4}}, **base),
-              progress=False)
+    rep = run(
+        RunSpec(defense="flip", store=tmp_path / "b.sqlite", attack_params={"fgsm": {"eot": 4}}, **base), progress=False
+    )
     assert rep["cells"][0]["flags"]["randomised"] and not rep["cells"][0]["flags"].get("eot_required")
     rep = run(RunSpec(store=tmp_path / "c.sqlite", **base), progress=False)
     assert not rep["cells"][0]["flags"]["randomised"] and not rep["cells"][0]["flags"].get("eot_required")
@@ -322,8 +398,10 @@ def test_an_attack_that_does_nothing_is_flagged(tiny_mini, tmp_path, monkeypatch
             return x.clone()
 
     monkeypatch.setitem(ATTACKS._entries, "idle", type(ATTACKS.entry("fgsm"))(name="idle", obj=Idle))
-    rep = run(RunSpec(model="ssim", attacks=["idle", "fgsm"], eps=[4], n=8, dataset_options=DS,
-                      store=tmp_path / "s.sqlite"), progress=False)
+    rep = run(
+        RunSpec(model="ssim", attacks=["idle", "fgsm"], eps=[4], n=8, dataset_options=DS, store=tmp_path / "s.sqlite"),
+        progress=False,
+    )
     flags = {c["attack"]: c["flags"] for c in rep["cells"]}
     assert flags["idle"]["moves_target"] is False and flags["fgsm"]["moves_target"] is True
 
@@ -336,7 +414,13 @@ def test_validate_self_check_passes_on_this_installation(tiny_mini):
     r = robench("validate", "--json")
     res = json.loads(r.stdout)
     assert res["ok"] and [c["check"] for c in res["checks"]] == [
-        "versions", "registries", "tiny target differentiates", "tiny attacks stay in budget", "store round-trips", "cache"]
+        "versions",
+        "registries",
+        "tiny target differentiates",
+        "tiny attacks stay in budget",
+        "store round-trips",
+        "cache",
+    ]
     assert all(c["ok"] for c in res["checks"]) and res["seconds"] < 120
 
 
@@ -351,8 +435,9 @@ def test_validate_self_check_names_what_is_broken(tmp_path, monkeypatch):
     entry = W.register("birqa.selfcheck", src, source="imported")
     (W.weights_dir() / entry["file"]).write_bytes(b"tampered")  # a cached file changed behind robench's back
     Entry = type(MODELS.entry("ssim"))
-    monkeypatch.setitem(MODELS._entries, "broken", Entry(name="broken", target="robench_no_such_module:Model",
-                                                         origin="lazy"))
+    monkeypatch.setitem(
+        MODELS._entries, "broken", Entry(name="broken", target="robench_no_such_module:Model", origin="lazy")
+    )
     res = self_check()
     by = {c["check"]: c for c in res["checks"]}
     assert not res["ok"]
@@ -363,9 +448,11 @@ def test_validate_self_check_names_what_is_broken(tmp_path, monkeypatch):
 
 def test_validate_exits_1_and_names_a_tampered_weights_file(tmp_path):
     home = tmp_path / "home"
-    code = ("import torch; from robench.core import weights as W; "
-            "p = W.weights_dir().parent / 'w.safetensors'; W.save_safetensors({'w': torch.ones(3)}, p); "
-            "e = W.register('birqa.selfcheck', p, source='imported'); (W.weights_dir() / e['file']).write_bytes(b'x')")
+    code = (
+        "import torch; from robench.core import weights as W; "
+        "p = W.weights_dir().parent / 'w.safetensors'; W.save_safetensors({'w': torch.ones(3)}, p); "
+        "e = W.register('birqa.selfcheck', p, source='imported'); (W.weights_dir() / e['file']).write_bytes(b'x')"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ROBENCH_HOME": str(home)})
     r = robench("validate", env={"ROBENCH_HOME": str(home)}, check=False)
     assert r.returncode == 1 and "birqa.selfcheck: sha256 mismatch" in r.stdout.replace("\n", " ") + r.stderr
@@ -384,13 +471,27 @@ def test_mixed_image_sizes_fail_before_any_compute_in_both_modes(tmp_path, monke
 
         def __init__(self, split="test"):
             self.split = split
-            self.table = pd.DataFrame({"ref_id": ["a", "b"], "source": ["a", "b"], "distortion": ["x", "x"],
-                                       "level": [1, 1], "mos": [1.0, 2.0], "index": [0, 1]})
+            self.table = pd.DataFrame(
+                {
+                    "ref_id": ["a", "b"],
+                    "source": ["a", "b"],
+                    "distortion": ["x", "x"],
+                    "level": [1, 1],
+                    "mos": [1.0, 2.0],
+                    "index": [0, 1],
+                }
+            )
 
         def __getitem__(self, i):
             s = 16 if i == 0 else 24
-            return {"ref": torch.zeros(3, s, s), "dist": torch.zeros(3, s, s), "mos": float(i), "ref_id": "ab"[i],
-                    "distortion": "x", "level": 1}
+            return {
+                "ref": torch.zeros(3, s, s),
+                "dist": torch.zeros(3, s, s),
+                "mos": float(i),
+                "ref_id": "ab"[i],
+                "distortion": "x",
+                "level": 1,
+            }
 
     monkeypatch.setitem(DATASETS._entries, "mixed", type(DATASETS.entry("mini"))(name="mixed", obj=Mixed))
     for budget in (None, 10):
@@ -416,9 +517,20 @@ def test_2afc_with_a_randomised_defence_is_reproducible(tiny_mini, tmp_path):
     from robench.engine.grid import run
 
     for name in ("a", "b"):
-        run(RunSpec(model="ssim", defense="flip", attacks=["fgsm"], dataset="mini-2afc", eps=[8], n=8,
-                    dataset_options=DS, attack_params={"fgsm": {"eot": 2}}, store=tmp_path / f"{name}.sqlite"),
-            progress=False)
+        run(
+            RunSpec(
+                model="ssim",
+                defense="flip",
+                attacks=["fgsm"],
+                dataset="mini-2afc",
+                eps=[8],
+                n=8,
+                dataset_options=DS,
+                attack_params={"fgsm": {"eot": 2}},
+                store=tmp_path / f"{name}.sqlite",
+            ),
+            progress=False,
+        )
     with Store(tmp_path / "a.sqlite") as a, Store(tmp_path / "b.sqlite") as b:
         ra, rb = a.results(), b.results()
     assert ra["other_score"].notna().all()

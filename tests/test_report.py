@@ -13,8 +13,14 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from robench.results.stats import (bootstrap_weights, correlations, mean_weighted, msu_scores, paired_bootstrap,
-                           srocc_weighted)
+from robench.results.stats import (
+    bootstrap_weights,
+    correlations,
+    mean_weighted,
+    msu_scores,
+    paired_bootstrap,
+    srocc_weighted,
+)
 from robench.engine.store import Store, cell_key
 from robench.results.transport import MapCache, exact_map, ir_score, neural_map
 
@@ -22,8 +28,13 @@ TINY_OPTS = {"size": 32, "crops_per_source": 1}
 
 
 def robench(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "robench.cli", *map(str, args)], capture_output=True, text=True,
-                       env=dict(os.environ), timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "robench.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"robench {' '.join(map(str, args))} → {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
@@ -56,8 +67,15 @@ def test_paired_bootstrap_agrees_with_scipy_bootstrap():
     def delta(a_, b_, m_):
         return sps.spearmanr(a_, m_).statistic - sps.spearmanr(b_, m_).statistic
 
-    ref = sps.bootstrap((a, b, mos), delta, paired=True, vectorized=False, n_resamples=4000, method="percentile",
-                        random_state=np.random.default_rng(2))
+    ref = sps.bootstrap(
+        (a, b, mos),
+        delta,
+        paired=True,
+        vectorized=False,
+        n_resamples=4000,
+        method="percentile",
+        random_state=np.random.default_rng(2),
+    )
     assert ours["ci"][0] == pytest.approx(ref.confidence_interval.low, abs=0.02)
     assert ours["ci"][1] == pytest.approx(ref.confidence_interval.high, abs=0.02)
     assert ours["significant"] == (ref.confidence_interval.low > 0 or ref.confidence_interval.high < 0)
@@ -154,30 +172,100 @@ def test_ir_of_a_defence_that_halves_every_gain_is_near_one(backend):
 # a store with real runs (ssim: 32 px, seconds) and synthetic recipe rows
 
 
-def add_cell(store: Store, *, target: str, defense: str, training: str | None, attack: str, needs: str, eps, mos,
-             q_clean, q_adv, ref_ids, kind: str = "pairs", train_seconds: float | None = None, sources=None,
-             amp: str | None = None) -> str:
+def add_cell(
+    store: Store,
+    *,
+    target: str,
+    defense: str,
+    training: str | None,
+    attack: str,
+    needs: str,
+    eps,
+    mos,
+    q_clean,
+    q_adv,
+    ref_ids,
+    kind: str = "pairs",
+    train_seconds: float | None = None,
+    sources=None,
+    amp: str | None = None,
+) -> str:
     """A hand-made cell in the runner's format (for reporter logic that needs recipe rows)."""
     n = len(q_clean)
-    config = {"target": {"name": target, "weights_sha256": f"sha-{target}", "weights_source": "trained-here",
-                         "lower_better": False},
-              "defense": {"name": defense, "training": training, "inference": [], "randomised": False, "gradient": "exact"},
-              "attack": {"name": attack, "kind": "fixed", "needs": needs, "params": {}},
-              "eps": [float(e) for e in eps],
-              "dataset": {"name": "synthetic", "split": "test", "kind": kind, "options": {}, "n": n, "n_requested": n,
-                          "subset_seed": 0, "items_sha256": "items"},
-              "seed": 0, "profile": "quick", **({"amp": amp} if amp else {})}
+    config = {
+        "target": {
+            "name": target,
+            "weights_sha256": f"sha-{target}",
+            "weights_source": "trained-here",
+            "lower_better": False,
+        },
+        "defense": {"name": defense, "training": training, "inference": [], "randomised": False, "gradient": "exact"},
+        "attack": {"name": attack, "kind": "fixed", "needs": needs, "params": {}},
+        "eps": [float(e) for e in eps],
+        "dataset": {
+            "name": "synthetic",
+            "split": "test",
+            "kind": kind,
+            "options": {},
+            "n": n,
+            "n_requested": n,
+            "subset_seed": 0,
+            "items_sha256": "items",
+        },
+        "seed": 0,
+        "profile": "quick",
+        **({"amp": amp} if amp else {}),
+    }
     key = cell_key(config, "test")
-    rows = [{"item": i, "eps": float(e), "item_id": f"img{i}", "ref_id": str(ref_ids[i]), "distortion": "d", "level": 1,
-             "mos": float(mos[i]), "clean_score": float(q_clean[i]), "score": float(q_adv[k][i]), "linf": 0.0, "l2": 0.0,
-             "queries": 1, "source": None if sources is None else str(sources[i])}
-            for k, e in enumerate(eps) for i in range(n)]
-    store.commit_cell(key, {"config": config, "summary": {}, "flags": {}, "probes": {}, "versions": {}, "n_items": n,
-                            "seconds": 1.0, "attack_seconds": 1.0}, rows)
+    rows = [
+        {
+            "item": i,
+            "eps": float(e),
+            "item_id": f"img{i}",
+            "ref_id": str(ref_ids[i]),
+            "distortion": "d",
+            "level": 1,
+            "mos": float(mos[i]),
+            "clean_score": float(q_clean[i]),
+            "score": float(q_adv[k][i]),
+            "linf": 0.0,
+            "l2": 0.0,
+            "queries": 1,
+            "source": None if sources is None else str(sources[i]),
+        }
+        for k, e in enumerate(eps)
+        for i in range(n)
+    ]
+    store.commit_cell(
+        key,
+        {
+            "config": config,
+            "summary": {},
+            "flags": {},
+            "probes": {},
+            "versions": {},
+            "n_items": n,
+            "seconds": 1.0,
+            "attack_seconds": 1.0,
+        },
+        rows,
+    )
     if train_seconds is not None:
-        store.record_weights([{"sha256": f"sha-{target}", "name": target, "source": "trained-here",
-                               "provenance": {"dataset": "synthetic", "profile": "quick", "train_seconds": train_seconds,
-                                              "recipe": training}}])
+        store.record_weights(
+            [
+                {
+                    "sha256": f"sha-{target}",
+                    "name": target,
+                    "source": "trained-here",
+                    "provenance": {
+                        "dataset": "synthetic",
+                        "profile": "quick",
+                        "train_seconds": train_seconds,
+                        "recipe": training,
+                    },
+                }
+            ]
+        )
     return key
 
 
@@ -190,10 +278,25 @@ def synthetic_recipes(path, n: int = 60, seed: int = 0) -> None:
     with Store(path) as st:
         for attack, needs in (("fgsm", "gradients"), ("square", "scores")):
             gain = rng.uniform(0.0, 0.6, (2, n))
-            for target, defense, training, g in (("toy", "none", None, gain), ("toy.r", "r", "r", gain),
-                                                 ("toy.aat", "aat", "aat", gain / 4)):
-                add_cell(st, target=target, defense=defense, training=training, attack=attack, needs=needs,
-                         eps=[4, 8], mos=mos, q_clean=q, q_adv=q + g, ref_ids=refs, train_seconds=60.0)
+            for target, defense, training, g in (
+                ("toy", "none", None, gain),
+                ("toy.r", "r", "r", gain),
+                ("toy.aat", "aat", "aat", gain / 4),
+            ):
+                add_cell(
+                    st,
+                    target=target,
+                    defense=defense,
+                    training=training,
+                    attack=attack,
+                    needs=needs,
+                    eps=[4, 8],
+                    mos=mos,
+                    q_clean=q,
+                    q_adv=q + g,
+                    ref_ids=refs,
+                    train_seconds=60.0,
+                )
 
 
 @pytest.fixture(scope="module")
@@ -207,11 +310,23 @@ def grid_store(tmp_path_factory, robench_home):
     os.environ["ROBENCH_HOME"] = str(robench_home)
     build_mini(size=32, crops_per_source=1, seed=0, progress=False)
     path = tmp_path_factory.mktemp("grid") / "grid.sqlite"
-    common = dict(eps=[2, 8], store=path, dataset_options=dict(TINY_OPTS),
-                  attack_params={"pgd": {"steps": 3}, "square": {"queries": 8}})
+    common = dict(
+        eps=[2, 8],
+        store=path,
+        dataset_options=dict(TINY_OPTS),
+        attack_params={"pgd": {"steps": 3}, "square": {"queries": 8}},
+    )
     run(RunSpec(model="ssim", attacks=["fgsm", "pgd", "square"], n=16, **common), progress=False)
-    run(RunSpec(model="ssim", defense="flip", attacks=["fgsm", "square"], n=16,
-                **{**common, "attack_params": {"fgsm": {"eot": 4}, "square": {"queries": 8, "eot": 4}}}), progress=False)
+    run(
+        RunSpec(
+            model="ssim",
+            defense="flip",
+            attacks=["fgsm", "square"],
+            n=16,
+            **{**common, "attack_params": {"fgsm": {"eot": 4}, "square": {"queries": 8, "eot": 4}}},
+        ),
+        progress=False,
+    )
     run(RunSpec(model="ssim", attacks=["fgsm", "square"], dataset="mini-2afc", n=12, **common), progress=False)
     synthetic_recipes(path)
     return path
@@ -266,8 +381,19 @@ def test_robustness_table_ir_bold_and_significance(grid_store):
 
 
 def test_report_cli_json_and_bad_store(grid_store, tmp_path):
-    r = robench("report", "--store", grid_store, "--out", tmp_path / "r", "--ot", "exact", "--resamples", "50",
-                "--no-plots", "--json")
+    r = robench(
+        "report",
+        "--store",
+        grid_store,
+        "--out",
+        tmp_path / "r",
+        "--ot",
+        "exact",
+        "--resamples",
+        "50",
+        "--no-plots",
+        "--json",
+    )
     out = json.loads(r.stdout)
     assert "robustness" in out["tables"] and (tmp_path / "r" / "robustness.md").is_file()
     bad = robench("report", "--store", tmp_path / "nope.sqlite", "--out", tmp_path / "x", check=False)
@@ -299,10 +425,16 @@ def test_plot_bound_and_speed(tmp_path, grid_store):
         plot_bound(tmp_path / "r", tmp_path / "x")
     e = ema([0.0] + [1.0] * 200, 20)
     assert e[1] == pytest.approx(2 / 21) and e[-1] == pytest.approx(1.0, abs=1e-6)
-    bench = {"size": "64x64", "batch": 1, "machine": {"processor": "cpu"},
-             "results": [{"model": "ssim", "images_per_s": 100.0, "parameters": 0}]}
+    bench = {
+        "size": "64x64",
+        "batch": 1,
+        "machine": {"processor": "cpu"},
+        "results": [{"model": "ssim", "images_per_s": 100.0, "parameters": 0}],
+    }
     (tmp_path / "speed.json").write_text(json.dumps(bench))
-    robench("plot", "speed", "--bench", tmp_path / "speed.json", "--store", grid_store, "--out", tmp_path / "s" / "speed")
+    robench(
+        "plot", "speed", "--bench", tmp_path / "speed.json", "--store", grid_store, "--out", tmp_path / "s" / "speed"
+    )
     assert (tmp_path / "s" / "speed.pdf").is_file()
 
 
@@ -326,8 +458,9 @@ def _trap_target():
 
         def __init__(self):
             super().__init__()
-            self.card = TargetCard(name="toytrap", lower_better=False, score_range=None, min_size=11,
-                                   summary="test-only", paper="—")
+            self.card = TargetCard(
+                name="toytrap", lower_better=False, score_range=None, min_size=11, summary="test-only", paper="—"
+            )
 
         def score(self, dist, ref):
             h, w = dist.shape[-2:]
@@ -355,8 +488,18 @@ def _trap_run(path, beta: float):
 
     trap = _trap_target()
     trap.beta = beta
-    run(RunSpec(model="toytrap", attacks=["fgsm", "square"], eps=[8], n=32, store=path, dataset_options=dict(TINY_OPTS),
-                attack_params={"square": {"queries": 8}}), progress=False)
+    run(
+        RunSpec(
+            model="toytrap",
+            attacks=["fgsm", "square"],
+            eps=[8],
+            n=32,
+            store=path,
+            dataset_options=dict(TINY_OPTS),
+            attack_params={"square": {"queries": 8}},
+        ),
+        progress=False,
+    )
 
 
 def test_check_passes_unchanged_and_fails_weakened(tiny_mini, tmp_path, toytrap):
@@ -390,25 +533,71 @@ def test_check_reports_new_missing_and_insignificant_drops(tmp_path):
     mos, refs = rng.uniform(1, 5, n), np.arange(n)
     q = mos / 5 + rng.normal(0, 0.2, n)
     with Store(tmp_path / "a.sqlite") as st:
-        add_cell(st, target="m", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8], mos=mos,
-                 q_clean=q, q_adv=[q + 0.1], ref_ids=refs)
-        add_cell(st, target="m", defense="none", training=None, attack="square", needs="scores", eps=[8], mos=mos,
-                 q_clean=q, q_adv=[q], ref_ids=refs)
+        add_cell(
+            st,
+            target="m",
+            defense="none",
+            training=None,
+            attack="fgsm",
+            needs="gradients",
+            eps=[8],
+            mos=mos,
+            q_clean=q,
+            q_adv=[q + 0.1],
+            ref_ids=refs,
+        )
+        add_cell(
+            st,
+            target="m",
+            defense="none",
+            training=None,
+            attack="square",
+            needs="scores",
+            eps=[8],
+            mos=mos,
+            q_clean=q,
+            q_adv=[q],
+            ref_ids=refs,
+        )
     write_baseline(make_baseline(tmp_path / "a.sqlite"), tmp_path / "b.json")
     q2 = q.copy()
     i, j = np.argsort(q)[n // 2], np.argsort(q)[n // 2 + 1]
     q2[[i, j]] = q2[[j, i]]  # one swapped pair: a drop above a zero tolerance, far from significant
     with Store(tmp_path / "c.sqlite") as st:
-        add_cell(st, target="m", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8], mos=mos,
-                 q_clean=q, q_adv=[q2 + 0.1], ref_ids=refs)
-        add_cell(st, target="m", defense="none", training=None, attack="pgd", needs="gradients", eps=[8], mos=mos,
-                 q_clean=q, q_adv=[q], ref_ids=refs)
+        add_cell(
+            st,
+            target="m",
+            defense="none",
+            training=None,
+            attack="fgsm",
+            needs="gradients",
+            eps=[8],
+            mos=mos,
+            q_clean=q,
+            q_adv=[q2 + 0.1],
+            ref_ids=refs,
+        )
+        add_cell(
+            st,
+            target="m",
+            defense="none",
+            training=None,
+            attack="pgd",
+            needs="gradients",
+            eps=[8],
+            mos=mos,
+            q_clean=q,
+            q_adv=[q],
+            ref_ids=refs,
+        )
     res = check(tmp_path / "c.sqlite", tmp_path / "b.json", tolerance=0.0, n_boot=300, allow_missing=True)
     status = {(r["cell"].split("|")[2], r["point"]): r["status"] for r in res["rows"]}
     assert res["passed"]
     assert status[("pgd", "—")] == "new" and status[("square", "—")] == "missing"
     strict = check(tmp_path / "c.sqlite", tmp_path / "b.json", tolerance=0.0, n_boot=300)
-    assert not strict["passed"] and {r["cell"].split("|")[2] for r in strict["rows"] if r["status"] == "fail"} == {"square"}
+    assert not strict["passed"] and {r["cell"].split("|")[2] for r in strict["rows"] if r["status"] == "fail"} == {
+        "square"
+    }
     assert status[("fgsm", "8")] in ("drop-not-significant", "ok") and status[("fgsm", "clean")] == "ok"
     # a baseline cell whose latest record in the store is a failure fails the gate
     with Store(tmp_path / "c.sqlite") as st:
@@ -436,8 +625,18 @@ def test_check_resamples_source_photos_not_references(tmp_path, photos, units):
     n = 40
     mos, refs, sources = rng.uniform(1, 5, n), np.arange(n), np.array([f"p{i % photos}" for i in range(n)])
     q = mos / 5 + rng.normal(0, 0.05, n)
-    common = dict(target="m", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8], mos=mos,
-                  q_clean=q, ref_ids=refs, sources=sources)
+    common = dict(
+        target="m",
+        defense="none",
+        training=None,
+        attack="fgsm",
+        needs="gradients",
+        eps=[8],
+        mos=mos,
+        q_clean=q,
+        ref_ids=refs,
+        sources=sources,
+    )
     with Store(tmp_path / "a.sqlite") as st:
         add_cell(st, q_adv=[q], **common)
     write_baseline(make_baseline(tmp_path / "a.sqlite"), tmp_path / "b.json")
@@ -460,8 +659,20 @@ def test_bf16_cells_are_a_row_of_their_own(tmp_path):
     q = mos / 5 + rng.normal(0, 0.2, n)
     with Store(tmp_path / "s.sqlite") as st:
         for amp, shift in ((None, 0.1), ("bf16", 0.3)):
-            add_cell(st, target="m", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8], mos=mos,
-                     q_clean=q, q_adv=[q + shift * rng.normal(0, 1, n)], ref_ids=refs, amp=amp)
+            add_cell(
+                st,
+                target="m",
+                defense="none",
+                training=None,
+                attack="fgsm",
+                needs="gradients",
+                eps=[8],
+                mos=mos,
+                q_clean=q,
+                q_adv=[q + shift * rng.normal(0, 1, n)],
+                ref_ids=refs,
+                amp=amp,
+            )
     cells, weights = load_cells(tmp_path / "s.sqlite")
     rep = Reporter(cells, weights, ot="exact", n_boot=50)
     rows = rep.rows("pairs")

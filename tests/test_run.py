@@ -18,9 +18,26 @@ import torch
 from robench.core.errors import RobenchError
 from robench.engine.store import Store
 
-TINY = ["--dataset", "mini", "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--n", "8",
-        "--eps", "2,8", "--attack-option", "pgd.steps=3", "--attack-option", "square.queries=8",
-        "--attack-option", "parsimonious.queries=8", "--attack-option", "parsimonious.batch_blocks=4"]
+TINY = [
+    "--dataset",
+    "mini",
+    "--dataset-option",
+    "size=32",
+    "--dataset-option",
+    "crops_per_source=1",
+    "--n",
+    "8",
+    "--eps",
+    "2,8",
+    "--attack-option",
+    "pgd.steps=3",
+    "--attack-option",
+    "square.queries=8",
+    "--attack-option",
+    "parsimonious.queries=8",
+    "--attack-option",
+    "parsimonious.batch_blocks=4",
+]
 GRID = ["--model", "ssim", "--attacks", "fgsm,pgd,square,parsimonious", "--direction", "up"] + TINY  # one protocol
 
 
@@ -33,18 +50,28 @@ def robench(*args, env=None, check=True):
 
 
 def _cell(key="k", attack="fgsm"):
-    cfg = {"target": {"name": "ssim", "weights_sha256": "x"}, "defense": {"name": "none"}, "attack": {"name": attack},
-           "dataset": {"name": "mini", "split": "test", "kind": "pairs"}, "profile": "quick", "seed": 0, "eps": [2.0]}
+    cfg = {
+        "target": {"name": "ssim", "weights_sha256": "x"},
+        "defense": {"name": "none"},
+        "attack": {"name": attack},
+        "dataset": {"name": "mini", "split": "test", "kind": "pairs"},
+        "profile": "quick",
+        "seed": 0,
+        "eps": [2.0],
+    }
     return {"config": cfg}
 
 
 def _rows(n=3):
-    return [{"item": i, "eps": 2.0, "clean_score": 0.5, "score": 0.6, "linf": 2 / 255, "l2": 0.1, "queries": 1}
-            for i in range(n)]
+    return [
+        {"item": i, "eps": 2.0, "clean_score": 0.5, "score": 0.6, "linf": 2 / 255, "l2": 0.1, "queries": 1}
+        for i in range(n)
+    ]
 
 
 def test_store_cell_is_one_transaction_and_exactly_once(tmp_path):
     with Store(tmp_path / "s.sqlite") as st:
+
         def die():
             raise KeyboardInterrupt
 
@@ -70,8 +97,9 @@ def test_not_a_store_is_a_clear_error(tmp_path):
 def test_stratified_subset_covers_distortion_types():
     from robench.engine.items import stratified_subset
 
-    table = pd.DataFrame({"distortion": np.repeat([f"d{i}" for i in range(25)], 40),
-                          "level": np.tile(np.repeat([1, 2, 3, 4, 5], 8), 25)})
+    table = pd.DataFrame(
+        {"distortion": np.repeat([f"d{i}" for i in range(25)], 40), "level": np.tile(np.repeat([1, 2, 3, 4, 5], 8), 25)}
+    )
     rows = stratified_subset(table, 32, seed=0)
     assert len(rows) == 32 and len(set(rows)) == 32
     assert table.iloc[rows]["distortion"].nunique() == 25
@@ -117,10 +145,22 @@ def test_cli_grid_end_to_end_then_resumes(tiny_mini, tmp_path):
 
 
 def test_cli_bad_names_exit_2(tiny_mini, tmp_path):
-    r = robench("run", "--model", "ssim", "--attacks", "pgdd", *TINY, "--store", str(tmp_path / "x.sqlite"), check=False)
+    r = robench(
+        "run", "--model", "ssim", "--attacks", "pgdd", *TINY, "--store", str(tmp_path / "x.sqlite"), check=False
+    )
     assert r.returncode == 2 and "did you mean 'pgd'" in r.stderr
-    r = robench("run", "--model", "ssim", "--attacks", "fgsm", "--eps", "2,abc", "--store", str(tmp_path / "x.sqlite"),
-                check=False)
+    r = robench(
+        "run",
+        "--model",
+        "ssim",
+        "--attacks",
+        "fgsm",
+        "--eps",
+        "2,abc",
+        "--store",
+        str(tmp_path / "x.sqlite"),
+        check=False,
+    )
     assert r.returncode == 2 and "--eps" in r.stderr
     r = robench("run", "--model", "sssim", "--attacks", "fgsm", "--store", str(tmp_path / "x.sqlite"), check=False)
     assert r.returncode == 2 and "did you mean" in r.stderr
@@ -148,12 +188,19 @@ def test_kill_9_at_any_moment_then_resume_is_identical(tiny_mini, tmp_path):
         assert list(st.cells()["attack"]) == ["fgsm"]  # the killed cell left nothing
         assert set(st.results()["cell_key"]) == set(st.cells()["key"])
     # 2. SIGKILL from outside as soon as one more cell is done
-    p = subprocess.Popen([sys.executable, "-m", "robench.cli", "run", *GRID, "--store", str(crashed)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "robench.cli", "run", *GRID, "--store", str(crashed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
         try:
-            n = sqlite3.connect(str(crashed), timeout=5).execute("SELECT count(*) FROM cells WHERE status='done'").fetchone()[0]
+            n = (
+                sqlite3.connect(str(crashed), timeout=5)
+                .execute("SELECT count(*) FROM cells WHERE status='done'")
+                .fetchone()[0]
+            )
         except sqlite3.OperationalError:
             n = 0
         if n >= 2:
@@ -175,8 +222,15 @@ def test_2afc_attacks_the_less_preferred_image(tiny_mini, tmp_path):
     from robench.core.config import RunSpec
     from robench.engine.grid import run
 
-    spec = RunSpec(model="ssim", attacks=["fgsm"], dataset="mini-2afc", eps=[8], n=12,
-                   dataset_options={"size": 32, "crops_per_source": 1}, store=tmp_path / "a.sqlite")
+    spec = RunSpec(
+        model="ssim",
+        attacks=["fgsm"],
+        dataset="mini-2afc",
+        eps=[8],
+        n=12,
+        dataset_options={"size": 32, "crops_per_source": 1},
+        store=tmp_path / "a.sqlite",
+    )
     rep = run(spec, progress=False)
     s = rep["cells"][0]["summary"]
     assert 0 <= s["attacked_2afc"][0] <= 1 and "clean_2afc" in s
@@ -200,8 +254,14 @@ def test_budget_violation_aborts_the_cell(tiny_mini, tmp_path, monkeypatch):
             return (x + 3 * eps).clamp(0, 1)
 
     monkeypatch.setitem(ATTACKS._entries, "cheat", type(ATTACKS.entry("fgsm"))(name="cheat", obj=Cheat))
-    spec = RunSpec(model="ssim", attacks=["cheat"], eps=[4], n=4, dataset_options={"size": 32, "crops_per_source": 1},
-                   store=tmp_path / "c.sqlite")
+    spec = RunSpec(
+        model="ssim",
+        attacks=["cheat"],
+        eps=[4],
+        n=4,
+        dataset_options={"size": 32, "crops_per_source": 1},
+        store=tmp_path / "c.sqlite",
+    )
     rep = run(spec, progress=False)
     assert rep["cells"][0]["status"] == "failed" and "L∞" in rep["cells"][0]["error"]
     with Store(tmp_path / "c.sqlite") as st:
@@ -210,7 +270,9 @@ def test_budget_violation_aborts_the_cell(tiny_mini, tmp_path, monkeypatch):
 
 
 def test_bench_attack_caching_is_exact(tiny_mini):
-    r = robench("bench", "attack", "--model", "lpips.alex", "--size", "64x64", "--batch", "2", "--rounds", "1", "--json")
+    r = robench(
+        "bench", "attack", "--model", "lpips.alex", "--size", "64x64", "--batch", "2", "--rounds", "1", "--json"
+    )
     res = json.loads(r.stdout)
     assert res["max_abs_score_diff"] <= 1e-6 and res["max_abs_grad_diff"] <= 1e-6 * max(1.0, res["grad_scale"])
     assert res["naive_step_s"] > 0 and res["cached_step_s"] > 0 and res["ratio"] > 0
@@ -229,9 +291,17 @@ def test_2afc_other_image_scored_over_eot_draws(tiny_mini, tmp_path, monkeypatch
         return real(self, dist, ref, n)
 
     monkeypatch.setattr(Target, "expected_score", spy)
-    spec = RunSpec(model="ssim", defense="flip", attacks=["fgsm"], dataset="mini-2afc", eps=[8], n=4,
-                   dataset_options={"size": 32, "crops_per_source": 1}, store=tmp_path / "e.sqlite",
-                   attack_params={"fgsm": {"eot": 3}})
+    spec = RunSpec(
+        model="ssim",
+        defense="flip",
+        attacks=["fgsm"],
+        dataset="mini-2afc",
+        eps=[8],
+        n=4,
+        dataset_options={"size": 32, "crops_per_source": 1},
+        store=tmp_path / "e.sqlite",
+        attack_params={"fgsm": {"eot": 3}},
+    )
     run(spec, progress=False)
     # one batch, one ε: the clean, the attacked and the other image, each a mean over 3 draws
     assert draws == [3, 3, 3]

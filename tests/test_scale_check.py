@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import robench
 from robench.core import flags as FL
@@ -41,8 +40,17 @@ def squash():
 @pytest.fixture
 def store(tiny_mini, squash, tmp_path):
     path = tmp_path / "s.sqlite"
-    robench.run(model="ssim", defenses="none,test-squash", attacks="fgsm", directions="up,mos-split", eps=[8], n=16,
-                store=str(path), dataset_options=TINY, progress=False)
+    robench.run(
+        model="ssim",
+        defenses="none,test-squash",
+        attacks="fgsm",
+        directions="up,mos-split",
+        eps=[8],
+        n=16,
+        store=str(path),
+        dataset_options=TINY,
+        progress=False,
+    )
     return path
 
 

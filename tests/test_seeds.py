@@ -76,12 +76,14 @@ def test_seeds_setting_four_ways(tmp_path, monkeypatch):
 
     got = []
     monkeypatch.setattr(G, "run_config", lambda cfg, **kw: got.append(cfg.resolve()) or {"runs": [], "config": "x"})
-    r = CliRunner().invoke(app, ["run", "--model", "birqa", "--defense", "none,aat", "--attacks", "fgsm",
-                                 "--seeds", "2,0,1", "--json"])
+    r = CliRunner().invoke(
+        app, ["run", "--model", "birqa", "--defense", "none,aat", "--attacks", "fgsm", "--seeds", "2,0,1", "--json"]
+    )
     assert r.exit_code == 0, r.output
     toml = tmp_path / "run.toml"
-    toml.write_text(dumps_toml({"targets": ["birqa"], "defenses": ["none", "aat"], "attacks": ["fgsm"],
-                                "seeds": [0, 1, 2]}))
+    toml.write_text(
+        dumps_toml({"targets": ["birqa"], "defenses": ["none", "aat"], "attacks": ["fgsm"], "seeds": [0, 1, 2]})
+    )
     robench.run(toml)
     robench.run(RunConfig.from_dict({"model": "birqa", "defense": "none,aat", "attacks": "fgsm", "seeds": [1, 2, 0]}))
     robench.run(model="birqa", defense="none,aat", attacks="fgsm", seeds="0,1,2")
@@ -115,23 +117,79 @@ def _cell(st, *, target, defense, training, train_seed, attack, eps, mos, q_clea
     from robench.engine.store import cell_key
 
     n = len(q_clean)
-    config = {"target": {"name": target, "weights_sha256": f"sha-{target}", "weights_source": "trained-here",
-                         "lower_better": False},
-              "defense": {"name": defense, "training": training, "inference": [], "randomised": False,
-                          "gradient": "exact", **({"train_seed": train_seed} if train_seed else {})},
-              "attack": {"name": attack, "kind": "fixed", "needs": "gradients", "params": {}},
-              "eps": [float(e) for e in eps],
-              "dataset": {"name": "synthetic", "split": "test", "kind": "pairs", "options": {}, "n": n,
-                          "n_requested": n, "subset_seed": 0, "items_sha256": "items"},
-              "seed": 0, "profile": "quick"}
-    rows = [{"item": i, "eps": float(e), "item_id": f"img{i}", "ref_id": str(sources[i]), "distortion": "d",
-             "level": 1, "mos": float(mos[i]), "clean_score": float(q_clean[i]), "score": float(q_adv[k][i]),
-             "linf": 0.0, "l2": 0.0, "queries": 1, "source": str(sources[i])} for k, e in enumerate(eps) for i in range(n)]
-    st.commit_cell(cell_key(config, "test"), {"config": config, "summary": {}, "flags": {}, "probes": {},
-                                              "versions": {}, "n_items": n, "seconds": 1.0, "attack_seconds": 1.0}, rows)
-    st.record_weights([{"sha256": f"sha-{target}", "name": target, "source": "trained-here",
-                        "provenance": {"train_seconds": 60.0 * (1 + train_seed), "recipe": training,
-                                       "train_seed": train_seed}}])
+    config = {
+        "target": {
+            "name": target,
+            "weights_sha256": f"sha-{target}",
+            "weights_source": "trained-here",
+            "lower_better": False,
+        },
+        "defense": {
+            "name": defense,
+            "training": training,
+            "inference": [],
+            "randomised": False,
+            "gradient": "exact",
+            **({"train_seed": train_seed} if train_seed else {}),
+        },
+        "attack": {"name": attack, "kind": "fixed", "needs": "gradients", "params": {}},
+        "eps": [float(e) for e in eps],
+        "dataset": {
+            "name": "synthetic",
+            "split": "test",
+            "kind": "pairs",
+            "options": {},
+            "n": n,
+            "n_requested": n,
+            "subset_seed": 0,
+            "items_sha256": "items",
+        },
+        "seed": 0,
+        "profile": "quick",
+    }
+    rows = [
+        {
+            "item": i,
+            "eps": float(e),
+            "item_id": f"img{i}",
+            "ref_id": str(sources[i]),
+            "distortion": "d",
+            "level": 1,
+            "mos": float(mos[i]),
+            "clean_score": float(q_clean[i]),
+            "score": float(q_adv[k][i]),
+            "linf": 0.0,
+            "l2": 0.0,
+            "queries": 1,
+            "source": str(sources[i]),
+        }
+        for k, e in enumerate(eps)
+        for i in range(n)
+    ]
+    st.commit_cell(
+        cell_key(config, "test"),
+        {
+            "config": config,
+            "summary": {},
+            "flags": {},
+            "probes": {},
+            "versions": {},
+            "n_items": n,
+            "seconds": 1.0,
+            "attack_seconds": 1.0,
+        },
+        rows,
+    )
+    st.record_weights(
+        [
+            {
+                "sha256": f"sha-{target}",
+                "name": target,
+                "source": "trained-here",
+                "provenance": {"train_seconds": 60.0 * (1 + train_seed), "recipe": training, "train_seed": train_seed},
+            }
+        ]
+    )
 
 
 @pytest.fixture
@@ -152,12 +210,33 @@ def test_report_shows_mean_and_spread_over_seeds(tmp_path, one_thread):
     q = mos / 5 + rng.normal(0, 0.1, n)
     store = tmp_path / "s.sqlite"
     with Store(store) as st:
-        _cell(st, target="toy", defense="none", training=None, train_seed=0, attack="fgsm", eps=[8], mos=mos,
-              q_clean=q, q_adv=(q + rng.uniform(0, 0.6, n))[None], sources=src)
+        _cell(
+            st,
+            target="toy",
+            defense="none",
+            training=None,
+            train_seed=0,
+            attack="fgsm",
+            eps=[8],
+            mos=mos,
+            q_clean=q,
+            q_adv=(q + rng.uniform(0, 0.6, n))[None],
+            sources=src,
+        )
         for k in range(3):
-            _cell(st, target="toy.r" + (f"-s{k}" if k else ""), defense="r", training="r", train_seed=k,
-                  attack="fgsm", eps=[8], mos=mos, q_clean=q, q_adv=(q + rng.uniform(0, 0.2 + 0.2 * k, n))[None],
-                  sources=src)
+            _cell(
+                st,
+                target="toy.r" + (f"-s{k}" if k else ""),
+                defense="r",
+                training="r",
+                train_seed=k,
+                attack="fgsm",
+                eps=[8],
+                mos=mos,
+                q_clean=q,
+                q_adv=(q + rng.uniform(0, 0.2 + 0.2 * k, n))[None],
+                sources=src,
+            )
         cells = st.cells()
     assert sorted(cells["train_seed"].dropna().astype(int)) == [0, 1, 2]  # the store knows each cell's seed
     assert cells.loc[cells["defense"] == "none", "train_seed"].isna().all()  # no recipe: NULL
@@ -204,13 +283,15 @@ def tiny_training(seeds_home, monkeypatch, one_thread):
     monkeypatch.setenv("ROBENCH_HOME", str(seeds_home))
     monkeypatch.setattr(T, "evaluate", _no_val_eval)
     # quick, with a tiny batch, PGD-1 and a 2-step cap: the code path of a real run in seconds
-    monkeypatch.setitem(PROFILES, "quick", dataclasses.replace(PROFILES["quick"], train_batch=4, adv_pgd_steps=1,
-                                                               adv_steps=2))
+    monkeypatch.setitem(
+        PROFILES, "quick", dataclasses.replace(PROFILES["quick"], train_batch=4, adv_pgd_steps=1, adv_steps=2)
+    )
     from robench.data.mini import build_mini
 
     build_mini(size=32, crops_per_source=1, seed=0, progress=False)
-    T.train("birqa", dataset_options=TINY, model_options={"width": 0.25}, epochs=1, max_steps_per_epoch=2,
-            progress=False)
+    T.train(
+        "birqa", dataset_options=TINY, model_options={"width": 0.25}, epochs=1, max_steps_per_epoch=2, progress=False
+    )
     return seeds_home
 
 
@@ -221,8 +302,17 @@ def test_run_with_two_seeds_end_to_end(tiny_training, tmp_path):
     from robench.results.report import Reporter, load_cells, to_markdown
 
     store = tmp_path / "s.sqlite"
-    settings = dict(model="birqa", defense="none,r", attacks="fgsm", eps=[8], n=6, dataset_options=TINY, directions="up",
-                    store=str(store), progress=False)
+    settings = dict(
+        model="birqa",
+        defense="none,r",
+        attacks="fgsm",
+        eps=[8],
+        n=6,
+        dataset_options=TINY,
+        directions="up",
+        store=str(store),
+        progress=False,
+    )
     grid = robench.run(**settings, seeds="0,1")
     assert [(r["defense"]["name"], r["train_seed"]) for r in grid["runs"]] == [("none", None), ("r", 0), ("r", 1)]
     w0, w1 = W.lookup("birqa.r"), W.lookup("birqa.r-s1")
@@ -240,7 +330,9 @@ def test_run_with_two_seeds_end_to_end(tiny_training, tmp_path):
     # seed 0 keeps its name and its cell keys: the same grid without --seeds finds every cell cached
     again = robench.run(**settings)
     assert [c["status"] for run in again["runs"] for c in run["cells"]] == ["cached", "cached"]
-    assert [c["status"] for run in robench.run(**settings, seeds=[0, 1])["runs"] for c in run["cells"]] == ["cached"] * 3
+    assert [c["status"] for run in robench.run(**settings, seeds=[0, 1])["runs"] for c in run["cells"]] == [
+        "cached"
+    ] * 3
     # the reporter's robustness table and comparison rows (write_report adds the neural-OT IR
     # table, tens of seconds, exercised by test 3)
     rep = Reporter(*load_cells(store), ot="exact", n_boot=100)
@@ -256,7 +348,9 @@ def test_a_store_from_before_gains_the_column(tmp_path):
     from robench.engine.store import SCHEMA, Store
 
     path = tmp_path / "old.sqlite"
-    old = SCHEMA.replace("    train_seed INTEGER,                   -- a recipe's training seed (--seeds); NULL: no recipe\n", "")
+    old = SCHEMA.replace(
+        "    train_seed INTEGER,                   -- a recipe's training seed (--seeds); NULL: no recipe\n", ""
+    )
     assert "train_seed" not in old
     db = sqlite3.connect(path)
     db.executescript(old)

@@ -34,10 +34,16 @@ def _tiny(tmp_path, monkeypatch, name="birqa"):
     shipped.mkdir()
     t = robench.load_model("birqa", weights="none", width=0.25)
     f = shipped / f"{name}-x.safetensors"
-    sha = W.save_safetensors({k: v.half() for k, v in t.state_dict().items()}, f,
-                             metadata={"config": t.config, "provenance": {"val_srocc": 0.5}})
-    (shipped / "MANIFEST.json").write_text(json.dumps({name: {"name": name, "file": f.name, "sha256": sha,
-                                                              "source": "shipped", "provenance": {"val_srocc": 0.5}}}))
+    sha = W.save_safetensors(
+        {k: v.half() for k, v in t.state_dict().items()},
+        f,
+        metadata={"config": t.config, "provenance": {"val_srocc": 0.5}},
+    )
+    (shipped / "MANIFEST.json").write_text(
+        json.dumps(
+            {name: {"name": name, "file": f.name, "sha256": sha, "source": "shipped", "provenance": {"val_srocc": 0.5}}}
+        )
+    )
     monkeypatch.setattr(W, "SHIPPED_DIR", shipped)
     return f, sha
 

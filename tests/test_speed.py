@@ -55,9 +55,28 @@ def test_bf16_really_autocasts_and_a_disagreeing_target_is_refused(tiny_mini, tm
     t = _target("ssim")
     rec = agreement(t, items.dist, items.ref, EPS, amp="bf16")
     assert not rec["ok"] and rec["score_max_abs_diff"] > rec["score_tol"]  # SSIM's variances cancel in bf16
-    r = CliRunner().invoke(app, ["run", "--model", "ssim", "--attacks", "fgsm", "--n", "8", "--eps", "8",
-                                 "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1",
-                                 "--store", str(tmp_path / "s.sqlite"), "--amp", "bf16"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "ssim",
+            "--attacks",
+            "fgsm",
+            "--n",
+            "8",
+            "--eps",
+            "8",
+            "--dataset-option",
+            "size=32",
+            "--dataset-option",
+            "crops_per_source=1",
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--amp",
+            "bf16",
+        ],
+    )
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1, r.output
     assert lines[0].startswith("error: --amp bf16 disagrees with float32 eager on ssim") and "tolerance" in lines[0]
@@ -68,8 +87,16 @@ def test_bf16_is_recorded_and_keyed_apart(tiny_mini, tmp_path):
     from robench.engine.grid import run_grid
 
     def spec(amp):
-        return RunSpec(model="lpips.alex", weights="none", attacks=["fgsm"], eps=[8], n=8, store=tmp_path / "a.sqlite",
-                       dataset_options=dict(TINY_OPTS), amp=amp)
+        return RunSpec(
+            model="lpips.alex",
+            weights="none",
+            attacks=["fgsm"],
+            eps=[8],
+            n=8,
+            store=tmp_path / "a.sqlite",
+            dataset_options=dict(TINY_OPTS),
+            amp=amp,
+        )
 
     torch.manual_seed(0)
     fp32 = run_grid([spec(None)], progress=False)["runs"][0]
@@ -135,8 +162,16 @@ def test_compile_agrees_with_eager_and_is_recorded_not_keyed(tiny_mini, tmp_path
     assert rec["ok"]
 
     def spec(compile):
-        return RunSpec(model="psnr", attacks=["fgsm"], eps=[8], n=8, store=tmp_path / "a.sqlite",
-                       dataset_options=dict(TINY_OPTS), compile=compile, force=compile)
+        return RunSpec(
+            model="psnr",
+            attacks=["fgsm"],
+            eps=[8],
+            n=8,
+            store=tmp_path / "a.sqlite",
+            dataset_options=dict(TINY_OPTS),
+            compile=compile,
+            force=compile,
+        )
 
     eager = run_grid([spec(False)], progress=False)["runs"][0]
     comp = run_grid([spec(True)], progress=False)["runs"][0]

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from robench.core.errors import RobenchError
-from robench.results.stats import (MIN_PHOTOS, benjamini_hochberg, bootstrap_units, holm, mean_weighted,
-                                   paired_bootstrap)
+from robench.results.stats import MIN_PHOTOS, benjamini_hochberg, bootstrap_units, holm, mean_weighted, paired_bootstrap
 
 
 def _clustered(rng, photos=20, per=10, effect=0.1, photo_sd=0.3, item_sd=0.05):
@@ -72,12 +71,41 @@ def test_report_photo_bootstrap_refusal_exits_2(tmp_path):
     store = tmp_path / "s.sqlite"
     mos = rng.uniform(1, 5, 30)
     with Store(store) as st:
-        add_cell(st, target="toy", defense="none", training=None, attack="fgsm", needs="gradients", eps=[8],
-                 mos=mos, q_clean=mos, q_adv=(mos + 0.1)[None], ref_ids=np.arange(30) // 10, train_seconds=1.0,
-                 sources=np.arange(30) // 10)
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "report", "--store", str(store), "--out",
-                        str(tmp_path / "r"), "--bootstrap", "photo", "--ot", "exact", "--no-plots", "--no-pdf"],
-                       capture_output=True, text=True)
+        add_cell(
+            st,
+            target="toy",
+            defense="none",
+            training=None,
+            attack="fgsm",
+            needs="gradients",
+            eps=[8],
+            mos=mos,
+            q_clean=mos,
+            q_adv=(mos + 0.1)[None],
+            ref_ids=np.arange(30) // 10,
+            train_seconds=1.0,
+            sources=np.arange(30) // 10,
+        )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "robench.cli",
+            "report",
+            "--store",
+            str(store),
+            "--out",
+            str(tmp_path / "r"),
+            "--bootstrap",
+            "photo",
+            "--ot",
+            "exact",
+            "--no-plots",
+            "--no-pdf",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "needs ≥ 10 independent source photos" in r.stderr and "have 3" in r.stderr, r.stderr
     assert not (tmp_path / "r").exists()  # nothing written half
 
@@ -94,8 +122,26 @@ def test_report_json_has_one_row_per_comparison(tmp_path):
     out = write_report(store, tmp_path / "rep", ot="exact", n_boot=200, plots=False, pdf=False)
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     rows = rep["comparisons"]
-    keys = {"target", "defense", "versus", "attack", "eps", "metric", "delta", "ci_low", "ci_high", "p_adjusted",
-            "significant", "n_items", "n_clusters", "seeds", "flags", "not_converged", "masking", "vacuous_bound"}
+    keys = {
+        "target",
+        "defense",
+        "versus",
+        "attack",
+        "eps",
+        "metric",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "p_adjusted",
+        "significant",
+        "n_items",
+        "n_clusters",
+        "seeds",
+        "flags",
+        "not_converged",
+        "masking",
+        "vacuous_bound",
+    }
     assert rows and all(keys <= set(r) for r in rows) and out["tables"]
     pairs = {(r["defense"], r["versus"]) for r in rows}
     assert {("r", "none"), ("aat", "none"), ("aat", "r")} <= pairs  # AAT vs R from the recipe's compare_with

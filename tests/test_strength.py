@@ -4,9 +4,7 @@ attack-strength bench per direction."""
 
 from __future__ import annotations
 
-import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -33,7 +31,7 @@ class TwoBasins(Target):
 
     @staticmethod
     def h(u):
-        return 0.2 * torch.exp(-((u - 0.3) / 0.15) ** 2) + torch.exp(-((u + 1) / 0.3) ** 2)
+        return 0.2 * torch.exp(-(((u - 0.3) / 0.15) ** 2)) + torch.exp(-(((u + 1) / 0.3) ** 2))
 
     def score(self, dist, ref):
         return self.h((dist - ref) / (EPS / 255)).flatten(1).mean(dim=1)
@@ -43,9 +41,14 @@ def _items(n=16, size=16, seed=0):
     """Distorted = reference (u = 0 everywhere), pixels away from 0 and 1 so the ball is whole."""
     g = torch.Generator().manual_seed(seed)
     ref = 0.2 + 0.6 * torch.rand(n, 3, size, size, generator=g)
-    labels = {"item_id": [f"i{i}" for i in range(n)], "ref_id": [f"r{i}" for i in range(n)],
-              "source": [f"p{i % 8}" for i in range(n)], "distortion": ["none"] * n, "level": [0] * n,
-              "mos": [float(i) for i in range(n)]}
+    labels = {
+        "item_id": [f"i{i}" for i in range(n)],
+        "ref_id": [f"r{i}" for i in range(n)],
+        "source": [f"p{i % 8}" for i in range(n)],
+        "distortion": ["none"] * n,
+        "level": [0] * n,
+        "mos": [float(i) for i in range(n)],
+    }
     return Items(kind="pairs", dist=ref.clone(), ref=ref, labels=labels, digest="two-basins")
 
 
@@ -75,8 +78,9 @@ def test_another_start_flags_a_single_start_pgd_the_half_budget_rule_passes():
     from robench.engine.cell import run_cell
 
     t, items = TwoBasins(), _items()
-    rec, rows = run_cell(t, robench.load_attack("pgd", steps=40, restarts=1, patience=0), items, [EPS],
-                          batch_size=16)  # one zero start: PGD before issue 38
+    rec, rows = run_cell(
+        t, robench.load_attack("pgd", steps=40, restarts=1, patience=0), items, [EPS], batch_size=16
+    )  # one zero start: PGD before issue 38
     conv = rec["flags"]["convergence"]
     assert conv["rel_gap"][0] < 0.05  # the half-budget rule by itself: converged
     other = conv["another_start"]
@@ -96,7 +100,7 @@ def test_another_start_passes_where_every_start_reaches_the_same_peak():
     class OnePeak(TwoBasins):
         @staticmethod
         def h(u):
-            return -(u - 0.5) ** 2
+            return -((u - 0.5) ** 2)
 
     rec, _ = run_cell(OnePeak(), robench.load_attack("pgd", steps=40), _items(), [EPS], batch_size=16)
     assert rec["flags"]["convergence"]["another_start"]["rel_gap"][0] < 0.05
@@ -168,23 +172,46 @@ def test_heavy_ball_is_cosine_only_and_bounded():
 def test_attack_strength_per_direction_has_ratios_intervals_and_the_reference(tiny_mini):
     from robench.engine.bench import attack_strength
 
-    res = attack_strength(["ssim"], ["fgsm", "pgd"], eps=[4, 8], n=8, ref_steps=10, ref_restarts=2,
-                          directions=("up", "down"), dataset="mini", attack_params={"pgd": {"steps": 5}},
-                          log=lambda m: None)
+    res = attack_strength(
+        ["ssim"],
+        ["fgsm", "pgd"],
+        eps=[4, 8],
+        n=8,
+        ref_steps=10,
+        ref_restarts=2,
+        directions=("up", "down"),
+        dataset="mini",
+        attack_params={"pgd": {"steps": 5}},
+        log=lambda m: None,
+    )
     rows = res["rows"]
     assert {(r["direction"], r["eps"], r["attack"]) for r in rows} == {
-        (d, e, a) for d in ("up", "down") for e in (4.0, 8.0) for a in ("fgsm", "pgd")}
+        (d, e, a) for d in ("up", "down") for e in (4.0, 8.0) for a in ("fgsm", "pgd")
+    }
     for r in rows:
         assert 0 <= r["ratio"] <= 1 + 1e-9 and r["lo"] <= r["ratio"] + 1e-9 and r["hi"] >= r["ratio"] - 1e-9
-    assert len(res["references"]) == 4 and {r["items"] for r in rows} == {"all"} and all(0 < v["reference_ratio"] <= 1 + 1e-9 for v in res["references"])
+    assert (
+        len(res["references"]) == 4
+        and {r["items"] for r in rows} == {"all"}
+        and all(0 < v["reference_ratio"] <= 1 + 1e-9 for v in res["references"])
+    )
     assert "bootstrap" in res["interval"]
 
 
 def test_attack_strength_measures_each_half_of_the_ranking_attack(tiny_mini):
     from robench.engine.bench import attack_strength
 
-    res = attack_strength(["ssim"], ["fgsm"], eps=[8], n=8, ref_steps=5, ref_restarts=2, directions=("mos-split",),
-                          dataset="mini", log=lambda m: None)
+    res = attack_strength(
+        ["ssim"],
+        ["fgsm"],
+        eps=[8],
+        n=8,
+        ref_steps=5,
+        ref_restarts=2,
+        directions=("mos-split",),
+        dataset="mini",
+        log=lambda m: None,
+    )
     by = {r["items"]: r for r in res["rows"]}
     assert set(by) == {"all", "up", "down"} and by["up"]["n"] + by["down"]["n"] == by["all"]["n"] == 8
     # the whole is the halves' moves weighted by their items

@@ -18,7 +18,9 @@ def _pair(n=2, size=48, seed=0):
     g = torch.Generator().manual_seed(seed)
     ref = torch.rand(n, 3, size, size, generator=g)
     # a generic distorted image: blur-ish plus noise, clipped to [0,1]
-    dist = (0.7 * ref + 0.3 * torch.roll(ref, 1, dims=-1) + 0.05 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    dist = (0.7 * ref + 0.3 * torch.roll(ref, 1, dims=-1) + 0.05 * torch.randn(n, 3, size, size, generator=g)).clamp(
+        0, 1
+    )
     return dist, ref
 
 
@@ -72,14 +74,17 @@ def test_mode_is_restored_by_eval_after_train():
     assert not any(p.requires_grad for m in bns for p in m.parameters())
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (lambda d, r: (d[0], r[0]), "N×3×H×W"),
-    (lambda d, r: (d[:, :1], r[:, :1]), "3 \\(RGB\\) channels"),
-    (lambda d, r: (d, r[..., :32]), "same shape"),
-    (lambda d, r: (d * 2, r), "in \\[0,1\\]"),
-    (lambda d, r: (d.masked_fill(d > 0.5, float("nan")), r), "NaN"),
-    (lambda d, r: ((d * 255).to(torch.uint8), r), "float tensor"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (lambda d, r: (d[0], r[0]), "N×3×H×W"),
+        (lambda d, r: (d[:, :1], r[:, :1]), "3 \\(RGB\\) channels"),
+        (lambda d, r: (d, r[..., :32]), "same shape"),
+        (lambda d, r: (d * 2, r), "in \\[0,1\\]"),
+        (lambda d, r: (d.masked_fill(d > 0.5, float("nan")), r), "NaN"),
+        (lambda d, r: ((d * 255).to(torch.uint8), r), "float tensor"),
+    ],
+)
 def test_inputs_validated(bad, msg):
     t = _tiny("ssim")
     dist, ref = _pair(size=48)

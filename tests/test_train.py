@@ -41,9 +41,18 @@ def test_tiny_birqa_loss_decreases(tiny_mini):
 def test_train_run_registers_provenance_and_resumes(tiny_mini, tmp_path, monkeypatch):
     monkeypatch.setenv("ROBENCH_HOME", str(tiny_mini.parent.parent))  # the session cache with the tiny mini
     out = tmp_path / "run"
-    kw = dict(dataset="mini", profile="quick", out=out, seed=0, batch_size=16, max_steps_per_epoch=3,
-              dataset_options={"size": 32, "crops_per_source": 1, "progress": False},
-              model_options={"width": 0.25}, register_as="birqa.tinytest", progress=False)
+    kw = dict(
+        dataset="mini",
+        profile="quick",
+        out=out,
+        seed=0,
+        batch_size=16,
+        max_steps_per_epoch=3,
+        dataset_options={"size": 32, "crops_per_source": 1, "progress": False},
+        model_options={"width": 0.25},
+        register_as="birqa.tinytest",
+        progress=False,
+    )
     r1 = train("birqa", epochs=1, **kw)
     log = json.loads((out / "log.json").read_text())
     assert [row["epoch"] for row in log["epochs"]] == [1]
@@ -69,12 +78,32 @@ def test_eval_cli_json(tiny_mini):
     import os
 
     env = {**os.environ, "ROBENCH_HOME": str(tiny_mini.parent.parent)}
-    cmd = [sys.executable, "-m", "robench.cli", "eval", "--model", "ssim", "--dataset", "mini", "--split", "test",
-           "--dataset-option", "size=32", "--dataset-option", "crops_per_source=1", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "robench.cli",
+        "eval",
+        "--model",
+        "ssim",
+        "--dataset",
+        "mini",
+        "--split",
+        "test",
+        "--dataset-option",
+        "size=32",
+        "--dataset-option",
+        "crops_per_source=1",
+        "--json",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     ds = robench.load_dataset("mini", split="test", size=32, crops_per_source=1, progress=False)
     assert res["n"] == len(ds) and 0 < res["srocc"] <= 1 and {"srocc", "plcc", "krocc"} <= set(res)
-    r = subprocess.run(cmd[:5] + ["birqa"] + cmd[6:], capture_output=True, text=True, env={**env, "ROBENCH_HOME": str(tiny_mini.parent.parent / "empty"), "ROBENCH_SHIPPED_WEIGHTS": "0"})
+    r = subprocess.run(
+        cmd[:5] + ["birqa"] + cmd[6:],
+        capture_output=True,
+        text=True,
+        env={**env, "ROBENCH_HOME": str(tiny_mini.parent.parent / "empty"), "ROBENCH_SHIPPED_WEIGHTS": "0"},
+    )
     assert r.returncode == 2 and "robench train --model birqa" in r.stderr

@@ -56,8 +56,18 @@ class Regression(TrainTask):
 def _trainer(out: Path, steps: int, cfg: dict | None = None) -> tuple[Trainer, Regression]:
     task = Regression()
     cfg = cfg or {"task": "toy", "lr": 1e-2}
-    return Trainer(task, out, config_hash(cfg), steps, 1e-2, schedule="warmup-cosine", warmup=2, clip_grad=1.0,
-                   checkpoint_every=3, progress=False), task
+    return Trainer(
+        task,
+        out,
+        config_hash(cfg),
+        steps,
+        1e-2,
+        schedule="warmup-cosine",
+        warmup=2,
+        clip_grad=1.0,
+        checkpoint_every=3,
+        progress=False,
+    ), task
 
 
 def _strip(rows):
@@ -154,7 +164,9 @@ def name_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Compare):
             for c in [node.left, *node.comparators]:
-                hits += [(node.lineno, x.value) for x in ast.walk(c) if isinstance(x, ast.Constant) and x.value in names]
+                hits += [
+                    (node.lineno, x.value) for x in ast.walk(c) if isinstance(x, ast.Constant) and x.value in names
+                ]
     return hits
 
 

@@ -16,10 +16,19 @@ def _run(store, models, attacks="pgd,fgsm", directions="up,mos-split", keep=True
     from robench.core.config import RunConfig
     from robench.engine.grid import run_config
 
-    cfg = RunConfig.from_dict({"targets": models, "attacks": attacks, "eps": [4, 8], "n": n, "store": str(store),
-                               "directions": directions, "keep_images": keep,
-                               "dataset_options": {"size": 32, "crops_per_source": 1},
-                               "attack_params": {"pgd": {"steps": 3}} if "pgd" in attacks else {}})
+    cfg = RunConfig.from_dict(
+        {
+            "targets": models,
+            "attacks": attacks,
+            "eps": [4, 8],
+            "n": n,
+            "store": str(store),
+            "directions": directions,
+            "keep_images": keep,
+            "dataset_options": {"size": 32, "crops_per_source": 1},
+            "attack_params": {"pgd": {"steps": 3}} if "pgd" in attacks else {},
+        }
+    )
     return run_config(cfg, progress=False)
 
 
@@ -43,8 +52,10 @@ def test_transfer_matrix_diagonal_equals_the_white_box_cells(tmp_path, tiny_mini
         cells = s.cells().set_index("key")
         for key, cell in cells.iterrows():
             res = s.results(key).set_index(["item", "eps"])
-            tr = s.db.execute("SELECT item, eps, clean_score, score FROM transfer_rows WHERE source_key=? AND "
-                              "to_target=?", (key, cell["target"])).fetchall()
+            tr = s.db.execute(
+                "SELECT item, eps, clean_score, score FROM transfer_rows WHERE source_key=? AND to_target=?",
+                (key, cell["target"]),
+            ).fetchall()
             assert len(tr) == len(res)
             for item, eps, clean, score in tr:  # the diagonal: the white-box cell's own numbers
                 assert score == pytest.approx(res.loc[(item, eps), "score"], rel=1e-6, abs=1e-6)
@@ -131,10 +142,33 @@ def test_flip_rate_against_a_hand_computed_case():
     q_other = np.array([0.5, 0.5, 0.5, 0.5])
     q_clean = np.array([0.4, 0.4, 0.6, 0.4])  # decisions: p1, p0, p0, p0
     q_adv = np.array([[0.6, 0.45, 0.7, 0.6]])  # decisions: p0 (flip), p0, p0, p1 (flip)
-    c = CellData(key="k", target="t", arch="t", defense="none", training=None, inference=[], attack="pgd",
-                 needs="gradients", kind="2afc", dataset="d", split="test", profile="quick", seed=0, items_sha="x",
-                 weights_sha="w", eps=[8.0], item_ids=np.arange(4).astype(str), ref_ids=np.arange(4).astype(str),
-                 sources=None, mos=None, judge=judge, side=side, q_other=q_other, q_clean=q_clean, q_adv=q_adv)
+    c = CellData(
+        key="k",
+        target="t",
+        arch="t",
+        defense="none",
+        training=None,
+        inference=[],
+        attack="pgd",
+        needs="gradients",
+        kind="2afc",
+        dataset="d",
+        split="test",
+        profile="quick",
+        seed=0,
+        items_sha="x",
+        weights_sha="w",
+        eps=[8.0],
+        item_ids=np.arange(4).astype(str),
+        ref_ids=np.arange(4).astype(str),
+        sources=None,
+        mos=None,
+        judge=judge,
+        side=side,
+        q_other=q_other,
+        q_clean=q_clean,
+        q_adv=q_adv,
+    )
     assert c.flip_rate(0) == pytest.approx(0.5)
     assert c.flip_rate(0, strong=True) == pytest.approx(0.5)  # triplet 0 flipped, triplet 1 not
     c.q_adv = np.array([[0.45, 0.45, 0.7, 0.6]])

@@ -27,8 +27,10 @@ def home(tmp_path, monkeypatch):
 
 def _randomise(module, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
-            for k, v in module.state_dict().items()}
+    return {
+        k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+        for k, v in module.state_dict().items()
+    }
 
 
 def _pair(size=64):
@@ -147,8 +149,12 @@ def test_truncated_and_tampered_files(home, tmp_path):
         robench.load_model("birqa")
     assert [r["status"] for r in W.verify_all() if r["source"] != "shipped"] == ["sha256 mismatch"]
     assert all(r["status"] == "ok" for r in W.verify_all() if r["source"] == "shipped")
-    r = subprocess.run([sys.executable, "-m", "robench.cli", "weights", "verify", "--json"], capture_output=True, text=True,
-                       env={**os.environ})
+    r = subprocess.run(
+        [sys.executable, "-m", "robench.cli", "weights", "verify", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
     assert r.returncode == 1 and json.loads(r.stdout)[0]["status"] == "sha256 mismatch"
     short = tmp_path / "short.pth"
     torch.save(t.state_dict(), short)

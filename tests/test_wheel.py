@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # a fresh venv insta
 
 def _sh(cmd, cwd, env=None, timeout=1200):
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    )
     return r.stdout
 
 
@@ -37,8 +39,12 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     wheels = list((tmp_path / "dist").glob("robench-*.whl"))
     assert wheels and list((tmp_path / "dist").glob("robench-*.tar.gz")), "wheel and sdist"
     names = set(zipfile.ZipFile(wheels[0]).namelist())
-    for needed in ("robench/data/kadid10k_cell_mos.csv", "robench/data/photos/manifest.json",
-                   "robench/configs/paper.toml", "robench/BUILD_COMMIT"):
+    for needed in (
+        "robench/data/kadid10k_cell_mos.csv",
+        "robench/data/photos/manifest.json",
+        "robench/configs/paper.toml",
+        "robench/BUILD_COMMIT",
+    ):
         assert needed in names, f"{needed} missing from the wheel"
     assert sum(n.startswith("robench/data/photos/") and n.endswith(".png") for n in names) >= 20
 

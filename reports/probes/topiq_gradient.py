@@ -29,15 +29,17 @@ def probe(label):
     with torch.no_grad():
         q0 = f(x)
     xg = x.clone().requires_grad_(True)
-    g, = torch.autograd.grad(f(xg).sum(), xg)
+    (g,) = torch.autograd.grad(f(xg).sum(), xg)
     lowered = []
     for h in (0.01, 0.1, 0.5, 1, 2, 4, 8):
         with torch.no_grad():
             dq = f((x + h / 255 * g.sign()).clamp(0, 1)) - q0
         lin = (h / 255 * g.abs()).flatten(1).sum(1)
         lowered.append(int((dq < 0).sum()))
-        print(f"{label}: h={h}/255  mean dq {float(dq.mean()):+.4f}  linear prediction {float(lin.mean()):.4f}  "
-              f"lowered {lowered[-1]}/8")
+        print(
+            f"{label}: h={h}/255  mean dq {float(dq.mean()):+.4f}  linear prediction {float(lin.mean()):.4f}  "
+            f"lowered {lowered[-1]}/8"
+        )
 
 
 probe("published")

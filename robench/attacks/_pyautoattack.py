@@ -14,12 +14,14 @@ from robench.core.target import BoundTarget
 INSTALL = "pip install pyautoattack==0.2.0"
 
 
-def apgd(f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps: float, n_iter: int, rho: float,
-         seed: int) -> torch.Tensor:
+def apgd(
+    f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps: float, n_iter: int, rho: float, seed: int
+) -> torch.Tensor:
     pa = require("pyautoattack.autopgd_base", INSTALL)
     model = ScoreLogits(f, q0, score_scale(f.target))
-    atk = pa.APGDAttack(model, n_iter=int(n_iter), norm="Linf", n_restarts=1, eps=eps, seed=seed, loss="ce",
-                        rho=rho, device=x.device)
+    atk = pa.APGDAttack(
+        model, n_iter=int(n_iter), norm="Linf", n_restarts=1, eps=eps, seed=seed, loss="ce", rho=rho, device=x.device
+    )
     y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     return atk.perturb(x, y, best_loss=True)
 
@@ -35,8 +37,18 @@ def square(f: BoundTarget, x: torch.Tensor, eps: float, n_queries: int, p_init: 
                 q = f(xs, rows)
             return torch.ones_like(q), -q
 
-    atk = ScoreSquare(None, norm="Linf", n_queries=int(n_queries), eps=eps, p_init=p_init, n_restarts=1,
-                      seed=seed, loss="margin", resc_schedule=True, device=x.device)
+    atk = ScoreSquare(
+        None,
+        norm="Linf",
+        n_queries=int(n_queries),
+        eps=eps,
+        p_init=p_init,
+        n_restarts=1,
+        seed=seed,
+        loss="margin",
+        resc_schedule=True,
+        device=x.device,
+    )
     atk.init_hyperparam(x)
     rows = torch.arange(x.shape[0], device=x.device)
     _, adv = atk.attack_single_run(x.clone(), rows)

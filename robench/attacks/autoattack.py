@@ -21,8 +21,14 @@ class AutoAttack(Attack):
     kind = "fixed"
     needs = "gradients"
     budget_params = ("apgd_iter", "square_queries")
-    defaults = {"apgd_iter": 100, "apgd_restarts": 1, "apgd_rho": 0.75, "square_queries": 5000, "square_p_init": 0.8,
-                "apgd_first": "zero"}
+    defaults = {
+        "apgd_iter": 100,
+        "apgd_restarts": 1,
+        "apgd_rho": 0.75,
+        "square_queries": 5000,
+        "square_p_init": 0.8,
+        "apgd_first": "zero",
+    }
     quiet_defaults = {"apgd_first": "zero"}
     another_start = {"apgd_first": "random"}
     suite = 4
@@ -30,20 +36,35 @@ class AutoAttack(Attack):
     # (32 items, ε 8/255) the single zero start reached 0.92–0.94 of the converged reference on
     # the downward items and 30 × 2 reaches 0.998 (down) / 0.994 (up) at the same cost
     # (`robench bench attack-strength`, README); reports/bench/attack-strength.json per target
-    budgets = {"quick": {"apgd_iter": 30, "apgd_restarts": 2, "square_queries": 100},
-               "paper": {"apgd_iter": 100, "square_queries": 5000}}
+    budgets = {
+        "quick": {"apgd_iter": 30, "apgd_restarts": 2, "square_queries": 100},
+        "paper": {"apgd_iter": 100, "square_queries": 5000},
+    }
     #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     strength = {"quick": {"down": 0.916, "up": 0.947}}
     test_options = {"apgd_iter": 3, "square_queries": 5}
 
     def cost(self) -> dict[str, float]:
-        return {"grad": self.params["apgd_iter"] * self.params.get("apgd_restarts", 1),
-                "forward": self.params["square_queries"]}
+        return {
+            "grad": self.params["apgd_iter"] * self.params.get("apgd_restarts", 1),
+            "forward": self.params["square_queries"],
+        }
+
     COMPONENTS = ("apgd", "square")
 
     def perturb(self, f, x, eps, q0):
-        a = ascend(f, x, q0, eps, steps=int(self.apgd_iter), restarts=int(self.apgd_restarts), schedule="apgd",
-                   rho=float(self.apgd_rho), seed=self.seed, first=str(self.apgd_first))
+        a = ascend(
+            f,
+            x,
+            q0,
+            eps,
+            steps=int(self.apgd_iter),
+            restarts=int(self.apgd_restarts),
+            schedule="apgd",
+            rho=float(self.apgd_rho),
+            seed=self.seed,
+            first=str(self.apgd_first),
+        )
         b = square_search(f, x, q0, eps, int(self.square_queries), float(self.square_p_init), self.seed)
         with torch.no_grad():
             qa, qb = f(a), f(b)

@@ -19,15 +19,16 @@ norms and the sanity probes. Every batch is verified (L∞ ≤ ε + 1e-6, [0, 1]
 Conventions (stated once, here):
 
 * δ = 0 is always feasible, so per image the harness keeps the clean image when an attack ends
-  against its direction (below it for ``up``) (``probes["kept_clean"]`` counts those images). A broken attack therefore shows as zero
-  gain, which the runner's sanity checks flag. Iterative attacks return their best iterate (the
-  highest ``q`` seen), so "kept clean" means no evaluated point beat the clean image.
+  against its direction (below it for ``up``) (``probes["kept_clean"]`` counts those images). A
+  broken attack therefore shows as zero gain, which the runner's sanity checks flag. Iterative
+  attacks return their best iterate (the highest ``q`` seen), so "kept clean" means no evaluated
+  point beat the clean image.
 * A minimisation attack may return several candidate perturbations (a ``list``, e.g. snapshots
   along its trajectory): clipped to each ε, the one with the highest ``q`` is kept per image and
   budget — the best unclipped point is rarely the best after clipping to a small ε.
 * ``budget_params`` names the hyper-parameters that set an attack's iterations or queries: the
   runner re-runs a cell at half of them and flags it ``not_converged`` when the full budget's gain
-  exceeds the half budget's by more than 5 % of the gain (issue 15).
+  exceeds the half budget's by more than 5 % of the gain.
 * Queries count forward evaluations of the target per image, a gradient evaluation being one.
   The clean score and the sanity probes are not counted.
 * The target's train/eval mode (every submodule) and its parameters' ``requires_grad`` are saved,
@@ -49,6 +50,7 @@ from robench.core.errors import RobenchError, UnknownNameError
 from robench.core.profiles import get_profile
 from robench.core.target import BoundTarget, Target, as_signs, validate_pair
 
+
 def suite() -> tuple[str, ...]:
     """``--attacks all``: the registered attacks that declare a ``suite`` place, in order."""
     from robench.core.registry import attack_suite
@@ -60,6 +62,8 @@ def __getattr__(name: str) -> Any:  # ``SUITE`` stays importable; it is read fro
     if name == "SUITE":
         return suite()
     raise AttributeError(name)
+
+
 WHITE_BOX_NEEDS = "gradients"
 BUDGET_TOL = 1e-6
 
@@ -222,8 +226,9 @@ class Attack:
             k = unknown[0]
             close = difflib.get_close_matches(k, list(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"unknown parameter {k!r} for attack {self.name!r}{hint} "
-                                   f"(parameters: {', '.join(known)})")
+            raise UnknownNameError(
+                f"unknown parameter {k!r} for attack {self.name!r}{hint} (parameters: {', '.join(known)})"
+            )
         merged = dict(known)
         merged.update(self.budgets.get(prof.name, {}))
         merged.update(prof.attack_params(self.name))
@@ -235,8 +240,14 @@ class Attack:
 
     @classmethod
     def registry_meta(cls) -> dict[str, Any]:
-        return {"kind": cls.kind, "needs": cls.needs, "defaults": dict(cls.defaults), "suite": cls.suite,
-                "iterative": cls.iterative, "budgets": {k: dict(v) for k, v in cls.budgets.items()}}
+        return {
+            "kind": cls.kind,
+            "needs": cls.needs,
+            "defaults": dict(cls.defaults),
+            "suite": cls.suite,
+            "iterative": cls.iterative,
+            "budgets": {k: dict(v) for k, v in cls.budgets.items()},
+        }
 
     def cost(self) -> dict[str, float]:
         """Evaluations per image and budget: ``grad`` (forward + backward) and ``forward``
@@ -261,8 +272,11 @@ class Attack:
     def _with_budget(self, change: Callable[[int], int]) -> dict[str, Any]:
         """The parameters with ``change`` applied to every positive numeric budget parameter;
         empty when there is none."""
-        new = {k: change(int(v)) for k in self.budget_params
-               if isinstance(v := self.params.get(k), (int, float)) and not isinstance(v, bool) and v > 0}
+        new = {
+            k: change(int(v))
+            for k in self.budget_params
+            if isinstance(v := self.params.get(k), (int, float)) and not isinstance(v, bool) and v > 0
+        }
         return {**self.params, **new} if new else {}
 
     @property
@@ -281,8 +295,9 @@ class Attack:
 
     def config(self) -> dict[str, Any]:
         """What a result records about the attack (with every resolved hyper-parameter)."""
-        params = {k: v for k, v in self.params.items()
-                  if not (k in self.quiet_defaults and v == self.quiet_defaults[k])}
+        params = {
+            k: v for k, v in self.params.items() if not (k in self.quiet_defaults and v == self.quiet_defaults[k])
+        }
         return {"name": self.name, "kind": self.kind, "needs": self.needs, "params": params}
 
     # --- what subclasses implement ------------------------------------------------------
@@ -292,8 +307,10 @@ class Attack:
         if eot != "auto" and (not isinstance(eot, int) or eot < 1):
             raise RobenchError(f"eot must be 'auto' or a positive integer, got {eot!r}")
         if self.white_box and not getattr(target, "differentiable", True):
-            raise RobenchError(f"attack {self.name!r} needs gradients but target {target.card.name!r} is not "
-                               "differentiable; use a score-based attack or a BPDA defence wrapper")
+            raise RobenchError(
+                f"attack {self.name!r} needs gradients but target {target.card.name!r} is not "
+                "differentiable; use a score-based attack or a BPDA defence wrapper"
+            )
 
     def resolve(self, target: Target) -> "Attack":
         """Fix ``eot="auto"`` for this target (recorded with the result)."""
@@ -318,9 +335,17 @@ class Attack:
         raise NotImplementedError
 
     # --- the harness ----------------------------------------------------------------------
-    def __call__(self, target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: float | Sequence[float],
-                 return_images: bool = True, batch_size: int | None = None,
-                 progress: Callable[[int], None] | None = None, signs: torch.Tensor | None = None) -> AttackResult:
+    def __call__(
+        self,
+        target: Target,
+        dist: torch.Tensor,
+        ref: torch.Tensor,
+        eps: float | Sequence[float],
+        return_images: bool = True,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        signs: torch.Tensor | None = None,
+    ) -> AttackResult:
         epses = as_eps(eps)
         self.check(target)
         self.resolve(target)
@@ -430,12 +455,34 @@ class Attack:
             used, halved = halving_batches(n, bs, one, device, what=f"attack {self.name!r} on {target.card.name}")
         if self.trained():
             probes["trained"] = self.trained()  # provenance of the generator / patch the images came from
-        return AttackResult(eps=epses, clean_scores=clean, scores=scores, queries=queries, linf=linf, l2=l2,
-                            images=images, psnr=psnr, ssim=ssim, probes=probes, extra=extra, compute_seconds=compute,
-                            batch_size=bs, batch_size_used=used, oom_halved=halved)
+        return AttackResult(
+            eps=epses,
+            clean_scores=clean,
+            scores=scores,
+            queries=queries,
+            linf=linf,
+            l2=l2,
+            images=images,
+            psnr=psnr,
+            ssim=ssim,
+            probes=probes,
+            extra=extra,
+            compute_seconds=compute,
+            batch_size=bs,
+            batch_size_used=used,
+            oom_halved=halved,
+        )
 
-    def _best_clipped(self, target: Target, fars: list[torch.Tensor], x: torch.Tensor, r: torch.Tensor, e: float,
-                      eot: int, sign: torch.Tensor) -> torch.Tensor:
+    def _best_clipped(
+        self,
+        target: Target,
+        fars: list[torch.Tensor],
+        x: torch.Tensor,
+        r: torch.Tensor,
+        e: float,
+        eot: int,
+        sign: torch.Tensor,
+    ) -> torch.Tensor:
         """Each candidate clipped to ε; per image the one with the highest directed ``sign · q``
         (harness scoring, not counted as the attack's queries)."""
         advs = [(x + (c - x).clamp(-e, e)).clamp(0.0, 1.0) for c in fars]
@@ -458,7 +505,7 @@ class Attack:
         if getattr(target, "differentiable", True):
             with torch.enable_grad():
                 xg = x.clone().requires_grad_(True)
-                g, = torch.autograd.grad(f(xg, rows).sum(), xg, allow_unused=True)
+                (g,) = torch.autograd.grad(f(xg, rows).sum(), xg, allow_unused=True)
             if g is None:
                 probes["zero_grad"] += x.shape[0]
             else:
@@ -472,8 +519,15 @@ class Attack:
         probes["randomised"] = bool(probes["randomised"] or (outs - outs[0]).abs().max() > 0)
         f.queries.zero_()
 
-    def _verify(self, adv: torch.Tensor, x: torch.Tensor, x_keep: torch.Tensor, r: torch.Tensor,
-                r_keep: torch.Tensor, eps: float) -> torch.Tensor:
+    def _verify(
+        self,
+        adv: torch.Tensor,
+        x: torch.Tensor,
+        x_keep: torch.Tensor,
+        r: torch.Tensor,
+        r_keep: torch.Tensor,
+        eps: float,
+    ) -> torch.Tensor:
         where = f"attack {self.name!r} at ε={eps * 255:.4g}/255"
         if adv.shape != x.shape:
             raise BudgetViolation(f"{where} returned shape {tuple(adv.shape)}, expected {tuple(x.shape)}")

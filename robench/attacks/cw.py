@@ -11,7 +11,7 @@ highest-``q`` iterate seen; the harness clips both to every ε and keeps the bet
 its clean oriented scores (falling back to the card's score range, then ``|mean q_clean|``, then 1,
 for a batch without spread). It sets both the target gain and the hinge normalisation, so
 ``target_gain`` means the same fraction of the metric's observed spread for every metric, whatever
-its card declares (issue 15: with the card's range, PSNR's 0–100 dB asked for a 25 dB gain, SSIM's
+its card declares (with the card's range, PSNR's 0–100 dB asked for a 25 dB gain, SSIM's
 [−1, 1] for 0.5). The scale used is recorded per image in ``AttackResult.extra["scale"]``."""
 
 from __future__ import annotations

@@ -42,8 +42,9 @@ class Generator(nn.Module):
         super().__init__()
 
         def block(i, o):
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(o, o, 3, padding=1),
-                                 nn.LeakyReLU(0.2))
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(o, o, 3, padding=1), nn.LeakyReLU(0.2)
+            )
 
         w = width
         self.enc1, self.enc2, self.enc3 = block(3, w), block(w, 2 * w), block(2 * w, 4 * w)
@@ -66,8 +67,17 @@ class FACPA(Attack):
     needs = "gradients"  # to train the generator; applying it is one forward pass
     iterative = False
     budget_params = ("steps", "epochs")  # the generator's training
-    defaults = {"width": 16, "steps": None, "epochs": 5, "batch": 8, "lr": 1e-3, "train_eps": 8 / 255,
-                "crop": 256, "dataset": "mini", "dataset_options": {}}
+    defaults = {
+        "width": 16,
+        "steps": None,
+        "epochs": 5,
+        "batch": 8,
+        "lr": 1e-3,
+        "train_eps": 8 / 255,
+        "crop": 256,
+        "dataset": "mini",
+        "dataset_options": {},
+    }
     suite = 7
     # quick: 240 generator steps; 60 were flagged not converged (on quick-trained BiRQA, mini v2,
     # 32 items, ε 8/255: gain 0.048 vs 0.032 at 30; 240 steps: 0.148 vs 0.143 at 120)
@@ -101,8 +111,14 @@ class FACPA(Attack):
         return self.generators.get(1)
 
     def cache_key(self, target, sign: int = 1) -> dict:
-        key = {"version": VERSION, "target": target.card.name, "target_sha256": fingerprint(target),
-               "defense": getattr(target, "defense_config", None), "params": self.params, "seed": self.seed}
+        key = {
+            "version": VERSION,
+            "target": target.card.name,
+            "target_sha256": fingerprint(target),
+            "defense": getattr(target, "defense_config", None),
+            "params": self.params,
+            "seed": self.seed,
+        }
         return key if sign > 0 else {**key, "direction": "down"}  # raising keeps its cache key
 
     def prepare(self, target) -> None:
@@ -124,8 +140,11 @@ class FACPA(Attack):
             gen.load_state_dict(load_state_dict(folder / "generator.safetensors", sha256=meta["sha256"]))
         else:
             meta = self._train(gen, target, key, folder, sign)
-        return gen.eval().requires_grad_(False), {"path": str(folder), "sha256": meta["sha256"],
-                                                  "train_seconds": meta["train_seconds"]}
+        return gen.eval().requires_grad_(False), {
+            "path": str(folder),
+            "sha256": meta["sha256"],
+            "train_seconds": meta["train_seconds"],
+        }
 
     def _train(self, gen: Generator, target, key: dict, folder: Path, sign: int = 1) -> dict:
         from torch.utils.data import DataLoader
@@ -142,8 +161,11 @@ class FACPA(Attack):
         t0 = time.perf_counter()
         done = 0
         with progress_bar() as bar:
-            task = bar.add_task(f"facpa: generator for {target.card.name}" + ("" if sign > 0 else " (down)"),
-                                total=steps) if bar else None
+            task = (
+                bar.add_task(f"facpa: generator for {target.card.name}" + ("" if sign > 0 else " (down)"), total=steps)
+                if bar
+                else None
+            )
             while done < steps:
                 for batch in loader:
                     ref, dist = batch["ref"], batch["dist"]
@@ -162,9 +184,17 @@ class FACPA(Attack):
                         bar.advance(task)
                     if done >= steps:
                         break
-        return publish(folder, gen.state_dict(), "generator.safetensors",
-                       {"train_seconds": time.perf_counter() - t0, "steps": steps, "key": key,
-                        "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)}})
+        return publish(
+            folder,
+            gen.state_dict(),
+            "generator.safetensors",
+            {
+                "train_seconds": time.perf_counter() - t0,
+                "steps": steps,
+                "key": key,
+                "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)},
+            },
+        )
 
     def trained(self):
         return self.generator_info

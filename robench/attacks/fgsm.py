@@ -19,6 +19,7 @@ class FGSM(Attack):
 
     def cost(self) -> dict[str, float]:
         return {"grad": 1, "forward": 0}
+
     defaults: dict = {}
 
     def perturb(self, f, x, eps, q0):

@@ -12,7 +12,7 @@ batched over the images that still have queries left.
 
 One change for a score: the all −ε start is kept **only when it does not lower q**; otherwise
 that image starts at δ = 0 and every block is free to go to +ε (insertion) or −ε (deletion), the
-search accepting only moves that raise ``q`` (the audit: the −ε start lowered q and the search
+search accepting only moves that raise ``q`` (measured: a −ε start lowered q and the search
 never got back above the clean image with 32 queries, so the attack reported 0 gain)."""
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ class Parsimonious(Attack):
     # quick: initial block 32 px on the profile's 128-px images (¼ of the side, not the paper's ⅛):
     # on BiRQA-AAT, 16 items, ε 8/255, mean gain at 300 / 600 queries 0.068 / 0.081 with block 32,
     # 0.049 / 0.070 with 16, 0.037 / 0.048 with 8 (scripts/budget_curve.py; README "Speed")
-    budgets = {"quick": {"queries": 300, "batch_blocks": 16, "block_size": 32},
-               "paper": {"queries": 10000, "batch_blocks": 64}}
+    budgets = {
+        "quick": {"queries": 300, "batch_blocks": 16, "block_size": 32},
+        "paper": {"queries": 10000, "batch_blocks": 64},
+    }
     test_options = {"queries": 20, "batch_blocks": 4}
 
     def cost(self) -> dict[str, float]:
@@ -73,7 +75,7 @@ class Parsimonious(Attack):
             nblocks = A[0].numel()
             order = torch.randperm(nblocks)
             for start in range(0, nblocks, int(self.batch_blocks)):
-                batch = order[start:start + int(self.batch_blocks)]
+                batch = order[start : start + int(self.batch_blocks)]
                 for _ in range(int(self.max_rounds)):
                     changed = False
                     for insert in (True, False):
@@ -84,7 +86,9 @@ class Parsimonious(Attack):
                     break
             if b > 1:  # a full pass done: halve the blocks (each splits into 2×2 of the same sign)
                 b2 = max(1, b // 2)
-                A = A.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)[..., :math.ceil(h / b2), :math.ceil(w / b2)]
+                A = A.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)[
+                    ..., : math.ceil(h / b2), : math.ceil(w / b2)
+                ]
                 b = b2
         return image(A, b, all_rows)
 
@@ -94,7 +98,7 @@ class Parsimonious(Attack):
         flat = A.view(n, -1)
         # candidates: blocks of the mini-batch not yet on this phase's side (+ε for insertion)
         side = 1 if insert else -1
-        cand = (flat[:, batch] != side)
+        cand = flat[:, batch] != side
         gains = torch.full((n, len(batch)), -float("inf"))
         for j in range(len(batch)):
             rows = torch.nonzero(cand[:, j] & (used < budget)).flatten()

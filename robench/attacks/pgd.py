@@ -2,8 +2,8 @@
 
 Restart 0 starts at δ = 0 and extra ``restarts`` start uniformly in the ball; the step decays
 (``schedule="cosine"``: α_t = step0·ε·½(1 + cos(π t/T)), or ``"apgd"``: APGD's halving schedule);
-per image the best iterate over all steps and restarts is returned. The audit's PGD (random start,
-constant step ε/2, last iterate) ended below the clean image on 14/32 TOPIQ items: a constant sign
+per image the best iterate over all steps and restarts is returned. A PGD with a random start,
+constant step ε/2 and the last iterate ended below the clean image on 14/32 TOPIQ items: a constant sign
 step of ε/2 overshoots the score's curvature and oscillates. Step counts per profile come from the
 measured convergence curve (``robench bench attack-strength``; README)."""
 
@@ -20,8 +20,16 @@ class PGD(Attack):
     kind = "fixed"
     needs = "gradients"
     budget_params = ("steps",)
-    defaults = {"steps": 20, "restarts": 1, "schedule": "cosine", "step0": 0.5, "first": "zero", "patience": 0,
-                "amp": None, "inertia": 0.0}
+    defaults = {
+        "steps": 20,
+        "restarts": 1,
+        "schedule": "cosine",
+        "step0": 0.5,
+        "first": "zero",
+        "patience": 0,
+        "amp": None,
+        "inertia": 0.0,
+    }
     # first: restart 0 from δ = 0 ("zero") or a random point; patience: an item leaves the batch
     # after that many steps without a 0.1 % rise of its walk's best (0: never); amp: "bf16"
     # search direction, float32 values; inertia: share of the last displacement carried into each
@@ -39,8 +47,10 @@ class PGD(Attack):
     # bf16 search directions were measured and not adopted: on BiRQA their float32 re-scoring
     # kept 0.76 of the float32 attack's upward move (README "Speed").
     # paper: 100 steps + 1 random restart (512-px images have more pixels to move)
-    budgets = {"quick": {"steps": 80, "restarts": 2, "patience": 10, "inertia": 0.25},
-               "paper": {"steps": 100, "restarts": 2}}
+    budgets = {
+        "quick": {"steps": 80, "restarts": 2, "patience": 10, "inertia": 0.25},
+        "paper": {"steps": 100, "restarts": 2},
+    }
     #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     strength = {"quick": {"down": 0.888, "up": 0.895}}
     test_options = {"steps": 3}
@@ -54,6 +64,18 @@ class PGD(Attack):
         return {"grad": self.params["steps"] * self.params.get("restarts", 1), "forward": 0}
 
     def perturb(self, f, x, eps, q0):
-        return ascend(f, x, q0, eps, steps=int(self.steps), restarts=int(self.restarts), schedule=str(self.schedule),
-                      step0=float(self.step0), seed=self.seed, first=str(self.first), patience=int(self.patience),
-                      amp=self.amp, inertia=float(self.inertia))
+        return ascend(
+            f,
+            x,
+            q0,
+            eps,
+            steps=int(self.steps),
+            restarts=int(self.restarts),
+            schedule=str(self.schedule),
+            step0=float(self.step0),
+            seed=self.seed,
+            first=str(self.first),
+            patience=int(self.patience),
+            amp=self.amp,
+            inertia=float(self.inertia),
+        )

@@ -10,8 +10,18 @@ from typing import Callable
 import torch
 
 
-def l2_pgd_smoothed(target, x: torch.Tensor, ref_prep, idx: torch.Tensor, sign: float, radius: float,
-                    sigma: float, steps: int, eot: int, gen: torch.Generator) -> torch.Tensor:
+def l2_pgd_smoothed(
+    target,
+    x: torch.Tensor,
+    ref_prep,
+    idx: torch.Tensor,
+    sign: float,
+    radius: float,
+    sigma: float,
+    steps: int,
+    eot: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """L2 PGD on ``sign ·`` the mean noisy score (EOT over ``eot`` draws a step) inside the L2
     ball of ``radius`` and [0, 1]: step 2.5·R/steps along the normalised gradient (Madry et al.'s
     L2 step; SmoothAdv, Salman et al. 2019, for the smoothed objective). Returns ``x + δ``."""
@@ -28,7 +38,7 @@ def l2_pgd_smoothed(target, x: torch.Tensor, ref_prep, idx: torch.Tensor, sign: 
             noise = torch.randn(xa.shape, generator=gen).to(x.device)
             q = target.orient(target.call("score_with", (xa + sigma * noise).clamp(0.0, 1.0), prep))
             obj = sign * q.view(eot, -1).mean(dim=0)
-            g, = torch.autograd.grad(obj.sum(), d)
+            (g,) = torch.autograd.grad(obj.sum(), d)
         gn = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         delta = delta + alpha * g / gn
         dn = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)

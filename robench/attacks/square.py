@@ -5,7 +5,7 @@ channel, each kept only when it raises ``q``; the window side follows the paper'
 (p halves at iterations 10, 50, 200, 500, 1k, 2k, 4k, 6k, 8k of 10k, rescaled to the budget).
 Two changes for a score: each image draws its own window and signs (the official code shares one
 window per batch), and the stripe start is kept **only when it does not lower q** — otherwise the
-search starts at δ = 0 (the audit: the stripe start lowered q and 32 queries never recovered, so
+search starts at δ = 0 (measured: the stripe start lowered q and 32 queries never recovered, so
 Square reported 0 gain). ``p_init`` 0.05 and 10 000 queries as in the MSU IQA benchmark (paper
 profile); the quick budget is in profiles.py with its measured gain in the README."""
 
@@ -31,8 +31,9 @@ def p_selection(p_init: float, it: int, n_iters: int) -> float:
     return p_init
 
 
-def square_search(f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps: float, queries: int, p_init: float,
-                  seed: int) -> torch.Tensor:
+def square_search(
+    f: BoundTarget, x: torch.Tensor, q0: torch.Tensor, eps: float, queries: int, p_init: float, seed: int
+) -> torch.Tensor:
     n, c, h, w = x.shape
     gen = torch.Generator().manual_seed(int(seed))
 
@@ -68,7 +69,7 @@ class Square(Attack):
     budget_params = ("queries",)
     defaults = {"queries": 10000, "p_init": 0.05}
     suite = 5
-    # quick: 32 queries never moved the score (the audit); 300 do. p_init 0.8 (AutoAttack's own
+    # quick: 32 queries never moved the score; 300 do. p_init 0.8 (AutoAttack's own
     # Square setting) for the quick profile's 128-px images: on BiRQA-AAT, 16 items, ε 8/255, mean
     # gain at 300 / 600 queries 0.044 / 0.075 with p_init 0.05, 0.082 / 0.120 with 0.3, 0.100 /
     # 0.132 with 0.8 (scripts/budget_curve.py; README "Speed"); still short of converged

@@ -40,8 +40,11 @@ def tile_to(patch: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return patch.repeat(*reps)[:, :height, :width]
 
 
-@ATTACKS.register("uap", summary="universal perturbation: one tiled patch per target, ε and direction, trained on "
-                                 "the train split, applied unchanged to every test image")
+@ATTACKS.register(
+    "uap",
+    summary="universal perturbation: one tiled patch per target, ε and direction, trained on "
+    "the train split, applied unchanged to every test image",
+)
 class UAP(Attack):
     name = "uap"
     kind = "fixed"
@@ -72,9 +75,16 @@ class UAP(Attack):
         return float(int(self.steps) * int(self.batch))
 
     def cache_key(self, target, eps: float, sign: int) -> dict:
-        return {"version": VERSION, "target": target.card.name, "target_sha256": fingerprint(target),
-                "defense": getattr(target, "defense_config", None), "params": self.params, "seed": self.seed,
-                "eps": round(float(eps), 10), "direction": "up" if sign > 0 else "down"}
+        return {
+            "version": VERSION,
+            "target": target.card.name,
+            "target_sha256": fingerprint(target),
+            "defense": getattr(target, "defense_config", None),
+            "params": self.params,
+            "seed": self.seed,
+            "eps": round(float(eps), 10),
+            "direction": "up" if sign > 0 else "down",
+        }
 
     def prepare(self, target) -> None:
         self.patches, self.patch_info = {}, {}
@@ -94,7 +104,10 @@ class UAP(Attack):
                 p, meta = self._train(target, key, folder, float(eps), int(sign))
             self.patches[k] = p.to(target.device)
             self.patch_info[f"{eps * 255:g}/255 {'up' if sign > 0 else 'down'}"] = {
-                "path": str(folder), "sha256": meta["sha256"], "train_seconds": meta["train_seconds"]}
+                "path": str(folder),
+                "sha256": meta["sha256"],
+                "train_seconds": meta["train_seconds"],
+            }
         return self.patches[k]
 
     def _train(self, target, key: dict, folder: Path, eps: float, sign: int) -> tuple[torch.Tensor, dict]:
@@ -111,8 +124,14 @@ class UAP(Attack):
         t0 = time.perf_counter()
         done = 0
         with progress_bar() as bar:
-            task = bar.add_task(f"uap: patch for {target.card.name} at {eps * 255:g}/255"
-                                + ("" if sign > 0 else " (down)"), total=steps) if bar else None
+            task = (
+                bar.add_task(
+                    f"uap: patch for {target.card.name} at {eps * 255:g}/255" + ("" if sign > 0 else " (down)"),
+                    total=steps,
+                )
+                if bar
+                else None
+            )
             while done < steps:
                 for batch in loader:
                     ref, dist = batch["ref"].to(dev), batch["dist"].to(dev)
@@ -120,7 +139,7 @@ class UAP(Attack):
                     with torch.enable_grad():
                         adv = (dist + tile_to(p, *dist.shape[-2:])).clamp(0.0, 1.0)
                         obj = (sign * target.oriented_quality(adv, ref)).mean()
-                        grad, = torch.autograd.grad(obj, p)
+                        (grad,) = torch.autograd.grad(obj, p)
                     lr = float(self.lr) * eps * 0.5 * (1 + math.cos(math.pi * done / steps))
                     patch = (patch + lr * grad.sign()).clamp(-eps, eps)
                     done += 1
@@ -128,9 +147,17 @@ class UAP(Attack):
                         bar.advance(task)
                     if done >= steps:
                         break
-        meta = publish(folder, {"patch": patch.detach().cpu().contiguous()}, "patch.safetensors",
-                       {"train_seconds": time.perf_counter() - t0, "steps": steps, "key": key,
-                        "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)}})
+        meta = publish(
+            folder,
+            {"patch": patch.detach().cpu().contiguous()},
+            "patch.safetensors",
+            {
+                "train_seconds": time.perf_counter() - t0,
+                "steps": steps,
+                "key": key,
+                "trained_on": {"dataset": self.dataset, "split": "train", "options": dict(self.dataset_options)},
+            },
+        )
         from robench.core.weights import load_state_dict
 
         return load_state_dict(folder / "patch.safetensors", sha256=meta["sha256"])["patch"], meta

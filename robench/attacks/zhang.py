@@ -49,8 +49,9 @@ from robench.models.classic import ssim_rgb
 from robench.core.registry import ATTACKS
 
 
-@ATTACKS.register("zhang", summary="Zhang et al. 2022 perceptual attack: Adam on q/scale + λ·SSIM(x', x), "
-                                   "ε-projected (white-box)")
+@ATTACKS.register(
+    "zhang", summary="Zhang et al. 2022 perceptual attack: Adam on q/scale + λ·SSIM(x', x), ε-projected (white-box)"
+)
 class Zhang(Attack):
     name = "zhang"
     kind = "fixed"
@@ -80,8 +81,9 @@ class Zhang(Attack):
 
     def perturb(self, f, x, eps, q0):
         if min(x.shape[-2:]) < 11:
-            raise RobenchError(f"attack 'zhang' needs images of at least 11×11 px (SSIM's window); "
-                               f"got {tuple(x.shape[-2:])}")
+            raise RobenchError(
+                f"attack 'zhang' needs images of at least 11×11 px (SSIM's window); got {tuple(x.shape[-2:])}"
+            )
         n = x.shape[0]
         scale = observed_scale(f.plain(q0), f.target)  # the metric's own spread, whatever the direction
         self._extra = {"scale": torch.full((n,), scale)}  # recorded per image (one value per batch)

@@ -28,13 +28,23 @@ app = typer.Typer(
     # keep the docstrings' line breaks mid-sentence; click's formatter rewraps whole paragraphs
     rich_markup_mode=None,
 )
-data_app = typer.Typer(rich_markup_mode=None, help="Datasets: build the built-in set, inspect, fetch and verify real ones.", no_args_is_help=True)
+data_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Datasets: build the built-in set, inspect, fetch and verify real ones.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
-weights_app = typer.Typer(rich_markup_mode=None, help="Weights cache: list, import, verify, fetch official files.", no_args_is_help=True)
+weights_app = typer.Typer(
+    rich_markup_mode=None, help="Weights cache: list, import, verify, fetch official files.", no_args_is_help=True
+)
 app.add_typer(weights_app, name="weights")
-bench_app = typer.Typer(rich_markup_mode=None, help="Benchmarks measured side by side (speed, attack step).", no_args_is_help=True)
+bench_app = typer.Typer(
+    rich_markup_mode=None, help="Benchmarks measured side by side (speed, attack step).", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
-plot_app = typer.Typer(rich_markup_mode=None, help="Plots on their own (robench report draws them all).", no_args_is_help=True)
+plot_app = typer.Typer(
+    rich_markup_mode=None, help="Plots on their own (robench report draws them all).", no_args_is_help=True
+)
 app.add_typer(plot_app, name="plot")
 
 # literal by default: messages name files, flags ([nc]) and extras (robench[ray]); the few
@@ -42,8 +52,10 @@ app.add_typer(plot_app, name="plot")
 err = Console(stderr=True, markup=False)
 
 #: the help of every ``--device`` (resolved and checked by robench.core.device.resolve_device)
-DEVICE_HELP = ("Where to compute: auto (CUDA when torch.cuda.is_available(), else CPU) | cpu | cuda | cuda:N. "
-               "Recorded with the results (device, GPU name); never part of a cell's key.")
+DEVICE_HELP = (
+    "Where to compute: auto (CUDA when torch.cuda.is_available(), else CPU) | cpu | cuda | cuda:N. "
+    "Recorded with the results (device, GPU name); never part of a cell's key."
+)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,8 +89,11 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", help="Print the version (and commit) and exit.",
-                                       is_eager=True, callback=_print_version)) -> None:
+def _main(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version (and commit) and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
     from robench.core.device import tune_cpu_allocator
 
     tune_cpu_allocator()  # every command: large tensors reuse memory instead of page-faulting it in

@@ -56,11 +56,17 @@ def data_build(
     from robench.data.mini import DEFAULT_CROPS, build_mini
 
     t0 = time.perf_counter()
-    path = build_mini(size=size, seed=seed, crops_per_source=DEFAULT_CROPS if crops is None else crops, workers=workers,
-                      force=force)
+    path = build_mini(
+        size=size, seed=seed, crops_per_source=DEFAULT_CROPS if crops is None else crops, workers=workers, force=force
+    )
     meta = json.loads((path / "meta.json").read_text())
-    out = {"name": "mini", "path": str(path), "n_pairs": meta["n_pairs"], "build_seconds": meta["build_seconds"],
-           "elapsed_seconds": round(time.perf_counter() - t0, 2)}
+    out = {
+        "name": "mini",
+        "path": str(path),
+        "n_pairs": meta["n_pairs"],
+        "build_seconds": meta["build_seconds"],
+        "elapsed_seconds": round(time.perf_counter() - t0, 2),
+    }
     if as_json:
         emit_json(out)
     else:
@@ -120,8 +126,9 @@ def data_fetch(
     name: str = typer.Argument(...),
     root: Path = typer.Option(..., help="Where to download and extract."),
     sha256: Optional[str] = typer.Option(None, help="Expected sha256 of the archive."),
-    trust_on_first_use: bool = typer.Option(False, "--trust-on-first-use",
-                                            help="No pin known: record this download's sha256 and enforce it later."),
+    trust_on_first_use: bool = typer.Option(
+        False, "--trust-on-first-use", help="No pin known: record this download's sha256 and enforce it later."
+    ),
     url: Optional[str] = typer.Option(None, help="Override the archive URL (a mirror)."),
     archive: Optional[str] = typer.Option(None, help="Fetch only this archive file of the dataset."),
     as_json: bool = typer.Option(False, "--json"),
@@ -133,14 +140,20 @@ def data_fetch(
     cls = DATASETS.get(name)
     archives = list(getattr(cls, "archives", ()))
     if not archives:
-        raise RobenchError(f"{name!r} has no public archive robench can fetch; obtain it from its authors and pass --root")
+        raise RobenchError(
+            f"{name!r} has no public archive robench can fetch; obtain it from its authors and pass --root"
+        )
     if archive is not None:
         archives = [a for a in archives if a.filename == archive]
         if not archives:
-            raise RobenchError(f"{name!r} has no archive {archive!r} (has: {', '.join(a.filename for a in cls.archives)})")
+            raise RobenchError(
+                f"{name!r} has no archive {archive!r} (has: {', '.join(a.filename for a in cls.archives)})"
+            )
     if (url or sha256) and len(archives) > 1:
         raise RobenchError(f"{name!r} has {len(archives)} archives: pick one with --archive to use --url/--sha256")
-    paths = [str(fetch_archive(a, root, sha256=sha256, trust_on_first_use=trust_on_first_use, url=url)) for a in archives]
+    paths = [
+        str(fetch_archive(a, root, sha256=sha256, trust_on_first_use=trust_on_first_use, url=url)) for a in archives
+    ]
     out = {"name": name, "root": str(root), "extracted": paths}
     emit_json(out) if as_json else err.print(f"{name}: extracted to {', '.join(paths)}; load with root={root}")
 
@@ -154,8 +167,10 @@ def weights_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     own = W.read_index()
     rows = [{"name": k, **v} for k, v in sorted(own.items())]
     # the package's shipped files, marked when this machine's own weights take their place
-    rows += [{"name": k, **{x: y for x, y in v.items() if x != "path"}, "file": v["path"], "in_use": k not in own}
-             for k, v in sorted(W.shipped().items())]
+    rows += [
+        {"name": k, **{x: y for x, y in v.items() if x != "path"}, "file": v["path"], "in_use": k not in own}
+        for k, v in sorted(W.shipped().items())
+    ]
     if as_json:
         emit_json(rows)
         return

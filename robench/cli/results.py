@@ -19,15 +19,27 @@ from robench.core.errors import RobenchError
 @user_errors
 def report_cmd(
     store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
-    out: Path = typer.Option(Path("reports/latest"), help="Output folder: new, empty, or a previous report (replaced "
-                             "as a whole); a folder holding other files is refused."),
-    eps: Optional[float] = typer.Option(None, help="ε (/255) of the single-budget tables (default 8 if stored, else the largest)."),
+    out: Path = typer.Option(
+        Path("reports/latest"),
+        help="Output folder: new, empty, or a previous report (replaced "
+        "as a whole); a folder holding other files is refused.",
+    ),
+    eps: Optional[float] = typer.Option(
+        None, help="ε (/255) of the single-budget tables (default 8 if stored, else the largest)."
+    ),
     ot: str = typer.Option("neural", help="IR-Score OT map: neural (Korotin et al. 2023) | exact (quantile map)."),
     n_boot: int = typer.Option(1000, "--resamples", help="Bootstrap resamples."),
-    bootstrap: str = typer.Option("auto", "--bootstrap", help="Resampling unit: photo (source photos with all their items; "
-                                  "needs ≥ 10 photos, else exit 2) | item | auto (photo when ≥ 10, else item, labelled)."),
-    correction: str = typer.Option("holm", help="Multiplicity correction across the report's comparisons: holm "
-                                   "(family-wise) | bh (Benjamini–Hochberg, false-discovery rate)."),
+    bootstrap: str = typer.Option(
+        "auto",
+        "--bootstrap",
+        help="Resampling unit: photo (source photos with all their items; "
+        "needs ≥ 10 photos, else exit 2) | item | auto (photo when ≥ 10, else item, labelled).",
+    ),
+    correction: str = typer.Option(
+        "holm",
+        help="Multiplicity correction across the report's comparisons: holm "
+        "(family-wise) | bh (Benjamini–Hochberg, false-discovery rate).",
+    ),
     seed: int = typer.Option(0, help="Seed of the bootstrap and the neural OT."),
     cluster: bool = typer.Option(True, "--cluster/--no-cluster", help="--no-cluster: the same as --bootstrap item."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
@@ -43,14 +55,29 @@ def report_cmd(
     if n_boot < 10:
         raise RobenchError(f"--resamples must be at least 10, got {n_boot}")
     with _status(f"writing the report of {store or default_store()}"):
-        res = write_report(store or default_store(), out, eps=eps, ot=ot, n_boot=n_boot, seed=seed, cluster=cluster,
-                           bootstrap=bootstrap, correction=correction, plots=plots, pdf=pdf, bench=bench)
+        res = write_report(
+            store or default_store(),
+            out,
+            eps=eps,
+            ot=ot,
+            n_boot=n_boot,
+            seed=seed,
+            cluster=cluster,
+            bootstrap=bootstrap,
+            correction=correction,
+            plots=plots,
+            pdf=pdf,
+            bench=bench,
+        )
     if as_json:
         emit_json(res)
         return
-    err.print(f"wrote {len(res['tables'])} tables ({', '.join(res['tables'])}) and {len(res['plots'])} plot files to "
-              f"{res['out']}" + (f"; skipped (no cells): {', '.join(res['skipped'])}" if res["skipped"] else "")
-              + (f"; PDF {res['pdf']}" if res.get("pdf") else "; no pdflatex: report.tex not compiled" if pdf else ""))
+    err.print(
+        f"wrote {len(res['tables'])} tables ({', '.join(res['tables'])}) and {len(res['plots'])} plot files to "
+        f"{res['out']}"
+        + (f"; skipped (no cells): {', '.join(res['skipped'])}" if res["skipped"] else "")
+        + (f"; PDF {res['pdf']}" if res.get("pdf") else "; no pdflatex: report.tex not compiled" if pdf else "")
+    )
 
 
 def _status(message: str):
@@ -65,11 +92,22 @@ def check_cmd(
     store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
     baseline: Path = typer.Option(Path("reports/baseline.json"), help="Baseline JSON."),
     tolerance: float = typer.Option(0.02, help="Allowed drop of SROCC / 2AFC accuracy before a cell can fail."),
-    n_boot: int = typer.Option(1000, "--resamples", "--bootstrap", help="Bootstrap resamples for the significance of a drop (--bootstrap: the old name)."),
+    n_boot: int = typer.Option(
+        1000,
+        "--resamples",
+        "--bootstrap",
+        help="Bootstrap resamples for the significance of a drop (--bootstrap: the old name).",
+    ),
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline from the store instead of checking."),
-    allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline cells absent from the store pass (checking a subset)."),
-    fail_on_flag: str = typer.Option("", "--fail-on-flag", help="Comma list of cell flag codes that fail the gate "
-                                     f"({', '.join(FL.LEGEND)}); every flagged cell is listed either way."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="Baseline cells absent from the store pass (checking a subset)."
+    ),
+    fail_on_flag: str = typer.Option(
+        "",
+        "--fail-on-flag",
+        help="Comma list of cell flag codes that fail the gate "
+        f"({', '.join(FL.LEGEND)}); every flagged cell is listed either way.",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """CI gate: fail (exit 1) when a cell's attacked or clean metric drops by more than the tolerance
@@ -97,20 +135,32 @@ def check_cmd(
             table.add_column(c, overflow="fold")
         order = {"fail": 0, "drop-not-significant": 1, "new": 2, "missing": 3, "ok": 4}
         for r in sorted(res["rows"], key=lambda r: order[r["status"]]):
-            colour = {"fail": "red", "drop-not-significant": "yellow", "new": "cyan", "missing": "cyan"}.get(r["status"])
+            colour = {"fail": "red", "drop-not-significant": "yellow", "new": "cyan", "missing": "cyan"}.get(
+                r["status"]
+            )
             num = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
             status = escape(r["status"] + (f": {r['reason']}" if r.get("reason") else ""))
-            table.add_row(r["cell"], r["point"], num(r.get("baseline")), num(r.get("current")),
-                          "—" if r.get("delta") is None else f"{r['delta']:+.3f}", ",".join(r.get("flags") or []) or "—",
-                          f"[{colour}]{status}[/]" if colour else status)
+            table.add_row(
+                r["cell"],
+                r["point"],
+                num(r.get("baseline")),
+                num(r.get("current")),
+                "—" if r.get("delta") is None else f"{r['delta']:+.3f}",
+                ",".join(r.get("flags") or []) or "—",
+                f"[{colour}]{status}[/]" if colour else status,
+            )
         Console().print(table)
         if res["flagged"]:
-            Console().print(f"[yellow]{len(res['flagged'])} flagged cell(s)[/]: "
-                            + escape("; ".join(f"[{k}] {v}" for k, v in res["flag_legend"].items())))
+            Console().print(
+                f"[yellow]{len(res['flagged'])} flagged cell(s)[/]: "
+                + escape("; ".join(f"[{k}] {v}" for k, v in res["flag_legend"].items()))
+            )
         c = res["counts"]
-        Console().print(("[bold green]PASSED[/]" if res["passed"] else "[bold red]FAILED[/]")
-                        + f" — {c['ok']} ok, {c['fail']} failed, {c['drop-not-significant']} drops not significant, "
-                          f"{c['new']} new, {c['missing']} missing")
+        Console().print(
+            ("[bold green]PASSED[/]" if res["passed"] else "[bold red]FAILED[/]")
+            + f" — {c['ok']} ok, {c['fail']} failed, {c['drop-not-significant']} drops not significant, "
+            f"{c['new']} new, {c['missing']} missing"
+        )
     if not res["passed"]:
         raise typer.Exit(1)
 
@@ -147,7 +197,9 @@ def plot_training_cmd(
 def plot_sweep_cmd(
     store: Optional[Path] = typer.Option(None, help="SQLite store."),
     out: Path = typer.Option(Path("reports/latest/plots/sweep"), help="Output stem."),
-    n_boot: int = typer.Option(1000, "--resamples", "--bootstrap", help="Bootstrap resamples (--bootstrap: the old name)."),
+    n_boot: int = typer.Option(
+        1000, "--resamples", "--bootstrap", help="Bootstrap resamples (--bootstrap: the old name)."
+    ),
     seed: int = typer.Option(0),
 ) -> None:
     """Metric vs ε: one panel per target (× attack), one line per defence (≤ 6 a panel), bootstrap bands."""
@@ -183,9 +235,13 @@ def plot_speed_cmd(
 @app.command("export")
 @user_errors
 def export_cmd(
-    format_: str = typer.Option("records", "--format", help="records: one JSON record per target × defence (model "
-                                "card: weights and provenance, clean and robust metrics per attack, ε and protocol "
-                                "with intervals, flags, version and commit), valid against the shipped JSON Schema."),
+    format_: str = typer.Option(
+        "records",
+        "--format",
+        help="records: one JSON record per target × defence (model "
+        "card: weights and provenance, clean and robust metrics per attack, ε and protocol "
+        "with intervals, flags, version and commit), valid against the shipped JSON Schema.",
+    ),
     store: Optional[Path] = typer.Option(None, help="SQLite store (default $ROBENCH_HOME/runs/results.sqlite)."),
     out: Path = typer.Option(Path("reports/records"), help="Output folder (new, empty, or earlier records)."),
     n_boot: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of each interval."),

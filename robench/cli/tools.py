@@ -45,11 +45,16 @@ def ls(
 @app.command("validate")
 @user_errors
 def validate_cmd(
-    profile: Optional[str] = typer.Option(None, help="Dry-build this profile's grid (e.g. paper) instead of the "
-                                                     "installation self-check."),
+    profile: Optional[str] = typer.Option(
+        None, help="Dry-build this profile's grid (e.g. paper) instead of the installation self-check."
+    ),
     sample: bool = typer.Option(True, "--sample/--no-sample", help="Time each target briefly to estimate costs."),
-    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP + " Here: where the self-check's tiny target "
-                               "and attacks run, or the dry build's timed sample."),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help=DEVICE_HELP + " Here: where the self-check's tiny target "
+        "and attacks run, or the dry build's timed sample.",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Self-check an installation in seconds (registries, a tiny target's gradients, tiny attacks
@@ -81,9 +86,11 @@ def validate_cmd(
         emit_json(res)
         return
     out = Console()
-    out.print(f"profile {res['profile']}: {len(res['targets'])} targets × {len(res['defenses'])} defences × "
-              f"{len(res['attacks'])} attacks = [bold]{res['cells']} cells[/], {res['items_per_cell']} {res['dataset']} "
-              f"{res['split']} images × {len(res['eps'])} budgets each ({res['attacked_images']:,} attacked images)")
+    out.print(
+        f"profile {res['profile']}: {len(res['targets'])} targets × {len(res['defenses'])} defences × "
+        f"{len(res['attacks'])} attacks = [bold]{res['cells']} cells[/], {res['items_per_cell']} {res['dataset']} "
+        f"{res['split']} images × {len(res['eps'])} budgets each ({res['attacked_images']:,} attacked images)"
+    )
     for a, r in res["attacks"].items():
         out.print(f"  {r}")
     est = res["estimate"]
@@ -93,13 +100,21 @@ def validate_cmd(
         for t in res["targets"]:
             table.add_column(t, justify="right")
         for a in res["attacks"]:
-            table.add_row(a, *[f"{next(r['seconds'] for r in est['per_cell'] if r['target'] == t and r['attack'] == a):,.0f}"
-                               for t in res["targets"]])
+            table.add_row(
+                a,
+                *[
+                    f"{next(r['seconds'] for r in est['per_cell'] if r['target'] == t and r['attack'] == a):,.0f}"
+                    for t in res["targets"]
+                ],
+            )
         out.print(table)
-        out.print(f"attacks: {est['attack_hours']:,.1f} h; clean training: "
-                  + ", ".join(f"{t} {h:,.0f} h" for t, h in est["clean_training_hours"].items())
-                  + "; recipes: " + ", ".join(f"{t} {h:,.1f} h" for t, h in est["recipe_training_hours"].items())
-                  + f"; total ≈ {est['total_hours']:,.0f} h on this device")
+        out.print(
+            f"attacks: {est['attack_hours']:,.1f} h; clean training: "
+            + ", ".join(f"{t} {h:,.0f} h" for t, h in est["clean_training_hours"].items())
+            + "; recipes: "
+            + ", ".join(f"{t} {h:,.1f} h" for t, h in est["recipe_training_hours"].items())
+            + f"; total ≈ {est['total_hours']:,.0f} h on this device"
+        )
 
 
 def _parse_size(size: str, example: str) -> tuple[int, int]:
@@ -125,17 +140,27 @@ def bench_speed(
     from robench.engine.bench import speed
 
     w, h = _parse_size(size, "512x384")
-    res = speed([m.strip() for m in models.split(",") if m.strip()], (w, h), batch=batch, rounds=rounds, device=device,
-                reference=reference)
+    res = speed(
+        [m.strip() for m in models.split(",") if m.strip()],
+        (w, h),
+        batch=batch,
+        rounds=rounds,
+        device=device,
+        reference=reference,
+    )
     if as_json:
         emit_json(res)
         return
-    table = Table(title=f"speed at {res['size']} ({res['machine']['device']}, {res['machine']['torch_threads']} threads)")
+    table = Table(
+        title=f"speed at {res['size']} ({res['machine']['device']}, {res['machine']['torch_threads']} threads)"
+    )
     for c in ("model", "images/s", "params", f"× {reference}"):
         table.add_column(c)
     for r in res["results"]:
         ratio = r.get(f"ratio_to_{reference}")
-        table.add_row(r["model"], f"{r['images_per_s']:.2f}", f"{r['parameters'] / 1e6:.2f} M", f"{ratio:.2f}" if ratio else "—")
+        table.add_row(
+            r["model"], f"{r['images_per_s']:.2f}", f"{r['parameters'] / 1e6:.2f} M", f"{ratio:.2f}" if ratio else "—"
+        )
     Console().print(table)
 
 
@@ -157,10 +182,12 @@ def bench_attack(
     if as_json:
         emit_json(res)
         return
-    err.print(f"{model} at {res['size']}, batch {batch}: naive step {res['naive_step_s'] * 1e3:.0f} ms, cached "
-              f"{res['cached_step_s'] * 1e3:.0f} ms → ratio {res['ratio']:.2f} (vs a textbook loop "
-              f"{res['textbook_step_s'] * 1e3:.0f} ms: {res['ratio_vs_textbook']:.2f}); max |Δscore| "
-              f"{res['max_abs_score_diff']:.2g}, max |Δgrad| {res['max_abs_grad_diff']:.2g}")
+    err.print(
+        f"{model} at {res['size']}, batch {batch}: naive step {res['naive_step_s'] * 1e3:.0f} ms, cached "
+        f"{res['cached_step_s'] * 1e3:.0f} ms → ratio {res['ratio']:.2f} (vs a textbook loop "
+        f"{res['textbook_step_s'] * 1e3:.0f} ms: {res['ratio_vs_textbook']:.2f}); max |Δscore| "
+        f"{res['max_abs_score_diff']:.2g}, max |Δgrad| {res['max_abs_grad_diff']:.2g}"
+    )
 
 
 @bench_app.command("kernels")
@@ -187,22 +214,51 @@ def bench_kernels(
         raise RobenchError(f"--threads must be comma-separated integers, got {threads!r}") from None
     if not thread_list or min(thread_list) < 1 or min(batch, batch_large, rounds) < 1:
         raise RobenchError("--threads, --batch, --batch-large and --rounds must be ≥ 1")
-    res = kernels([m.strip() for m in models.split(",") if m.strip()], size_list, batch=batch, threads=thread_list,
-                  rounds=rounds, batch_large=batch_large, log=lambda m: err.print(m), isolated=isolated)
+    res = kernels(
+        [m.strip() for m in models.split(",") if m.strip()],
+        size_list,
+        batch=batch,
+        threads=thread_list,
+        rounds=rounds,
+        batch_large=batch_large,
+        log=lambda m: err.print(m),
+        isolated=isolated,
+    )
     if as_json:
         emit_json(res)
         return
-    peaks = ", ".join(f"{t} thread(s): matmul {p['matmul']:.0f}, conv {p['conv3x3']:.0f}" for t, p in res["peaks"].items())
+    peaks = ", ".join(
+        f"{t} thread(s): matmul {p['matmul']:.0f}, conv {p['conv3x3']:.0f}" for t, p in res["peaks"].items()
+    )
     table = Table(title=f"attack step (peak GFLOP/s {peaks})")
-    for c in ("model", "size", "batch", "threads", "today ms/img", "new ms/img", "speed-up", "GFLOP/img",
-              "today GFLOP/s (peak %)", "new GFLOP/s (peak %)", "max rel Δ score / grad"):
+    for c in (
+        "model",
+        "size",
+        "batch",
+        "threads",
+        "today ms/img",
+        "new ms/img",
+        "speed-up",
+        "GFLOP/img",
+        "today GFLOP/s (peak %)",
+        "new GFLOP/s (peak %)",
+        "max rel Δ score / grad",
+    ):
         table.add_column(c)
     for r in res["results"]:
-        table.add_row(r["model"], r["size"], str(r["batch"]), str(r["threads"]), f"{r['reference_ms_per_image']:.1f}",
-                      f"{r['fast_ms_per_image']:.1f}", f"{r['speedup']:.2f}×", f"{r['gflop_per_image']:.2f}",
-                      f"{r['reference_gflops']:.0f} ({100 * r['reference_fraction_of_peak']:.0f} %)",
-                      f"{r['fast_gflops']:.0f} ({100 * r['fast_fraction_of_peak']:.0f} %)",
-                      f"{r['score_rel_diff']:.1e} / {r['grad_rel_diff']:.1e}")
+        table.add_row(
+            r["model"],
+            r["size"],
+            str(r["batch"]),
+            str(r["threads"]),
+            f"{r['reference_ms_per_image']:.1f}",
+            f"{r['fast_ms_per_image']:.1f}",
+            f"{r['speedup']:.2f}×",
+            f"{r['gflop_per_image']:.2f}",
+            f"{r['reference_gflops']:.0f} ({100 * r['reference_fraction_of_peak']:.0f} %)",
+            f"{r['fast_gflops']:.0f} ({100 * r['fast_fraction_of_peak']:.0f} %)",
+            f"{r['score_rel_diff']:.1e} / {r['grad_rel_diff']:.1e}",
+        )
     Console(width=200).print(table)
 
 
@@ -219,8 +275,9 @@ def bench_attack_strength(
     ref_restarts: int = typer.Option(3, help="Reference restarts (the first from δ = 0, the rest random)."),
     curve: str = typer.Option("", help="PGD step counts of a convergence curve (comma list; '' = none)."),
     seed: int = typer.Option(0),
-    attack_option: list[str] = typer.Option([], "--attack-option", help="attack.param=value, e.g. pgd.steps=20 "
-                                            "(repeatable)."),
+    attack_option: list[str] = typer.Option(
+        [], "--attack-option", help="attack.param=value, e.g. pgd.steps=20 (repeatable)."
+    ),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -240,10 +297,21 @@ def bench_attack_strength(
         eps_list = [float(v) for v in eps.split(",") if v.strip()]
     except ValueError:
         raise RobenchError(f"--eps must be a comma list of numbers in /255 units, got {eps!r}") from None
-    res = attack_strength([m.strip() for m in model.split(",") if m.strip()], expand_attacks(attacks), eps=eps_list,
-                          n=n, profile=profile, ref_steps=ref_steps, ref_restarts=ref_restarts, seed=seed,
-                          attack_params=params, progress=not as_json, device=device, directions=dirs,
-                          curve_steps=tuple(int(k) for k in curve.split(",") if k.strip()))
+    res = attack_strength(
+        [m.strip() for m in model.split(",") if m.strip()],
+        expand_attacks(attacks),
+        eps=eps_list,
+        n=n,
+        profile=profile,
+        ref_steps=ref_steps,
+        ref_restarts=ref_restarts,
+        seed=seed,
+        attack_params=params,
+        progress=not as_json,
+        device=device,
+        directions=dirs,
+        curve_steps=tuple(int(k) for k in curve.split(",") if k.strip()),
+    )
     if as_json:
         emit_json(res)
         return
@@ -252,14 +320,25 @@ def bench_attack_strength(
 
 def strength_table(res: dict) -> Table:
     """The attack-strength rows as a table (scripts/strength_table.py merges runs into markdown)."""
-    table = Table(title=f"attack strength: mean directed move / converged reference's, {res['n']} items, "
-                        f"{res['profile']} profile, {res['interval']}")
+    table = Table(
+        title=f"attack strength: mean directed move / converged reference's, {res['n']} items, "
+        f"{res['profile']} profile, {res['interval']}"
+    )
     for c in ("model", "direction", "items", "ε/255", "attack", "budget", "ratio", "interval", "moved", "s"):
         table.add_column(c)
     for r in res["rows"]:
-        table.add_row(r["model"], r["direction"], r["items"], f"{r['eps']:g}", r["attack"], json.dumps(r.get("settings", r["budget"])),
-                      f"{r['ratio']:.3f}", f"{r['lo']:.3f}–{r['hi']:.3f}", f"{r['moved']}/{r['n']}",
-                      f"{r['seconds']:.1f}")
+        table.add_row(
+            r["model"],
+            r["direction"],
+            r["items"],
+            f"{r['eps']:g}",
+            r["attack"],
+            json.dumps(r.get("settings", r["budget"])),
+            f"{r['ratio']:.3f}",
+            f"{r['lo']:.3f}–{r['hi']:.3f}",
+            f"{r['moved']}/{r['n']}",
+            f"{r['seconds']:.1f}",
+        )
     return table
 
 
@@ -284,11 +363,23 @@ def bench_grid(
     names = [e.strip() for e in executor.split(",") if e.strip()]
     for e in names:
         check_name(e)
-    res = grid(names, model=model, attack=attack, cells=cells, workers=workers, queries=queries, n=n, image_size=image_size,
-               progress=not as_json, device=device)
+    res = grid(
+        names,
+        model=model,
+        attack=attack,
+        cells=cells,
+        workers=workers,
+        queries=queries,
+        n=n,
+        image_size=image_size,
+        progress=not as_json,
+        device=device,
+    )
     if as_json:
         emit_json(res)
         return
     for r in res["results"]:
-        err.print(f"{r['executor']}: {cells} cells in {r['seconds']:.1f} s"
-                  + (f" (× {r['speedup_vs_serial']:.2f} vs serial)" if r["speedup_vs_serial"] else ""))
+        err.print(
+            f"{r['executor']}: {cells} cells in {r['seconds']:.1f} s"
+            + (f" (× {r['speedup_vs_serial']:.2f} vs serial)" if r["speedup_vs_serial"] else "")
+        )

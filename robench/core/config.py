@@ -39,7 +39,7 @@ class RunSpec:
     seed: int = 0
     split: str = "test"
     defense: str | None = None
-    # the training recipe's fine-tuning seed (issue 17.5, RunConfig.seeds): None = the run's seed
+    # the training recipe's fine-tuning seed (RunConfig.seeds): None = the run's seed
     # (the single-seed behaviour); k > 0 loads/trains the weights ``M.<recipe>-s<k>``
     train_seed: int | None = None
     weights: str | None = None
@@ -85,7 +85,7 @@ def expand_attacks(names: str | list[str]) -> list[str]:
 
     out: list[str] = []
     for name in _comma(names):
-        for a in (attack_suite() if name == "all" else (name,)):
+        for a in attack_suite() if name == "all" else (name,):
             ATTACKS.entry(a)
             if a not in out:
                 out.append(a)
@@ -117,7 +117,7 @@ class RunConfig:
     defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile: str = "quick"
     seed: int = 0
-    # training seeds of the recipes (issue 17.5): each recipe defence (r, at, aat, with or without
+    # training seeds of the recipes: each recipe defence (r, at, aat, with or without
     # inference wrappers) is fine-tuned and evaluated once per seed; None = one fine-tuning with
     # ``seed`` (the single-seed behaviour). Seed 0 is the weights ``M.<recipe>``, k > 0 ``M.<recipe>-s<k>``
     seeds: list[int] | None = None
@@ -143,8 +143,13 @@ class RunConfig:
         """Keys as in the TOML file; ``model``/``defense``/``attack`` (comma lists) are accepted
         for ``targets``/``defenses``/``attacks``, as the CLI flags are named."""
         data = dict(data)
-        alias = {"model": "targets", "models": "targets", "defense": "defenses", "attack": "attacks",
-                 "direction": "directions"}
+        alias = {
+            "model": "targets",
+            "models": "targets",
+            "defense": "defenses",
+            "attack": "attacks",
+            "direction": "directions",
+        }
         for a, k in alias.items():
             if a in data:
                 if k in data:
@@ -157,7 +162,7 @@ class RunConfig:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise UnknownNameError(f"{where}: unknown setting {k!r}{hint} (settings: {', '.join(sorted(known))})")
         if "targets" not in data or not _comma(data["targets"]):
-            raise RobenchError(f"{where}: no target given (targets = [\"birqa\"] or --model)")
+            raise RobenchError(f'{where}: no target given (targets = ["birqa"] or --model)')
         data["targets"] = _comma(data["targets"])
         if "attacks" in data:
             data["attacks"] = _comma(data["attacks"])
@@ -168,7 +173,9 @@ class RunConfig:
             try:
                 data["eps"] = [float(e) for e in (eps.split(",") if isinstance(eps, str) else eps) if str(e).strip()]
             except (TypeError, ValueError):
-                raise RobenchError(f"{where}: --eps / eps must be comma-separated numbers in /255 units, got {eps!r}") from None
+                raise RobenchError(
+                    f"{where}: --eps / eps must be comma-separated numbers in /255 units, got {eps!r}"
+                ) from None
         for k in ("dataset_options", "attack_params", "defense_options", "executor_options"):
             if not isinstance(data.get(k, {}), dict):
                 raise RobenchError(f"{where}: {k} must be a table, got {data[k]!r}")
@@ -184,7 +191,9 @@ class RunConfig:
             data["seeds"] = parse_seeds(data["seeds"], where)
         if isinstance(data.get("n"), str) and data["n"].strip().lower() == "all":
             data["n"] = 0  # the whole split
-        if data.get("n") is not None and (isinstance(data["n"], bool) or not isinstance(data["n"], int) or data["n"] < 0):
+        if data.get("n") is not None and (
+            isinstance(data["n"], bool) or not isinstance(data["n"], int) or data["n"] < 0
+        ):
             raise RobenchError(f"{where}: n must be a whole number of items ≥ 1 or 'all', got {data['n']!r}")
         if "directions" in data:
             from robench.core.directions import parse_directions
@@ -237,8 +246,10 @@ class RunConfig:
             if name not in attacks:
                 close = difflib.get_close_matches(name, attacks, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise RobenchError(f"--attack-option (attack_params) names attack {name!r}, which is not in this run's "
-                                   f"attacks ({', '.join(attacks)}){hint}")
+                raise RobenchError(
+                    f"--attack-option (attack_params) names attack {name!r}, which is not in this run's "
+                    f"attacks ({', '.join(attacks)}){hint}"
+                )
         defenses = []
         for d in self.defenses:
             for tok in d.split("+"):
@@ -257,26 +268,58 @@ class RunConfig:
         n = self.n if self.n is not None else prof.attack_n
         from robench.core.directions import parse_directions, run_default
 
-        directions = (parse_directions(self.directions, "--direction") if self.directions is not None
-                      else run_default(DATASETS.get(dataset).kind))
-        return replace(self, profile=prof.name, dataset=dataset, dataset_options=options, eps=eps, attacks=attacks,
-                       defenses=defenses, n=n, seeds=seeds, directions=directions, resolved=True)
+        directions = (
+            parse_directions(self.directions, "--direction")
+            if self.directions is not None
+            else run_default(DATASETS.get(dataset).kind)
+        )
+        return replace(
+            self,
+            profile=prof.name,
+            dataset=dataset,
+            dataset_options=options,
+            eps=eps,
+            attacks=attacks,
+            defenses=defenses,
+            n=n,
+            seeds=seeds,
+            directions=directions,
+            resolved=True,
+        )
 
     def specs(self) -> list[RunSpec]:
         """One :class:`RunSpec` per target × defence (of the resolved config), and per training
         seed (``seeds``) for a defence with a training recipe."""
         c = self if self.resolved else self.resolve()
-        return [RunSpec(model=m, attacks=list(c.attacks), dataset=c.dataset, eps=list(c.eps), profile=c.profile,
-                        n=c.n, seed=c.seed, split=c.split, defense=None if d == NO_DEFENSE else d,
-                        train_seed=s, weights=c.weights, store=Path(c.store) if c.store else None, force=c.force,
-                        device=c.device, amp=c.amp, compile=c.compile, escalate=c.escalate,
-                        keep_images=c.keep_images,
-                        directions=list(c.directions),
-                        dataset_options=json.loads(json.dumps(c.dataset_options)),
-                        attack_params={k: dict(v) for k, v in c.attack_params.items()},
-                        defense_options={k: dict(v) for k, v in c.defense_options.items()})
-                for m in c.targets for d in c.defenses
-                for s in (c.seeds if c.seeds is not None and has_recipe(d) else [None])]
+        return [
+            RunSpec(
+                model=m,
+                attacks=list(c.attacks),
+                dataset=c.dataset,
+                eps=list(c.eps),
+                profile=c.profile,
+                n=c.n,
+                seed=c.seed,
+                split=c.split,
+                defense=None if d == NO_DEFENSE else d,
+                train_seed=s,
+                weights=c.weights,
+                store=Path(c.store) if c.store else None,
+                force=c.force,
+                device=c.device,
+                amp=c.amp,
+                compile=c.compile,
+                escalate=c.escalate,
+                keep_images=c.keep_images,
+                directions=list(c.directions),
+                dataset_options=json.loads(json.dumps(c.dataset_options)),
+                attack_params={k: dict(v) for k, v in c.attack_params.items()},
+                defense_options={k: dict(v) for k, v in c.defense_options.items()},
+            )
+            for m in c.targets
+            for d in c.defenses
+            for s in (c.seeds if c.seeds is not None and has_recipe(d) else [None])
+        ]
 
     # -- writing -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -356,6 +399,7 @@ def dumps_toml(data: dict[str, Any]) -> str:
     out = "\n".join(top) + ("\n" if top else "")
     for k, v in data.items():
         if isinstance(v, dict):
-            out += f"\n[{_key(k)}]\n" + "".join(f"{_key(kk)} = {_toml_value(vv, f'{k}.{kk}')}\n"
-                                                for kk, vv in v.items() if vv is not None)
+            out += f"\n[{_key(k)}]\n" + "".join(
+                f"{_key(kk)} = {_toml_value(vv, f'{k}.{kk}')}\n" for kk, vv in v.items() if vv is not None
+            )
     return out

@@ -43,14 +43,17 @@ def resolve_device(spec: "str | torch.device | None" = "cpu", where: str = "--de
             why = f"torch {torch.__version__} is built without CUDA"
         else:
             why = f"torch {torch.__version__} has CUDA {torch.version.cuda} but no GPU is visible"
-        raise RobenchError(f"{where} {text}: CUDA is not available on this machine ({why}); "
-                           f"use --device cpu or --device auto")
+        raise RobenchError(
+            f"{where} {text}: CUDA is not available on this machine ({why}); use --device cpu or --device auto"
+        )
     count = torch.cuda.device_count()
     i = torch.cuda.current_device() if index is None else int(index)
     if i >= count:
         have = ", ".join(f"cuda:{k}" for k in range(count))
-        raise RobenchError(f"{where} {text}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
-                           f"({have}); use one of them, --device auto or --device cpu")
+        raise RobenchError(
+            f"{where} {text}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+            f"({have}); use one of them, --device auto or --device cpu"
+        )
     return torch.device("cuda", i)
 
 
@@ -87,13 +90,14 @@ def to_device(obj: Any, device: "str | torch.device") -> Any:
     if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
         return type(obj)(to_device(v, device) for v in obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
-                                           for f in dataclasses.fields(obj) if f.init})
+        return dataclasses.replace(
+            obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj) if f.init}
+        )
     return obj
 
 
 # --------------------------------------------------------------------------------------------
-# out of memory: halve the batch and retry it (issue 18.3)
+# out of memory: halve the batch and retry it
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -102,8 +106,9 @@ def is_oom(exc: BaseException) -> bool:
     RobenchError (the batch-1 failure below says "out of memory" too)."""
     if isinstance(exc, RobenchError):
         return False
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError)
-                                                            and "out of memory" in str(exc))
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )
 
 
 def free_memory() -> None:
@@ -124,8 +129,13 @@ def _set_rng_state(state: tuple, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def halving_batches(n: int, batch_size: int | None, body: Callable[[int, int], None],
-                    device: "str | torch.device" = "cpu", what: str = "batch") -> tuple[int, int]:
+def halving_batches(
+    n: int,
+    batch_size: int | None,
+    body: Callable[[int, int], None],
+    device: "str | torch.device" = "cpu",
+    what: str = "batch",
+) -> tuple[int, int]:
     """Call ``body(start, stop)`` over ``[0, n)`` in batches of ``batch_size``; a batch that runs
     out of memory is retried from its start at half its size (then every later batch is that
     size), down to 1; out of memory at 1 is :class:`OutOfMemory` naming ``what``. ``body`` must
@@ -150,8 +160,10 @@ def halving_batches(n: int, batch_size: int | None, body: Callable[[int, int], N
             continue
         free_memory()  # outside the except block: the traceback (and the batch's tensors it holds) is gone
         if stop - start <= 1:
-            raise OutOfMemory(f"{what}: out of memory on {device} even at batch size 1 ({failed}); use smaller "
-                              "images, a device with more memory, or --device cpu")
+            raise OutOfMemory(
+                f"{what}: out of memory on {device} even at batch size 1 ({failed}); use smaller "
+                "images, a device with more memory, or --device cpu"
+            )
         bs = (stop - start) // 2
         halved += 1
         _set_rng_state(rng, device)

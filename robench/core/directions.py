@@ -40,11 +40,18 @@ class Direction:
         """Per-item signs (float ±1, length ``n``) and what the cell records about them."""
         m = None if mos is None else np.asarray(mos, dtype=float)
         if self.needs_mos and (m is None or len(m) != n or not np.isfinite(m).all()):
-            raise RobenchError(f"direction {self.name!r} needs a MOS for every item (a pairs dataset); "
-                               "use --direction up or down on 2AFC data")
+            raise RobenchError(
+                f"direction {self.name!r} needs a MOS for every item (a pairs dataset); "
+                "use --direction up or down on 2AFC data"
+            )
         s, info = self.rule(m, n)
-        return s.astype(float), {"name": self.name, "protocol": self.protocol, **info,
-                                 "n_up": int((s > 0).sum()), "n_down": int((s < 0).sum())}
+        return s.astype(float), {
+            "name": self.name,
+            "protocol": self.protocol,
+            **info,
+            "n_up": int((s > 0).sum()),
+            "n_down": int((s < 0).sum()),
+        }
 
 
 def _mos_split(mos: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -52,13 +59,21 @@ def _mos_split(mos: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, Any]]:
     return np.where(mos > threshold, -1.0, 1.0), {"threshold": threshold}
 
 
-DIRECTIONS: dict[str, Direction] = {d.name: d for d in (
-    Direction("up", "score inflation (up)", "raise q of every item", False, lambda m, n: (np.ones(n), {})),
-    Direction("down", "score deflation (down)", "lower q of every item", False, lambda m, n: (-np.ones(n), {})),
-    Direction("mos-split", "ranking attack (mos-split)",
-              "items with MOS above the evaluated items' mean pushed down, the rest up (the AT- authors' KADID-10k "
-              "protocol)", True, _mos_split),
-)}
+DIRECTIONS: dict[str, Direction] = {
+    d.name: d
+    for d in (
+        Direction("up", "score inflation (up)", "raise q of every item", False, lambda m, n: (np.ones(n), {})),
+        Direction("down", "score deflation (down)", "lower q of every item", False, lambda m, n: (-np.ones(n), {})),
+        Direction(
+            "mos-split",
+            "ranking attack (mos-split)",
+            "items with MOS above the evaluated items' mean pushed down, the rest up (the AT- authors' KADID-10k "
+            "protocol)",
+            True,
+            _mos_split,
+        ),
+    )
+}
 DEFAULT = "up"
 #: what a run measures when no direction is given (the main job): score inflation for gains and
 #: IR-Score, and the ranking attack for SROCC under attack — the protocol of the paper's headline.

@@ -178,8 +178,10 @@ def _transfer(url: str, part: Path, name: str, progress: bool, timeout: float, c
                     buf = read(chunk)
                 except (OSError, http.client.HTTPException) as exc:  # connection dropped: keep .part for resume
                     f.flush()
-                    raise RobenchError(f"download interrupted: {url}: {type(exc).__name__}: {exc} "
-                                       f"({got} bytes kept in {part}; run again to resume)") from None
+                    raise RobenchError(
+                        f"download interrupted: {url}: {type(exc).__name__}: {exc} "
+                        f"({got} bytes kept in {part}; run again to resume)"
+                    ) from None
                 if not buf:
                     break
                 f.write(buf)
@@ -189,13 +191,21 @@ def _transfer(url: str, part: Path, name: str, progress: bool, timeout: float, c
             f.flush()
             os.fsync(f.fileno())
     if total is not None and got != total:
-        raise IntegrityError(f"truncated download: {url}: got {got} of {total} bytes "
-                             f"(kept {part}; run again to resume)")
+        raise IntegrityError(
+            f"truncated download: {url}: got {got} of {total} bytes (kept {part}; run again to resume)"
+        )
     return have > 0
 
 
-def download(url: str, dest: Path, sha256: str | None, progress: bool = True, timeout: float = 60.0,
-             chunk: int = 1 << 16, sha256_prefix: str | None = None) -> Path:
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    progress: bool = True,
+    timeout: float = 60.0,
+    chunk: int = 1 << 16,
+    sha256_prefix: str | None = None,
+) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify length and sha256.
 
     ``dest`` only ever appears complete and verified (full ``sha256`` and/or a published
@@ -226,8 +236,10 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, ti
                 continue  # the kept bytes of an earlier attempt were bad: once more from scratch
             if sha256 is not None and actual != sha256:
                 raise IntegrityError(f"sha256 mismatch for {url}: expected {sha256}, got {actual}; file deleted")
-            raise IntegrityError(f"sha256 of {url} does not start with the published prefix {sha256_prefix} "
-                                 f"(got {actual[:16]}…); file deleted")
+            raise IntegrityError(
+                f"sha256 of {url} does not start with the published prefix {sha256_prefix} "
+                f"(got {actual[:16]}…); file deleted"
+            )
         os.replace(part, dest)
         fsync_dir(dest.parent)
     return dest
@@ -316,7 +328,9 @@ def safe_extract(archive: Path, dest: Path) -> Path:
         raise DataError(f"cannot read archive {archive}: {exc}") from None
     if not (is_zip or is_tar):
         if archive.suffix.lower() == ".rar":
-            raise RobenchError(f"{archive}: RAR archives need an external tool; extract it with `unrar x` and pass --root")
+            raise RobenchError(
+                f"{archive}: RAR archives need an external tool; extract it with `unrar x` and pass --root"
+            )
         raise DataError(f"{archive}: not a zip or tar archive")
     try:  # validate everything before writing anything
         members = _zip_members(archive) if is_zip else _tar_members(archive)
@@ -368,8 +382,14 @@ def record_pin(url: str, digest: str) -> None:
     os.replace(tmp, p)
 
 
-def fetch_archive(archive: Archive, root: Path, sha256: str | None = None, trust_on_first_use: bool = False,
-                  url: str | None = None, progress: bool = True) -> Path:
+def fetch_archive(
+    archive: Archive,
+    root: Path,
+    sha256: str | None = None,
+    trust_on_first_use: bool = False,
+    url: str | None = None,
+    progress: bool = True,
+) -> Path:
     """Download and extract one archive under ``root``; returns the extracted folder
     ``root/<archive stem>`` (reused when it already exists)."""
     root = Path(root).expanduser()

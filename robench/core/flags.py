@@ -1,8 +1,8 @@
 """Cell flags a reader must see: one definition, used by the report tables, report.json and
 ``robench check``.
 
-The runner stores each cell's sanity flags (method-notes §4 end; issue 15: a flag computed and
-never shown is a defect). A flag is *active* when it says the cell's number may not measure what
+The runner stores each cell's sanity flags (method-notes §4 end: a flag computed
+and never shown is a defect). A flag is *active* when it says the cell's number may not measure what
 its label says; every table marks the affected value with the flag's code and explains the codes
 present in a legend under the table.
 """
@@ -21,42 +21,66 @@ STRENGTH_FLOOR = 0.97
 
 #: (code, legend, active?) — order is the order codes are printed in
 FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
-    ("nc", "not converged: the full budget's gain exceeds the half budget's by > 5 % of the gain, a run from "
-           "another (random) start finds > 5 % more (the better of the two per item), or, for an attack that "
-           "declares a plateau probe, a run at m× the budget gains > 5 % more; or the attack's measured strength "
-           f"at this profile is below {STRENGTH_FLOOR:g} of a converged reference (robench bench attack-strength; "
-           "the fraction is in the cell)",
-     lambda f: bool(f.get("not_converged")) or bool(f.get("below_reference"))),
-    ("gm", "suspect gradient masking: a score-only attack beats every gradient attack on > 10 % of images",
-     lambda f: bool(f.get("suspect_gradient_masking"))),
+    (
+        "nc",
+        "not converged: the full budget's gain exceeds the half budget's by > 5 % of the gain, a run from "
+        "another (random) start finds > 5 % more (the better of the two per item), or, for an attack that "
+        "declares a plateau probe, a run at m× the budget gains > 5 % more; or the attack's measured strength "
+        f"at this profile is below {STRENGTH_FLOOR:g} of a converged reference (robench bench attack-strength; "
+        "the fraction is in the cell)",
+        lambda f: bool(f.get("not_converged")) or bool(f.get("below_reference")),
+    ),
+    (
+        "gm",
+        "suspect gradient masking: a score-only attack beats every gradient attack on > 10 % of images",
+        lambda f: bool(f.get("suspect_gradient_masking")),
+    ),
     ("eot", "randomised target attacked without EOT (not a valid result)", lambda f: bool(f.get("eot_required"))),
     ("0", "the attack did not move the target (zero mean gain)", lambda f: f.get("moves_target") is False),
     ("mono", "gain not monotone in ε", lambda f: f.get("gain_monotone_in_eps") is False),
     ("it", "iterative attack gained less than single-step FGSM", lambda f: f.get("iterative_ge_single_step") is False),
-    ("vac", "AAT weights whose Theorem-1 bound was vacuous (≥ the batch MOS range) on more than half of the "
-            "training batches: the bound is no evidence for them",
-     lambda f: f.get("bound_non_vacuous_fraction") is not None and f["bound_non_vacuous_fraction"] < 0.5),
-    ("grad", "zero or NaN input gradients at the clean image",
-     lambda f: bool(f.get("zero_grad", 0)) or bool(f.get("nan_grad", 0))),
+    (
+        "vac",
+        "AAT weights whose Theorem-1 bound was vacuous (≥ the batch MOS range) on more than half of the "
+        "training batches: the bound is no evidence for them",
+        lambda f: f.get("bound_non_vacuous_fraction") is not None and f["bound_non_vacuous_fraction"] < 0.5,
+    ),
+    (
+        "grad",
+        "zero or NaN input gradients at the clean image",
+        lambda f: bool(f.get("zero_grad", 0)) or bool(f.get("nan_grad", 0)),
+    ),
     # the budget it needed (robench run --escalate): the cell's convergence record holds the ladder
-    ("esc", "the half-budget check flagged the profile's budget, so the attack ran again at 2×, 4×, … its budget "
-            "(--escalate) until the rule held or the cap was spent (then [nc] too): the number is the largest "
-            "budget's",
-     lambda f: bool(f.get("escalated", 0))),
-    # how the cell ran (issue 18.3, 22.3): shown because an attack that draws per batch gives the
+    (
+        "esc",
+        "the half-budget check flagged the profile's budget, so the attack ran again at 2×, 4×, … its budget "
+        "(--escalate) until the rule held or the cap was spent (then [nc] too): the number is the largest "
+        "budget's",
+        lambda f: bool(f.get("escalated", 0)),
+    ),
+    # how the cell ran: shown because an attack that draws per batch gives the
     # numbers of the smaller batch, and a re-run is the record of a lost worker
-    ("oom", "ran out of device memory and finished at a smaller batch (the cell's probes say which): an attack "
-            "that draws random numbers per batch gives that batch size's numbers",
-     lambda f: bool(f.get("oom_halved", 0))),
-    ("re", "re-run after its worker or node was lost (the stored numbers are the re-run's)",
-     lambda f: bool(f.get("retried", 0))),
+    (
+        "oom",
+        "ran out of device memory and finished at a smaller batch (the cell's probes say which): an attack "
+        "that draws random numbers per batch gives that batch size's numbers",
+        lambda f: bool(f.get("oom_halved", 0)),
+    ),
+    (
+        "re",
+        "re-run after its worker or node was lost (the stored numbers are the re-run's)",
+        lambda f: bool(f.get("retried", 0)),
+    ),
     # the scale check (results.report.scale_checks): a defence that shrinks every prediction looks
     # robust in MOS units without being so
-    ("scale", f"scale check failed: the defended model's clean-score SD is < {SCALE_RATIO:g} × its base model's on "
-              f"the same items (a collapsed score range: gains in MOS units understate how far an attack moves it; "
-              f"see gain/SD), or its clean R² after its calibration is ≤ {SCALE_R2:g} (its scores are off the MOS "
-              "scale)",
-     lambda f: bool((f.get("scale") or {}).get("collapsed"))),
+    (
+        "scale",
+        f"scale check failed: the defended model's clean-score SD is < {SCALE_RATIO:g} × its base model's on "
+        f"the same items (a collapsed score range: gains in MOS units understate how far an attack moves it; "
+        f"see gain/SD), or its clean R² after its calibration is ≤ {SCALE_R2:g} (its scores are off the MOS "
+        "scale)",
+        lambda f: bool((f.get("scale") or {}).get("collapsed")),
+    ),
 )
 LEGEND = {code: text for code, text, _ in FLAGS}
 

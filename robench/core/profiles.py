@@ -42,7 +42,7 @@ class Profile:
     adv_inner: str = "loss"
     adv_steps: int = 500  # optimiser steps: the cap (the held-out rule below may stop sooner)
     adv_lr: float = 1e-4
-    # stopping (issue 17.6): every `adv_eval_every` steps (and before the first) the recipe's own
+    # stopping: every `adv_eval_every` steps (and before the first) the recipe's own
     # objective, inner PGD included, on `adv_eval_batches` fixed seeded val-split batches; the run
     # settles when the EMA (span `adv_eval_span`) of that loss has not improved by more than the
     # relative `adv_min_delta` for `adv_patience` evaluations in a row (else it runs to the cap).
@@ -91,17 +91,40 @@ PROFILES = {
     # quick: BiRQA trains in minutes on 2 CPU cores (README states the measured time and SROCC).
     # 5 epochs (not 8) so the mission — clean BiRQA, AAT, all seven attacks — fits in 20 minutes
     # from a fresh cache on a 2-core machine
-    "quick": Profile(name="quick", image_size=128, train_epochs=5, train_batch=32, train_lr=1e-3, train_crop=64,
-                     eps=(2, 8), attack_n=32, attack_batch=32,
-                     adv_pgd_steps=5, adv_steps=60, adv_lr=1e-4,
-                     # the cap stays 60; an evaluation every 5 steps (12 over the cap, each one
-                     # PGD-5 batch, ~15 % on top of the steps) and patience 4: settled after 20
-                     # steps without a 1 % gain. One held-out batch: the quick budget.
-                     adv_eval_every=5, adv_patience=4, adv_min_delta=0.01, adv_eval_batches=1),
+    "quick": Profile(
+        name="quick",
+        image_size=128,
+        train_epochs=5,
+        train_batch=32,
+        train_lr=1e-3,
+        train_crop=64,
+        eps=(2, 8),
+        attack_n=32,
+        attack_batch=32,
+        adv_pgd_steps=5,
+        adv_steps=60,
+        adv_lr=1e-4,
+        # the cap stays 60; an evaluation every 5 steps (12 over the cap, each one
+        # PGD-5 batch, ~15 % on top of the steps) and patience 4: settled after 20
+        # steps without a 1 % gain. One held-out batch: the quick budget.
+        adv_eval_every=5,
+        adv_patience=4,
+        adv_min_delta=0.01,
+        adv_eval_batches=1,
+    ),
     # paper Table 10: Adam (0.9, 0.999), batch 32, 2500 epochs; the learning rate was lost in the
     # text extraction: 1e-4 is robench's choice. Whole images, no crop.
-    "paper": Profile(name="paper", image_size=512, train_epochs=2500, train_batch=32, train_lr=1e-4, train_crop=None,
-                     eps=(2, 4, 6, 8, 10), attack_n=None, attack_batch=16),
+    "paper": Profile(
+        name="paper",
+        image_size=512,
+        train_epochs=2500,
+        train_batch=32,
+        train_lr=1e-4,
+        train_crop=None,
+        eps=(2, 4, 6, 8, 10),
+        attack_n=None,
+        attack_batch=16,
+    ),
 }
 
 

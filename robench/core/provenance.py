@@ -16,8 +16,9 @@ def git_commit() -> str | None:
     pkg = Path(__file__).resolve().parents[1]
     if (pkg.parent / ".git").exists():
         try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                 cwd=pkg.parent)
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=pkg.parent
+            )
             if out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -34,5 +35,10 @@ def versions() -> dict[str, str]:
 
     from robench.core.version import __version__
 
-    return {"robench": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version()}
+    return {
+        "robench": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+    }

@@ -61,8 +61,9 @@ def order_bounds(n: int, sigma: float, radius: float, alpha: float) -> OrderBoun
     k = np.arange(1, n + 1)
     lo_ok = np.nonzero(binom.cdf(k - 1, n, p_lo) <= alpha / 2)[0]
     hi_ok = np.nonzero(binom.sf(k - 1, n, p_hi) <= alpha / 2)[0]
-    return OrderBounds(float(radius), p_lo, p_hi, int(k[lo_ok[-1]]) if lo_ok.size else None,
-                       int(k[hi_ok[0]]) if hi_ok.size else None)
+    return OrderBounds(
+        float(radius), p_lo, p_hi, int(k[lo_ok[-1]]) if lo_ok.size else None, int(k[hi_ok[0]]) if hi_ok.size else None
+    )
 
 
 def median_of(draws: np.ndarray) -> np.ndarray:

@@ -45,8 +45,9 @@ class WeightsInfo:
     def describe(self) -> str:
         if self.source == "trained-here":
             p = self.provenance
-            return (f"trained-here on {p.get('dataset', '?')}, profile {p.get('profile', '?')}, "
-                    f"{(self.sha256 or '?')[:12]}")
+            return (
+                f"trained-here on {p.get('dataset', '?')}, profile {p.get('profile', '?')}, {(self.sha256 or '?')[:12]}"
+            )
         if self.source in ("none", "random"):
             return self.source
         return f"{self.source} {(self.sha256 or '?')[:12]}"
@@ -87,7 +88,9 @@ def validate_pair(dist: torch.Tensor, ref: torch.Tensor, min_size: int = 1) -> N
     if dist.shape != ref.shape:
         raise RobenchError(f"dist and ref must have the same shape, got {tuple(dist.shape)} and {tuple(ref.shape)}")
     if min(dist.shape[-2:]) < min_size:
-        raise RobenchError(f"images must be at least {min_size}×{min_size} px for this target, got {tuple(dist.shape[-2:])}")
+        raise RobenchError(
+            f"images must be at least {min_size}×{min_size} px for this target, got {tuple(dist.shape[-2:])}"
+        )
     with torch.no_grad():
         for label, t in (("dist", dist), ("ref", ref)):
             if not torch.isfinite(t).all():
@@ -146,22 +149,27 @@ class Calibration(nn.Module):
         qc = q - q.mean()
         var = float(qc @ qc)
         if var <= 1e-12 * max(1.0, float(np.abs(q).max())) ** 2:
-            raise RobenchError(f"calibration fit: the target's scores are constant on the {q.size} fitting items "
-                               f"(q = {q.mean():.6g}); no affine map to MOS exists")
+            raise RobenchError(
+                f"calibration fit: the target's scores are constant on the {q.size} fitting items "
+                f"(q = {q.mean():.6g}); no affine map to MOS exists"
+            )
         a = float(qc @ (y - y.mean())) / var
         if not a > 0:
             r = float(np.corrcoef(q, y)[0, 1])
-            raise RobenchError(f"calibration fit: least-squares slope {a:.4g} ≤ 0 (PLCC of q with MOS {r:.3f} on "
-                               f"{q.size} items): the target's oriented quality falls as MOS rises; check its "
-                               "lower_better declaration or its weights")
+            raise RobenchError(
+                f"calibration fit: least-squares slope {a:.4g} ≤ 0 (PLCC of q with MOS {r:.3f} on "
+                f"{q.size} items): the target's oriented quality falls as MOS rises; check its "
+                "lower_better declaration or its weights"
+            )
         b = float(y.mean() - a * q.mean())
         self.a_raw.copy_(torch.tensor(_softplus_inverse(a), dtype=self.a_raw.dtype))
         self.b.copy_(torch.tensor(b, dtype=self.b.dtype))
         return self.a, float(self.b)
 
 
-def fit_calibration(target: "Target", dataset, batch_size: int = 32, max_items: int = 512, seed: int = 0,
-                    transform=None) -> dict[str, Any]:
+def fit_calibration(
+    target: "Target", dataset, batch_size: int = 32, max_items: int = 512, seed: int = 0, transform=None
+) -> dict[str, Any]:
     """Least-squares initialisation of ``target.calibration`` on a pairs ``dataset`` (the
     training split): ``q`` in eval mode without gradients, then :meth:`Calibration.init_least_squares`.
 
@@ -172,15 +180,18 @@ def fit_calibration(target: "Target", dataset, batch_size: int = 32, max_items: 
     import numpy as np
 
     n_all = len(dataset)
-    rows = (np.arange(n_all) if n_all <= max_items
-            else np.sort(np.random.default_rng(seed).choice(n_all, size=int(max_items), replace=False)))
+    rows = (
+        np.arange(n_all)
+        if n_all <= max_items
+        else np.sort(np.random.default_rng(seed).choice(n_all, size=int(max_items), replace=False))
+    )
     was_training = target.training
     target.eval()
     qs, ys = [], []
     try:
         with torch.no_grad():
             for c, start in enumerate(range(0, len(rows), int(batch_size))):
-                items = [dataset[int(i)] for i in rows[start:start + int(batch_size)]]
+                items = [dataset[int(i)] for i in rows[start : start + int(batch_size)]]
                 ref = torch.stack([it["ref"] for it in items])
                 dist = torch.stack([it["dist"] for it in items])
                 if transform is not None:
@@ -193,8 +204,14 @@ def fit_calibration(target: "Target", dataset, batch_size: int = 32, max_items: 
     q = torch.cat(qs).numpy()
     y = np.asarray(ys, dtype=float)
     a, b = target.calibration.init_least_squares(q, y)
-    return {"a": a, "b": b, "n": int(len(rows)), "plcc": float(np.corrcoef(q, y)[0, 1]), "seed": int(seed),
-            "max_items": int(max_items)}
+    return {
+        "a": a,
+        "b": b,
+        "n": int(len(rows)),
+        "plcc": float(np.corrcoef(q, y)[0, 1]),
+        "seed": int(seed),
+        "max_items": int(max_items),
+    }
 
 
 class Target(nn.Module):
@@ -233,8 +250,9 @@ class Target(nn.Module):
     def score_with(self, dist: torch.Tensor, prepared) -> torch.Tensor:
         return self.score(dist, prepared)
 
-    def bind(self, ref: torch.Tensor, cache: bool = True, eot: int = 1,
-             sign: torch.Tensor | None = None) -> "BoundTarget":
+    def bind(
+        self, ref: torch.Tensor, cache: bool = True, eot: int = 1, sign: torch.Tensor | None = None
+    ) -> "BoundTarget":
         """``q`` as a function of ``dist`` alone, with ``ref`` fixed (what an attack optimises);
         ``eot`` > 1 averages that many draws of a randomised target (EOT); ``sign`` (±1 per row,
         :mod:`robench.core.directions`) makes the objective ``sign · q``."""
@@ -247,7 +265,7 @@ class Target(nn.Module):
             return self(dist, ref)
         return torch.stack([self(dist, ref) for _ in range(draws)]).mean(dim=0)
 
-    # --- speed options (issue 18.4; set by :func:`set_speed`) -----------------------------
+    # --- speed options (set by :func:`set_speed`) ------------------------------------------
     #: "bf16": every evaluation (scoring, the attacks' steps and gradients) under bf16 autocast,
     #: scores returned in float32; None: float32
     amp: str | None = None
@@ -272,8 +290,10 @@ class Target(nn.Module):
         if s.shape != (dist.shape[0],):
             raise RobenchError(f"target {self.card.name} returned shape {tuple(s.shape)}, expected ({dist.shape[0]},)")
         if not torch.isfinite(s.detach()).all():
-            raise RobenchError(f"target {self.card.name} returned non-finite scores "
-                               f"({int((~torch.isfinite(s.detach())).sum())} of {s.numel()})")
+            raise RobenchError(
+                f"target {self.card.name} returned non-finite scores "
+                f"({int((~torch.isfinite(s.detach())).sum())} of {s.numel()})"
+            )
         return s
 
     @property
@@ -371,8 +391,9 @@ class BoundTarget(nn.Module):
       ``q``). :meth:`plain` undoes it.
     """
 
-    def __init__(self, target: Target, ref: torch.Tensor, cache: bool = True, eot: int = 1,
-                 sign: torch.Tensor | None = None):
+    def __init__(
+        self, target: Target, ref: torch.Tensor, cache: bool = True, eot: int = 1, sign: torch.Tensor | None = None
+    ):
         super().__init__()
         self.sign = None if sign is None else as_signs(sign, ref.shape[0], "bound target").to(ref.device)
         self.eot = max(1, int(eot))

@@ -50,7 +50,9 @@ def weights_dir() -> Path:
 # safe loading
 
 
-def load_state_dict(path: str | Path, sha256: str | None = None, sha256_prefix: str | None = None) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | Path, sha256: str | None = None, sha256_prefix: str | None = None
+) -> dict[str, torch.Tensor]:
     """Load a flat ``{name: tensor}`` dict, refusing unsafe or tampered files.
 
     Understands the wrappers in the wild: pyiqa's ``{"params": ...}``, ``{"state_dict": ...}``,
@@ -64,7 +66,9 @@ def load_state_dict(path: str | Path, sha256: str | None = None, sha256_prefix: 
         if sha256 is not None and actual != sha256.lower():
             raise IntegrityError(f"sha256 mismatch for {path}: expected {sha256.lower()}, got {actual}")
         if sha256_prefix is not None and not actual.startswith(sha256_prefix.lower()):
-            raise IntegrityError(f"sha256 of {path} does not start with the published prefix {sha256_prefix} (got {actual[:16]}…)")
+            raise IntegrityError(
+                f"sha256 of {path} does not start with the published prefix {sha256_prefix} (got {actual[:16]}…)"
+            )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -86,9 +90,12 @@ def load_state_dict(path: str | Path, sha256: str | None = None, sha256_prefix: 
             ) from None
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
             if "TorchScript" in str(exc):
-                raise WeightsError(f"refusing to load {path}: it is a TorchScript archive (code, not a plain tensor "
-                                   f"checkpoint); export its state dict or safetensors instead") from None
-            raise WeightsError(f"corrupt or truncated checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                raise WeightsError(
+                    f"refusing to load {path}: it is a TorchScript archive (code, not a plain tensor "
+                    f"checkpoint); export its state dict or safetensors instead"
+                ) from None
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WeightsError(f"corrupt or truncated checkpoint {path}: {why}") from None
     return flatten_checkpoint(obj, str(path))
 
 
@@ -104,7 +111,7 @@ def flatten_checkpoint(obj: Any, where: str) -> dict[str, torch.Tensor]:
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
             raise WeightsError(f"{where}: entry {k!r} is a {type(v).__name__}, not a tensor")
-        out[k[len("module."):] if k.startswith("module.") else k] = v
+        out[k[len("module.") :] if k.startswith("module.") else k] = v
     return out
 
 
@@ -126,10 +133,16 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: st
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     common = sorted(set(own) & set(state))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in common if tuple(own[k].shape) != tuple(state[k].shape)]
-    dtypes = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
-              for k in common if _dtype_kind(own[k]) != _dtype_kind(state[k])]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in common
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    dtypes = [
+        f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
+        for k in common
+        if _dtype_kind(own[k]) != _dtype_kind(state[k])
+    ]
     if missing or unexpected or shapes or dtypes:
         parts = []
         if missing:
@@ -251,8 +264,14 @@ def register(name: str, src: str | Path, source: str, provenance: dict[str, Any]
     else:
         os.replace(tmp, dest)
         fsync_dir(files)
-    entry = {"name": name, "file": str(dest.relative_to(weights_dir())), "sha256": digest, "source": source,
-             "provenance": provenance or {}, "registered": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    entry = {
+        "name": name,
+        "file": str(dest.relative_to(weights_dir())),
+        "sha256": digest,
+        "source": source,
+        "provenance": provenance or {},
+        "registered": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     with _index_lock():
         index = read_index()
         index[name] = entry
@@ -286,7 +305,7 @@ def _clean_stale_tmp(folder: Path) -> None:
 def seeded_name(name: str, train_seed: int | None) -> str:
     """The weights name of a recipe variant fine-tuned with training seed ``train_seed``:
     ``birqa.aat`` for seed 0 or None (the existing name, so caches and stores stay valid),
-    ``birqa.aat-s1`` for seed 1 (issue 17.5, ``robench run --seeds``)."""
+    ``birqa.aat-s1`` for seed 1 (``robench run --seeds``)."""
     return name if not train_seed else f"{name}-s{int(train_seed)}"
 
 
@@ -336,7 +355,9 @@ def verify_all() -> list[dict[str, Any]]:
             status = "missing"
         else:
             status = "ok" if sha256_file(p) == entry["sha256"] else "sha256 mismatch"
-        out.append({"name": name, "file": str(p), "status": status, "sha256": entry["sha256"], "source": entry["source"]})
+        out.append(
+            {"name": name, "file": str(p), "status": status, "sha256": entry["sha256"], "source": entry["source"]}
+        )
     return out
 
 
@@ -348,9 +369,3 @@ def torch_hub_checkpoint(filename: str) -> Path | None:
 
 # --------------------------------------------------------------------------------------------
 # import and fetch
-
-
-
-
-
-

@@ -18,19 +18,23 @@ from robench.core.registry import DATASETS
 BASE_URL = "https://people.eecs.berkeley.edu/~rich.zhang/projects/2018_perceptual/dataset"
 
 
-@DATASETS.register("bapps-2afc", summary="BAPPS 2AFC: 64×64 patch triplets, judge = fraction preferring p1 "
-                                         "(official train/val)")
+@DATASETS.register(
+    "bapps-2afc", summary="BAPPS 2AFC: 64×64 patch triplets, judge = fraction preferring p1 (official train/val)"
+)
 class BAPPS2AFC(RealTwoAFC):
     name = "bapps-2afc"
     label_name = "fraction preferring p1"
     layout = "dataset/2afc/{train,val}/<category>/{ref,p0,p1,judge}/NNNNNN.{png,npy}"
     splits = ("train", "val")
     official_splits = True
-    archives = (Archive(f"{BASE_URL}/twoafc_train.tar.gz", "twoafc_train.tar.gz"),
-                Archive(f"{BASE_URL}/twoafc_val.tar.gz", "twoafc_val.tar.gz"))
+    archives = (
+        Archive(f"{BASE_URL}/twoafc_train.tar.gz", "twoafc_train.tar.gz"),
+        Archive(f"{BASE_URL}/twoafc_val.tar.gz", "twoafc_val.tar.gz"),
+    )
 
-    def __init__(self, split: str = "val", root: str | Path | None = None, categories: list[str] | None = None,
-                 **kw: Any):
+    def __init__(
+        self, split: str = "val", root: str | Path | None = None, categories: list[str] | None = None, **kw: Any
+    ):
         self.categories = categories
         super().__init__(split="val" if split == "test" else split, root=root, **kw)
 
@@ -56,9 +60,18 @@ class BAPPS2AFC(RealTwoAFC):
                         if not p.is_file():
                             raise DataError(f"bapps-2afc: {k} file for {ref} is missing: {p}")
                     rid = f"{split}/{cat.name}/{ref.stem}"
-                    rows.append({"ref_path": str(ref), "p0_path": str(paths["p0"]), "p1_path": str(paths["p1"]),
-                                 "judge_path": str(paths["judge"]), "ref_id": rid, "source": rid,
-                                 "distortion": cat.name, "split": split})
+                    rows.append(
+                        {
+                            "ref_path": str(ref),
+                            "p0_path": str(paths["p0"]),
+                            "p1_path": str(paths["p1"]),
+                            "judge_path": str(paths["judge"]),
+                            "ref_id": rid,
+                            "source": rid,
+                            "distortion": cat.name,
+                            "split": split,
+                        }
+                    )
         if not found:
             raise DataError(f"bapps-2afc: no 2afc/train or 2afc/val folder under {root}")
         return pd.DataFrame(rows)

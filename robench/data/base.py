@@ -50,8 +50,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
             # PIL reads a 48-bit RGB PNG as mode "RGB", silently keeping the high byte: refuse it
             # (raw modes X;16B/L/N are 16 bits per channel; BMP's 5-6-5 "BGR;16" is not)
             if any(re.search(r";16[BLN]$", _rawmode(t)) for t in (im.tile or ())):
-                raise DataError(f"{path}: expected 8 bits per channel, got a 16-bit {im.mode} image "
-                                f"(convert it to 8-bit RGB first)")
+                raise DataError(
+                    f"{path}: expected 8 bits per channel, got a 16-bit {im.mode} image (convert it to 8-bit RGB first)"
+                )
             im.load()  # decode now so truncation is caught here, not later
             mode = im.mode
             if mode == "P":
@@ -66,8 +67,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except Image.DecompressionBombError as exc:  # not an OSError: a header claiming > 2×MAX_IMAGE_PIXELS
-        raise DataError(f"image {path} is too large to decode ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS "
-                        f"only for files you trust") from None
+        raise DataError(
+            f"image {path} is too large to decode ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS only for files you trust"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"corrupt or unreadable image {path}: {exc}") from None
     if arr.ndim != 3 or arr.shape[2] != 3:
@@ -196,8 +198,11 @@ class IQADataset(torch.utils.data.Dataset):
         if "split" in t:
             per = {}
             for s, g in t.groupby("split", sort=False):
-                per[s] = {count_key: int(len(g)), "n_references": int(g["ref_id"].nunique()),
-                          "n_sources": int(g["source"].nunique())}
+                per[s] = {
+                    count_key: int(len(g)),
+                    "n_references": int(g["ref_id"].nunique()),
+                    "n_sources": int(g["source"].nunique()),
+                }
             out["splits"] = {s: per[s] for s in list(self.splits) if s in per}
             srcs = [set(t.loc[t["split"] == s, "source"]) for s in out["splits"]]
             out["splits_disjoint"] = all(not (a & b) for i, a in enumerate(srcs) for b in srcs[i + 1 :])
@@ -219,9 +224,14 @@ class FilePairs(IQADataset):
                 f"distorted {row['dist_path']} is {dist.shape[1]}×{dist.shape[0]}"
             )
         return {
-            "ref": to_tensor(ref), "dist": to_tensor(dist), "mos": float(row["mos"]),
-            "mos_raw": float(row["mos_raw"]), "ref_id": str(row["ref_id"]), "source": str(row["source"]),
-            "distortion": str(row["distortion"]), "level": int(row["level"]),
+            "ref": to_tensor(ref),
+            "dist": to_tensor(dist),
+            "mos": float(row["mos"]),
+            "mos_raw": float(row["mos_raw"]),
+            "ref_id": str(row["ref_id"]),
+            "source": str(row["source"]),
+            "distortion": str(row["distortion"]),
+            "level": int(row["level"]),
         }
 
 
@@ -236,11 +246,17 @@ class FileTwoAFC(IQADataset):
         row = self.table.iloc[int(i)]
         imgs = [read_rgb(row[k]) for k in ("ref_path", "p0_path", "p1_path")]
         if not (imgs[0].shape == imgs[1].shape == imgs[2].shape):
-            sizes = ", ".join(f"{k} {row[k + '_path']} is {a.shape[1]}×{a.shape[0]}" for k, a in zip(("ref", "p0", "p1"), imgs))
+            sizes = ", ".join(
+                f"{k} {row[k + '_path']} is {a.shape[1]}×{a.shape[0]}" for k, a in zip(("ref", "p0", "p1"), imgs)
+            )
             raise DataError(f"size mismatch in triplet: {sizes}")
         return {
-            "ref": to_tensor(imgs[0]), "p0": to_tensor(imgs[1]), "p1": to_tensor(imgs[2]),
-            "judge": self._judge(row), "ref_id": str(row["ref_id"]), "source": str(row["source"]),
+            "ref": to_tensor(imgs[0]),
+            "p0": to_tensor(imgs[1]),
+            "p1": to_tensor(imgs[2]),
+            "judge": self._judge(row),
+            "ref_id": str(row["ref_id"]),
+            "source": str(row["source"]),
             "distortion": str(row["distortion"]),
         }
 
@@ -300,12 +316,18 @@ def find_layout(root: Path, dataset: str, markers: Sequence[str], max_depth: int
             except OSError:
                 continue
         frontier = nxt
-    raise DataError(f"{dataset}: {root} does not hold the official layout (expected {', '.join(markers)} "
-                    f"in it or in a subfolder)")
+    raise DataError(
+        f"{dataset}: {root} does not hold the official layout (expected {', '.join(markers)} in it or in a subfolder)"
+    )
 
 
-def check_labels(df: pd.DataFrame, label_file: Path, name_col: str = "dist_path", label_col: str = "mos_raw",
-                 bounds: tuple[float, float] | None = None) -> np.ndarray:
+def check_labels(
+    df: pd.DataFrame,
+    label_file: Path,
+    name_col: str = "dist_path",
+    label_col: str = "mos_raw",
+    bounds: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Every label must be a finite number (within ``bounds`` when given): NaN/inf or text in a
     label file is an error naming the row. Returns the labels as floats."""
     # a column that pandas parsed as booleans ("True"/"False") is not a label: to_numeric would give 1/0
@@ -320,8 +342,10 @@ def check_labels(df: pd.DataFrame, label_file: Path, name_col: str = "dist_path"
     if bad.any():
         row = df[bad].iloc[0]
         shown = row[label_col].item() if isinstance(row[label_col], np.generic) else row[label_col]
-        raise DataError(f"{label_file}: label {shown!r} for {Path(str(row[name_col])).name} is not {what} "
-                        f"({int(bad.sum())} such row(s))")
+        raise DataError(
+            f"{label_file}: label {shown!r} for {Path(str(row[name_col])).name} is not {what} "
+            f"({int(bad.sum())} such row(s))"
+        )
     return vals
 
 
@@ -370,8 +394,14 @@ class RealDataset(IQADataset):
     layout: ClassVar[str] = ""  # what the user must put at root, for error messages
     archives: ClassVar[tuple] = ()  # fetch.Archive entries with a public URL
 
-    def __init__(self, split: str = "train", root: str | Path | None = None, seed: int = 0,
-                 ratios: Sequence[float] = DEFAULT_RATIOS, verify: bool = False):
+    def __init__(
+        self,
+        split: str = "train",
+        root: str | Path | None = None,
+        seed: int = 0,
+        ratios: Sequence[float] = DEFAULT_RATIOS,
+        verify: bool = False,
+    ):
         self.root = check_root(root, self.name, self.layout)
         self.split = split
         self.seed = seed

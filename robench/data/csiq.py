@@ -11,8 +11,16 @@ from robench.core.errors import DataError
 from robench.core.registry import DATASETS
 
 # dst_type in the label sheet -> the token in the file name <image>.<token>.<level>.png
-TYPE_TOKENS = {"noise": "awgn", "awgn": "awgn", "jpeg": "jpeg", "jpeg 2000": "jpeg2000", "jpeg2000": "jpeg2000",
-               "fnoise": "fnoise", "blur": "blur", "contrast": "contrast"}
+TYPE_TOKENS = {
+    "noise": "awgn",
+    "awgn": "awgn",
+    "jpeg": "jpeg",
+    "jpeg 2000": "jpeg2000",
+    "jpeg2000": "jpeg2000",
+    "fnoise": "fnoise",
+    "blur": "blur",
+    "contrast": "contrast",
+}
 DMOS_OFFSET = 1.0  # oriented MOS = 1 − DMOS
 
 
@@ -44,7 +52,11 @@ class CSIQ(RealPairs):
         for r in df.itertuples(index=False):
             if pd.isna(r.image):
                 continue
-            image = str(int(r.image)) if isinstance(r.image, float) and float(r.image).is_integer() else str(r.image).strip()
+            image = (
+                str(int(r.image))
+                if isinstance(r.image, float) and float(r.image).is_integer()
+                else str(r.image).strip()
+            )
             dtype = str(r.dst_type).strip().lower()
             token = TYPE_TOKENS.get(dtype)
             if token is None:
@@ -53,13 +65,24 @@ class CSIQ(RealPairs):
             fname = f"{image}.{token}.{level}.png".lower()
             dist = dist_index.get(fname)
             if dist is None:
-                raise DataError(f"{label_file} row (image {image}, {dtype}, level {level}) names {fname}, missing under "
-                                f"{base / 'dst_imgs'}")
+                raise DataError(
+                    f"{label_file} row (image {image}, {dtype}, level {level}) names {fname}, missing under "
+                    f"{base / 'dst_imgs'}"
+                )
             ref = ref_index.get(image.lower())
             if ref is None:
                 raise DataError(f"{label_file}: reference {image}.png missing from {base / 'src_imgs'}")
-            rows.append({"ref_path": str(ref), "dist_path": str(dist), "mos_raw": r.dmos, "ref_id": image,
-                         "source": image, "distortion": token, "level": level})
+            rows.append(
+                {
+                    "ref_path": str(ref),
+                    "dist_path": str(dist),
+                    "mos_raw": r.dmos,
+                    "ref_id": image,
+                    "source": image,
+                    "distortion": token,
+                    "level": level,
+                }
+            )
         out = pd.DataFrame(rows)
         if len(out):
             out["mos_raw"] = check_labels(out, label_file)

@@ -385,18 +385,37 @@ class DistortionType:
 
 
 _ROBENCH_NAMES = {
-    1: "gaussian_blur", 2: "lens_blur", 3: "motion_blur", 4: "color_diffusion", 5: "color_shift",
-    6: "color_quantization", 7: "saturation_hsv", 8: "saturation_lab", 9: "jpeg2000", 10: "jpeg",
-    11: "white_noise", 12: "white_noise_ycbcr", 13: "impulse_noise", 14: "multiplicative_noise",
-    15: "denoise", 16: "brighten", 17: "darken", 18: "mean_shift", 19: "jitter",
-    20: "non_eccentricity_patch", 21: "pixelate", 22: "quantization", 23: "color_block",
-    24: "high_sharpen", 25: "contrast_change",
+    1: "gaussian_blur",
+    2: "lens_blur",
+    3: "motion_blur",
+    4: "color_diffusion",
+    5: "color_shift",
+    6: "color_quantization",
+    7: "saturation_hsv",
+    8: "saturation_lab",
+    9: "jpeg2000",
+    10: "jpeg",
+    11: "white_noise",
+    12: "white_noise_ycbcr",
+    13: "impulse_noise",
+    14: "multiplicative_noise",
+    15: "denoise",
+    16: "brighten",
+    17: "darken",
+    18: "mean_shift",
+    19: "jitter",
+    20: "non_eccentricity_patch",
+    21: "pixelate",
+    22: "quantization",
+    23: "color_block",
+    24: "high_sharpen",
+    25: "contrast_change",
 }
 # Types whose fidelity to the reference is not monotone in level, and why (the others are
 # tested to lose PSNR with every level):
 NON_MONOTONE = {
     4: "chroma is amplified by the level's amount, so from level 3 on the colours clip at the sRGB gamut "
-       "and PSNR plateaus (KADID's own MOS plateaus there too: 1.76, 1.61, 1.39)",
+    "and PSNR plateaus (KADID's own MOS plateaus there too: 1.76, 1.61, 1.39)",
     18: "the shift passes through the identity at level 3 (+0.15 … −0.15)",
     25: "the contrast parameter passes through the identity at level 3 (+0.3 … −0.6)",
 }

@@ -42,9 +42,17 @@ class KADID10k(RealPairs):
             # isdecimal, not isdigit: int() refuses digits such as '²'
             if len(parts) != 3 or not parts[1].isdecimal() or not parts[2].isdecimal():
                 raise DataError(f"{label_file}: distorted name {dist_img!r} is not I<ref>_<type>_<level>.png")
-            rows.append({"ref_path": str(base / "images" / str(ref_img)), "dist_path": str(base / "images" / str(dist_img)),
-                         "mos_raw": dmos, "ref_id": Path(str(ref_img)).stem, "source": Path(str(ref_img)).stem,
-                         "distortion": f"kadid{int(parts[1]):02d}", "level": int(parts[2])})
+            rows.append(
+                {
+                    "ref_path": str(base / "images" / str(ref_img)),
+                    "dist_path": str(base / "images" / str(dist_img)),
+                    "mos_raw": dmos,
+                    "ref_id": Path(str(ref_img)).stem,
+                    "source": Path(str(ref_img)).stem,
+                    "distortion": f"kadid{int(parts[1]):02d}",
+                    "level": int(parts[2]),
+                }
+            )
         out = pd.DataFrame(rows)
         if not len(out):
             return out  # RealDataset: "no items found"

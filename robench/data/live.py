@@ -56,12 +56,15 @@ class LIVE(RealPairs):
         names_file = require_file(base / "refnames_all.mat", "LIVE refnames_all.mat")
         m = _loadmat(dmos_file)
         if "dmos" not in m or "orgs" not in m:
-            raise DataError(f"{dmos_file}: expected variables 'dmos' and 'orgs', found {sorted(k for k in m if not k.startswith('__'))}")
+            found = sorted(k for k in m if not k.startswith("__"))
+            raise DataError(f"{dmos_file}: expected variables 'dmos' and 'orgs', found {found}")
         dmos = _mat_numbers(m, "dmos", dmos_file)
         orgs = _mat_numbers(m, "orgs", dmos_file)
         if not np.isin(orgs, (0.0, 1.0)).all():
-            raise DataError(f"{dmos_file}: 'orgs' must hold 0 (distorted) or 1 (reference copy), got "
-                            f"{sorted(set(orgs[~np.isin(orgs, (0.0, 1.0))].tolist()))[:5]}")
+            raise DataError(
+                f"{dmos_file}: 'orgs' must hold 0 (distorted) or 1 (reference copy), got "
+                f"{sorted(set(orgs[~np.isin(orgs, (0.0, 1.0))].tolist()))[:5]}"
+            )
         rn = _loadmat(names_file)
         if "refnames_all" not in rn:
             raise DataError(f"{names_file}: expected variable 'refnames_all'")
@@ -76,8 +79,10 @@ class LIVE(RealPairs):
                 raise DataError(f"live: {d} must hold img1.bmp … imgN.bmp without gaps")
             files += [(folder, d / f"img{n}.bmp") for n in nums]
         if not (len(files) == len(dmos) == len(orgs) == len(refnames)):
-            raise DataError(f"live: {len(files)} images in {', '.join(FOLDERS)} but {dmos_file} has {len(dmos)} DMOS, "
-                            f"{len(orgs)} orgs and {names_file} has {len(refnames)} reference names")
+            raise DataError(
+                f"live: {len(files)} images in {', '.join(FOLDERS)} but {dmos_file} has {len(dmos)} DMOS, "
+                f"{len(orgs)} orgs and {names_file} has {len(refnames)} reference names"
+            )
         rows = []
         for (folder, path), score, org, ref in zip(files, dmos, orgs, refnames):
             if org == 1:  # a copy of the reference inside the distortion folder
@@ -85,8 +90,17 @@ class LIVE(RealPairs):
             ref_path = base / "refimgs" / ref
             if not ref_path.is_file():
                 raise DataError(f"{names_file} names reference {ref!r} for {path}, missing from {base / 'refimgs'}")
-            rows.append({"ref_path": str(ref_path), "dist_path": str(path), "mos_raw": score,
-                         "ref_id": Path(ref).stem, "source": Path(ref).stem, "distortion": folder, "level": 0})
+            rows.append(
+                {
+                    "ref_path": str(ref_path),
+                    "dist_path": str(path),
+                    "mos_raw": score,
+                    "ref_id": Path(ref).stem,
+                    "source": Path(ref).stem,
+                    "distortion": folder,
+                    "level": 0,
+                }
+            )
         out = pd.DataFrame(rows)
         if len(out):
             out["mos_raw"] = check_labels(out, dmos_file)

@@ -69,8 +69,18 @@ N_VAL = 5  # val photos (model selection); every other photo trains
 #: the folder of the committed photos and their manifest.json (module-level so tests can point it elsewhere)
 PHOTOS_DIR = Path(__file__).with_name("photos")
 #: licences a committed photo may carry (SPDX ids; LicenseRef-PublicDomain for public domain)
-ALLOWED_LICENCES = frozenset({"LicenseRef-PublicDomain", "CC0-1.0", "CC-BY-2.0", "CC-BY-3.0", "CC-BY-4.0",
-                              "CC-BY-SA-2.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0"})
+ALLOWED_LICENCES = frozenset(
+    {
+        "LicenseRef-PublicDomain",
+        "CC0-1.0",
+        "CC-BY-2.0",
+        "CC-BY-3.0",
+        "CC-BY-4.0",
+        "CC-BY-SA-2.0",
+        "CC-BY-SA-3.0",
+        "CC-BY-SA-4.0",
+    }
+)
 _PHOTO_FIELDS = ("id", "file", "sha256", "origin", "original", "licence", "author", "description", "processing")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -100,8 +110,10 @@ def load_sources(photos_dir: str | Path | None = None) -> tuple[Source, ...]:
     """The committed photos, read from the manifest (checked complete; pixels are not read here)."""
     mpath = manifest_path(photos_dir)
     if not mpath.is_file():
-        raise DataError(f"the built-in photos' manifest is missing: {mpath} (reinstall robench; the photos ship "
-                        f"in robench/data/photos/)")
+        raise DataError(
+            f"the built-in photos' manifest is missing: {mpath} (reinstall robench; the photos ship "
+            f"in robench/data/photos/)"
+        )
     try:
         entries = json.loads(mpath.read_text())["photos"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -117,7 +129,9 @@ def load_sources(photos_dir: str | Path | None = None) -> tuple[Source, ...]:
         if Path(fname).name != fname or fname.startswith("."):
             raise DataError(f"{mpath}: photo {pid!r} file {fname!r} must be a plain name inside {mpath.parent}")
         if e["licence"] not in ALLOWED_LICENCES:
-            raise DataError(f"{mpath}: photo {pid!r} has licence {e['licence']!r}; allowed: {', '.join(sorted(ALLOWED_LICENCES))}")
+            raise DataError(
+                f"{mpath}: photo {pid!r} has licence {e['licence']!r}; allowed: {', '.join(sorted(ALLOWED_LICENCES))}"
+            )
         o = e["origin"]
         try:
             origin = f"{o['package']} {o['version']}:{o['path']}"
@@ -125,8 +139,18 @@ def load_sources(photos_dir: str | Path | None = None) -> tuple[Source, ...]:
         except (KeyError, TypeError):
             raise DataError(f"{mpath}: photo {pid!r} needs origin.package/version/path and original.sha256") from None
         seen.add(pid)
-        out.append(Source(pid, fname, str(e["sha256"]), str(e["licence"]), str(e["author"]), origin, original_sha,
-                          str(e["description"])))
+        out.append(
+            Source(
+                pid,
+                fname,
+                str(e["sha256"]),
+                str(e["licence"]),
+                str(e["author"]),
+                origin,
+                original_sha,
+                str(e["description"]),
+            )
+        )
     return tuple(out)
 
 
@@ -138,29 +162,37 @@ def _manifest_digest(photos_dir: str | Path | None = None) -> str:
 def _load_source(src: Source, photos_dir: str | Path | None = None) -> np.ndarray:
     p = src.path(photos_dir)
     if not p.is_file():
-        raise DataError(f"built-in photo {src.name!r} not found at {p} (reinstall robench; the photos ship in "
-                        f"robench/data/photos/)")
+        raise DataError(
+            f"built-in photo {src.name!r} not found at {p} (reinstall robench; the photos ship in robench/data/photos/)"
+        )
     got = sha256_file(p)
     if got != src.sha256:
-        raise IntegrityError(f"built-in photo {p} does not match its sha256 in {manifest_path(photos_dir)} "
-                             f"(expected {src.sha256}, got {got}): the file was modified; reinstall robench or "
-                             f"regenerate the photos with scripts/make_mini_photos.py")
+        raise IntegrityError(
+            f"built-in photo {p} does not match its sha256 in {manifest_path(photos_dir)} "
+            f"(expected {src.sha256}, got {got}): the file was modified; reinstall robench or "
+            f"regenerate the photos with scripts/make_mini_photos.py"
+        )
     return read_rgb(p)
 
 
-def assign_photo_splits(names: list[str] | tuple[str, ...], seed: int = 0, n_val: int = N_VAL,
-                        n_test: int = N_TEST) -> dict[str, str]:
+def assign_photo_splits(
+    names: list[str] | tuple[str, ...], seed: int = 0, n_val: int = N_VAL, n_test: int = N_TEST
+) -> dict[str, str]:
     """Map each source photo to ``train``/``val``/``test``: a seeded permutation of the sorted ids
     (``numpy.random.default_rng(seed)``), the first ``len − n_val − n_test`` train, the next
     ``n_val`` val, the last ``n_test`` test. Fixed counts, not ratios (``base.assign_splits``'s
     6:2:2 would give 22 photos only 4 test photos): the photo is the independent unit."""
     uniq = sorted(set(names))
     if len(uniq) < n_val + n_test + 1:
-        raise DataError(f"mini needs at least {n_val + n_test + 1} source photos for {n_test} test and {n_val} val "
-                        f"photos, has {len(uniq)}")
+        raise DataError(
+            f"mini needs at least {n_val + n_test + 1} source photos for {n_test} test and {n_val} val "
+            f"photos, has {len(uniq)}"
+        )
     n_train = len(uniq) - n_val - n_test
     order = np.random.default_rng(seed).permutation(len(uniq))
-    return {uniq[i]: "train" if r < n_train else ("val" if r < n_train + n_val else "test") for r, i in enumerate(order)}
+    return {
+        uniq[i]: "train" if r < n_train else ("val" if r < n_train + n_val else "test") for r, i in enumerate(order)
+    }
 
 
 def sources_per_split(split_of: dict[str, str]) -> dict[str, list[str]]:
@@ -203,8 +235,9 @@ def cache_key(size: int, seed: int, crops_per_source: int) -> str:
     return f"mini-v{BUILD_VERSION}-{size}px-{crops_per_source}crops-seed{seed}"
 
 
-def cache_dir(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = DEFAULT_CROPS,
-              root: str | Path | None = None) -> Path:
+def cache_dir(
+    size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = DEFAULT_CROPS, root: str | Path | None = None
+) -> Path:
     base = Path(root) if root is not None else robench_home() / "datasets"
     return base / cache_key(size, seed, crops_per_source)
 
@@ -224,9 +257,15 @@ def _is_complete(folder: Path) -> bool:
     return bool(m.get("complete"))
 
 
-def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = DEFAULT_CROPS,
-               root: str | Path | None = None, workers: int | None = None, force: bool = False,
-               progress: bool = True) -> Path:
+def build_mini(
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    crops_per_source: int = DEFAULT_CROPS,
+    root: str | Path | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
     """Build (or find) the cached ``mini`` set and return its folder."""
     if size < 32:
         raise RobenchError(f"mini image size must be >= 32 px, got {size}")
@@ -247,17 +286,28 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
         split_of = assign_photo_splits([s.name for s in sources_], seed=seed)
         for src in sources_:
             img = _load_source(src)  # checks the committed file's sha256
-            sources.append({"name": src.name, "file": f"photos/{src.file}", "sha256": src.sha256,
-                            "licence": src.licence, "author": src.author, "origin": src.origin,
-                            "original_sha256": src.original_sha256, "height": img.shape[0], "width": img.shape[1],
-                            "split": split_of[src.name]})
+            sources.append(
+                {
+                    "name": src.name,
+                    "file": f"photos/{src.file}",
+                    "sha256": src.sha256,
+                    "licence": src.licence,
+                    "author": src.author,
+                    "origin": src.origin,
+                    "original_sha256": src.original_sha256,
+                    "height": img.shape[0],
+                    "width": img.shape[1],
+                    "split": split_of[src.name],
+                }
+            )
             for j, (y, x, crop) in enumerate(crop_references(img, size, crops_per_source)):
                 refs.append(crop)
                 rows.append({"ref_id": f"{src.name}_{j}", "source": src.name, "crop_y": y, "crop_x": x})
         ref_arr = np.stack(refs)
         n_cells = len(D.DISTORTIONS) * 5
-        dists = np.lib.format.open_memmap(tmp / "dists.npy", mode="w+", dtype=np.uint8,
-                                          shape=(len(refs) * n_cells, size, size, 3))
+        dists = np.lib.format.open_memmap(
+            tmp / "dists.npy", mode="w+", dtype=np.uint8, shape=(len(refs) * n_cells, size, size, 3)
+        )
         jobs = [(ref_arr[i], i, seed) for i in range(len(refs))]
         workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
         with progress_bar(progress) as bar:
@@ -281,21 +331,44 @@ def build_mini(size: int = DEFAULT_SIZE, seed: int = 0, crops_per_source: int = 
             for tid in sorted(D.DISTORTIONS):
                 d = D.DISTORTIONS[tid]
                 for level in range(1, 6):
-                    pairs.append({"index": len(pairs), "ref_index": r, "ref_id": row["ref_id"], "source": row["source"],
-                                  "distortion": d.name, "distortion_id": tid, "level": level,
-                                  "mos": d.mos_mean[level - 1], "mos_std": d.mos_std[level - 1],
-                                  "split": split_of[row["source"]]})
+                    pairs.append(
+                        {
+                            "index": len(pairs),
+                            "ref_index": r,
+                            "ref_id": row["ref_id"],
+                            "source": row["source"],
+                            "distortion": d.name,
+                            "distortion_id": tid,
+                            "level": level,
+                            "mos": d.mos_mean[level - 1],
+                            "mos_std": d.mos_std[level - 1],
+                            "split": split_of[row["source"]],
+                        }
+                    )
         pd.DataFrame(pairs).to_csv(tmp / "pairs.csv", index=False)
-        pd.DataFrame(rows).assign(split=[split_of[r["source"]] for r in rows]).to_csv(tmp / "references.csv", index=False)
+        pd.DataFrame(rows).assign(split=[split_of[r["source"]] for r in rows]).to_csv(
+            tmp / "references.csv", index=False
+        )
         files = {f: (tmp / f).stat().st_size for f in ("refs.npy", "dists.npy", "pairs.csv", "references.csv")}
         meta = {
-            "name": "mini", "build_version": BUILD_VERSION, "size": size, "seed": seed,
-            "crops_per_source": crops_per_source, "n_pairs": len(pairs), "n_references": len(refs),
-            "n_sources": len(sources_), "sources": sources, "splits": split_of,
-            "sources_per_split": sources_per_split(split_of), "photos_manifest_sha256": digest,
+            "name": "mini",
+            "build_version": BUILD_VERSION,
+            "size": size,
+            "seed": seed,
+            "crops_per_source": crops_per_source,
+            "n_pairs": len(pairs),
+            "n_references": len(refs),
+            "n_sources": len(sources_),
+            "sources": sources,
+            "splits": split_of,
+            "sources_per_split": sources_per_split(split_of),
+            "photos_manifest_sha256": digest,
             "split_rule": f"seeded by photo: {N_TEST} test, {N_VAL} val, the rest train (assign_photo_splits)",
-            "label_source": D.PROVENANCE, "build_seconds": round(time.perf_counter() - t0, 2),
-            "robench_version": _version(), "files": files, "complete": True,
+            "label_source": D.PROVENANCE,
+            "build_seconds": round(time.perf_counter() - t0, 2),
+            "robench_version": _version(),
+            "files": files,
+            "complete": True,
         }
         # meta.json is written last: its presence (with matching file sizes) marks completeness.
         # Everything is on disk before the rename, so even a power cut cannot expose a half file.
@@ -359,12 +432,20 @@ class _MiniBase(IQADataset):
 
     def info(self) -> dict[str, Any]:
         out = super().info()
-        out.update({"image_size": self.meta["size"], "seed": self.meta["seed"], "label_source": self.meta["label_source"],
-                    "cache": str(self.folder), "build_version": self.meta["build_version"],
-                    "cache_key": self.folder.name, "build_seconds": self.meta["build_seconds"],
-                    "sources": [s["name"] for s in self.meta["sources"]],
-                    "sources_per_split": self._sources_per_split(),
-                    "photos_manifest_sha256": self.meta.get("photos_manifest_sha256")})
+        out.update(
+            {
+                "image_size": self.meta["size"],
+                "seed": self.meta["seed"],
+                "label_source": self.meta["label_source"],
+                "cache": str(self.folder),
+                "build_version": self.meta["build_version"],
+                "cache_key": self.folder.name,
+                "build_seconds": self.meta["build_seconds"],
+                "sources": [s["name"] for s in self.meta["sources"]],
+                "sources_per_split": self._sources_per_split(),
+                "photos_manifest_sha256": self.meta.get("photos_manifest_sha256"),
+            }
+        )
         return out
 
     def _sources_per_split(self) -> dict[str, dict[str, Any]]:
@@ -378,16 +459,26 @@ class _MiniBase(IQADataset):
         return out
 
 
-@DATASETS.register("mini", summary="built-in offline set: 22 committed natural photos × crops × 25 KADID distortions × "
-                                   "5 levels, labelled with KADID-10k cell MOS; split by photo 7/5/10")
+@DATASETS.register(
+    "mini",
+    summary="built-in offline set: 22 committed natural photos × crops × 25 KADID distortions × "
+    "5 levels, labelled with KADID-10k cell MOS; split by photo 7/5/10",
+)
 class Mini(_MiniBase):
     """Built-in offline FR-IQA set (pairs)."""
 
     name = "mini"
     default = True  # the offline default: no download, no dataset root
 
-    def __init__(self, split: str = "train", size: int = DEFAULT_SIZE, seed: int = 0,
-                 crops_per_source: int = DEFAULT_CROPS, root: str | Path | None = None, progress: bool = True):
+    def __init__(
+        self,
+        split: str = "train",
+        size: int = DEFAULT_SIZE,
+        seed: int = 0,
+        crops_per_source: int = DEFAULT_CROPS,
+        root: str | Path | None = None,
+        progress: bool = True,
+    ):
         self._open(size, seed, crops_per_source, root, progress)
         self.split = split
         self.table = select_split(self.pairs, split, self.splits)
@@ -395,14 +486,22 @@ class Mini(_MiniBase):
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.table.iloc[int(i)]
         return {
-            "ref": to_tensor(self.refs[int(row["ref_index"])]), "dist": to_tensor(self.dists[int(row["index"])]),
-            "mos": float(row["mos"]), "mos_raw": float(row["mos"]), "ref_id": row["ref_id"], "source": row["source"],
-            "distortion": row["distortion"], "level": int(row["level"]),
+            "ref": to_tensor(self.refs[int(row["ref_index"])]),
+            "dist": to_tensor(self.dists[int(row["index"])]),
+            "mos": float(row["mos"]),
+            "mos_raw": float(row["mos"]),
+            "ref_id": row["ref_id"],
+            "source": row["source"],
+            "distortion": row["distortion"],
+            "level": int(row["level"]),
         }
 
 
-@DATASETS.register("mini-2afc", summary="2AFC triplets from two distortions of one mini reference; judge from the "
-                                        "Thurstone model on the cells' KADID MOS mean/std")
+@DATASETS.register(
+    "mini-2afc",
+    summary="2AFC triplets from two distortions of one mini reference; judge from the "
+    "Thurstone model on the cells' KADID MOS mean/std",
+)
 class Mini2AFC(_MiniBase):
     """Built-in offline 2AFC set: (ref, p0, p1, judge) with judge = fraction preferring p1."""
 
@@ -412,9 +511,16 @@ class Mini2AFC(_MiniBase):
     label_name = "fraction preferring p1 (Thurstone case V on KADID cell MOS)"
     label_direction = "—"
 
-    def __init__(self, split: str = "train", size: int = DEFAULT_SIZE, seed: int = 0,
-                 crops_per_source: int = DEFAULT_CROPS, triplets_per_reference: int = 25,
-                 root: str | Path | None = None, progress: bool = True):
+    def __init__(
+        self,
+        split: str = "train",
+        size: int = DEFAULT_SIZE,
+        seed: int = 0,
+        crops_per_source: int = DEFAULT_CROPS,
+        triplets_per_reference: int = 25,
+        root: str | Path | None = None,
+        progress: bool = True,
+    ):
         self._open(size, seed, crops_per_source, root, progress)
         self.split = split
         self.table = select_split(self._triplets(triplets_per_reference, seed), split, self.splits)
@@ -428,16 +534,28 @@ class Mini2AFC(_MiniBase):
                 a, b = rng.choice(len(g), size=2, replace=False)  # two different cells
                 p0, p1 = g.iloc[a], g.iloc[b]
                 judge = float(thurstone_preference(p0["mos"], p0["mos_std"], p1["mos"], p1["mos_std"]))
-                rows.append({"ref_index": int(ref_index), "p0_index": int(p0["index"]), "p1_index": int(p1["index"]),
-                             "judge": judge, "ref_id": p0["ref_id"], "source": p0["source"],
-                             "distortion": f"{p0['distortion']}:{p0['level']}|{p1['distortion']}:{p1['level']}",
-                             "split": p0["split"]})
+                rows.append(
+                    {
+                        "ref_index": int(ref_index),
+                        "p0_index": int(p0["index"]),
+                        "p1_index": int(p1["index"]),
+                        "judge": judge,
+                        "ref_id": p0["ref_id"],
+                        "source": p0["source"],
+                        "distortion": f"{p0['distortion']}:{p0['level']}|{p1['distortion']}:{p1['level']}",
+                        "split": p0["split"],
+                    }
+                )
         return pd.DataFrame(rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.table.iloc[int(i)]
         return {
-            "ref": to_tensor(self.refs[int(row["ref_index"])]), "p0": to_tensor(self.dists[int(row["p0_index"])]),
-            "p1": to_tensor(self.dists[int(row["p1_index"])]), "judge": float(row["judge"]),
-            "ref_id": row["ref_id"], "source": row["source"], "distortion": row["distortion"],
+            "ref": to_tensor(self.refs[int(row["ref_index"])]),
+            "p0": to_tensor(self.dists[int(row["p0_index"])]),
+            "p1": to_tensor(self.dists[int(row["p1_index"])]),
+            "judge": float(row["judge"]),
+            "ref_id": row["ref_id"],
+            "source": row["source"],
+            "distortion": row["distortion"],
         }

@@ -16,8 +16,10 @@ from robench.core.fetch import Archive
 from robench.core.errors import DataError
 from robench.core.registry import DATASETS
 
-ARCHIVE = Archive("https://web.ece.ucsb.edu/~ekta/projects/PieAPPv0.1/all_data_PieAPP_dataset_CVPR_2018.zip",
-                  "all_data_PieAPP_dataset_CVPR_2018.zip")
+ARCHIVE = Archive(
+    "https://web.ece.ucsb.edu/~ekta/projects/PieAPPv0.1/all_data_PieAPP_dataset_CVPR_2018.zip",
+    "all_data_PieAPP_dataset_CVPR_2018.zip",
+)
 LAYOUT = "reference_images/<split>/, distorted_images/<split>/ref_<n>/, labels/<split>/ref_<n>_pairwise_labels.csv"
 
 
@@ -57,7 +59,9 @@ class _PieAPPBase:
         for p in (base / "distorted_images" / split / ref_stem / name, base / "distorted_images" / split / name):
             if p.is_file():
                 return p
-        raise DataError(f"{label_file}: distorted image {name!r} missing under {base / 'distorted_images' / split / ref_stem}")
+        raise DataError(
+            f"{label_file}: distorted image {name!r} missing under {base / 'distorted_images' / split / ref_stem}"
+        )
 
 
 @DATASETS.register("pieapp", summary="PieAPP per-image scores (official test split); error, lower is better")
@@ -78,13 +82,23 @@ class PieAPP(_PieAPPBase, RealPairs):
                 c_ref, c_dist, c_score = _col(df, lf, "reference"), _col(df, lf, "distorted"), _col(df, lf, "score")
                 for ref_name, dist_name, score in df[[c_ref, c_dist, c_score]].itertuples(index=False, name=None):
                     ref = self._ref(base, split, str(ref_name).strip(), lf)
-                    rows.append({"ref_path": str(ref),
-                                 "dist_path": str(self._dist(base, split, ref.stem, str(dist_name).strip(), lf)),
-                                 "mos_raw": pd.to_numeric(score, errors="coerce"),
-                                 "ref_id": ref.stem, "source": ref.stem, "distortion": "pieapp", "level": 0,
-                                 "split": split, "_lf": str(lf)})
+                    rows.append(
+                        {
+                            "ref_path": str(ref),
+                            "dist_path": str(self._dist(base, split, ref.stem, str(dist_name).strip(), lf)),
+                            "mos_raw": pd.to_numeric(score, errors="coerce"),
+                            "ref_id": ref.stem,
+                            "source": ref.stem,
+                            "distortion": "pieapp",
+                            "level": 0,
+                            "split": split,
+                            "_lf": str(lf),
+                        }
+                    )
         if not splits:
-            raise DataError(f"pieapp: no *_per_image_score.csv under {base / 'labels'} (the official test split has them)")
+            raise DataError(
+                f"pieapp: no *_per_image_score.csv under {base / 'labels'} (the official test split has them)"
+            )
         self.splits = tuple(splits)
         out = pd.DataFrame(rows)
         if not len(out):
@@ -119,13 +133,22 @@ class PieAPP2AFC(_PieAPPBase, RealTwoAFC):
                     a = self._dist(base, split, ref.stem, str(a_name).strip(), lf)
                     b = self._dist(base, split, ref.stem, str(b_name).strip(), lf)
                     p_a = pd.to_numeric(p_a, errors="coerce")
-                    rows.append({"ref_path": str(ref), "p0_path": str(a), "p1_path": str(b), "judge": 1.0 - p_a,
-                                 "ref_id": ref.stem, "source": ref.stem, "distortion": "pieapp", "split": split,
-                                 "_lf": str(lf)})
+                    rows.append(
+                        {
+                            "ref_path": str(ref),
+                            "p0_path": str(a),
+                            "p1_path": str(b),
+                            "judge": 1.0 - p_a,
+                            "ref_id": ref.stem,
+                            "source": ref.stem,
+                            "distortion": "pieapp",
+                            "split": split,
+                            "_lf": str(lf),
+                        }
+                    )
         out = pd.DataFrame(rows)
         if len(out):
             for lf, g in out.groupby("_lf"):
                 check_labels(g, Path(lf), name_col="p0_path", label_col="judge", bounds=(0.0, 1.0))
             out = out.drop(columns="_lf")
         return out
-

@@ -11,7 +11,9 @@ from robench.core.errors import DataError
 from robench.core.registry import DATASETS
 
 
-@DATASETS.register("pipal", summary="PIPAL (train part): 200 refs, GAN/SR/traditional distortions; Elo, higher is better")
+@DATASETS.register(
+    "pipal", summary="PIPAL (train part): 200 refs, GAN/SR/traditional distortions; Elo, higher is better"
+)
 class PIPAL(RealPairs):
     name = "pipal"
     label_name = "Elo (higher is better)"
@@ -45,10 +47,18 @@ class PIPAL(RealPairs):
                 except ValueError:
                     elo_val = float("nan")
                 bits = Path(name).stem.split("_")
-                rows.append({"ref_path": str(ref), "dist_path": str(dist), "mos_raw": elo_val,
-                             "ref_id": Path(ref_name).stem, "source": Path(ref_name).stem,
-                             "distortion": f"pipal{bits[1]}" if len(bits) > 1 else "pipal", "level": 0,
-                             "_label_file": str(label_file)})
+                rows.append(
+                    {
+                        "ref_path": str(ref),
+                        "dist_path": str(dist),
+                        "mos_raw": elo_val,
+                        "ref_id": Path(ref_name).stem,
+                        "source": Path(ref_name).stem,
+                        "distortion": f"pipal{bits[1]}" if len(bits) > 1 else "pipal",
+                        "level": 0,
+                        "_label_file": str(label_file),
+                    }
+                )
         out = pd.DataFrame(rows)
         if len(out):
             for lf, g in out.groupby("_label_file"):

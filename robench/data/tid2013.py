@@ -46,9 +46,17 @@ class TID2013(RealPairs):
                 mos_val = float(mos)
             except ValueError:
                 mos_val = float("nan")
-            rows.append({"ref_path": str(ref), "dist_path": str(dist), "mos_raw": mos_val,
-                         "ref_id": ref_name[:-4], "source": ref_name[:-4],
-                         "distortion": f"tid{int(bits[1]):02d}", "level": int(bits[2])})
+            rows.append(
+                {
+                    "ref_path": str(ref),
+                    "dist_path": str(dist),
+                    "mos_raw": mos_val,
+                    "ref_id": ref_name[:-4],
+                    "source": ref_name[:-4],
+                    "distortion": f"tid{int(bits[1]):02d}",
+                    "level": int(bits[2]),
+                }
+            )
         out = pd.DataFrame(rows)
         if len(out):
             check_labels(out, label_file)

@@ -12,7 +12,7 @@ allows errors as large as the labels' whole spread (a constant mid-range predict
 error ≤ R/2). :func:`anchored_terms` therefore also reports ``bound_rel = bound/R`` and
 ``vacuous = bound ≥ R``; only non-vacuous batches say something about the training.
 
-**[choice] The hinge's normaliser** (issue: AAT collapsed its score range 13×). The paper divides
+**[choice] The hinge's normaliser** (with the paper's, AAT collapsed its score range 13×). The paper divides
 each violation by the batch MOS range ``R``, a constant: every violation is a difference of two
 predictions, so shrinking *all* predictions toward one value shrinks the hinge, and the only term
 that resists (the MSE on the 8 anchors) lost at every step — a constant predictor wins the paper's
@@ -23,10 +23,10 @@ unchanged by a global rescaling of the predictions, so shrinking earns nothing. 
 predictor has hinge 0 but pays the base loss of a constant (MSE + λ·1) on the anchors and on the
 recipe's replay items (:func:`robench.defenses.recipes.aat_objective`) — more than a model that ranks the
 anchors (tests/test_aat_trust.py checks it on a real batch). Theorem 1 is untouched: its ``η``
-is the largest violation over ``R`` (logged as before, from the same prediction vector), and
+is the largest violation over ``R`` (logged from the same prediction vector), and
 ``η·R`` is the largest raw violation whatever the loss divides by; only the loss's weighting of
-violations changed, so the theorem bounds the trained model's error exactly as before. ``hinge_norm="mos-range"``
-is the paper's literal objective.
+violations changed, so the theorem bounds the trained model's error exactly as with the paper's
+normaliser. ``hinge_norm="mos-range"`` is the paper's literal objective.
 
 The sampler draws a moving MOS sub-range (``W = min(Δ·(K−1), ½ × dataset MOS range)``), with random
 tie-breaks and fresh anchors on every draw (method-notes §2, batch construction).
@@ -76,8 +76,16 @@ class AnchorSampler:
     ``ids`` (optional, one per dataset row) are the stable item identifiers reported in
     :attr:`AnchorBatch.anchor_ids`; the row index when omitted."""
 
-    def __init__(self, mos, batch: int = 32, anchors: int = 8, spacing: float = 0.5, seed: int = 0,
-                 band_fraction: float = BAND_FRACTION, ids=None):
+    def __init__(
+        self,
+        mos,
+        batch: int = 32,
+        anchors: int = 8,
+        spacing: float = 0.5,
+        seed: int = 0,
+        band_fraction: float = BAND_FRACTION,
+        ids=None,
+    ):
         self.mos = np.asarray(mos, dtype=float)
         if anchors < 2 or batch <= anchors:
             raise RobenchError(f"AAT needs ≥ 2 anchors and a batch larger than the anchors (got {anchors}, {batch})")
@@ -135,8 +143,12 @@ class AnchorSampler:
         is_anchor = np.zeros(len(pos), dtype=bool)
         is_anchor[: len(anchors)] = True
         rows = order[pos]
-        return AnchorBatch(indices=rows, is_anchor=is_anchor, band=(float(by[0]), float(by[-1])),
-                           anchor_ids=[self.ids[int(r)] for r in rows[: len(anchors)]])
+        return AnchorBatch(
+            indices=rows,
+            is_anchor=is_anchor,
+            band=(float(by[0]), float(by[-1])),
+            anchor_ids=[self.ids[int(r)] for r in rows[: len(anchors)]],
+        )
 
 
 def nearest_anchors(y: torch.Tensor, is_anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,8 +170,9 @@ HINGE_NORMS = ("pred-range", "mos-range")
 PRED_RANGE_FLOOR = 0.01
 
 
-def anchored_terms(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor, top_k: int = 4,
-                   hinge_norm: str = "pred-range"):
+def anchored_terms(
+    pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor, top_k: int = 4, hinge_norm: str = "pred-range"
+):
     """The per-sample hinge ``ℓ_i`` (non-anchors), the top-k surrogate of its max, and every
     Theorem-1 quantity of this batch (floats, from this one prediction vector). The hinge is
     divided by the anchors' prediction range (``pred-range``, robench) or the batch MOS range
@@ -193,10 +206,18 @@ def anchored_terms(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor,
         bound = delta + cov + eta * Rf
         # a bound ≥ the batch MOS range constrains nothing a constant prediction would not meet:
         # such a batch is "vacuous" and is no evidence for Theorem 1
-        stats = {"anchor_err": delta, "coverage": cov, "max_hinge": eta, "mos_range": Rf,
-                 "hinge_norm_value": float(norm.detach()),
-                 "bound": bound, "bound_rel": bound / Rf, "vacuous": bool(bound >= Rf),
-                 "emp_max_err": float((p - yy).abs().max()), "n_anchors": int(is_anchor.sum())}
+        stats = {
+            "anchor_err": delta,
+            "coverage": cov,
+            "max_hinge": eta,
+            "mos_range": Rf,
+            "hinge_norm_value": float(norm.detach()),
+            "bound": bound,
+            "bound_rel": bound / Rf,
+            "vacuous": bool(bound >= Rf),
+            "emp_max_err": float((p - yy).abs().max()),
+            "n_anchors": int(is_anchor.sum()),
+        }
     return ell, topk, stats
 
 
@@ -208,11 +229,19 @@ def bound_summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
     bound = np.array([float(r["bound"]) for r in steps])
     err = np.array([float(r["emp_max_err"]) for r in steps])
     rng = np.array([float(r.get("mos_range", np.nan)) for r in steps])
-    vac = np.array([bool(r["vacuous"]) if "vacuous" in r else bool(not np.isfinite(rng[i]) or bound[i] >= rng[i])
-                    for i, r in enumerate(steps)])
+    vac = np.array(
+        [
+            bool(r["vacuous"]) if "vacuous" in r else bool(not np.isfinite(rng[i]) or bound[i] >= rng[i])
+            for i, r in enumerate(steps)
+        ]
+    )
     n = len(steps)
     held = err <= bound + 1e-6
-    return {"n_batches": n, "held": int(held.sum()), "non_vacuous": int((~vac).sum()),
-            "non_vacuous_fraction": float((~vac).mean()) if n else float("nan"),
-            "held_non_vacuous": int((held & ~vac).sum()),
-            "median_bound_rel": float(np.nanmedian(bound / rng)) if np.isfinite(rng).any() else float("nan")}
+    return {
+        "n_batches": n,
+        "held": int(held.sum()),
+        "non_vacuous": int((~vac).sum()),
+        "non_vacuous_fraction": float((~vac).mean()) if n else float("nan"),
+        "held_non_vacuous": int((held & ~vac).sum()),
+        "median_bound_rel": float(np.nanmedian(bound / rng)) if np.isfinite(rng).any() else float("nan"),
+    }

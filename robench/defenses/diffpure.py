@@ -54,8 +54,14 @@ class TinyUNet(nn.Module):
 
     @staticmethod
     def _block(i: int, o: int) -> nn.Module:
-        return nn.Sequential(nn.GroupNorm(min(8, i), i), nn.SiLU(), nn.Conv2d(i, o, 3, padding=1),
-                             nn.GroupNorm(min(8, o), o), nn.SiLU(), nn.Conv2d(o, o, 3, padding=1))
+        return nn.Sequential(
+            nn.GroupNorm(min(8, i), i),
+            nn.SiLU(),
+            nn.Conv2d(i, o, 3, padding=1),
+            nn.GroupNorm(min(8, o), o),
+            nn.SiLU(),
+            nn.Conv2d(o, o, 3, padding=1),
+        )
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
         half = self.width // 2
@@ -100,8 +106,18 @@ class DiffPure(InferenceDefense):
     test_options = {"t_star": 4, "steps": 2}
 
     @classmethod
-    def prepare(cls, options: dict[str, Any], *, dataset: str, dataset_options: dict[str, Any], profile: str,
-                seed: int, progress: bool = True, device: str = "cpu", **_: Any) -> None:
+    def prepare(
+        cls,
+        options: dict[str, Any],
+        *,
+        dataset: str,
+        dataset_options: dict[str, Any],
+        profile: str,
+        seed: int,
+        progress: bool = True,
+        device: str = "cpu",
+        **_: Any,
+    ) -> None:
         """``--defense ...+diffpure`` without a denoiser: train the small DDPM first (on the
         dataset its weights name, ``diffpure.<dataset>``)."""
         from robench.core import weights as W
@@ -112,9 +128,14 @@ class DiffPure(InferenceDefense):
         name = str(options.get("weights", cls.defaults["weights"]))
         if W.lookup(name) is None:
             ds = name.split(".", 1)[1] if "." in name else default_dataset()
-            train_diffpure(dataset=ds, profile=profile, seed=seed,
-                           dataset_options=dict(dataset_options) if ds == dataset else {}, progress=progress,
-                           device=device)
+            train_diffpure(
+                dataset=ds,
+                profile=profile,
+                seed=seed,
+                dataset_options=dict(dataset_options) if ds == dataset else {},
+                progress=progress,
+                device=device,
+            )
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -135,8 +156,10 @@ class DiffPure(InferenceDefense):
         entry = W.lookup(str(self.params["weights"]))
         if entry is None:
             ds = str(self.params["weights"]).split(".", 1)[-1]
-            raise RobenchError(f"no DiffPure denoiser {self.params['weights']!r}: `robench train --defense diffpure "
-                               f"--dataset {ds}` trains one here, or pass path=<diffusers UNet2DModel folder>")
+            raise RobenchError(
+                f"no DiffPure denoiser {self.params['weights']!r}: `robench train --defense diffpure "
+                f"--dataset {ds}` trains one here, or pass path=<diffusers UNet2DModel folder>"
+            )
         meta = W.checkpoint_meta(entry["path"])[0]
         net = TinyUNet(int(meta.get("width", 32)))
         W.load_into(net, W.load_state_dict(entry["path"], sha256=entry["sha256"]), entry["path"])
@@ -162,7 +185,7 @@ class DiffPure(InferenceDefense):
             z = an.sqrt() * z0 + (1 - an).sqrt() * eps
         eps = self.model(z, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
         z = (z - (1 - abar[0]).sqrt() * eps) / abar[0].sqrt()
-        return ((z.clamp(-1, 1) + 1) / 2)
+        return (z.clamp(-1, 1) + 1) / 2
 
     def forward(self, dist, ref):
         out = self.purify(dist)
@@ -172,8 +195,16 @@ class DiffPure(InferenceDefense):
 class _DDPMTask(TrainTask):
     """ε-prediction on random crops (and flips) of the training references at uniform timesteps."""
 
-    def __init__(self, net: TinyUNet, refs: torch.Tensor, batch: int, crop: int, seed: int, dataset: str,
-                 log_extra: dict[str, Any]):
+    def __init__(
+        self,
+        net: TinyUNet,
+        refs: torch.Tensor,
+        batch: int,
+        crop: int,
+        seed: int,
+        dataset: str,
+        log_extra: dict[str, Any],
+    ):
         self.module, self.refs, self.batch, self.crop, self.seed = net, refs, batch, crop, seed
         self.title = f"diffpure: DDPM on {dataset} references"
         self.abar = alphas_bar()
@@ -185,7 +216,7 @@ class _DDPMTask(TrainTask):
         c = min(self.crop, *x.shape[-2:])
         ys = torch.randint(0, x.shape[-2] - c + 1, (1,), generator=gen).item()
         xs = torch.randint(0, x.shape[-1] - c + 1, (1,), generator=gen).item()
-        x = x[..., ys:ys + c, xs:xs + c] * 2 - 1
+        x = x[..., ys : ys + c, xs : xs + c] * 2 - 1
         flip = torch.rand(self.batch, generator=gen) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         t = torch.randint(0, T, (self.batch,), generator=gen)
@@ -204,10 +235,20 @@ class _DDPMTask(TrainTask):
         return f"diffpure:{done}"
 
 
-def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | None = None, seed: int = 0,
-                   width: int = 32, batch: int = 16, crop: int = 64, lr: float = 2e-4,
-                   dataset_options: dict | None = None, progress: bool = True,
-                   out: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+def train_diffpure(
+    dataset: str = "mini",
+    profile: str = "quick",
+    steps: int | None = None,
+    seed: int = 0,
+    width: int = 32,
+    batch: int = 16,
+    crop: int = 64,
+    lr: float = 2e-4,
+    dataset_options: dict | None = None,
+    progress: bool = True,
+    out: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Train the ε-predictor on the train split's reference images; register ``diffpure.<dataset>``.
     Resumable: a rerun of the same configuration continues from ``out/last.pt``."""
     import numpy as np
@@ -236,27 +277,58 @@ def train_diffpure(dataset: str = "mini", profile: str = "quick", steps: int | N
         net = TinyUNet(width)
     net = net.to(dev)  # initialised on the CPU (the same weights on any device); batches follow it
     schedule = "linear beta 1e-4..0.02, T=1000"
-    run_cfg = {"dataset": dataset, "dataset_options": opts, "profile": prof.name, "seed": seed, "width": width,
-               "batch": batch, "crop": crop, "lr": lr, "schedule": schedule, "steps": n_steps}
+    run_cfg = {
+        "dataset": dataset,
+        "dataset_options": opts,
+        "profile": prof.name,
+        "seed": seed,
+        "width": width,
+        "batch": batch,
+        "crop": crop,
+        "lr": lr,
+        "schedule": schedule,
+        "steps": n_steps,
+    }
     out = Path(out) if out else robench_home() / "runs" / "train" / f"diffpure-{dataset}-{prof.name}-seed{seed}"
     task = _DDPMTask(net, refs, batch, crop, seed, dataset, {"config": run_cfg})
-    trainer = Trainer(task, out, config_hash(run_cfg, exclude=("steps",)), n_steps, lr, checkpoint_every=250,
-                      progress=progress).run()
+    trainer = Trainer(
+        task, out, config_hash(run_cfg, exclude=("steps",)), n_steps, lr, checkpoint_every=250, progress=progress
+    ).run()
     losses = [r["loss"] for r in trainer.rows]
     seconds = trainer.clock.elapsed
-    provenance = {"dataset": dataset, "split": "train", "images": "reference images", "n_images": len(refs),
-                  "steps": n_steps, "batch": batch, "crop": crop, "lr": lr, "schedule": schedule,
-                  "final_loss": float(np.mean(losses[-50:])), "train_seconds": round(seconds, 2), "seed": seed,
-                  "profile": prof.name, "git_commit": git_commit(), "versions": versions(), "run": str(out),
-                  "device": device_record(dev)}
+    provenance = {
+        "dataset": dataset,
+        "split": "train",
+        "images": "reference images",
+        "n_images": len(refs),
+        "steps": n_steps,
+        "batch": batch,
+        "crop": crop,
+        "lr": lr,
+        "schedule": schedule,
+        "final_loss": float(np.mean(losses[-50:])),
+        "train_seconds": round(seconds, 2),
+        "seed": seed,
+        "profile": prof.name,
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "run": str(out),
+        "device": device_record(dev),
+    }
     path = out / "denoiser.safetensors"
-    W.save_safetensors(net.state_dict(), path, {"config": {"width": width}, "provenance": provenance,
-                                                "format": "robench-diffpure-v1"})
+    W.save_safetensors(
+        net.state_dict(), path, {"config": {"width": width}, "provenance": provenance, "format": "robench-diffpure-v1"}
+    )
     task.log_extra = {"provenance": provenance}
     task.write_log(out, trainer.rows)
     entry = W.register(f"diffpure.{dataset}", path, source="trained-here", provenance=provenance)
-    return {"name": f"diffpure.{dataset}", "sha256": entry["sha256"], "train_seconds": round(seconds, 1),
-            "final_loss": provenance["final_loss"], "weights": str(W.weights_dir() / entry["file"])}
+    return {
+        "name": f"diffpure.{dataset}",
+        "sha256": entry["sha256"],
+        "train_seconds": round(seconds, 1),
+        "final_loss": provenance["final_loss"],
+        "weights": str(W.weights_dir() / entry["file"]),
+    }
 
 
 # `robench train --defense diffpure` finds the trainer here (the CLI names no defence)

@@ -27,7 +27,7 @@ the checkpoint's. The result is registered as weights ``M.<recipe>`` with its pr
 weights digest, recipe, every hyper-parameter, ``calibration_init``, train time). Each run writes
 ``steps.csv`` / ``steps.json`` (one row per optimiser step) and resumes from ``last.pt``.
 
-A run stops when its loss has settled (issue 17.6), or at the step cap (profile ``adv_steps``):
+A run stops when its loss has settled, or at the step cap (profile ``adv_steps``):
 every ``adv_eval_every`` steps (and before the first) the recipe's own objective — inner PGD
 included, at a fixed seed, the target in eval mode, no parameter touched — is evaluated on
 ``adv_eval_batches`` fixed held-out batches drawn from the **val split** by the recipe's own
@@ -89,8 +89,9 @@ CALIBRATION_ITEMS = 512
 AT_SSIM = "rgb-mean, gaussian 11/1.5, valid (pytorch_msssim convention)"
 
 
-def at_labels(y: torch.Tensor, adv: torch.Tensor, clean: torch.Tensor, k: float, mos_min: float,
-              mos_max: float) -> torch.Tensor:
+def at_labels(
+    y: torch.Tensor, adv: torch.Tensor, clean: torch.Tensor, k: float, mos_min: float, mos_max: float
+) -> torch.Tensor:
     """AT- label rule (Chistyakova et al. 2024, method-notes §2): the attacked copy's label
     ``clamp(y − k·(1 − SSIM(x_adv, x))·(MOS_max − MOS_min), MOS_min, MOS_max)`` with SSIM per image
     on RGB, per channel and averaged (:func:`robench.models.classic.ssim_rgb`)."""
@@ -161,7 +162,7 @@ class TrainingRecipe(TrainTask):
         self.title = f"{self.label}-training {base}"
         self.run_cfg: dict[str, Any] = {}
         self.calibration_init: dict[str, Any] | None = None
-        # held-out monitoring (issue 17.6); None: no monitoring, the run goes to its cap
+        # held-out monitoring; None: no monitoring, the run goes to its cap
         self.heldout = heldout
         self.cap = int(prof.adv_steps)  # the step cap (adversarial_train sets the run's)
         self.eval_every = max(1, int(prof.adv_eval_every))
@@ -232,8 +233,9 @@ class TrainingRecipe(TrainTask):
 
             mos = b.y[attacked].cpu().numpy()
             kw["signs"] = torch.from_numpy(get_direction("mos-split").signs(mos, len(mos))[0]).float().to(b.dist.device)
-        adv[attacked] = (attacker or pgd_inner)(self.module, b.dist[attacked], b.ref[attacked], self.eps,
-                                                self.prof.adv_pgd_steps, b.rng_seed, **kw)
+        adv[attacked] = (attacker or pgd_inner)(
+            self.module, b.dist[attacked], b.ref[attacked], self.eps, self.prof.adv_pgd_steps, b.rng_seed, **kw
+        )
         return adv
 
     def loss(self, b: RecipeBatch) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -242,7 +244,7 @@ class TrainingRecipe(TrainTask):
         loss, log = self.objective(b, adv)
         return loss, {**b.info, **log}
 
-    # -- held-out monitoring and the stopping rule (issue 17.6) --------------------------------
+    # -- held-out monitoring and the stopping rule -------------------------------------------
     def heldout_seed(self, j: int) -> int:
         """Seed of held-out batch ``j`` (its items, crop and PGD start). Steps use
         ``seed·1_000_003 + step``: no step below 1_000_001 − j reaches it, the next seed's steps
@@ -254,16 +256,19 @@ class TrainingRecipe(TrainTask):
         if self._heldout_batches is None:
             need = self.items_per_step()
             if len(self.heldout) < need:
-                raise RobenchError(f"the held-out (val) split has {len(self.heldout)} items, fewer than the "
-                                   f"{need} of one {self.label}- batch that the stopping rule evaluates")
+                raise RobenchError(
+                    f"the held-out (val) split has {len(self.heldout)} items, fewer than the "
+                    f"{need} of one {self.label}- batch that the stopping rule evaluates"
+                )
             saved = self.data, self.mos, self.ids
             self.data = self.heldout
             self.mos = self.heldout.table["mos"].to_numpy(dtype=float)
             self.ids = item_ids(self.heldout.table)
             try:
                 seeds = [self.heldout_seed(j) for j in range(max(1, int(self.prof.adv_eval_batches)))]
-                self._heldout_batches = [to_device(self._build_batch(s, torch.Generator().manual_seed(s)), self.device)
-                                         for s in seeds]  # built on the CPU, moved as the Trainer moves a step's
+                self._heldout_batches = [
+                    to_device(self._build_batch(s, torch.Generator().manual_seed(s)), self.device) for s in seeds
+                ]  # built on the CPU, moved as the Trainer moves a step's
             finally:
                 self.data, self.mos, self.ids = saved
         return self._heldout_batches
@@ -292,9 +297,14 @@ class TrainingRecipe(TrainTask):
             n = min(int(self.prof.scale_items), len(data))
             idx = np.random.default_rng(self.heldout_seed(10_000)).choice(len(data), size=n, replace=False)
             items = [data[int(i)] for i in sorted(idx)]
-            self._scale_batch = tuple(t.to(self.device) for t in (
-                torch.stack([it["ref"] for it in items]), torch.stack([it["dist"] for it in items]),
-                torch.tensor([it["mos"] for it in items], dtype=torch.float32)))
+            self._scale_batch = tuple(
+                t.to(self.device)
+                for t in (
+                    torch.stack([it["ref"] for it in items]),
+                    torch.stack([it["dist"] for it in items]),
+                    torch.tensor([it["mos"] for it in items], dtype=torch.float32),
+                )
+            )
         return self._scale_batch
 
     def scale_stats(self) -> dict[str, float]:
@@ -303,10 +313,14 @@ class TrainingRecipe(TrainTask):
 
         ref, dist, y = self.scale_batch()
         with ModeGuard(self.module), torch.no_grad():
-            pred = torch.cat([self.module.predict_mos(dist[i:i + 32], ref[i:i + 32]) for i in range(0, len(y), 32)])
+            pred = torch.cat([self.module.predict_mos(dist[i : i + 32], ref[i : i + 32]) for i in range(0, len(y), 32)])
         mse = float(((pred - y) ** 2).mean())
-        return {"clean_sd": float(pred.std()), "clean_mse": mse, "clean_r2": 1.0 - mse / max(float(y.var(unbiased=False)), 1e-12),
-                "clean_slope": float(slope_on_mos(pred, y))}
+        return {
+            "clean_sd": float(pred.std()),
+            "clean_mse": mse,
+            "clean_r2": 1.0 - mse / max(float(y.var(unbiased=False)), 1e-12),
+            "clean_slope": float(slope_on_mos(pred, y)),
+        }
 
     def observe(self, trainer: Trainer) -> None:
         step = trainer.step
@@ -326,19 +340,31 @@ class TrainingRecipe(TrainTask):
             kept = self.scale_keep or {"step": 0, "model": None}
             if kept["model"] is not None:
                 self.module.load_state_dict(kept["model"])
-            self.scale_collapse = {"step": step, "clean_sd": row["clean_sd"], "start_sd": self.scale_start,
-                                   "floor": float(self.prof.scale_floor), "kept_step": kept["step"],
-                                   "kept_clean_sd": kept.get("clean_sd")}
-            trainer.say(f"{self.title}: clean-score SD fell to {row['clean_sd']:.3f} at step {step}, below "
-                        f"{self.prof.scale_floor:g} × its start ({self.scale_start:.3f}): the model is collapsing its "
-                        f"score range; stopped, keeping the weights of step {kept['step']}")
+            self.scale_collapse = {
+                "step": step,
+                "clean_sd": row["clean_sd"],
+                "start_sd": self.scale_start,
+                "floor": float(self.prof.scale_floor),
+                "kept_step": kept["step"],
+                "kept_clean_sd": kept.get("clean_sd"),
+            }
+            trainer.say(
+                f"{self.title}: clean-score SD fell to {row['clean_sd']:.3f} at step {step}, below "
+                f"{self.prof.scale_floor:g} × its start ({self.scale_start:.3f}): the model is collapsing its "
+                f"score range; stopped, keeping the weights of step {kept['step']}"
+            )
             return
-        self.scale_keep = {"step": step, "clean_sd": row["clean_sd"],
-                           "model": {k: v.detach().clone() for k, v in self.module.state_dict().items()}}
+        self.scale_keep = {
+            "step": step,
+            "clean_sd": row["clean_sd"],
+            "model": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+        }
         if row["settled"]:
-            trainer.say(f"{self.title}: held-out loss settled at step {step} (EMA {row['ema']:.4f}, best "
-                        f"{self.stopper.best:.4f} at step {self.stopper.best_step}; {self.stopper.patience} "
-                        f"evaluations without a {self.stopper.min_delta:.1%} improvement)")
+            trainer.say(
+                f"{self.title}: held-out loss settled at step {step} (EMA {row['ema']:.4f}, best "
+                f"{self.stopper.best:.4f} at step {self.stopper.best_step}; {self.stopper.patience} "
+                f"evaluations without a {self.stopper.min_delta:.1%} improvement)"
+            )
 
     def should_stop(self, trainer: Trainer) -> bool:
         return self.stopper.settled or self.scale_collapse is not None
@@ -347,34 +373,62 @@ class TrainingRecipe(TrainTask):
         """Why the run stopped (``settled`` / ``cap``; None while it runs), where, and the best
         held-out EMA."""
         st = self.stopper
-        reason = ("scale-collapse" if self.scale_collapse is not None else "settled" if st.settled
-                  else ("cap" if steps_done >= self.cap else None))
-        return {"stopped": reason, "stopped_at": steps_done if reason else None, "steps_run": steps_done,
-                "best_heldout_ema": st.best, "best_heldout_step": st.best_step, "heldout_evals": len(self.heldout_rows),
-                "scale_guard": self.scale_guard()}
+        reason = (
+            "scale-collapse"
+            if self.scale_collapse is not None
+            else "settled"
+            if st.settled
+            else ("cap" if steps_done >= self.cap else None)
+        )
+        return {
+            "stopped": reason,
+            "stopped_at": steps_done if reason else None,
+            "steps_run": steps_done,
+            "best_heldout_ema": st.best,
+            "best_heldout_step": st.best_step,
+            "heldout_evals": len(self.heldout_rows),
+            "scale_guard": self.scale_guard(),
+        }
 
     def scale_guard(self) -> dict[str, Any]:
         """What the collapse guard saw: the step-0 and last clean-score SD, and the stop (if any)."""
         last = self.heldout_rows[-1] if self.heldout_rows else {}
-        return {"start_sd": self.scale_start, "last_sd": last.get("clean_sd"), "last_r2": last.get("clean_r2"),
-                "floor": float(self.prof.scale_floor), "items": int(self.prof.scale_items),
-                "collapsed": self.scale_collapse}
+        return {
+            "start_sd": self.scale_start,
+            "last_sd": last.get("clean_sd"),
+            "last_r2": last.get("clean_r2"),
+            "floor": float(self.prof.scale_floor),
+            "items": int(self.prof.scale_items),
+            "collapsed": self.scale_collapse,
+        }
 
     def stopping_config(self) -> dict[str, Any]:
         """The rule's settings (in the config hash and the provenance)."""
         st = self.stopper
         n = max(1, int(self.prof.adv_eval_batches))
-        return {"eval_every": self.eval_every, "patience": st.patience, "min_delta": st.min_delta,
-                "eval_span": st.span, "eval_batches": n,
-                "scale_floor": float(self.prof.scale_floor), "scale_items": int(self.prof.scale_items),
-                "heldout": (f"val split: {n} fixed batch(es) by the recipe's own select, seeds "
-                            f"(seed+1)*1000003-2-j; the recipe objective incl. inner PGD, eval mode")
-                if self.heldout is not None else None}
+        return {
+            "eval_every": self.eval_every,
+            "patience": st.patience,
+            "min_delta": st.min_delta,
+            "eval_span": st.span,
+            "eval_batches": n,
+            "scale_floor": float(self.prof.scale_floor),
+            "scale_items": int(self.prof.scale_items),
+            "heldout": (
+                f"val split: {n} fixed batch(es) by the recipe's own select, seeds "
+                f"(seed+1)*1000003-2-j; the recipe objective incl. inner PGD, eval mode"
+            )
+            if self.heldout is not None
+            else None,
+        }
 
     def state(self) -> dict[str, Any]:
-        return {"calibration_init": self.calibration_init, "stopping": self.stopper.state_dict(),
-                "heldout_log": list(self.heldout_rows),
-                "scale": {"start": self.scale_start, "keep": self.scale_keep, "collapse": self.scale_collapse}}
+        return {
+            "calibration_init": self.calibration_init,
+            "stopping": self.stopper.state_dict(),
+            "heldout_log": list(self.heldout_rows),
+            "scale": {"start": self.scale_start, "keep": self.scale_keep, "collapse": self.scale_collapse},
+        }
 
     def load_state(self, ck: dict[str, Any]) -> None:
         # fitted when the run began; the weights hold its trained state
@@ -395,9 +449,16 @@ class TrainingRecipe(TrainTask):
 
     def write_log(self, out: Path, rows: list[dict[str, Any]]) -> None:
         done = rows[-1]["step"] + 1 if rows else 0
-        write_json_atomic(out / "steps.json", {"config": {**self.run_cfg, "calibration_init": self.calibration_init},
-                                               "steps": rows, "heldout": self.heldout_rows,
-                                               **self.stop_summary(done), "stopping": self.stopping_config()})
+        write_json_atomic(
+            out / "steps.json",
+            {
+                "config": {**self.run_cfg, "calibration_init": self.calibration_init},
+                "steps": rows,
+                "heldout": self.heldout_rows,
+                **self.stop_summary(done),
+                "stopping": self.stopping_config(),
+            },
+        )
         keys: list[str] = []
         for r in rows:
             keys += [k for k in r if k not in keys]
@@ -427,7 +488,9 @@ class R(TrainingRecipe):
         return loss, {"emp_max_err": float((pred.detach() - b.y).abs().max())}
 
 
-@DEFENSES.register("at", summary="AT-: adversarial training with SSIM-based label modification (Chistyakova et al. 2024)")
+@DEFENSES.register(
+    "at", summary="AT-: adversarial training with SSIM-based label modification (Chistyakova et al. 2024)"
+)
 class AT(TrainingRecipe):
     """Half a batch clean, half their attacked copies with labels lowered by their SSIM to the clean image."""
 
@@ -442,11 +505,16 @@ class AT(TrainingRecipe):
     def objective(self, b, adv):
         from robench.engine.train import clean_loss
 
-        y_adv = at_labels(b.y, adv, b.dist, self.prof.at_k, self.mos_min, self.mos_max)  # SSIM on RGB, channels averaged
+        y_adv = at_labels(
+            b.y, adv, b.dist, self.prof.at_k, self.mos_min, self.mos_max
+        )  # SSIM on RGB, channels averaged
         pred = self.module.predict_mos(torch.cat([b.dist, adv]), torch.cat([b.ref, b.ref]))
         yy = torch.cat([b.y, y_adv])
         loss = clean_loss(pred, yy, self.prof.train_loss_lambda)
-        return loss, {"emp_max_err": float((pred.detach() - yy).abs().max()), "mean_label_drop": float((b.y - y_adv).mean())}
+        return loss, {
+            "emp_max_err": float((pred.detach() - yy).abs().max()),
+            "mean_label_drop": float((b.y - y_adv).mean()),
+        }
 
 
 @DEFENSES.register("aat", summary="AAT-: anchored adversarial training with the Theorem-1 bound logged (BiRQA paper)")
@@ -462,10 +530,21 @@ class AAT(TrainingRecipe):
         from robench.defenses.aat import AnchorSampler
 
         p = self.prof
-        width = AnchorSampler(self.mos, self.batch, p.aat_anchors, p.aat_spacing, band_fraction=p.aat_band_fraction).width
-        return {"anchors": p.aat_anchors, "spacing": p.aat_spacing, "top_k": p.aat_top_k, "alpha": p.aat_alpha,
-                "beta": p.aat_beta, "band_fraction": p.aat_band_fraction, "band_width": width, "hinge_norm": p.aat_hinge_norm,
-                "gamma": p.aat_gamma, "replay_items": p.aat_replay}
+        width = AnchorSampler(
+            self.mos, self.batch, p.aat_anchors, p.aat_spacing, band_fraction=p.aat_band_fraction
+        ).width
+        return {
+            "anchors": p.aat_anchors,
+            "spacing": p.aat_spacing,
+            "top_k": p.aat_top_k,
+            "alpha": p.aat_alpha,
+            "beta": p.aat_beta,
+            "band_fraction": p.aat_band_fraction,
+            "band_width": width,
+            "hinge_norm": p.aat_hinge_norm,
+            "gamma": p.aat_gamma,
+            "replay_items": p.aat_replay,
+        }
 
     def _build_batch(self, rng_seed, gen):
         b = super()._build_batch(rng_seed, gen)
@@ -486,9 +565,15 @@ class AAT(TrainingRecipe):
         from robench.defenses.aat import AnchorSampler
 
         # a fresh sampler per step: its band, tie-breaks and anchors follow (seed, step)
-        ab = AnchorSampler(self.mos, self.batch, self.prof.aat_anchors, self.prof.aat_spacing, seed=rng_seed,
-                           band_fraction=self.prof.aat_band_fraction,
-                           ids=self.ids).sample()
+        ab = AnchorSampler(
+            self.mos,
+            self.batch,
+            self.prof.aat_anchors,
+            self.prof.aat_spacing,
+            seed=rng_seed,
+            band_fraction=self.prof.aat_band_fraction,
+            ids=self.ids,
+        ).sample()
         return ab.indices, ab.is_anchor, {"band_lo": ab.band[0], "band_hi": ab.band[1], "anchor_ids": ab.anchor_ids}
 
     def objective(self, b, adv):
@@ -512,8 +597,13 @@ def slope_on_mos(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((pred - pred.mean()) * yc).sum() / (yc * yc).sum().clamp_min(1e-8)
 
 
-def aat_objective(pred: torch.Tensor, y: torch.Tensor, is_anchor: torch.Tensor, prof,
-                  replay: tuple[torch.Tensor, torch.Tensor] | None = None):
+def aat_objective(
+    pred: torch.Tensor,
+    y: torch.Tensor,
+    is_anchor: torch.Tensor,
+    prof,
+    replay: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
     """``L = α·L_base(anchors) + β·mean(top-k ℓ_i) + γ·L_base(replay)`` of one batch's predictions
     (MOS scale); ``replay`` = (predictions, MOS) of the step's clean items drawn uniformly over the
     MOS axis. Returns (loss, base term, anchored term, Theorem-1 stats + ``replay_loss``).
@@ -545,8 +635,9 @@ def training_recipes() -> list[str]:
     return sorted(rec, key=lambda n: (rec[n].order, n))
 
 
-def ensure_clean(base: str, dataset: str, profile: str, seed: int, dataset_options: dict, progress: bool,
-                 device: str = "cpu"):
+def ensure_clean(
+    base: str, dataset: str, profile: str, seed: int, dataset_options: dict, progress: bool, device: str = "cpu"
+):
     """The clean target to fine-tune (on ``device``): official or trained-here weights, trained
     now if missing."""
     from robench.models import load_model
@@ -557,8 +648,15 @@ def ensure_clean(base: str, dataset: str, profile: str, seed: int, dataset_optio
         pass
     from robench.engine.train import train
 
-    train(base, dataset=dataset, profile=profile, seed=seed, dataset_options=dataset_options, progress=progress,
-          device=device)
+    train(
+        base,
+        dataset=dataset,
+        profile=profile,
+        seed=seed,
+        dataset_options=dataset_options,
+        progress=progress,
+        device=device,
+    )
     return load_model(base, device=device)
 
 
@@ -600,25 +698,37 @@ def pgd_attack(target, dist, ref, eps: float, steps: int, seed: int, objective=N
         for _ in range(int(steps)):
             with torch.enable_grad():
                 zg = z.detach().requires_grad_(True)
-                g, = torch.autograd.grad(objective(zg), zg)
+                (g,) = torch.autograd.grad(objective(zg), zg)
             g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
             z = (dist + (z + eps / 4 * g.sign() - dist).clamp(-eps, eps)).clamp(0.0, 1.0)
     return z.detach()
 
 
-def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: str = "quick", seed: int = 0,
-                      steps: int | None = None, dataset_options: dict | None = None, out: str | Path | None = None,
-                      progress: bool = True, train_seed: int | None = None, device: str = "cpu",
-                      inner: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def adversarial_train(
+    model: str,
+    recipe: str,
+    dataset: str = "mini",
+    profile: str = "quick",
+    seed: int = 0,
+    steps: int | None = None,
+    dataset_options: dict | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    train_seed: int | None = None,
+    device: str = "cpu",
+    inner: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Fine-tune the clean ``model`` with ``recipe`` into weights ``model.<recipe>``, on ``device``
     (auto | cpu | cuda | cuda:N: in the provenance, not in the config hash — a run resumes anywhere).
 
     ``seed`` is the data seed (a built set's build and photo split, the clean model's training);
-    ``train_seed`` (issue 17.5, ``robench run --seeds``) the fine-tuning's own randomness — step
+    ``train_seed`` (``robench run --seeds``) the fine-tuning's own randomness — step
     batches, crops, inner-PGD starts, the held-out batches, the calibration subset — on the same
-    data and clean model. None: the fine-tuning uses ``seed``, as before. The weights of training
-    seed k > 0 are registered as ``model.<recipe>-s<k>`` (:func:`robench.core.weights.seeded_name`);
-    seed 0 (or None) keeps ``model.<recipe>``. ``inner`` overrides the profile's ``adv_inner``;
+    data and clean model. None: the fine-tuning uses ``seed`` (the weights, hence the cell keys,
+    of a run without seeds). The weights of training seed k > 0 are registered as
+    ``model.<recipe>-s<k>`` (:func:`robench.core.weights.seeded_name`); seed 0 (or None) keeps
+    ``model.<recipe>``. ``inner`` overrides the profile's ``adv_inner``;
     ``overrides`` any of its fields (``aat_band_fraction``, ``aat_hinge_norm``, …: each one that
     changes the run is in the recipe's hyper-parameters, hence in the config hash)."""
     from robench.models import split_name
@@ -658,23 +768,57 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     inner = inner_objective(prof)
     # the inner objective enters the record only when it is not "up", so weights trained before
     # the choice existed (inner PGD on the raised score) keep their config hash
-    hp = {"recipe": recipe, "eps_train": prof.adv_eps, "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
-          **({} if inner == "up" else {"inner_objective": inner}),
-          "steps": n_steps, "batch": task.batch, "lr": prof.adv_lr, "crop": prof.train_crop,
-          "loss_lambda": prof.train_loss_lambda, **task.provenance_extra(), **task.stopping_config()}
-    task.run_cfg = {"model": base, "clean_sha256": clean_sha, "dataset": dataset, "dataset_options": ds_opts,
-                    "profile": prof.name, "seed": seed, "recipe_version": RECIPE_VERSION, **hp}
+    hp = {
+        "recipe": recipe,
+        "eps_train": prof.adv_eps,
+        "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
+        **({} if inner == "up" else {"inner_objective": inner}),
+        "steps": n_steps,
+        "batch": task.batch,
+        "lr": prof.adv_lr,
+        "crop": prof.train_crop,
+        "loss_lambda": prof.train_loss_lambda,
+        **task.provenance_extra(),
+        **task.stopping_config(),
+    }
+    task.run_cfg = {
+        "model": base,
+        "clean_sha256": clean_sha,
+        "dataset": dataset,
+        "dataset_options": ds_opts,
+        "profile": prof.name,
+        "seed": seed,
+        "recipe_version": RECIPE_VERSION,
+        **hp,
+    }
     if tseed != seed:  # only then: a run with train seed = data seed keeps its config hash (and last.pt)
         task.run_cfg["train_seed"] = tseed
     cfg_hash = config_hash(task.run_cfg, exclude=("steps",))
-    out = Path(out) if out else robench_home() / "runs" / "train" / (f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}"
-                                                                     + (f"-train{tseed}" if tseed != seed else ""))
-    trainer = Trainer(task, out, cfg_hash, n_steps, prof.adv_lr, clip_grad=prof.train_clip_grad, checkpoint_every=10,
-                      progress=progress)
+    out = (
+        Path(out)
+        if out
+        else robench_home()
+        / "runs"
+        / "train"
+        / (f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}" + (f"-train{tseed}" if tseed != seed else ""))
+    )
+    trainer = Trainer(
+        task,
+        out,
+        cfg_hash,
+        n_steps,
+        prof.adv_lr,
+        clip_grad=prof.train_clip_grad,
+        checkpoint_every=10,
+        progress=progress,
+    )
     if not trainer.resume():
         if target.predicts_mos:
-            task.calibration_init = {"skipped": "the target regresses MOS itself", "a": target.calibration.a,
-                                     "b": float(target.calibration.b)}
+            task.calibration_init = {
+                "skipped": "the target regresses MOS itself",
+                "a": target.calibration.a,
+                "b": float(target.calibration.b),
+            }
         else:
             # the calibration starts where least squares puts it, on the crops training will see
             crop_gen = torch.Generator().manual_seed((tseed + 1) * 1_000_003 - 1)  # no step uses this seed
@@ -682,8 +826,9 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
             def as_trained(r, d, _chunk):
                 return random_crop_pair(r, d, prof.train_crop, crop_gen) if prof.train_crop else (r, d)
 
-            task.calibration_init = fit_calibration(target, data, batch_size=prof.eval_batch,
-                                                    max_items=CALIBRATION_ITEMS, seed=tseed, transform=as_trained)
+            task.calibration_init = fit_calibration(
+                target, data, batch_size=prof.eval_batch, max_items=CALIBRATION_ITEMS, seed=tseed, transform=as_trained
+            )
     t_all = time.perf_counter()
     trainer.run()
 
@@ -691,21 +836,49 @@ def adversarial_train(model: str, recipe: str, dataset: str = "mini", profile: s
     v = evaluate(target, val, prof.eval_batch)
     elapsed = trainer.clock.elapsed
     stop = task.stop_summary(trainer.step)
-    provenance = {"dataset": dataset, "split": "train", "profile": prof.name, "seed": seed, "train_seed": tseed,
-                  "defense": recipe,
-                  "clean_weights": clean_desc, "clean_sha256": clean_sha, **hp,
-                  **task.final_provenance(trainer.rows), "recipe_version": RECIPE_VERSION,
-                  "stop_reason": stop["stopped"], "steps_run": stop["steps_run"], "stopped_at": stop["stopped_at"],
-                  "scale_guard": stop["scale_guard"],
-                  "best_heldout_ema": stop["best_heldout_ema"], "best_heldout_step": stop["best_heldout_step"],
-                  "calibration_init": task.calibration_init, "val_srocc": v["srocc"], "train_seconds": round(elapsed, 2),
-                  "git_commit": git_commit(), "versions": versions(), "run": str(out), "device": device_record(dev)}
+    provenance = {
+        "dataset": dataset,
+        "split": "train",
+        "profile": prof.name,
+        "seed": seed,
+        "train_seed": tseed,
+        "defense": recipe,
+        "clean_weights": clean_desc,
+        "clean_sha256": clean_sha,
+        **hp,
+        **task.final_provenance(trainer.rows),
+        "recipe_version": RECIPE_VERSION,
+        "stop_reason": stop["stopped"],
+        "steps_run": stop["steps_run"],
+        "stopped_at": stop["stopped_at"],
+        "scale_guard": stop["scale_guard"],
+        "best_heldout_ema": stop["best_heldout_ema"],
+        "best_heldout_step": stop["best_heldout_step"],
+        "calibration_init": task.calibration_init,
+        "val_srocc": v["srocc"],
+        "train_seconds": round(elapsed, 2),
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "run": str(out),
+        "device": device_record(dev),
+    }
     path = out / "final.safetensors"
-    W.save_safetensors(target.state_dict(), path, {"config": dict(getattr(target, "config", {}) or {}),
-                                                   "provenance": provenance, "format": "robench-target-v1"})
+    W.save_safetensors(
+        target.state_dict(),
+        path,
+        {"config": dict(getattr(target, "config", {}) or {}), "provenance": provenance, "format": "robench-target-v1"},
+    )
     name = W.seeded_name(f"{base}.{recipe}", train_seed)
     entry = W.register(name, path, source="trained-here", provenance=provenance)
-    return {"name": name, "out": str(out), "weights": str(W.weights_dir() / entry["file"]), "sha256": entry["sha256"],
-            "val_srocc": v["srocc"], "train_seconds": round(elapsed, 1), "steps": trainer.step, "cap": n_steps,
-            "stopped": stop["stopped"],
-            "wall_seconds": round(time.perf_counter() - t_all, 1)}
+    return {
+        "name": name,
+        "out": str(out),
+        "weights": str(W.weights_dir() / entry["file"]),
+        "sha256": entry["sha256"],
+        "val_srocc": v["srocc"],
+        "train_seconds": round(elapsed, 1),
+        "steps": trainer.step,
+        "cap": n_steps,
+        "stopped": stop["stopped"],
+        "wall_seconds": round(time.perf_counter() - t_all, 1),
+    }

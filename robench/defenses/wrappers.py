@@ -45,18 +45,30 @@ class InferenceDefense(torch.nn.Module):
 
         bad = [k for k in params if k not in self.defaults]
         if bad:
-            raise UnknownNameError(f"unknown parameter {bad[0]!r} for defence {self.name!r} "
-                                   f"(parameters: {', '.join(self.defaults) or 'none'})")
+            raise UnknownNameError(
+                f"unknown parameter {bad[0]!r} for defence {self.name!r} "
+                f"(parameters: {', '.join(self.defaults) or 'none'})"
+            )
         self.params = {**self.defaults, **params}
 
     @classmethod
     def registry_meta(cls) -> dict[str, Any]:
-        return {"kind": cls.kind, "randomised": cls.randomised, "gradient": cls.gradient, "applies_to": cls.applies_to,
-                "defaults": dict(cls.defaults)}
+        return {
+            "kind": cls.kind,
+            "randomised": cls.randomised,
+            "gradient": cls.gradient,
+            "applies_to": cls.applies_to,
+            "defaults": dict(cls.defaults),
+        }
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "params": dict(self.params), "randomised": self.randomised,
-                "gradient": self.gradient, "applies_to": self.applies_to}
+        return {
+            "name": self.name,
+            "params": dict(self.params),
+            "randomised": self.randomised,
+            "gradient": self.gradient,
+            "applies_to": self.applies_to,
+        }
 
     def forward(self, dist: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -66,8 +78,9 @@ class InferenceDefense(torch.nn.Module):
     #: reference is passed raw (the inner target's prepared reference is per batch row)
     aggregates: ClassVar[bool] = False
 
-    def around(self, score: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor]", dist: torch.Tensor,
-               ref: torch.Tensor) -> torch.Tensor:
+    def around(
+        self, score: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor]", dist: torch.Tensor, ref: torch.Tensor
+    ) -> torch.Tensor:
         """The defended score given the inner ``score(dist, ref)``: transform, then score."""
         d, r = self(dist, ref)
         return score(d, r)
@@ -90,7 +103,9 @@ class Flip(InferenceDefense):
         return torch.where(m, dist.flip(-1), dist), torch.where(m, ref.flip(-1), ref)
 
 
-@DEFENSES.register("rotate", summary="random rotation (±max_degrees, bilinear) of ref and dist together (randomised; EOT)")
+@DEFENSES.register(
+    "rotate", summary="random rotation (±max_degrees, bilinear) of ref and dist together (randomised; EOT)"
+)
 class Rotate(InferenceDefense):
     name = "rotate"
     randomised = True
@@ -101,16 +116,20 @@ class Rotate(InferenceDefense):
         n = dist.shape[0]
         a = (torch.rand(n, device=dist.device) * 2 - 1) * math.radians(float(self.params["max_degrees"]))
         cos, sin = torch.cos(a), torch.sin(a)
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(a)], 1),
-                             torch.stack([sin, cos, torch.zeros_like(a)], 1)], 1)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, torch.zeros_like(a)], 1), torch.stack([sin, cos, torch.zeros_like(a)], 1)], 1
+        )
         grid = F.affine_grid(theta, list(dist.shape), align_corners=False)
         # border padding: no black corners for the metric to react to
         rot = lambda x: F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # noqa: E731
         return rot(dist).clamp(0, 1), rot(ref).clamp(0, 1)
 
 
-@DEFENSES.register("smooth", summary="median smoothing: median score over Gaussian noise N(0, sigma^2) on dist "
-                  "(randomised; EOT); robench certify bounds it")
+@DEFENSES.register(
+    "smooth",
+    summary="median smoothing: median score over Gaussian noise N(0, sigma^2) on dist "
+    "(randomised; EOT); robench certify bounds it",
+)
 class Smooth(InferenceDefense):
     """The smoothed target of median smoothing (Chiang et al. 2020; :mod:`robench.core.smoothing`):
     the median of the inner score over ``samples`` draws of Gaussian noise (σ in pixel units of
@@ -157,8 +176,9 @@ class Jpeg(_ArtPreprocessor):
 
     def make(self):
         art = require("art.defences.preprocessor", self.install)
-        return art.JpegCompression(clip_values=(0, 1), quality=int(self.params["quality"]), channels_first=True,
-                                   apply_predict=True)
+        return art.JpegCompression(
+            clip_values=(0, 1), quality=int(self.params["quality"]), channels_first=True, apply_predict=True
+        )
 
 
 @DEFENSES.register("smoothing", summary="ART SpatialSmoothing (median filter, window 3) of dist; BPDA gradient")
@@ -168,7 +188,9 @@ class Smoothing(_ArtPreprocessor):
 
     def make(self):
         art = require("art.defences.preprocessor", self.install)
-        return art.SpatialSmoothing(window_size=int(self.params["window_size"]), channels_first=True, clip_values=(0, 1))
+        return art.SpatialSmoothing(
+            window_size=int(self.params["window_size"]), channels_first=True, clip_values=(0, 1)
+        )
 
 
 @DEFENSES.register("squeeze", summary="ART FeatureSqueezing (bit depth 5) of dist; BPDA gradient")
@@ -196,8 +218,13 @@ class Defended(Target):
         # too or aggregates over several copies of the input
         self.both = any(d.applies_to == "both" or d.aggregates for d in chain)
         names = "+".join(d.name for d in chain)
-        self.card = TargetCard(**{**inner.card.__dict__, "name": f"{inner.card.name}+{names}",
-                                  "summary": f"{inner.card.summary} behind {names}"})
+        self.card = TargetCard(
+            **{
+                **inner.card.__dict__,
+                "name": f"{inner.card.name}+{names}",
+                "summary": f"{inner.card.summary} behind {names}",
+            }
+        )
         self.defense_config = [d.config() for d in chain]
 
     def _defend(self, dist, ref):
@@ -209,7 +236,7 @@ class Defended(Target):
     def score(self, dist, ref):
         fn = self.inner.score
         for d in reversed(self.chain):  # the first defence of the chain is the outermost
-            fn = (lambda f, dd: (lambda x, r: dd.around(f, x, r)))(fn, d)
+            fn = (lambda f, dd: lambda x, r: dd.around(f, x, r))(fn, d)
         return fn(dist, ref)
 
     # purifiers of dist only keep the reference branch cacheable

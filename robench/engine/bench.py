@@ -16,8 +16,13 @@ from robench.core.target import count_parameters
 def machine(device: "str | torch.device" = "cpu") -> dict[str, Any]:
     from robench.core.device import device_record
 
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     info.update(device_record(device))  # the device measured (and its GPU)
@@ -32,8 +37,9 @@ def _device_and_sync(device):
     return device, ((lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None))
 
 
-def _random_pair(batch: int, w: int, h: int, seed: int = 0, device: "str | torch.device" = "cpu"
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_pair(
+    batch: int, w: int, h: int, seed: int = 0, device: "str | torch.device" = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded ``batch×3×h×w`` reference and a mildly noisy distorted copy (speed does not
     depend on content)."""
     gen = torch.Generator().manual_seed(seed)
@@ -47,12 +53,20 @@ def _time_step(f, dist: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor
     t0 = time.perf_counter()
     x = dist.clone().requires_grad_(True)
     q = f(x)
-    g, = torch.autograd.grad(q.sum(), x)
+    (g,) = torch.autograd.grad(q.sum(), x)
     return time.perf_counter() - t0, q.detach(), g
 
 
-def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1, rounds: int = 5, warmup: int = 2,
-          device: str = "cpu", seed: int = 0, reference: str | None = None) -> dict[str, Any]:
+def speed(
+    models: list[str],
+    size: tuple[int, int] = (512, 384),
+    batch: int = 1,
+    rounds: int = 5,
+    warmup: int = 2,
+    device: str = "cpu",
+    seed: int = 0,
+    reference: str | None = None,
+) -> dict[str, Any]:
     """Images per second, end to end (analytic features included), for each model on random
     ``batch×3×H×W`` pairs; rounds interleave the models so drift hits all alike."""
     from robench.models import load_model
@@ -76,8 +90,14 @@ def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1,
                 times[m] += time.perf_counter() - t0
     rows = []
     for m, t in targets.items():
-        rows.append({"model": m, "images_per_s": rounds * batch / times[m], "seconds_per_image": times[m] / (rounds * batch),
-                     "parameters": count_parameters(t) - count_parameters(t.calibration)})
+        rows.append(
+            {
+                "model": m,
+                "images_per_s": rounds * batch / times[m],
+                "seconds_per_image": times[m] / (rounds * batch),
+                "parameters": count_parameters(t) - count_parameters(t.calibration),
+            }
+        )
     # speed relative to a reference model of the run (the paper compares with TOPIQ-FR)
     ref_row = next((r for r in rows if r["model"] == reference), None)
     if reference is not None:
@@ -86,8 +106,15 @@ def speed(models: list[str], size: tuple[int, int] = (512, 384), batch: int = 1,
     return {"size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(device), "results": rows}
 
 
-def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, rounds: int = 5, warmup: int = 1,
-                device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+def attack_step(
+    model: str,
+    size: tuple[int, int] = (224, 224),
+    batch: int = 8,
+    rounds: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
     """One PGD step (forward, ∂q/∂x, signed update), three ways, interleaved round by round:
 
     * ``naive``: the harness's settings (eval mode, frozen parameters, ``autograd.grad`` w.r.t.
@@ -124,7 +151,7 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
                     g = x.grad
                 else:
                     q = bound[mode](x)
-                    g, = torch.autograd.grad(q.sum(), x)
+                    (g,) = torch.autograd.grad(q.sum(), x)
                     results[mode] = (q.detach(), g)
                 (x.detach() + (2 / 255) * g.sign()).clamp_(0, 1)
                 sync()
@@ -141,11 +168,19 @@ def attack_step(model: str, size: tuple[int, int] = (224, 224), batch: int = 8, 
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     (qn, gn), (qc, gc) = results["naive"], results["cached"]
     return {
-        "model": model, "size": f"{w}x{h}", "batch": batch, "rounds": rounds, "machine": machine(device),
-        "naive_step_s": med["naive"], "cached_step_s": med["cached"], "textbook_step_s": med["textbook"],
-        "ratio": med["cached"] / med["naive"], "ratio_vs_textbook": med["cached"] / med["textbook"],
+        "model": model,
+        "size": f"{w}x{h}",
+        "batch": batch,
+        "rounds": rounds,
+        "machine": machine(device),
+        "naive_step_s": med["naive"],
+        "cached_step_s": med["cached"],
+        "textbook_step_s": med["textbook"],
+        "ratio": med["cached"] / med["naive"],
+        "ratio_vs_textbook": med["cached"] / med["textbook"],
         "reference_once_s": ref_seconds,
-        "max_abs_score_diff": float((qn - qc).abs().max()), "max_abs_grad_diff": float((gn - gc).abs().max()),
+        "max_abs_score_diff": float((qn - qc).abs().max()),
+        "max_abs_grad_diff": float((gn - gc).abs().max()),
         "grad_scale": float(gn.abs().max()),
     }
 
@@ -163,8 +198,10 @@ def peak_gflops(threads: int, rounds: int = 3) -> dict[str, float]:
         x = torch.randn(32, 128, 32, 32).contiguous(memory_format=torch.channels_last)
         w = torch.randn(128, 128, 3, 3).contiguous(memory_format=torch.channels_last)
         out = {}
-        for name, fn, flop in (("matmul", lambda: a @ b, 2 * 2048**3),
-                               ("conv3x3", lambda: F.conv2d(x, w, padding=1), 2 * 32 * 128 * 128 * 9 * 32 * 32)):
+        for name, fn, flop in (
+            ("matmul", lambda: a @ b, 2 * 2048**3),
+            ("conv3x3", lambda: F.conv2d(x, w, padding=1), 2 * 32 * 128 * 128 * 9 * 32 * 32),
+        ):
             fn()
             best = min(_timed(fn) for _ in range(rounds))
             out[name] = flop / best / 1e9
@@ -190,9 +227,17 @@ def step_flops(f, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512, 384)), batch: int = 32,
-            threads: list[int] = (1, 2), rounds: int = 5, seed: int = 0, batch_large: int = 8,
-            log: Any = None, isolated: bool = False) -> dict[str, Any]:
+def kernels(
+    models: list[str],
+    sizes: list[tuple[int, int]] = ((128, 128), (512, 384)),
+    batch: int = 32,
+    threads: list[int] = (1, 2),
+    rounds: int = 5,
+    seed: int = 0,
+    batch_large: int = 8,
+    log: Any = None,
+    isolated: bool = False,
+) -> dict[str, Any]:
     """The attack step (forward of the distorted branch + ∂q/∂x, reference branch cached) of each
     target, today's code path beside the new one, interleaved round by round in this process:
 
@@ -212,8 +257,14 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
     from robench.models.kernels import reference_kernels
 
     was = torch.get_num_threads()
-    out: dict[str, Any] = {"batch": batch, "batch_large": batch_large, "rounds": rounds, "machine": machine("cpu"),
-                           "peaks": {}, "results": []}
+    out: dict[str, Any] = {
+        "batch": batch,
+        "batch_large": batch_large,
+        "rounds": rounds,
+        "machine": machine("cpu"),
+        "peaks": {},
+        "results": [],
+    }
     try:
         for nt in threads:
             out["peaks"][str(nt)] = peak_gflops(nt)
@@ -243,9 +294,16 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
                         med = {m: sorted(v)[len(v) // 2] / bsz for m, v in times.items()}
                         (q0, g0), (q1, g1) = last["reference"], last["fast"]
                         peak = out["peaks"][str(nt)]
-                        row = {"model": name, "size": f"{w}x{h}", "batch": bsz, "threads": nt,
-                               "reference_ms_per_image": 1e3 * med["reference"], "fast_ms_per_image": 1e3 * med["fast"],
-                               "speedup": med["reference"] / med["fast"], "gflop_per_image": flops / bsz / 1e9}
+                        row = {
+                            "model": name,
+                            "size": f"{w}x{h}",
+                            "batch": bsz,
+                            "threads": nt,
+                            "reference_ms_per_image": 1e3 * med["reference"],
+                            "fast_ms_per_image": 1e3 * med["fast"],
+                            "speedup": med["reference"] / med["fast"],
+                            "gflop_per_image": flops / bsz / 1e9,
+                        }
                         for m in times:
                             gf = flops / bsz / med[m] / 1e9
                             row[f"{m}_gflops"] = gf
@@ -254,16 +312,23 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
                         row["grad_rel_diff"] = float((g0 - g1).abs().max() / g0.abs().max().clamp_min(1e-12))
                         if isolated:
                             iso = {m: isolated_step(name, (w, h), bsz, nt, m, rounds, seed) for m in times}
-                            row.update(isolated_reference_ms_per_image=1e3 * iso["reference"],
-                                       isolated_fast_ms_per_image=1e3 * iso["fast"],
-                                       isolated_speedup=iso["reference"] / iso["fast"])
+                            row.update(
+                                isolated_reference_ms_per_image=1e3 * iso["reference"],
+                                isolated_fast_ms_per_image=1e3 * iso["fast"],
+                                isolated_speedup=iso["reference"] / iso["fast"],
+                            )
                         out["results"].append(row)
                         if log is not None:
-                            log(f"{name} {w}x{h} batch {bsz}, {nt} thread(s): {row['reference_ms_per_image']:.1f} → "
+                            log(
+                                f"{name} {w}x{h} batch {bsz}, {nt} thread(s): {row['reference_ms_per_image']:.1f} → "
                                 f"{row['fast_ms_per_image']:.1f} ms/img ({row['speedup']:.2f}×)"
-                                + (f"; own processes {row['isolated_reference_ms_per_image']:.1f} → "
-                                   f"{row['isolated_fast_ms_per_image']:.1f} ({row['isolated_speedup']:.2f}×)"
-                                   if isolated else ""))
+                                + (
+                                    f"; own processes {row['isolated_reference_ms_per_image']:.1f} → "
+                                    f"{row['isolated_fast_ms_per_image']:.1f} ({row['isolated_speedup']:.2f}×)"
+                                    if isolated
+                                    else ""
+                                )
+                            )
                 del target, bound
     finally:
         torch.set_num_threads(was)
@@ -271,8 +336,9 @@ def kernels(models: list[str], sizes: list[tuple[int, int]] = ((128, 128), (512,
     return out
 
 
-def own_process_step(model: str, size: tuple[int, int], batch: int, threads: int, path: str, rounds: int = 5,
-                     seed: int = 0) -> float:
+def own_process_step(
+    model: str, size: tuple[int, int], batch: int, threads: int, path: str, rounds: int = 5, seed: int = 0
+) -> float:
     """Median seconds per image of ``model``'s attack step on one ``path`` ("reference": textbook
     kernels and glibc's default allocator; "fast": what a run uses), in this process: meant to
     run in a fresh one (:func:`isolated_step`)."""
@@ -291,8 +357,9 @@ def own_process_step(model: str, size: tuple[int, int], batch: int, threads: int
     return sorted(times)[len(times) // 2] / batch
 
 
-def isolated_step(model: str, size: tuple[int, int], batch: int, threads: int, path: str, rounds: int = 5,
-                  seed: int = 0) -> float:
+def isolated_step(
+    model: str, size: tuple[int, int], batch: int, threads: int, path: str, rounds: int = 5, seed: int = 0
+) -> float:
     """:func:`own_process_step` in a fresh Python process: the allocator's state is the process's,
     so only a process of its own shows what each path costs alone (in one process the paths
     share the heap the other left)."""
@@ -301,14 +368,26 @@ def isolated_step(model: str, size: tuple[int, int], batch: int, threads: int, p
     import sys
 
     args = _json.dumps([model, list(size), batch, threads, path, rounds, seed])
-    code = ("import json, sys\nfrom robench.engine.bench import own_process_step\n"
-            "print(json.dumps(own_process_step(*json.loads(sys.argv[1]))))")
+    code = (
+        "import json, sys\nfrom robench.engine.bench import own_process_step\n"
+        "print(json.dumps(own_process_step(*json.loads(sys.argv[1]))))"
+    )
     out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
     return float(_json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers: int = 2, queries: int = 300,
-         n: int = 32, image_size: int | None = None, progress: bool = False, device: str = "cpu") -> dict[str, Any]:
+def grid(
+    executors: list[str],
+    model: str,
+    attack: str,
+    cells: int = 8,
+    workers: int = 2,
+    queries: int = 300,
+    n: int = 32,
+    image_size: int | None = None,
+    progress: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """The same CPU-bound grid — ``cells`` equal cells (a query attack with ``queries`` queries
     on ``n`` test images of the default dataset; the cells differ only by seed) — computed by
     each executor into its own fresh store, wall time end to end (planning, Ray start-up and
@@ -323,36 +402,72 @@ def grid(executors: list[str], model: str, attack: str, cells: int = 8, workers:
     if cells < 1:
         raise ValueError("cells must be ≥ 1")
     ds_opts = {"size": image_size} if image_size else {}
-    out: dict[str, Any] = {"cells": cells, "model": model, "attack": f"{attack}, {queries} queries", "n": n,
-                           "image_size": image_size or "profile default",
-                           "workers": workers, "machine": machine(resolve_device(device)), "results": []}
+    out: dict[str, Any] = {
+        "cells": cells,
+        "model": model,
+        "attack": f"{attack}, {queries} queries",
+        "n": n,
+        "image_size": image_size or "profile default",
+        "workers": workers,
+        "machine": machine(resolve_device(device)),
+        "results": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in executors:
             store = Path(tmp) / f"{name}.sqlite"
-            specs = [RunSpec(model=model, attacks=[attack], eps=[8], n=n, seed=s, store=store,
-                             dataset_options=dict(ds_opts), attack_params={attack: {"queries": queries}},
-                             device=device)
-                     for s in range(cells)]
+            specs = [
+                RunSpec(
+                    model=model,
+                    attacks=[attack],
+                    eps=[8],
+                    n=n,
+                    seed=s,
+                    store=store,
+                    dataset_options=dict(ds_opts),
+                    attack_params={attack: {"queries": queries}},
+                    device=device,
+                )
+                for s in range(cells)
+            ]
             opts = {"num_cpus": workers} if name == "ray" else {}
             t0 = time.perf_counter()
             res = run_grid(specs, progress=progress, executor=name, executor_options=opts)
             wall = time.perf_counter() - t0
             done = sum(c["status"] == "done" for r in res["runs"] for c in r["cells"])
-            out["results"].append({"executor": name, "seconds": wall, "cells_done": done,
-                                   "cell_compute_seconds": res["runs"][0]["attack_compute_seconds"]})
+            out["results"].append(
+                {
+                    "executor": name,
+                    "seconds": wall,
+                    "cells_done": done,
+                    "cell_compute_seconds": res["runs"][0]["attack_compute_seconds"],
+                }
+            )
     base = next((r for r in out["results"] if r["executor"] == "serial"), None)
     for r in out["results"]:
         r["speedup_vs_serial"] = base["seconds"] / r["seconds"] if base else None
     return out
 
 
-def attack_strength(models: list[str], attacks: list[str], eps: "float | list[float]" = (2.0, 4.0, 8.0),
-                    n: int = 32, profile: str = "quick", ref_steps: int = 100, ref_restarts: int = 3,
-                    ref_inertia: float = 0.25, seed: int = 0,
-                    dataset: str | None = None, split: str = "test", attack_params: dict[str, dict] | None = None,
-                    curve_steps: tuple[int, ...] = (), directions: tuple[str, ...] = ("up", "down"),
-                    progress: bool = False, device: str = "cpu", n_resamples: int = 1000,
-                    log: Any = None) -> dict[str, Any]:
+def attack_strength(
+    models: list[str],
+    attacks: list[str],
+    eps: "float | list[float]" = (2.0, 4.0, 8.0),
+    n: int = 32,
+    profile: str = "quick",
+    ref_steps: int = 100,
+    ref_restarts: int = 3,
+    ref_inertia: float = 0.25,
+    seed: int = 0,
+    dataset: str | None = None,
+    split: str = "test",
+    attack_params: dict[str, dict] | None = None,
+    curve_steps: tuple[int, ...] = (),
+    directions: tuple[str, ...] = ("up", "down"),
+    progress: bool = False,
+    device: str = "cpu",
+    n_resamples: int = 1000,
+    log: Any = None,
+) -> dict[str, Any]:
     """Each attack at the profile's settings against a converged reference on the same items, per
     target × direction × ε: the reference is restarted many-step PGD on the directed objective
     (restart 0 from δ = 0, the rest random, cosine step with ``ref_inertia`` heavy ball — without
@@ -387,11 +502,26 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
     mos = items.labels.get("mos") if items.kind == "pairs" else None
     clusters, unit = bootstrap_units("auto", items.labels.get("source"), "the items")
     weights = bootstrap_weights(len(items), n_resamples, seed, clusters)
-    out: dict[str, Any] = {"machine": machine(device), "eps": epses, "directions": list(directions), "n": len(items),
-                           "profile": prof.name, "dataset": dataset, "split": split, "interval": f"95 % {unit}",
-                           "reference": {"attack": curve_name, "steps": ref_steps, "restarts": ref_restarts,
-                                         "schedule": "cosine", "inertia": ref_inertia, "first": "zero, then random"},
-                           "references": [], "rows": []}
+    out: dict[str, Any] = {
+        "machine": machine(device),
+        "eps": epses,
+        "directions": list(directions),
+        "n": len(items),
+        "profile": prof.name,
+        "dataset": dataset,
+        "split": split,
+        "interval": f"95 % {unit}",
+        "reference": {
+            "attack": curve_name,
+            "steps": ref_steps,
+            "restarts": ref_restarts,
+            "schedule": "cosine",
+            "inertia": ref_inertia,
+            "first": "zero, then random",
+        },
+        "references": [],
+        "rows": [],
+    }
     for name in models:
         target = load_model(name, device=device).eval()
         for p in target.parameters():
@@ -406,8 +536,18 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
                 e = e255 / 255
                 t0 = time.perf_counter()
                 trace: list[float] = []
-                ref_adv = ascend(f, xd, q0, e, steps=ref_steps, restarts=ref_restarts, schedule="cosine", seed=seed,
-                                 trace=trace, inertia=ref_inertia)
+                ref_adv = ascend(
+                    f,
+                    xd,
+                    q0,
+                    e,
+                    steps=ref_steps,
+                    restarts=ref_restarts,
+                    schedule="cosine",
+                    seed=seed,
+                    trace=trace,
+                    inertia=ref_inertia,
+                )
                 with torch.no_grad():
                     g_ref = (f(ref_adv) - q0).cpu().numpy()
                 ref_seconds = time.perf_counter() - t0
@@ -417,18 +557,28 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
                     t1 = time.perf_counter()
                     res = atk(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch, signs=signs)
                     q_clean, q_adv = (v.numpy() for v in res.oriented(target.lower_better))
-                    return {"g": signs.numpy() * (q_adv[0] - q_clean), "seconds": time.perf_counter() - t1,
-                            "budget": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
-                            # what the profile (and any override) set: starts, early exit, …
-                            "settings": {k: atk.params[k] for k in {**atk.budgets.get(prof.name, {}),
-                                                                    **dict((attack_params or {}).get(atk.name, {}))}},
-                            "kept_clean": int(res.probes.get("kept_clean", [0])[0])}
+                    return {
+                        "g": signs.numpy() * (q_adv[0] - q_clean),
+                        "seconds": time.perf_counter() - t1,
+                        "budget": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
+                        # what the profile (and any override) set: starts, early exit, …
+                        "settings": {
+                            k: atk.params[k]
+                            for k in {**atk.budgets.get(prof.name, {}), **dict((attack_params or {}).get(atk.name, {}))}
+                        },
+                        "kept_clean": int(res.probes.get("kept_clean", [0])[0]),
+                    }
 
-                curve = {k: run(ATTACKS.get(curve_name)(profile=prof.name, seed=seed, steps=int(k))) for k in curve_steps}
+                curve = {
+                    k: run(ATTACKS.get(curve_name)(profile=prof.name, seed=seed, steps=int(k))) for k in curve_steps
+                }
                 for a in attacks:
-                    moves[a] = run(ATTACKS.get(a)(profile=prof.name, seed=seed, **dict((attack_params or {}).get(a, {}))))
-                best = np.max(np.stack([g_ref] + [v["g"] for v in moves.values()] + [v["g"] for v in curve.values()]),
-                              axis=0).clip(min=0)
+                    moves[a] = run(
+                        ATTACKS.get(a)(profile=prof.name, seed=seed, **dict((attack_params or {}).get(a, {})))
+                    )
+                best = np.max(
+                    np.stack([g_ref] + [v["g"] for v in moves.values()] + [v["g"] for v in curve.values()]), axis=0
+                ).clip(min=0)
                 # a mixed direction (mos-split) is also measured on each half: its downward items are
                 # the high-MOS ones, where dist ≈ ref and a zero start is weakest
                 groups = [("all", np.ones(len(best), bool))]
@@ -449,21 +599,47 @@ def attack_strength(models: list[str], attacks: list[str], eps: "float | list[fl
                     curve_ratios = {str(k): ratio(v["g"])[0] for k, v in curve.items()}
                     for a, v in moves.items():
                         rt, lo, hi = ratios[a]
-                        out["rows"].append({"model": name, "direction": direction, "items": group, "eps": e255,
-                                            "attack": a, "budget": v["budget"], "settings": v["settings"],
-                                            "n": int(m.sum()),
-                                            "mean_move": float(v["g"][m].mean()), "ratio": rt, "lo": lo, "hi": hi,
-                                            "moved": int((v["g"][m] > 0).sum()), "kept_clean": v["kept_clean"],
-                                            "seconds": round(v["seconds"], 2)})
-                    out["references"].append({
-                        "model": name, "direction": direction, "items": group, "eps": e255,
-                        "best_move": float(best[m].mean()), "reference_move": float(g_ref[m].mean()),
-                        "reference_ratio": ratio(g_ref)[0], "reference_seconds": round(ref_seconds, 1),
-                        "reference_trace": trace[:: max(1, len(trace) // 20)] if group == "all" else [],
-                        "pgd_curve": curve_ratios})
-                    log(f"{name} {direction}{'' if group == 'all' else ' (' + group + ' items)'} ε {e255:g}/255: "
+                        out["rows"].append(
+                            {
+                                "model": name,
+                                "direction": direction,
+                                "items": group,
+                                "eps": e255,
+                                "attack": a,
+                                "budget": v["budget"],
+                                "settings": v["settings"],
+                                "n": int(m.sum()),
+                                "mean_move": float(v["g"][m].mean()),
+                                "ratio": rt,
+                                "lo": lo,
+                                "hi": hi,
+                                "moved": int((v["g"][m] > 0).sum()),
+                                "kept_clean": v["kept_clean"],
+                                "seconds": round(v["seconds"], 2),
+                            }
+                        )
+                    out["references"].append(
+                        {
+                            "model": name,
+                            "direction": direction,
+                            "items": group,
+                            "eps": e255,
+                            "best_move": float(best[m].mean()),
+                            "reference_move": float(g_ref[m].mean()),
+                            "reference_ratio": ratio(g_ref)[0],
+                            "reference_seconds": round(ref_seconds, 1),
+                            "reference_trace": trace[:: max(1, len(trace) // 20)] if group == "all" else [],
+                            "pgd_curve": curve_ratios,
+                        }
+                    )
+                    log(
+                        f"{name} {direction}{'' if group == 'all' else ' (' + group + ' items)'} ε {e255:g}/255: "
                         f"best move {best[m].mean():.4g} (reference {ref_seconds:.0f} s); "
                         + ", ".join(f"{a} {v[0]:.3f}" for a, v in ratios.items())
-                        + ("; PGD curve " + ", ".join(f"{k}: {v:.2f}" for k, v in curve_ratios.items())
-                           if curve else ""))
+                        + (
+                            "; PGD curve " + ", ".join(f"{k}: {v:.2f}" for k, v in curve_ratios.items())
+                            if curve
+                            else ""
+                        )
+                    )
     return out

@@ -31,17 +31,37 @@ from robench.results.stats import correlations, twoafc_accuracy
 CHECK_TOL = 1e-6
 
 
-def cell_config(target: Target, defense: dict[str, Any], attack: Attack, eps: list[float], spec: RunSpec,
-                items: Items, n: int | None, direction: str = UP) -> dict[str, Any]:
+def cell_config(
+    target: Target,
+    defense: dict[str, Any],
+    attack: Attack,
+    eps: list[float],
+    spec: RunSpec,
+    items: Items,
+    n: int | None,
+    direction: str = UP,
+) -> dict[str, Any]:
     return {
-        "target": {"name": target.card.name, "weights_sha256": fingerprint(target),
-                   "weights_source": target.card.weights.source, "lower_better": bool(target.lower_better)},
+        "target": {
+            "name": target.card.name,
+            "weights_sha256": fingerprint(target),
+            "weights_source": target.card.weights.source,
+            "lower_better": bool(target.lower_better),
+        },
         "defense": defense,
         "attack": attack.config(),
         "eps": [float(e) for e in eps],
-        "dataset": {"name": spec.dataset, "split": spec.split, "kind": items.kind, "options": spec.dataset_options,
-                    "n": len(items), "n_requested": n, "subset_seed": spec.seed, "items_sha256": items.digest,
-                    **({"content_version": items.content_version} if items.content_version else {})},
+        "dataset": {
+            "name": spec.dataset,
+            "split": spec.split,
+            "kind": items.kind,
+            "options": spec.dataset_options,
+            "n": len(items),
+            "n_requested": n,
+            "subset_seed": spec.seed,
+            "items_sha256": items.digest,
+            **({"content_version": items.content_version} if items.content_version else {}),
+        },
         "seed": spec.seed,
         "profile": attack.profile,
         # bf16 autocast gives other numbers: its cells are keyed apart (absent for float32, so
@@ -59,9 +79,17 @@ def direction_signs(direction: str, items: Items) -> tuple[torch.Tensor, dict[st
     return torch.from_numpy(s).float(), info
 
 
-def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-             progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP,
-             keep_images: str = "none") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_cell(
+    target: Target,
+    attack: Attack,
+    items: Items,
+    eps: list[float],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+    escalate: int = 0,
+    direction: str = UP,
+    keep_images: str = "none",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Attack every item at every ε; return the cell's record (summary, probes, flags, timing)
     and its per-(item, ε) rows. Raises BudgetViolation rather than return an out-of-budget result.
 
@@ -80,12 +108,21 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
 
     t0 = time.perf_counter()
     signs, dir_info = direction_signs(direction, items)
-    if keep_images == "top" and (items.streamed or
-                                 len(eps) * len(items) * 4 * int(np.prod(items.dist.shape[1:])) > TOP_MAX_BYTES):
+    if keep_images == "top" and (
+        items.streamed or len(eps) * len(items) * 4 * int(np.prod(items.dist.shape[1:])) > TOP_MAX_BYTES
+    ):
         keep_images = "none"
     keep = keep_images in ("top", "all")
-    res = attack(target, items.dist, items.ref, eps=[e / 255 for e in eps], return_images=keep,
-                 batch_size=batch_size, progress=progress, signs=signs)
+    res = attack(
+        target,
+        items.dist,
+        items.ref,
+        eps=[e / 255 for e in eps],
+        return_images=keep,
+        batch_size=batch_size,
+        progress=progress,
+        signs=signs,
+    )
     # after an out-of-memory error the rest of the cell runs at the batch size the attack ended with
     bs, halved = res.batch_size_used, res.oom_halved
     compute = res.compute_seconds
@@ -94,13 +131,14 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
         compute += convergence.pop("seconds")
         bs, more = convergence.pop("batch_size_used"), convergence.pop("oom_halved")
         halved += more
-        ladder = [{"params": convergence["half_params"], "gain": convergence["half_gain"],
-                   "items": convergence["items"]},
-                  {"params": _budget(attack, attack.params), "gain": directed_gains(res, target.lower_better, signs)}]
+        ladder = [
+            {"params": convergence["half_params"], "gain": convergence["half_gain"], "items": convergence["items"]},
+            {"params": _budget(attack, attack.params), "gain": directed_gains(res, target.lower_better, signs)},
+        ]
         k = 0
         while convergence["not_converged"] and k < int(escalate):
             k += 1
-            params = attack.scaled_budget(2 ** k)
+            params = attack.scaled_budget(2**k)
             res = _run_at(attack, params, target, items, eps, bs, signs, keep_images=keep)
             compute += res.compute_seconds
             bs, halved = res.batch_size_used, halved + res.oom_halved
@@ -108,18 +146,34 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
             ladder.append({"params": _budget(attack, params), "gain": full})
             gap = _rel_gap(full, prev)
             # rungs above the first compare all items' gains
-            convergence.update(half_params=ladder[-2]["params"], full_gain=full, half_gain=prev, rel_gap=gap,
-                               not_converged=_short(gap), items=len(items), item_index=None)
+            convergence.update(
+                half_params=ladder[-2]["params"],
+                full_gain=full,
+                half_gain=prev,
+                rel_gap=gap,
+                not_converged=_short(gap),
+                items=len(items),
+                item_index=None,
+            )
         if escalate:
             # the run's cap and what it used: a later run with a larger cap re-opens a flagged cell
             convergence.update(escalate=int(escalate), escalated=k, budget_used=ladder[-1]["params"], ladder=ladder)
         if not convergence["not_converged"] and attack.plateau_probe:
-            probe = _plateau_probe(convergence, attack, 2 ** k, target, items, eps, bs, signs)
+            probe = _plateau_probe(convergence, attack, 2**k, target, items, eps, bs, signs)
             compute += probe.compute_seconds
             bs, halved = probe.batch_size_used, halved + probe.oom_halved
         if attack.another_start is not None:
-            other = _another_start(convergence, attack, attack.scaled_budget(2 ** k) if k else attack.params,
-                                   target, items, eps, bs, signs, res)
+            other = _another_start(
+                convergence,
+                attack,
+                attack.scaled_budget(2**k) if k else attack.params,
+                target,
+                items,
+                eps,
+                bs,
+                signs,
+                res,
+            )
             compute += other.compute_seconds
             bs, halved = other.batch_size_used, halved + other.oom_halved
     other_scores = None
@@ -156,14 +210,20 @@ def run_cell(target: Target, attack: Attack, items: Items, eps: list[float], bat
     probes = {**res.probes, "batch_size": int(batch_size), "batch_size_used": int(bs), "oom_halved": int(halved)}
     if halved:
         flags["oom_halved"] = int(halved)  # shown with the cell: it ran out of memory and went on smaller
-    record = {"summary": summary, "probes": probes, "flags": flags, "n_items": len(items),
-              "attack_seconds": compute, "seconds": time.perf_counter() - t0}
+    record = {
+        "summary": summary,
+        "probes": probes,
+        "flags": flags,
+        "n_items": len(items),
+        "attack_seconds": compute,
+        "seconds": time.perf_counter() - t0,
+    }
     if keep:
         record["images"] = res.images  # of the run the rows come from (the last rung when escalated)
     return record, rows
 
 
-#: the convergence rule of issue 15: the full budget's gain may exceed the half budget's by at
+#: the convergence rule: the full budget's gain may exceed the half budget's by at
 #: most this fraction of the full gain
 CONVERGENCE_TOL = 0.05
 
@@ -197,18 +257,34 @@ def _gather(images, idx: torch.Tensor) -> torch.Tensor:
     """Rows ``idx`` of a tensor or of streamed images (which slice only)."""
     if isinstance(images, torch.Tensor):
         return images[idx]
-    return torch.cat([images[int(i):int(i) + 1] for i in idx])
+    return torch.cat([images[int(i) : int(i) + 1] for i in idx])
 
 
-def _run_at(attack: Attack, params: dict[str, Any], target: Target, items: Items, eps: list[float],
-            batch_size: int, signs: torch.Tensor | None = None, idx: torch.Tensor | None = None,
-            keep_images: bool = False, seed: int | None = None) -> AttackResult:
+def _run_at(
+    attack: Attack,
+    params: dict[str, Any],
+    target: Target,
+    items: Items,
+    eps: list[float],
+    batch_size: int,
+    signs: torch.Tensor | None = None,
+    idx: torch.Tensor | None = None,
+    keep_images: bool = False,
+    seed: int | None = None,
+) -> AttackResult:
     """The same attack (profile, seed unless given, direction) at other parameters, on the
     cell's items (those of ``idx`` when given)."""
     other = type(attack)(profile=attack.profile, seed=attack.seed if seed is None else seed, **params)
     dist, ref = (items.dist, items.ref) if idx is None else (_gather(items.dist, idx), _gather(items.ref, idx))
-    return other(target, dist, ref, eps=[e / 255 for e in eps], return_images=keep_images, batch_size=batch_size,
-                 signs=_rows(signs, idx))
+    return other(
+        target,
+        dist,
+        ref,
+        eps=[e / 255 for e in eps],
+        return_images=keep_images,
+        batch_size=batch_size,
+        signs=_rows(signs, idx),
+    )
 
 
 def _check_index(convergence: dict[str, Any]) -> torch.Tensor | None:
@@ -217,8 +293,16 @@ def _check_index(convergence: dict[str, Any]) -> torch.Tensor | None:
     return None if idx is None else torch.tensor(idx)
 
 
-def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, target: Target, items: Items,
-                   eps: list[float], batch_size: int, signs: torch.Tensor | None = None) -> AttackResult:
+def _plateau_probe(
+    convergence: dict[str, Any],
+    attack: Attack,
+    scale: int,
+    target: Target,
+    items: Items,
+    eps: list[float],
+    batch_size: int,
+    signs: torch.Tensor | None = None,
+) -> AttackResult:
     """The half-budget rule passed at ``scale`` × the profile's budget; an attack that declares
     ``plateau_probe = m`` (its gain can stall, then rise again: FACPA's generator gained 0.113 at
     120 steps, 0.110 at 240, 0.226 at 1 920) is run once more at m × that budget on the same
@@ -232,9 +316,16 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
     accepted = convergence["full_gain"]
     gap = _rel_gap(probe, accepted)
     flagged = _short(gap)
-    convergence.update(plateau_probe={"params": _budget(attack, params), "gain": probe, "rel_gap": gap,
-                                      "factor": int(attack.plateau_probe), "not_converged": flagged},
-                       not_converged=flagged)
+    convergence.update(
+        plateau_probe={
+            "params": _budget(attack, params),
+            "gain": probe,
+            "rel_gap": gap,
+            "factor": int(attack.plateau_probe),
+            "not_converged": flagged,
+        },
+        not_converged=flagged,
+    )
     return res
 
 
@@ -242,9 +333,17 @@ def _plateau_probe(convergence: dict[str, Any], attack: Attack, scale: int, targ
 ANOTHER_START_SEED = 7717
 
 
-def _another_start(convergence: dict[str, Any], attack: Attack, params: dict[str, Any], target: Target,
-                   items: Items, eps: list[float], batch_size: int, signs: torch.Tensor | None,
-                   full: AttackResult) -> AttackResult:
+def _another_start(
+    convergence: dict[str, Any],
+    attack: Attack,
+    params: dict[str, Any],
+    target: Target,
+    items: Items,
+    eps: list[float],
+    batch_size: int,
+    signs: torch.Tensor | None,
+    full: AttackResult,
+) -> AttackResult:
     """The attack once more from another start (``Attack.another_start``: a random first point,
     another seed) at the accepted budget on the check's items. Per item the better of the two
     runs is what a second start would have found; when its mean directed gain exceeds the cell's
@@ -252,23 +351,41 @@ def _another_start(convergence: dict[str, Any], attack: Attack, params: dict[str
     stopped short (a worse basin), which a half budget from the same start cannot show. Returns
     the run (its seconds and batch sizes count like the ladder's)."""
     idx = _check_index(convergence)
-    res = _run_at(attack, {**params, **attack.another_start}, target, items, eps, batch_size, signs, idx,
-                  seed=attack.seed + ANOTHER_START_SEED)
+    res = _run_at(
+        attack,
+        {**params, **attack.another_start},
+        target,
+        items,
+        eps,
+        batch_size,
+        signs,
+        idx,
+        seed=attack.seed + ANOTHER_START_SEED,
+    )
     own = item_gains(full, target.lower_better, signs, idx)
     again = item_gains(res, target.lower_better, _rows(signs, idx))
     own_mean = [float(g.mean()) for g in own]
     best_mean = [float(np.maximum(a, b).mean()) for a, b in zip(own, again)]
     gap = _rel_gap(best_mean, own_mean)
     flagged = _short(gap)
-    convergence.update(another_start={"params": dict(attack.another_start), "seed": attack.seed + ANOTHER_START_SEED,
-                                      "gain": [float(g.mean()) for g in again], "own_gain": own_mean,
-                                      "best_of_both": best_mean, "rel_gap": gap, "not_converged": flagged},
-                       not_converged=bool(convergence["not_converged"] or flagged))
+    convergence.update(
+        another_start={
+            "params": dict(attack.another_start),
+            "seed": attack.seed + ANOTHER_START_SEED,
+            "gain": [float(g.mean()) for g in again],
+            "own_gain": own_mean,
+            "best_of_both": best_mean,
+            "rel_gap": gap,
+            "not_converged": flagged,
+        },
+        not_converged=bool(convergence["not_converged"] or flagged),
+    )
     return res
 
 
-def item_gains(res: AttackResult, lower_better: bool, signs: torch.Tensor | None = None,
-               idx: torch.Tensor | None = None) -> list[np.ndarray]:
+def item_gains(
+    res: AttackResult, lower_better: bool, signs: torch.Tensor | None = None, idx: torch.Tensor | None = None
+) -> list[np.ndarray]:
     """Per ε the directed gain ``sign · (q_adv − q_clean)`` of every item (of ``idx`` when given)."""
     q0, q = (t.numpy() for t in res.oriented(lower_better))
     s = np.ones(len(q0)) if signs is None else signs.numpy()
@@ -278,8 +395,9 @@ def item_gains(res: AttackResult, lower_better: bool, signs: torch.Tensor | None
     return [s * (qk - q0) for qk in q]
 
 
-def directed_gains(res: AttackResult, lower_better: bool, signs: torch.Tensor | None = None,
-                   idx: torch.Tensor | None = None) -> list[float]:
+def directed_gains(
+    res: AttackResult, lower_better: bool, signs: torch.Tensor | None = None, idx: torch.Tensor | None = None
+) -> list[float]:
     """Mean directed gain ``sign · (q_adv − q_clean)`` per ε (for ``up``, the plain gain), over
     the items ``idx`` when given."""
     return [float(g.mean()) for g in item_gains(res, lower_better, signs, idx)]
@@ -298,8 +416,15 @@ def _budget(attack: Attack, params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in attack.budget_params if k in params}
 
 
-def convergence_check(target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-                      full: AttackResult, signs: torch.Tensor | None = None) -> dict[str, Any] | None:
+def convergence_check(
+    target: Target,
+    attack: Attack,
+    items: Items,
+    eps: list[float],
+    batch_size: int,
+    full: AttackResult,
+    signs: torch.Tensor | None = None,
+) -> dict[str, Any] | None:
     """Re-run the attack at half its budget (``Attack.half_budget``) with the same seed on the
     check's items (:func:`check_items`); ``not_converged`` when, at any ε, their mean full gain −
     half gain > 5 % of the full gain: doubling the budget still moved the score, so the reported
@@ -316,11 +441,20 @@ def convergence_check(target: Target, attack: Attack, items: Items, eps: list[fl
     half_gain = directed_gains(res, target.lower_better, _rows(signs, sub))
     full_gain = directed_gains(full, target.lower_better, signs, sub)
     gap = _rel_gap(full_gain, half_gain)
-    return {"half_params": _budget(attack, params), "items": len(idx), "of": n,
-            "item_index": None if sub is None else [int(i) for i in sub],
-            "full_gain": [float(g) for g in full_gain], "half_gain": half_gain, "rel_gap": gap,
-            "tolerance": CONVERGENCE_TOL, "not_converged": _short(gap),
-            "seconds": time.perf_counter() - t0, "batch_size_used": res.batch_size_used, "oom_halved": res.oom_halved}
+    return {
+        "half_params": _budget(attack, params),
+        "items": len(idx),
+        "of": n,
+        "item_index": None if sub is None else [int(i) for i in sub],
+        "full_gain": [float(g) for g in full_gain],
+        "half_gain": half_gain,
+        "rel_gap": gap,
+        "tolerance": CONVERGENCE_TOL,
+        "not_converged": _short(gap),
+        "seconds": time.perf_counter() - t0,
+        "batch_size_used": res.batch_size_used,
+        "oom_halved": res.oom_halved,
+    }
 
 
 def make_rows(res: AttackResult, items: Items, eps: list[float], other_scores) -> list[dict[str, Any]]:
@@ -328,18 +462,28 @@ def make_rows(res: AttackResult, items: Items, eps: list[float], other_scores) -
     rows = []
     for k, e in enumerate(eps):
         for i in range(len(items)):
-            rows.append({
-                "item": i, "eps": float(e), "item_id": L["item_id"][i], "ref_id": L["ref_id"][i],
-                "source": L["source"][i] if "source" in L else None,
-                "distortion": L["distortion"][i], "level": L["level"][i] if "level" in L else None,
-                "mos": L["mos"][i] if "mos" in L else None, "judge": L["judge"][i] if "judge" in L else None,
-                "attacked_side": L["attacked_side"][i] if "attacked_side" in L else None,
-                "other_score": float(other_scores[i]) if other_scores is not None else None,
-                "clean_score": float(res.clean_scores[i]), "score": float(res.scores[k, i]),
-                "linf": float(res.linf[k, i]), "l2": float(res.l2[k, i]), "queries": int(res.queries[k, i]),
-                "psnr": _finite_or_none(res.psnr[k, i]) if res.psnr is not None else None,
-                "ssim": _finite_or_none(res.ssim[k, i]) if res.ssim is not None else None,
-            })
+            rows.append(
+                {
+                    "item": i,
+                    "eps": float(e),
+                    "item_id": L["item_id"][i],
+                    "ref_id": L["ref_id"][i],
+                    "source": L["source"][i] if "source" in L else None,
+                    "distortion": L["distortion"][i],
+                    "level": L["level"][i] if "level" in L else None,
+                    "mos": L["mos"][i] if "mos" in L else None,
+                    "judge": L["judge"][i] if "judge" in L else None,
+                    "attacked_side": L["attacked_side"][i] if "attacked_side" in L else None,
+                    "other_score": float(other_scores[i]) if other_scores is not None else None,
+                    "clean_score": float(res.clean_scores[i]),
+                    "score": float(res.scores[k, i]),
+                    "linf": float(res.linf[k, i]),
+                    "l2": float(res.l2[k, i]),
+                    "queries": int(res.queries[k, i]),
+                    "psnr": _finite_or_none(res.psnr[k, i]) if res.psnr is not None else None,
+                    "ssim": _finite_or_none(res.ssim[k, i]) if res.ssim is not None else None,
+                }
+            )
     return rows
 
 
@@ -361,14 +505,24 @@ def mean_perceptibility(res: AttackResult, k: int) -> dict[str, float | None]:
     return {"psnr": float(p.mean()) if p.numel() else None, "ssim": float(s.mean()) if s.numel() else None}
 
 
-def summarise(res: AttackResult, items: Items, eps: list[float], lower_better: bool, other_scores,
-              signs: torch.Tensor | None = None) -> dict[str, Any]:
+def summarise(
+    res: AttackResult,
+    items: Items,
+    eps: list[float],
+    lower_better: bool,
+    other_scores,
+    signs: torch.Tensor | None = None,
+) -> dict[str, Any]:
     q0, q = (t.numpy() for t in res.oriented(lower_better))
     per = [mean_perceptibility(res, k) for k in range(len(eps))]
-    out: dict[str, Any] = {"eps": list(eps), "mean_gain": directed_gains(res, lower_better, signs),
-                           "mean_queries": [float(res.queries[k].float().mean()) for k in range(len(eps))],
-                           "mean_psnr": [p["psnr"] for p in per], "mean_ssim": [p["ssim"] for p in per],
-                           "kept_clean": list(res.probes.get("kept_clean", []))}
+    out: dict[str, Any] = {
+        "eps": list(eps),
+        "mean_gain": directed_gains(res, lower_better, signs),
+        "mean_queries": [float(res.queries[k].float().mean()) for k in range(len(eps))],
+        "mean_psnr": [p["psnr"] for p in per],
+        "mean_ssim": [p["ssim"] for p in per],
+        "kept_clean": list(res.probes.get("kept_clean", [])),
+    }
     if items.kind == "pairs":
         mos = np.asarray(items.labels["mos"])
         out["clean"] = correlations(q0, mos)
@@ -401,8 +555,13 @@ def clean_scale(target: Target, res: AttackResult, items: Items) -> dict[str, fl
         pred = target.calibration(q0.float().to(target.device)).double().cpu()
     mse = float(((pred - mos) ** 2).mean())
     var = float(mos.var(unbiased=False))
-    return {"sd_q": float(q0.std()), "sd_pred": float(pred.std()), "mse": mse,
-            "r2": 1.0 - mse / var if var > 0 else float("nan"), "sd_mos": float(mos.std())}
+    return {
+        "sd_q": float(q0.std()),
+        "sd_pred": float(pred.std()),
+        "mse": mse,
+        "r2": 1.0 - mse / var if var > 0 else float("nan"),
+        "sd_mos": float(mos.std()),
+    }
 
 
 def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> dict[str, Any]:
@@ -413,7 +572,8 @@ def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> di
     flags: dict[str, Any] = {
         "gain_monotone_in_eps": all(b >= a - CHECK_TOL * scale for a, b in zip(gains, gains[1:])),
         "moves_target": bool(max(gains) > 0),
-        "zero_grad": res.probes.get("zero_grad", 0), "nan_grad": res.probes.get("nan_grad", 0),
+        "zero_grad": res.probes.get("zero_grad", 0),
+        "nan_grad": res.probes.get("nan_grad", 0),
         "randomised": res.probes.get("randomised", False),
     }
     if flags["randomised"] and int(attack.params.get("eot", 1) or 1) <= 1:
@@ -434,13 +594,26 @@ def strength_of(attack: Attack, direction: dict[str, Any] | None) -> dict[str, A
     vals = [table[w] for w in ways if w in table]
     if not vals:
         return None
-    return {"fraction": float(min(vals)), "directions": ways, "floor": STRENGTH_FLOOR,
-            "measured_by": "robench bench attack-strength (reports/bench/attack-strength.json)"}
+    return {
+        "fraction": float(min(vals)),
+        "directions": ways,
+        "floor": STRENGTH_FLOOR,
+        "measured_by": "robench bench attack-strength (reports/bench/attack-strength.json)",
+    }
 
 
-def cell_result(key: str, target: Target, attack: Attack, items: Items, eps: list[float], batch_size: int,
-                progress: Callable[[int], None] | None = None, escalate: int = 0, direction: str = UP,
-                keep_images: str = "none") -> dict[str, Any]:
+def cell_result(
+    key: str,
+    target: Target,
+    attack: Attack,
+    items: Items,
+    eps: list[float],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+    escalate: int = 0,
+    direction: str = UP,
+    keep_images: str = "none",
+) -> dict[str, Any]:
     """What an executor hands back for one cell: record and rows, or the budget violation that
     stopped it (an out-of-budget result must never reach the store as data)."""
     try:
@@ -462,10 +635,13 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
     if cells.empty:
         return
     res = {k: store.results(k) for k in cells["key"]}
-    cells = cells.assign(amp=cells["config"].map(lambda c: c.get("amp") or "fp32"),  # bf16 cells compare among themselves
-                         direction=cells["config"].map(lambda c: c.get("direction") or UP))  # and each direction
-    for _, grp in cells.groupby(["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile", "amp",
-                                 "direction"]):
+    cells = cells.assign(
+        amp=cells["config"].map(lambda c: c.get("amp") or "fp32"),  # bf16 cells compare among themselves
+        direction=cells["config"].map(lambda c: c.get("direction") or UP),
+    )  # and each direction
+    for _, grp in cells.groupby(
+        ["target", "weights_sha256", "defense", "dataset", "split", "seed", "profile", "amp", "direction"]
+    ):
         by_attack = {r["attack"]: r for _, r in grp.iterrows()}
         for name, row in by_attack.items():
             # an attack declares the attacks it must match or beat (PGD: FGSM); flag key kept
@@ -480,15 +656,19 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
         white = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "gradients"]
         black = [r for r in by_attack.values() if r["config"]["attack"]["needs"] == "scores"]
         if white and black:
+
             def gains(r):  # directed: sign · (score − clean) per item, raw-score sign below
                 df = res[r["key"]]
                 first = df[np.isclose(df["eps"], df["eps"].iloc[0])].sort_values("item")
-                s = item_signs(r["config"].get("direction"),
-                               first["mos"].to_numpy(float) if r["config"]["dataset"]["kind"] == "pairs" else None,
-                               len(first))
+                s = item_signs(
+                    r["config"].get("direction"),
+                    first["mos"].to_numpy(float) if r["config"]["dataset"]["kind"] == "pairs" else None,
+                    len(first),
+                )
                 sign_of = dict(zip(first["item"].to_numpy(), s))
                 return df.assign(g=df["item"].map(sign_of) * (df["score"] - df["clean_score"])).pivot(
-                    index="item", columns="eps", values="g")
+                    index="item", columns="eps", values="g"
+                )
 
             wb = [gains(r) for r in white]
             bb = [gains(r) for r in black]
@@ -501,4 +681,6 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
             spread = float(np.nanmax(np.abs(np.concatenate([w.ravel(), b.ravel()])))) or 1.0
             frac = float(np.mean(b > w + 0.01 * spread))
             for r in white + black:
-                store.update_flags(r["key"], {"black_box_beats_white_box": frac, "suspect_gradient_masking": frac > 0.1})
+                store.update_flags(
+                    r["key"], {"black_box_beats_white_box": frac, "suspect_gradient_masking": frac > 0.1}
+                )

@@ -73,8 +73,9 @@ class CertifySpec:
         from robench.attacks.smoothed import CHECK_ATTACKS
 
         if self.check_attack is not None and self.check_attack not in CHECK_ATTACKS:
-            raise RobenchError(f"--check-attack must be one of {', '.join(CHECK_ATTACKS)} (or omitted), "
-                               f"got {self.check_attack!r}")
+            raise RobenchError(
+                f"--check-attack must be one of {', '.join(CHECK_ATTACKS)} (or omitted), got {self.check_attack!r}"
+            )
         if self.attack_steps < 1 or self.attack_eot < 1:
             raise RobenchError("--attack-steps and --attack-eot must be at least 1")
         if self.batch < 1:
@@ -96,9 +97,26 @@ CREATE TABLE IF NOT EXISTS certify_items (
     PRIMARY KEY (run_key, item, radius)
 );
 """
-ROW_COLUMNS = ("item", "radius", "item_id", "ref_id", "source", "distortion", "mos", "clean", "smoothed", "lower",
-               "upper", "abstain", "attacked_up", "attacked_down", "attacked_up_low", "attacked_down_high", "outside",
-               "violated")
+ROW_COLUMNS = (
+    "item",
+    "radius",
+    "item_id",
+    "ref_id",
+    "source",
+    "distortion",
+    "mos",
+    "clean",
+    "smoothed",
+    "lower",
+    "upper",
+    "abstain",
+    "attacked_up",
+    "attacked_down",
+    "attacked_up_low",
+    "attacked_down_high",
+    "outside",
+    "violated",
+)
 
 
 def open_tables(store) -> None:
@@ -106,8 +124,9 @@ def open_tables(store) -> None:
     store.db.executescript(SCHEMA)
 
 
-def _noisy_scores(target, x: torch.Tensor, ref_prep, idx: torch.Tensor, sigma: float, m: int,
-                  gens: list[torch.Generator]) -> torch.Tensor:
+def _noisy_scores(
+    target, x: torch.Tensor, ref_prep, idx: torch.Tensor, sigma: float, m: int, gens: list[torch.Generator]
+) -> torch.Tensor:
     """Oriented scores of ``m`` noisy copies of each row of ``x`` (rows × m); each row draws its
     noise from its own generator (numbers independent of the batch size)."""
     from robench.core.target import index_prepared
@@ -177,9 +196,17 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
     spec.check()
     prof = get_profile(spec.profile)
     device = resolve_device(spec.device)
-    run = RunSpec(model=spec.model, attacks=[], dataset=spec.dataset, profile=prof.name, seed=spec.seed,
-                  split=spec.split, defense=spec.defense, device=spec.device,
-                  dataset_options=dict(spec.dataset_options))
+    run = RunSpec(
+        model=spec.model,
+        attacks=[],
+        dataset=spec.dataset,
+        profile=prof.name,
+        seed=spec.seed,
+        split=spec.split,
+        defense=spec.defense,
+        device=spec.device,
+        dataset_options=dict(spec.dataset_options),
+    )
     opts = dataset_options_for(run.dataset, prof, run.dataset_options)
     run.dataset_options = opts
     target, defense = resolve_target(run, progress)
@@ -187,15 +214,42 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
     n = spec.n if spec.n is not None else prof.attack_n
     items = load_items(run.dataset, spec.split, n or None, spec.seed, opts)
     radii = sorted({float(r) for r in spec.radii})
-    check = ({"name": spec.check_attack, "norm": "L2", "steps": int(spec.attack_steps), "eot": int(spec.attack_eot),
-              "step": "2.5 R / steps", "directions": ["up", "down"]} if spec.check_attack else None)
-    config = {"target": {"name": target.card.name, "weights_sha256": fingerprint(target),
-                         "lower_better": bool(target.lower_better)},
-              "defense": defense, "sigma": float(spec.sigma), "samples": int(spec.samples), "alpha": float(spec.alpha),
-              "radii": radii, "noise": "N(0, sigma^2) on dist, clipped to [0, 1]; reference untouched",
-              "dataset": {"name": run.dataset, "split": spec.split, "kind": items.kind, "options": opts,
-                          "n": len(items), "items_sha256": items.digest}, "seed": spec.seed, "profile": prof.name,
-              "check_attack": check}
+    check = (
+        {
+            "name": spec.check_attack,
+            "norm": "L2",
+            "steps": int(spec.attack_steps),
+            "eot": int(spec.attack_eot),
+            "step": "2.5 R / steps",
+            "directions": ["up", "down"],
+        }
+        if spec.check_attack
+        else None
+    )
+    config = {
+        "target": {
+            "name": target.card.name,
+            "weights_sha256": fingerprint(target),
+            "lower_better": bool(target.lower_better),
+        },
+        "defense": defense,
+        "sigma": float(spec.sigma),
+        "samples": int(spec.samples),
+        "alpha": float(spec.alpha),
+        "radii": radii,
+        "noise": "N(0, sigma^2) on dist, clipped to [0, 1]; reference untouched",
+        "dataset": {
+            "name": run.dataset,
+            "split": spec.split,
+            "kind": items.kind,
+            "options": opts,
+            "n": len(items),
+            "items_sha256": items.digest,
+        },
+        "seed": spec.seed,
+        "profile": prof.name,
+        "check_attack": check,
+    }
     key = run_key(config)
     store_path = Path(spec.store) if spec.store else default_store()
     t0 = time.perf_counter()
@@ -209,11 +263,24 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
         if row is None:
             calib = calibration_of(target, spec, run.dataset, opts, items.kind)
             with store._transaction("certify run record") as db:
-                db.execute("INSERT OR IGNORE INTO certify_runs (key, target, weights_sha256, defense, dataset, split, "
-                           "config, calibration, versions, git_commit, device, n_items) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                           (key, target.card.name, config["target"]["weights_sha256"], defense["name"], run.dataset,
-                            spec.split, canonical(config), json.dumps(calib), json.dumps(versions()), git_commit(),
-                            json.dumps(device_record(device)), len(items)))
+                db.execute(
+                    "INSERT OR IGNORE INTO certify_runs (key, target, weights_sha256, defense, dataset, split, "
+                    "config, calibration, versions, git_commit, device, n_items) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        key,
+                        target.card.name,
+                        config["target"]["weights_sha256"],
+                        defense["name"],
+                        run.dataset,
+                        spec.split,
+                        canonical(config),
+                        json.dumps(calib),
+                        json.dumps(versions()),
+                        git_commit(),
+                        json.dumps(device_record(device)),
+                        len(items),
+                    ),
+                )
         else:
             calib = json.loads(row[0])
         done = {int(r[0]) for r in store.db.execute("SELECT DISTINCT item FROM certify_items WHERE run_key=?", (key,))}
@@ -222,30 +289,39 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
         with progress_bar(progress) as bar:
             task = bar.add_task(f"certify {target.card.name}", total=len(items), completed=len(done)) if bar else None
             for start in range(0, len(todo), spec.batch):
-                chunk = todo[start:start + spec.batch]
+                chunk = todo[start : start + spec.batch]
                 rows = _certify_batch(target, items, chunk, radii, spec, device)
                 for r in rows:
                     i = r["item"]
-                    r.update(item_id=L["item_id"][i], ref_id=L["ref_id"][i], source=L["source"][i],
-                             distortion=L["distortion"][i], mos=L["mos"][i] if "mos" in L else None)
+                    r.update(
+                        item_id=L["item_id"][i],
+                        ref_id=L["ref_id"][i],
+                        source=L["source"][i],
+                        distortion=L["distortion"][i],
+                        mos=L["mos"][i] if "mos" in L else None,
+                    )
                 with store._transaction(f"certified items of {key[:12]}") as db:
-                    db.executemany(f"INSERT OR REPLACE INTO certify_items (run_key, {', '.join(ROW_COLUMNS)}) "
-                                   f"VALUES (?{', ?' * len(ROW_COLUMNS)})",
-                                   [(key, *[r.get(c) for c in ROW_COLUMNS]) for r in rows])
+                    db.executemany(
+                        f"INSERT OR REPLACE INTO certify_items (run_key, {', '.join(ROW_COLUMNS)}) "
+                        f"VALUES (?{', ?' * len(ROW_COLUMNS)})",
+                        [(key, *[r.get(c) for c in ROW_COLUMNS]) for r in rows],
+                    )
                 if bar:
                     bar.advance(task, len(chunk))
         seconds = time.perf_counter() - t0
         with store._transaction("certify run finished") as db:
-            db.execute("UPDATE certify_runs SET seconds=COALESCE(seconds, 0) + ?, finished=? WHERE key=?",
-                       (seconds, time.time(), key))
+            db.execute(
+                "UPDATE certify_runs SET seconds=COALESCE(seconds, 0) + ?, finished=? WHERE key=?",
+                (seconds, time.time(), key),
+            )
         return load_certified(store, key)
 
 
 def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: CertifySpec, device) -> list[dict]:
     from robench.attacks.smoothed import CHECK_ATTACKS
 
-    x = torch.cat([items.dist[i:i + 1] for i in chunk]).to(device)
-    r = torch.cat([items.ref[i:i + 1] for i in chunk]).to(device)
+    x = torch.cat([items.dist[i : i + 1] for i in chunk]).to(device)
+    r = torch.cat([items.ref[i : i + 1] for i in chunk]).to(device)
     # one generator per item, seeded by the run seed and the item: the same draws at any batch size
     gens = [torch.Generator().manual_seed(int(spec.seed) * 1_000_003 + int(i)) for i in chunk]
     with torch.no_grad():
@@ -262,10 +338,15 @@ def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: Ce
             agen = torch.Generator().manual_seed(int(spec.seed) * 7919 + int(chunk[0]) * 31 + j)
             att, conf = {}, {}
             for sign in (1.0, -1.0):
-                xa = CHECK_ATTACKS[spec.check_attack](target, x, prep, local, sign, R, spec.sigma, spec.attack_steps,
-                                                      spec.attack_eot, agen)
-                egens = [torch.Generator().manual_seed(int(spec.seed) * 1_000_003 + int(i) + 10_000_019 * (j + 1)
-                                                       + (0 if sign > 0 else 5_000_011)) for i in chunk]
+                xa = CHECK_ATTACKS[spec.check_attack](
+                    target, x, prep, local, sign, R, spec.sigma, spec.attack_steps, spec.attack_eot, agen
+                )
+                egens = [
+                    torch.Generator().manual_seed(
+                        int(spec.seed) * 1_000_003 + int(i) + 10_000_019 * (j + 1) + (0 if sign > 0 else 5_000_011)
+                    )
+                    for i in chunk
+                ]
                 dr = _smoothed_draws(target, xa, prep, local, spec.sigma, spec.samples, egens, chunk_imgs).cpu().numpy()
                 att[sign] = median_of(dr)
                 # the attacked point's own 1 − α interval for its true median (radius 0: p = ½ both sides)
@@ -274,19 +355,35 @@ def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: Ce
             up, down = att[1.0], att[-1.0]
         for b, i in enumerate(chunk):
             ab = bool(cert["abstain"][b, j])
-            row = {"item": int(i), "radius": R, "clean": float(clean[b]), "smoothed": float(cert["smoothed"][b]),
-                   "lower": None if ab else float(cert["lower"][b, j]), "upper": None if ab else float(cert["upper"][b, j]),
-                   "abstain": int(ab), "attacked_up": None, "attacked_down": None, "attacked_up_low": None,
-                   "attacked_down_high": None, "outside": None, "violated": None}
+            row = {
+                "item": int(i),
+                "radius": R,
+                "clean": float(clean[b]),
+                "smoothed": float(cert["smoothed"][b]),
+                "lower": None if ab else float(cert["lower"][b, j]),
+                "upper": None if ab else float(cert["upper"][b, j]),
+                "abstain": int(ab),
+                "attacked_up": None,
+                "attacked_down": None,
+                "attacked_up_low": None,
+                "attacked_down_high": None,
+                "outside": None,
+                "violated": None,
+            }
             if up is not None:
                 up_low, down_high = conf[1.0][b], conf[-1.0][b]
-                row.update(attacked_up=float(up[b]), attacked_down=float(down[b]),
-                           attacked_up_low=None if np.isnan(up_low) else float(up_low),
-                           attacked_down_high=None if np.isnan(down_high) else float(down_high))
+                row.update(
+                    attacked_up=float(up[b]),
+                    attacked_down=float(down[b]),
+                    attacked_up_low=None if np.isnan(up_low) else float(up_low),
+                    attacked_down_high=None if np.isnan(down_high) else float(down_high),
+                )
                 if not ab:
                     row["outside"] = int(down[b] < row["lower"] or up[b] > row["upper"])
-                    row["violated"] = int((not np.isnan(down_high) and down_high < row["lower"])
-                                          or (not np.isnan(up_low) and up_low > row["upper"]))
+                    row["violated"] = int(
+                        (not np.isnan(down_high) and down_high < row["lower"])
+                        or (not np.isnan(up_low) and up_low > row["upper"])
+                    )
             out.append(row)
     return out
 
@@ -300,27 +397,57 @@ def load_certified(store, key: str | None = None) -> dict[str, Any] | list[dict[
     out = []
     for k, cfg, cal, vers, commit, dev, secs, n in runs:
         cfg, cal = json.loads(cfg), json.loads(cal or "{}")
-        rows = store.db.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM certify_items WHERE run_key=? ORDER BY item, radius",
-                                (k,)).fetchall()
+        rows = store.db.execute(
+            f"SELECT {', '.join(ROW_COLUMNS)} FROM certify_items WHERE run_key=? ORDER BY item, radius", (k,)
+        ).fetchall()
         items: dict[int, dict[str, Any]] = {}
         a, b = cal.get("a"), cal.get("b")
         to_mos = (lambda v: None if v is None else a * v + b) if a is not None else (lambda v: None)
         for vals in rows:
             r = dict(zip(ROW_COLUMNS, vals))
-            it = items.setdefault(r["item"], {"item": r["item"], "item_id": r["item_id"], "ref_id": r["ref_id"],
-                                              "source": r["source"], "distortion": r["distortion"], "mos": r["mos"],
-                                              "clean": r["clean"], "smoothed": r["smoothed"],
-                                              "clean_mos": to_mos(r["clean"]), "smoothed_mos": to_mos(r["smoothed"]),
-                                              "radii": []})
-            it["radii"].append({"radius": r["radius"], "lower": r["lower"], "upper": r["upper"],
-                                "abstain": bool(r["abstain"]), "lower_mos": to_mos(r["lower"]),
-                                "upper_mos": to_mos(r["upper"]), "attacked_up": r["attacked_up"],
-                                "attacked_down": r["attacked_down"], "attacked_up_low": r["attacked_up_low"],
-                                "attacked_down_high": r["attacked_down_high"],
-                                "outside": None if r["outside"] is None else bool(r["outside"]),
-                                "violated": None if r["violated"] is None else bool(r["violated"])})
-        rec = {"key": k, "config": cfg, "calibration": cal, "versions": json.loads(vers or "{}"), "git_commit": commit,
-               "device": json.loads(dev or "{}"), "seconds": secs, "n_items": n, "items": list(items.values())}
+            it = items.setdefault(
+                r["item"],
+                {
+                    "item": r["item"],
+                    "item_id": r["item_id"],
+                    "ref_id": r["ref_id"],
+                    "source": r["source"],
+                    "distortion": r["distortion"],
+                    "mos": r["mos"],
+                    "clean": r["clean"],
+                    "smoothed": r["smoothed"],
+                    "clean_mos": to_mos(r["clean"]),
+                    "smoothed_mos": to_mos(r["smoothed"]),
+                    "radii": [],
+                },
+            )
+            it["radii"].append(
+                {
+                    "radius": r["radius"],
+                    "lower": r["lower"],
+                    "upper": r["upper"],
+                    "abstain": bool(r["abstain"]),
+                    "lower_mos": to_mos(r["lower"]),
+                    "upper_mos": to_mos(r["upper"]),
+                    "attacked_up": r["attacked_up"],
+                    "attacked_down": r["attacked_down"],
+                    "attacked_up_low": r["attacked_up_low"],
+                    "attacked_down_high": r["attacked_down_high"],
+                    "outside": None if r["outside"] is None else bool(r["outside"]),
+                    "violated": None if r["violated"] is None else bool(r["violated"]),
+                }
+            )
+        rec = {
+            "key": k,
+            "config": cfg,
+            "calibration": cal,
+            "versions": json.loads(vers or "{}"),
+            "git_commit": commit,
+            "device": json.loads(dev or "{}"),
+            "seconds": secs,
+            "n_items": n,
+            "items": list(items.values()),
+        }
         rec["summary"] = summarise(rec)
         out.append(rec)
     if key:
@@ -345,8 +472,11 @@ def summarise(rec: dict[str, Any]) -> list[dict[str, Any]]:
         within = None
         if a is not None and ok:
             half = MOS_HALF_WIDTH / a  # ±0.5 MOS in q units (a > 0)
-            within = float(np.mean([(it["smoothed"] - r["lower"]) <= half and (r["upper"] - it["smoothed"]) <= half
-                                    for it, r in ok]))
+            within = float(
+                np.mean(
+                    [(it["smoothed"] - r["lower"]) <= half and (r["upper"] - it["smoothed"]) <= half for it, r in ok]
+                )
+            )
         pairs = guaranteed = correct = 0
         by_ref: dict[str, list] = {}
         for it, r in per:
@@ -365,13 +495,20 @@ def summarise(rec: dict[str, Any]) -> list[dict[str, Any]]:
                         if iu["mos"] is not None and iv["mos"] is not None and iu["mos"] != iv["mos"]:
                             correct += int((iu["mos"] > iv["mos"]) == first)
         checked = [r for _, r in ok if r["violated"] is not None]
-        out.append({"radius": R, "items": len(per), "abstained": len(per) - len(ok),
-                    "median_width": float(np.median(widths)) if widths.size else None,
-                    "median_width_mos": float(np.median(widths) * a) if widths.size and a is not None else None,
-                    "within_half_mos": within,
-                    "pairs": pairs, "certified_ranking": guaranteed / pairs if pairs else None,
-                    "certified_ranking_correct": correct / pairs if pairs else None,
-                    "checked": len(checked), "violations": int(sum(bool(r["violated"]) for r in checked)),
-                    "outside": int(sum(bool(r["outside"]) for r in checked))})
+        out.append(
+            {
+                "radius": R,
+                "items": len(per),
+                "abstained": len(per) - len(ok),
+                "median_width": float(np.median(widths)) if widths.size else None,
+                "median_width_mos": float(np.median(widths) * a) if widths.size and a is not None else None,
+                "within_half_mos": within,
+                "pairs": pairs,
+                "certified_ranking": guaranteed / pairs if pairs else None,
+                "certified_ranking_correct": correct / pairs if pairs else None,
+                "checked": len(checked),
+                "violations": int(sum(bool(r["violated"]) for r in checked)),
+                "outside": int(sum(bool(r["outside"]) for r in checked)),
+            }
+        )
     return out
-

@@ -62,26 +62,43 @@ def compute_cell(task: CellTask | dict) -> dict[str, Any]:
     if task.threads:
         torch.set_num_threads(task.threads)
     spec = RunSpec(**task.spec)
-    target, defense = _cached(("target", spec.model, spec.defense, spec.train_seed, spec.weights, repr(spec.defense_options)),
-                              lambda: resolve_target(spec, progress=False, train=False))
+    target, defense = _cached(
+        ("target", spec.model, spec.defense, spec.train_seed, spec.weights, repr(spec.defense_options)),
+        lambda: resolve_target(spec, progress=False, train=False),
+    )
     device = resolve_device(task.device, where=f"worker {os.getpid()}: --device")
     target = target.to(device)
     # the speed options as the driver checked them (amp is in the key: a worker that skipped
     # it would compute another cell; the cached target follows each cell's setting)
     set_speed(target, spec.amp, spec.compile)
-    items = _cached(("items", spec.dataset, spec.split, task.n, spec.seed, repr(sorted(spec.dataset_options.items()))),
-                    lambda: load_items(spec.dataset, spec.split, task.n or None, spec.seed, spec.dataset_options))
+    items = _cached(
+        ("items", spec.dataset, spec.split, task.n, spec.seed, repr(sorted(spec.dataset_options.items()))),
+        lambda: load_items(spec.dataset, spec.split, task.n or None, spec.seed, spec.dataset_options),
+    )
     attack = ATTACKS.get(task.attack)(profile=spec.profile, seed=spec.seed, **task.attack_params)
     attack.check(target)
     attack.resolve(target)
     key = cell_key(cell_config(target, defense, attack, task.eps, spec, items, task.n, task.direction), __version__)
     if key != task.key:  # a worker with other weights, data or code must not answer for this cell
-        raise RobenchError(f"worker computed cell {key[:12]} for task {task.key[:12]} ({task.label}): its cache or "
-                           "code differs from the driver's")
-    return {**cell_result(task.key, target, attack, items, task.eps, task.batch_size, escalate=spec.escalate,
-                          direction=task.direction, keep_images=spec.keep_images),
-            "pid": os.getpid(),
-            "device": device_record(device)}
+        raise RobenchError(
+            f"worker computed cell {key[:12]} for task {task.key[:12]} ({task.label}): its cache or "
+            "code differs from the driver's"
+        )
+    return {
+        **cell_result(
+            task.key,
+            target,
+            attack,
+            items,
+            task.eps,
+            task.batch_size,
+            escalate=spec.escalate,
+            direction=task.direction,
+            keep_images=spec.keep_images,
+        ),
+        "pid": os.getpid(),
+        "device": device_record(device),
+    }
 
 
 _CACHE: dict[tuple, Any] = {}
@@ -99,8 +116,9 @@ def _cached(key: tuple, build: Callable[[], Any]) -> Any:
 class Executor:
     name = "base"
 
-    def run(self, tasks: list[CellTask], local: dict[str, Callable[..., dict]] | None = None
-            ) -> Iterator[tuple[CellTask, dict[str, Any] | BaseException]]:
+    def run(
+        self, tasks: list[CellTask], local: dict[str, Callable[..., dict]] | None = None
+    ) -> Iterator[tuple[CellTask, dict[str, Any] | BaseException]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -116,6 +134,7 @@ class Executor:
 class SerialExecutor(Executor):
     """In-process, in order; the driver passes a local closure per task that reuses its loaded
     target and items (and shows per-item progress)."""
+
     name = "serial"
 
     def run(self, tasks, local=None):
@@ -129,23 +148,35 @@ class SerialExecutor(Executor):
 class RayExecutor(Executor):
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_cell: float = 1,
-                 gpus_per_cell: float = 0, max_retries: int = 2):
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        cpus_per_cell: float = 1,
+        gpus_per_cell: float = 0,
+        max_retries: int = 2,
+    ):
         try:
             import ray
         except ImportError:
             raise RobenchError("the ray executor needs Ray: pip install 'robench[ray]'") from None
         self.ray = ray
-        kw: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
-                              "configure_logging": False}
+        kw: dict[str, Any] = {
+            "ignore_reinit_error": True,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
         if address:
             kw["address"] = address
         elif num_cpus is not None:
             kw["num_cpus"] = num_cpus
         if not 0 <= gpus_per_cell <= 1:
             # a cell computes on one device, its worker's cuda:0: more would hold GPUs it never uses
-            raise RobenchError(f"--gpus-per-cell must be in [0, 1] (a cell computes on one GPU; a fraction lets "
-                               f"cells share one), got {gpus_per_cell:g}")
+            raise RobenchError(
+                f"--gpus-per-cell must be in [0, 1] (a cell computes on one GPU; a fraction lets "
+                f"cells share one), got {gpus_per_cell:g}"
+            )
         ours = not ray.is_initialized()  # a caller's connection (an Executor it passes in) stays its own
         try:
             ray.init(**kw)
@@ -153,16 +184,19 @@ class RayExecutor(Executor):
             raise RobenchError(f"could not start or reach Ray ({address or 'local'}): {exc}") from None
         if gpus_per_cell > 0:
             # Ray would keep a GPU cell pending forever where no node has a GPU: refuse now
-            most = max((float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+            most = max(
+                (float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0
+            )
             if most < gpus_per_cell:
                 if ours:
                     ray.shutdown()
-                raise RobenchError(f"--gpus-per-cell {gpus_per_cell:g}: no node of the Ray cluster ({address or 'local'}) "
-                                   f"has {gpus_per_cell:g} GPU (the most on one node: {most:g}); start the worker nodes "
-                                   "on GPU machines (`ray start --num-gpus N`) or drop --gpus-per-cell")
+                raise RobenchError(
+                    f"--gpus-per-cell {gpus_per_cell:g}: no node of the Ray cluster ({address or 'local'}) "
+                    f"has {gpus_per_cell:g} GPU (the most on one node: {most:g}); start the worker nodes "
+                    "on GPU machines (`ray start --num-gpus N`) or drop --gpus-per-cell"
+                )
         self.cpus, self.gpus, self.retries = cpus_per_cell, gpus_per_cell, max_retries
-        self._remote = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries)(
-            _ray_compute)
+        self._remote = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries)(_ray_compute)
         # Ray re-runs a task whose worker or node died without telling the driver; a counter
         # pinned to the driver's node (which outlives any worker node) counts each attempt so a
         # retried cell is recorded as retried
@@ -171,8 +205,9 @@ class RayExecutor(Executor):
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         # named (unique per run) so a monitor on the driver can see which node runs which cell
         self.attempts_name = f"robench-attempts-{uuid.uuid4().hex[:12]}"
-        self._attempts = ray.remote(num_cpus=0)(_Attempts).options(
-            scheduling_strategy=here, name=self.attempts_name).remote()
+        self._attempts = (
+            ray.remote(num_cpus=0)(_Attempts).options(scheduling_strategy=here, name=self.attempts_name).remote()
+        )
 
     def run(self, tasks, local=None):
         ray = self.ray
@@ -182,8 +217,10 @@ class RayExecutor(Executor):
             if self.gpus:
                 t.device = "cuda"  # the GPU Ray gave the task is its worker's cuda:0
             elif t.device != "cpu":
-                raise RobenchError(f"--device {t.device} with the ray executor needs --gpus-per-cell > 0 (Ray "
-                                   f"hides the GPUs from a task that requests none)")
+                raise RobenchError(
+                    f"--device {t.device} with the ray executor needs --gpus-per-cell > 0 (Ray "
+                    f"hides the GPUs from a task that requests none)"
+                )
             pending[self._remote.remote(asdict(t), self._attempts)] = t
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -193,7 +230,10 @@ class RayExecutor(Executor):
                     yield t, ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - task errors arrive wrapped by Ray
                     cause = getattr(exc, "cause", None) or exc
-                    yield t, cause if isinstance(cause, RobenchError) else RobenchError(f"{type(cause).__name__}: {cause}")
+                    yield (
+                        t,
+                        cause if isinstance(cause, RobenchError) else RobenchError(f"{type(cause).__name__}: {cause}"),
+                    )
 
     def close(self) -> None:
         self.ray.shutdown()
@@ -231,14 +271,18 @@ def _ray_compute(task: dict, attempts=None) -> dict[str, Any]:
 
         gpu_ids = [str(i) for i in ray.get_gpu_ids()]
         if not torch.cuda.is_available():
-            why = (f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else
-                   f"torch {torch.__version__} has CUDA {torch.version.cuda} but sees no GPU")
+            why = (
+                f"torch {torch.__version__} is built without CUDA"
+                if torch.version.cuda is None
+                else f"torch {torch.__version__} has CUDA {torch.version.cuda} but sees no GPU"
+            )
             raise RobenchError(
                 f"cell {task.get('label') or task['key'][:12]}: --gpus-per-cell gave it GPU "
                 f"{','.join(gpu_ids) or '?'} on Ray node {node[:12]} (CUDA_VISIBLE_DEVICES="
                 f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}), but CUDA is not available in its worker ({why}); "
                 "a GPU cell never falls back to the CPU: install a CUDA build of torch on the GPU nodes, or drop "
-                "--gpus-per-cell")
+                "--gpus-per-cell"
+            )
     t0 = time.perf_counter()
     out = compute_cell(task)
     out["worker_seconds"] = time.perf_counter() - t0

@@ -36,9 +36,6 @@ from robench.engine.speed import check_speed
 from robench.engine.store import Store, cell_key
 
 
-
-
-
 def default_store() -> Path:
     return robench_home() / "runs" / "results.sqlite"
 
@@ -47,53 +44,18 @@ def default_store() -> Path:
 # items
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------------------------
 # cells
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------
 # the driver
 
 
-
-
-
-
-
-
 @dataclass
 class Plan:
     """One target × defence of a grid: everything loaded once, and the tasks of its cells."""
+
     spec: RunSpec
     target: Target
     defense: dict[str, Any]
@@ -138,15 +100,25 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
     items = load_items(spec.dataset, spec.split, n or None, spec.seed, spec.dataset_options)
     # --amp / --compile: agreement with float32 eager on the first items, refused beyond tolerance,
     # before any cell (and before the keys: the key holds the target's amp)
-    speed = check_speed(target, items.dist, items.ref, [e / 255 for e in eps], spec.amp, spec.compile,
-                        prof.name, spec.seed)
+    speed = check_speed(
+        target, items.dist, items.ref, [e / 255 for e in eps], spec.amp, spec.compile, prof.name, spec.seed
+    )
     store_path = Path(spec.store) if spec.store else default_store()
-    report: dict[str, Any] = {"store": str(store_path), "cells": [], "profile": prof.name, "eps": eps,
-                              "defense": defense, "weights": target.card.weights.describe(),
-                              "target": target.card.name, "dataset": spec.dataset, "split": spec.split, "n": len(items),
-                              "train_seed": defense.get("train_seed", 0) if defense.get("training") else None,
-                              "device": device_record(device),
-                              "speed": {**speed_of(target), "agreement": speed} if speed else None}
+    report: dict[str, Any] = {
+        "store": str(store_path),
+        "cells": [],
+        "profile": prof.name,
+        "eps": eps,
+        "defense": defense,
+        "weights": target.card.weights.describe(),
+        "target": target.card.name,
+        "dataset": spec.dataset,
+        "split": spec.split,
+        "n": len(items),
+        "train_seed": defense.get("train_seed", 0) if defense.get("training") else None,
+        "device": device_record(device),
+        "speed": {**speed_of(target), "agreement": speed} if speed else None,
+    }
     spec_dict = {k: v for k, v in spec.__dict__.items() if k not in ("store", "force")}
     tasks, cell_attacks = [], []
     directions = parse_directions(spec.directions)
@@ -155,23 +127,40 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
     for a in attacks:
         for d in directions:
             config = cell_config(target, defense, a, eps, spec, items, n, d)
-            tasks.append(CellTask(key=cell_key(config, __version__), spec=spec_dict, attack=a.name,
-                                  attack_params=dict(a.params), eps=eps, batch_size=prof.attack_batch, n=n,
-                                  home=str(robench_home()), device=str(device),
-                                  label=f"{target.card.name} · {a.name}" + ("" if d == DEFAULT_DIRECTION else f" · {d}"),
-                                  extra={"config": config}, direction=d))
+            tasks.append(
+                CellTask(
+                    key=cell_key(config, __version__),
+                    spec=spec_dict,
+                    attack=a.name,
+                    attack_params=dict(a.params),
+                    eps=eps,
+                    batch_size=prof.attack_batch,
+                    n=n,
+                    home=str(robench_home()),
+                    device=str(device),
+                    label=f"{target.card.name} · {a.name}" + ("" if d == DEFAULT_DIRECTION else f" · {d}"),
+                    extra={"config": config},
+                    direction=d,
+                )
+            )
             cell_attacks.append(a)  # one per task (zipped with the tasks by the driver)
     return Plan(spec, target, defense, items, eps, cell_attacks, tasks, report)
 
 
-def run(spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None = None,
-        executor: Any = "serial") -> dict[str, Any]:
+def run(
+    spec: RunSpec, progress: bool = True, log: Callable[[str], None] | None = None, executor: Any = "serial"
+) -> dict[str, Any]:
     """One target × defence × attacks (the single-model form of ``run_grid``)."""
     return run_grid([spec], progress, log, executor)["runs"][0]
 
 
-def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], None] | None = None,
-             executor: Any = "serial", executor_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_grid(
+    specs: list[RunSpec],
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    executor: Any = "serial",
+    executor_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Plan every target × defence (training what is missing, in the driver), hand the cells that
     are not stored yet to the executor, and commit each returned cell in one transaction (the
     driver is the store's only writer)."""
@@ -213,16 +202,23 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                 else:
                     todo.append(t)
                     by_key[t.key] = (p, entry, a)
-        ex = executor if isinstance(executor, Executor) else (make_executor(executor, **(executor_options or {}))
-                                                             if todo else None)
+        ex = (
+            executor
+            if isinstance(executor, Executor)
+            else (make_executor(executor, **(executor_options or {})) if todo else None)
+        )
         local = {}
         if ex is not None and ex.name == "serial":
             for t in todo:  # in process: reuse the loaded target and items, per-item progress
                 p, _, a = by_key[t.key]
                 local[t.key] = _local_cell(p, a, t, bar)
-        overall = bar.add_task(f"grid ({ex.name})", total=len(todo)) if (bar and ex is not None and ex.name != "serial") else None
+        overall = (
+            bar.add_task(f"grid ({ex.name})", total=len(todo))
+            if (bar and ex is not None and ex.name != "serial")
+            else None
+        )
         try:
-            for t, result in (ex.run(todo, local) if ex is not None else []):
+            for t, result in ex.run(todo, local) if ex is not None else []:
                 p, entry, a = by_key[t.key]
                 t_commit = time.perf_counter()
                 # where it ran: provenance beside the key, never in it (an executor reports its worker's)
@@ -233,8 +229,12 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                     ran_on = {"device": t.device, "reported": False}
                 # with the speed options and their agreement check (how it ran: provenance too)
                 speed = {"speed": p.report["speed"]} if p.report.get("speed") else {}
-                cell = {"config": t.extra["config"], "versions": vers, "git_commit": commit,
-                        "device": {**(ran_on or p.report["device"]), **speed}}
+                cell = {
+                    "config": t.extra["config"],
+                    "versions": vers,
+                    "git_commit": commit,
+                    "device": {**(ran_on or p.report["device"]), **speed},
+                }
                 if isinstance(result, BaseException) or "failed" in result:
                     msg = str(result) if isinstance(result, BaseException) else result["failed"]
                     store.record_failure(t.key, cell, msg)
@@ -248,18 +248,32 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                         from robench.engine.cell import direction_signs
                         from robench.engine.images import images_folder, keep_rows
 
-                        keep_rows(result["rows"], images, p.items, direction_signs(t.direction, p.items)[0].numpy(),
-                                  p.target.lower_better, p.spec.keep_images, images_folder(store_path), p.eps)
+                        keep_rows(
+                            result["rows"],
+                            images,
+                            p.items,
+                            direction_signs(t.direction, p.items)[0].numpy(),
+                            p.target.lower_better,
+                            p.spec.keep_images,
+                            images_folder(store_path),
+                            p.eps,
+                        )
                     if result.get("attempts", 1) > 1:  # a worker died and Ray re-ran the cell: say so
                         record = {**record, "flags": {**(record.get("flags") or {}), "retried": result["attempts"] - 1}}
                         entry["retried"] = result["attempts"] - 1
-                    written = store.commit_cell(t.key, {**cell, **record}, result["rows"], replace=p.spec.force or "reopened" in entry,
-                                                before_commit=_fault_hook(a.name))
+                    written = store.commit_cell(
+                        t.key,
+                        {**cell, **record},
+                        result["rows"],
+                        replace=p.spec.force or "reopened" in entry,
+                        before_commit=_fault_hook(a.name),
+                    )
                     wall = result.get("wall", record["seconds"]) + (time.perf_counter() - t_commit)
                     compute_total += record["attack_seconds"]
                     harness_total += wall - record["attack_seconds"]
-                    entry.update(status="done" if written else "cached", seconds=wall,
-                                 attack_seconds=record["attack_seconds"])
+                    entry.update(
+                        status="done" if written else "cached", seconds=wall, attack_seconds=record["attack_seconds"]
+                    )
                 if overall is not None:
                     bar.advance(overall, 1)
         finally:
@@ -276,10 +290,17 @@ def run_grid(specs: list[RunSpec], progress: bool = True, log: Callable[[str], N
                     entry.update(summary=r["summary"], flags=r["flags"], status_in_store=r["status"])
     seconds = time.perf_counter() - t_run
     for p in plans:
-        p.report.update(seconds=seconds, attack_compute_seconds=compute_total,
-                        harness_overhead=harness_total / compute_total if compute_total > 0 else None)
-    return {"runs": [p.report for p in plans], "seconds": seconds, "executor": ex.name if ex is not None else "none",
-            "store": str(store_path)}
+        p.report.update(
+            seconds=seconds,
+            attack_compute_seconds=compute_total,
+            harness_overhead=harness_total / compute_total if compute_total > 0 else None,
+        )
+    return {
+        "runs": [p.report for p in plans],
+        "seconds": seconds,
+        "executor": ex.name if ex is not None else "none",
+        "store": str(store_path),
+    }
 
 
 def _reopens(flags: dict[str, Any] | None, escalate: int) -> bool:
@@ -294,15 +315,22 @@ def _local_cell(p: Plan, attack: Attack, task, bar) -> Callable[[], dict[str, An
         t0 = time.perf_counter()
         prog = bar.add_task(task.label, total=len(p.items)) if bar else None
         tick = (lambda k: bar.advance(prog, k)) if bar else None
-        out = cell_result(task.key, p.target, attack, p.items, p.eps, task.batch_size, tick, escalate=p.spec.escalate,
-                          direction=task.direction, keep_images=p.spec.keep_images)
+        out = cell_result(
+            task.key,
+            p.target,
+            attack,
+            p.items,
+            p.eps,
+            task.batch_size,
+            tick,
+            escalate=p.spec.escalate,
+            direction=task.direction,
+            keep_images=p.spec.keep_images,
+        )
         out["wall"] = time.perf_counter() - t0
         return out
+
     return go
-
-
-
-
 
 
 def _fault_hook(attack_name: str):
@@ -312,9 +340,6 @@ def _fault_hook(attack_name: str):
 
     point = f"kill-before-commit:{attack_name}"
     return (lambda: fault(point)) if armed(point) else None
-
-
-
 
 
 def run_config(config: RunConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -333,8 +358,10 @@ def run_config(config: RunConfig, progress: bool = True, log: Callable[[str], No
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.toml"
     tmp = path.with_name(f".config.toml.{os.getpid()}.tmp")
-    tmp.write_text("# the resolved run configuration: robench run --config <this file> reproduces the run\n"
-                   + resolved.to_toml(header={"version": __version__, "git_commit": git_commit() or "unknown"}))
+    tmp.write_text(
+        "# the resolved run configuration: robench run --config <this file> reproduces the run\n"
+        + resolved.to_toml(header={"version": __version__, "git_commit": git_commit() or "unknown"})
+    )
     os.replace(tmp, path)
     out["config"] = str(path)
     for r in out["runs"]:

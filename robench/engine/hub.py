@@ -22,8 +22,9 @@ def detect_role(state: dict[str, torch.Tensor]) -> str:
     return "full"
 
 
-def import_weights(path: str | Path, model: str, role: str | None = None,
-                   _target: torch.nn.Module | None = None) -> dict[str, Any]:
+def import_weights(
+    path: str | Path, model: str, role: str | None = None, _target: torch.nn.Module | None = None
+) -> dict[str, Any]:
     """Check that ``path`` loads into ``model`` and add it to the cache.
 
     A robench checkpoint (the target's own keys) becomes weights ``model`` (source ``imported``);
@@ -52,8 +53,10 @@ def import_weights(path: str | Path, model: str, role: str | None = None,
             bad = [k for k in lin if k not in own or tuple(own[k].shape) != tuple(lin[k].shape)]
             missing = [k for k in own if k.startswith("lin") and k not in lin]
             if bad or missing:
-                raise WeightsError(f"{path} does not fit the {model} lin layers: unexpected/mis-shaped {bad[:3]}, "
-                                   f"missing {missing[:3]}")
+                raise WeightsError(
+                    f"{path} does not fit the {model} lin layers: unexpected/mis-shaped {bad[:3]}, "
+                    f"missing {missing[:3]}"
+                )
         else:
             lin = {k: v for k, v in own.items() if k.startswith("lin")}
             target.load_lin_and_trunk(lin, state, str(path))
@@ -61,7 +64,9 @@ def import_weights(path: str | Path, model: str, role: str | None = None,
     raise WeightsError(f"role {role!r} does not apply to {model!r}")
 
 
-def fetch_official(model: str, url: str | None = None, sha256: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+def fetch_official(
+    model: str, url: str | None = None, sha256: str | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
     """Download the files listed in ``model``'s card, check their sha256 (full or published
     prefix), and import them. ``url``/``sha256`` override a single-file card (mirrors, tests)."""
     from robench.core.fetch import download
@@ -78,8 +83,9 @@ def fetch_official(model: str, url: str | None = None, sha256: str | None = None
         dest = weights_dir() / "downloads" / f.filename
         expected = sha256 or f.sha256
         # the published prefix is checked before the download is renamed into place
-        path = download(url or f.url, dest, expected, progress=progress,
-                        sha256_prefix=f.sha256_prefix if expected is None else None)
+        path = download(
+            url or f.url, dest, expected, progress=progress, sha256_prefix=f.sha256_prefix if expected is None else None
+        )
         try:
             out.append(import_weights(path, model, role=f.role, _target=target if len(files) == 1 else None))
         except WeightsError:  # verified bytes, but unsafe or unfit: do not keep them around

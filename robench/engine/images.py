@@ -24,11 +24,20 @@ from robench.core.errors import RobenchError
 TOP_ITEMS = 4
 #: above this many bytes of adversarial images a cell keeps none in "top" mode (the attack would
 #: have to hold them all in memory to pick the top items)
-TOP_MAX_BYTES = 512 * 2 ** 20
+TOP_MAX_BYTES = 512 * 2**20
 
 
-def keep_rows(rows: list[dict], images, items, signs, lower_better: bool, mode: str, folder: Path,
-              eps: list[float], top: int = TOP_ITEMS) -> None:
+def keep_rows(
+    rows: list[dict],
+    images,
+    items,
+    signs,
+    lower_better: bool,
+    mode: str,
+    folder: Path,
+    eps: list[float],
+    top: int = TOP_ITEMS,
+) -> None:
     """Name the kept images in the cell's ``rows`` (in place): every row's adversarial image for
     ``all``; for the ``top`` items (largest directed move at the largest ε) also their distorted
     and reference images (every mode keeps those for the gallery)."""
@@ -36,16 +45,19 @@ def keep_rows(rows: list[dict], images, items, signs, lower_better: bool, mode: 
     e_max = max(float(e) for e in eps)
     orient = -1.0 if lower_better else 1.0
     # the directed move of oriented quality, sign · (q_adv − q_clean), at the largest ε
-    moves = {r["item"]: float(signs[r["item"]]) * orient * (r["score"] - r["clean_score"])
-             for r in rows if float(r["eps"]) == e_max}
+    moves = {
+        r["item"]: float(signs[r["item"]]) * orient * (r["score"] - r["clean_score"])
+        for r in rows
+        if float(r["eps"]) == e_max
+    }
     chosen = set(sorted(moves, key=lambda i: (-moves[i], i))[:top])
     for row in rows:
         i = row["item"]
         if mode == "all" or i in chosen:
             row["image"] = save_image(folder, images[k_of[float(row["eps"])], i])
         if i in chosen:
-            row["dist_image"] = save_image(folder, items.dist[i:i + 1][0])
-            row["ref_image"] = save_image(folder, items.ref[i:i + 1][0])
+            row["dist_image"] = save_image(folder, items.dist[i : i + 1][0])
+            row["ref_image"] = save_image(folder, items.ref[i : i + 1][0])
 
 
 def images_folder(store_path: str | Path) -> Path:

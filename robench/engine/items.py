@@ -23,7 +23,9 @@ def stratified_subset(table, n: int | None, seed: int) -> list[int]:
         return list(range(len(table)))
     rng = np.random.default_rng(seed)
     keys = ["distortion"] + (["level"] if "level" in table.columns else [])
-    groups = [list(rng.permutation(idx)) for _, idx in sorted(table.groupby(keys).indices.items(), key=lambda kv: str(kv[0]))]
+    groups = [
+        list(rng.permutation(idx)) for _, idx in sorted(table.groupby(keys).indices.items(), key=lambda kv: str(kv[0]))
+    ]
     order = rng.permutation(len(groups))
     # first pass by distortion type only so types are covered before levels repeat
     by_type: dict[str, list[list[int]]] = {}
@@ -68,8 +70,7 @@ class StreamedImages:
 
     streamed = True  # attacks validate each batch instead of the whole input
 
-    def __init__(self, decoder: _BatchDecoder, role: str, sides: list[int] | None, n: int,
-                 item_shape: tuple[int, ...]):
+    def __init__(self, decoder: _BatchDecoder, role: str, sides: list[int] | None, n: int, item_shape: tuple[int, ...]):
         self.decoder, self.role, self.sides, self.n = decoder, role, sides, n
         self.shape = torch.Size((n, *item_shape))
 
@@ -117,15 +118,16 @@ def memory_budget() -> int:
 
     raw = os.environ.get("ROBENCH_MEMORY_BUDGET", "").strip()
     if not raw:
-        return 2 * 2 ** 30
+        return 2 * 2**30
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", raw.upper())
     if m is None or float(m.group(1)) <= 0:
         raise RobenchError(f"ROBENCH_MEMORY_BUDGET must be a positive size like 512M or 4G, got {raw!r}")
-    return int(float(m.group(1)) * {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}[m.group(2)])
+    return int(float(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)])
 
 
-def load_items(dataset_name: str, split: str, n: int | None, seed: int, options: dict[str, Any],
-               budget: int | None = None) -> Items:
+def load_items(
+    dataset_name: str, split: str, n: int | None, seed: int, options: dict[str, Any], budget: int | None = None
+) -> Items:
     """One pass over the chosen items decodes every image (a corrupt file fails the run before
     any compute, naming the file) and collects the labels; the tensors are kept while they fit
     ``budget`` bytes, else dropped and streamed per batch (same tensors, same results)."""
@@ -177,9 +179,11 @@ def load_items(dataset_name: str, split: str, n: int | None, seed: int, options:
     N = len(data)
     if len(shapes) > 1:  # the same check in memory and streamed: before any compute, naming items
         (s0, i0), (s1, i1) = list(shapes.items())[:2]
-        raise RobenchError(f"the images of {dataset_name!r} {split} differ in size (item {ids[i0]} is "
-                           f"{s0[2]}×{s0[1]}, item {ids[i1]} is {s1[2]}×{s1[1]}; {len(shapes)} sizes): robench "
-                           f"attacks equal-size batches, so resize or crop the images to one size first")
+        raise RobenchError(
+            f"the images of {dataset_name!r} {split} differ in size (item {ids[i0]} is "
+            f"{s0[2]}×{s0[1]}, item {ids[i1]} is {s1[2]}×{s1[1]}; {len(shapes)} sizes): robench "
+            f"attacks equal-size batches, so resize or crop the images to one size first"
+        )
     if held is not None:
         imgs = {}
         for r in roles:  # one role at a time: the lists and the stacked copy never all coexist
@@ -191,6 +195,14 @@ def load_items(dataset_name: str, split: str, n: int | None, seed: int, options:
         imgs = {r: StreamedImages(dec, r, sides, N, first_shape) for r in roles}
         streamed = True
     dist = imgs["dist"] if data.kind == "pairs" else imgs["attacked"]
-    return Items(kind=data.kind, dist=dist, ref=imgs["ref"], labels=labels, other=imgs.get("other"), digest=digest,
-                 content_version=data.content_version(),
-                 load_seconds=time.perf_counter() - t0, streamed=streamed)
+    return Items(
+        kind=data.kind,
+        dist=dist,
+        ref=imgs["ref"],
+        labels=labels,
+        other=imgs.get("other"),
+        digest=digest,
+        content_version=data.content_version(),
+        load_seconds=time.perf_counter() - t0,
+        streamed=streamed,
+    )

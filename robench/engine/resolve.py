@@ -34,10 +34,14 @@ def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> 
         target = _train_missing(base, recipe, spec, progress)
     if chain:
         target = Defended(target, chain)
-    record = {"name": spec.defense or "none", "training": recipe,
-              "inference": [d.config() for d in chain], "randomised": bool(getattr(target, "randomised", False)),
-              "gradient": getattr(target, "gradient", "exact")}
-    if recipe and spec.train_seed:  # seed 0 (or none given) keeps the record, hence the cell keys, as before
+    record = {
+        "name": spec.defense or "none",
+        "training": recipe,
+        "inference": [d.config() for d in chain],
+        "randomised": bool(getattr(target, "randomised", False)),
+        "gradient": getattr(target, "gradient", "exact"),
+    }
+    if recipe and spec.train_seed:  # seed 0 (or none given) keeps the record, hence the stored cell keys
         record["train_seed"] = int(spec.train_seed)
     return target, record
 
@@ -53,9 +57,15 @@ def _prepare_defences(spec: RunSpec, progress: bool) -> None:
         cls = DEFENSES.get(tok)
         prepare = getattr(cls, "prepare", None)
         if prepare is not None:
-            prepare(dict(spec.defense_options.get(tok, {})), dataset=spec.dataset,
-                    dataset_options=dict(spec.dataset_options), profile=spec.profile, seed=spec.seed,
-                    progress=progress, device=spec.device)
+            prepare(
+                dict(spec.defense_options.get(tok, {})),
+                dataset=spec.dataset,
+                dataset_options=dict(spec.dataset_options),
+                profile=spec.profile,
+                seed=spec.seed,
+                progress=progress,
+                device=spec.device,
+            )
 
 
 def training_dataset(name: str) -> str:
@@ -82,13 +92,29 @@ def _train_missing(base: str, recipe: str | None, spec: RunSpec, progress: bool)
 
         from robench.core.weights import seeded_name
 
-        adversarial_train(base, recipe, dataset=ds, profile=spec.profile, seed=spec.seed, dataset_options=opts,
-                          progress=progress, train_seed=spec.train_seed, device=spec.device)
+        adversarial_train(
+            base,
+            recipe,
+            dataset=ds,
+            profile=spec.profile,
+            seed=spec.seed,
+            dataset_options=opts,
+            progress=progress,
+            train_seed=spec.train_seed,
+            device=spec.device,
+        )
         return load_model(seeded_name(f"{base}.{recipe}", spec.train_seed))
     from robench.engine.train import train
 
-    train(base, dataset=ds, profile=spec.profile, seed=spec.seed, dataset_options=opts, progress=progress,
-          device=spec.device)
+    train(
+        base,
+        dataset=ds,
+        profile=spec.profile,
+        seed=spec.seed,
+        dataset_options=opts,
+        progress=progress,
+        device=spec.device,
+    )
     return load_model(base)
 
 
@@ -106,6 +132,12 @@ def weights_records(target: Target) -> list[dict[str, Any]]:
         known = list(read_index().values()) + list(shipped().values())
         entry = next((e for e in known if clean in (e.get("sha256"), e.get("rounded_from_sha256"))), None)
         if entry is not None:
-            recs.append({"sha256": clean, "name": entry["name"], "source": entry["source"],
-                         "provenance": entry.get("provenance", {})})
+            recs.append(
+                {
+                    "sha256": clean,
+                    "name": entry["name"],
+                    "source": entry["source"],
+                    "provenance": entry.get("provenance", {}),
+                }
+            )
     return recs

@@ -1,4 +1,4 @@
-"""Speed options of a run (issue 18.4): ``--amp bf16`` (every evaluation of the target — scoring,
+"""Speed options of a run: ``--amp bf16`` (every evaluation of the target — scoring,
 the attacks' steps and their gradients — under bf16 autocast) and ``--compile``
 (``torch.compile`` of the target's score functions), and the agreement check a run passes
 before it uses them.
@@ -74,8 +74,9 @@ def check_attack(profile: str = "quick", seed: int = 0):
     return cls(profile=profile, seed=seed, **small)
 
 
-def _measure(target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: list[float], attack, seed: int
-             ) -> dict[str, Any]:
+def _measure(
+    target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: list[float], attack, seed: int
+) -> dict[str, Any]:
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a randomised defence draws the same numbers in both settings
         clean = target(dist.to(target.device), ref.to(target.device)).float().cpu()
@@ -87,8 +88,16 @@ def _measure(target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: list[fl
     return {"clean": clean, "gains": gains}
 
 
-def agreement(target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: list[float], amp: str | None = None,
-              compile: bool = False, profile: str = "quick", seed: int = 0) -> dict[str, Any]:
+def agreement(
+    target: Target,
+    dist: torch.Tensor,
+    ref: torch.Tensor,
+    eps: list[float],
+    amp: str | None = None,
+    compile: bool = False,
+    profile: str = "quick",
+    seed: int = 0,
+) -> dict[str, Any]:
     """Clean scores and the check attack's mean gains (``eps`` in [0, 1] units) of ``target``
     on ``dist``/``ref`` in float32 eager and with the options; the max abs differences against
     the tolerances (raw score units: tolerance × spread). Leaves the target with the options set."""
@@ -107,18 +116,35 @@ def agreement(target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: list[f
     spread = observed_scale(target.orient(base["clean"]), target)
     score_tol, gain_tol = tolerances(amp, compile)
     d_score = float((fast["clean"] - base["clean"]).abs().max())
-    d_gain = (max(abs(a - b) for a, b in zip(fast["gains"], base["gains"])) if attack is not None else None)
+    d_gain = max(abs(a - b) for a, b in zip(fast["gains"], base["gains"])) if attack is not None else None
     ok = d_score <= score_tol * spread and (d_gain is None or d_gain <= gain_tol * spread)
-    return {"amp": amp, "compile": bool(compile), "n": int(dist.shape[0]), "spread": spread,
-            "score_max_abs_diff": d_score, "score_tol": score_tol * spread,
-            "gain_max_abs_diff": d_gain, "gain_tol": gain_tol * spread,
-            "gains_fp32": base["gains"], "gains": fast["gains"],
-            "attack": None if attack is None else repr(attack), "ok": bool(ok),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "amp": amp,
+        "compile": bool(compile),
+        "n": int(dist.shape[0]),
+        "spread": spread,
+        "score_max_abs_diff": d_score,
+        "score_tol": score_tol * spread,
+        "gain_max_abs_diff": d_gain,
+        "gain_tol": gain_tol * spread,
+        "gains_fp32": base["gains"],
+        "gains": fast["gains"],
+        "attack": None if attack is None else repr(attack),
+        "ok": bool(ok),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def check_speed(target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: list[float], amp: str | None,
-                compile: bool, profile: str = "quick", seed: int = 0) -> dict[str, Any] | None:
+def check_speed(
+    target: Target,
+    dist: torch.Tensor,
+    ref: torch.Tensor,
+    eps: list[float],
+    amp: str | None,
+    compile: bool,
+    profile: str = "quick",
+    seed: int = 0,
+) -> dict[str, Any] | None:
     """Set the options on ``target`` after :func:`agreement` on the first :data:`CHECK_N` items;
     a RobenchError (one line) when they disagree beyond tolerance. None (and nothing run) for
     float32 eager."""
@@ -131,9 +157,14 @@ def check_speed(target: Target, dist: torch.Tensor, ref: torch.Tensor, eps: list
     if not rec["ok"]:
         set_speed(target, None, False)
         what = " ".join(([f"--amp {amp}"] if amp else []) + (["--compile"] if compile else []))
-        gain = ("" if rec["gain_max_abs_diff"] is None else
-                f", mean attack gains by {rec['gain_max_abs_diff']:.3g} (tolerance {rec['gain_tol']:.3g})")
-        raise RobenchError(f"{what} disagrees with float32 eager on {target.card.name} ({m} items): clean scores "
-                           f"differ by up to {rec['score_max_abs_diff']:.3g} (tolerance {rec['score_tol']:.3g}){gain}; "
-                           f"run it without {what}")
+        gain = (
+            ""
+            if rec["gain_max_abs_diff"] is None
+            else f", mean attack gains by {rec['gain_max_abs_diff']:.3g} (tolerance {rec['gain_tol']:.3g})"
+        )
+        raise RobenchError(
+            f"{what} disagrees with float32 eager on {target.card.name} ({m} items): clean scores "
+            f"differ by up to {rec['score_max_abs_diff']:.3g} (tolerance {rec['score_tol']:.3g}){gain}; "
+            f"run it without {what}"
+        )
     return rec

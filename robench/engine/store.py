@@ -26,6 +26,7 @@ import pandas as pd
 
 from robench.core.errors import RobenchError
 
+
 class StoreFullError(RobenchError):
     """SQLite reported SQLITE_FULL (disk full, or a quota): the transaction was rolled back."""
 
@@ -72,12 +73,39 @@ CREATE TABLE IF NOT EXISTS weights (
     sha256 TEXT PRIMARY KEY, name TEXT, source TEXT, provenance TEXT, recorded REAL
 );
 """
-RESULT_COLUMNS = ("item", "eps", "item_id", "ref_id", "distortion", "level", "mos", "judge", "attacked_side",
-                  "other_score", "clean_score", "score", "linf", "l2", "queries", "psnr", "ssim", "source", "image", "dist_image", "ref_image")
+RESULT_COLUMNS = (
+    "item",
+    "eps",
+    "item_id",
+    "ref_id",
+    "distortion",
+    "level",
+    "mos",
+    "judge",
+    "attacked_side",
+    "other_score",
+    "clean_score",
+    "score",
+    "linf",
+    "l2",
+    "queries",
+    "psnr",
+    "ssim",
+    "source",
+    "image",
+    "dist_image",
+    "ref_image",
+)
 #: columns added after schema 1 shipped (ALTER TABLE on open: old stores read and append)
-ADDED_RESULT_COLUMNS = {"psnr": "REAL", "ssim": "REAL", "source": "TEXT", "image": "TEXT", "dist_image": "TEXT",
-                        "ref_image": "TEXT"}
-#: columns of ``cells`` added after schema 1 shipped (issue 17.5: old rows read NULL = seed 0 / no recipe)
+ADDED_RESULT_COLUMNS = {
+    "psnr": "REAL",
+    "ssim": "REAL",
+    "source": "TEXT",
+    "image": "TEXT",
+    "dist_image": "TEXT",
+    "ref_image": "TEXT",
+}
+#: columns of ``cells`` added after schema 1 shipped (older rows read NULL = seed 0 / no recipe)
 ADDED_CELL_COLUMNS = {"train_seed": "INTEGER", "device": "TEXT"}
 
 
@@ -165,13 +193,22 @@ class Store:
                 raise
         except sqlite3.OperationalError as exc:
             if _is_full(exc):
-                raise StoreFullError(f"{self.path}: disk full while writing {what} ({exc}); nothing of it was "
-                                     f"written and every cell committed before is intact: free space and "
-                                     f"rerun the same command to resume") from None
+                raise StoreFullError(
+                    f"{self.path}: disk full while writing {what} ({exc}); nothing of it was "
+                    f"written and every cell committed before is intact: free space and "
+                    f"rerun the same command to resume"
+                ) from None
             raise
 
-    def commit_cell(self, key: str, cell: dict[str, Any], rows: Iterable[dict[str, Any]], *, replace: bool = False,
-                    before_commit=None) -> bool:
+    def commit_cell(
+        self,
+        key: str,
+        cell: dict[str, Any],
+        rows: Iterable[dict[str, Any]],
+        *,
+        replace: bool = False,
+        before_commit=None,
+    ) -> bool:
         """Write a finished cell and its rows atomically. False when the cell was already done
         (another process won the race) unless ``replace`` (``--force``); a failed record of the
         same cell is always replaced."""
@@ -184,7 +221,8 @@ class Store:
             self._insert_cell(key, "done", cell)
             db.executemany(
                 f"INSERT INTO results (cell_key, {', '.join(RESULT_COLUMNS)}) VALUES (?{', ?' * len(RESULT_COLUMNS)})",
-                [(key, *[r.get(c) for c in RESULT_COLUMNS]) for r in rows])
+                [(key, *[r.get(c) for c in RESULT_COLUMNS]) for r in rows],
+            )
             if before_commit is not None:  # tests: die between the writes and COMMIT
                 before_commit()
         return True
@@ -198,15 +236,37 @@ class Store:
     def _insert_cell(self, key: str, status: str, c: dict[str, Any]) -> None:
         cfg = c["config"]
         self.db.execute(
-            "INSERT INTO cells (key, status, target, weights_sha256, defense, attack, dataset, split, kind, profile, seed, "
-            "eps, config, summary, flags, probes, versions, git_commit, error, n_items, seconds, attack_seconds, finished, "
-            "train_seed, device) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (key, status, cfg["target"]["name"], cfg["target"]["weights_sha256"], cfg["defense"]["name"],
-             cfg["attack"]["name"], cfg["dataset"]["name"], cfg["dataset"]["split"], cfg["dataset"]["kind"],
-             cfg["profile"], cfg["seed"], json.dumps(cfg["eps"]), canonical(cfg), json.dumps(c.get("summary")),
-             json.dumps(c.get("flags")), json.dumps(c.get("probes")), json.dumps(c.get("versions")),
-             c.get("git_commit"), c.get("error"), c.get("n_items"), c.get("seconds"), c.get("attack_seconds"),
-             time.time(), train_seed_of(cfg), json.dumps(c.get("device"))))
+            "INSERT INTO cells (key, status, target, weights_sha256, defense, attack, dataset, split, kind, profile, "
+            "seed, eps, config, summary, flags, probes, versions, git_commit, error, n_items, seconds, attack_seconds, "
+            "finished, train_seed, device) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                key,
+                status,
+                cfg["target"]["name"],
+                cfg["target"]["weights_sha256"],
+                cfg["defense"]["name"],
+                cfg["attack"]["name"],
+                cfg["dataset"]["name"],
+                cfg["dataset"]["split"],
+                cfg["dataset"]["kind"],
+                cfg["profile"],
+                cfg["seed"],
+                json.dumps(cfg["eps"]),
+                canonical(cfg),
+                json.dumps(c.get("summary")),
+                json.dumps(c.get("flags")),
+                json.dumps(c.get("probes")),
+                json.dumps(c.get("versions")),
+                c.get("git_commit"),
+                c.get("error"),
+                c.get("n_items"),
+                c.get("seconds"),
+                c.get("attack_seconds"),
+                time.time(),
+                train_seed_of(cfg),
+                json.dumps(c.get("device")),
+            ),
+        )
 
     def update_flags(self, key: str, flags: dict[str, Any]) -> None:
         """Merge cross-cell sanity flags into a finished cell (the runner's grid-level checks)."""
@@ -218,8 +278,11 @@ class Store:
 
     def record_weights(self, records: Iterable[dict[str, Any]]) -> None:
         """Keep the provenance of the weights a run used (sha256 → name, source, provenance)."""
-        rows = [(r["sha256"], r.get("name"), r.get("source"), canonical(r.get("provenance") or {}), time.time())
-                for r in records if r.get("sha256")]
+        rows = [
+            (r["sha256"], r.get("name"), r.get("source"), canonical(r.get("provenance") or {}), time.time())
+            for r in records
+            if r.get("sha256")
+        ]
         if rows:
             with self._transaction("weights provenance") as db:
                 db.executemany("INSERT OR IGNORE INTO weights VALUES (?,?,?,?,?)", rows)

@@ -8,8 +8,9 @@ The loop is :class:`robench.engine.trainer.Trainer`; :class:`CleanTask` supplies
 shuffle per epoch), the loss and the per-epoch validation. Each run writes to its folder:
 ``last.pt`` (weights + optimiser + step, for resuming, written atomically at every epoch end),
 ``best.safetensors`` (best validation SROCC, with its provenance in the file's metadata),
-``log.csv`` / ``log.json`` (one row per epoch). A rerun of the same command resumes from ``last.pt``. The best weights are registered in the weights cache under the model
-name with source ``trained-here``.
+``log.csv`` / ``log.json`` (one row per epoch). A rerun of the same command resumes from
+``last.pt``. The best weights are registered in the weights cache under the model name with
+source ``trained-here``.
 """
 
 from __future__ import annotations
@@ -101,8 +102,23 @@ class CleanTask(TrainTask):
     """Eq. 5 on the train split, one shuffle per epoch; val SROCC selects ``best.safetensors``
     and one log row per epoch goes to ``log.json`` / ``log.csv``."""
 
-    def __init__(self, target, train_set, val_set, prof: Profile, *, base: str, dataset: str, batch_size: int,
-                 steps_per_epoch: int, epochs: int, seed: int, config: dict, run_cfg: dict, out: Path):
+    def __init__(
+        self,
+        target,
+        train_set,
+        val_set,
+        prof: Profile,
+        *,
+        base: str,
+        dataset: str,
+        batch_size: int,
+        steps_per_epoch: int,
+        epochs: int,
+        seed: int,
+        config: dict,
+        run_cfg: dict,
+        out: Path,
+    ):
         self.module, self.seed, self.title = target, seed, f"training {base} on {dataset}"
         self.base, self.train_set, self.val_set, self.prof = base, train_set, val_set, prof
         self.batch_size, self.spe, self.epochs = batch_size, steps_per_epoch, epochs
@@ -112,7 +128,8 @@ class CleanTask(TrainTask):
         self._batches = None
 
     def generator(self, step: int) -> torch.Generator:
-        # one generator per epoch, seeded by (seed, epoch), drives its shuffle and crops, as before
+        # one generator per epoch, seeded by (seed, epoch), drives its shuffle and crops (a resumed
+        # epoch redoes them exactly)
         # the Trainer: runs keep their batches, and checkpoints (at epoch ends) resume exactly
         if step % self.spe == 0 or self._gen is None:
             s = self.seed * 100_003 + step // self.spe + 1
@@ -123,8 +140,16 @@ class CleanTask(TrainTask):
 
     def make_batch(self, step: int, gen: torch.Generator):
         if self._batches is None:
-            self._batches = iter(DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=gen,
-                                            num_workers=0, drop_last=False))
+            self._batches = iter(
+                DataLoader(
+                    self.train_set,
+                    batch_size=self.batch_size,
+                    shuffle=True,
+                    generator=gen,
+                    num_workers=0,
+                    drop_last=False,
+                )
+            )
         b = next(self._batches)
         ref, dist = b["ref"], b["dist"]
         if self.prof.train_crop:
@@ -140,15 +165,25 @@ class CleanTask(TrainTask):
         epoch = trainer.step // self.spe
         losses = [r["loss"] for r in trainer.rows if r["step"] >= (epoch - 1) * self.spe]
         val = evaluate(self.module, self.val_set, self.prof.eval_batch)
-        row = {"epoch": epoch, "steps": len(losses), "train_loss": float(np.mean(losses)), "val_srocc": val["srocc"],
-               "val_plcc": val["plcc"], "val_krocc": val["krocc"], "loss_ema": trainer.loss_ema,
-               "seconds": round(trainer.seconds(), 2)}
+        row = {
+            "epoch": epoch,
+            "steps": len(losses),
+            "train_loss": float(np.mean(losses)),
+            "val_srocc": val["srocc"],
+            "val_plcc": val["plcc"],
+            "val_krocc": val["krocc"],
+            "loss_ema": trainer.loss_ema,
+            "seconds": round(trainer.seconds(), 2),
+        }
         self.epoch_rows.append(row)
         if val["srocc"] > self.best:
             self.best, self.best_epoch = val["srocc"], epoch
-            _save_best(self.module, self.out / "best.safetensors", self.config, {"epoch": epoch, "val_srocc": val["srocc"]})
-        trainer.say(f"epoch {epoch}: loss {row['train_loss']:.4f}  val SROCC {val['srocc']:.4f}  "
-                    f"({row['seconds']:.0f} s)")
+            _save_best(
+                self.module, self.out / "best.safetensors", self.config, {"epoch": epoch, "val_srocc": val["srocc"]}
+            )
+        trainer.say(
+            f"epoch {epoch}: loss {row['train_loss']:.4f}  val SROCC {val['srocc']:.4f}  ({row['seconds']:.0f} s)"
+        )
 
     def state(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "epochs": self.epoch_rows}
@@ -190,11 +225,22 @@ def training_data(dataset: str, prof: Profile, seed: int, options: dict[str, Any
     return opts, [cls(split=s, **opts) for s in splits]
 
 
-def train(model: str, dataset: str | None = None, profile: str | Profile = "quick", epochs: int | None = None,
-          out: str | Path | None = None, seed: int = 0, lr: float | None = None, batch_size: int | None = None,
-          max_steps_per_epoch: int | None = None, dataset_options: dict[str, Any] | None = None,
-          model_options: dict[str, Any] | None = None, register_as: str | None = None,
-          progress: bool = True, device: str = "cpu") -> TrainResult:
+def train(
+    model: str,
+    dataset: str | None = None,
+    profile: str | Profile = "quick",
+    epochs: int | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    max_steps_per_epoch: int | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None,
+    register_as: str | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> TrainResult:
     """Train ``model`` on ``dataset`` (train split; val split for model selection; default: the
     registry's default dataset) on ``device`` (auto | cpu | cuda | cuda:N: recorded in the
     provenance, not part of the run's identity — a run resumes on another device)."""
@@ -208,8 +254,10 @@ def train(model: str, dataset: str | None = None, profile: str | Profile = "quic
     prof = get_profile(profile)
     base, tag = split_name(model)
     if tag is not None:
-        raise RobenchError(f"clean training takes an architecture name, not the variant {model!r}; defended variants "
-                           f"come from `robench train --model {base} --defense {tag}`")
+        raise RobenchError(
+            f"clean training takes an architecture name, not the variant {model!r}; defended variants "
+            f"come from `robench train --model {base} --defense {tag}`"
+        )
     epochs = prof.train_epochs if epochs is None else epochs
     lr = prof.train_lr if lr is None else lr
     batch_size = prof.train_batch if batch_size is None else batch_size
@@ -233,9 +281,19 @@ def train(model: str, dataset: str | None = None, profile: str | Profile = "quic
             start_from = "official"
     target = target.to(dev)  # initialised on the CPU: the same start on any device
     config = dict(getattr(target, "config", {}) or (model_options or {}))
-    run_cfg = {"model": base, "dataset": dataset, "dataset_options": ds_opts, "profile": prof.to_dict(), "epochs": epochs,
-               "lr": lr, "batch_size": batch_size, "seed": seed, "max_steps_per_epoch": max_steps_per_epoch,
-               "config": config, "start_from": start_from}
+    run_cfg = {
+        "model": base,
+        "dataset": dataset,
+        "dataset_options": ds_opts,
+        "profile": prof.to_dict(),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_steps_per_epoch": max_steps_per_epoch,
+        "config": config,
+        "start_from": start_from,
+    }
     # everything but the epoch count identifies a run: a rerun with more epochs extends it
     cfg_hash = config_hash(run_cfg, exclude=("epochs",))
     out = Path(out) if out is not None else default_out(base, dataset, prof.name, seed)
@@ -243,18 +301,54 @@ def train(model: str, dataset: str | None = None, profile: str | Profile = "quic
     steps_per_epoch = -(-len(train_set) // batch_size)
     if max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
-    task = CleanTask(target, train_set, val_set, prof, base=base, dataset=dataset, batch_size=batch_size,
-                     steps_per_epoch=steps_per_epoch, epochs=epochs, seed=seed, config=config, run_cfg=run_cfg, out=out)
-    trainer = Trainer(task, out, cfg_hash, epochs * steps_per_epoch, lr, schedule="warmup-cosine",
-                      warmup=prof.train_warmup_steps, clip_grad=prof.train_clip_grad, checkpoint_every=steps_per_epoch,
-                      progress=progress).run()
+    task = CleanTask(
+        target,
+        train_set,
+        val_set,
+        prof,
+        base=base,
+        dataset=dataset,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        seed=seed,
+        config=config,
+        run_cfg=run_cfg,
+        out=out,
+    )
+    trainer = Trainer(
+        task,
+        out,
+        cfg_hash,
+        epochs * steps_per_epoch,
+        lr,
+        schedule="warmup-cosine",
+        warmup=prof.train_warmup_steps,
+        clip_grad=prof.train_clip_grad,
+        checkpoint_every=steps_per_epoch,
+        progress=progress,
+    ).run()
     best, best_epoch, elapsed = task.best, task.best_epoch, trainer.clock.elapsed
 
-    provenance = {"dataset": dataset, "split": "train", "model_selection": "val SROCC", "profile": prof.name,
-                  "epochs": epochs, "best_epoch": best_epoch, "val_srocc": best, "seed": seed, "lr": lr,
-                  "batch_size": batch_size, "train_seconds": round(elapsed, 2), "start_from": start_from,
-                  "dataset_options": ds_opts, "git_commit": git_commit(), "versions": versions(), "run": str(out),
-                  "device": device_record(dev)}
+    provenance = {
+        "dataset": dataset,
+        "split": "train",
+        "model_selection": "val SROCC",
+        "profile": prof.name,
+        "epochs": epochs,
+        "best_epoch": best_epoch,
+        "val_srocc": best,
+        "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
+        "train_seconds": round(elapsed, 2),
+        "start_from": start_from,
+        "dataset_options": ds_opts,
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "run": str(out),
+        "device": device_record(dev),
+    }
     best_path = out / "best.safetensors"
     _save_best(target, best_path, config, provenance, reload_from=best_path)
     name = register_as or base

@@ -1,4 +1,4 @@
-"""One training loop (issue 16) for clean training, the adversarial recipes and the DiffPure DDPM.
+"""One training loop for clean training, the adversarial recipes and the DiffPure DDPM.
 
 A run hands the :class:`Trainer` a small :class:`TrainTask` that says only what differs — the
 module, each step's batch, the loss and its log entries, an optional evaluation at every
@@ -6,7 +6,7 @@ checkpoint, what else the checkpoint holds and how the run's log files look. The
 the rest: Adam, the lr schedule, gradient clipping, the per-step RNG, the loss EMA, the progress
 bar, and the atomic ``last.pt`` that a rerun of the same configuration resumes from.
 
-A task may also stop a run before its step cap (issue 17.6): :meth:`TrainTask.observe` sees the
+A task may also stop a run before its step cap: :meth:`TrainTask.observe` sees the
 Trainer before the first step and after every step (the recipes evaluate a held-out batch there
 and feed a :class:`PatienceStop`), and :meth:`TrainTask.should_stop` ends the run; the Trainer then
 checkpoints at once, so the stopping state a rerun resumes is the one the decision was made in.
@@ -119,9 +119,11 @@ def load_checkpoint(path: Path, cfg_hash: str) -> dict[str, Any] | None:
     except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise RobenchError(f"{path} cannot be read ({exc}); delete it to restart this run from step 0") from None
     if ck.get("cfg_hash") != cfg_hash:
-        raise RobenchError(f"{path} holds a training run with a different configuration (config hash "
-                           f"{ck.get('cfg_hash')}, this run {cfg_hash}): delete {path.parent} to start over, "
-                           f"or pass another --out")
+        raise RobenchError(
+            f"{path} holds a training run with a different configuration (config hash "
+            f"{ck.get('cfg_hash')}, this run {cfg_hash}): delete {path.parent} to start over, "
+            f"or pass another --out"
+        )
     return ck
 
 
@@ -186,8 +188,10 @@ class TrainTask:
         """A ``last.pt`` written before the Trainer, in the Trainer's layout (``step``, ``elapsed``,
         ``rows``); the default reads the recipes' old layout, which already had them."""
         if "step" not in ck:
-            raise RobenchError(f"{out / 'last.pt'} is not a checkpoint this version can resume; delete {out} "
-                               f"to start over, or pass another --out")
+            raise RobenchError(
+                f"{out / 'last.pt'} is not a checkpoint this version can resume; delete {out} "
+                f"to start over, or pass another --out"
+            )
         return ck
 
     def write_log(self, out: Path, rows: list[dict[str, Any]]) -> None:
@@ -238,7 +242,7 @@ def ema_of(losses: list[float], span: int = EMA_SPAN) -> float | None:
 
 
 class PatienceStop:
-    """Early stopping on the EMA of a monitored loss (issue 17.6), one :meth:`update` per evaluation.
+    """Early stopping on the EMA of a monitored loss, one :meth:`update` per evaluation.
 
     The EMA (span ``span``: α = 2/(span+1), seeded by the first value) is compared with the
     *reference*: the EMA at the last evaluation that improved on the reference by more than the
@@ -287,8 +291,15 @@ class PatienceStop:
         if self.best is None or self.ema < self.best:
             self.best, self.best_step = self.ema, step
         self.last_step = step
-        return {"step": step, "loss": value, "ema": self.ema, "ref_ema": self.ref, "improved": bool(improved),
-                "bad_evals": self.bad, "settled": self.settled}
+        return {
+            "step": step,
+            "loss": value,
+            "ema": self.ema,
+            "ref_ema": self.ref,
+            "improved": bool(improved),
+            "bad_evals": self.bad,
+            "settled": self.settled,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -308,9 +319,20 @@ class Trainer:
 
     ``schedule``: ``"constant"`` or ``"warmup-cosine"`` (:func:`lr_factor` over ``total_steps``)."""
 
-    def __init__(self, task: TrainTask, out: Path, cfg_hash: str, total_steps: int, lr: float, *,
-                 schedule: str = "constant", warmup: int = 0, clip_grad: float | None = None,
-                 checkpoint_every: int = 10, progress: bool = True):
+    def __init__(
+        self,
+        task: TrainTask,
+        out: Path,
+        cfg_hash: str,
+        total_steps: int,
+        lr: float,
+        *,
+        schedule: str = "constant",
+        warmup: int = 0,
+        clip_grad: float | None = None,
+        checkpoint_every: int = 10,
+        progress: bool = True,
+    ):
         if schedule not in ("constant", "warmup-cosine"):
             raise ValueError(f"unknown lr schedule {schedule!r}")
         self.task, self.out, self.cfg_hash = task, Path(out), cfg_hash
@@ -363,9 +385,19 @@ class Trainer:
         if clash:
             raise ValueError(f"task state keys {sorted(clash)} clash with the Trainer's")
         # the log rows travel inside last.pt: a kill between it and the log files loses none
-        atomic_torch_save({**extra, "format": CHECKPOINT_FORMAT, "model": self.task.module.state_dict(),
-                           "optim": self.opt.state_dict(), "step": self.step, "elapsed": self.clock.elapsed,
-                           "cfg_hash": self.cfg_hash, "rows": self.rows}, self.last)
+        atomic_torch_save(
+            {
+                **extra,
+                "format": CHECKPOINT_FORMAT,
+                "model": self.task.module.state_dict(),
+                "optim": self.opt.state_dict(),
+                "step": self.step,
+                "elapsed": self.clock.elapsed,
+                "cfg_hash": self.cfg_hash,
+                "rows": self.rows,
+            },
+            self.last,
+        )
         fault(f"kill-after-checkpoint:{self.task.fault_point(self.step)}")
         self.task.write_log(self.out, self.rows)
 
@@ -381,15 +413,19 @@ class Trainer:
         value = float(loss.detach())
         self.loss_ema = ema_of([value]) if self.loss_ema is None else ema_of([self.loss_ema, value])
         self.step += 1
-        self.rows.append({"step": s, **log, "loss": value, "loss_ema": self.loss_ema,
-                          "seconds": round(self.clock.seconds(), 3)})
+        self.rows.append(
+            {"step": s, **log, "loss": value, "loss_ema": self.loss_ema, "seconds": round(self.clock.seconds(), 3)}
+        )
 
     def run(self) -> "Trainer":
         self.resume()
         with progress_bar(self.progress) as bar:
             self._bar = bar
-            bar_task = bar.add_task(self.task.describe(self.step), total=self.total,
-                                    completed=min(self.step, self.total)) if bar else None
+            bar_task = (
+                bar.add_task(self.task.describe(self.step), total=self.total, completed=min(self.step, self.total))
+                if bar
+                else None
+            )
             try:
                 if self.step < self.total:
                     self.clock.start()
@@ -406,8 +442,11 @@ class Trainer:
                         self.checkpoint()
                     self.clock.pause()
                     if bar:
-                        bar.update(bar_task, advance=1,
-                                   description=f"{self.task.describe(self.step - 1)} · loss {self.loss_ema:.4f}")
+                        bar.update(
+                            bar_task,
+                            advance=1,
+                            description=f"{self.task.describe(self.step - 1)} · loss {self.loss_ema:.4f}",
+                        )
             finally:
                 self.clock.pause()
                 self._bar = None

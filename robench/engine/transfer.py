@@ -45,24 +45,40 @@ def _source_cells(store, sources: list[str], attacks: list[str] | None):
         if s not in have:
             close = difflib.get_close_matches(s, have, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise RobenchError(f"--source {s!r}: no finished cell of that target in {store.path}{hint} "
-                               f"(targets there: {', '.join(have) or 'none'})")
+            raise RobenchError(
+                f"--source {s!r}: no finished cell of that target in {store.path}{hint} "
+                f"(targets there: {', '.join(have) or 'none'})"
+            )
     sel = cells[cells["target"].isin(sources)]
     if attacks:
         sel = sel[sel["attack"].isin(attacks)]
     kept = [k for k in sel["key"] if store.has_images(k)]
     if not kept:
-        raise RobenchError(f"no cell of {', '.join(sources)} in {store.path} kept its adversarial images: run them with "
-                           "robench run --keep-images (a stored cell without images is computed again)")
-    missing = sorted({r["target"] for _, r in sel.iterrows()} - {r["target"] for _, r in sel[sel["key"].isin(kept)].iterrows()})
+        raise RobenchError(
+            f"no cell of {', '.join(sources)} in {store.path} kept its adversarial images: run them with "
+            "robench run --keep-images (a stored cell without images is computed again)"
+        )
+    missing = sorted(
+        {r["target"] for _, r in sel.iterrows()} - {r["target"] for _, r in sel[sel["key"].isin(kept)].iterrows()}
+    )
     if missing:
-        raise RobenchError(f"no kept images for source(s) {', '.join(missing)} in {store.path}: run their cells with "
-                           "robench run --keep-images")
+        raise RobenchError(
+            f"no kept images for source(s) {', '.join(missing)} in {store.path}: run their cells with "
+            "robench run --keep-images"
+        )
     return sel[sel["key"].isin(kept)]
 
 
-def transfer(store_path: str | Path, sources: list[str], to: list[str], attacks: list[str] | None = None,
-             device: str = "cpu", batch: int = 16, progress: bool = True, force: bool = False) -> dict[str, Any]:
+def transfer(
+    store_path: str | Path,
+    sources: list[str],
+    to: list[str],
+    attacks: list[str] | None = None,
+    device: str = "cpu",
+    batch: int = 16,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
     """Score every kept image of the sources' cells with every ``to`` target; returns what was
     computed and what was already stored."""
     from robench.core.config import RunSpec
@@ -100,23 +116,40 @@ def transfer(store_path: str | Path, sources: list[str], to: list[str], attacks:
             for _, cell in cells.iterrows():
                 cfg = cell["config"]
                 ds = cfg["dataset"]
-                ik = json.dumps([ds["name"], ds["split"], ds.get("n_requested"), cfg["seed"], ds.get("options")],
-                                sort_keys=True, default=str)
+                ik = json.dumps(
+                    [ds["name"], ds["split"], ds.get("n_requested"), cfg["seed"], ds.get("options")],
+                    sort_keys=True,
+                    default=str,
+                )
                 if ik not in items_cache:
-                    it = load_items(ds["name"], ds["split"], ds.get("n_requested") or None, cfg["seed"],
-                                    dict(ds.get("options") or {}))
+                    it = load_items(
+                        ds["name"],
+                        ds["split"],
+                        ds.get("n_requested") or None,
+                        cfg["seed"],
+                        dict(ds.get("options") or {}),
+                    )
                     if it.digest != ds["items_sha256"]:
-                        raise RobenchError(f"cell {cell['key'][:12]}: its items ({ds['name']} {ds['split']}) no longer "
-                                           "match the stored ones (the dataset changed)")
+                        raise RobenchError(
+                            f"cell {cell['key'][:12]}: its items ({ds['name']} {ds['split']}) no longer "
+                            "match the stored ones (the dataset changed)"
+                        )
                     items_cache[ik] = it
                 items = items_cache[ik]
                 rows = store.results(cell["key"])
                 for name, tgt in targets.items():
                     sha = fingerprint(tgt)
-                    pair = {"source_key": cell["key"], "source": cell["target"], "attack": cell["attack"],
-                            "direction": cfg.get("direction") or "up", "to": tgt.card.name}
-                    stored = store.db.execute("SELECT 1 FROM transfer_runs WHERE source_key=? AND to_target=? AND "
-                                              "to_weights_sha256=?", (cell["key"], tgt.card.name, sha)).fetchone()
+                    pair = {
+                        "source_key": cell["key"],
+                        "source": cell["target"],
+                        "attack": cell["attack"],
+                        "direction": cfg.get("direction") or "up",
+                        "to": tgt.card.name,
+                    }
+                    stored = store.db.execute(
+                        "SELECT 1 FROM transfer_runs WHERE source_key=? AND to_target=? AND to_weights_sha256=?",
+                        (cell["key"], tgt.card.name, sha),
+                    ).fetchone()
                     if stored and not force:
                         report["pairs"].append({**pair, "status": "cached"})
                         if bar:
@@ -130,24 +163,50 @@ def transfer(store_path: str | Path, sources: list[str], to: list[str], attacks:
                     out = []
                     order = list(rows.itertuples(index=False))
                     for start in range(0, len(order), batch):
-                        part = order[start:start + batch]
+                        part = order[start : start + batch]
                         adv = torch.stack([load_image(folder, r.image) for r in part])
-                        ref = torch.cat([items.ref[int(r.item):int(r.item) + 1] for r in part])
+                        ref = torch.cat([items.ref[int(r.item) : int(r.item) + 1] for r in part])
                         with torch.no_grad():
                             s = tgt(adv.to(dev), ref.to(dev)).cpu()
-                        out += [(cell["key"], tgt.card.name, sha, int(r.item), float(r.eps), float(clean[int(r.item)]),
-                                 float(v)) for r, v in zip(part, s)]
+                        out += [
+                            (
+                                cell["key"],
+                                tgt.card.name,
+                                sha,
+                                int(r.item),
+                                float(r.eps),
+                                float(clean[int(r.item)]),
+                                float(v),
+                            )
+                            for r, v in zip(part, s)
+                        ]
                     with store._transaction(f"transfer {cell['key'][:12]} → {tgt.card.name}") as db:
-                        db.execute("DELETE FROM transfer_rows WHERE source_key=? AND to_target=? AND to_weights_sha256=?",
-                                   (cell["key"], tgt.card.name, sha))
-                        db.execute("DELETE FROM transfer_runs WHERE source_key=? AND to_target=? AND to_weights_sha256=?",
-                                   (cell["key"], tgt.card.name, sha))
+                        db.execute(
+                            "DELETE FROM transfer_rows WHERE source_key=? AND to_target=? AND to_weights_sha256=?",
+                            (cell["key"], tgt.card.name, sha),
+                        )
+                        db.execute(
+                            "DELETE FROM transfer_runs WHERE source_key=? AND to_target=? AND to_weights_sha256=?",
+                            (cell["key"], tgt.card.name, sha),
+                        )
                         db.executemany("INSERT INTO transfer_rows VALUES (?,?,?,?,?,?,?)", out)
-                        db.execute("INSERT INTO transfer_runs VALUES (?,?,?,?,?,?,?,?,?)",
-                                   (cell["key"], tgt.card.name, sha, int(tgt.lower_better), json.dumps(versions()),
-                                    git_commit(), json.dumps(device_record(dev)), time.perf_counter() - t0, time.time()))
-                    report["pairs"].append({**pair, "status": "done", "rows": len(out),
-                                            "seconds": time.perf_counter() - t0})
+                        db.execute(
+                            "INSERT INTO transfer_runs VALUES (?,?,?,?,?,?,?,?,?)",
+                            (
+                                cell["key"],
+                                tgt.card.name,
+                                sha,
+                                int(tgt.lower_better),
+                                json.dumps(versions()),
+                                git_commit(),
+                                json.dumps(device_record(dev)),
+                                time.perf_counter() - t0,
+                                time.time(),
+                            ),
+                        )
+                    report["pairs"].append(
+                        {**pair, "status": "done", "rows": len(out), "seconds": time.perf_counter() - t0}
+                    )
                     if bar:
                         bar.advance(task)
     report["seconds"] = time.perf_counter() - t_all
@@ -159,7 +218,8 @@ def _score(target, dist, ref, idx, batch: int, dev) -> torch.Tensor:
     out = torch.empty(len(idx))
     with torch.no_grad():
         for start in range(0, len(idx), batch):
-            j = idx[start:start + batch]
-            out[start:start + len(j)] = target(torch.cat([dist[i:i + 1] for i in j]).to(dev),
-                                               torch.cat([ref[i:i + 1] for i in j]).to(dev)).cpu()
+            j = idx[start : start + batch]
+            out[start : start + len(j)] = target(
+                torch.cat([dist[i : i + 1] for i in j]).to(dev), torch.cat([ref[i : i + 1] for i in j]).to(dev)
+            ).cpu()
     return out

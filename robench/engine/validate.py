@@ -38,8 +38,10 @@ def split_sizes(dataset: str, seed: int = 0) -> dict[str, int]:
 
     sizes = DATASETS.get(dataset).nominal_sizes(seed)
     if sizes is None:
-        raise RobenchError(f"dataset {dataset!r} does not declare its split sizes (nominal_sizes): the dry build "
-                           "cannot size the grid without its files")
+        raise RobenchError(
+            f"dataset {dataset!r} does not declare its split sizes (nominal_sizes): the dry build "
+            "cannot size the grid without its files"
+        )
     return sizes
 
 
@@ -50,7 +52,9 @@ def evaluations(attack, eot: int = 1) -> dict[str, float]:
     return {"grad": c["grad"] * eot, "forward": (c["forward"] + 1) * eot}
 
 
-def time_target(name: str, size: tuple[int, int], batch: int = 2, repeats: int = 2, device: str = "cpu") -> dict[str, float]:
+def time_target(
+    name: str, size: tuple[int, int], batch: int = 2, repeats: int = 2, device: str = "cpu"
+) -> dict[str, float]:
     """Seconds per image of a forward pass and of forward + ∂q/∂x at ``size`` (random weights)."""
     from robench.core.device import resolve_device
     from robench.models import load_model
@@ -75,14 +79,15 @@ def time_target(name: str, size: tuple[int, int], batch: int = 2, repeats: int =
         fwd.append(time.perf_counter() - t0)
         x = dist.clone().requires_grad_(True)
         t0 = time.perf_counter()
-        g, = torch.autograd.grad(t(x, ref).sum(), x)
+        (g,) = torch.autograd.grad(t(x, ref).sum(), x)
         sync()
         fb.append(time.perf_counter() - t0)
     return {"forward_s": min(fwd) / batch, "grad_s": min(fb) / batch}
 
 
-def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", size: tuple[int, int] = (512, 384),
-              progress=None) -> dict[str, Any]:
+def dry_build(
+    profile: str = "paper", sample: bool = True, device: str = "cpu", size: tuple[int, int] = (512, 384), progress=None
+) -> dict[str, Any]:
     from robench.core.device import resolve_device
     from robench.defenses.wrappers import parse_defense
     from robench.models import build
@@ -91,15 +96,21 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
     device = str(resolve_device(device))  # a device this machine lacks fails before the build
     prof = get_profile(profile)
     cfg = paper_grid(prof.name)
-    grid = {"targets": cfg.targets, "defenses": cfg.defenses, "attacks": cfg.attacks, "dataset": cfg.dataset,
-            "split": cfg.split}
+    grid = {
+        "targets": cfg.targets,
+        "defenses": cfg.defenses,
+        "attacks": cfg.attacks,
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+    }
     for spec in cfg.specs():
         parse_defense(spec.defense)
     # as the engine builds them: an attack that trains on data gets the run's dataset
     run_data = {"dataset": cfg.dataset, "dataset_options": dict(cfg.dataset_options)}
-    attacks = {a: ATTACKS.get(a)(profile=prof.name, seed=0,
-                                 **{k: run_data[k] for k in ATTACKS.get(a).training_data_params})
-               for a in grid["attacks"]}
+    attacks = {
+        a: ATTACKS.get(a)(profile=prof.name, seed=0, **{k: run_data[k] for k in ATTACKS.get(a).training_data_params})
+        for a in grid["attacks"]
+    }
     params = {}
     for tname in grid["targets"]:
         params[tname] = sum(p.numel() for p in build(tname).parameters())
@@ -108,11 +119,20 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
     n_eps = len(prof.eps)
     cells = len(grid["targets"]) * len(grid["defenses"]) * len(grid["attacks"])
     out: dict[str, Any] = {
-        "profile": prof.name, "dataset": grid["dataset"], "split": grid["split"], "items_per_cell": n_items,
-        "eps": list(prof.eps), "targets": list(grid["targets"]), "defenses": list(grid["defenses"]),
-        "attacks": {a: repr(x) for a, x in attacks.items()}, "cells": cells,
-        "attacked_images": cells * n_items * n_eps, "parameters": params, "image_size": f"{size[0]}x{size[1]}",
-        "device": device, "estimate": None,
+        "profile": prof.name,
+        "dataset": grid["dataset"],
+        "split": grid["split"],
+        "items_per_cell": n_items,
+        "eps": list(prof.eps),
+        "targets": list(grid["targets"]),
+        "defenses": list(grid["defenses"]),
+        "attacks": {a: repr(x) for a, x in attacks.items()},
+        "cells": cells,
+        "attacked_images": cells * n_items * n_eps,
+        "parameters": params,
+        "image_size": f"{size[0]}x{size[1]}",
+        "device": device,
+        "estimate": None,
     }
     if not sample:
         return out
@@ -131,15 +151,25 @@ def dry_build(profile: str = "paper", sample: bool = True, device: str = "cpu", 
             sec = n_items * runs * (ev["grad"] * tt["grad_s"] + ev["forward"] * tt["forward_s"])
             # training before attacking (a generator), once per target and defence
             sec += a.setup_cost(sizes["train"]) * tt["grad_s"]
-            per_cell.append({"target": tname, "attack": aname, "grad_evals": ev["grad"], "forward_evals": ev["forward"],
-                             "seconds": sec})
+            per_cell.append(
+                {
+                    "target": tname,
+                    "attack": aname,
+                    "grad_evals": ev["grad"],
+                    "forward_evals": ev["forward"],
+                    "seconds": sec,
+                }
+            )
     attack_total = sum(r["seconds"] for r in per_cell) * len(grid["defenses"])
     train = {t: prof.train_epochs * sizes["train"] * timing[t]["grad_s"] for t in grid["targets"]}  # rough: ∂/∂θ ≈ ∂/∂x
-    recipes = {t: 3 * prof.adv_steps * prof.train_batch * (prof.adv_pgd_steps + 1) * timing[t]["grad_s"]
-               for t in grid["targets"]}
+    recipes = {
+        t: 3 * prof.adv_steps * prof.train_batch * (prof.adv_pgd_steps + 1) * timing[t]["grad_s"]
+        for t in grid["targets"]
+    }
     out["estimate"] = {
         "kind": "lower bound from per-image evaluation counts × timed passes (batch overheads ignored)",
-        "timing_per_image": timing, "per_cell": per_cell,
+        "timing_per_image": timing,
+        "per_cell": per_cell,
         "attack_hours": attack_total / 3600,
         "clean_training_hours": {t: v / 3600 for t, v in train.items()},
         "recipe_training_hours": {t: v / 3600 for t, v in recipes.items()},
@@ -183,19 +213,24 @@ def self_check(progress=None, device: str = "cpu") -> dict[str, Any]:
                 detail, ok = f"{type(exc).__name__}: {exc}", False
             checks.append({"check": name, "ok": ok, "detail": detail, "seconds": round(time.perf_counter() - t0, 2)})
             return fn
+
         return deco
 
     @check("versions")
     def _():
         import numpy
 
-        extras = {m: importlib.util.find_spec(m) is not None
-                  for m in ("ray", "pyiqa", "ot", "torchattacks", "autoattack", "art")}
+        extras = {
+            m: importlib.util.find_spec(m) is not None
+            for m in ("ray", "pyiqa", "ot", "torchattacks", "autoattack", "art")
+        }
         cuda = torch.cuda.is_available()
-        return (f"robench {__version__}, python {platform.python_version()}, torch {torch.__version__}, numpy "
-                f"{numpy.__version__}; CUDA {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}; checks on "
-                f"{', '.join(str(v) for v in device_record(dev).values())}; optional: "
-                + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in extras.items()))
+        return (
+            f"robench {__version__}, python {platform.python_version()}, torch {torch.__version__}, numpy "
+            f"{numpy.__version__}; CUDA {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}; checks on "
+            f"{', '.join(str(v) for v in device_record(dev).values())}; optional: "
+            + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in extras.items())
+        )
 
     @check("registries")
     def _():
@@ -240,8 +275,10 @@ def self_check(progress=None, device: str = "cpu") -> dict[str, Any]:
             raise RuntimeError("two identical calls gave different scores")
         tiny.update(target=target, dist=dist, ref=ref)
         desc = ", ".join(f"{k} {v}" for k, v in opts.items())
-        return (f"{name} ({desc + ', ' if desc else ''}random init) on 2×3×32×32 on {dev}: scores finite, gradient "
-                "finite and non-zero, deterministic")
+        return (
+            f"{name} ({desc + ', ' if desc else ''}random init) on 2×3×32×32 on {dev}: scores finite, gradient "
+            "finite and non-zero, deterministic"
+        )
 
     @check("tiny attacks stay in budget")
     def _():
@@ -284,12 +321,32 @@ def self_check(progress=None, device: str = "cpu") -> dict[str, Any]:
         where.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=where, prefix=".selfcheck-") as d:
             path = Path(d) / "check.sqlite"
-            cfg = {"target": {"name": "t", "weights_sha256": "0" * 64}, "defense": {"name": "none"},
-                   "attack": {"name": "a"}, "dataset": {"name": "d", "split": "test", "kind": "pairs"},
-                   "profile": "quick", "seed": 0, "eps": [2.0]}
-            rows = [{"item": i, "eps": 2.0, "item_id": f"i{i}", "ref_id": "r", "distortion": "x", "level": 1,
-                     "mos": float(i), "clean_score": 0.5 + i, "score": 0.75 + i, "linf": 2 / 255, "l2": 0.1,
-                     "queries": 1} for i in range(3)]
+            cfg = {
+                "target": {"name": "t", "weights_sha256": "0" * 64},
+                "defense": {"name": "none"},
+                "attack": {"name": "a"},
+                "dataset": {"name": "d", "split": "test", "kind": "pairs"},
+                "profile": "quick",
+                "seed": 0,
+                "eps": [2.0],
+            }
+            rows = [
+                {
+                    "item": i,
+                    "eps": 2.0,
+                    "item_id": f"i{i}",
+                    "ref_id": "r",
+                    "distortion": "x",
+                    "level": 1,
+                    "mos": float(i),
+                    "clean_score": 0.5 + i,
+                    "score": 0.75 + i,
+                    "linf": 2 / 255,
+                    "l2": 0.1,
+                    "queries": 1,
+                }
+                for i in range(3)
+            ]
             with Store(path) as st:
                 if not st.commit_cell("k" * 64, {"config": cfg, "summary": {"x": 1}}, rows):
                     raise RuntimeError("first commit refused")
@@ -312,14 +369,22 @@ def self_check(progress=None, device: str = "cpu") -> dict[str, Any]:
         home.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=home, prefix=".write-test-"):
             pass
-        free = shutil.disk_usage(home).free / 2 ** 30
+        free = shutil.disk_usage(home).free / 2**30
         ver = W.verify_all()
         bad = [f"{v['name']}: {v['status']}" for v in ver if v["status"] != "ok"]
         if bad:
             raise RuntimeError("weights cache: " + "; ".join(bad) + " (re-fetch or retrain those)")
-        mini = sorted(p.name for p in (home / "datasets").glob("mini*") if p.is_dir()) if (home / "datasets").is_dir() else []
-        return (f"{home} writable, {free:.1f} GiB free; {len(ver)} cached weights, all sha256 verified; built data: "
-                + (", ".join(mini) if mini else "none yet (`robench data build mini`, or any run builds it)"))
+        mini = (
+            sorted(p.name for p in (home / "datasets").glob("mini*") if p.is_dir())
+            if (home / "datasets").is_dir()
+            else []
+        )
+        return f"{home} writable, {free:.1f} GiB free; {len(ver)} cached weights, all sha256 verified; built data: " + (
+            ", ".join(mini) if mini else "none yet (`robench data build mini`, or any run builds it)"
+        )
 
-    return {"ok": all(c["ok"] for c in checks), "checks": checks,
-            "seconds": round(sum(c["seconds"] for c in checks), 2)}
+    return {
+        "ok": all(c["ok"] for c in checks),
+        "checks": checks,
+        "seconds": round(sum(c["seconds"] for c in checks), 2),
+    }

@@ -81,15 +81,21 @@ def load_model(name: str, weights: str | Path | None = None, device: Any = "cpu"
             return target.to(device).eval()
     if entry is None:
         recipe, k = W.split_seed(tag) if tag else (None, 0)
-        hint = (f"`robench train --model {base} --dataset mini` trains it here" if tag is None else
-                f"`robench train --model {base} --defense {recipe}" + (f" --train-seed {k}" if k else "") + "` makes it")
-        raise MissingWeightsError(f"no weights for {name!r}: no official weights found offline and none trained here; "
-                           f"{hint}, `robench weights import PATH --model {name}` adds a file, or pass weights='none' "
-                           f"for a random initialisation")
+        hint = (
+            f"`robench train --model {base} --dataset mini` trains it here"
+            if tag is None
+            else f"`robench train --model {base} --defense {recipe}"
+            + (f" --train-seed {k}" if k else "")
+            + "` makes it"
+        )
+        raise MissingWeightsError(
+            f"no weights for {name!r}: no official weights found offline and none trained here; "
+            f"{hint}, `robench weights import PATH --model {name}` adds a file, or pass weights='none' "
+            f"for a random initialisation"
+        )
     state = W.load_state_dict(entry["path"], sha256=entry["sha256"])
     W.load_into(target, state, entry["path"])
     target.card = target.card.with_weights(
-        WeightsInfo(entry["source"], entry["sha256"], entry["path"], entry.get("provenance", {})), name=name)
+        WeightsInfo(entry["source"], entry["sha256"], entry["path"], entry.get("provenance", {})), name=name
+    )
     return target.to(device).eval()
-
-

@@ -3,9 +3,9 @@
 Conventions (method-notes §5): SSIM on luminance ``Y = 0.299R + 0.587G + 0.114B`` with an 11×11
 Gaussian window (σ = 1.5), ``C1 = (0.01·L)²``, ``C2 = (0.03·L)²``, L = 1, 'valid' filtering as
 pyiqa does. ``ssim_rgb`` is the RGB variant (per channel, channels averaged, valid filtering:
-the ``pytorch_msssim`` convention) that the AT- label rule uses. MS-SSIM (Wang et al. 2003) uses the five published scale weights; it filters with
-reflect padding so that it also works on the 128-px images of the quick profile (valid filtering
-would need ≥ 176 px).
+the ``pytorch_msssim`` convention) that the AT- label rule uses. MS-SSIM (Wang et al. 2003)
+uses the five published scale weights; it filters with reflect padding so that it also works on
+the 128-px images of the quick profile (valid filtering would need ≥ 176 px).
 """
 
 from __future__ import annotations
@@ -86,8 +86,14 @@ class PSNR(Target):
     def __init__(self, max_db: float = 100.0):
         super().__init__()
         self.max_db = max_db
-        self.card = TargetCard(name="psnr", lower_better=False, score_range=(0.0, max_db),
-                               summary="peak signal-to-noise ratio on RGB", min_size=1, paper="—")
+        self.card = TargetCard(
+            name="psnr",
+            lower_better=False,
+            score_range=(0.0, max_db),
+            summary="peak signal-to-noise ratio on RGB",
+            min_size=1,
+            paper="—",
+        )
 
     def score(self, dist, ref):
         mse = ((dist - ref) ** 2).flatten(1).mean(dim=1)
@@ -101,9 +107,14 @@ class SSIM(Target):
 
     def __init__(self):
         super().__init__()
-        self.card = TargetCard(name="ssim", lower_better=False, score_range=(-1.0, 1.0), min_size=11,
-                               summary="structural similarity (Wang et al. 2004) on Y",
-                               paper="Wang, Bovik, Sheikh, Simoncelli, IEEE TIP 2004")
+        self.card = TargetCard(
+            name="ssim",
+            lower_better=False,
+            score_range=(-1.0, 1.0),
+            min_size=11,
+            summary="structural similarity (Wang et al. 2004) on Y",
+            paper="Wang, Bovik, Sheikh, Simoncelli, IEEE TIP 2004",
+        )
 
     def score(self, dist, ref):
         return ssim_map(luminance(dist), luminance(ref)).flatten(1).mean(dim=1)
@@ -116,9 +127,14 @@ class MSSSIM(Target):
     def __init__(self, weights: tuple[float, ...] = MS_WEIGHTS):
         super().__init__()
         self.weights = weights
-        self.card = TargetCard(name="ms-ssim", lower_better=False, score_range=(0.0, 1.0), min_size=16,
-                               summary="multi-scale SSIM (Wang et al. 2003) on Y",
-                               paper="Wang, Simoncelli, Bovik, Asilomar 2003")
+        self.card = TargetCard(
+            name="ms-ssim",
+            lower_better=False,
+            score_range=(0.0, 1.0),
+            min_size=16,
+            summary="multi-scale SSIM (Wang et al. 2003) on Y",
+            paper="Wang, Simoncelli, Bovik, Asilomar 2003",
+        )
 
     def score(self, dist, ref):
         x, y = luminance(dist), luminance(ref)

@@ -23,8 +23,21 @@ from robench.core.registry import MODELS
 from robench.core.target import OfficialWeights, Target, TargetCard
 
 # torchvision `features` layer lists; ints are conv (out_channels, kernel, stride, padding), "M" max-pool
-ALEX_FEATURES = [(64, 11, 4, 2), "R", "M", (192, 5, 1, 2), "R", "M", (384, 3, 1, 1), "R", (256, 3, 1, 1), "R",
-                 (256, 3, 1, 1), "R", "M"]
+ALEX_FEATURES = [
+    (64, 11, 4, 2),
+    "R",
+    "M",
+    (192, 5, 1, 2),
+    "R",
+    "M",
+    (384, 3, 1, 1),
+    "R",
+    (256, 3, 1, 1),
+    "R",
+    (256, 3, 1, 1),
+    "R",
+    "M",
+]
 ALEX_SLICES = [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)]
 ALEX_CHANNELS = [64, 192, 384, 256, 256]
 VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -138,7 +151,7 @@ def upstream_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     out = {}
     for k, v in state.items():
         if k.startswith("lins."):
-            idx, rest = k[len("lins."):].split(".", 1)
+            idx, rest = k[len("lins.") :].split(".", 1)
             alias = f"lin{idx}.{rest}"
             if alias in state and not torch.equal(state[alias], v):
                 raise W.WeightsError(f"LPIPS checkpoint has different {k} and {alias}")
@@ -159,10 +172,13 @@ class LPIPS(Target):
         self.lpips = LPIPSNet(net)
         trunk_file, trunk_prefix = self.NETS[net]
         self.card = TargetCard(
-            name=f"lpips.{net}", lower_better=True, score_range=(0.0, 1.0), min_size=32 if net == "alex" else 16,
+            name=f"lpips.{net}",
+            lower_better=True,
+            score_range=(0.0, 1.0),
+            min_size=32 if net == "alex" else 16,
             summary=f"LPIPS v0.1, {'AlexNet' if net == 'alex' else 'VGG16'} trunk (distance)",
-            license="BSD-2-Clause (lpips)", paper="Zhang et al., The Unreasonable Effectiveness of Deep Features as a "
-                                                  "Perceptual Metric, CVPR 2018",
+            license="BSD-2-Clause (lpips)",
+            paper="Zhang et al., The Unreasonable Effectiveness of Deep Features as a Perceptual Metric, CVPR 2018",
             official_weights=(
                 OfficialWeights(f"{UPSTREAM}/{net}.pth", f"{net}.pth", role="lin"),
                 OfficialWeights(f"{TV}/{trunk_file}", trunk_file, role="trunk", sha256_prefix=trunk_prefix),
@@ -192,12 +208,15 @@ class LPIPS(Target):
         """(a) a full upstream LPIPS state dict (scaling layer, trunk slices, lin layers)."""
         W.load_into(self.lpips, upstream_state_dict(state), where)
 
-    def load_lin_and_trunk(self, lin: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor],
-                           where: str = "lin+trunk") -> None:
+    def load_lin_and_trunk(
+        self, lin: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor], where: str = "lin+trunk"
+    ) -> None:
         """(b) the upstream lin-weights file plus torchvision's ImageNet ``features.K.*`` trunk."""
         self.load_upstream(self.assemble(lin, trunk, where), where)
 
-    def assemble(self, lin: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    def assemble(
+        self, lin: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor], where: str
+    ) -> dict[str, torch.Tensor]:
         """A full upstream state dict from the lin-weights file and a torchvision trunk file."""
         lin = upstream_state_dict(lin)
         bad = [k for k in lin if not k.startswith("lin")]
@@ -209,12 +228,16 @@ class LPIPS(Target):
         for k, v in trunk.items():
             if not k.startswith("features."):
                 continue  # the classifier head is not part of LPIPS
-            key = slot.get(tuple(k[len("features."):].split(".", 1)))
+            key = slot.get(tuple(k[len("features.") :].split(".", 1)))
             if key is None:
                 raise W.WeightsError(f"{where}: trunk key {k!r} has no place in the LPIPS {self.net_type} trunk")
             trunk_keys[key] = v
-        return {**trunk_keys, **lin, "scaling_layer.shift": self.lpips.scaling_layer.shift.clone(),
-                "scaling_layer.scale": self.lpips.scaling_layer.scale.clone()}
+        return {
+            **trunk_keys,
+            **lin,
+            "scaling_layer.shift": self.lpips.scaling_layer.shift.clone(),
+            "scaling_layer.scale": self.lpips.scaling_layer.scale.clone(),
+        }
 
     def official_state(self) -> dict[str, torch.Tensor] | None:
         """Official weights available offline: a cached full dict, or lin + trunk files found in
@@ -230,8 +253,11 @@ class LPIPS(Target):
         if lin_path is None or trunk_path is None:
             return None
         lin = W.load_state_dict(lin_path, sha256=lin_entry["sha256"] if lin_entry else None)
-        trunk = W.load_state_dict(trunk_path, sha256=trunk_entry["sha256"] if trunk_entry else None,
-                                  sha256_prefix=None if trunk_entry else prefix)
+        trunk = W.load_state_dict(
+            trunk_path,
+            sha256=trunk_entry["sha256"] if trunk_entry else None,
+            sha256_prefix=None if trunk_entry else prefix,
+        )
         return self.assemble(lin, trunk, f"{lin_path} + {trunk_path}")
 
 

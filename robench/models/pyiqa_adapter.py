@@ -21,7 +21,9 @@ class PyIQATarget(Target):
         try:
             import pyiqa
         except ImportError:
-            raise RobenchError(f"target 'pyiqa:{metric}' needs the optional package pyiqa (pip install pyiqa)") from None
+            raise RobenchError(
+                f"target 'pyiqa:{metric}' needs the optional package pyiqa (pip install pyiqa)"
+            ) from None
         try:
             self.metric = pyiqa.create_metric(metric, as_loss=True, device="cpu", **options)
         except Exception as exc:  # pyiqa raises several types for unknown names / missing weights
@@ -29,9 +31,14 @@ class PyIQATarget(Target):
         mode = getattr(self.metric, "metric_mode", "FR")
         if mode != "FR":
             raise RobenchError(f"pyiqa metric {metric!r} is {mode}; robench benchmarks full-reference metrics")
-        self.card = TargetCard(name=f"pyiqa:{metric}", lower_better=bool(self.metric.lower_better),
-                               score_range=None, summary=f"pyiqa metric {metric} (adapter)", weights=WeightsInfo("pyiqa"),
-                               paper="see pyiqa model card")
+        self.card = TargetCard(
+            name=f"pyiqa:{metric}",
+            lower_better=bool(self.metric.lower_better),
+            score_range=None,
+            summary=f"pyiqa metric {metric} (adapter)",
+            weights=WeightsInfo("pyiqa"),
+            paper="see pyiqa model card",
+        )
 
     def score(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return self.metric(dist, ref).reshape(-1)

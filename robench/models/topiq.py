@@ -70,7 +70,9 @@ class ResNet50Features(nn.Module):
             for b in range(n):
                 ds = None
                 if b == 0 and (stride != 1 or inplanes != planes * 4):
-                    ds = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4))
+                    ds = nn.Sequential(
+                        nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4)
+                    )
                 blocks.append(Bottleneck(inplanes, planes, stride if b == 0 else 1, ds))
                 inplanes = planes * 4
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
@@ -161,17 +163,30 @@ class CFANet(nn.Module):
         self.dim_reduce = nn.ModuleList()
         self.weight_pool = nn.ModuleList()
         for dim in dims:
-            self.weight_pool.append(nn.Sequential(
-                nn.Conv2d(dim, 64, 1, stride=1), act, nn.Conv2d(64, 64, 3, stride=1, padding=1), act,
-                nn.Conv2d(64, 1, 3, stride=1, padding=1), nn.Sigmoid()))
+            self.weight_pool.append(
+                nn.Sequential(
+                    nn.Conv2d(dim, 64, 1, stride=1),
+                    act,
+                    nn.Conv2d(64, 64, 3, stride=1, padding=1),
+                    act,
+                    nn.Conv2d(64, 1, 3, stride=1, padding=1),
+                    nn.Sigmoid(),
+                )
+            )
             self.dim_reduce.append(nn.Sequential(nn.Conv2d(dim * 3, inter_dim, 1, 1), act))
             self.sa_attn_blks.append(_Stack(sa, num_attn_layers))
         ca = TransformerDecoderLayer(inter_dim, num_heads, dim_ff, dprate)
         self.attn_blks = nn.ModuleList([_Stack(ca, num_attn_layers) for _ in range(len(dims) - 1)])
         self.attn_pool = TransformerEncoderLayer(inter_dim, num_heads, dim_ff, dprate)
         self.score_linear = nn.Sequential(
-            nn.LayerNorm(inter_dim), nn.Linear(inter_dim, inter_dim), act,
-            nn.LayerNorm(inter_dim), nn.Linear(inter_dim, inter_dim), act, nn.Linear(inter_dim, 1))
+            nn.LayerNorm(inter_dim),
+            nn.Linear(inter_dim, inter_dim),
+            act,
+            nn.LayerNorm(inter_dim),
+            nn.Linear(inter_dim, inter_dim),
+            act,
+            nn.Linear(inter_dim, 1),
+        )
         self.h_emb = nn.Parameter(torch.zeros(1, inter_dim // 2, 32, 1))
         self.w_emb = nn.Parameter(torch.zeros(1, inter_dim // 2, 1, 32))
         nn.init.trunc_normal_(self.h_emb, std=0.02)
@@ -201,8 +216,9 @@ class CFANet(nn.Module):
 
     def head(self, dist_feats: list[torch.Tensor], ref_feats: list[torch.Tensor]) -> torch.Tensor:
         _, _, th, tw = dist_feats[-1].shape
-        pos_emb = torch.cat((self.h_emb.repeat(1, 1, 1, self.w_emb.shape[3]),
-                             self.w_emb.repeat(1, 1, self.h_emb.shape[2], 1)), dim=1)
+        pos_emb = torch.cat(
+            (self.h_emb.repeat(1, 1, 1, self.w_emb.shape[3]), self.w_emb.repeat(1, 1, self.h_emb.shape[2], 1)), dim=1
+        )
         tokens = []
         for i in reversed(range(len(dist_feats))):
             fd, fr = dist_feats[i], ref_feats[i]
@@ -215,7 +231,11 @@ class CFANet(nn.Module):
             if fd.shape[2] > th and fd.shape[3] > tw:
                 parts = [F.adaptive_avg_pool2d(p, (th, tw)) for p in parts]
             feat = torch.cat(parts, dim=1)
-            pe = F.interpolate(pos_emb, size=feat.shape[2:], mode="bicubic", align_corners=False).flatten(2).permute(2, 0, 1)
+            pe = (
+                F.interpolate(pos_emb, size=feat.shape[2:], mode="bicubic", align_corners=False)
+                .flatten(2)
+                .permute(2, 0, 1)
+            )
             feat = self.dim_reduce[i](feat).flatten(2).permute(2, 0, 1) + pe
             tokens.append(self.sa_attn_blks[i](feat))
         query = tokens[0]
@@ -233,12 +253,21 @@ class TOPIQFR(Target):
         super().__init__()
         self.net = CFANet()
         self.card = TargetCard(
-            name="topiq.fr", lower_better=False, score_range=(0.0, 1.0), min_size=32,
+            name="topiq.fr",
+            lower_better=False,
+            score_range=(0.0, 1.0),
+            min_size=32,
             summary="TOPIQ full-reference (CFANet, ResNet-50), pyiqa topiq_fr",
             license="pyiqa: PolyForm Noncommercial 1.0 / NTU S-Lab 1.0 (weights)",
             paper="Chen et al., TOPIQ: A Top-down Approach from Semantics to Distortions for IQA, IEEE TIP 2024",
-            official_weights=(OfficialWeights(f"{PYIQA_RELEASE}/cfanet_fr_kadid_res50-2c4cc61d.pth",
-                                              "cfanet_fr_kadid_res50-2c4cc61d.pth", role="full", sha256_prefix="2c4cc61d"),),
+            official_weights=(
+                OfficialWeights(
+                    f"{PYIQA_RELEASE}/cfanet_fr_kadid_res50-2c4cc61d.pth",
+                    "cfanet_fr_kadid_res50-2c4cc61d.pth",
+                    role="full",
+                    sha256_prefix="2c4cc61d",
+                ),
+            ),
         )
 
     def reference(self, ref):

@@ -118,7 +118,10 @@ class CellData:
         """2AFC: the fraction of triplets whose metric decision (which image is better) differs
         between the clean and the attacked image at ε index ``k`` (Ghildyal & Liu 2023's decision
         flips); ``strong``: over the triplets people agree on strongly (judge ≤ 0.2 or ≥ 0.8)."""
-        decide = lambda q: np.sign(np.where(self.side == 0, q, self.q_other) - np.where(self.side == 1, q, self.q_other))  # noqa: E731
+
+        def decide(q):
+            return np.sign(np.where(self.side == 0, q, self.q_other) - np.where(self.side == 1, q, self.q_other))
+
         flipped = decide(self.q_clean) != decide(self.q_adv[k])
         if strong:
             keep = (self.judge <= self.STRONG) | (self.judge >= 1 - self.STRONG)
@@ -169,28 +172,60 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
         def per_eps(col):  # stores written before the perceptibility columns have NULLs there
             if col not in rows.columns:
                 return None
-            return np.stack([pd.to_numeric(rows[np.isclose(rows["eps"], e)].sort_values("item")[col], errors="coerce")
-                             .to_numpy(float) for e in eps])
+            return np.stack(
+                [
+                    pd.to_numeric(rows[np.isclose(rows["eps"], e)].sort_values("item")[col], errors="coerce").to_numpy(
+                        float
+                    )
+                    for e in eps
+                ]
+            )
+
         kind = cfg["dataset"]["kind"]
-        out.append(CellData(
-            key=c["key"], target=cfg["target"]["name"], arch=_arch(cfg), defense=cfg["defense"]["name"],
-            training=cfg["defense"].get("training"), inference=[d["name"] for d in cfg["defense"].get("inference", [])],
-            attack=cfg["attack"]["name"], needs=cfg["attack"]["needs"], kind=kind, dataset=cfg["dataset"]["name"],
-            split=cfg["dataset"]["split"], profile=cfg["profile"], seed=int(cfg["seed"]),
-            items_sha=cfg["dataset"]["items_sha256"], weights_sha=cfg["target"]["weights_sha256"], eps=eps,
-            item_ids=first["item_id"].astype(str).to_numpy(), ref_ids=first["ref_id"].astype(str).to_numpy(),
-            sources=(first["source"].astype(str).to_numpy()
-                     if "source" in first.columns and first["source"].notna().all() else None),
-            mos=first["mos"].to_numpy(float) if kind == "pairs" else None,
-            judge=first["judge"].to_numpy(float) if kind != "pairs" else None,
-            side=first["attacked_side"].to_numpy(int) if kind != "pairs" else None,
-            q_other=sign * first["other_score"].to_numpy(float) if kind != "pairs" else None,
-            q_clean=sign * first["clean_score"].to_numpy(float), q_adv=sign * adv,
-            seconds=c["seconds"], flags=c["flags"] or {}, attack_params=cfg["attack"].get("params", {}),
-            psnr=per_eps("psnr"), ssim=per_eps("ssim"), train_seed=int(cfg["defense"].get("train_seed", 0) or 0),
-            amp=cfg.get("amp") or "fp32", direction=cfg.get("direction") or "up",
-            signs=item_signs(cfg.get("direction"), first["mos"].to_numpy(float) if kind == "pairs" else None,
-                             len(first))))
+        out.append(
+            CellData(
+                key=c["key"],
+                target=cfg["target"]["name"],
+                arch=_arch(cfg),
+                defense=cfg["defense"]["name"],
+                training=cfg["defense"].get("training"),
+                inference=[d["name"] for d in cfg["defense"].get("inference", [])],
+                attack=cfg["attack"]["name"],
+                needs=cfg["attack"]["needs"],
+                kind=kind,
+                dataset=cfg["dataset"]["name"],
+                split=cfg["dataset"]["split"],
+                profile=cfg["profile"],
+                seed=int(cfg["seed"]),
+                items_sha=cfg["dataset"]["items_sha256"],
+                weights_sha=cfg["target"]["weights_sha256"],
+                eps=eps,
+                item_ids=first["item_id"].astype(str).to_numpy(),
+                ref_ids=first["ref_id"].astype(str).to_numpy(),
+                sources=(
+                    first["source"].astype(str).to_numpy()
+                    if "source" in first.columns and first["source"].notna().all()
+                    else None
+                ),
+                mos=first["mos"].to_numpy(float) if kind == "pairs" else None,
+                judge=first["judge"].to_numpy(float) if kind != "pairs" else None,
+                side=first["attacked_side"].to_numpy(int) if kind != "pairs" else None,
+                q_other=sign * first["other_score"].to_numpy(float) if kind != "pairs" else None,
+                q_clean=sign * first["clean_score"].to_numpy(float),
+                q_adv=sign * adv,
+                seconds=c["seconds"],
+                flags=c["flags"] or {},
+                attack_params=cfg["attack"].get("params", {}),
+                psnr=per_eps("psnr"),
+                ssim=per_eps("ssim"),
+                train_seed=int(cfg["defense"].get("train_seed", 0) or 0),
+                amp=cfg.get("amp") or "fp32",
+                direction=cfg.get("direction") or "up",
+                signs=item_signs(
+                    cfg.get("direction"), first["mos"].to_numpy(float) if kind == "pairs" else None, len(first)
+                ),
+            )
+        )
         t1 = ((weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}).get("theorem1")
         if t1 and t1.get("n_batches"):  # AAT weights: the training bound's evidence is a flag of every cell
             out[-1].flags = {**out[-1].flags, "bound_non_vacuous_fraction": t1["non_vacuous_fraction"]}
@@ -226,8 +261,10 @@ def scale_checks(cells: list[CellData]) -> None:
         b_r2 = (b.clean_scale or {}).get("r2") if b is not None else None
         r2_applies = r2 is not None and (c.training is not None or (b_r2 is not None and b_r2 > SCALE_R2))
         collapsed = bool((np.isfinite(ratio) and ratio < SCALE_RATIO) or (r2_applies and r2 <= SCALE_R2))
-        c.flags = {**c.flags, "scale": {"sd_ratio": ratio if np.isfinite(ratio) else None, "r2": r2,
-                                        "collapsed": collapsed}}
+        c.flags = {
+            **c.flags,
+            "scale": {"sd_ratio": ratio if np.isfinite(ratio) else None, "r2": r2, "collapsed": collapsed},
+        }
 
 
 def _arch(cfg: dict) -> str:
@@ -246,5 +283,3 @@ def _arch(cfg: dict) -> str:
 
 # --------------------------------------------------------------------------------------------
 # tables
-
-

@@ -24,8 +24,14 @@ from robench.core.errors import RobenchError
 from robench.results.cells import CellData, load_cells
 from robench.results.stats import bootstrap_units, mean_weighted, paired_bootstrap, srocc_weighted
 
-from robench.results.entries import (BASELINE_FORMAT, _identity, _values, cell_entry, identity,  # noqa: F401
-                                     latest)
+from robench.results.entries import (
+    BASELINE_FORMAT,
+    _identity,
+    _values,
+    cell_entry,
+    identity,  # noqa: F401
+    latest,
+)
 
 
 def failed_identities(store: str | Path) -> dict[str, str]:
@@ -39,8 +45,18 @@ def failed_identities(store: str | Path) -> dict[str, str]:
     for _, c in allc.iterrows():  # ordered by finish time
         cfg = c["config"]
         d = cfg["dataset"]
-        ident = _identity(cfg["target"]["name"], cfg["defense"]["name"], cfg["attack"]["name"], d["name"], d["split"],
-                          d["kind"], cfg["profile"], cfg["seed"], d["n"], cfg.get("direction"))
+        ident = _identity(
+            cfg["target"]["name"],
+            cfg["defense"]["name"],
+            cfg["attack"]["name"],
+            d["name"],
+            d["split"],
+            d["kind"],
+            cfg["profile"],
+            cfg["seed"],
+            d["n"],
+            cfg.get("direction"),
+        )
         latest[ident] = (c["status"], c["error"] or "")
     return {k: err for k, (status, err) in latest.items() if status == "failed"}
 
@@ -52,9 +68,14 @@ def make_baseline(store: str | Path) -> dict[str, Any]:
     from robench.core.version import __version__
     from robench.core.provenance import git_commit
 
-    return {"format": BASELINE_FORMAT, "robench": __version__, "git_commit": git_commit(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "store": str(store),
-            "cells": {k: cell_entry(c) for k, c in sorted(latest(cells).items())}}
+    return {
+        "format": BASELINE_FORMAT,
+        "robench": __version__,
+        "git_commit": git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "store": str(store),
+        "cells": {k: cell_entry(c) for k, c in sorted(latest(cells).items())},
+    }
 
 
 def write_baseline(baseline: dict[str, Any], path: str | Path) -> None:
@@ -82,7 +103,9 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
         if isinstance(first, dict) and first.get("format") == RECORD_FORMAT:
             return baseline_from_records(p)
     if not p.is_file():
-        raise RobenchError(f"no baseline at {p} (create one with `robench check --store STORE --baseline {p} --update`)")
+        raise RobenchError(
+            f"no baseline at {p} (create one with `robench check --store STORE --baseline {p} --update`)"
+        )
     try:
         data = json.loads(p.read_text())
         if data.get("format") != BASELINE_FORMAT or not isinstance(data.get("cells"), dict):
@@ -110,16 +133,25 @@ def _paired(cur: CellData, base: dict[str, Any], key: str, q: np.ndarray, n_boot
         mos = cur.mos[ic]
         if base.get("mos") is None or not np.allclose(np.asarray(base["mos"], dtype=float)[ib], mos, atol=1e-5):
             return None  # the labels changed: the items are not the same measurement
-        out = paired_bootstrap(cur_vals, base_vals, mos, stat=srocc_weighted, n_resamples=n_boot, seed=seed,
-                               clusters=clusters)
+        out = paired_bootstrap(
+            cur_vals, base_vals, mos, stat=srocc_weighted, n_resamples=n_boot, seed=seed, clusters=clusters
+        )
     else:
-        out = paired_bootstrap(cur_vals, base_vals, stat=mean_weighted, n_resamples=n_boot, seed=seed,
-                               clusters=clusters)
+        out = paired_bootstrap(
+            cur_vals, base_vals, stat=mean_weighted, n_resamples=n_boot, seed=seed, clusters=clusters
+        )
     return {**out, "units": units}
 
 
-def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02, n_boot: int = 1000,
-          seed: int = 0, allow_missing: bool = False, fail_on: tuple[str, ...] = ()) -> dict[str, Any]:
+def check(
+    store: str | Path,
+    baseline_path: str | Path,
+    tolerance: float = 0.02,
+    n_boot: int = 1000,
+    seed: int = 0,
+    allow_missing: bool = False,
+    fail_on: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """``fail_on``: flag codes (robench.core.flags) that fail a cell; every active flag is reported."""
     from robench.core import flags as FL
 
@@ -143,8 +175,15 @@ def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02,
             flagged.append({"cell": ident, "flags": codes})
             bad = [f for f in codes if f in fail_on]
             if bad:
-                rows.append({"cell": ident, "status": "fail", "point": "flags", "flags": codes,
-                             "reason": "flagged " + ", ".join(f"[{f}] {FL.LEGEND[f]}" for f in bad)})
+                rows.append(
+                    {
+                        "cell": ident,
+                        "status": "fail",
+                        "point": "flags",
+                        "flags": codes,
+                        "reason": "flagged " + ", ".join(f"[{f}] {FL.LEGEND[f]}" for f in bad),
+                    }
+                )
         b = baseline["cells"].get(ident)
         if b is None:
             rows.append({"cell": ident, "status": "new", "point": "—", "flags": codes})
@@ -154,10 +193,20 @@ def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02,
             if c.eps_index(e) is not None:
                 points.append((f"{e:g}", e, b["attacked"][k], c.metric(e)))
         for key, e, old, new in points:
-            row = {"cell": ident, "point": key, "metric": c.metric_name, "baseline": old, "current": new, "flags": codes}
+            row = {
+                "cell": ident,
+                "point": key,
+                "metric": c.metric_name,
+                "baseline": old,
+                "current": new,
+                "flags": codes,
+            }
             if old is None or new is None or not (np.isfinite(old) and np.isfinite(new)):
-                row.update(status="fail" if (old is not None and np.isfinite(old)) else "ok", delta=None,
-                           reason="metric is NaN now" if (old is not None and np.isfinite(old)) else "NaN in both")
+                row.update(
+                    status="fail" if (old is not None and np.isfinite(old)) else "ok",
+                    delta=None,
+                    reason="metric is NaN now" if (old is not None and np.isfinite(old)) else "NaN in both",
+                )
                 rows.append(row)
                 continue
             delta = new - old
@@ -167,23 +216,47 @@ def check(store: str | Path, baseline_path: str | Path, tolerance: float = 0.02,
             else:
                 boot = _paired(c, b, key, c.q_at(e), n_boot, seed)
                 if boot is None:
-                    row.update(status="fail", reason=f"drop {-delta:.3f} > tolerance {tolerance} (no per-image pairing)")
+                    row.update(
+                        status="fail", reason=f"drop {-delta:.3f} > tolerance {tolerance} (no per-image pairing)"
+                    )
                 else:
                     row["ci"], row["units"] = boot["ci"], boot["units"]
                     sig = boot["ci"][1] < 0
-                    row.update(status="fail" if sig else "drop-not-significant",
-                               reason=(f"drop {-delta:.3f} > tolerance {tolerance}, 95 % CI of Δ "
-                                       f"[{boot['ci'][0]:+.3f}, {boot['ci'][1]:+.3f}]"
-                                       + (" excludes 0" if sig else " includes 0") + f"; {boot['units']}"))
+                    row.update(
+                        status="fail" if sig else "drop-not-significant",
+                        reason=(
+                            f"drop {-delta:.3f} > tolerance {tolerance}, 95 % CI of Δ "
+                            f"[{boot['ci'][0]:+.3f}, {boot['ci'][1]:+.3f}]"
+                            + (" excludes 0" if sig else " includes 0")
+                            + f"; {boot['units']}"
+                        ),
+                    )
             rows.append(row)
     for ident in sorted(set(baseline["cells"]) - set(current) - set(failed_now)):
         # a baseline cell the store lacks fails the gate (a shrunken suite, a changed --n) unless
         # the caller checks a subset on purpose
-        rows.append({"cell": ident, "status": "missing" if allow_missing else "fail", "point": "—",
-                     "reason": "in the baseline, not in the store" + ("" if allow_missing else " (--allow-missing to accept)")})
+        rows.append(
+            {
+                "cell": ident,
+                "status": "missing" if allow_missing else "fail",
+                "point": "—",
+                "reason": "in the baseline, not in the store"
+                + ("" if allow_missing else " (--allow-missing to accept)"),
+            }
+        )
     failed = [r for r in rows if r["status"] == "fail"]
-    return {"store": str(store), "baseline": str(baseline_path), "tolerance": tolerance, "n_boot": n_boot,
-            "passed": not failed, "failed": len(failed),
-            "counts": {s: sum(r["status"] == s for r in rows) for s in ("ok", "fail", "drop-not-significant", "new", "missing")},
-            "flagged": flagged, "flag_legend": {f: FL.LEGEND[f] for f in sorted({x for r in flagged for x in r["flags"]})},
-            "fail_on": list(fail_on), "rows": rows}
+    return {
+        "store": str(store),
+        "baseline": str(baseline_path),
+        "tolerance": tolerance,
+        "n_boot": n_boot,
+        "passed": not failed,
+        "failed": len(failed),
+        "counts": {
+            s: sum(r["status"] == s for r in rows) for s in ("ok", "fail", "drop-not-significant", "new", "missing")
+        },
+        "flagged": flagged,
+        "flag_legend": {f: FL.LEGEND[f] for f in sorted({x for r in flagged for x in r["flags"]})},
+        "fail_on": list(fail_on),
+        "rows": rows,
+    }

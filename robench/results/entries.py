@@ -19,8 +19,10 @@ def identity(c: CellData) -> str:
 def _identity(target, defense, attack, dataset, split, kind, profile, seed, n, direction=None) -> str:
     # the attack direction (the protocol) only when it is not the default ``up``: baselines written
     # before directions existed keep matching their cells
-    return "|".join([target, defense, attack, dataset, split, kind, profile, f"seed={seed}", f"n={n}"]
-                    + ([f"direction={direction}"] if direction and direction != "up" else []))
+    return "|".join(
+        [target, defense, attack, dataset, split, kind, profile, f"seed={seed}", f"n={n}"]
+        + ([f"direction={direction}"] if direction and direction != "up" else [])
+    )
 
 
 def _values(c: CellData, q: np.ndarray) -> np.ndarray:
@@ -30,12 +32,23 @@ def _values(c: CellData, q: np.ndarray) -> np.ndarray:
 
 def cell_entry(c: CellData) -> dict[str, Any]:
     r6 = lambda a: [round(float(v), 6) for v in a]  # noqa: E731  (bytes, not precision, are the limit)
-    return {"metric": c.metric_name, "kind": c.kind, "eps": c.eps, "weights_sha256": c.weights_sha,
-            "direction": c.direction, "protocol": c.protocol,
-            "clean": c.clean_metric(), "attacked": [c.metric(e) for e in c.eps],
-            "items": [str(i) for i in c.item_ids], "ref_ids": [str(i) for i in c.ref_ids],
-            "mos": r6(c.mos) if c.kind == "pairs" else None,
-            "values": {"clean": r6(_values(c, c.q_clean)), **{f"{e:g}": r6(_values(c, c.q_adv[k])) for k, e in enumerate(c.eps)}}}
+    return {
+        "metric": c.metric_name,
+        "kind": c.kind,
+        "eps": c.eps,
+        "weights_sha256": c.weights_sha,
+        "direction": c.direction,
+        "protocol": c.protocol,
+        "clean": c.clean_metric(),
+        "attacked": [c.metric(e) for e in c.eps],
+        "items": [str(i) for i in c.item_ids],
+        "ref_ids": [str(i) for i in c.ref_ids],
+        "mos": r6(c.mos) if c.kind == "pairs" else None,
+        "values": {
+            "clean": r6(_values(c, c.q_clean)),
+            **{f"{e:g}": r6(_values(c, c.q_adv[k])) for k, e in enumerate(c.eps)},
+        },
+    }
 
 
 def latest(cells: list[CellData]) -> dict[str, CellData]:

@@ -67,45 +67,76 @@ def setting(raw, weights: dict[str, dict]) -> str:
     rows = []
     for (name, sha), src in targets.items():
         prov = (weights.get(sha) or {}).get("provenance") or {}
-        keep = {k: prov[k] for k in ("dataset", "profile", "epochs", "recipe", "seed", "val_srocc", "git_commit",
-                                      "steps", "train_seconds") if k in prov}
-        rows.append(f"<tr><td>{_e(name)}</td><td><code>{_e(sha)}</code></td><td>{_e(src)}</td>"
-                    f"<td><code>{_e(json.dumps(keep, default=str))}</code></td></tr>")
+        keep = {
+            k: prov[k]
+            for k in (
+                "dataset",
+                "profile",
+                "epochs",
+                "recipe",
+                "seed",
+                "val_srocc",
+                "git_commit",
+                "steps",
+                "train_seconds",
+            )
+            if k in prov
+        }
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td><code>{_e(sha)}</code></td><td>{_e(src)}</td>"
+            f"<td><code>{_e(json.dumps(keep, default=str))}</code></td></tr>"
+        )
     defs = {json.dumps(c["defense"], sort_keys=True, default=str): c["defense"] for c in cfgs}
     atts = {json.dumps(c["attack"], sort_keys=True, default=str): c["attack"] for c in cfgs}
     eps = sorted({float(e) for c in cfgs for e in c["eps"]})
     dirs = sorted({c.get("direction") or "up" for c in cfgs})
-    data = sorted({f"{c['dataset']['name']} / {c['dataset']['split']} ({c['dataset']['kind']}, n = {c['dataset']['n']})"
-                   for c in cfgs})
+    data = sorted(
+        {
+            f"{c['dataset']['name']} / {c['dataset']['split']} ({c['dataset']['kind']}, n = {c['dataset']['n']})"
+            for c in cfgs
+        }
+    )
     from robench.core.directions import protocol_of
 
     vers = {json.dumps(v, sort_keys=True) for v in raw["versions"] if isinstance(v, dict) and v}
     dev = [d if isinstance(d, dict) else {} for d in raw["device"]]  # NULL in stores written before it was recorded
     devices = sorted({d.get("device", "?") + (f" ({d['gpu']})" if d.get("gpu") else "") for d in dev})
     commits = sorted({c for c in raw["git_commit"] if isinstance(c, str) and c})
-    out = ["<section id='setting'><h2>Setting</h2>",
-           "<h3>Targets</h3><table class='plain'><tr><th>target</th><th>weights sha256</th><th>source</th>"
-           "<th>provenance</th></tr>" + "".join(rows) + "</table>",
-           "<h3>Defences</h3><ul>" + "".join(f"<li><code>{_e(d['name'])}</code>: training {_e(d.get('training'))}; "
-                                             f"inference {_e([i.get('name') for i in d.get('inference') or []])}</li>"
-                                             for d in defs.values()) + "</ul>",
-           "<h3>Attacks (resolved parameters)</h3><ul>" + "".join(
-               f"<li><code>{_e(a['name'])}</code> ({_e(a.get('needs'))}): <code>{_e(json.dumps(a.get('params'), default=str))}"
-               f"</code></li>" for a in atts.values()) + "</ul>",
-           "<h3>Protocols, budgets, data</h3><ul>"
-           f"<li>directions: {', '.join(_e(f'{d} — {protocol_of(d)}') for d in dirs)}</li>"
-           f"<li>ε (L∞, /255): {', '.join(f'{e:g}' for e in eps)}</li>"
-           f"<li>data: {'; '.join(_e(d) for d in data)}; photos (independent units): "
-           f"{_e(_photos(raw))}</li>"
-           f"<li>seeds: {_e(sorted({int(s) for s in raw['seed']}))}; profiles: {_e(sorted(set(raw['profile'])))}</li>"
-           f"<li>device: {_e(', '.join(devices))}</li>"
-           f"<li>versions: {'; '.join('<code>' + _e(v) + '</code>' for v in sorted(vers))}</li>"
-           f"<li>git commit(s): {_e(', '.join(commits) or 'unknown')}</li></ul></section>"]
+    out = [
+        "<section id='setting'><h2>Setting</h2>",
+        "<h3>Targets</h3><table class='plain'><tr><th>target</th><th>weights sha256</th><th>source</th>"
+        "<th>provenance</th></tr>" + "".join(rows) + "</table>",
+        "<h3>Defences</h3><ul>"
+        + "".join(
+            f"<li><code>{_e(d['name'])}</code>: training {_e(d.get('training'))}; "
+            f"inference {_e([i.get('name') for i in d.get('inference') or []])}</li>"
+            for d in defs.values()
+        )
+        + "</ul>",
+        "<h3>Attacks (resolved parameters)</h3><ul>"
+        + "".join(
+            f"<li><code>{_e(a['name'])}</code> ({_e(a.get('needs'))}): <code>{_e(json.dumps(a.get('params'), default=str))}"
+            f"</code></li>"
+            for a in atts.values()
+        )
+        + "</ul>",
+        "<h3>Protocols, budgets, data</h3><ul>"
+        f"<li>directions: {', '.join(_e(f'{d} — {protocol_of(d)}') for d in dirs)}</li>"
+        f"<li>ε (L∞, /255): {', '.join(f'{e:g}' for e in eps)}</li>"
+        f"<li>data: {'; '.join(_e(d) for d in data)}; photos (independent units): "
+        f"{_e(_photos(raw))}</li>"
+        f"<li>seeds: {_e(sorted({int(s) for s in raw['seed']}))}; profiles: {_e(sorted(set(raw['profile'])))}</li>"
+        f"<li>device: {_e(', '.join(devices))}</li>"
+        f"<li>versions: {'; '.join('<code>' + _e(v) + '</code>' for v in sorted(vers))}</li>"
+        f"<li>git commit(s): {_e(', '.join(commits) or 'unknown')}</li></ul></section>",
+    ]
     return "\n".join(out)
 
 
 def _photos(raw) -> str:
-    n = sorted({(c.get("dataset") or {}).get("photos") for c in raw["config"] if (c.get("dataset") or {}).get("photos")})
+    n = sorted(
+        {(c.get("dataset") or {}).get("photos") for c in raw["config"] if (c.get("dataset") or {}).get("photos")}
+    )
     return ", ".join(map(str, n)) if n else "recorded per item (source column)"
 
 
@@ -135,7 +166,11 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
         worst: dict[str, float] = {}
         for e in r["evaluations"]:
             kind = "SROCC" if e["dataset"]["kind"] == "pairs" else "2AFC"
-            short = "ranking" if e["direction"] == "mos-split" else ("inflation" if e["direction"] == "up" else e["direction"])
+            short = (
+                "ranking"
+                if e["direction"] == "mos-split"
+                else ("inflation" if e["direction"] == "up" else e["direction"])
+            )
             for a in e["attacked"]:
                 key = f"{kind}|{short}|{e['attack']}|{a['eps']:g}"
                 badges = "".join(_badge(f) for f in e["flags"])
@@ -154,26 +189,42 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
             for idx, row in ir.df.iterrows():
                 if idx[0] == r["model"]["arch"] and idx[-2] == defense_label(r["defense"]["name"]):
                     col = [c for c in ir.df.columns if str(c).startswith("IR (")][0]
-                    vals[f"IR|{idx[-1]}"] = (row[col], f"{_num(row[col])} [{_num(row['CI low'])}, {_num(row['CI high'])}]")
+                    vals[f"IR|{idx[-1]}"] = (
+                        row[col],
+                        f"{_num(row[col])} [{_num(row['CI low'])}, {_num(row['CI high'])}]",
+                    )
         for c in certified:
-            if c["target"] == r["model"]["target"] and c["defense"] == r["defense"]["name"] and c["median_width_mos"] is not None:
+            if (
+                c["target"] == r["model"]["target"]
+                and c["defense"] == r["defense"]["name"]
+                and c["median_width_mos"] is not None
+            ):
                 vals[f"cert|{c['radius']:g}"] = (c["median_width_mos"], _num(c["median_width_mos"]))
         for k in vals:
             if k not in [c[0] for c in cols]:
                 cols.append((k, k))
         rows.append((r, vals))
     cols.sort(key=lambda c: (_colrank(c[0]), c[0].replace("|ranking", "|0").replace("|inflation", "|1")))
-    head = "".join(f"<th data-col='{i}' title='click to sort'>{_header(k)}</th>" for i, (k, _) in enumerate(
-        [("target", ""), ("defence", ""), ("flags", "")] + cols))
+    head = "".join(
+        f"<th data-col='{i}' title='click to sort'>{_header(k)}</th>"
+        for i, (k, _) in enumerate([("target", ""), ("defence", ""), ("flags", "")] + cols)
+    )
     body = []
-    default_key = next((k for k, _ in cols if k == "worst|ranking"), next((k for k, _ in cols if k.startswith("worst|")), None))
+    default_key = next(
+        (k for k, _ in cols if k == "worst|ranking"), next((k for k, _ in cols if k.startswith("worst|")), None)
+    )
     for r, vals in rows:
         flags = r["flags"]
-        tr = [f"<td data-v='{_e(r['model']['target'])}'>{_e(r['model']['target'])}</td>",
-              f"<td data-v='{_e(r['defense']['name'])}'>{_e(r['defense']['name'])}</td>",
-              f"<td data-v='{len(flags)}'>" + ("".join(_badge(f) for f in flags)
-                                                + (" <span class='unreliable'>unreliable</span>" if r["unreliable"] else ""))
-              + "</td>"]
+        tr = [
+            f"<td data-v='{_e(r['model']['target'])}'>{_e(r['model']['target'])}</td>",
+            f"<td data-v='{_e(r['defense']['name'])}'>{_e(r['defense']['name'])}</td>",
+            f"<td data-v='{len(flags)}'>"
+            + (
+                "".join(_badge(f) for f in flags)
+                + (" <span class='unreliable'>unreliable</span>" if r["unreliable"] else "")
+            )
+            + "</td>",
+        ]
         for k, _ in cols:
             v, h = vals.get(k, (None, "—"))
             sv = "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{float(v):.6f}"
@@ -182,17 +233,19 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
         body.append(f"<tr{cls}>" + "".join(tr) + "</tr>")
     default = 3 + [k for k, _ in cols].index(default_key) if default_key else -1
     legend = "".join(f"<li>{_badge(code)} {_e(text)}</li>" for code, text in FL.LEGEND.items())
-    return (f"<section id='leaderboard'><h2>Leaderboard</h2><p>One row per target × defence. SROCC vs MOS (2AFC "
-            f"accuracy on 2AFC data) clean and under each attack, protocol (<i>ranking</i>: the ranking attack, "
-            f"mos-split; <i>inflation</i>: score inflation, up) and ε (/255), with 95 % bootstrap intervals (photo "
-            f"bootstrap where the items come from ≥ 10 photos, else item, as each record says); <i>worst</i>: the "
-            f"lowest SROCC over the row's attacks and ε per protocol; IR: IR-Score vs the base row per attack with "
-            f"its interval; flip: 2AFC decision-flip rate; cert: median certified interval width (MOS) per L2 radius. "
-            f"Click a header to sort; default order: worst case under the ranking attack, most robust first. Rows "
-            f"with a flagged evaluation are marked <span class='unreliable'>unreliable</span>.</p>"
-            f"<div class='scroll'><table id='leaderboard-table' class='sortable' data-default='{default}'>"
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-            f"<details><summary>Flag legend</summary><ul class='legend'>{legend}</ul></details></section>")
+    return (
+        f"<section id='leaderboard'><h2>Leaderboard</h2><p>One row per target × defence. SROCC vs MOS (2AFC "
+        f"accuracy on 2AFC data) clean and under each attack, protocol (<i>ranking</i>: the ranking attack, "
+        f"mos-split; <i>inflation</i>: score inflation, up) and ε (/255), with 95 % bootstrap intervals (photo "
+        f"bootstrap where the items come from ≥ 10 photos, else item, as each record says); <i>worst</i>: the "
+        f"lowest SROCC over the row's attacks and ε per protocol; IR: IR-Score vs the base row per attack with "
+        f"its interval; flip: 2AFC decision-flip rate; cert: median certified interval width (MOS) per L2 radius. "
+        f"Click a header to sort; default order: worst case under the ranking attack, most robust first. Rows "
+        f"with a flagged evaluation are marked <span class='unreliable'>unreliable</span>.</p>"
+        f"<div class='scroll'><table id='leaderboard-table' class='sortable' data-default='{default}'>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        f"<details><summary>Flag legend</summary><ul class='legend'>{legend}</ul></details></section>"
+    )
 
 
 def _colrank(k: str) -> int:
@@ -246,10 +299,14 @@ def table_html(t) -> str:
     body = []
     for idx, r in zip(s.index, s.to_numpy()):
         idx = idx if isinstance(idx, tuple) else (idx,)
-        body.append("<tr>" + "".join(f"<td>{_e(i)}</td>" for i in idx) + "".join(f"<td>{_e(v)}</td>" for v in r) + "</tr>")
-    return (f"<div class='table'><h3 id='t-{_e(t.name)}'>{_e(t.title)}</h3><p class='caption'>{_e(t.caption)}</p>"
-            f"<div class='scroll'><table class='plain'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
-            f"</table></div><p class='foot'>{_e(t.footnote)}</p></div>")
+        body.append(
+            "<tr>" + "".join(f"<td>{_e(i)}</td>" for i in idx) + "".join(f"<td>{_e(v)}</td>" for v in r) + "</tr>"
+        )
+    return (
+        f"<div class='table'><h3 id='t-{_e(t.name)}'>{_e(t.title)}</h3><p class='caption'>{_e(t.caption)}</p>"
+        f"<div class='scroll'><table class='plain'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+        f"</table></div><p class='foot'>{_e(t.footnote)}</p></div>"
+    )
 
 
 def gallery(store_path: Path, per_cell: int = GALLERY_PER_CELL) -> tuple[str, int]:
@@ -278,7 +335,9 @@ def gallery(store_path: Path, per_cell: int = GALLERY_PER_CELL) -> tuple[str, in
                 q0 = orient * first["clean_score"].to_numpy(float)
                 if np.ptp(q0) > 0:
                     a, b = np.polyfit(q0, first["mos"].to_numpy(float), 1)
-            top = top.assign(move=(orient * (top["score"] - top["clean_score"])).abs()).sort_values("move", ascending=False)
+            top = top.assign(move=(orient * (top["score"] - top["clean_score"])).abs()).sort_values(
+                "move", ascending=False
+            )
             figs = []
             for _, r in top.head(per_cell).iterrows():
                 try:
@@ -287,28 +346,44 @@ def gallery(store_path: Path, per_cell: int = GALLERY_PER_CELL) -> tuple[str, in
                     continue  # images moved or deleted: the cell shows no gallery
                 pert = np.clip(0.5 + (adv - dist) * (0.5 / (e_max / 255)), 0, 1)
                 q0, q1 = orient * r["clean_score"], orient * r["score"]
-                mos = (f"; MOS units {a * q0 + b:.2f} → {a * q1 + b:.2f}" if a is not None else "")
+                mos = f"; MOS units {a * q0 + b:.2f} → {a * q1 + b:.2f}" if a is not None else ""
                 psnr = "∞" if r["psnr"] is None or not np.isfinite(r["psnr"]) else f"{r['psnr']:.1f} dB"
                 ssim = "—" if r["ssim"] is None or not np.isfinite(r["ssim"]) else f"{r['ssim']:.3f}"
-                imgs = "".join(f"<figure><img src='{_png(im)}' alt='{lab}'><figcaption>{lab}</figcaption></figure>"
-                               for im, lab in ((ref, "reference"), (dist, "distorted"), (adv, "adversarial"),
-                                               (pert, f"δ × {0.5 / (e_max / 255):.0f} + ½")))
+                imgs = "".join(
+                    f"<figure><img src='{_png(im)}' alt='{lab}'><figcaption>{lab}</figcaption></figure>"
+                    for im, lab in (
+                        (ref, "reference"),
+                        (dist, "distorted"),
+                        (adv, "adversarial"),
+                        (pert, f"δ × {0.5 / (e_max / 255):.0f} + ½"),
+                    )
+                )
                 n_img += 4
-                figs.append(f"<div class='item'>{imgs}<p>item {_e(r['item_id'])} ({_e(r['distortion'])}, MOS "
-                            f"{_num(r['mos'], 2)}): q {q0:.3f} → {q1:.3f}{mos}; change PSNR {psnr}, SSIM {ssim}</p></div>")
+                figs.append(
+                    f"<div class='item'>{imgs}<p>item {_e(r['item_id'])} ({_e(r['distortion'])}, MOS "
+                    f"{_num(r['mos'], 2)}): q {q0:.3f} → {q1:.3f}{mos}; change PSNR {psnr}, SSIM {ssim}</p></div>"
+                )
             if figs:
                 d = cfg.get("direction") or "up"
-                out.append(f"<div class='cell'><h4>{_e(c['target'])} · {_e(c['defense'])} · {_e(c['attack'])} · "
-                           f"{_e(d)} · ε {e_max:g}/255</h4>{''.join(figs)}</div>")
+                out.append(
+                    f"<div class='cell'><h4>{_e(c['target'])} · {_e(c['defense'])} · {_e(c['attack'])} · "
+                    f"{_e(d)} · ε {e_max:g}/255</h4>{''.join(figs)}</div>"
+                )
     if not out:
-        return ("<section id='gallery'><h2>Adversarial examples</h2><p>No kept images in this store (runs keep the "
-                "4 most-moved items of each cell by default; <code>--no-gallery</code> keeps none, and the images "
-                "folder beside the store is not committed).</p></section>", 0)
-    return ("<section id='gallery'><h2>Adversarial examples</h2><p>Per target · defence · attack · direction, the "
-            f"items the attack moved most at the cell's largest ε (up to {per_cell}): the reference, the distorted image, "
-            "the adversarial image and the perturbation amplified around grey; oriented quality q before → after, the "
-            "same on the MOS scale by the least-squares map of the cell's clean scores, and the PSNR/SSIM of the "
-            "adversarial against the distorted image.</p>" + "".join(out) + "</section>", n_img)
+        return (
+            "<section id='gallery'><h2>Adversarial examples</h2><p>No kept images in this store (runs keep the "
+            "4 most-moved items of each cell by default; <code>--no-gallery</code> keeps none, and the images "
+            "folder beside the store is not committed).</p></section>",
+            0,
+        )
+    return (
+        "<section id='gallery'><h2>Adversarial examples</h2><p>Per target · defence · attack · direction, the "
+        f"items the attack moved most at the cell's largest ε (up to {per_cell}): the reference, the distorted image, "
+        "the adversarial image and the perturbation amplified around grey; oriented quality q before → after, the "
+        "same on the MOS scale by the least-squares map of the cell's clean scores, and the PSNR/SSIM of the "
+        "adversarial against the distorted image.</p>" + "".join(out) + "</section>",
+        n_img,
+    )
 
 
 CSS = """
@@ -363,32 +438,51 @@ JS = """
 """
 
 
-def write_index(out_tmp: Path, store_path: Path, tables: list, report_json: dict, records: list[dict],
-                certified: list[dict], weights: dict[str, dict], raw) -> Path:
+def write_index(
+    out_tmp: Path,
+    store_path: Path,
+    tables: list,
+    report_json: dict,
+    records: list[dict],
+    certified: list[dict],
+    weights: dict[str, dict],
+    raw,
+) -> Path:
     """Write ``index.html`` into the report's (temporary) folder."""
     figs = sorted((out_tmp / "plots").glob("*.png")) if (out_tmp / "plots").is_dir() else []
     gal, n_img = gallery(store_path)
-    fig_html = "".join(f"<figure class='figs'><img src='{_file_uri(p)}' alt='{_e(p.stem)}'><figcaption>{_e(p.name)}"
-                       f"</figcaption></figure>" for p in figs)
-    nav = ("<nav><a href='#setting'>Setting</a><a href='#leaderboard'>Leaderboard</a><a href='#tables'>Tables</a>"
-           "<a href='#figures'>Figures</a><a href='#gallery'>Adversarial examples</a></nav>")
-    doc = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-           "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-           f"<title>robench report — {_e(store_path.name)}</title><style>{CSS}</style></head><body>",
-           f"<h1>robench report</h1><p>Store <code>{_e(store_path)}</code>. Every number is read from the store's "
-           f"per-image rows; nothing is recomputed. Files beside this page: the Markdown/LaTeX tables and "
-           f"report.json.</p>", nav,
-           setting(raw, weights),
-           leaderboard(records, report_json.get("cells", []), tables, certified),
-           "<section id='tables'><h2>Tables</h2>" + "".join(table_html(t) for t in tables) + "</section>",
-           "<section id='figures'><h2>Figures</h2>" + (fig_html or "<p>No figures (report written with --no-plots)."
-                                                            "</p>") + "</section>",
-           gal]
+    fig_html = "".join(
+        f"<figure class='figs'><img src='{_file_uri(p)}' alt='{_e(p.stem)}'><figcaption>{_e(p.name)}"
+        f"</figcaption></figure>"
+        for p in figs
+    )
+    nav = (
+        "<nav><a href='#setting'>Setting</a><a href='#leaderboard'>Leaderboard</a><a href='#tables'>Tables</a>"
+        "<a href='#figures'>Figures</a><a href='#gallery'>Adversarial examples</a></nav>"
+    )
+    doc = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>robench report — {_e(store_path.name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>robench report</h1><p>Store <code>{_e(store_path)}</code>. Every number is read from the store's "
+        f"per-image rows; nothing is recomputed. Files beside this page: the Markdown/LaTeX tables and "
+        f"report.json.</p>",
+        nav,
+        setting(raw, weights),
+        leaderboard(records, report_json.get("cells", []), tables, certified),
+        "<section id='tables'><h2>Tables</h2>" + "".join(table_html(t) for t in tables) + "</section>",
+        "<section id='figures'><h2>Figures</h2>"
+        + (fig_html or "<p>No figures (report written with --no-plots).</p>")
+        + "</section>",
+        gal,
+    ]
     body = "\n".join(doc)
     size = len(body.encode())
-    body += (f"<footer><p class='foot'>Self-contained: CSS, JavaScript and {len(figs)} figures + {n_img} gallery "
-             f"images embedded ({size / 2 ** 20:.1f} MiB); no request leaves this file.</p></footer>"
-             f"<script>{JS}</script></body></html>")
+    body += (
+        f"<footer><p class='foot'>Self-contained: CSS, JavaScript and {len(figs)} figures + {n_img} gallery "
+        f"images embedded ({size / 2**20:.1f} MiB); no request leaves this file.</p></footer>"
+        f"<script>{JS}</script></body></html>"
+    )
     path = out_tmp / "index.html"
     path.write_text(body)
     return path

@@ -1,4 +1,4 @@
-"""The paper side by side (issue 17.9): BiRQA paper Tables 3, 7 and 9 next to robench's numbers.
+"""The paper side by side: BiRQA paper Tables 3, 7 and 9 next to robench's numbers.
 
 The paper's cells live in ``paper_data/table{3,7,9}.json``: every value the text extraction of
 the paper lets one read with certainty, each with its row (model, defence), column (metric,
@@ -51,8 +51,12 @@ DEFENCE_NAMES: dict[str, str] = dict(_NAMES["DEFENCE_NAMES"])
 #: paper column → robench attack (None: the clean column)
 ATTACK_NAMES: dict[str, str | None] = dict(_NAMES["ATTACK_NAMES"])
 #: paper metric → robench cell kind
-METRIC_KIND: dict[str, str] = {"SROCC": "pairs", "IR-Score": "pairs", "train time (min)": "pairs",
-                               "2AFC accuracy": "2afc"}
+METRIC_KIND: dict[str, str] = {
+    "SROCC": "pairs",
+    "IR-Score": "pairs",
+    "train time (min)": "pairs",
+    "2AFC accuracy": "2afc",
+}
 #: the datasets and profile the paper's numbers come from, in robench's names
 PAPER_DATASETS = dict(_NAMES["PAPER_DATASETS"])
 STATUSES = ("reproduced", "contradicted", "inconclusive", "not measured")
@@ -108,24 +112,47 @@ def claim_instances(table: dict) -> list[dict[str, Any]]:
                 direction, src = cl["direction"], cl["source"]
                 for ex in cl.get("exceptions", []):
                     conds = {k: x for k, x in ex.items() if k not in ("direction", "source")}
-                    here = {"a_model": a["model"], "b_model": b["model"], "a_defence": a["defence"],
-                            "b_defence": b["defence"], "attack": attack}
+                    here = {
+                        "a_model": a["model"],
+                        "b_model": b["model"],
+                        "a_defence": a["defence"],
+                        "b_defence": b["defence"],
+                        "attack": attack,
+                    }
                     if all(here.get(k) == x for k, x in conds.items()):
                         direction, src = ex["direction"], f"{src}; exception: {ex['source']}"
-                fmt = {"model": a["model"], "attack": attack, "b_model": b["model"], "b_defence": b["defence"],
-                       "a_defence": a["defence"]}
+                fmt = {
+                    "model": a["model"],
+                    "attack": attack,
+                    "b_model": b["model"],
+                    "b_defence": b["defence"],
+                    "a_defence": a["defence"],
+                }
                 pa = paper_value(table, a["model"], a["defence"], cl["metric"], attack)
                 pb = paper_value(table, b["model"], b["defence"], cl["metric"], attack)
                 stmt = cl["statement"].format(**fmt)
                 if direction != cl["direction"]:
                     stmt += " — the paper's exception: " + ("lower" if direction == "lower" else "higher")
-                out.append({"claim": cl["id"], "table": table["table"], "metric": cl["metric"],
-                            "kind": METRIC_KIND[cl["metric"]], "statement": stmt, "template": cl["statement"],
-                            "a": a, "b": b, "attack": attack, "direction": 1 if direction == "higher" else -1,
-                            "paper_a": pa, "paper_b": pb,
-                            "paper_delta": None if pa is None or pb is None else round(pa - pb, 6),
-                            "testable": cl.get("testable", True), "why_untestable": cl.get("why_untestable"),
-                            "source": src})
+                out.append(
+                    {
+                        "claim": cl["id"],
+                        "table": table["table"],
+                        "metric": cl["metric"],
+                        "kind": METRIC_KIND[cl["metric"]],
+                        "statement": stmt,
+                        "template": cl["statement"],
+                        "a": a,
+                        "b": b,
+                        "attack": attack,
+                        "direction": 1 if direction == "higher" else -1,
+                        "paper_a": pa,
+                        "paper_b": pb,
+                        "paper_delta": None if pa is None or pb is None else round(pa - pb, 6),
+                        "testable": cl.get("testable", True),
+                        "why_untestable": cl.get("why_untestable"),
+                        "source": src,
+                    }
+                )
     return out
 
 
@@ -195,13 +222,21 @@ def robench_value(rep: Reporter, row: tuple, metric: str, attack: str | None) ->
         v = res["ir"] if res else rep.ir(c, b)
         note = f"CI [{res['ci'][0]:.3f}, {res['ci'][1]:.3f}]" if res and "ci" in res else ""
         eps_all = ", ".join(f"{e:g}" for e in c.eps if b.eps_index(e) is not None)
-        return {"value": float(v), "setting": setting_of(rep, c, row, f"ε ∈ {{{eps_all}}}/255, {rep.ot} OT"),
-                "flags": _codes(c, b), "note": note}
+        return {
+            "value": float(v),
+            "setting": setting_of(rep, c, row, f"ε ∈ {{{eps_all}}}/255, {rep.ot} OT"),
+            "flags": _codes(c, b),
+            "note": note,
+        }
     if atk is None and attack == "clean":
         c = _any_cell(rep, row)
         v = c.clean_metric() if c is not None else float("nan")
-        return {"value": v, "setting": setting_of(rep, c, row, "clean"), "flags": _codes(c, only=CLEAN_FLAGS),
-                "note": ""}
+        return {
+            "value": v,
+            "setting": setting_of(rep, c, row, "clean"),
+            "flags": _codes(c, only=CLEAN_FLAGS),
+            "note": "",
+        }
     c = rep.cell(row, atk, rep.eps) if atk else None
     v = c.metric(rep.eps) if c is not None else float("nan")
     return {"value": v, "setting": setting_of(rep, c, row, eps_txt), "flags": _codes(c), "note": ""}
@@ -213,16 +248,29 @@ def side_by_side(rep: Reporter, table: dict) -> list[dict[str, Any]]:
     for cell in table["cells"]:
         kind = METRIC_KIND[cell["metric"]]
         rows = _matching_rows(rep, kind, cell["model"], cell["defence"])
-        base = {"model": cell["model"], "defence": cell["defence"], "metric": cell["metric"],
-                "attack": cell["attack"], "paper": cell["value"], "source": cell["source"]}
+        base = {
+            "model": cell["model"],
+            "defence": cell["defence"],
+            "metric": cell["metric"],
+            "attack": cell["attack"],
+            "paper": cell["value"],
+            "source": cell["source"],
+        }
         if not rows:
             out.append({**base, "robench": None, "setting": NOT_MEASURED, "flags": [], "note": ""})
             continue
         for row in rows:
             r = robench_value(rep, row, cell["metric"], cell["attack"])
             v = r["value"]
-            out.append({**base, "robench": None if v is None or not math.isfinite(v) else float(v),
-                        "setting": r["setting"], "flags": r["flags"], "note": r["note"]})
+            out.append(
+                {
+                    **base,
+                    "robench": None if v is None or not math.isfinite(v) else float(v),
+                    "setting": r["setting"],
+                    "flags": r["flags"],
+                    "note": r["note"],
+                }
+            )
     return out
 
 
@@ -239,8 +287,10 @@ def _descriptive(rep: Reporter, inst: dict) -> str:
     for ra, rb in _row_pairs(rep, inst):
         va, vb = (robench_value(rep, r, inst["metric"], inst["attack"]) for r in (ra, rb))
         if all(v["value"] is not None and math.isfinite(v["value"]) for v in (va, vb)):
-            parts.append(f"{ra[0]} {ra[1]} {va['value']:.3f}{(' ' + va['note']) if va['note'] else ''} vs "
-                         f"{rb[0]} {rb[1]} {vb['value']:.3f}{(' ' + vb['note']) if vb['note'] else ''} ({ra[2]}/{ra[3]})")
+            parts.append(
+                f"{ra[0]} {ra[1]} {va['value']:.3f}{(' ' + va['note']) if va['note'] else ''} vs "
+                f"{rb[0]} {rb[1]} {vb['value']:.3f}{(' ' + vb['note']) if vb['note'] else ''} ({ra[2]}/{ra[3]})"
+            )
     return "; robench's values (descriptive, no test): " + "; ".join(parts) if parts else ""
 
 
@@ -267,20 +317,50 @@ def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
     records, extras = [], {}
     for table in paper_tables():
         for inst in claim_instances(table):
-            base = {k: inst[k] for k in ("claim", "table", "metric", "statement", "attack", "direction", "paper_a",
-                                         "paper_b", "paper_delta", "source")}
-            base.update({"a": f"{inst['a']['defence']} {inst['a']['model']}",
-                         "b": f"{inst['b']['defence']} {inst['b']['model']}"})
+            base = {
+                k: inst[k]
+                for k in (
+                    "claim",
+                    "table",
+                    "metric",
+                    "statement",
+                    "attack",
+                    "direction",
+                    "paper_a",
+                    "paper_b",
+                    "paper_delta",
+                    "source",
+                )
+            }
+            base.update(
+                {
+                    "a": f"{inst['a']['defence']} {inst['a']['model']}",
+                    "b": f"{inst['b']['defence']} {inst['b']['model']}",
+                }
+            )
             if not inst["testable"]:
-                records.append({**base, "setting": "—", "status": NOT_MEASURED, "flags": [],
-                                "reason": inst["why_untestable"] + _descriptive(rep, inst)})
+                records.append(
+                    {
+                        **base,
+                        "setting": "—",
+                        "status": NOT_MEASURED,
+                        "flags": [],
+                        "reason": inst["why_untestable"] + _descriptive(rep, inst),
+                    }
+                )
                 continue
             pairs = _row_pairs(rep, inst)
             if not pairs:
-                missing = [f"{s['defence']} {s['model']}" for s in (inst["a"], inst["b"])
-                           if not _matching_rows(rep, inst["kind"], s["model"], s["defence"])]
-                why = (f"robench has no {' and no '.join(missing)} row on {inst['kind']} data" if missing else
-                       "robench's rows of the two sides share no setting (dataset, split, profile, seed)")
+                missing = [
+                    f"{s['defence']} {s['model']}"
+                    for s in (inst["a"], inst["b"])
+                    if not _matching_rows(rep, inst["kind"], s["model"], s["defence"])
+                ]
+                why = (
+                    f"robench has no {' and no '.join(missing)} row on {inst['kind']} data"
+                    if missing
+                    else "robench's rows of the two sides share no setting (dataset, split, profile, seed)"
+                )
                 records.append({**base, "setting": "—", "status": NOT_MEASURED, "reason": why, "flags": []})
                 continue
             atk = ATTACK_NAMES[inst["attack"]]
@@ -296,7 +376,7 @@ def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
         adjust = holm if rep.correction == "holm" else benjamini_hochberg
         keys = [k for k, v in extras.items() if v is not None]
         p = [r["res"]["p"] for r in fam] + [extras[k]["p"] for k in keys]
-        adj = adjust(p)[len(fam):]
+        adj = adjust(p)[len(fam) :]
         for k, pa in zip(keys, adj):
             extras[k]["p_adjusted"] = float(pa)
             extras[k]["significant"] = bool(np.isfinite(pa) and pa < 0.05)
@@ -308,14 +388,22 @@ def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
     return records
 
 
-def _claim_at(rep: Reporter, base: dict, ra: tuple, rb: tuple, atk: str | None, e: float | None,
-              lookup: dict, extras: dict) -> dict:
+def _claim_at(
+    rep: Reporter, base: dict, ra: tuple, rb: tuple, atk: str | None, e: float | None, lookup: dict, extras: dict
+) -> dict:
     """One claim instance on one robench row pair at one ε (None: clean): the family's
     comparison when it holds it, else a comparison outside it (``extras``, corrected later), else
     a "not measured" record saying why."""
     clean = atk is None
-    rec = {**base, "row_a": ra, "row_b": rb, "robench_a": f"{ra[0]} {ra[1]}", "robench_b": f"{rb[0]} {rb[1]}",
-           "eps": e, "readings": None if clean else eps_readings(e)}
+    rec = {
+        **base,
+        "row_a": ra,
+        "row_b": rb,
+        "robench_a": f"{ra[0]} {ra[1]}",
+        "robench_b": f"{rb[0]} {rb[1]}",
+        "eps": e,
+        "readings": None if clean else eps_readings(e),
+    }
     eps_key = None if clean else round(float(e), 9)
     fam_key = (ra, rb, "clean", None) if clean else (ra, rb, atk, eps_key)
     rev_key = (rb, ra, "clean", None) if clean else (rb, ra, atk, eps_key)
@@ -334,16 +422,24 @@ def _claim_at(rep: Reporter, base: dict, ra: tuple, rb: tuple, atk: str | None, 
             ca, cb = rep.cell(ra, atk, e), rep.cell(rb, atk, e)
         if ca is None or cb is None:
             who = " and ".join(f"{r[0]} {r[1]}" for r, c in ((ra, ca), (rb, cb)) if c is None)
-            rec.update(setting=setting_of(rep, None, ra, "—"), status=NOT_MEASURED, flags=[],
-                       reason=f"robench has no cell of {who} under {atk} at any ε of the store")
+            rec.update(
+                setting=setting_of(rep, None, ra, "—"),
+                status=NOT_MEASURED,
+                flags=[],
+                reason=f"robench has no cell of {who} under {atk} at any ε of the store",
+            )
             return rec
         key = (ca.key, cb.key, e)
         if key not in extras:
             got = rep.compare(ca, cb, e)
             extras[key] = None if got is None else dict(got)
         if extras[key] is None:
-            rec.update(setting=setting_of(rep, ca, ra, "—"), status=NOT_MEASURED, flags=[],
-                       reason="robench's two cells share fewer than 3 items: no comparison")
+            rec.update(
+                setting=setting_of(rep, ca, ra, "—"),
+                status=NOT_MEASURED,
+                flags=[],
+                reason="robench's two cells share fewer than 3 items: no comparison",
+            )
             return rec
         rec.update(res=extras[key], in_family=False)
     rec["setting"] = setting_of(rep, ca, ra, "clean" if clean else f"ε = {e:g}/255")
@@ -368,8 +464,9 @@ def budget_agreement(records: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("eps") is not None and r["status"] != NOT_MEASURED:
-            groups.setdefault((r["claim"], r["a"], r["b"], r["attack"], r.get("robench_a"), r.get("robench_b")),
-                              []).append(r)
+            groups.setdefault(
+                (r["claim"], r["a"], r["b"], r["attack"], r.get("robench_a"), r.get("robench_b")), []
+            ).append(r)
     out = []
     for (claim, a, b, attack, _ra, _rb), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["eps"])
@@ -378,8 +475,15 @@ def budget_agreement(records: list[dict]) -> list[dict]:
         for r in rs:
             r["across_eps"] = ("same at every ε measured" if same else "differs across ε") + f" ({per})"
         if len(rs) > 1:
-            out.append({"claim": claim, "instance": f"{a} vs {b} · {attack}", "same": same, "per_eps": per,
-                        "robench": f"{rs[0].get('robench_a')} vs {rs[0].get('robench_b')}"})
+            out.append(
+                {
+                    "claim": claim,
+                    "instance": f"{a} vs {b} · {attack}",
+                    "same": same,
+                    "per_eps": per,
+                    "robench": f"{rs[0].get('robench_a')} vs {rs[0].get('robench_b')}",
+                }
+            )
     return out
 
 
@@ -392,31 +496,55 @@ def _classify(rep: Reporter, rec: dict, n_family: int) -> None:
     delta, effect, (lo, hi) = res["delta"], res["effect"], res["ci"]
     pa = res.get("p_adjusted", float("nan"))
     units = res.get("units") or f"{res.get('n_clusters', '?')} units"
-    stats = (f"Δ {_num(delta)} (median {_num(effect)}), 95 % CI [{_num(lo)}, {_num(hi)}], "
-             f"{rep.correction_name}-adjusted p {_num(pa, '.3g')}; {res['n_items']} items, {units}")
-    where = ("in the report's family" if rec.get("in_family") else
-             f"outside the report's family: adjusted together with its {n_family} comparisons "
-             f"(m = {res.get('family_size', n_family)})")
+    stats = (
+        f"Δ {_num(delta)} (median {_num(effect)}), 95 % CI [{_num(lo)}, {_num(hi)}], "
+        f"{rep.correction_name}-adjusted p {_num(pa, '.3g')}; {res['n_items']} items, {units}"
+    )
+    where = (
+        "in the report's family"
+        if rec.get("in_family")
+        else f"outside the report's family: adjusted together with its {n_family} comparisons "
+        f"(m = {res.get('family_size', n_family)})"
+    )
     want, pd_ = rec["direction"], rec["paper_delta"]
     sign = 0 if not np.isfinite(effect) or effect == 0 else (1 if effect > 0 else -1)
     covers_paper = pd_ is not None and np.isfinite(lo) and lo <= pd_ <= hi
-    paper_txt = "" if pd_ is None else (f"; the paper's Δ {pd_:+.3f} is {'inside' if covers_paper else 'outside'} "
-                                        "robench's CI (magnitudes are not comparable across scales)")
+    paper_txt = (
+        ""
+        if pd_ is None
+        else (
+            f"; the paper's Δ {pd_:+.3f} is {'inside' if covers_paper else 'outside'} "
+            "robench's CI (magnitudes are not comparable across scales)"
+        )
+    )
     if res.get("significant") and sign == want:
         status, why = "reproduced", "significant in the paper's direction"
     elif res.get("significant") and sign == -want:
         status, why = "contradicted", "significant in the opposite direction"
     else:
         covers0 = np.isfinite(lo) and lo <= 0 <= hi
-        why = ("not significant after the correction" + ("; the CI covers 0" if covers0 else "")
-               + (" and the paper's Δ" if covers0 and covers_paper else ""))
+        why = (
+            "not significant after the correction"
+            + ("; the CI covers 0" if covers0 else "")
+            + (" and the paper's Δ" if covers0 and covers_paper else "")
+        )
         status = "inconclusive"
     flag_txt = ""
     if rec["flags"]:
         flag_txt = "; rests on flagged cell(s): " + ", ".join(f"[{c}] {FL.LEGEND[c]}" for c in rec["flags"])
-    rec.update(status=status, reason=f"{why}: {stats} ({where}){paper_txt}{flag_txt}", delta=delta, effect=effect,
-               ci=[lo, hi], p=res.get("p"), p_adjusted=pa, significant=bool(res.get("significant")),
-               n_items=res["n_items"], n_clusters=res.get("n_clusters"), units=units)
+    rec.update(
+        status=status,
+        reason=f"{why}: {stats} ({where}){paper_txt}{flag_txt}",
+        delta=delta,
+        effect=effect,
+        ci=[lo, hi],
+        p=res.get("p"),
+        p_adjusted=pa,
+        significant=bool(res.get("significant")),
+        n_items=res["n_items"],
+        n_clusters=res.get("n_clusters"),
+        units=units,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,32 +565,42 @@ def scale_note(rep: Reporter) -> str:
     for (dataset, split, kind, profile), s in sorted(settings.items()):
         n = "/".join(str(x) for x in sorted(s["n"]))
         px = f", {s['side']} px images" if s["side"] else ""
-        parts.append(f"{dataset} ({kind}, {split} split, {profile} profile{px}, {n} items per cell, "
-                     f"seed {', '.join(map(str, sorted(s['seeds'])))})")
-    paper_like = all(profile == "paper" and dataset == PAPER_DATASETS.get(kind)
-                     for (dataset, _split, kind, profile) in settings)
-    text = ("The paper measures Table 3 on KADID-10k's test split (512×384 images, not cropped) and Tables 7 and 9 "
-            "on the BAPPS 2AFC test set, with its own trained weights, its attack budgets (lost in the text "
-            "extraction) and a 1k-resample bootstrap. robench measured here: " + "; ".join(parts)
-            + f"; attacks at ε = {', '.join(f'{e:g}' for e in rep.all_eps)}/255 (the side-by-side tables at "
-            f"{rep.eps:g}/255); {rep.n_boot} bootstrap resamples "
-            f"({rep.bootstrap} units), {rep.correction_name} correction. "
-            "Protocol: the paper's SROCC-under-attack columns come from the ranking attack (mos-split: every image "
-            "rated above the mean MOS pushed down, the rest up, as in the AT- authors' KADID-10k code); robench "
-            "compares them with its mos-split cells where the store has them (each row names its protocol), and "
-            "IR-Score with score inflation (up), as the reference gain script. ε convention: robench's ε is in "
-            "[0, 1] pixel units. The paper's budget is lost in the text extraction, and its authors' code uses "
-            "both conventions (the AT- authors' LPIPS KADID-10k script normalises images to [−1, 1], where "
-            "'ε k/255' is robench's k/510; their AT training code and the BiRQA author's attack code work in "
-            "[0, 1]): every claim instance is evaluated at every ε of the store and names the paper's ε under "
-            "both readings. ")
+        parts.append(
+            f"{dataset} ({kind}, {split} split, {profile} profile{px}, {n} items per cell, "
+            f"seed {', '.join(map(str, sorted(s['seeds'])))})"
+        )
+    paper_like = all(
+        profile == "paper" and dataset == PAPER_DATASETS.get(kind) for (dataset, _split, kind, profile) in settings
+    )
+    text = (
+        "The paper measures Table 3 on KADID-10k's test split (512×384 images, not cropped) and Tables 7 and 9 "
+        "on the BAPPS 2AFC test set, with its own trained weights, its attack budgets (lost in the text "
+        "extraction) and a 1k-resample bootstrap. robench measured here: "
+        + "; ".join(parts)
+        + f"; attacks at ε = {', '.join(f'{e:g}' for e in rep.all_eps)}/255 (the side-by-side tables at "
+        f"{rep.eps:g}/255); {rep.n_boot} bootstrap resamples "
+        f"({rep.bootstrap} units), {rep.correction_name} correction. "
+        "Protocol: the paper's SROCC-under-attack columns come from the ranking attack (mos-split: every image "
+        "rated above the mean MOS pushed down, the rest up, as in the AT- authors' KADID-10k code); robench "
+        "compares them with its mos-split cells where the store has them (each row names its protocol), and "
+        "IR-Score with score inflation (up), as the reference gain script. ε convention: robench's ε is in "
+        "[0, 1] pixel units. The paper's budget is lost in the text extraction, and its authors' code uses "
+        "both conventions (the AT- authors' LPIPS KADID-10k script normalises images to [−1, 1], where "
+        "'ε k/255' is robench's k/510; their AT training code and the BiRQA author's attack code work in "
+        "[0, 1]): every claim instance is evaluated at every ε of the store and names the paper's ε under "
+        "both readings. "
+    )
     if paper_like:
-        text += ("Even at the paper profile, robench trains its own weights and implements the attacks from their "
-                 "descriptions: a robench number is compared with the paper's by direction, not by value.")
+        text += (
+            "Even at the paper profile, robench trains its own weights and implements the attacks from their "
+            "descriptions: a robench number is compared with the paper's by direction, not by value."
+        )
     else:
-        text += ("These are not the paper's settings: a robench number here is NOT a reproduction of the paper's "
-                 "number (other images, image size, item counts and budgets). Only the direction of each claim is "
-                 "compared, and only where robench's paired bootstrap says the sign is not noise.")
+        text += (
+            "These are not the paper's settings: a robench number here is NOT a reproduction of the paper's "
+            "number (other images, image size, item counts and budgets). Only the direction of each claim is "
+            "compared, and only where robench's paired bootstrap says the sign is not noise."
+        )
     return text
 
 
@@ -476,8 +614,17 @@ def _fmt(v: Any, metric: str = "", robench: bool = False) -> str:
 
 def _summary(records: list[dict]) -> list[dict]:
     """Per claim: its statement (with placeholders), source and the count of instances per status."""
-    out = {cl["id"]: {"claim": cl["id"], "table": t["table"], "template": cl["statement"], "source": cl["source"],
-                      **{k: 0 for k in STATUSES}} for t in paper_tables() for cl in t["claims"]}
+    out = {
+        cl["id"]: {
+            "claim": cl["id"],
+            "table": t["table"],
+            "template": cl["statement"],
+            "source": cl["source"],
+            **{k: 0 for k in STATUSES},
+        }
+        for t in paper_tables()
+        for cl in t["claims"]
+    }
     for r in records:
         out[r["claim"]][r["status"]] += 1
     return list(out.values())
@@ -488,75 +635,143 @@ def _instance(r: dict) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(esc(x) for x in r) + " |" for r in rows])
+    def esc(s):
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(esc(x) for x in r) + " |" for r in rows
+    ]
 
 
 def to_markdown(rep: Reporter, tables: list[dict], sides: dict[int, list[dict]], records: list[dict]) -> str:
-    lines = ["# The paper side by side", "", f"**Scale.** {scale_note(rep)}", "",
-             ("Paper cells are read from the text extraction of the paper (`birqa-paper.txt`); a cell the extraction "
-              "garbled is listed under *unreadable*, never guessed. Claim statuses: **reproduced** — robench's paired "
-              "bootstrap of the same pair is significant in the paper's direction after the report's "
-              f"{rep.correction_name} correction; **contradicted** — significant in the opposite direction; "
-              "**inconclusive** — not significant; **not measured** — robench has no such comparison."), "",
-             "## Claims", ""]
+    lines = [
+        "# The paper side by side",
+        "",
+        f"**Scale.** {scale_note(rep)}",
+        "",
+        (
+            "Paper cells are read from the text extraction of the paper (`birqa-paper.txt`); a cell the extraction "
+            "garbled is listed under *unreadable*, never guessed. Claim statuses: **reproduced** — robench's paired "
+            "bootstrap of the same pair is significant in the paper's direction after the report's "
+            f"{rep.correction_name} correction; **contradicted** — significant in the opposite direction; "
+            "**inconclusive** — not significant; **not measured** — robench has no such comparison."
+        ),
+        "",
+        "## Claims",
+        "",
+    ]
     summ = _summary(records)
-    lines += _md_table(["claim", "table", "statement", "source", *STATUSES],
-                       [[s["claim"], str(s["table"]), s["template"], s["source"], *(str(s[k]) for k in STATUSES)]
-                        for s in summ])
+    lines += _md_table(
+        ["claim", "table", "statement", "source", *STATUSES],
+        [[s["claim"], str(s["table"]), s["template"], s["source"], *(str(s[k]) for k in STATUSES)] for s in summ],
+    )
     agree = budget_agreement(records)
     if agree:
         per_claim: dict[str, list[bool]] = {}
         for g in agree:
             per_claim.setdefault(g["claim"], []).append(g["same"])
-        lines += ["", "### The same verdict at every budget?", "",
-                  "Claim instances measured at more than one ε: whether robench's verdict is the same at each. "
-                  "robench's ε = e/255 is the paper's e/255 if the paper's pixels are in [0, 1] and its 2e/255 if "
-                  "they are in [−1, 1] (the paper's budget is lost in the text; both conventions occur in its "
-                  "authors' code).", ""]
-        lines += _md_table(["claim", "instances at ≥ 2 ε", "same verdict at every ε", "differs"],
-                           [[c, str(len(v)), str(sum(v)), str(len(v) - sum(v))] for c, v in per_claim.items()])
+        lines += [
+            "",
+            "### The same verdict at every budget?",
+            "",
+            "Claim instances measured at more than one ε: whether robench's verdict is the same at each. "
+            "robench's ε = e/255 is the paper's e/255 if the paper's pixels are in [0, 1] and its 2e/255 if "
+            "they are in [−1, 1] (the paper's budget is lost in the text; both conventions occur in its "
+            "authors' code).",
+            "",
+        ]
+        lines += _md_table(
+            ["claim", "instances at ≥ 2 ε", "same verdict at every ε", "differs"],
+            [[c, str(len(v)), str(sum(v)), str(len(v) - sum(v))] for c, v in per_claim.items()],
+        )
         differ = [g for g in agree if not g["same"]]
         if differ:
             lines += ["", "Instances whose verdict changes with the budget:", ""]
-            lines += _md_table(["claim", "instance", "robench rows", "verdict per ε"],
-                               [[g["claim"], g["instance"], g["robench"], g["per_eps"]] for g in differ])
+            lines += _md_table(
+                ["claim", "instance", "robench rows", "verdict per ε"],
+                [[g["claim"], g["instance"], g["robench"], g["per_eps"]] for g in differ],
+            )
     lines += ["", "### Every claim instance", ""]
-    lines += _md_table(["claim", "instance", "ε (paper's units, both readings)", "paper (a, b, Δ)", "robench setting",
-                        "robench Δ [95 % CI]", f"p ({rep.correction_name})", "n", "flags", "status", "reason"],
-                       [[r["claim"], _instance(r),
-                         "clean" if r.get("eps") is None and r.get("attack") == "clean" else
-                         (f"{r['eps']:g}/255 ({r['readings']})" if r.get("eps") is not None else "—"),
-                         ("—" if r["paper_delta"] is None else
-                          f"{r['paper_a']:.3f}, {r['paper_b']:.3f}, {r['paper_delta']:+.3f}"),
-                         r.get("setting", "—"),
-                         (f"{_num(r['delta'])} [{_num(r['ci'][0])}, {_num(r['ci'][1])}]" if "delta" in r else "—"),
-                         _num(r["p_adjusted"], ".3g") if "p_adjusted" in r else "—",
-                         (f"{r['n_items']} items, {r['units']}" if "n_items" in r else "—"),
-                         " ".join(r["flags"]) or "—", f"**{r['status']}**", r["reason"]] for r in records])
+    lines += _md_table(
+        [
+            "claim",
+            "instance",
+            "ε (paper's units, both readings)",
+            "paper (a, b, Δ)",
+            "robench setting",
+            "robench Δ [95 % CI]",
+            f"p ({rep.correction_name})",
+            "n",
+            "flags",
+            "status",
+            "reason",
+        ],
+        [
+            [
+                r["claim"],
+                _instance(r),
+                "clean"
+                if r.get("eps") is None and r.get("attack") == "clean"
+                else (f"{r['eps']:g}/255 ({r['readings']})" if r.get("eps") is not None else "—"),
+                (
+                    "—"
+                    if r["paper_delta"] is None
+                    else f"{r['paper_a']:.3f}, {r['paper_b']:.3f}, {r['paper_delta']:+.3f}"
+                ),
+                r.get("setting", "—"),
+                (f"{_num(r['delta'])} [{_num(r['ci'][0])}, {_num(r['ci'][1])}]" if "delta" in r else "—"),
+                _num(r["p_adjusted"], ".3g") if "p_adjusted" in r else "—",
+                (f"{r['n_items']} items, {r['units']}" if "n_items" in r else "—"),
+                " ".join(r["flags"]) or "—",
+                f"**{r['status']}**",
+                r["reason"],
+            ]
+            for r in records
+        ],
+    )
     legend = FL.legend({f for r in records for f in r["flags"]})
     if legend:
         lines += ["", legend]
     for t in tables:
         n = t["table"]
-        lines += ["", f"## Table {n}: {t['title']}", "", f"Paper: {t['dataset']}. Identified: {t['identified_by']}.",
-                  ""]
-        lines += _md_table(["model", "defence", "metric", "attack", "paper", "robench", "robench setting"],
-                           [[s["model"], s["defence"], s["metric"], s["attack"] or "—", _fmt(s["paper"], s["metric"]),
-                             _fmt(s["robench"], s["metric"], robench=True)
-                             + (f" {s['note']}" if s["note"] else "") + (f" [{','.join(s['flags'])}]" if s["flags"] else ""),
-                             s["setting"]] for s in sides[n]])
+        lines += [
+            "",
+            f"## Table {n}: {t['title']}",
+            "",
+            f"Paper: {t['dataset']}. Identified: {t['identified_by']}.",
+            "",
+        ]
+        lines += _md_table(
+            ["model", "defence", "metric", "attack", "paper", "robench", "robench setting"],
+            [
+                [
+                    s["model"],
+                    s["defence"],
+                    s["metric"],
+                    s["attack"] or "—",
+                    _fmt(s["paper"], s["metric"]),
+                    _fmt(s["robench"], s["metric"], robench=True)
+                    + (f" {s['note']}" if s["note"] else "")
+                    + (f" [{','.join(s['flags'])}]" if s["flags"] else ""),
+                    s["setting"],
+                ]
+                for s in sides[n]
+            ],
+        )
         legend = FL.legend({f for s in sides[n] for f in s["flags"]})
         if legend:
             lines += ["", legend]
         lines += ["", "Notes: " + " ".join(t.get("notes", [])) if t.get("notes") else ""]
         if t.get("not_reported"):
-            lines += ["", "Not reported in the paper (printed '—'): "
-                      + "; ".join(f"{x['defence']} {x['model']} {x['metric']} {x['attack']}" for x in t["not_reported"])
-                      + f" — {t['not_reported'][0]['why']}."]
-        lines += ["", "Unreadable in the extraction:"] + [f"- {u['what']} ({u['where']}): {u['why']}"
-                                                           for u in t["unreadable"]]
+            lines += [
+                "",
+                "Not reported in the paper (printed '—'): "
+                + "; ".join(f"{x['defence']} {x['model']} {x['metric']} {x['attack']}" for x in t["not_reported"])
+                + f" — {t['not_reported'][0]['why']}.",
+            ]
+        lines += ["", "Unreadable in the extraction:"] + [
+            f"- {u['what']} ({u['where']}): {u['why']}" for u in t["unreadable"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -568,61 +783,118 @@ def _tex(text: Any) -> str:
     return _latex_escape(text).replace("\x01", "\\{").replace("\x02", "\\}").replace("\x03", "$\\in$")
 
 
-def _tex_tables(caption: str, label: str, colspec: str, header: list[str], rows: list[list[str]],
-                chunk: int = 34, size: str = "\\scriptsize") -> list[str]:
+def _tex_tables(
+    caption: str,
+    label: str,
+    colspec: str,
+    header: list[str],
+    rows: list[list[str]],
+    chunk: int = 34,
+    size: str = "\\scriptsize",
+) -> list[str]:
     """booktabs floats of at most ``chunk`` rows each (a long table split, captions continued)."""
     out = []
-    parts = [rows[i:i + chunk] for i in range(0, len(rows), chunk)] or [[]]
+    parts = [rows[i : i + chunk] for i in range(0, len(rows), chunk)] or [[]]
     for k, part in enumerate(parts):
         cap = caption if k == 0 else f"{caption} (continued, {k + 1}/{len(parts)})"
         body = [" & ".join(header) + " \\\\", "\\midrule"] + [" & ".join(r) + " \\\\" for r in part]
-        out += ["\\begin{table}[p]", "\\centering", size,
-                f"\\caption{{{_tex(cap)}}}" + (f"\\label{{{label}}}" if k == 0 else ""),
-                "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
-                f"\\begin{{tabular}}{{{colspec}}}", "\\toprule", *body, "\\bottomrule", "\\end{tabular}}",
-                "\\end{table}", ""]
+        out += [
+            "\\begin{table}[p]",
+            "\\centering",
+            size,
+            f"\\caption{{{_tex(cap)}}}" + (f"\\label{{{label}}}" if k == 0 else ""),
+            "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
+            f"\\begin{{tabular}}{{{colspec}}}",
+            "\\toprule",
+            *body,
+            "\\bottomrule",
+            "\\end{tabular}}",
+            "\\end{table}",
+            "",
+        ]
     return out
 
 
 def to_latex(rep: Reporter, tables: list[dict], sides: dict[int, list[dict]], records: list[dict]) -> str:
-    out = ["% The paper side by side (robench.results.paper): paper Tables 3, 7, 9 against robench",
-           "\\paragraph{The paper side by side.} " + _tex(scale_note(rep)), ""]
+    out = [
+        "% The paper side by side (robench.results.paper): paper Tables 3, 7, 9 against robench",
+        "\\paragraph{The paper side by side.} " + _tex(scale_note(rep)),
+        "",
+    ]
     summ = _summary(records)
-    out += _tex_tables(f"Paper claims (Tables 3, 7, 9) against robench: instances per status. Reproduced: robench's "
-                       f"paired bootstrap of the same pair significant in the paper's direction after the "
-                       f"{rep.correction_name} correction; contradicted: significant the other way; inconclusive: "
-                       f"not significant; not measured: no such comparison in robench.", "tab:paper-claims",
-                       "llp{0.32\\linewidth}p{0.3\\linewidth}rrrr",
-                       ["claim", "table", "statement", "source", "repr.", "contr.", "inconcl.", "not meas."],
-                       [[_tex(s["claim"]), str(s["table"]), _tex(s["template"]), _tex(s["source"]),
-                         *(str(s[k]) for k in STATUSES)] for s in summ], chunk=20)
+    out += _tex_tables(
+        f"Paper claims (Tables 3, 7, 9) against robench: instances per status. Reproduced: robench's "
+        f"paired bootstrap of the same pair significant in the paper's direction after the "
+        f"{rep.correction_name} correction; contradicted: significant the other way; inconclusive: "
+        f"not significant; not measured: no such comparison in robench.",
+        "tab:paper-claims",
+        "llp{0.32\\linewidth}p{0.3\\linewidth}rrrr",
+        ["claim", "table", "statement", "source", "repr.", "contr.", "inconcl.", "not meas."],
+        [
+            [_tex(s["claim"]), str(s["table"]), _tex(s["template"]), _tex(s["source"]), *(str(s[k]) for k in STATUSES)]
+            for s in summ
+        ],
+        chunk=20,
+    )
     out.append("\\clearpage")
     legend = FL.legend({f for r in records for f in r["flags"]})
-    out += _tex_tables("Every paper claim instance against robench's comparison of the same pair. "
-                       + (legend + " " if legend else ""), "tab:paper-claim-instances",
-                       "p{0.1\\linewidth}p{0.17\\linewidth}lrlll p{0.35\\linewidth}",
-                       ["claim", "instance", "paper $\\Delta$", "robench $\\Delta$ [CI]",
-                        f"p ({_tex(rep.correction_name)})", "flags", "status", "reason"],
-                       [[_tex(r["claim"]), _tex(_instance(r)),
-                         "--" if r["paper_delta"] is None else f"{r['paper_delta']:+.3f}",
-                         (_tex(f"{_num(r['delta'])} [{_num(r['ci'][0])}, {_num(r['ci'][1])}]") if "delta" in r else "--"),
-                         _tex(_num(r["p_adjusted"], ".3g")) if "p_adjusted" in r else "--",
-                         _tex(" ".join(r["flags"]) or "—"), "\\textbf{" + _tex(r["status"]) + "}",
-                         _tex(r["reason"] + " Setting: " + r.get("setting", "—"))] for r in records], chunk=22)
+    out += _tex_tables(
+        "Every paper claim instance against robench's comparison of the same pair. " + (legend + " " if legend else ""),
+        "tab:paper-claim-instances",
+        "p{0.1\\linewidth}p{0.17\\linewidth}lrlll p{0.35\\linewidth}",
+        [
+            "claim",
+            "instance",
+            "paper $\\Delta$",
+            "robench $\\Delta$ [CI]",
+            f"p ({_tex(rep.correction_name)})",
+            "flags",
+            "status",
+            "reason",
+        ],
+        [
+            [
+                _tex(r["claim"]),
+                _tex(_instance(r)),
+                "--" if r["paper_delta"] is None else f"{r['paper_delta']:+.3f}",
+                (_tex(f"{_num(r['delta'])} [{_num(r['ci'][0])}, {_num(r['ci'][1])}]") if "delta" in r else "--"),
+                _tex(_num(r["p_adjusted"], ".3g")) if "p_adjusted" in r else "--",
+                _tex(" ".join(r["flags"]) or "—"),
+                "\\textbf{" + _tex(r["status"]) + "}",
+                _tex(r["reason"] + " Setting: " + r.get("setting", "—")),
+            ]
+            for r in records
+        ],
+        chunk=22,
+    )
     for t in tables:
         n = t["table"]
         out.append("\\clearpage")
         legend = FL.legend({f for s in sides[n] for f in s["flags"]})
         unread = " ".join(f"{u['what']}: {u['why']}." for u in t["unreadable"])
-        out += _tex_tables(f"Paper Table {n} ({t['title']}; paper: {t['dataset']}) beside robench. "
-                           + (legend + " " if legend else "") + f"Unreadable in the extraction: {unread}",
-                           f"tab:paper-table{n}", "llllrrp{0.42\\linewidth}",
-                           ["model", "defence", "metric", "attack", "paper", "robench", "robench setting"],
-                           [[_tex(s["model"]), _tex(s["defence"]), _tex(s["metric"]), _tex(s["attack"] or "—"),
-                             _fmt(s["paper"], s["metric"]),
-                             _tex(_fmt(s["robench"], s["metric"], robench=True)
-                                  + (f" [{','.join(s['flags'])}]" if s["flags"] else "")),
-                             _tex(s["setting"] + (f"; {s['note']}" if s["note"] else ""))] for s in sides[n]])
+        out += _tex_tables(
+            f"Paper Table {n} ({t['title']}; paper: {t['dataset']}) beside robench. "
+            + (legend + " " if legend else "")
+            + f"Unreadable in the extraction: {unread}",
+            f"tab:paper-table{n}",
+            "llllrrp{0.42\\linewidth}",
+            ["model", "defence", "metric", "attack", "paper", "robench", "robench setting"],
+            [
+                [
+                    _tex(s["model"]),
+                    _tex(s["defence"]),
+                    _tex(s["metric"]),
+                    _tex(s["attack"] or "—"),
+                    _fmt(s["paper"], s["metric"]),
+                    _tex(
+                        _fmt(s["robench"], s["metric"], robench=True)
+                        + (f" [{','.join(s['flags'])}]" if s["flags"] else "")
+                    ),
+                    _tex(s["setting"] + (f"; {s['note']}" if s["note"] else "")),
+                ]
+                for s in sides[n]
+            ],
+        )
     return "\n".join(out) + "\n"
 
 
@@ -665,16 +937,29 @@ def write_paper(rep: Reporter, folder: Path, ranking: Reporter | None = None) ->
                 rows.append({**x, "protocol": r.protocol, "setting": _protocol_setting(r, x["setting"])})
         sides[t["table"]] = rows
     records = []
-    for r in ([rep] + ([ranking] if ranking is not None else [])):
+    for r in [rep] + ([ranking] if ranking is not None else []):
         for x in evaluate_claims(r):
             if (r is ranking) == _ranked(ranking, x["metric"], x["attack"]):
                 records.append({**x, "protocol": r.protocol, "setting": _protocol_setting(r, x.get("setting", "—"))})
     (folder / "paper.md").write_text(to_markdown(rep, tables, sides, records), encoding="utf-8")
     (folder / "paper.tex").write_text(to_latex(rep, tables, sides, records), encoding="utf-8")
-    (folder / "paper.json").write_text(json.dumps(_jsonable({
-        "scale": scale_note(rep), "eps": rep.eps, "correction": rep.correction, "n_boot": rep.n_boot,
-        "claims_summary": _summary(records), "claims": records,
-        "side_by_side": {str(k): v for k, v in sides.items()},
-        "unreadable": {str(t["table"]): t["unreadable"] for t in tables}}), indent=1, ensure_ascii=False),
-        encoding="utf-8")
+    (folder / "paper.json").write_text(
+        json.dumps(
+            _jsonable(
+                {
+                    "scale": scale_note(rep),
+                    "eps": rep.eps,
+                    "correction": rep.correction,
+                    "n_boot": rep.n_boot,
+                    "claims_summary": _summary(records),
+                    "claims": records,
+                    "side_by_side": {str(k): v for k, v in sides.items()},
+                    "unreadable": {str(t["table"]): t["unreadable"] for t in tables},
+                }
+            ),
+            indent=1,
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     return ["paper.md", "paper.tex", "paper.json"]

@@ -27,8 +27,7 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9, "axes.grid": True,
-                         "grid.alpha": 0.3})
+    plt.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
     return plt
 
 
@@ -96,9 +95,14 @@ def plot_bound(log: str | Path, stem: str | Path, log_y: bool = False) -> list[s
         b.plot(s, [r["mos_range"] for r in steps], lw=1.0, ls="--", color="0.3", label="batch MOS range R")
     b.set(xlabel="step", ylabel="MOS units", title="(b) bound vs empirical error")
     sm = bound_summary(steps)
-    b.text(0.02, 0.04, f"bound held on {sm['held']}/{sm['n_batches']} batches; non-vacuous (bound < R) on "
-                       f"{sm['non_vacuous']}/{sm['n_batches']} ({100 * sm['non_vacuous_fraction']:.0f} %)",
-           transform=b.transAxes, fontsize=7)
+    b.text(
+        0.02,
+        0.04,
+        f"bound held on {sm['held']}/{sm['n_batches']} batches; non-vacuous (bound < R) on "
+        f"{sm['non_vacuous']}/{sm['n_batches']} ({100 * sm['non_vacuous_fraction']:.0f} %)",
+        transform=b.transAxes,
+        fontsize=7,
+    )
     for ax in (a, b):
         if log_y:
             ax.set_yscale("log")
@@ -156,15 +160,27 @@ def plot_training(log: str | Path, stem: str | Path) -> list[str]:
 
 #: most lines one sweep panel carries; a target with more defences is split over further panels
 MAX_LINES = 6
-_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
-            "#bcbd22")
+_COLOURS = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#7f7f7f",
+    "#bcbd22",
+)
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<")  # 9 vs 10 colours: 90 distinct (colour, marker) pairs
 
 
 def defence_styles(defences) -> dict[str, dict[str, Any]]:
     """One (colour, marker) per defence label, fixed by the order given, the same in every panel."""
-    return {d: {"color": _COLOURS[i % len(_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)]}
-            for i, d in enumerate(dict.fromkeys(defences))}
+    return {
+        d: {"color": _COLOURS[i % len(_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)]}
+        for i, d in enumerate(dict.fromkeys(defences))
+    }
 
 
 def facet_chunks(defences: list[str], max_lines: int = MAX_LINES, keep: str | None = None) -> list[list[str]]:
@@ -178,7 +194,7 @@ def facet_chunks(defences: list[str], max_lines: int = MAX_LINES, keep: str | No
     per = max_lines - len(ref)
     n = -(-len(rest) // per)
     size = -(-len(rest) // n)
-    return [ref + rest[i:i + size] for i in range(0, len(rest), size)]
+    return [ref + rest[i : i + size] for i in range(0, len(rest), size)]
 
 
 def sweep_series(rep, kind: str = "pairs") -> list[dict[str, Any]]:
@@ -202,15 +218,27 @@ def sweep_series(rep, kind: str = "pairs") -> list[dict[str, Any]]:
             for q in [c.q_clean] + list(c.q_adv):
                 ys.append(c.metric_of(q))
                 if kind == "pairs":
-                    band = bootstrap_ci(q, c.mos, stat=srocc_weighted, n_resamples=rep.n_boot, seed=rep.seed, clusters=cl)
+                    band = bootstrap_ci(
+                        q, c.mos, stat=srocc_weighted, n_resamples=rep.n_boot, seed=rep.seed, clusters=cl
+                    )
                 else:
-                    band = bootstrap_ci(c.item_values(q), stat=mean_weighted, n_resamples=rep.n_boot, seed=rep.seed,
-                                        clusters=cl)
+                    band = bootstrap_ci(
+                        c.item_values(q), stat=mean_weighted, n_resamples=rep.n_boot, seed=rep.seed, clusters=cl
+                    )
                 lo.append(band[0])
                 hi.append(band[1])
             label = rep.label(row)
-            out.append({"target": " · ".join(label[:-1]), "defence": label[-1], "attack": a,
-                        "eps": [0.0] + [float(e) for e in c.eps], "y": ys, "lo": lo, "hi": hi})
+            out.append(
+                {
+                    "target": " · ".join(label[:-1]),
+                    "defence": label[-1],
+                    "attack": a,
+                    "eps": [0.0] + [float(e) for e in c.eps],
+                    "y": ys,
+                    "lo": lo,
+                    "hi": hi,
+                }
+            )
     return out
 
 
@@ -228,8 +256,15 @@ def _eps_axis(ax, eps: list[float]) -> None:
     ax.minorticks_off()
 
 
-def draw_sweep(series: list[dict[str, Any]], stem: Path, *, metric: str = "SROCC", note: str = "",
-               max_lines: int = MAX_LINES, setting: str = "") -> list[str]:
+def draw_sweep(
+    series: list[dict[str, Any]],
+    stem: Path,
+    *,
+    metric: str = "SROCC",
+    note: str = "",
+    max_lines: int = MAX_LINES,
+    setting: str = "",
+) -> list[str]:
     """The metric-vs-ε figure from :func:`sweep_series` points: one panel per target (per attack
     when the series hold several), one line per defence with the same colour and marker in
     every panel, at most ``max_lines`` lines a panel (more: the target is split, "birqa (1/2)",
@@ -282,8 +317,15 @@ def draw_sweep(series: list[dict[str, Any]], stem: Path, *, metric: str = "SROCC
                 lo, hi = np.asarray(lo, float), np.asarray(hi, float)
                 ok = np.isfinite(lo) & np.isfinite(hi)
                 if ok.any():  # only where an interval exists; nothing drawn in its place elsewhere
-                    ax.fill_between(xs, np.where(ok, lo, np.nan), np.where(ok, hi, np.nan), where=ok,
-                                    color=st["color"], alpha=0.10, lw=0)
+                    ax.fill_between(
+                        xs,
+                        np.where(ok, lo, np.nan),
+                        np.where(ok, hi, np.nan),
+                        where=ok,
+                        color=st["color"],
+                        alpha=0.10,
+                        lw=0,
+                    )
                     banded = True
         ax.set_title(title, fontsize=8)
         _eps_axis(ax, all_eps)
@@ -291,15 +333,27 @@ def draw_sweep(series: list[dict[str, Any]], stem: Path, *, metric: str = "SROCC
         ax.tick_params(labelleft=True)
     for r in range(nrow):
         axes[r, 0].set_ylabel(metric)
-    handles = [plt.Line2D([], [], color=style[d]["color"], marker=style[d]["marker"], ms=5, lw=1.3, label=d)
-               for d in defences]
-    fig.suptitle(f"{metric} vs attack budget ε" + (f" — {attacks[0]}" if len(attacks) == 1 else "")
-                 + (" (bands: 95 % bootstrap CI" + (f", {note}" if note else "") + ")" if banded else "")
-                 + (f"\n{setting}" if setting else ""), fontsize=9)
+    handles = [
+        plt.Line2D([], [], color=style[d]["color"], marker=style[d]["marker"], ms=5, lw=1.3, label=d) for d in defences
+    ]
+    fig.suptitle(
+        f"{metric} vs attack budget ε"
+        + (f" — {attacks[0]}" if len(attacks) == 1 else "")
+        + (" (bands: 95 % bootstrap CI" + (f", {note}" if note else "") + ")" if banded else "")
+        + (f"\n{setting}" if setting else ""),
+        fontsize=9,
+    )
     fig.tight_layout()
     # right of the whole grid, in figure coordinates: never over a panel (bbox_inches="tight" keeps it)
-    fig.legend(handles=handles, title="defence", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-               title_fontsize=8, frameon=False)
+    fig.legend(
+        handles=handles,
+        title="defence",
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=8,
+        title_fontsize=8,
+        frameon=False,
+    )
     return _save(fig, stem)
 
 
@@ -340,8 +394,10 @@ def plot_speed(bench: str | Path, accuracy: dict[str, float], stem: Path) -> lis
     pts = [(r["model"], r["images_per_s"], r["parameters"], accuracy.get(r["model"])) for r in data["results"]]
     pts = [p for p in pts if p[3] is not None and np.isfinite(p[3])]
     if not pts:
-        raise RobenchError(f"none of the benchmarked models ({', '.join(r['model'] for r in data['results'])}) has a "
-                           "clean SROCC in the store")
+        raise RobenchError(
+            f"none of the benchmarked models ({', '.join(r['model'] for r in data['results'])}) has a "
+            "clean SROCC in the store"
+        )
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     pmax = max(p[2] for p in pts) or 1
@@ -350,8 +406,11 @@ def plot_speed(bench: str | Path, accuracy: dict[str, float], stem: Path) -> lis
         ax.annotate(f"{name}\n{params / 1e6:.1f} M", (ips, acc), fontsize=7, ha="center", va="bottom")
     ax.set_xscale("log")
     dev = data.get("machine", {}).get("gpu") or data.get("machine", {}).get("processor", "cpu")
-    ax.set(xlabel=f"images / s ({data.get('size', '?')}, batch {data.get('batch', '?')}, {dev})", ylabel="clean SROCC",
-           title="accuracy vs speed (area ∝ parameters)")
+    ax.set(
+        xlabel=f"images / s ({data.get('size', '?')}, batch {data.get('batch', '?')}, {dev})",
+        ylabel="clean SROCC",
+        title="accuracy vs speed (area ∝ parameters)",
+    )
     fig.tight_layout()
     return _save(fig, stem)
 

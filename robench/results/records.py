@@ -38,7 +38,9 @@ def _ci(c, q: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
         if c.kind == "pairs":
             lo, hi = bootstrap_ci(q, c.mos, stat=srocc_weighted, n_resamples=n_boot, seed=seed, clusters=clusters)
         else:
-            lo, hi = bootstrap_ci(c.item_values(q), stat=mean_weighted, n_resamples=n_boot, seed=seed, clusters=clusters)
+            lo, hi = bootstrap_ci(
+                c.item_values(q), stat=mean_weighted, n_resamples=n_boot, seed=seed, clusters=clusters
+            )
     except (ValueError, IndexError):
         return None
     return [float(lo), float(hi)] if np.isfinite(lo) and np.isfinite(hi) else None
@@ -71,37 +73,72 @@ def make_records(store: str | Path, n_boot: int = N_BOOT, seed: int = 0) -> list
         for ident, c in sorted(entries, key=lambda t: t[0]):
             r = raw.loc[c.key]
             entry = cell_entry(c)
-            evals.append({
-                "identity": ident, "cell_key": c.key, "attack": c.attack, "attack_params": c.attack_params,
-                "needs": c.needs, "direction": c.direction, "protocol": c.protocol,
-                "dataset": {"name": c.dataset, "split": c.split, "kind": c.kind, "n": c.n,
-                            "photos": int(len(np.unique(c.sources))) if c.sources is not None else None},
-                "profile": c.profile, "seed": c.seed, "metric": c.metric_name,
-                "clean": {"value": entry["clean"], "ci": _ci(c, c.q_clean, n_boot, seed)},
-                "attacked": [{"eps": float(e), "units": "/255", "value": entry["attacked"][k],
-                              "ci": _ci(c, c.q_adv[k], n_boot, seed)} for k, e in enumerate(c.eps)],
-                "interval": f"95 % {_units(c)}",
-                "flags": c.active_flags, "flag_details": c.flags,
-                "versions": r["versions"] or {}, "git_commit": r["git_commit"], "device": r["device"] or {},
-                # what `robench check` pairs on: per-item values and labels
-                "baseline": entry,
-            })
+            evals.append(
+                {
+                    "identity": ident,
+                    "cell_key": c.key,
+                    "attack": c.attack,
+                    "attack_params": c.attack_params,
+                    "needs": c.needs,
+                    "direction": c.direction,
+                    "protocol": c.protocol,
+                    "dataset": {
+                        "name": c.dataset,
+                        "split": c.split,
+                        "kind": c.kind,
+                        "n": c.n,
+                        "photos": int(len(np.unique(c.sources))) if c.sources is not None else None,
+                    },
+                    "profile": c.profile,
+                    "seed": c.seed,
+                    "metric": c.metric_name,
+                    "clean": {"value": entry["clean"], "ci": _ci(c, c.q_clean, n_boot, seed)},
+                    "attacked": [
+                        {
+                            "eps": float(e),
+                            "units": "/255",
+                            "value": entry["attacked"][k],
+                            "ci": _ci(c, c.q_adv[k], n_boot, seed),
+                        }
+                        for k, e in enumerate(c.eps)
+                    ],
+                    "interval": f"95 % {_units(c)}",
+                    "flags": c.active_flags,
+                    "flag_details": c.flags,
+                    "versions": r["versions"] or {},
+                    "git_commit": r["git_commit"],
+                    "device": r["device"] or {},
+                    # what `robench check` pairs on: per-item values and labels
+                    "baseline": entry,
+                }
+            )
             flags |= set(c.active_flags)
         from robench.core.version import __version__
         from robench.core.provenance import git_commit
 
-        out.append({
-            "format": RECORD_FORMAT,
-            "model": {"target": target, "arch": first.arch, "weights_sha256": first.weights_sha,
-                      "weights_source": w.get("source") or ("none" if not first.weights_sha else "unknown"),
-                      "provenance": w.get("provenance") or {}},
-            "defense": {"name": defense, "training": first.training, "inference": list(first.inference),
-                        "train_seed": train_seed},
-            "evaluations": evals,
-            "flags": sorted(flags), "flag_legend": {f: FL.LEGEND[f] for f in sorted(flags)},
-            "unreliable": bool(flags),
-            "robench": {"version": __version__, "git_commit": git_commit()},
-        })
+        out.append(
+            {
+                "format": RECORD_FORMAT,
+                "model": {
+                    "target": target,
+                    "arch": first.arch,
+                    "weights_sha256": first.weights_sha,
+                    "weights_source": w.get("source") or ("none" if not first.weights_sha else "unknown"),
+                    "provenance": w.get("provenance") or {},
+                },
+                "defense": {
+                    "name": defense,
+                    "training": first.training,
+                    "inference": list(first.inference),
+                    "train_seed": train_seed,
+                },
+                "evaluations": evals,
+                "flags": sorted(flags),
+                "flag_legend": {f: FL.LEGEND[f] for f in sorted(flags)},
+                "unreliable": bool(flags),
+                "robench": {"version": __version__, "git_commit": git_commit()},
+            }
+        )
     return out
 
 
@@ -132,8 +169,10 @@ def write_records(store: str | Path, out: str | Path, n_boot: int = N_BOOT, seed
     if out.is_dir():
         for p in out.iterdir():
             if p.suffix != ".json" or not _is_record(p):
-                raise RobenchError(f"--out {out} holds {p.name}, which is not a robench record: give a new or empty "
-                                   "folder, or one of earlier records")
+                raise RobenchError(
+                    f"--out {out} holds {p.name}, which is not a robench record: give a new or empty "
+                    "folder, or one of earlier records"
+                )
     recs = make_records(store, n_boot=n_boot, seed=seed)
     for r in recs:
         validate(r)
@@ -182,5 +221,10 @@ def baseline_from_records(path: str | Path) -> dict[str, Any]:
     for r in recs:
         validate(r)
     cells = {e["identity"]: e["baseline"] for r in recs for e in r["evaluations"]}
-    return {"format": BASELINE_FORMAT, "robench": recs[0]["robench"]["version"],
-            "git_commit": recs[0]["robench"]["git_commit"], "store": f"records: {path}", "cells": cells}
+    return {
+        "format": BASELINE_FORMAT,
+        "robench": recs[0]["robench"]["version"],
+        "git_commit": recs[0]["robench"]["git_commit"],
+        "store": f"records: {path}",
+        "cells": cells,
+    }

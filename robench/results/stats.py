@@ -21,8 +21,12 @@ def correlations(pred, mos) -> dict[str, float]:
     n = int(pred.size)
     if n < 3 or np.ptp(pred) == 0 or np.ptp(mos) == 0:
         return {"srocc": float("nan"), "plcc": float("nan"), "krocc": float("nan"), "n": n}
-    return {"srocc": float(sps.spearmanr(pred, mos).statistic), "plcc": float(sps.pearsonr(pred, mos).statistic),
-            "krocc": float(sps.kendalltau(pred, mos).statistic), "n": n}
+    return {
+        "srocc": float(sps.spearmanr(pred, mos).statistic),
+        "plcc": float(sps.pearsonr(pred, mos).statistic),
+        "krocc": float(sps.kendalltau(pred, mos).statistic),
+        "n": n,
+    }
 
 
 def twoafc_scores(q0, q1, judge) -> np.ndarray:
@@ -66,13 +70,15 @@ def bootstrap_weights(n: int, n_resamples: int, seed: int, clusters=None) -> np.
     rng = np.random.default_rng(seed)
     if clusters is None:
         idx = rng.integers(0, n, size=(n_resamples, n))
-        return np.bincount((idx + n * np.arange(n_resamples)[:, None]).ravel(),
-                           minlength=n_resamples * n).reshape(n_resamples, n)
+        return np.bincount((idx + n * np.arange(n_resamples)[:, None]).ravel(), minlength=n_resamples * n).reshape(
+            n_resamples, n
+        )
     _, inv = np.unique(np.asarray(clusters), return_inverse=True)
     k = int(inv.max()) + 1
     draws = rng.integers(0, k, size=(n_resamples, k))
-    counts = np.bincount((draws + k * np.arange(n_resamples)[:, None]).ravel(),
-                         minlength=n_resamples * k).reshape(n_resamples, k)
+    counts = np.bincount((draws + k * np.arange(n_resamples)[:, None]).ravel(), minlength=n_resamples * k).reshape(
+        n_resamples, k
+    )
     return counts[:, inv]
 
 
@@ -111,8 +117,9 @@ def mean_weighted(x, y, w) -> np.ndarray:
     return (w * np.asarray(x, dtype=float)).sum(1) / w.sum(1)
 
 
-def paired_bootstrap(a, b, y=None, *, stat=srocc_weighted, n_resamples: int = 1000, seed: int = 0,
-                     clusters=None, alpha: float = 0.05) -> dict:
+def paired_bootstrap(
+    a, b, y=None, *, stat=srocc_weighted, n_resamples: int = 1000, seed: int = 0, clusters=None, alpha: float = 0.05
+) -> dict:
     """Paired bootstrap of ``Δ = stat(a, y) − stat(b, y)``: the same resamples for both (items
     aligned), ``n_resamples`` times. Returns the observed Δ, the median Δ (the effect), the
     percentile CI and ``significant`` (the CI excludes 0). ``stat`` is SROCC against ``y`` (MOS)
@@ -127,25 +134,38 @@ def paired_bootstrap(a, b, y=None, *, stat=srocc_weighted, n_resamples: int = 10
     ones = np.ones((1, len(a)), dtype=int)
     observed = float(stat(a, y, ones)[0] - stat(b, y, ones)[0])
     n_clusters = int(len(np.unique(np.asarray(clusters)))) if clusters is not None else int(len(a))
-    out = {"delta": observed, "n_resamples": n_resamples, "seed": seed, "cluster": clusters is not None,
-           "n_items": int(len(a)), "n_clusters": n_clusters}
+    out = {
+        "delta": observed,
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "cluster": clusters is not None,
+        "n_items": int(len(a)),
+        "n_clusters": n_clusters,
+    }
     if d.size == 0:
         return {**out, "effect": float("nan"), "ci": [float("nan")] * 2, "significant": False, "p": float("nan")}
     lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {**out, "effect": float(np.median(d)), "ci": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0),
-            "p": bootstrap_p(observed, d)}
+    return {
+        **out,
+        "effect": float(np.median(d)),
+        "ci": [float(lo), float(hi)],
+        "significant": bool(lo > 0 or hi < 0),
+        "p": bootstrap_p(observed, d),
+    }
 
 
 def seed_counts(n_seeds: int, n_resamples: int, rng) -> np.ndarray:
     """B×S multiplicities of ``n_seeds`` seeds drawn with replacement per resample."""
     draws = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
-    return np.bincount((draws + n_seeds * np.arange(n_resamples)[:, None]).ravel(),
-                       minlength=n_resamples * n_seeds).reshape(n_resamples, n_seeds)
+    return np.bincount(
+        (draws + n_seeds * np.arange(n_resamples)[:, None]).ravel(), minlength=n_resamples * n_seeds
+    ).reshape(n_resamples, n_seeds)
 
 
-def seeded_paired_bootstrap(a, b, y=None, *, stat=srocc_weighted, n_resamples: int = 1000, seed: int = 0,
-                            clusters=None, alpha: float = 0.05) -> dict:
-    """:func:`paired_bootstrap` over training seeds (issue 17.5): ``a`` (S_a × n) and ``b``
+def seeded_paired_bootstrap(
+    a, b, y=None, *, stat=srocc_weighted, n_resamples: int = 1000, seed: int = 0, clusters=None, alpha: float = 0.05
+) -> dict:
+    """:func:`paired_bootstrap` over training seeds: ``a`` (S_a × n) and ``b``
     (S_b × n) hold one prediction per training seed of each side, items aligned. A two-stage
     resample: the photos (or items) once, shared by every seed of both sides (the pairing with the
     base), then each side's seeds with replacement, independently; the statistic is
@@ -155,8 +175,9 @@ def seeded_paired_bootstrap(a, b, y=None, *, stat=srocc_weighted, n_resamples: i
     with one seed on each side the result is exactly :func:`paired_bootstrap`'s."""
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
     if a.shape[0] == 1 and b.shape[0] == 1:
-        return paired_bootstrap(a[0], b[0], y, stat=stat, n_resamples=n_resamples, seed=seed, clusters=clusters,
-                                alpha=alpha)
+        return paired_bootstrap(
+            a[0], b[0], y, stat=stat, n_resamples=n_resamples, seed=seed, clusters=clusters, alpha=alpha
+        )
     n = a.shape[1]
     y = np.zeros(n) if y is None else np.asarray(y, dtype=float)
     if a.ndim != 2 or b.ndim != 2 or b.shape[1] != n or y.shape != (n,):
@@ -168,22 +189,36 @@ def seeded_paired_bootstrap(a, b, y=None, *, stat=srocc_weighted, n_resamples: i
     mb = np.stack([stat(x, y, w) for x in b], axis=1)
     # a NaN of a seed that was not drawn does not count; one that was drawn makes the resample NaN
     bad = ((ca > 0) & ~np.isfinite(ma)).any(1) | ((cb > 0) & ~np.isfinite(mb)).any(1)
-    d = (np.where(ca > 0, ca * np.nan_to_num(ma), 0).sum(1) / a.shape[0]
-         - np.where(cb > 0, cb * np.nan_to_num(mb), 0).sum(1) / b.shape[0])
+    d = (
+        np.where(ca > 0, ca * np.nan_to_num(ma), 0).sum(1) / a.shape[0]
+        - np.where(cb > 0, cb * np.nan_to_num(mb), 0).sum(1) / b.shape[0]
+    )
     d = d[~bad]
     ones = np.ones((1, n), dtype=int)
     per_a = [float(stat(x, y, ones)[0]) for x in a]
     per_b = [float(stat(x, y, ones)[0]) for x in b]
     observed = float(np.mean(per_a) - np.mean(per_b))
     n_clusters = int(len(np.unique(np.asarray(clusters)))) if clusters is not None else int(n)
-    out = {"delta": observed, "n_resamples": n_resamples, "seed": seed, "cluster": clusters is not None,
-           "n_items": int(n), "n_clusters": n_clusters, "n_seeds": [int(a.shape[0]), int(b.shape[0])],
-           "per_seed": [per_a, per_b]}
+    out = {
+        "delta": observed,
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "cluster": clusters is not None,
+        "n_items": int(n),
+        "n_clusters": n_clusters,
+        "n_seeds": [int(a.shape[0]), int(b.shape[0])],
+        "per_seed": [per_a, per_b],
+    }
     if d.size == 0:
         return {**out, "effect": float("nan"), "ci": [float("nan")] * 2, "significant": False, "p": float("nan")}
     lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {**out, "effect": float(np.median(d)), "ci": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0),
-            "p": bootstrap_p(observed, d)}
+    return {
+        **out,
+        "effect": float(np.median(d)),
+        "ci": [float(lo), float(hi)],
+        "significant": bool(lo > 0 or hi < 0),
+        "p": bootstrap_p(observed, d),
+    }
 
 
 def bootstrap_p(observed: float, d) -> float:
@@ -225,8 +260,8 @@ def benjamini_hochberg(p) -> np.ndarray:
     return _adjusted(p, lambda ps, m: np.minimum(1.0, np.minimum.accumulate((ps * m / (np.arange(m) + 1))[::-1])[::-1]))
 
 
-#: the fewest independent photos from which a photo-clustered interval is reported (issue 17;
-#: method-notes §3): with fewer, the bootstrap's distribution of clusters is too coarse to mean much
+#: the fewest independent photos from which a photo-clustered interval is reported
+#: (method-notes §3): with fewer, the bootstrap's distribution of clusters is too coarse to mean much
 MIN_PHOTOS = 10
 BOOTSTRAP_MODES = ("auto", "photo", "item")
 
@@ -241,8 +276,10 @@ def bootstrap_units(mode: str, sources, what: str = "the cells") -> tuple[Any, s
     if mode not in BOOTSTRAP_MODES:
         raise RobenchError(f"--bootstrap must be one of {', '.join(BOOTSTRAP_MODES)}, got {mode!r}")
     if mode == "photo" and sources is None:
-        raise RobenchError(f"--bootstrap photo needs the items' source photos; {what} have none recorded (a store "
-                           "written before they were): rerun the cells, or use --bootstrap item")
+        raise RobenchError(
+            f"--bootstrap photo needs the items' source photos; {what} have none recorded (a store "
+            "written before they were): rerun the cells, or use --bootstrap item"
+        )
     if mode == "item" or sources is None:
         return None, "item bootstrap" + (" (no source photos recorded)" if sources is None and mode != "item" else "")
     sources = np.asarray(sources)
@@ -250,13 +287,16 @@ def bootstrap_units(mode: str, sources, what: str = "the cells") -> tuple[Any, s
     if k >= MIN_PHOTOS:
         return sources, f"photo bootstrap ({k} photos)"
     if mode == "photo":
-        raise RobenchError(f"--bootstrap photo needs ≥ {MIN_PHOTOS} independent source photos; {what} have {k}: "
-                           f"use --bootstrap item (or auto), or evaluate on more photos")
+        raise RobenchError(
+            f"--bootstrap photo needs ≥ {MIN_PHOTOS} independent source photos; {what} have {k}: "
+            f"use --bootstrap item (or auto), or evaluate on more photos"
+        )
     return None, f"item bootstrap: only {k} source photos (< {MIN_PHOTOS}), items of one photo are not independent"
 
 
-def bootstrap_ci(x, y=None, *, stat=srocc_weighted, n_resamples: int = 1000, seed: int = 0,
-                 clusters=None, alpha: float = 0.05) -> tuple[float, float]:
+def bootstrap_ci(
+    x, y=None, *, stat=srocc_weighted, n_resamples: int = 1000, seed: int = 0, clusters=None, alpha: float = 0.05
+) -> tuple[float, float]:
     """Percentile CI of one statistic (the bands of the metric-vs-ε plot)."""
     x = np.asarray(x, dtype=float)
     y = np.zeros_like(x) if y is None else np.asarray(y, dtype=float)

@@ -29,15 +29,28 @@ class Table:
 
     def to_dict(self) -> dict:
         extra = {"spread": {f"{r}|{c}": v for (r, c), v in self.spread.items()}} if self.spread else {}
-        return {**extra, "name": self.name, "title": self.title, "caption": self.caption, "footnote": self.footnote,
-                "direction": self.direction, "protocol": self.protocol,
-                "columns": [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in self.df.columns],
-                "rows": [{"index": list(i) if isinstance(i, tuple) else [i],
-                          "values": [None if pd.isna(v) else (float(v) if isinstance(v, (int, float, np.floating)) else v)
-                                     for v in r]} for i, r in zip(self.df.index, self.df.to_numpy(dtype=object))],
-                "marks": {f"{r}|{c}": m for (r, c), m in self.marks.items()},
-                "flags": {f"{r}|{c}": list(v) for (r, c), v in self.flags.items()},
-                "flag_legend": {c: FL.LEGEND[c] for c in self.flag_codes()}}
+        return {
+            **extra,
+            "name": self.name,
+            "title": self.title,
+            "caption": self.caption,
+            "footnote": self.footnote,
+            "direction": self.direction,
+            "protocol": self.protocol,
+            "columns": [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in self.df.columns],
+            "rows": [
+                {
+                    "index": list(i) if isinstance(i, tuple) else [i],
+                    "values": [
+                        None if pd.isna(v) else (float(v) if isinstance(v, (int, float, np.floating)) else v) for v in r
+                    ],
+                }
+                for i, r in zip(self.df.index, self.df.to_numpy(dtype=object))
+            ],
+            "marks": {f"{r}|{c}": m for (r, c), m in self.marks.items()},
+            "flags": {f"{r}|{c}": list(v) for (r, c), v in self.flags.items()},
+            "flag_legend": {c: FL.LEGEND[c] for c in self.flag_codes()},
+        }
 
     def flag_codes(self) -> list[str]:
         used = {c for v in self.flags.values() for c in v}
@@ -58,8 +71,11 @@ def _fmt(v, precision: int) -> str:
 
 def _strings(t: Table, marks: dict[str, str], dash: str, pm: str = " ± ") -> pd.DataFrame:
     digits = [t.col_precision.get(c, t.precision) for c in t.df.columns]
-    s = pd.DataFrame([[_fmt(v, d) for v, d in zip(r, digits)] for r in t.df.to_numpy(dtype=object)],
-                     index=t.df.index, columns=t.df.columns)
+    s = pd.DataFrame(
+        [[_fmt(v, d) for v, d in zip(r, digits)] for r in t.df.to_numpy(dtype=object)],
+        index=t.df.index,
+        columns=t.df.columns,
+    )
     s = s.replace("—", dash)
     for (idx, col), sd in t.spread.items():  # a mean over training seeds: mean ± s.d.
         if s.loc[idx, col] != dash:

@@ -36,8 +36,9 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
     photo-bootstrap 95 % interval (the same resamples for every entry of one item set)."""
     if not _has_table(store, "transfer_runs"):  # a reader: never creates tables in the store it reads
         return []
-    runs = store.db.execute("SELECT source_key, to_target, to_weights_sha256, to_lower_better FROM transfer_runs "
-                            "ORDER BY finished").fetchall()
+    runs = store.db.execute(
+        "SELECT source_key, to_target, to_weights_sha256, to_lower_better FROM transfer_runs ORDER BY finished"
+    ).fetchall()
     if not runs:
         return []
     cells = store.cells(status="done").set_index("key")
@@ -49,9 +50,12 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
         cell = cells.loc[src_key]
         cfg = cell["config"]
         res = store.results(src_key)
-        tr = pd.read_sql_query("SELECT item, eps, clean_score, score FROM transfer_rows WHERE source_key=? AND "
-                               "to_target=? AND to_weights_sha256=? ORDER BY eps, item", store.db,
-                               params=(src_key, to, sha))
+        tr = pd.read_sql_query(
+            "SELECT item, eps, clean_score, score FROM transfer_rows WHERE source_key=? AND "
+            "to_target=? AND to_weights_sha256=? ORDER BY eps, item",
+            store.db,
+            params=(src_key, to, sha),
+        )
         direction = cfg.get("direction") or "up"
         first = res[np.isclose(res["eps"], res["eps"].iloc[0])].sort_values("item")
         mos = first["mos"].to_numpy(float) if cfg["dataset"]["kind"] == "pairs" else None
@@ -69,14 +73,25 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
                 sd = np.std(q0[i], ddof=1)
                 return float(np.mean(g[i]) / sd) if sd > 0 else float("nan")
 
-            entry = {"source": cell["target"], "source_key": src_key, "attack": cell["attack"], "direction": direction,
-                     "protocol": protocol_of(direction), "to": to, "to_weights_sha256": sha, "eps": float(e),
-                     "n": int(len(grp)), "photos": int(len(np.unique(sources))),
-                     "white_box": to == cell["target"], "gain_sd": gain_sd(slice(None)),
-                     "gain_sd_ci": _ci([gain_sd(i) for i in rs])}
+            entry = {
+                "source": cell["target"],
+                "source_key": src_key,
+                "attack": cell["attack"],
+                "direction": direction,
+                "protocol": protocol_of(direction),
+                "to": to,
+                "to_weights_sha256": sha,
+                "eps": float(e),
+                "n": int(len(grp)),
+                "photos": int(len(np.unique(sources))),
+                "white_box": to == cell["target"],
+                "gain_sd": gain_sd(slice(None)),
+                "gain_sd_ci": _ci([gain_sd(i) for i in rs]),
+            }
             if mos is not None:
-                entry.update(srocc=_srocc(q, mos), srocc_clean=_srocc(q0, mos),
-                             srocc_ci=_ci([_srocc(q[i], mos[i]) for i in rs]))
+                entry.update(
+                    srocc=_srocc(q, mos), srocc_clean=_srocc(q0, mos), srocc_ci=_ci([_srocc(q[i], mos[i]) for i in rs])
+                )
             out.append(entry)
     return out
 
@@ -101,29 +116,45 @@ def transfer_tables(entries: list[dict[str, Any]]):
 
     tables = []
     for attack, direction, e, sel, srcs, tos in _groups(entries):
-        stat, what = (("srocc", "SROCC vs MOS of the to target's scores of the adversarial images")
-                      if direction == "mos-split" else
-                      ("gain_sd", "mean directed gain of the to target, in units of its clean-score SD"))
-        data = [[next((_cell(x[stat], x.get(stat + "_ci")) for x in sel if x["source"] == s and x["to"] == t), "—")
-                 for t in tos] for s in srcs]
+        stat, what = (
+            ("srocc", "SROCC vs MOS of the to target's scores of the adversarial images")
+            if direction == "mos-split"
+            else ("gain_sd", "mean directed gain of the to target, in units of its clean-score SD")
+        )
+        data = [
+            [
+                next((_cell(x[stat], x.get(stat + "_ci")) for x in sel if x["source"] == s and x["to"] == t), "—")
+                for t in tos
+            ]
+            for s in srcs
+        ]
         if stat == "srocc":
             data.append([next((f"{x['srocc_clean']:.3f}" for x in sel if x["to"] == t), "—") for t in tos])
             srcs = srcs + ["(clean)"]
         df = pd.DataFrame(data, index=pd.Index(srcs, name="crafted against"), columns=tos)
         n = sorted({x["n"] for x in sel})
         photos = sorted({x["photos"] for x in sel})
-        tables.append(Table(
-            f"transfer-{attack}" + ("" if direction == "up" else f"-{direction}"),
-            f"Transfer between metrics: {attack}, {protocol_of(direction)}, ε = {e:g}/255",
-            df, caption=(f"{what}; rows: the target the {attack} images were crafted against (white-box on the "
-                         f"diagonal), columns: the target scoring them. Protocol: {protocol_of(direction)}; "
-                         f"ε = {e:g}/255 (L∞); {'/'.join(map(str, n))} items over {'/'.join(map(str, photos))} photos; "
-                         f"[95 % photo-bootstrap interval]."),
-            footnote=("Gains are directed (sign · (q_adv − q_clean), oriented quality, higher = better for every "
-                      "target) and divided by the scoring target's clean-score SD on the same items, so columns of "
-                      "different metrics compare. Images are the ones each source cell scored (kept losslessly); no "
-                      "attack was recomputed."),
-            direction=direction, protocol=protocol_of(direction)))
+        tables.append(
+            Table(
+                f"transfer-{attack}" + ("" if direction == "up" else f"-{direction}"),
+                f"Transfer between metrics: {attack}, {protocol_of(direction)}, ε = {e:g}/255",
+                df,
+                caption=(
+                    f"{what}; rows: the target the {attack} images were crafted against (white-box on the "
+                    f"diagonal), columns: the target scoring them. Protocol: {protocol_of(direction)}; "
+                    f"ε = {e:g}/255 (L∞); {'/'.join(map(str, n))} items over {'/'.join(map(str, photos))} photos; "
+                    f"[95 % photo-bootstrap interval]."
+                ),
+                footnote=(
+                    "Gains are directed (sign · (q_adv − q_clean), oriented quality, higher = better for every "
+                    "target) and divided by the scoring target's clean-score SD on the same items, so columns of "
+                    "different metrics compare. Images are the ones each source cell scored (kept losslessly); no "
+                    "attack was recomputed."
+                ),
+                direction=direction,
+                protocol=protocol_of(direction),
+            )
+        )
     return tables
 
 
@@ -135,8 +166,9 @@ def _groups(entries):
         grp = [x for x in entries if (x["attack"], x["direction"]) == key]
         e = max(x["eps"] for x in grp)
         sel = [x for x in grp if x["eps"] == e]
-        out.append((*key, e, sel, list(dict.fromkeys(x["source"] for x in sel)),
-                    list(dict.fromkeys(x["to"] for x in sel))))
+        out.append(
+            (*key, e, sel, list(dict.fromkeys(x["source"] for x in sel)), list(dict.fromkeys(x["to"] for x in sel)))
+        )
     return out
 
 
@@ -163,8 +195,15 @@ def plot_transfer(entries: list[dict[str, Any]], folder: Path) -> list[str]:
         for i in range(len(srcs)):
             for j in range(len(tos)):
                 if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=9,
-                            color="white" if (abs(m[i, j]) > 0.6 if ranking else m[i, j] > 0.6 * np.nanmax(m)) else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{m[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=9,
+                        color="white" if (abs(m[i, j]) > 0.6 if ranking else m[i, j] > 0.6 * np.nanmax(m)) else "black",
+                    )
                 if srcs[i] == tos[j]:
                     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="tab:green"))
         ax.set_xticks(range(len(tos)), tos, rotation=30, ha="right")
@@ -199,10 +238,21 @@ def certified_data(store) -> list[dict[str, Any]]:
     for rec in load_certified(store):
         cfg = rec["config"]
         for s in rec["summary"]:
-            out.append({"key": rec["key"], "target": cfg["target"]["name"], "defense": cfg["defense"]["name"],
-                        "sigma": cfg["sigma"], "samples": cfg["samples"], "alpha": cfg["alpha"],
-                        "dataset": cfg["dataset"]["name"], "split": cfg["dataset"]["split"],
-                        "calibration": rec["calibration"].get("source"), "check_attack": cfg.get("check_attack"), **s})
+            out.append(
+                {
+                    "key": rec["key"],
+                    "target": cfg["target"]["name"],
+                    "defense": cfg["defense"]["name"],
+                    "sigma": cfg["sigma"],
+                    "samples": cfg["samples"],
+                    "alpha": cfg["alpha"],
+                    "dataset": cfg["dataset"]["name"],
+                    "split": cfg["dataset"]["split"],
+                    "calibration": rec["calibration"].get("source"),
+                    "check_attack": cfg.get("check_attack"),
+                    **s,
+                }
+            )
     return out
 
 
@@ -214,34 +264,61 @@ def certified_table(entries: list[dict[str, Any]]):
     rows, data = [], []
     for x in entries:
         rows.append((x["target"], x["defense"], f"{x['sigma']:g}", f"{x['radius']:g}"))
-        data.append([x["items"], x["abstained"], x["median_width"], x["median_width_mos"], x["within_half_mos"],
-                     x["certified_ranking"], x["certified_ranking_correct"],
-                     f"{x['violations']}/{x['checked']}" if x["checked"] else "—",
-                     f"{x.get('outside', 0)}/{x['checked']}" if x["checked"] else "—"])
-    cols = ["items", "abstained", "median width (q)", "median width (MOS)", "within ±0.5 MOS", "certified ranking",
-            "… in MOS order", "violations", "estimate outside"]
-    df = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(rows, names=["target", "defence", "σ", "R (L2)"]),
-                      columns=cols)
+        data.append(
+            [
+                x["items"],
+                x["abstained"],
+                x["median_width"],
+                x["median_width_mos"],
+                x["within_half_mos"],
+                x["certified_ranking"],
+                x["certified_ranking_correct"],
+                f"{x['violations']}/{x['checked']}" if x["checked"] else "—",
+                f"{x.get('outside', 0)}/{x['checked']}" if x["checked"] else "—",
+            ]
+        )
+    cols = [
+        "items",
+        "abstained",
+        "median width (q)",
+        "median width (MOS)",
+        "within ±0.5 MOS",
+        "certified ranking",
+        "… in MOS order",
+        "violations",
+        "estimate outside",
+    ]
+    df = pd.DataFrame(
+        data, index=pd.MultiIndex.from_tuples(rows, names=["target", "defence", "σ", "R (L2)"]), columns=cols
+    )
     df["items"] = df["items"].astype(object)
     df["abstained"] = df["abstained"].astype(object)
     cal = sorted({f"{x['target']}: {x['calibration']}" for x in entries})
     samples = sorted({(x["samples"], x["alpha"]) for x in entries})
-    return Table("certified", "Certified score intervals (median smoothing)", df,
-                 caption=("Median smoothing (Chiang et al. 2020): the smoothed score is the median of the target's "
-                          "oriented score over Gaussian noise N(0, σ²) on the distorted image (reference untouched); "
-                          "for every L2 perturbation of norm ≤ R it stays in [lower, upper] with confidence 1 − α "
-                          f"({', '.join(f'{n} draws, α = {a:g}' for n, a in samples)}). Median width of the "
-                          "certified intervals; the fraction whose interval stays within ±0.5 MOS of the smoothed "
-                          "score; certified ranking: the fraction of pairs of items of one reference whose order is "
-                          "guaranteed at R (and guaranteed in the MOS order); violations: items where the check "
-                          "attack (L2 PGD on the smoothed score, both directions) moved the smoothed score out of the "
-                          "interval with confidence 1 − α (its own order-statistic interval wholly outside); estimate "
-                          "outside: items where the attacked point's 100-draw median estimate left the interval (Monte-"
-                          "Carlo error of the estimate, or a violation)."),
-                 footnote=("MOS scale: " + "; ".join(cal) + ". An L2 ball of radius R on a 3×128×128 image contains the L∞ "
-                           "ball of ε = R/221.7 only (R = 0.12: ε = 0.14/255): these certificates cover far smaller "
-                           "perturbations than the L∞ attacks' ε."),
-                 col_precision={"items": 0, "abstained": 0})
+    return Table(
+        "certified",
+        "Certified score intervals (median smoothing)",
+        df,
+        caption=(
+            "Median smoothing (Chiang et al. 2020): the smoothed score is the median of the target's "
+            "oriented score over Gaussian noise N(0, σ²) on the distorted image (reference untouched); "
+            "for every L2 perturbation of norm ≤ R it stays in [lower, upper] with confidence 1 − α "
+            f"({', '.join(f'{n} draws, α = {a:g}' for n, a in samples)}). Median width of the "
+            "certified intervals; the fraction whose interval stays within ±0.5 MOS of the smoothed "
+            "score; certified ranking: the fraction of pairs of items of one reference whose order is "
+            "guaranteed at R (and guaranteed in the MOS order); violations: items where the check "
+            "attack (L2 PGD on the smoothed score, both directions) moved the smoothed score out of the "
+            "interval with confidence 1 − α (its own order-statistic interval wholly outside); estimate "
+            "outside: items where the attacked point's 100-draw median estimate left the interval (Monte-"
+            "Carlo error of the estimate, or a violation)."
+        ),
+        footnote=(
+            "MOS scale: " + "; ".join(cal) + ". An L2 ball of radius R on a 3×128×128 image contains the L∞ "
+            "ball of ε = R/221.7 only (R = 0.12: ε = 0.14/255): these certificates cover far smaller "
+            "perturbations than the L∞ attacks' ε."
+        ),
+        col_precision={"items": 0, "abstained": 0},
+    )
 
 
 def plot_certified(entries: list[dict[str, Any]], folder: Path) -> list[str]:
@@ -271,7 +348,9 @@ def plot_certified(entries: list[dict[str, Any]], folder: Path) -> list[str]:
     return ["certified-width.png"]
 
 
-def write_sections(store_path, tmp: Path, n_boot: int, seed: int, plots: bool) -> tuple[list, dict[str, Any], list[str]]:
+def write_sections(
+    store_path, tmp: Path, n_boot: int, seed: int, plots: bool
+) -> tuple[list, dict[str, Any], list[str]]:
     """Tables, report.json sections and figure names of the transfer matrices and certificates
     (empty when the store holds neither)."""
     from robench.engine.store import Store

@@ -47,6 +47,7 @@ OT_BACKENDS = ("neural", "exact")
 @dataclass
 class Map1D:
     """A fitted monotone-ish 1-D map: ``inner`` on [lo, hi], chord-slope lines outside."""
+
     inner: Callable[[np.ndarray], np.ndarray]
     lo: float
     hi: float
@@ -60,8 +61,11 @@ class Map1D:
     def __call__(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=float)
         inside = self.inner(np.clip(x, self.lo, self.hi))
-        return np.where(x < self.lo, self.y_lo + self.slope * (x - self.lo),
-                        np.where(x > self.hi, self.y_hi + self.slope * (x - self.hi), inside))
+        return np.where(
+            x < self.lo,
+            self.y_lo + self.slope * (x - self.lo),
+            np.where(x > self.hi, self.y_hi + self.slope * (x - self.hi), inside),
+        )
 
 
 def exact_map(src, dst) -> Map1D:
@@ -88,8 +92,7 @@ def _check(v, what: str) -> np.ndarray:
 
 
 def _mlp(d_in: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                         nn.Linear(hidden, 1))
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
 
 class _Mover(nn.Module):
@@ -103,9 +106,21 @@ class _Mover(nn.Module):
         return x + self.net(torch.cat([x, z], dim=-1))
 
 
-def neural_map(src, dst, *, seed: int = 0, f_steps: int = 1000, t_steps: int = 10, gamma: float = 0.0,
-               hidden: int = 64, z_dim: int = 1, z_per_x: int = 1, batch: int = 256, lr: float = 3e-3,
-               eval_z: int = 32) -> Map1D:
+def neural_map(
+    src,
+    dst,
+    *,
+    seed: int = 0,
+    f_steps: int = 1000,
+    t_steps: int = 10,
+    gamma: float = 0.0,
+    hidden: int = 64,
+    z_dim: int = 1,
+    z_per_x: int = 1,
+    batch: int = 256,
+    lr: float = 3e-3,
+    eval_z: int = 32,
+) -> Map1D:
     """Neural OT (Korotin et al. 2023) from ``src`` to ``dst``; deterministic given ``seed``
     (own RNG streams: the caller's torch/numpy state is untouched).
 
@@ -201,8 +216,9 @@ class MapCache:
         self.backend, self.seed, self.options, self._maps = backend, seed, options, {}
 
     def __call__(self, src, dst) -> Map1D:
-        h = hashlib.sha256(np.asarray(src, dtype=np.float64).tobytes() + b"|" +
-                           np.asarray(dst, dtype=np.float64).tobytes()).hexdigest()
+        h = hashlib.sha256(
+            np.asarray(src, dtype=np.float64).tobytes() + b"|" + np.asarray(dst, dtype=np.float64).tobytes()
+        ).hexdigest()
         if h not in self._maps:
             self._maps[h] = fit_map(src, dst, self.backend, self.seed, **self.options)
         return self._maps[h]
@@ -228,8 +244,12 @@ def ir_score(base: tuple, defended: tuple, mos: Sequence[float], maps: MapCache 
     wins = (gd < gb) + 0.5 * (gd == gb)  # K×n: the defended image moved less than the base one
     per_eps = wins.mean(axis=1)
     # per image, averaged over ε: IR is their mean, so a bootstrap of IR resamples these
-    return {"ir": float(per_eps.mean()), "per_eps": [float(v) for v in per_eps], "ot": maps.backend,
-            "per_item": wins.mean(axis=0)}
+    return {
+        "ir": float(per_eps.mean()),
+        "per_eps": [float(v) for v in per_eps],
+        "ot": maps.backend,
+        "per_item": wins.mean(axis=0),
+    }
 
 
 def ir_interval(result: dict, clusters=None, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple:
@@ -239,5 +259,6 @@ def ir_interval(result: dict, clusters=None, n_resamples: int = 1000, seed: int 
     the interval covers the item sampling, not the map's own fitting noise."""
     from robench.results.stats import bootstrap_ci, mean_weighted
 
-    return bootstrap_ci(result["per_item"], stat=mean_weighted, n_resamples=n_resamples, seed=seed, clusters=clusters,
-                        alpha=alpha)
+    return bootstrap_ci(
+        result["per_item"], stat=mean_weighted, n_resamples=n_resamples, seed=seed, clusters=clusters, alpha=alpha
+    )

@@ -28,8 +28,9 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.clip(a, 0.0, 1.0).astype(np.float32))
 
 
-@DATASETS.register("example-synthetic", summary="example: 6 synthetic patterns × noise/quantisation × 4 levels; "
-                                                "MOS = 5 − level")
+@DATASETS.register(
+    "example-synthetic", summary="example: 6 synthetic patterns × noise/quantisation × 4 levels; MOS = 5 − level"
+)
 class SyntheticPairs(IQADataset):
     name = "example-synthetic"
     kind = "pairs"  # items {"ref", "dist", "mos", ...}; "2afc": {"ref", "p0", "p1", "judge", ...}
@@ -54,13 +55,23 @@ class SyntheticPairs(IQADataset):
         for k, src in enumerate(SOURCES):
             for d in DISTORTIONS:
                 for lv in LEVELS:  # "index": a stable item id (results name items by it)
-                    rows.append({"index": len(rows), "source_index": k, "ref_id": src, "source": src,
-                                 "distortion": d, "level": lv, "mos": 5.0 - lv, "split": split_of[src]})
+                    rows.append(
+                        {
+                            "index": len(rows),
+                            "source_index": k,
+                            "ref_id": src,
+                            "source": src,
+                            "distortion": d,
+                            "level": lv,
+                            "mos": 5.0 - lv,
+                            "split": split_of[src],
+                        }
+                    )
         # the rows without pixels: splits, counts and subsets never generate an image
         self.table = select_split(pd.DataFrame(rows), split, self.splits)
 
     def _reference(self, k: int) -> np.ndarray:
-        y, x = np.mgrid[0:self.size, 0:self.size] / self.size
+        y, x = np.mgrid[0 : self.size, 0 : self.size] / self.size
         fx, fy = 1 + k % 3, 1 + k // 3
         return np.stack([0.5 + 0.35 * np.sin(2 * np.pi * (fx * x + fy * y) + 2.1 * c + k) for c in range(3)])
 
@@ -75,6 +86,13 @@ class SyntheticPairs(IQADataset):
         row = self.table.iloc[int(i)]
         ref = self._reference(int(row["source_index"]))
         dist = self._distort(ref, row["distortion"], int(row["level"]), int(row["index"]))
-        return {"ref": _tensor(ref), "dist": _tensor(dist), "mos": float(row["mos"]), "mos_raw": float(row["mos"]),
-                "ref_id": row["ref_id"], "source": row["source"], "distortion": row["distortion"],
-                "level": int(row["level"])}
+        return {
+            "ref": _tensor(ref),
+            "dist": _tensor(dist),
+            "mos": float(row["mos"]),
+            "mos_raw": float(row["mos"]),
+            "ref_id": row["ref_id"],
+            "source": row["source"],
+            "distortion": row["distortion"],
+            "level": int(row["level"]),
+        }

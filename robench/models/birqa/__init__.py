@@ -11,22 +11,31 @@ from robench.core.registry import MODELS
 from robench.core.target import Target, TargetCard
 
 
-@MODELS.register("birqa", default=True, summary="BiRQA: analytic features + bidirectional pyramid (CSRAM/SCGB/RAH); "
-                                  "predicts MOS, higher is better", lower_better=False)
+@MODELS.register(
+    "birqa",
+    default=True,
+    summary="BiRQA: analytic features + bidirectional pyramid (CSRAM/SCGB/RAH); predicts MOS, higher is better",
+    lower_better=False,
+)
 class BiRQA(Target):
     predicts_mos = True
     test_options = {"width": 0.25}  # a tiny model for the generic tests
 
-    def __init__(self, width: float = 1.0, csram: bool = True, scgb: bool = True, rah: bool = True,
-                 lbp_tau: float = 0.02):
+    def __init__(
+        self, width: float = 1.0, csram: bool = True, scgb: bool = True, rah: bool = True, lbp_tau: float = 0.02
+    ):
         super().__init__()
         self.config = {"width": width, "csram": csram, "scgb": scgb, "rah": rah, "lbp_tau": lbp_tau}
         self.features = AnalyticFeatures(lbp_tau=lbp_tau)
         self.net = BiRQANet(width=width, csram=csram, scgb=scgb, rah=rah)
         self.card = TargetCard(
-            name="birqa", lower_better=False, score_range=(1.0, 5.0), min_size=16,
+            name="birqa",
+            lower_better=False,
+            score_range=(1.0, 5.0),
+            min_size=16,
             summary="BiRQA (robench implementation from the paper; no public code or weights exist)",
-            license="robench (MIT)", paper="BiRQA: Bidirectional Robust Quality Assessment for Images, arXiv 2602.20351",
+            license="robench (MIT)",
+            paper="BiRQA: Bidirectional Robust Quality Assessment for Images, arXiv 2602.20351",
         )
         # the head regresses MOS directly: keep the calibration fixed at the identity
         for p in self.calibration.parameters():

@@ -67,8 +67,14 @@ class AnalyticFeatures(nn.Module):
     def reference_stats(self, ref: torch.Tensor) -> dict[str, torch.Tensor]:
         y = luminance(ref)
         mu, var = self._stats(y)
-        return {"y": y, "mu": mu, "var": var, "info": torch.log1p(var / self.info_c),
-                "ycc": rgb_to_ycbcr(ref), "lbp": soft_lbp_bits(y, self.lbp_tau)}
+        return {
+            "y": y,
+            "mu": mu,
+            "var": var,
+            "info": torch.log1p(var / self.info_c),
+            "ycc": rgb_to_ycbcr(ref),
+            "lbp": soft_lbp_bits(y, self.lbp_tau),
+        }
 
     def forward(self, dist: torch.Tensor, ref_stats: dict[str, torch.Tensor]) -> torch.Tensor:
         y = luminance(dist)

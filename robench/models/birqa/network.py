@@ -66,10 +66,14 @@ class Level(nn.Module):
     def __init__(self, width: int, depth: int, stride: int):
         super().__init__()
         per = width // len(GROUPS)
-        self.stems = nn.ModuleDict({
-            name: nn.Sequential(nn.Conv2d(c, per, 3, stride=stride, padding=1), nn.GELU(), nn.Conv2d(per, per, 3, padding=1))
-            for name, c in GROUPS.items()
-        })
+        self.stems = nn.ModuleDict(
+            {
+                name: nn.Sequential(
+                    nn.Conv2d(c, per, 3, stride=stride, padding=1), nn.GELU(), nn.Conv2d(per, per, 3, padding=1)
+                )
+                for name, c in GROUPS.items()
+            }
+        )
         self.se = SqueezeExcite(per * len(GROUPS))
         self.fuse = nn.Conv2d(per * len(GROUPS), width, 1)
         self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(depth)])
@@ -90,13 +94,18 @@ class Level(nn.Module):
         w = x.new_zeros(per * len(first), x.shape[1], *k)
         c0 = 0
         for i, (conv, c) in enumerate(zip(first, GROUPS.values())):
-            w[i * per:(i + 1) * per, c0:c0 + c] = conv.weight
+            w[i * per : (i + 1) * per, c0 : c0 + c] = conv.weight
             c0 += c
         b = torch.cat([conv.bias for conv in first])
         y = F.gelu(F.conv2d(x, w, b, stride=first[0].stride, padding=first[0].padding))
         second = [self.stems[k][2] for k in GROUPS]
-        return F.conv2d(y, torch.cat([c.weight for c in second]), torch.cat([c.bias for c in second]),
-                        padding=second[0].padding, groups=len(second))
+        return F.conv2d(
+            y,
+            torch.cat([c.weight for c in second]),
+            torch.cat([c.bias for c in second]),
+            padding=second[0].padding,
+            groups=len(second),
+        )
 
 
 class CSRAM(nn.Module):
@@ -170,8 +179,12 @@ class ReliabilityHead(nn.Module):
         super().__init__()
         self.proj = nn.ModuleList([nn.Conv2d(w, d, 1) for w in widths])
         self.gem = nn.ModuleList([GeM() for _ in widths])
-        self.contrib = nn.ModuleList([nn.Sequential(nn.Linear(d, d // 4), nn.GELU(), nn.Linear(d // 4, 1)) for _ in widths])
-        self.reliab = nn.ModuleList([nn.Sequential(nn.Linear(d, d // 4), nn.GELU(), nn.Linear(d // 4, 1)) for _ in widths])
+        self.contrib = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d, d // 4), nn.GELU(), nn.Linear(d // 4, 1)) for _ in widths]
+        )
+        self.reliab = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d, d // 4), nn.GELU(), nn.Linear(d // 4, 1)) for _ in widths]
+        )
         for m in self.contrib:
             nn.init.constant_(m[-1].bias, MOS_INIT)
 
@@ -204,7 +217,9 @@ class BiRQANet(nn.Module):
         super().__init__()
         self.widths = tuple(_w(c * width) for c in BASE_WIDTHS)
         self.use_csram, self.use_scgb, self.use_rah = csram, scgb, rah
-        self.levels = nn.ModuleList([Level(w, d, stride=2 if i == 0 else 1) for i, (w, d) in enumerate(zip(self.widths, DEPTHS))])
+        self.levels = nn.ModuleList(
+            [Level(w, d, stride=2 if i == 0 else 1) for i, (w, d) in enumerate(zip(self.widths, DEPTHS))]
+        )
         self.csram = nn.ModuleList([CSRAM(self.widths[i], self.widths[i + 1]) for i in range(3)]) if csram else None
         self.scgb = nn.ModuleList([SCGB(self.widths[i + 1], self.widths[i]) for i in range(3)]) if scgb else None
         d = _w(HEAD_WIDTH * width)
