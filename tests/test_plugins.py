@@ -128,7 +128,6 @@ def check_attack_declarations(name: str) -> None:
     """What an attack class declares: kind, needs, budgets per profile, cost, suite place."""
     cls = ATTACKS.get(name)
     assert isinstance(cls, type) and issubclass(cls, Attack), f"{name} must subclass robench.attacks.base.Attack"
-    assert cls.name == name, f"class name attribute {cls.name!r} is not the registry name {name!r}"
     assert cls.kind in ("fixed", "minimisation")
     assert cls.needs in ("gradients", "scores")
     assert isinstance(cls.iterative, bool)
@@ -270,7 +269,6 @@ def check_dataset_declarations(name: str) -> None:
     """What a dataset class declares, checked without reading any file."""
     cls = DATASETS.get(name)
     assert isinstance(cls, type) and issubclass(cls, IQADataset), f"{name} must subclass robench.data.base.IQADataset"
-    assert cls.name == name, f"class name attribute {cls.name!r} is not the registry name {name!r}"
     assert cls.kind in ("pairs", "2afc")
     assert isinstance(cls.default, bool) and isinstance(cls.test_options, dict)
     assert cls.splits and set(cls.splits) <= set(SPLITS)

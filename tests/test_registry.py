@@ -63,6 +63,33 @@ def test_duplicate_builtin_registration_is_an_error():
         reg.add("x", float)
 
 
+def test_a_class_gets_its_name_from_its_registration_and_may_not_contradict_it():
+    class Base:
+        name = ""
+
+    reg = Registry("widget")
+
+    @reg.register("w-one")
+    class One(Base):
+        pass
+
+    assert One.name == "w-one" and reg.get("w-one") is One
+    with pytest.raises(ValueError, match="registered as 'w-three'"):
+
+        @reg.register("w-three")
+        class Two(Base):
+            name = "w-two"
+
+    # every built-in plugin class carries the name it is registered under
+    from robench.core.registry import ATTACKS, DEFENSES
+
+    for r in (ATTACKS, DATASETS, DEFENSES):
+        for n in r.names():
+            obj = r.get(n)
+            if isinstance(obj, type) and hasattr(obj, "name"):
+                assert obj.name == n, (r.kind, n, obj.name)
+
+
 def test_datasets_registered():
     names = set(DATASETS.names())
     assert {"mini", "mini-2afc", "kadid10k", "tid2013", "live", "csiq", "pipal", "pieapp", "bapps-2afc"} <= names

@@ -17,7 +17,6 @@ from robench.core.registry import ATTACKS
 
 @ATTACKS.register("autoattack", summary="AutoAttack: APGD + Square, worst case per image (white-box)")
 class AutoAttack(Attack):
-    name = "autoattack"
     kind = "fixed"
     needs = "gradients"
     budget_params = ("apgd_iter", "square_queries")

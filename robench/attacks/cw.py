@@ -24,7 +24,6 @@ from robench.core.registry import ATTACKS
 
 @ATTACKS.register("cw", summary="C&W L2 for a score: tanh space, Adam, binary search over c (minimisation)")
 class CW(Attack):
-    name = "cw"
     kind = "minimisation"
     needs = "gradients"
     budget_params = ("steps",)

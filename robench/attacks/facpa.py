@@ -62,7 +62,6 @@ class Generator(nn.Module):
 
 @ATTACKS.register("facpa", summary="FACPA: a U-Net perturbation generator trained per target, one forward pass")
 class FACPA(Attack):
-    name = "facpa"
     kind = "fixed"
     needs = "gradients"  # to train the generator; applying it is one forward pass
     iterative = False

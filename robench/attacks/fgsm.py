@@ -9,7 +9,6 @@ from robench.core.registry import ATTACKS
 
 @ATTACKS.register("fgsm", summary="FGSM: one signed-gradient step of size ε (torchattacks, white-box)")
 class FGSM(Attack):
-    name = "fgsm"
     kind = "fixed"
     needs = "gradients"
     iterative = False

@@ -27,7 +27,6 @@ from robench.core.registry import ATTACKS
 
 @ATTACKS.register("parsimonious", summary="Parsimonious lazy-greedy block search (Moon et al. 2019, black-box)")
 class Parsimonious(Attack):
-    name = "parsimonious"
     kind = "fixed"
     needs = "scores"
     budget_params = ("queries",)

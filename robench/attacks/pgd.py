@@ -16,7 +16,6 @@ from robench.core.registry import ATTACKS
 
 @ATTACKS.register("pgd", summary="PGD L∞: zero start (+ random restarts), decaying step, best iterate (white-box)")
 class PGD(Attack):
-    name = "pgd"
     kind = "fixed"
     needs = "gradients"
     budget_params = ("steps",)

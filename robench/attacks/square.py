@@ -63,7 +63,6 @@ def square_search(
 
 @ATTACKS.register("square", summary="Square Attack L∞ (black-box: scores only)")
 class Square(Attack):
-    name = "square"
     kind = "fixed"
     needs = "scores"
     budget_params = ("queries",)

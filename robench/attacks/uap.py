@@ -46,7 +46,6 @@ def tile_to(patch: torch.Tensor, height: int, width: int) -> torch.Tensor:
     "the train split, applied unchanged to every test image",
 )
 class UAP(Attack):
-    name = "uap"
     kind = "fixed"
     needs = "gradients"  # to train the patch; applying it is one addition
     iterative = False

@@ -53,7 +53,6 @@ from robench.core.registry import ATTACKS
     "zhang", summary="Zhang et al. 2022 perceptual attack: Adam on q/scale + λ·SSIM(x', x), ε-projected (white-box)"
 )
 class Zhang(Attack):
-    name = "zhang"
     kind = "fixed"
     needs = "gradients"
     iterative = True

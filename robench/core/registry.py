@@ -59,6 +59,15 @@ def _summary_of(obj: Any) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+def _name_from_registration(obj: Any, name: str) -> None:
+    if not isinstance(obj, type) or not hasattr(obj, "name"):
+        return
+    own = obj.__dict__.get("name")
+    if own not in (None, "") and own != name:
+        raise ValueError(f"{obj.__qualname__} sets name = {own!r} but is registered as {name!r}")
+    obj.name = name
+
+
 class Registry:
     """A named collection of plugins of one kind."""
 
@@ -72,7 +81,12 @@ class Registry:
 
     # -- registration ---------------------------------------------------------------------
     def register(self, name: str, summary: str = "", **meta: Any) -> Callable[[Any], Any]:
+        """Register ``obj`` as ``name``. A class whose bases declare a ``name`` attribute (attacks,
+        datasets, defences, executors) gets it from here: the name is written once, in the
+        registration (a class that sets its own ``name`` to something else is refused)."""
+
         def deco(obj: Any) -> Any:
+            _name_from_registration(obj, name)
             self._add(Entry(name=name, summary=summary or _summary_of(obj), obj=obj, meta=meta))
             return obj
 

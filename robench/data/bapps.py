@@ -22,7 +22,6 @@ BASE_URL = "https://people.eecs.berkeley.edu/~rich.zhang/projects/2018_perceptua
     "bapps-2afc", summary="BAPPS 2AFC: 64×64 patch triplets, judge = fraction preferring p1 (official train/val)"
 )
 class BAPPS2AFC(RealTwoAFC):
-    name = "bapps-2afc"
     label_name = "fraction preferring p1"
     layout = "dataset/2afc/{train,val}/<category>/{ref,p0,p1,judge}/NNNNNN.{png,npy}"
     splits = ("train", "val")

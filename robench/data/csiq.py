@@ -26,7 +26,6 @@ DMOS_OFFSET = 1.0  # oriented MOS = 1 − DMOS
 
 @DATASETS.register("csiq", summary="CSIQ: 30 refs, 866 distorted (6 types); DMOS 0–1, lower is better")
 class CSIQ(RealPairs):
-    name = "csiq"
     label_name = "DMOS (0–1, lower is better); mos = 1 − DMOS"
     label_direction = "lower is better"
     layout = "src_imgs/1600.png, dst_imgs/<type>/1600.AWGN.1.png, csiq.DMOS.xlsx"

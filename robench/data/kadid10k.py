@@ -14,7 +14,6 @@ from robench.core.registry import DATASETS
 
 @DATASETS.register("kadid10k", summary="KADID-10k: 81 refs × 25 distortions × 5 levels; DMOS 1–5, higher is better")
 class KADID10k(RealPairs):
-    name = "kadid10k"
     label_name = "dmos (1–5; higher is better despite the name)"
     layout = "kadid10k/images/I01.png … and kadid10k/dmos.csv"
     archives = (Archive("https://datasets.vqa.mmsp-kn.de/archives/kadid10k.zip", "kadid10k.zip"),)

@@ -45,7 +45,6 @@ def _mat_numbers(m: dict, key: str, path: Path) -> np.ndarray:
 
 @DATASETS.register("live", summary="LIVE release 2: 29 refs, 779 distorted (5 types); DMOS, lower is better")
 class LIVE(RealPairs):
-    name = "live"
     label_name = "DMOS (lower is better); mos = 100 − DMOS"
     label_direction = "lower is better"
     layout = "jp2k/ jpeg/ wn/ gblur/ fastfading/ (imgN.bmp), refimgs/, dmos.mat, refnames_all.mat"

@@ -467,7 +467,6 @@ class _MiniBase(IQADataset):
 class Mini(_MiniBase):
     """Built-in offline FR-IQA set (pairs)."""
 
-    name = "mini"
     default = True  # the offline default: no download, no dataset root
 
     def __init__(
@@ -505,7 +504,6 @@ class Mini(_MiniBase):
 class Mini2AFC(_MiniBase):
     """Built-in offline 2AFC set: (ref, p0, p1, judge) with judge = fraction preferring p1."""
 
-    name = "mini-2afc"
     kind = "2afc"
     training_set = "mini"  # its targets train on the pairs of the same photos
     label_name = "fraction preferring p1 (Thurstone case V on KADID cell MOS)"

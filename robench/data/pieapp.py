@@ -35,7 +35,6 @@ def _col(df: pd.DataFrame, path: Path, *needles: str) -> str:
 
 
 class _PieAPPBase:
-    name = "pieapp"
     layout = LAYOUT
     archives = (ARCHIVE,)
     official_splits = True
@@ -113,7 +112,6 @@ class PieAPP(_PieAPPBase, RealPairs):
 
 @DATASETS.register("pieapp-2afc", summary="PieAPP pairwise preferences as 2AFC triplets (official splits)")
 class PieAPP2AFC(_PieAPPBase, RealTwoAFC):
-    name = "pieapp-2afc"
     label_name = "fraction preferring p1 (= 1 − processed probability of preference for A)"
 
     def read_table(self, root: Path) -> pd.DataFrame:

@@ -15,7 +15,6 @@ from robench.core.registry import DATASETS
     "pipal", summary="PIPAL (train part): 200 refs, GAN/SR/traditional distortions; Elo, higher is better"
 )
 class PIPAL(RealPairs):
-    name = "pipal"
     label_name = "Elo (higher is better)"
     layout = "Train_Ref/A0001.bmp, Distortion_*/A0001_00_00.bmp, Train_Label/*.txt"
 

@@ -14,7 +14,6 @@ from robench.core.registry import DATASETS
 
 @DATASETS.register("tid2013", summary="TID2013: 25 refs × 24 distortions × 5 levels; MOS 0–9, higher is better")
 class TID2013(RealPairs):
-    name = "tid2013"
     label_name = "MOS (0–9)"
     layout = "reference_images/I01.BMP, distorted_images/i01_01_1.bmp, mos_with_names.txt"
     archives = (Archive("http://www.ponomarenko.info/tid2013/tid2013.rar", "tid2013.rar"),)

@@ -100,7 +100,6 @@ class _DiffusersUNet(nn.Module):
 
 @DEFENSES.register("diffpure", summary="DiffPure: diffuse dist to t*, DDIM-denoise back (small DDPM trained here); EOT")
 class DiffPure(InferenceDefense):
-    name = "diffpure"
     randomised = True
     defaults = {"t_star": 10, "steps": 5, "weights": "diffpure.mini", "path": None, "bpda": False}
     test_options = {"t_star": 4, "steps": 2}

@@ -478,7 +478,7 @@ class TrainingRecipe(TrainTask):
 class R(TrainingRecipe):
     """Every sample attacked, unchanged labels, loss eq. 5."""
 
-    name, label, order = "r", "R", 1
+    label, order = "R", 1
 
     def objective(self, b, adv):
         from robench.engine.train import clean_loss
@@ -494,7 +494,7 @@ class R(TrainingRecipe):
 class AT(TrainingRecipe):
     """Half a batch clean, half their attacked copies with labels lowered by their SSIM to the clean image."""
 
-    name, label, order = "at", "AT", 2
+    label, order = "AT", 2
 
     def provenance_extra(self):
         return {"k": self.prof.at_k, "mos_min": self.mos_min, "mos_max": self.mos_max, "at_ssim": AT_SSIM}
@@ -521,7 +521,7 @@ class AT(TrainingRecipe):
 class AAT(TrainingRecipe):
     """Band/anchor batches, anchors clean, the rest attacked; ``α·L_base(anchors) + β·mean(top-k ℓ_i)``."""
 
-    name, label, order = "aat", "AAT", 3
+    label, order = "AAT", 3
     compare_with = (R.name, AT.name)  # the paper's Table 3
     logs_bound = True
     purification_reference = True  # Table 9: purification defences against AAT

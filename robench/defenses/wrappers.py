@@ -93,7 +93,6 @@ def bpda(x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
 
 @DEFENSES.register("flip", summary="random horizontal flip of ref and dist together (randomised; EOT)")
 class Flip(InferenceDefense):
-    name = "flip"
     randomised = True
     applies_to = "both"
     defaults = {"p": 0.5}
@@ -107,7 +106,6 @@ class Flip(InferenceDefense):
     "rotate", summary="random rotation (±max_degrees, bilinear) of ref and dist together (randomised; EOT)"
 )
 class Rotate(InferenceDefense):
-    name = "rotate"
     randomised = True
     applies_to = "both"
     defaults = {"max_degrees": 10.0}
@@ -139,7 +137,6 @@ class Smooth(InferenceDefense):
     exact: the median's gradient flows to the draw that is the median; attacks average it over
     their EOT draws."""
 
-    name = "smooth"
     randomised = True
     aggregates = True
     defaults = {"sigma": 0.12, "samples": 8}
@@ -171,7 +168,6 @@ class _ArtPreprocessor(InferenceDefense):
 
 @DEFENSES.register("jpeg", summary="ART JpegCompression of dist (quality 75); BPDA gradient")
 class Jpeg(_ArtPreprocessor):
-    name = "jpeg"
     defaults = {"quality": 75}
 
     def make(self):
@@ -183,7 +179,6 @@ class Jpeg(_ArtPreprocessor):
 
 @DEFENSES.register("smoothing", summary="ART SpatialSmoothing (median filter, window 3) of dist; BPDA gradient")
 class Smoothing(_ArtPreprocessor):
-    name = "smoothing"
     defaults = {"window_size": 3}
 
     def make(self):
@@ -195,7 +190,6 @@ class Smoothing(_ArtPreprocessor):
 
 @DEFENSES.register("squeeze", summary="ART FeatureSqueezing (bit depth 5) of dist; BPDA gradient")
 class Squeeze(_ArtPreprocessor):
-    name = "squeeze"
     defaults = {"bit_depth": 5}
 
     def make(self):

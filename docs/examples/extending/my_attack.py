@@ -17,7 +17,6 @@ from robench.core.registry import ATTACKS
 
 @ATTACKS.register("example-hillclimb", summary="example: random-sign hill climbing, L∞ (black-box: scores only)")
 class RandomSignHillClimb(Attack):
-    name = "example-hillclimb"  # the registry name
     kind = "fixed"  # run once per ε ("minimisation": run once, clipped to every ε by the harness)
     needs = "scores"  # forwards only; "gradients" attacks refuse non-differentiable targets
     iterative = True

@@ -32,7 +32,6 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     "example-synthetic", summary="example: 6 synthetic patterns × noise/quantisation × 4 levels; MOS = 5 − level"
 )
 class SyntheticPairs(IQADataset):
-    name = "example-synthetic"
     kind = "pairs"  # items {"ref", "dist", "mos", ...}; "2afc": {"ref", "p0", "p1", "judge", ...}
     label_name = "MOS (5 − level)"
     label_direction = "higher is better"

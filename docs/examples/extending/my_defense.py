@@ -18,7 +18,6 @@ from robench.defenses.wrappers import InferenceDefense
 
 @DEFENSES.register("example-blur", summary="example: fixed box blur of dist (exact gradient)")
 class BoxBlur(InferenceDefense):
-    name = "example-blur"
     randomised = False  # deterministic: attacks need no EOT (True: objective and scores averaged over draws)
     gradient = "exact"  # differentiable; "bpda": forward the transform, backward the identity
     applies_to = "dist"  # dist only: the trusted reference branch stays cacheable (ref may be None)
