@@ -98,7 +98,7 @@ def test_resolve_fills_every_setting_from_the_profile_and_the_plugins():
     assert c.dataset == "mini" and c.dataset_options == {"size": 128} and c.eps == [2.0, 8.0] and c.n == 32
     assert c.directions == ["up", "mos-split"]  # the main job: both protocols
     assert RunConfig.from_dict({"model": "ssim", "dataset": "mini-2afc"}).resolve().directions == ["up"]
-    assert c.attacks == list(robench.attacks.base.suite()) and len(c.attacks) >= 8
+    assert c.attacks == list(robench.core.registry.attack_suite()) and len(c.attacks) >= 8
     p = RunConfig.from_dict({"model": "birqa", "profile": "paper"}).resolve()
     assert p.dataset_options == {"size": 512} and p.eps == [2.0, 4.0, 6.0, 8.0, 10.0]  # not 128 px
     assert c.resolve() == c  # resolving is idempotent

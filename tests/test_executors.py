@@ -77,7 +77,9 @@ def test_validate_dry_builds_the_paper_grid():
 
     sizes = split_sizes("kadid10k")
     assert sum(sizes.values()) == 10125 and sizes["test"] == 16 * 125
-    from robench.attacks.base import SUITE
+    from robench.core.registry import attack_suite
+
+    SUITE = attack_suite()
 
     res = dry_build("paper", sample=True, size=(48, 48))
     assert (

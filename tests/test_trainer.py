@@ -140,7 +140,8 @@ def _recipe_classes():
 
 
 def test_every_registered_recipe_implements_the_recipe_methods_and_declares_its_table_place():
-    from robench.defenses.recipes import TrainingRecipe, training_recipes
+    from robench.core.registry import training_recipes
+    from robench.defenses.recipes import TrainingRecipe
 
     recipes = _recipe_classes()
     assert {"r", "at", "aat"} <= set(recipes)
@@ -154,7 +155,7 @@ def test_every_registered_recipe_implements_the_recipe_methods_and_declares_its_
         for other in cls.compare_with:
             assert other in recipes
     assert [recipes[n].label for n in ("r", "at", "aat")] == ["R", "AT", "AAT"]
-    assert training_recipes()[:3] == ["r", "at", "aat"]  # table order from the declared ``order``
+    assert list(training_recipes())[:3] == ["r", "at", "aat"]  # table order from the declared ``order``
     assert len({c.order for c in recipes.values()}) == len(recipes)
 
 

@@ -51,19 +51,6 @@ from robench.core.profiles import get_profile
 from robench.core.target import BoundTarget, Target, as_signs, validate_pair
 
 
-def suite() -> tuple[str, ...]:
-    """``--attacks all``: the registered attacks that declare a ``suite`` place, in order."""
-    from robench.core.registry import attack_suite
-
-    return attack_suite()
-
-
-def __getattr__(name: str) -> Any:  # ``SUITE`` stays importable; it is read from the registry
-    if name == "SUITE":
-        return suite()
-    raise AttributeError(name)
-
-
 WHITE_BOX_NEEDS = "gradients"
 BUDGET_TOL = 1e-6
 

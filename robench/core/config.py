@@ -361,10 +361,12 @@ def keep_mode(v: Any, where: str = "keep_images") -> str:
 
 def has_recipe(defense: str | None) -> bool:
     """Whether a defence (``aat``, ``aat+flip``) includes a training recipe: what ``seeds`` repeat."""
-    from robench.core.registry import DEFENSES
+    from robench.core.registry import DEFENSES, training_recipes
 
     toks = [t.strip() for t in (defense or "").split("+") if t.strip() and t.strip() != NO_DEFENSE]
-    return any(getattr(DEFENSES.get(t), "kind", "") == "training" for t in toks)
+    for t in toks:
+        DEFENSES.get(t)  # an unknown name: did-you-mean
+    return any(t in training_recipes() for t in toks)
 
 
 # ------------------------------------------------------------------------------------------

@@ -207,6 +207,14 @@ def default_dataset() -> str:
     return default_of(DATASETS)
 
 
+def training_recipes() -> dict[str, Any]:
+    """The registered defences that train weights (``kind = "training"``), name → class, in table
+    order (each declares ``order``; ties by name): the one list of recipes."""
+    rec = {n: DEFENSES.get(n) for n in DEFENSES.names()}
+    rec = {n: c for n, c in rec.items() if getattr(c, "kind", None) == "training"}
+    return dict(sorted(rec.items(), key=lambda kv: (getattr(kv[1], "order", 99), kv[0])))
+
+
 def attack_suite() -> tuple[str, ...]:
     """``--attacks all``: every registered attack that declares a ``suite`` place, in order."""
     placed = [(getattr(ATTACKS.get(n), "suite", None), n) for n in ATTACKS.names()]

@@ -75,7 +75,7 @@ from robench.core.device import to_device
 from robench.core.errors import MissingWeightsError, RobenchError
 from robench.core.home import robench_home
 from robench.core.profiles import get_profile
-from robench.core.registry import DEFENSES
+from robench.core.registry import DEFENSES, training_recipes
 from robench.engine.trainer import PatienceStop, TrainTask, Trainer, config_hash, random_crop_pair, write_json_atomic
 
 #: bumped when a recipe's batches, labels or initialisation change: part of the config hash, so a
@@ -626,13 +626,6 @@ def aat_objective(
         stats["replay_loss"] = float(rl.detach())
         loss = loss + prof.aat_gamma * rl
     return loss, base_l, topk, stats
-
-
-def training_recipes() -> list[str]:
-    """Registered training recipes, in table order."""
-    rec = {n: DEFENSES.get(n) for n in DEFENSES.names()}
-    rec = {n: c for n, c in rec.items() if isinstance(c, type) and issubclass(c, TrainingRecipe)}
-    return sorted(rec, key=lambda n: (rec[n].order, n))
 
 
 def ensure_clean(

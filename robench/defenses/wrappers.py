@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from robench.attacks.base import require
-from robench.core.registry import DEFENSES
+from robench.core.registry import DEFENSES, training_recipes
 from robench.core.target import Target, TargetCard
 
 
@@ -256,7 +256,7 @@ def parse_defense(spec: str | None, options: dict[str, dict[str, Any]] | None = 
         if not tok or tok == "none":
             continue
         cls = DEFENSES.get(tok)  # unknown names: did-you-mean
-        if getattr(cls, "kind", "") == "training":
+        if tok in training_recipes():
             if recipe is not None:
                 raise RobenchError(f"defence {spec!r} names two training recipes ({recipe}, {tok})")
             recipe = tok

@@ -6,40 +6,28 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from robench.attacks.base import suite
+from robench.core.registry import attack_suite, training_recipes
 
 #: the row of a target without any defence (the engine's own name, not a plugin)
 BASE = "none"
 BASE_LABEL = "base"
 
 
-def _training_recipes() -> dict[str, Any]:
-    from robench.core.registry import DEFENSES
-
-    out = {}
-    for name in DEFENSES.names():
-        cls = DEFENSES.get(name)
-        if getattr(cls, "kind", None) == "training":
-            out[name] = cls
-    return out
-
-
 def recipes() -> tuple[str, ...]:
     """Training recipes in table order (each declares ``order``), after the undefended base."""
-    rec = _training_recipes()
-    return (BASE, *sorted(rec, key=lambda n: (getattr(rec[n], "order", 99), n)))
+    return (BASE, *training_recipes())
 
 
 def recipe_declares(name: str | None, attr: str, default: Any = None) -> Any:
     """A recipe's declaration (``compare_with``, ``logs_bound``, …); ``default`` for anything
     that is not a registered training recipe (the base, inference defences, unknown names)."""
-    cls = _training_recipes().get(name or "")
+    cls = training_recipes().get(name or "")
     return getattr(cls, attr, default) if cls is not None else default
 
 
 def attack_order(names: Iterable[str]) -> list[str]:
     names = set(names)
-    order = suite()
+    order = attack_suite()
     return [a for a in order if a in names] + sorted(names - set(order))
 
 
