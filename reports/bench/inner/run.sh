@@ -8,12 +8,16 @@ set -u
 cd "$(dirname "$0")/../../.."
 OUT=reports/bench/inner
 PY=${PYTHON:-python}
-slice() {  # recipe inner
-  local f="$OUT/$1-$2.json"
+slice() {  # recipe inner [field=value ...]: profile overrides of the fine-tune (AAT's deviations)
+  local r=$1 i=$2; shift 2
+  local name="$r-$i" sets=() kv
+  for kv in "$@"; do name="$name-$kv"; sets+=(--set "$kv"); done
+  local f="$OUT/$name.json"
   [ -s "$f" ] && { echo "skip $f"; return 0; }
-  OMP_NUM_THREADS=1 $PY scripts/inner_objective.py --recipe "$1" --inner "$2" --n 48 --eps 2,4 \
-      --homes "${HOMES:-/tmp/robench-inner}" --json "$f" > /dev/null 2> "$OUT/$1-$2.log"
+  OMP_NUM_THREADS=1 $PY scripts/inner_objective.py --recipe "$r" --inner "$i" "${sets[@]}" --n 48 --eps 2,4 \
+      --homes "${HOMES:-/tmp/robench-inner}" --json "$f" > /dev/null 2> "$OUT/$name.log"
 }
-( slice aat loss; slice aat up; slice r mos-split; slice at loss; slice at up ) &
-( slice aat mos-split; slice r loss; slice r up; slice at mos-split ) &
+# the inner-objective comparison, then AAT's two deviations from the paper (band width, hinge normaliser)
+( slice aat loss; slice aat up; slice r mos-split; slice at loss; slice at up; slice aat loss aat_band_fraction=1.0 ) &
+( slice aat mos-split; slice r loss; slice r up; slice at mos-split; slice aat loss aat_hinge_norm=mos-range ) &
 wait
