@@ -6,9 +6,9 @@
 Each configuration runs ``robench.engine.cell.run_cell`` on the same items (the quick test split
 of the default dataset), so the time includes the cell's convergence checks as a run pays them.
 "today" is PGD as it was before the heavy-ball step and restarts (80 plain sign steps from δ = 0,
-one start, the half-budget check only); the others are named on the command line as ``name:param=value,...`` (default: the quick
-profile's PGD). Strength is the mean directed move ``sign · (q_adv − q_clean)`` on the downward
-and upward items, as a ratio to today's on the same items."""
+one start, the half-budget check only); the others are named on the command line as
+``name:param=value,...`` (default: the quick profile's PGD). Strength is the mean directed move
+``sign · (q_adv − q_clean)`` on the downward and upward items, as a ratio to today's on the same items."""
 
 from __future__ import annotations
 
@@ -88,7 +88,11 @@ def main() -> None:
         out["runs"].append(
             {
                 "name": name,
-                "params": {k: attack.params[k] for k in ("steps", "restarts", "patience", "inertia", "amp") if k in attack.params},
+                "params": {
+                    k: attack.params[k]
+                    for k in ("steps", "restarts", "patience", "inertia", "amp")
+                    if k in attack.params
+                },
                 "seconds": round(wall, 1),
                 "attack_seconds": round(rec["attack_seconds"], 1),
                 "mean_move_down": float(g[signs < 0].mean()),

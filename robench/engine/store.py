@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import urllib.parse
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,8 +126,16 @@ def train_seed_of(config: dict[str, Any]) -> int | None:
 
 
 class Store:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """``readonly``: what every reader (report, records, check) opens: no schema written,
+        no column added (an older store stays byte for byte as committed); the columns it lacks
+        read as NULL, as ALTER TABLE would have given them."""
         self.path = Path(path)
+        self.readonly = readonly
+        self._missing: dict[str, list[str]] = {"results": [], "cells": []}
+        if readonly:
+            self._open_readonly()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=120.0, isolation_level=None)
@@ -149,8 +158,37 @@ class Store:
             if _is_full(exc):
                 raise StoreFullError(f"{self.path}: disk full while opening the store ({exc})") from None
             raise RobenchError(f"{self.path} is not a robench store (SQLite: {exc})") from None
+        self._check_schema(row)
+
+    def _open_readonly(self) -> None:
+        if not self.path.is_file():
+            raise RobenchError(f"{self.path}: no store there (run `robench run` first, or name one with --store)")
+        try:
+            # no -wal file: no writer has the store open, so it is read as immutable (SQLite
+            # then leaves no -shm/-wal beside it); with one, read-only through the WAL
+            live = Path(f"{self.path}-wal").exists()
+            mode = "mode=ro" if live else "immutable=1"
+            uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?{mode}"
+            self.db = sqlite3.connect(uri, uri=True, timeout=120.0, isolation_level=None)
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"cells", "results", "meta"} <= tables:
+                raise RobenchError(f"{self.path} is not a robench store (no cells/results/meta tables)")
+            for table, added in (("results", ADDED_RESULT_COLUMNS), ("cells", ADDED_CELL_COLUMNS)):
+                have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                self._missing[table] = [c for c in added if c not in have]
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise RobenchError(f"{self.path} is not a robench store (SQLite: {exc})") from None
+        self._check_schema(row)
+
+    def _check_schema(self, row) -> None:
         if row is not None and int(row[0]) != SCHEMA_VERSION:
             raise RobenchError(f"{self.path} has store schema {row[0]}, this robench reads {SCHEMA_VERSION}")
+
+    def _with_missing(self, table: str, df: pd.DataFrame) -> pd.DataFrame:
+        for col in self._missing[table]:
+            df[col] = None
+        return df
 
     def close(self) -> None:
         self.db.close()
@@ -168,6 +206,8 @@ class Store:
 
     def has_images(self, key: str) -> bool:
         """Whether every row of a cell names a kept adversarial image."""
+        if "image" in self._missing["results"]:
+            return False
         row = self.db.execute("SELECT COUNT(*), COUNT(image) FROM results WHERE cell_key=?", (key,)).fetchone()
         return bool(row[0]) and row[0] == row[1]
 
@@ -290,7 +330,7 @@ class Store:
     # --- reading --------------------------------------------------------------------------
     def cells(self, status: str | None = "done") -> pd.DataFrame:
         q = "SELECT * FROM cells" + (" WHERE status=?" if status else "") + " ORDER BY finished"
-        df = pd.read_sql_query(q, self.db, params=(status,) if status else ())
+        df = self._with_missing("cells", pd.read_sql_query(q, self.db, params=(status,) if status else ()))
         for col in ("eps", "config", "summary", "flags", "probes", "versions", "device"):
             df[col] = df[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
         return df
@@ -301,5 +341,7 @@ class Store:
 
     def results(self, key: str | None = None) -> pd.DataFrame:
         if key is None:
-            return pd.read_sql_query("SELECT * FROM results ORDER BY cell_key, eps, item", self.db)
-        return pd.read_sql_query("SELECT * FROM results WHERE cell_key=? ORDER BY eps, item", self.db, params=(key,))
+            df = pd.read_sql_query("SELECT * FROM results ORDER BY cell_key, eps, item", self.db)
+        else:
+            df = pd.read_sql_query("SELECT * FROM results WHERE cell_key=? ORDER BY eps, item", self.db, params=(key,))
+        return self._with_missing("results", df)

@@ -155,7 +155,7 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
     path = Path(store_path)
     if not path.is_file():
         raise RobenchError(f"no store at {path} (run `robench run ... --store {path}` first)")
-    with Store(path) as st:
+    with Store(path, readonly=True) as st:
         cells, res, weights = st.cells("done"), st.results(), st.weights()
     out = []
     groups = dict(tuple(res.groupby("cell_key"))) if len(res) else {}

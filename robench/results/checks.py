@@ -39,7 +39,7 @@ def failed_identities(store: str | Path) -> dict[str, str]:
     that now fails must fail the gate, not pass as 'missing'."""
     from robench.engine.store import Store
 
-    with Store(store) as st:
+    with Store(store, readonly=True) as st:
         allc = st.cells(status=None)
     latest: dict[str, tuple[str, str]] = {}
     for _, c in allc.iterrows():  # ordered by finish time

@@ -319,7 +319,7 @@ def gallery(store_path: Path, per_cell: int = GALLERY_PER_CELL) -> tuple[str, in
 
     folder = images_folder(store_path)
     out, n_img = [], 0
-    with Store(store_path) as st:
+    with Store(store_path, readonly=True) as st:
         cells = st.cells()
         for _, c in cells.iterrows():
             res = st.results(c["key"])

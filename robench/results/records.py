@@ -60,7 +60,7 @@ def make_records(store: str | Path, n_boot: int = N_BOOT, seed: int = 0) -> list
     cells, weights = load_cells(store)
     if not cells:
         raise RobenchError(f"{store} has no finished cells to export")
-    with Store(store) as st:
+    with Store(store, readonly=True) as st:
         raw = st.cells().set_index("key")
     rows: dict[tuple, list] = {}
     for ident, c in latest(cells).items():

@@ -1292,7 +1292,7 @@ def _write(
     from robench.results.html import write_index
     from robench.results.records import make_records
 
-    with Store(store) as st:
+    with Store(store, readonly=True) as st:
         raw = st.cells()
     write_index(
         tmp,

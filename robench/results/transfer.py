@@ -355,7 +355,7 @@ def write_sections(
     (empty when the store holds neither)."""
     from robench.engine.store import Store
 
-    with Store(store_path) as store:
+    with Store(store_path, readonly=True) as store:
         entries = transfer_data(store, n_boot=n_boot, seed=seed)
         cert = certified_data(store)
     tables = transfer_tables(entries)
