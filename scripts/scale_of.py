@@ -15,7 +15,7 @@ import torch
 
 import robench
 from robench.engine.train import predict
-from robench.results.stats import correlations
+from robench.core.stats import correlations
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from robench.core.registry import DATASETS
 from robench.engine.items import stratified_subset
 from robench.results.report import Reporter, load_cells
-from robench.results.stats import paired_bootstrap
+from robench.core.stats import paired_bootstrap
 
 
 def main() -> None:

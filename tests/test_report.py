@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from robench.results.stats import (
+from robench.core.stats import (
     bootstrap_weights,
     correlations,
     mean_weighted,

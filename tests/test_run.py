@@ -108,7 +108,7 @@ def test_stratified_subset_covers_distortion_types():
 
 
 def test_twoafc_accuracy_formula():
-    from robench.results.stats import twoafc_accuracy
+    from robench.core.stats import twoafc_accuracy
 
     # q0 > q1 → d0 < d1 → credit 1 − p; a tie earns ½
     assert twoafc_accuracy([1.0], [0.0], [0.2]) == pytest.approx(0.8)

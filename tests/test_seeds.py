@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from robench.results.stats import mean_weighted, paired_bootstrap, seeded_paired_bootstrap
+from robench.core.stats import mean_weighted, paired_bootstrap, seeded_paired_bootstrap
 
 TINY = {"size": 32, "crops_per_source": 1}
 

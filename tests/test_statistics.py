@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from robench.core.errors import RobenchError
-from robench.results.stats import MIN_PHOTOS, benjamini_hochberg, bootstrap_units, holm, mean_weighted, paired_bootstrap
+from robench.core.stats import MIN_PHOTOS, benjamini_hochberg, bootstrap_units, holm, mean_weighted, paired_bootstrap
 
 
 def _clustered(rng, photos=20, per=10, effect=0.1, photo_sd=0.3, item_sd=0.05):

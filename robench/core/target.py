@@ -224,6 +224,9 @@ class Target(nn.Module):
     requires_weights: bool = True
     #: constructor options for a small, fast instance used by the generic tests
     test_options: dict = {}
+    #: roles of upstream weights files that each hold a part of the model (LPIPS: its ``lin``
+    #: layers and an ImageNet ``trunk``); the importer hands such a file to :meth:`load_part`
+    weight_parts: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -238,6 +241,11 @@ class Target(nn.Module):
 
     def score(self, dist: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def load_part(self, role: str, state: dict[str, torch.Tensor], where: str) -> None:
+        """Load one upstream file of a role in :attr:`weight_parts` (raises WeightsError when it
+        does not fit); the others keep their values."""
+        raise NotImplementedError(f"{type(self).__name__} declares no weight parts")
 
     # --- the reference branch is constant during an attack -------------------------------
     # ``score(dist, ref) == score_with(dist, reference(ref))``. ``reference`` returns everything

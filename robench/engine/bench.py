@@ -481,14 +481,13 @@ def attack_strength(
 
     import numpy as np
 
-    from robench.attacks._ascent import ascend
     from robench.core.config import dataset_options_for
     from robench.core.directions import get_direction
     from robench.core.profiles import get_profile
     from robench.core.registry import ATTACKS, default_dataset
     from robench.engine.items import load_items
     from robench.models import load_model
-    from robench.results.stats import bootstrap_units, bootstrap_weights
+    from robench.core.stats import bootstrap_units, bootstrap_weights
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     device, _ = _device_and_sync(device)
@@ -526,31 +525,10 @@ def attack_strength(
         target = load_model(name, device=device).eval()
         for p in target.parameters():
             p.requires_grad_(False)
-        xd = x.to(device)
         for direction in directions:
             signs = torch.from_numpy(get_direction(direction).signs(mos, len(items))[0]).float()
-            f = target.bind(r.to(device), sign=signs.to(device))
-            with torch.no_grad():
-                q0 = f(xd)  # directed: sign · q
             for e255 in epses:
                 e = e255 / 255
-                t0 = time.perf_counter()
-                trace: list[float] = []
-                ref_adv = ascend(
-                    f,
-                    xd,
-                    q0,
-                    e,
-                    steps=ref_steps,
-                    restarts=ref_restarts,
-                    schedule="cosine",
-                    seed=seed,
-                    trace=trace,
-                    inertia=ref_inertia,
-                )
-                with torch.no_grad():
-                    g_ref = (f(ref_adv) - q0).cpu().numpy()
-                ref_seconds = time.perf_counter() - t0
                 moves: dict[str, dict[str, Any]] = {}
 
                 def run(atk):
@@ -569,6 +547,19 @@ def attack_strength(
                         "kept_clean": int(res.probes.get("kept_clean", [0])[0]),
                     }
 
+                # the reference: the curve attack itself, many steps × starts, through the public API
+                reference = ATTACKS.get(curve_name)(
+                    profile=prof.name,
+                    seed=seed,
+                    steps=ref_steps,
+                    restarts=ref_restarts,
+                    schedule="cosine",
+                    first="zero",
+                    patience=0,
+                    inertia=ref_inertia,
+                )
+                ref_run = run(reference)
+                g_ref, ref_seconds = ref_run["g"], ref_run["seconds"]
                 curve = {
                     k: run(ATTACKS.get(curve_name)(profile=prof.name, seed=seed, steps=int(k))) for k in curve_steps
                 }
@@ -628,7 +619,6 @@ def attack_strength(
                             "reference_move": float(g_ref[m].mean()),
                             "reference_ratio": ratio(g_ref)[0],
                             "reference_seconds": round(ref_seconds, 1),
-                            "reference_trace": trace[:: max(1, len(trace) // 20)] if group == "all" else [],
                             "pgd_curve": curve_ratios,
                         }
                     )

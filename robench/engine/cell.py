@@ -24,7 +24,7 @@ from robench.core.registry import ATTACKS
 from robench.core.target import Target, fingerprint
 from robench.engine.items import Items
 from robench.engine.store import Store
-from robench.results.stats import correlations, twoafc_accuracy
+from robench.core.stats import correlations, twoafc_accuracy
 
 
 # relative tolerance of the monotonicity / ordering checks (attacks with few queries are noisy)

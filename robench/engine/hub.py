@@ -13,7 +13,8 @@ from robench.core.weights import WeightsError, checkpoint_meta, load_checkpoint,
 
 
 def detect_role(state: dict[str, torch.Tensor]) -> str:
-    """``lin`` (LPIPS lin-weights file), ``trunk`` (torchvision ``features.K.*``) or ``full``."""
+    """``lin`` (an LPIPS-style lin-weights file), ``trunk`` (torchvision ``features.K.*``) or
+    ``full``; a part role applies to a target that declares it (``Target.weight_parts``)."""
     keys = list(state)
     if keys and all(k.startswith(("lin", "lins.")) for k in keys):
         return "lin"
@@ -44,22 +45,8 @@ def import_weights(
         if load_checkpoint(target, state, str(path)) == "own":
             return register(model, path, source="imported", provenance=provenance)
         return register(f"{model}#official", path, source="official", provenance=provenance)
-    if role in ("lin", "trunk") and hasattr(target, "load_lin_and_trunk"):
-        own = target.lpips.state_dict()
-        if role == "lin":
-            from robench.models.lpips import upstream_state_dict
-
-            lin = upstream_state_dict(state)
-            bad = [k for k in lin if k not in own or tuple(own[k].shape) != tuple(lin[k].shape)]
-            missing = [k for k in own if k.startswith("lin") and k not in lin]
-            if bad or missing:
-                raise WeightsError(
-                    f"{path} does not fit the {model} lin layers: unexpected/mis-shaped {bad[:3]}, "
-                    f"missing {missing[:3]}"
-                )
-        else:
-            lin = {k: v for k, v in own.items() if k.startswith("lin")}
-            target.load_lin_and_trunk(lin, state, str(path))
+    if role in target.weight_parts:
+        target.load_part(role, state, str(path))
         return register(f"{model}#{role}", path, source="official", provenance={"imported_from": str(path.resolve())})
     raise WeightsError(f"role {role!r} does not apply to {model!r}")
 

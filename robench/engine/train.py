@@ -32,7 +32,7 @@ from robench.core.home import robench_home
 from robench.core.profiles import Profile, get_profile
 from robench.core.progress import progress_bar
 from robench.engine.trainer import TrainTask, Trainer, config_hash, random_crop_pair
-from robench.results.stats import correlations
+from robench.core.stats import correlations
 
 # the loop's helpers live in robench.engine.trainer; still importable from here
 from robench.engine.trainer import atomic_torch_save as _atomic_torch_save  # noqa: F401

@@ -208,6 +208,26 @@ class LPIPS(Target):
         """(a) a full upstream LPIPS state dict (scaling layer, trunk slices, lin layers)."""
         W.load_into(self.lpips, upstream_state_dict(state), where)
 
+    weight_parts = ("lin", "trunk")
+
+    def load_part(self, role: str, state: dict[str, torch.Tensor], where: str) -> None:
+        """An upstream ``lin`` file (checked against this net's lin layers) or a torchvision
+        ``trunk`` file, each joined with this instance's other part."""
+        own = self.lpips.state_dict()
+        if role == "lin":
+            lin = upstream_state_dict(state)
+            bad = [k for k in lin if k not in own or tuple(own[k].shape) != tuple(lin[k].shape)]
+            missing = [k for k in own if k.startswith("lin") and k not in lin]
+            if bad or missing:
+                raise W.WeightsError(
+                    f"{where} does not fit the LPIPS {self.net_type} lin layers: unexpected/mis-shaped "
+                    f"{bad[:3]}, missing {missing[:3]}"
+                )
+        elif role != "trunk":
+            raise W.WeightsError(f"role {role!r} is not a part of LPIPS")
+        else:
+            self.load_lin_and_trunk({k: v for k, v in own.items() if k.startswith("lin")}, state, where)
+
     def load_lin_and_trunk(
         self, lin: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor], where: str = "lin+trunk"
     ) -> None:

@@ -14,7 +14,7 @@ from robench.core import flags as FL
 from robench.core.directions import item_signs, protocol_of
 from robench.core.errors import RobenchError
 from robench.results.labels import BASE
-from robench.results.stats import correlations, twoafc_scores
+from robench.core.stats import correlations, twoafc_scores
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 
 from robench.core.errors import RobenchError
 from robench.results.cells import CellData, load_cells
-from robench.results.stats import bootstrap_units, mean_weighted, paired_bootstrap, srocc_weighted
+from robench.core.stats import bootstrap_units, mean_weighted, paired_bootstrap, srocc_weighted
 
 from robench.results.entries import (
     BASELINE_FORMAT,

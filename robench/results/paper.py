@@ -310,7 +310,7 @@ def _flip(res: dict) -> dict:
 def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
     """Every claim instance of Tables 3, 7, 9 against robench: one record per instance and
     matching robench row pair, with its status and reason (module docstring)."""
-    from robench.results.stats import benjamini_hochberg, holm
+    from robench.core.stats import benjamini_hochberg, holm
 
     fam = rep.family()
     lookup = _family_lookup(rep)

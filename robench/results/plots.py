@@ -204,7 +204,7 @@ def sweep_series(rep, kind: str = "pairs") -> list[dict[str, Any]]:
     ``y`` (the metric), and ``lo``/``hi`` — the 95 % bootstrap interval the reporter's resampling
     unit gives at every point (NaN where it has none)."""
     from robench.results.labels import attack_order
-    from robench.results.stats import bootstrap_ci, mean_weighted, srocc_weighted
+    from robench.core.stats import bootstrap_ci, mean_weighted, srocc_weighted
 
     out = []
     rows = rep.rows(kind)

@@ -31,7 +31,7 @@ def schema() -> dict[str, Any]:
 
 def _ci(c, q: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
     """95 % photo-bootstrap interval (item bootstrap under 10 photos, as the report) of the metric."""
-    from robench.results.stats import bootstrap_ci, bootstrap_units, mean_weighted, srocc_weighted
+    from robench.core.stats import bootstrap_ci, bootstrap_units, mean_weighted, srocc_weighted
 
     clusters, _ = bootstrap_units("auto", c.sources)
     try:
@@ -47,7 +47,7 @@ def _ci(c, q: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
 
 
 def _units(c) -> str:
-    from robench.results.stats import bootstrap_units
+    from robench.core.stats import bootstrap_units
 
     return bootstrap_units("auto", c.sources)[1]
 

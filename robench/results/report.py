@@ -23,7 +23,7 @@ from robench.core.directions import DIRECTIONS, get_direction
 from robench.core.errors import RobenchError
 from robench.results.latex import latex_escape as _latex_escape  # noqa: F401
 from robench.results.labels import BASE, attack_order, defense_label, defense_order, recipe_declares, recipes  # noqa: F401
-from robench.results.stats import (
+from robench.core.stats import (
     benjamini_hochberg,
     bootstrap_units,
     holm,
@@ -136,7 +136,7 @@ class Reporter:
     def compare_seeds(self, a: list[CellData], b: list[CellData], eps: float | None) -> dict | None:
         """:meth:`compare` over training seeds: ``a`` and ``b`` one cell per seed of each side.
         One seed each: :meth:`compare` itself (the same numbers, the same memoised record). Several:
-        the two-stage bootstrap of :func:`robench.results.stats.seeded_paired_bootstrap` (photos
+        the two-stage bootstrap of :func:`robench.core.stats.seeded_paired_bootstrap` (photos
         once, shared by every seed, then each side's seeds with replacement) on the items all the
         cells hold."""
         if not a or not b:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from robench.core.errors import RobenchError
-from robench.results.stats import minmax
+from robench.core.stats import minmax
 
 OT_BACKENDS = ("neural", "exact")
 
@@ -257,7 +257,7 @@ def ir_interval(result: dict, clusters=None, n_resamples: int = 1000, seed: int 
     (whole source photos when ``clusters`` is given). Conditional on the fitted OT maps: they are
     fitted once on all items (refitting a neural map per resample would cost B trainings), so
     the interval covers the item sampling, not the map's own fitting noise."""
-    from robench.results.stats import bootstrap_ci, mean_weighted
+    from robench.core.stats import bootstrap_ci, mean_weighted
 
     return bootstrap_ci(
         result["per_item"], stat=mean_weighted, n_resamples=n_resamples, seed=seed, clusters=clusters, alpha=alpha
