@@ -54,7 +54,7 @@ def run_slice(args) -> dict:
     from robench.core.config import dataset_options_for
     from robench.core.profiles import get_profile
     from robench.core.registry import default_dataset
-    from robench.defenses.recipes import adversarial_train
+    from robench.engine.finetune import adversarial_train
     from robench.engine.bench import machine
     from robench.engine.cell import run_cell
     from robench.engine.items import load_items

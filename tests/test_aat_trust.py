@@ -142,7 +142,7 @@ def test_recipe_fits_the_calibration_once_and_records_it(tmp_path, monkeypatch):
     """SSIM (scores in [0, 1], not MOS) trains only its calibration: the run starts from the least
     squares fit, records it in the provenance, and a resume does not re-fit."""
     import robench.core.target as T
-    from robench.defenses.recipes import adversarial_train
+    from robench.engine.finetune import adversarial_train
 
     calls = []
     real = T.fit_calibration

@@ -1,4 +1,4 @@
-"""The house (issue 16): the package's import graph has no cycle, counting imports inside
+"""The house: the package's import graph has no cycle, counting imports inside
 functions, and its folders are layered contracts → plugins → engine → results → cli."""
 
 from __future__ import annotations
@@ -88,6 +88,49 @@ def test_no_import_cycle_counting_function_level_imports():
 
 
 LAYER = {"core": 0, "data": 1, "models": 1, "attacks": 1, "defenses": 1, "engine": 2, "results": 3, "cli": 4}
+
+
+PLUGINS = ("data", "models", "attacks", "defenses")
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[tuple[str, str, str]]:
+    """(module, import, rule) for every edge that breaks the layering: a module importing a layer
+    above its own (a plugin importing the engine, the engine importing results, …), and the
+    engine or results importing a module *inside* a plugin package — they reach plugins through
+    the registries, the hooks plugins declare, and each plugin package's public names
+    (``robench.attacks``, ``robench.models``: what its ``__init__`` exports)."""
+    bad = []
+    for m, deps in graph.items():
+        lm = m.split(".")[1] if m.count(".") else None
+        for d in deps:
+            ld = d.split(".")[1] if d.count(".") else None
+            if lm is None or ld is None:
+                continue
+            if LAYER.get(ld, 0) > LAYER.get(lm, 0):
+                bad.append((m, d, f"{lm} imports the {ld} layer above it"))
+            elif lm in ("engine", "results") and ld in PLUGINS and d != f"robench.{ld}":
+                bad.append((m, d, f"{lm} imports a module inside the {ld} plugins"))
+    return sorted(bad)
+
+
+def test_layer_check_catches_planted_imports():
+    planted = {
+        "robench.attacks.facpa": {"robench.engine.train", "robench.core.training"},
+        "robench.engine.bench": {"robench.attacks._ascent", "robench.attacks", "robench.core.stats"},
+        "robench.engine.cell": {"robench.results.stats"},
+        "robench.defenses.recipes": {"robench.attacks.base", "robench.models"},  # plugin → plugin: allowed
+    }
+    assert [(m, d) for m, d, _ in layer_violations(planted)] == [
+        ("robench.attacks.facpa", "robench.engine.train"),
+        ("robench.engine.bench", "robench.attacks._ascent"),
+        ("robench.engine.cell", "robench.results.stats"),
+    ]
+
+
+def test_layering_holds():
+    """core ← plugins (data, models, attacks, defenses) ← engine ← results ← cli."""
+    bad = layer_violations(import_graph())
+    assert not bad, "\n".join(f"{m} -> {d}: {why}" for m, d, why in bad)
 
 
 def test_contracts_import_nothing_above_them():

@@ -112,7 +112,9 @@ def test_tiny_aat_run_logs_the_bound_and_never_attacks_anchors(clean_tiny_birqa,
         return real(target, dist, ref, eps, steps, seed, **kw)
 
     monkeypatch.setattr(recipes, "pgd_inner", spy)
-    r = recipes.adversarial_train("birqa", "aat", steps=8, dataset_options=TINY, progress=False, out=tmp_path / "aat")
+    from robench.engine.finetune import adversarial_train
+
+    r = adversarial_train("birqa", "aat", steps=8, dataset_options=TINY, progress=False, out=tmp_path / "aat")
     rows = json.loads((tmp_path / "aat" / "steps.json").read_text())["steps"]
     assert len(rows) == 8
     for row in rows:
@@ -150,7 +152,7 @@ def test_tiny_aat_run_logs_the_bound_and_never_attacks_anchors(clean_tiny_birqa,
 
 @pytest.mark.parametrize("recipe", ["r", "at"])
 def test_r_and_at_runs_and_resume(clean_tiny_birqa, tmp_path, recipe):
-    from robench.defenses.recipes import adversarial_train
+    from robench.engine.finetune import adversarial_train
 
     out = tmp_path / recipe
     adversarial_train("birqa", recipe, steps=10, dataset_options=TINY, progress=False, out=out)
@@ -167,7 +169,7 @@ def test_r_and_at_runs_and_resume(clean_tiny_birqa, tmp_path, recipe):
 
 
 def test_unknown_recipe_did_you_mean():
-    from robench.defenses.recipes import adversarial_train
+    from robench.engine.finetune import adversarial_train
     from robench.core.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="did you mean 'aat'"):

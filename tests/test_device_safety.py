@@ -438,7 +438,7 @@ def test_training_step_on_accelerator(tiny_mini, tmp_path):
     weights as on the CPU."""
     from robench.core.profiles import get_profile
     from robench.engine.train import CleanTask, evaluate
-    from robench.engine.trainer import Trainer
+    from robench.core.training import Trainer
 
     name = default_of(MODELS)
     ds = DATASETS.get(default_dataset())
@@ -601,7 +601,7 @@ def test_recipe_step_on_accelerator(name, tiny_mini, tmp_path):
     import dataclasses
 
     from robench.core.profiles import get_profile
-    from robench.engine.trainer import Trainer
+    from robench.core.training import Trainer
 
     ds = DATASETS.get(default_dataset())
     opts = dict(ds.test_options)
@@ -635,7 +635,7 @@ def test_recipe_step_on_accelerator(name, tiny_mini, tmp_path):
 def test_denoiser_step_on_accelerator(tmp_path):
     """One step of DiffPure's DDPM training (``robench train --defense diffpure``)."""
     from robench.defenses.diffpure import TinyUNet, _DDPMTask
-    from robench.engine.trainer import Trainer
+    from robench.core.training import Trainer
 
     refs = _pair(n=4)[1]
 

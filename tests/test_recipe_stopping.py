@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from robench.core.profiles import PROFILES, get_profile
-from robench.engine.trainer import PatienceStop
+from robench.core.training import PatienceStop
 from tests.conftest import Interrupt, crash_at
 
 TINY = {"size": 32, "crops_per_source": 1, "progress": False}
@@ -163,7 +163,7 @@ def _strip(rows):
 
 def test_a_tiny_run_that_settles_logs_why_and_the_provenance_says_so(clean_tiny_birqa, tmp_path):
     import robench
-    from robench.defenses.recipes import adversarial_train
+    from robench.engine.finetune import adversarial_train
 
     # min_delta 0.99: no evaluation after the first can improve; eval every step, patience 2 → step 2
     prof = _prof(adv_eval_every=1, adv_patience=2, adv_min_delta=0.99)
@@ -187,7 +187,7 @@ def test_a_tiny_run_that_settles_logs_why_and_the_provenance_says_so(clean_tiny_
 
 def test_a_tiny_aat_run_to_the_cap_logs_its_heldout_losses(clean_tiny_birqa, tmp_path):
     import robench
-    from robench.defenses.recipes import adversarial_train
+    from robench.engine.finetune import adversarial_train
 
     prof = _prof(train_batch=12, aat_anchors=4, adv_eval_every=2, adv_patience=50)
     out = tmp_path / "aat"
@@ -204,7 +204,7 @@ def _trainer(out, prof, heldout=True, every=2):
     import robench
     from robench.defenses.recipes import R
     from robench.engine.train import training_data
-    from robench.engine.trainer import Trainer
+    from robench.core.training import Trainer
 
     _, (data, val) = training_data("mini", prof, 0, TINY, "train", "val")
     task = R(robench.load_model("birqa"), data, prof, 0, "birqa", heldout=val if heldout else None)
@@ -251,16 +251,17 @@ def test_monitoring_does_not_change_the_training_and_resume_makes_the_same_decis
 def test_the_recipe_version_is_in_the_config_hash(clean_tiny_birqa, tmp_path, monkeypatch):
     from robench.core.errors import RobenchError
     from robench.defenses import recipes
+    from robench.engine.finetune import adversarial_train
 
-    assert recipes.RECIPE_VERSION >= 3  # 3: the patience state joined last.pt
+    assert recipes.R.recipe_version == recipes.RECIPE_VERSION >= 3  # 3: the patience state joined last.pt
     prof = _prof(adv_eval_every=50)
     out = tmp_path / "old"
-    version = recipes.RECIPE_VERSION
-    monkeypatch.setattr(recipes, "RECIPE_VERSION", 2)  # a v2 run's last.pt
-    recipes.adversarial_train("birqa", "r", profile=prof, steps=1, dataset_options=TINY, progress=False, out=out)
-    monkeypatch.setattr(recipes, "RECIPE_VERSION", version)
+    version = recipes.R.recipe_version
+    monkeypatch.setattr(recipes.R, "recipe_version", 2)  # a v2 run's last.pt
+    adversarial_train("birqa", "r", profile=prof, steps=1, dataset_options=TINY, progress=False, out=out)
+    monkeypatch.setattr(recipes.R, "recipe_version", version)
     with pytest.raises(RobenchError, match="different configuration"):
-        recipes.adversarial_train("birqa", "r", profile=prof, steps=2, dataset_options=TINY, progress=False, out=out)
+        adversarial_train("birqa", "r", profile=prof, steps=2, dataset_options=TINY, progress=False, out=out)
 
 
 def test_a_collapsing_run_stops_and_keeps_the_last_weights_above_the_floor(clean_tiny_birqa, tmp_path, monkeypatch):
@@ -277,7 +278,9 @@ def test_a_collapsing_run_stops_and_keeps_the_last_weights_above_the_floor(clean
     monkeypatch.setattr(recipes.R, "objective", collapse)
     prof = _prof(adv_eval_every=1, adv_patience=50, adv_lr=3e-2, scale_items=16)
     out = tmp_path / "collapse"
-    r = recipes.adversarial_train("birqa", "r", profile=prof, steps=40, dataset_options=TINY, progress=False, out=out)
+    from robench.engine.finetune import adversarial_train
+
+    r = adversarial_train("birqa", "r", profile=prof, steps=40, dataset_options=TINY, progress=False, out=out)
     log = _log(out)
     held = log["heldout"]
     assert all({"clean_sd", "clean_mse", "clean_r2", "clean_sd_ratio"} <= set(h) for h in held)

@@ -160,10 +160,10 @@ def test_kill_9_during_a_recipe_then_rerun_gives_identical_steps(tiny_mini, tmp_
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from robench.engine import train as T
+    from robench.core import training as T
 
     path = tmp_path / "last.pt"
-    T._atomic_torch_save({"epoch": 1}, path)
+    T.atomic_torch_save({"epoch": 1}, path)
     before = path.read_bytes()
 
     def full(obj, f, *a, **k):
@@ -172,7 +172,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
 
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(OSError, match="No space"):
-        T._atomic_torch_save({"epoch": 2}, path)
+        T.atomic_torch_save({"epoch": 2}, path)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]  # no temp file left behind
 
 

@@ -10,7 +10,8 @@ import torch
 import robench
 from robench.models import build
 from robench.core import weights as W
-from robench.engine.train import clean_loss, plcc_loss, train
+from robench.core.training import clean_loss, plcc_loss
+from robench.engine.train import train
 
 
 def test_plcc_loss_and_clean_loss():

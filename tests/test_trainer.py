@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from robench.core.errors import RobenchError
-from robench.engine.trainer import Trainer, TrainTask, config_hash
+from robench.core.training import Trainer, TrainTask, config_hash
 from tests.conftest import Interrupt, crash_at
 
 

@@ -149,7 +149,7 @@ class FACPA(Attack):
         from torch.utils.data import DataLoader
 
         from robench.core.registry import DATASETS
-        from robench.engine.train import random_crop_pair
+        from robench.core.training import random_crop_pair
 
         data = DATASETS.get(self.dataset)(split="train", **dict(self.dataset_options))
         g = torch.Generator().manual_seed(self.seed)

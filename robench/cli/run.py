@@ -117,7 +117,7 @@ def train_cmd(
         )
         return
     if defense:
-        from robench.defenses.recipes import adversarial_train
+        from robench.engine.finetune import adversarial_train
 
         r = adversarial_train(
             model,

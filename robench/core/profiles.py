@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from robench.core.errors import UnknownNameError
+from robench.core.errors import RobenchError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -138,3 +138,16 @@ def get_profile(name: str | Profile) -> Profile:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownNameError(f"unknown profile {name!r}{hint} (known: {', '.join(PROFILES)})")
     return PROFILES[name]
+
+
+#: what a recipe's inner attack maximises (``adv_inner``): the recipe's own training loss over
+#: the attacked items (paper eq. 2), the raised score, or the ranking attack's batch split
+INNER_OBJECTIVES = ("loss", "up", "mos-split")
+
+
+def inner_objective(prof) -> str:
+    """``prof.adv_inner``, checked (an unknown name fails before anything is trained)."""
+    inner = str(prof.adv_inner)
+    if inner not in INNER_OBJECTIVES:
+        raise RobenchError(f"adv_inner must be one of {', '.join(INNER_OBJECTIVES)}; got {inner!r}")
+    return inner

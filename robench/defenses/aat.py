@@ -35,7 +35,6 @@ tie-breaks and fresh anchors on every draw (method-notes §2, batch construction
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -219,29 +218,3 @@ def anchored_terms(
             "n_anchors": int(is_anchor.sum()),
         }
     return ell, topk, stats
-
-
-def bound_summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """What a Theorem-1 log supports: on how many batches the bound held, and on how many it was
-    *non-vacuous* (``bound < R``, the batch MOS range). A bound ≥ R allows errors as large as the
-    labels' whole spread, so only non-vacuous batches count as evidence. Logs written before
-    ``vacuous`` was logged are judged from ``bound`` and ``mos_range``."""
-    bound = np.array([float(r["bound"]) for r in steps])
-    err = np.array([float(r["emp_max_err"]) for r in steps])
-    rng = np.array([float(r.get("mos_range", np.nan)) for r in steps])
-    vac = np.array(
-        [
-            bool(r["vacuous"]) if "vacuous" in r else bool(not np.isfinite(rng[i]) or bound[i] >= rng[i])
-            for i, r in enumerate(steps)
-        ]
-    )
-    n = len(steps)
-    held = err <= bound + 1e-6
-    return {
-        "n_batches": n,
-        "held": int(held.sum()),
-        "non_vacuous": int((~vac).sum()),
-        "non_vacuous_fraction": float((~vac).mean()) if n else float("nan"),
-        "held_non_vacuous": int((held & ~vac).sum()),
-        "median_bound_rel": float(np.nanmedian(bound / rng)) if np.isfinite(rng).any() else float("nan"),
-    }

@@ -26,7 +26,7 @@ from torch import nn
 from robench.defenses.wrappers import InferenceDefense, bpda
 from robench.core.errors import RobenchError
 from robench.core.registry import DEFENSES
-from robench.engine.trainer import TrainTask, Trainer, config_hash, write_json_atomic
+from robench.core.training import TrainTask, Trainer, config_hash, write_json_atomic
 
 T = 1000
 

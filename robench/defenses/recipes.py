@@ -32,7 +32,7 @@ every ``adv_eval_every`` steps (and before the first) the recipe's own objective
 included, at a fixed seed, the target in eval mode, no parameter touched — is evaluated on
 ``adv_eval_batches`` fixed held-out batches drawn from the **val split** by the recipe's own
 :meth:`TrainingRecipe.select` (AAT: band/anchor batches), and a
-:class:`robench.engine.trainer.PatienceStop` on its EMA ends the run after ``adv_patience``
+:class:`robench.core.training.PatienceStop` on its EMA ends the run after ``adv_patience``
 evaluations without a relative improvement above ``adv_min_delta``. The val split, not held-back
 training items: the steps draw from the whole training split (the AAT band width follows its MOS
 range), so holding items back would change every recipe's batches; val is disjoint by source image
@@ -53,7 +53,7 @@ MOS scale. When the SD falls below ``scale_floor`` (0.5) × its step-0 value, th
 restored and registered; the provenance's ``scale_guard`` says which step they are from.
 
 Each recipe is a :class:`TrainingRecipe` registered in ``DEFENSES``: the task the shared loop
-(:class:`robench.engine.trainer.Trainer`) runs. It declares what tables need (``label``, ``order``,
+(:class:`robench.core.training.Trainer`) runs. It declares what tables need (``label``, ``order``,
 …) and implements only what differs (which items, which labels, which loss); a new recipe is a new
 class, never a new branch here.
 """
@@ -63,7 +63,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,11 +71,10 @@ import numpy as np
 import torch
 
 from robench.core.device import to_device
-from robench.core.errors import MissingWeightsError, RobenchError
-from robench.core.home import robench_home
-from robench.core.profiles import get_profile
-from robench.core.registry import DEFENSES, training_recipes
-from robench.engine.trainer import PatienceStop, TrainTask, Trainer, config_hash, random_crop_pair, write_json_atomic
+from robench.core.errors import RobenchError
+from robench.core.profiles import inner_objective
+from robench.core.registry import DEFENSES
+from robench.core.training import PatienceStop, TrainTask, Trainer, random_crop_pair, write_json_atomic
 
 #: bumped when a recipe's batches, labels or initialisation change: part of the config hash, so a
 #: ``last.pt`` written by an older version is refused instead of resumed into a mixed run
@@ -84,8 +82,6 @@ from robench.engine.trainer import PatienceStop, TrainTask, Trainer, config_hash
 #: 3: held-out patience stopping — the patience state lives in last.pt, so a v2 checkpoint, which
 #: has none, is refused by the config hash with the Trainer's "different configuration" message)
 RECIPE_VERSION = 4  # 4: AAT hinge over the anchors' prediction range; the scale (collapse) guard
-#: least-squares calibration fit: at most this many training items (a seeded subset) **[choice]**
-CALIBRATION_ITEMS = 512
 AT_SSIM = "rgb-mean, gaussian 11/1.5, valid (pytorch_msssim convention)"
 
 
@@ -135,6 +131,8 @@ class TrainingRecipe(TrainTask):
     held-out batches are built by the recipe's own rule."""
 
     kind = "training"
+    #: in every fine-tune's config hash (engine/finetune.py): see RECIPE_VERSION
+    recipe_version = RECIPE_VERSION
     name = ""
     label = ""
     order = 99
@@ -481,7 +479,7 @@ class R(TrainingRecipe):
     label, order = "R", 1
 
     def objective(self, b, adv):
-        from robench.engine.train import clean_loss
+        from robench.core.training import clean_loss
 
         pred = self.module.predict_mos(adv, b.ref)
         loss = clean_loss(pred, b.y, self.prof.train_loss_lambda)
@@ -503,7 +501,7 @@ class AT(TrainingRecipe):
         return self.batch // 2
 
     def objective(self, b, adv):
-        from robench.engine.train import clean_loss
+        from robench.core.training import clean_loss
 
         y_adv = at_labels(
             b.y, adv, b.dist, self.prof.at_k, self.mos_min, self.mos_max
@@ -585,7 +583,7 @@ class AAT(TrainingRecipe):
         return loss, {**stats, "anchored_loss": float(topk.detach()), "base_loss": float(base_l.detach())}
 
     def final_provenance(self, rows):
-        from robench.defenses.aat import bound_summary
+        from robench.core.stats import bound_summary
 
         # what the Theorem-1 log supports travels with the weights (the reporter reads the store)
         return {"theorem1": bound_summary(rows)}
@@ -616,7 +614,7 @@ def aat_objective(
     on the anchors held 0.69×; pulling the anchors' slope of ŷ on MOS to the clean model's
     inflated it 2×."""
     from robench.defenses.aat import anchored_terms
-    from robench.engine.train import clean_loss
+    from robench.core.training import clean_loss
 
     base_l = clean_loss(pred[is_anchor], y[is_anchor], prof.train_loss_lambda)
     _, topk, stats = anchored_terms(pred, y, is_anchor, prof.aat_top_k, prof.aat_hinge_norm)
@@ -626,41 +624,6 @@ def aat_objective(
         stats["replay_loss"] = float(rl.detach())
         loss = loss + prof.aat_gamma * rl
     return loss, base_l, topk, stats
-
-
-def ensure_clean(
-    base: str, dataset: str, profile: str, seed: int, dataset_options: dict, progress: bool, device: str = "cpu"
-):
-    """The clean target to fine-tune (on ``device``): official or trained-here weights, trained
-    now if missing."""
-    from robench.models import load_model
-
-    try:
-        return load_model(base, device=device)
-    except MissingWeightsError:
-        pass
-    from robench.engine.train import train
-
-    train(
-        base,
-        dataset=dataset,
-        profile=profile,
-        seed=seed,
-        dataset_options=dataset_options,
-        progress=progress,
-        device=device,
-    )
-    return load_model(base, device=device)
-
-
-INNER_OBJECTIVES = ("loss", "up", "mos-split")
-
-
-def inner_objective(prof) -> str:
-    inner = str(prof.adv_inner)
-    if inner not in INNER_OBJECTIVES:
-        raise RobenchError(f"adv_inner must be one of {', '.join(INNER_OBJECTIVES)}; got {inner!r}")
-    return inner
 
 
 def pgd_inner(target, dist, ref, eps: float, steps: int, seed: int, objective=None, signs=None) -> torch.Tensor:
@@ -695,183 +658,3 @@ def pgd_attack(target, dist, ref, eps: float, steps: int, seed: int, objective=N
             g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
             z = (dist + (z + eps / 4 * g.sign() - dist).clamp(-eps, eps)).clamp(0.0, 1.0)
     return z.detach()
-
-
-def adversarial_train(
-    model: str,
-    recipe: str,
-    dataset: str = "mini",
-    profile: str = "quick",
-    seed: int = 0,
-    steps: int | None = None,
-    dataset_options: dict | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-    train_seed: int | None = None,
-    device: str = "cpu",
-    inner: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune the clean ``model`` with ``recipe`` into weights ``model.<recipe>``, on ``device``
-    (auto | cpu | cuda | cuda:N: in the provenance, not in the config hash — a run resumes anywhere).
-
-    ``seed`` is the data seed (a built set's build and photo split, the clean model's training);
-    ``train_seed`` (``robench run --seeds``) the fine-tuning's own randomness — step
-    batches, crops, inner-PGD starts, the held-out batches, the calibration subset — on the same
-    data and clean model. None: the fine-tuning uses ``seed`` (the weights, hence the cell keys,
-    of a run without seeds). The weights of training seed k > 0 are registered as
-    ``model.<recipe>-s<k>`` (:func:`robench.core.weights.seeded_name`); seed 0 (or None) keeps
-    ``model.<recipe>``. ``inner`` overrides the profile's ``adv_inner``;
-    ``overrides`` any of its fields (``aat_band_fraction``, ``aat_hinge_norm``, …: each one that
-    changes the run is in the recipe's hyper-parameters, hence in the config hash)."""
-    from robench.models import split_name
-    from robench.core import weights as W
-    from robench.core.target import fingerprint, fit_calibration
-    from robench.core.device import device_record, resolve_device
-    from robench.core.provenance import git_commit, versions
-    from robench.engine.train import evaluate, training_data
-
-    dev = resolve_device(device)
-
-    cls = DEFENSES.get(recipe)  # an unknown name: did-you-mean
-    if not (isinstance(cls, type) and issubclass(cls, TrainingRecipe)):
-        raise RobenchError(f"{recipe!r} is not a training recipe (recipes: {', '.join(training_recipes())})")
-    prof = get_profile(profile)
-    from dataclasses import fields
-
-    unknown = sorted(set(overrides or {}) - {f.name for f in fields(prof)})
-    if unknown:
-        raise RobenchError(f"unknown profile field(s) {', '.join(map(repr, unknown))} in the fine-tune's overrides")
-    prof = replace(prof, **(overrides or {}), **({} if inner is None else {"adv_inner": inner}))
-    inner_objective(prof)  # an unknown name fails before anything is trained
-    base, tag = split_name(model)
-    if tag is not None:
-        raise RobenchError(f"give the architecture ({base!r}), not a variant: the recipe makes {base}.{recipe}")
-    ds_opts, _ = training_data(dataset, prof, seed, dataset_options)
-    target = ensure_clean(base, dataset, prof.name, seed, ds_opts, progress, device=dev)
-    clean_sha = fingerprint(target)
-    clean_desc = target.card.weights.describe()
-    _, (data, val) = training_data(dataset, prof, seed, ds_opts, "train", "val")
-    if data.kind != "pairs":
-        raise RobenchError(f"adversarial training needs a pairs dataset; {dataset!r} is {data.kind}")
-    tseed = seed if train_seed is None else int(train_seed)  # the fine-tuning's randomness
-    task = cls(target, data, prof, tseed, base, heldout=val)
-    n_steps = int(steps or prof.adv_steps)  # the cap: the held-out rule may stop the run sooner
-    task.cap = n_steps
-    inner = inner_objective(prof)
-    # the inner objective enters the record only when it is not "up", so weights trained before
-    # the choice existed (inner PGD on the raised score) keep their config hash
-    hp = {
-        "recipe": recipe,
-        "eps_train": prof.adv_eps,
-        "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
-        **({} if inner == "up" else {"inner_objective": inner}),
-        "steps": n_steps,
-        "batch": task.batch,
-        "lr": prof.adv_lr,
-        "crop": prof.train_crop,
-        "loss_lambda": prof.train_loss_lambda,
-        **task.provenance_extra(),
-        **task.stopping_config(),
-    }
-    task.run_cfg = {
-        "model": base,
-        "clean_sha256": clean_sha,
-        "dataset": dataset,
-        "dataset_options": ds_opts,
-        "profile": prof.name,
-        "seed": seed,
-        "recipe_version": RECIPE_VERSION,
-        **hp,
-    }
-    if tseed != seed:  # only then: a run with train seed = data seed keeps its config hash (and last.pt)
-        task.run_cfg["train_seed"] = tseed
-    cfg_hash = config_hash(task.run_cfg, exclude=("steps",))
-    out = (
-        Path(out)
-        if out
-        else robench_home()
-        / "runs"
-        / "train"
-        / (f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}" + (f"-train{tseed}" if tseed != seed else ""))
-    )
-    trainer = Trainer(
-        task,
-        out,
-        cfg_hash,
-        n_steps,
-        prof.adv_lr,
-        clip_grad=prof.train_clip_grad,
-        checkpoint_every=10,
-        progress=progress,
-    )
-    if not trainer.resume():
-        if target.predicts_mos:
-            task.calibration_init = {
-                "skipped": "the target regresses MOS itself",
-                "a": target.calibration.a,
-                "b": float(target.calibration.b),
-            }
-        else:
-            # the calibration starts where least squares puts it, on the crops training will see
-            crop_gen = torch.Generator().manual_seed((tseed + 1) * 1_000_003 - 1)  # no step uses this seed
-
-            def as_trained(r, d, _chunk):
-                return random_crop_pair(r, d, prof.train_crop, crop_gen) if prof.train_crop else (r, d)
-
-            task.calibration_init = fit_calibration(
-                target, data, batch_size=prof.eval_batch, max_items=CALIBRATION_ITEMS, seed=tseed, transform=as_trained
-            )
-    t_all = time.perf_counter()
-    trainer.run()
-
-    target.eval()
-    v = evaluate(target, val, prof.eval_batch)
-    elapsed = trainer.clock.elapsed
-    stop = task.stop_summary(trainer.step)
-    provenance = {
-        "dataset": dataset,
-        "split": "train",
-        "profile": prof.name,
-        "seed": seed,
-        "train_seed": tseed,
-        "defense": recipe,
-        "clean_weights": clean_desc,
-        "clean_sha256": clean_sha,
-        **hp,
-        **task.final_provenance(trainer.rows),
-        "recipe_version": RECIPE_VERSION,
-        "stop_reason": stop["stopped"],
-        "steps_run": stop["steps_run"],
-        "stopped_at": stop["stopped_at"],
-        "scale_guard": stop["scale_guard"],
-        "best_heldout_ema": stop["best_heldout_ema"],
-        "best_heldout_step": stop["best_heldout_step"],
-        "calibration_init": task.calibration_init,
-        "val_srocc": v["srocc"],
-        "train_seconds": round(elapsed, 2),
-        "git_commit": git_commit(),
-        "versions": versions(),
-        "run": str(out),
-        "device": device_record(dev),
-    }
-    path = out / "final.safetensors"
-    W.save_safetensors(
-        target.state_dict(),
-        path,
-        {"config": dict(getattr(target, "config", {}) or {}), "provenance": provenance, "format": "robench-target-v1"},
-    )
-    name = W.seeded_name(f"{base}.{recipe}", train_seed)
-    entry = W.register(name, path, source="trained-here", provenance=provenance)
-    return {
-        "name": name,
-        "out": str(out),
-        "weights": str(W.weights_dir() / entry["file"]),
-        "sha256": entry["sha256"],
-        "val_srocc": v["srocc"],
-        "train_seconds": round(elapsed, 1),
-        "steps": trainer.step,
-        "cap": n_steps,
-        "stopped": stop["stopped"],
-        "wall_seconds": round(time.perf_counter() - t_all, 1),
-    }

@@ -127,7 +127,7 @@ def attack_step(
 
     The largest score and gradient differences between naive and cached are reported: caching
     changes where the work is done, not what is computed."""
-    from robench.attacks.base import ModeGuard
+    from robench.attacks import ModeGuard
     from robench.models import load_model
 
     device, sync = _device_and_sync(device)
@@ -251,10 +251,10 @@ def kernels(
     kernels to it). Sizes over 256×256 px use ``batch_large`` (TOPIQ-FR's step at 512×384 and
     batch 32 needs more than the 24 GiB of the reference machine). ``isolated`` also times each
     path in a process of its own (:func:`isolated_step`)."""
-    from robench.attacks.base import ModeGuard
+    from robench.attacks import ModeGuard
     from robench.core.device import tune_cpu_allocator
     from robench.models import load_model
-    from robench.models.kernels import reference_kernels
+    from robench.models import reference_kernels
 
     was = torch.get_num_threads()
     out: dict[str, Any] = {
@@ -342,10 +342,10 @@ def own_process_step(
     """Median seconds per image of ``model``'s attack step on one ``path`` ("reference": textbook
     kernels and glibc's default allocator; "fast": what a run uses), in this process: meant to
     run in a fresh one (:func:`isolated_step`)."""
-    from robench.attacks.base import ModeGuard
+    from robench.attacks import ModeGuard
     from robench.core.device import tune_cpu_allocator
     from robench.models import load_model
-    from robench.models.kernels import reference_kernels
+    from robench.models import reference_kernels
 
     tune_cpu_allocator(path == "fast")
     torch.set_num_threads(int(threads))

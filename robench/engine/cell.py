@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from robench.attacks.base import Attack, AttackResult, BudgetViolation
+from robench.attacks import Attack, AttackResult, BudgetViolation
 from robench.core.config import RunSpec
 from robench.core.directions import DEFAULT as UP, get_direction, item_signs
 from robench.core.device import halving_batches

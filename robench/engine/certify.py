@@ -70,7 +70,7 @@ class CertifySpec:
         for r in self.radii:
             if not (r > 0 and math.isfinite(r)):
                 raise RobenchError(f"--radius values must be positive L2 norms in pixel units, got {r!r}")
-        from robench.attacks.smoothed import CHECK_ATTACKS
+        from robench.attacks import CHECK_ATTACKS
 
         if self.check_attack is not None and self.check_attack not in CHECK_ATTACKS:
             raise RobenchError(
@@ -318,7 +318,7 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
 
 
 def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: CertifySpec, device) -> list[dict]:
-    from robench.attacks.smoothed import CHECK_ATTACKS
+    from robench.attacks import CHECK_ATTACKS
 
     x = torch.cat([items.dist[i : i + 1] for i in chunk]).to(device)
     r = torch.cat([items.ref[i : i + 1] for i in chunk]).to(device)

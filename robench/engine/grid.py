@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 
 from robench.core.version import __version__
-from robench.attacks.base import Attack
+from robench.attacks import Attack
 from robench.core.device import device_record, resolve_device
 from robench.core.errors import RobenchError
 from robench.core.home import robench_home
@@ -336,7 +336,7 @@ def _local_cell(p: Plan, attack: Attack, task, bar) -> Callable[[], dict[str, An
 def _fault_hook(attack_name: str):
     """Fault injection for the crash tests: ``ROBENCH_FAULT=kill-before-commit:<attack>`` sends
     SIGKILL to this process inside the cell's transaction, after its rows are written."""
-    from robench.engine.faults import armed, fault
+    from robench.core.faults import armed, fault
 
     point = f"kill-before-commit:{attack_name}"
     return (lambda: fault(point)) if armed(point) else None

@@ -13,7 +13,7 @@ from robench.core.target import Target, fingerprint
 def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> tuple[Target, dict[str, Any]]:
     """The target of a run and its defence record: ``--defense aat+flip`` loads ``M.aat`` (training
     what is missing: the clean model, then the recipe) and wraps it in the inference defences."""
-    from robench.defenses.wrappers import Defended, parse_defense
+    from robench.defenses import Defended, parse_defense
     from robench.models import load_model, split_name
 
     if train:
@@ -88,7 +88,7 @@ def _train_missing(base: str, recipe: str | None, spec: RunSpec, progress: bool)
     opts = dict(spec.dataset_options) if ds == spec.dataset else {}
     opts.pop("progress", None)
     if recipe:
-        from robench.defenses.recipes import adversarial_train
+        from robench.engine.finetune import adversarial_train
 
         from robench.core.weights import seeded_name
 

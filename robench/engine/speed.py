@@ -101,7 +101,7 @@ def agreement(
     """Clean scores and the check attack's mean gains (``eps`` in [0, 1] units) of ``target``
     on ``dist``/``ref`` in float32 eager and with the options; the max abs differences against
     the tolerances (raw score units: tolerance × spread). Leaves the target with the options set."""
-    from robench.attacks.base import observed_scale
+    from robench.attacks import observed_scale
 
     amp = check_amp(amp)
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ Loss: the paper's eq. 5, ``MSE(ŷ, y) + λ·(1 − PLCC(ŷ, y))`` with Adam, whe
 target's prediction on the MOS scale (BiRQA's head regresses MOS; LPIPS/TOPIQ go through the
 learnable affine calibration of method-notes §2 and start from official weights when present).
 
-The loop is :class:`robench.engine.trainer.Trainer`; :class:`CleanTask` supplies the batches (one
+The loop is :class:`robench.core.training.Trainer`; :class:`CleanTask` supplies the batches (one
 shuffle per epoch), the loss and the per-epoch validation. Each run writes to its folder:
 ``last.pt`` (weights + optimiser + step, for resuming, written atomically at every epoch end),
 ``best.safetensors`` (best validation SROCC, with its provenance in the file's metadata),
@@ -31,22 +31,8 @@ from robench.core.errors import RobenchError
 from robench.core.home import robench_home
 from robench.core.profiles import Profile, get_profile
 from robench.core.progress import progress_bar
-from robench.engine.trainer import TrainTask, Trainer, config_hash, random_crop_pair
+from robench.core.training import TrainTask, Trainer, clean_loss, config_hash, plcc_loss, random_crop_pair  # noqa: F401
 from robench.core.stats import correlations
-
-# the loop's helpers live in robench.engine.trainer; still importable from here
-from robench.engine.trainer import atomic_torch_save as _atomic_torch_save  # noqa: F401
-from robench.engine.trainer import clean_stale_tmp, lr_factor, optimizer_step  # noqa: F401
-
-
-def plcc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    p, t = pred - pred.mean(), target - target.mean()
-    return 1.0 - (p * t).sum() / (p.norm() * t.norm() + eps)
-
-
-def clean_loss(pred: torch.Tensor, mos: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """Paper eq. 5: MSE + λ(1 − PLCC)."""
-    return torch.mean((pred - mos) ** 2) + lam * plcc_loss(pred, mos)
 
 
 # --------------------------------------------------------------------------------------------

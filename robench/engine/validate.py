@@ -89,7 +89,7 @@ def dry_build(
     profile: str = "paper", sample: bool = True, device: str = "cpu", size: tuple[int, int] = (512, 384), progress=None
 ) -> dict[str, Any]:
     from robench.core.device import resolve_device
-    from robench.defenses.wrappers import parse_defense
+    from robench.defenses import parse_defense
     from robench.models import build
     from robench.core.registry import ATTACKS
 

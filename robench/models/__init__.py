@@ -8,6 +8,7 @@ from typing import Any
 
 from robench.core.errors import MissingWeightsError, RobenchError
 from robench.core.target import state_digest  # noqa: F401  (re-exported)
+from robench.models.kernels import reference_kernels  # noqa: F401  (the kernels bench reads it)
 
 
 def split_name(name: str) -> tuple[str, str | None]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from robench.core.errors import RobenchError
+from robench.core.stats import bound_summary  # noqa: F401  (plots.bound_summary: the plot and report read it)
 from robench.results.labels import BASE, recipe_declares
 
 
@@ -71,9 +72,6 @@ def ema(x, window: int = 20) -> np.ndarray:
     for i, v in enumerate(x):
         out[i] = v if i == 0 else a * v + (1 - a) * out[i - 1]
     return out
-
-
-from robench.defenses.aat import bound_summary  # noqa: E402  (re-exported: plots.bound_summary)
 
 
 def plot_bound(log: str | Path, stem: str | Path, log_y: bool = False) -> list[str]:

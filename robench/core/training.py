@@ -12,6 +12,9 @@ and feed a :class:`PatienceStop`), and :meth:`TrainTask.should_stop` ends the ru
 checkpoints at once, so the stopping state a rerun resumes is the one the decision was made in.
 
 Nothing here imports a plugin (defences, recipes): they import this module, never the reverse.
+It sits in core, under the plugins, because plugins that train (the recipes' tasks, DiffPure's
+denoiser) run it and a plugin imports nothing above core; what drives a recipe's fine-tune (the
+clean model, calibration, provenance) is the engine's (engine/finetune.py).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import nn
 from robench.core.device import to_device
 from robench.core.errors import RobenchError
 from robench.core.progress import progress_bar
-from robench.engine.faults import fault
+from robench.core.faults import fault
 
 #: marks the Trainer's ``last.pt`` layout; checkpoints without it predate the Trainer and go
 #: through :meth:`TrainTask.upgrade_checkpoint`
@@ -451,3 +454,17 @@ class Trainer:
                 self.clock.pause()
                 self._bar = None
         return self
+
+
+# --------------------------------------------------------------------------------------------
+# the clean objective (shared by clean training and the recipes' replay terms)
+
+
+def plcc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    p, t = pred - pred.mean(), target - target.mean()
+    return 1.0 - (p * t).sum() / (p.norm() * t.norm() + eps)
+
+
+def clean_loss(pred: torch.Tensor, mos: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """Paper eq. 5: MSE + λ(1 − PLCC)."""
+    return torch.mean((pred - mos) ** 2) + lam * plcc_loss(pred, mos)
