@@ -133,7 +133,8 @@ def merge(paths: list[str], out: str) -> None:
     lines = [
         "# Inner objective of the adversarial fine-tunes",
         "",
-        f"BiRQA fine-tuned from the shipped clean weights (quick profile: cap {max(r['cap'] for r in runs)} steps, inner PGD-5 at "
+        "BiRQA fine-tuned from the shipped clean weights (quick profile: cap "
+        f"{max(r['cap'] for r in runs)} steps, inner PGD-5 at "
         f"ε 4/255, seed 0) with each inner objective; then quick PGD under the ranking attack (mos-split) on "
         f"{runs[0]['n']} val items (128 px), ε in /255 of [0, 1]. Higher attacked SROCC is better.",
         "",
@@ -157,7 +158,8 @@ def merge(paths: list[str], out: str) -> None:
             f" | {'yes' if r['not_converged'] else ''} | {r['train_seconds']:.0f} |"
         )
     best = {}
-    for r in (r for r in runs if not r.get("set") and r["recipe"] != "none"):  # the inner-objective comparison: other settings at defaults
+    # the inner-objective comparison: other settings at their defaults, the undefended row aside
+    for r in (r for r in runs if not r.get("set") and r["recipe"] != "none"):
         score = sum(r["attacked_srocc"]) / len(r["attacked_srocc"])
         if r["recipe"] not in best or score > best[r["recipe"]][1]:
             best[r["recipe"]] = (r["inner"], score)

@@ -1,4 +1,4 @@
-"""Issue 22.4: the README is tested. Every `robench …` command in its code blocks names a real
+"""The README and the docs pages are tested. Every `robench …` command in their code blocks names a real
 subcommand and only options that subcommand has (parsed against the CLI's own click tree, the
 same thing `--help` prints), and every row of a measured table names the command behind it."""
 
@@ -13,7 +13,10 @@ import typer
 
 from robench.cli.app import app as robench_app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+#: the README and every page it sends a reader to: their commands are checked the same way
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def _blocks(text: str) -> list[str]:
@@ -32,9 +35,16 @@ def _blocks(text: str) -> list[str]:
     return blocks
 
 
-def readme_commands() -> list[str]:
+def readme_commands(pages=PAGES) -> list[tuple[str, str]]:
     cmds = []
-    for block in _blocks(README.read_text()):
+    for page in pages:
+        cmds += [(page.relative_to(ROOT).as_posix(), c) for c in _page_commands(page.read_text())]
+    return cmds
+
+
+def _page_commands(text: str) -> list[str]:
+    cmds = []
+    for block in _blocks(text):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             for part in re.split(r"&&|\|\||;|\|", line):
@@ -72,12 +82,37 @@ COMMANDS = readme_commands()
 
 
 def test_readme_has_commands():
-    assert len(COMMANDS) >= 20 and any(c.startswith("robench run") for c in COMMANDS)
+    readme = [c for p, c in COMMANDS if p == "README.md"]
+    assert len(readme) >= 5 and any(c.startswith("robench run") for c in readme)
+    assert len(COMMANDS) >= 40 and {p for p, _ in COMMANDS} > {"README.md"}
 
 
-@pytest.mark.parametrize("cmd", COMMANDS)
-def test_readme_command_exists(cmd):
+@pytest.mark.parametrize("page,cmd", COMMANDS)
+def test_readme_command_exists(page, cmd):
     _check(cmd)
+
+
+def test_readme_is_short_and_its_links_resolve():
+    """The README is read in five minutes; every relative link of every page names a file that
+    exists and, with an anchor, a heading of that file."""
+    assert len(README.read_text().splitlines()) <= 200
+
+    def anchors(path: Path) -> set[str]:
+        heads = [m.group(1) for m in re.finditer(r"^#+ (.*)$", path.read_text(), re.M)]
+        return {"".join(c for c in h.strip().lower() if c.isalnum() or c in " -_").replace(" ", "-") for h in heads}
+
+    bad = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (page.parent / file).resolve() if file else page
+            if not dest.exists():
+                bad.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                bad.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not bad, "\n".join(bad)
 
 
 def test_checker_catches_a_wrong_option_and_subcommand():
@@ -103,7 +138,7 @@ def test_measured_tables_name_their_command():
     """Every row of a README table with a `command` column names one (`robench …`, a script, or
     'same' for the row above's)."""
     rows = 0
-    lines = README.read_text().splitlines()
+    lines = [ln for page in PAGES for ln in page.read_text().splitlines() + [""]]
     for i, line in enumerate(lines):
         if not line.startswith("|") or "command" not in line.lower() or not lines[i + 1].startswith("|---"):
             continue

@@ -1,5 +1,5 @@
 """pyautoattack 0.2.0 (the official AutoAttack code, repackaged) adapted to a one-output score
-(method-notes §4): APGD with CE through the logits adapter and ``best_loss=True`` (the default
+(docs/method.md §4): APGD with CE through the logits adapter and ``best_loss=True`` (the default
 mode returns clean images for a regressor; only ``best_loss=True`` keeps the whole batch, so the
 reference stays aligned); Square with ``margin_and_loss`` returning ``(1, −q)`` and the label
 carrying each image's row index, so the subsets Square evaluates find their own references."""

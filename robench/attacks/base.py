@@ -555,7 +555,7 @@ def perceptibility(adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, to
 class ScoreLogits(torch.nn.Module):
     """Two logits ``[0, (q − q_clean)/scale]`` for classifier-only attack code: with label 0 the
     cross-entropy is ``softplus((q − q_clean)/scale)``, increasing in ``q``, so an untargeted
-    attack that raises the loss raises the quality (method-notes §4)."""
+    attack that raises the loss raises the quality (docs/method.md §4)."""
 
     def __init__(self, f: BoundTarget, q_clean: torch.Tensor, scale: float):
         super().__init__()

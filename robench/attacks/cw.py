@@ -1,4 +1,4 @@
-"""Carlini & Wagner (IEEE S&P 2017) for a score, a minimisation attack (method-notes §4):
+"""Carlini & Wagner (IEEE S&P 2017) for a score, a minimisation attack (docs/method.md §4):
 
     minimise ‖δ‖₂² + c · max((q_target − q(x + δ)) / scale, −κ),   q_target = q_clean + target_gain · scale
 

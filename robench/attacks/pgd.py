@@ -53,7 +53,7 @@ class PGD(Attack):
     #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way
     strength = {"quick": {"down": 0.932, "up": 0.989}}
     test_options = {"steps": 3}
-    #: iterative PGD must reach at least single-step FGSM's gain (method-notes §4 sanity check)
+    #: iterative PGD must reach at least single-step FGSM's gain (docs/method.md §4 sanity check)
     at_least_as_strong_as = ("fgsm",)
     #: `robench bench attack-strength` measures this attack's convergence curve (k steps vs the
     #: restarted many-step reference, which runs the same ascent)

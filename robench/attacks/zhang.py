@@ -1,4 +1,4 @@
-"""The perceptual attack of Zhang et al. (NeurIPS 2022), adapted to an FR score (method-notes §4).
+"""The perceptual attack of Zhang et al. (NeurIPS 2022), adapted to an FR score (docs/method.md §4).
 
 Source: "Perceptual Attacks of No-Reference Image Quality Models with Human-in-the-Loop",
 Zhang et al., NeurIPS 35 (2022), pp. 2916–2929, arXiv 2210.00933; code
@@ -10,7 +10,7 @@ LPIPS or DISTS) keeps it close to the unattacked image. Their public script maxi
 per image, a random start of −1/255 or 0 per pixel, λ swept over a wide range (default 5000),
 and clamps to [0, 1] only — no ε ball.
 
-robench **[choice]** (method-notes §4), per image and budget ε:
+robench **[choice]** (docs/method.md §4), per image and budget ε:
 
     maximise  (q(x') − q_clean) / scale  +  lam · SSIM(x', x)       over x' = x + δ
 

@@ -1,7 +1,7 @@
 """Cell flags a reader must see: one definition, used by the report tables, report.json and
 ``robench check``.
 
-The runner stores each cell's sanity flags (method-notes §4 end: a flag computed
+The runner stores each cell's sanity flags (docs/method.md §4 end: a flag computed
 and never shown is a defect). A flag is *active* when it says the cell's number may not measure what
 its label says; every table marks the affected value with the flag's code and explains the codes
 present in a legend under the table.

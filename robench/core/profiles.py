@@ -32,7 +32,7 @@ class Profile:
     attack_batch: int = 32
     attacks: dict = field(default_factory=dict)
     eot_draws: int = 20  # EOT draws against a randomised target (attack parameter eot="auto")
-    # adversarial fine-tuning (R-, AT-, AAT-; method-notes §2): inner PGD at ε_train with step
+    # adversarial fine-tuning (R-, AT-, AAT-; docs/method.md §2): inner PGD at ε_train with step
     # ε/4, from the clean checkpoint; AAT batch of `train_batch` with `aat_anchors` anchors
     adv_eps: float = 4.0  # /255
     adv_pgd_steps: int = 10

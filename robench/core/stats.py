@@ -1,4 +1,4 @@
-"""Statistics on oriented quality (method-notes §3): correlations with MOS, 2AFC accuracy, the
+"""Statistics on oriented quality (docs/method.md §3): correlations with MOS, 2AFC accuracy, the
 MSU-benchmark robustness scores, and the paired (cluster) bootstrap of a difference.
 
 Everything here takes *oriented* quality ``q`` (higher = better, ``−score`` for lower-better
@@ -43,7 +43,7 @@ def twoafc_accuracy(q0, q1, judge) -> float:
 
 
 def minmax(q, clean) -> np.ndarray:
-    """Min-max scale ``q`` with the range of the model's own clean scores (method-notes §3)."""
+    """Min-max scale ``q`` with the range of the model's own clean scores (docs/method.md §3)."""
     clean = np.asarray(clean, dtype=float)
     lo, span = float(np.min(clean)), float(np.ptp(clean))
     return (np.asarray(q, dtype=float) - lo) / (span if span > 0 else 1.0)
@@ -261,7 +261,7 @@ def benjamini_hochberg(p) -> np.ndarray:
 
 
 #: the fewest independent photos from which a photo-clustered interval is reported
-#: (method-notes §3): with fewer, the bootstrap's distribution of clusters is too coarse to mean much
+#: (docs/method.md §3): with fewer, the bootstrap's distribution of clusters is too coarse to mean much
 MIN_PHOTOS = 10
 BOOTSTRAP_MODES = ("auto", "photo", "item")
 

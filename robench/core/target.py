@@ -109,7 +109,7 @@ def _softplus_inverse(a: float) -> float:
 
 
 class Calibration(nn.Module):
-    """Learnable affine map ``ŷ = a·q + b`` with ``a = softplus(a_raw) > 0`` (method-notes §2):
+    """Learnable affine map ``ŷ = a·q + b`` with ``a = softplus(a_raw) > 0`` (docs/method.md §2):
     puts a target whose score is not on the MOS scale (a distance) onto it for training losses
     without changing its ranking.
 

@@ -1,5 +1,5 @@
 """Anchored Adversarial Training: the band/anchor mini-batch sampler, the nearest-anchor hinge
-and the Theorem-1 quantities (method-notes §2, paper §3.3-4).
+and the Theorem-1 quantities (docs/method.md §2, paper §3.3-4).
 
 Theorem 1: with anchor error ``δ = max_a |ŷ_a − y_a|``, coverage ``Δ`` (every non-anchor lies
 within ``Δ`` of its nearest anchors below and above in MOS), ``η = max_i ℓ_i`` (the largest
@@ -29,7 +29,7 @@ violations changed, so the theorem bounds the trained model's error exactly as w
 normaliser. ``hinge_norm="mos-range"`` is the paper's literal objective.
 
 The sampler draws a moving MOS sub-range (``W = min(Δ·(K−1), ½ × dataset MOS range)``), with random
-tie-breaks and fresh anchors on every draw (method-notes §2, batch construction).
+tie-breaks and fresh anchors on every draw (docs/method.md §2, batch construction).
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ class AnchorBatch:
     anchor_ids: list = field(default_factory=list)  # dataset item ids of the anchors, MOS order
 
 
-#: W = min(Δ·(K−1), BAND_FRACTION × dataset MOS range) **[choice]** (method-notes §2)
+#: W = min(Δ·(K−1), BAND_FRACTION × dataset MOS range) **[choice]** (docs/method.md §2)
 BAND_FRACTION = 0.5
 
 
 class AnchorSampler:
-    """Paper §4.1 / method-notes §2: draw a contiguous MOS band ``[lo, lo + W]`` with ``lo``
+    """Paper §4.1 / docs/method.md §2: draw a contiguous MOS band ``[lo, lo + W]`` with ``lo``
     uniform in ``[min MOS, max MOS − W]``; the samples closest to both band ends are anchors, the
     other anchors sit uniformly along the MOS axis inside the band, the rest of the batch is drawn
     uniformly from the band's non-anchors.

@@ -2,7 +2,7 @@
 
 All three fine-tune the clean checkpoint of ``M`` (trained first when missing) with the same
 inner attacker — PGD at ``ε_train`` (profile ``adv_eps``, 4/255), step ε/4, random start,
-``adv_pgd_steps`` steps (10 in the paper profile) — so only the recipe differs (method-notes §2).
+``adv_pgd_steps`` steps (10 in the paper profile) — so only the recipe differs (docs/method.md §2).
 The inner PGD ascends the recipe's own training loss over the attacked items by default (the
 paper's eq. 2, anchors clean; profile ``adv_inner="loss"``): an inner attack that only raises the
 score trains against half of the ranking attack the cells test with. ``"up"`` and a batch-level
@@ -88,7 +88,7 @@ AT_SSIM = "rgb-mean, gaussian 11/1.5, valid (pytorch_msssim convention)"
 def at_labels(
     y: torch.Tensor, adv: torch.Tensor, clean: torch.Tensor, k: float, mos_min: float, mos_max: float
 ) -> torch.Tensor:
-    """AT- label rule (Chistyakova et al. 2024, method-notes §2): the attacked copy's label
+    """AT- label rule (Chistyakova et al. 2024, docs/method.md §2): the attacked copy's label
     ``clamp(y − k·(1 − SSIM(x_adv, x))·(MOS_max − MOS_min), MOS_min, MOS_max)`` with SSIM per image
     on RGB, per channel and averaged (:func:`robench.models.classic.ssim_rgb`)."""
     from robench.models.classic import ssim_rgb

@@ -6,7 +6,7 @@ is differentiable and the attack differentiates it) or ``bpda`` (Athalye et al. 
 forward pass uses the real transform, the backward pass the identity).
 
 Geometric transforms (``flip``, ``rotate``) apply the *same* random transform to ``ref`` and
-``dist`` (method-notes §4). Purifiers (``jpeg``, ``smoothing``, ``squeeze`` from ART, and
+``dist`` (docs/method.md §4). Purifiers (``jpeg``, ``smoothing``, ``squeeze`` from ART, and
 ``diffpure``) act on ``dist`` only: the reference is trusted and never under attack, so its
 branch stays cacheable.
 """

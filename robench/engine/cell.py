@@ -565,7 +565,7 @@ def clean_scale(target: Target, res: AttackResult, items: Items) -> dict[str, fl
 
 
 def cell_flags(res: AttackResult, summary: dict[str, Any], attack: Attack) -> dict[str, Any]:
-    """Per-cell sanity checks (method-notes §4 end); a flag is a warning recorded with the
+    """Per-cell sanity checks (docs/method.md §4 end); a flag is a warning recorded with the
     result, not a failure."""
     gains = summary["mean_gain"]
     scale = max(abs(g) for g in gains) or 1.0

@@ -2,7 +2,7 @@
 
 Loss: the paper's eq. 5, ``MSE(ŷ, y) + λ·(1 − PLCC(ŷ, y))`` with Adam, where ``ŷ`` is the
 target's prediction on the MOS scale (BiRQA's head regresses MOS; LPIPS/TOPIQ go through the
-learnable affine calibration of method-notes §2 and start from official weights when present).
+learnable affine calibration of docs/method.md §2 and start from official weights when present).
 
 The loop is :class:`robench.core.training.Trainer`; :class:`CleanTask` supplies the batches (one
 shuffle per epoch), the loss and the per-epoch validation. Each run writes to its folder:

@@ -1,6 +1,6 @@
 """Classical differentiable FR metrics: PSNR, SSIM, MS-SSIM.
 
-Conventions (method-notes §5): SSIM on luminance ``Y = 0.299R + 0.587G + 0.114B`` with an 11×11
+Conventions (docs/method.md §5): SSIM on luminance ``Y = 0.299R + 0.587G + 0.114B`` with an 11×11
 Gaussian window (σ = 1.5), ``C1 = (0.01·L)²``, ``C2 = (0.03·L)²``, L = 1, 'valid' filtering as
 pyiqa does. ``ssim_rgb`` is the RGB variant (per channel, channels averaged, valid filtering:
 the ``pytorch_msssim`` convention) that the AT- label rule uses. MS-SSIM (Wang et al. 2003)
@@ -72,7 +72,7 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, padding: str = "valid") -> torch.
 
 def ssim_rgb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM per image on RGB, the ``pytorch_msssim`` convention the AT- authors' training code
-    uses (method-notes §2): each channel separately with an 11×11 Gaussian window (σ = 1.5),
+    uses (docs/method.md §2): each channel separately with an 11×11 Gaussian window (σ = 1.5),
     data range 1, ``C1 = 0.01²``, ``C2 = 0.03²``, no padding ('valid' filtering); the mean over
     the valid map of each channel, then the mean over the channels. Returns ``N`` values."""
     lum, cs = ssim_components(x, y, padding="valid")  # the filter runs per channel (groups = C)

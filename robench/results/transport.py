@@ -1,5 +1,5 @@
 """1-D optimal-transport maps from a model's clean scores to the MOS distribution, and the
-IR-Score built on them (method-notes §3).
+IR-Score built on them (docs/method.md §3).
 
 robench's reading of IR-Score (the published formula could not be verified; this is the
 documented choice, see docs/statistics.md):

@@ -1,4 +1,4 @@
-"""BiRQA's four analytic feature maps (method-notes §6), at full resolution, all differentiable
+"""BiRQA's four analytic feature maps (docs/method.md §6), at full resolution, all differentiable
 w.r.t. the distorted image.
 
 1. SSIM map on luminance (Gaussian 11/1.5, C1, C2 as SSIM) — 1 channel.

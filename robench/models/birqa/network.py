@@ -1,4 +1,4 @@
-"""BiRQA's network (paper §3, method-notes §6; no public code exists, so the layer sizes are
+"""BiRQA's network (paper §3, docs/method.md §6; no public code exists, so the layer sizes are
 robench's, chosen for ≈ 5.5 M parameters and speed).
 
 Pyramid: four levels at 1/2, 1/4, 1/8, 1/16 of the input (each level half the previous). Level 0
