@@ -113,3 +113,11 @@ def item_signs(direction: str | None, mos: Any, n: int) -> np.ndarray:
     """The signs of a stored cell's items (recomputed from its rows' MOS: the same items give the
     same threshold)."""
     return get_direction(direction or DEFAULT).signs(mos, n)[0]
+
+
+def directed_gain(q_clean, q_adv, signs=None):
+    """The one directed gain: ``sign · (q_adv − q_clean)`` per item, in oriented quality (a
+    leading ε axis of ``q_adv`` broadcasts). ≥ 0 for every item the harness kept; ``signs``
+    None is the ``up`` direction. The dtype of the inputs is kept (no silent float64 cast)."""
+    q_clean, q_adv = np.asarray(q_clean), np.asarray(q_adv)
+    return (1.0 if signs is None else np.asarray(signs)) * (q_adv - q_clean)

@@ -482,7 +482,7 @@ def attack_strength(
     import numpy as np
 
     from robench.core.config import dataset_options_for
-    from robench.core.directions import get_direction
+    from robench.core.directions import directed_gain, get_direction
     from robench.core.profiles import get_profile
     from robench.core.registry import ATTACKS, default_dataset
     from robench.engine.items import load_items
@@ -536,7 +536,7 @@ def attack_strength(
                     res = atk(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch, signs=signs)
                     q_clean, q_adv = (v.numpy() for v in res.oriented(target.lower_better))
                     return {
-                        "g": signs.numpy() * (q_adv[0] - q_clean),
+                        "g": directed_gain(q_clean, q_adv[0], signs.numpy()),
                         "seconds": time.perf_counter() - t1,
                         "budget": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
                         # what the profile (and any override) set: starts, early exit, …

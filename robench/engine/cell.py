@@ -16,7 +16,7 @@ import torch
 
 from robench.attacks import Attack, AttackResult, BudgetViolation
 from robench.core.config import RunSpec
-from robench.core.directions import DEFAULT as UP, get_direction, item_signs
+from robench.core.directions import DEFAULT as UP, directed_gain, get_direction, item_signs
 from robench.core.device import halving_batches
 from robench.core.errors import OutOfMemory
 from robench.core.flags import STRENGTH_FLOOR
@@ -392,7 +392,7 @@ def item_gains(
     if idx is not None:
         i = idx.numpy()
         q0, q, s = q0[i], q[:, i], s[i]
-    return [s * (qk - q0) for qk in q]
+    return [directed_gain(q0, qk, s) for qk in q]
 
 
 def directed_gains(
@@ -666,9 +666,8 @@ def cross_cell_checks(store: Store, keys: list[str]) -> None:
                     len(first),
                 )
                 sign_of = dict(zip(first["item"].to_numpy(), s))
-                return df.assign(g=df["item"].map(sign_of) * (df["score"] - df["clean_score"])).pivot(
-                    index="item", columns="eps", values="g"
-                )
+                g = directed_gain(df["clean_score"].to_numpy(), df["score"].to_numpy(), df["item"].map(sign_of))
+                return df.assign(g=g).pivot(index="item", columns="eps", values="g")
 
             wb = [gains(r) for r in white]
             bb = [gains(r) for r in black]

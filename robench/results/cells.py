@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from robench.core import flags as FL
-from robench.core.directions import item_signs, protocol_of
+from robench.core.directions import directed_gain, item_signs, protocol_of
 from robench.core.errors import RobenchError
 from robench.results.labels import BASE
 from robench.core.stats import correlations, twoafc_scores
@@ -70,8 +70,7 @@ class CellData:
 
     def directed_gain(self, k: int) -> np.ndarray:
         """Per item ``sign · (q_adv − q_clean)`` at ε index ``k`` (≥ 0 by the harness)."""
-        s = 1.0 if self.signs is None else self.signs
-        return s * (self.q_adv[k] - self.q_clean)
+        return directed_gain(self.q_clean, self.q_adv[k], self.signs)
 
     @property
     def active_flags(self) -> list[str]:

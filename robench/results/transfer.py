@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from robench.core.directions import item_signs, protocol_of
+from robench.core.directions import directed_gain, item_signs, protocol_of
 
 N_BOOT = 1000
 
@@ -67,7 +67,7 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
             grp = grp.sort_values("item")
             q0 = orient * grp["clean_score"].to_numpy(float)
             q = orient * grp["score"].to_numpy(float)
-            g = signs * (q - q0)
+            g = directed_gain(q0, q, signs)
 
             def gain_sd(i):
                 sd = np.std(q0[i], ddof=1)
