@@ -1,7 +1,11 @@
-"""Compute profiles: every budget robench uses, in one place, recorded with every result.
+"""Compute profiles: the named settings of a run (image size, training, ε list, items,
+fine-tuning), recorded with every result.
 
 ``quick`` is the CPU default (small images, reduced budgets); ``paper`` is the paper's settings
-where known and robench's documented choices where not (for GPUs).
+where known and robench's documented choices where not (for GPUs). An attack's step budget per
+profile is declared by the attack itself (its ``budgets`` class attribute, keyed by profile
+name), beside the measurement it comes from; ``Profile.attacks`` may override it in a custom
+profile.
 """
 
 from __future__ import annotations
@@ -81,10 +85,6 @@ class Profile:
 
     def attack_params(self, name: str) -> dict:
         return dict(self.attacks.get(name, {}))
-
-
-# Attack budgets live with each attack (its ``budgets`` class attribute, per profile name);
-# ``Profile.attacks`` may still override them (a custom profile).
 
 
 PROFILES = {

@@ -76,12 +76,10 @@ from robench.core.profiles import inner_objective
 from robench.core.registry import DEFENSES
 from robench.core.training import PatienceStop, TrainTask, Trainer, random_crop_pair, write_json_atomic
 
-#: bumped when a recipe's batches, labels or initialisation change: part of the config hash, so a
-#: ``last.pt`` written by an older version is refused instead of resumed into a mixed run
-#: (2: moving AAT band + random tie-breaks, least-squares calibration init, RGB SSIM for AT-;
-#: 3: held-out patience stopping — the patience state lives in last.pt, so a v2 checkpoint, which
-#: has none, is refused by the config hash with the Trainer's "different configuration" message)
-RECIPE_VERSION = 4  # 4: AAT hinge over the anchors' prediction range; the scale (collapse) guard
+#: changes whenever a recipe's batches, labels, initialisation or checkpointed state change: it is
+#: part of the config hash, so a ``last.pt`` written under another version is refused (the
+#: Trainer's "different configuration" message) instead of resumed into a mixed run
+RECIPE_VERSION = 4
 AT_SSIM = "rgb-mean, gaussian 11/1.5, valid (pytorch_msssim convention)"
 
 
