@@ -52,16 +52,24 @@ def _units(c) -> str:
     return bootstrap_units("auto", c.sources)[1]
 
 
-def make_records(store: str | Path, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
+def make_records(
+    store: str | Path, n_boot: int = N_BOOT, seed: int = 0, loaded: tuple | None = None
+) -> list[dict[str, Any]]:
+    """``loaded``: ``(cells, weights, raw cells frame)`` already read from ``store`` (the report
+    reads the store once and hands them on); None reads them here."""
     from robench.engine.store import Store
     from robench.results.entries import cell_entry, latest
     from robench.results.cells import load_cells
 
-    cells, weights = load_cells(store)
+    if loaded is None:
+        cells, weights = load_cells(store)
+        with Store(store, readonly=True) as st:
+            raw = st.cells()
+    else:
+        cells, weights, raw = loaded
     if not cells:
         raise RobenchError(f"{store} has no finished cells to export")
-    with Store(store, readonly=True) as st:
-        raw = st.cells().set_index("key")
+    raw = raw.set_index("key")
     rows: dict[tuple, list] = {}
     for ident, c in latest(cells).items():
         rows.setdefault((c.target, c.defense, c.train_seed), []).append((ident, c))

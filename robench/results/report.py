@@ -1237,42 +1237,41 @@ def _write(
         + "\n".join(to_markdown(t) for t in tables)
         + ("\n" + aat_bounds_markdown(bounds) if bounds else "")
     )
-    (tmp / "report.json").write_text(
-        json.dumps(
-            {
-                "store": str(store),
-                "eps": rep.eps,
-                "ot": ot,
-                "n_boot": n_boot,
-                "seed": seed,
-                "tables": [t.to_dict() for t in tables],
-                "aat_bounds": bounds,
-                "bootstrap": rep.bootstrap,
-                "correction": rep.correction,
-                "protocols": written["protocols"],
-                # one row per comparison (schema: docs/statistics.md),
-                # each family corrected within its protocol
-                "comparisons": [x for r in reps.values() for x in r.comparisons()],
-                "flag_legend": FL.LEGEND,
-                "flagged_cells": [
-                    {
-                        "key": c.key,
-                        "target": c.target,
-                        "defense": c.defense,
-                        "attack": c.attack,
-                        "direction": c.direction,
-                        "flags": c.active_flags,
-                    }
-                    for c in cells
-                    if c.active_flags
-                ],
-                "cells": [cell_stats(c) for c in cells],
-                **extra_json,
-            },
-            indent=1,
-            default=str,
-        )
+    report_json = json.dumps(
+        {
+            "store": str(store),
+            "eps": rep.eps,
+            "ot": ot,
+            "n_boot": n_boot,
+            "seed": seed,
+            "tables": [t.to_dict() for t in tables],
+            "aat_bounds": bounds,
+            "bootstrap": rep.bootstrap,
+            "correction": rep.correction,
+            "protocols": written["protocols"],
+            # one row per comparison (schema: docs/statistics.md),
+            # each family corrected within its protocol
+            "comparisons": [x for r in reps.values() for x in r.comparisons()],
+            "flag_legend": FL.LEGEND,
+            "flagged_cells": [
+                {
+                    "key": c.key,
+                    "target": c.target,
+                    "defense": c.defense,
+                    "attack": c.attack,
+                    "direction": c.direction,
+                    "flags": c.active_flags,
+                }
+                for c in cells
+                if c.active_flags
+            ],
+            "cells": [cell_stats(c) for c in cells],
+            **extra_json,
+        },
+        indent=1,
+        default=str,
     )
+    (tmp / "report.json").write_text(report_json)
     from robench.results.paper import write_paper
 
     # the paper's Tables 3, 7, 9 beside robench's measurements, with the claims table
@@ -1298,8 +1297,8 @@ def _write(
         tmp,
         Path(store),
         tables,
-        json.loads((tmp / "report.json").read_text()),
-        make_records(store, n_boot=n_boot, seed=seed),
+        json.loads(report_json),  # the page shows exactly what report.json holds
+        make_records(store, n_boot=n_boot, seed=seed, loaded=(cells, rep.weights, raw)),
         extra_json["certified"],
         rep.weights,
         raw,
