@@ -29,16 +29,38 @@ import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from robench.core import flags as FL
+from robench.results.cells import CellData
 
-# report.py calls write_paper and hands it its Reporter: importing report here, even for
-# annotations only, would make the two modules import each other
-Reporter = Any
-CellData = Any
+
+class Reporter(Protocol):
+    """What paper.py reads of a protocol's results (results.report.Reporter provides it; named
+    here as a protocol so the two modules do not import each other)."""
+
+    cells: list[CellData]
+    eps: float
+    all_eps: list[float]
+    bootstrap: str
+    correction: str
+    n_boot: int
+    ot: str
+
+    def rows(self, kind: str, where: Callable[[CellData], bool] = ...) -> list[tuple]: ...
+    def cell(
+        self, row: tuple, attack: str, eps: float | None = None, train_seed: int | None = None
+    ) -> CellData | None: ...
+    def base_row(self, row: tuple) -> tuple: ...
+    def compare(self, a: CellData, b: CellData, eps: float | None) -> dict | None: ...
+    def family(self) -> list[dict]: ...
+    def ir(self, d: CellData, b: CellData) -> float: ...
+    def train_minutes(self, c: CellData) -> float: ...
+    @property
+    def correction_name(self) -> str: ...
+
 
 PAPER_TABLES = (3, 7, 9)
 PAPER_FILE = "birqa-paper.txt"

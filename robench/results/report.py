@@ -868,19 +868,11 @@ class Reporter:
                 bold[[r for r, x in zip(rows, v) if x == np.nanmax(v)], j] = True
         return pd.DataFrame(bold, index=df.index, columns=df.columns)
 
-    def tables(self) -> list[Table]:
-        return [
-            self.named(t)
-            for t in (
-                self.robustness(),
-                self.twoafc(),
-                self.flips(),
-                self.purification(),
-                self.sweep(),
-                self.significance(),
-            )
-            if t is not None
-        ]
+    def builders(self) -> list[Callable[[], Table | None]]:
+        """This protocol's table builders in report order: the one list (IR-Score on score
+        inflation only, as the reference gain script measures gains)."""
+        out = [self.robustness, self.twoafc, self.flips, self.purification, self.sweep, self.significance]
+        return out + ([self.ir_table] if self.direction == "up" else [])
 
     def named(self, t: Table | None) -> Table | None:
         """A table of this reporter's protocol: named (``robustness-mos-split``), titled and
@@ -1209,12 +1201,7 @@ def _write(
     }
     tables = []
     # every table per protocol; gains and IR-Score on score inflation only (as the reference gain script)
-    builds = [
-        (r, b)
-        for d, r in reps.items()
-        for b in (r.robustness, r.twoafc, r.flips, r.purification, r.sweep, r.significance)
-        + ((r.ir_table,) if d == "up" else ())
-    ]
+    builds = [(r, b) for r in reps.values() for b in r.builders()]
     for r, build in builds:
         t = r.named(build())
         if t is None:
