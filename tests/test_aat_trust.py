@@ -141,17 +141,17 @@ def test_calibration_refuses_an_anti_correlated_target_and_keeps_large_slopes():
 def test_recipe_fits_the_calibration_once_and_records_it(tmp_path, monkeypatch):
     """SSIM (scores in [0, 1], not MOS) trains only its calibration: the run starts from the least
     squares fit, records it in the provenance, and a resume does not re-fit."""
-    import robench.core.target as T
+    import robench.engine.finetune as FT
     from robench.engine.finetune import adversarial_train
 
     calls = []
-    real = T.fit_calibration
+    real = FT.fit_calibration
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(T, "fit_calibration", spy)
+    monkeypatch.setattr(FT, "fit_calibration", spy)  # where the fine-tune looks it up
     out = tmp_path / "ssim-r"
     adversarial_train("ssim", "r", steps=2, dataset_options=TINY, progress=False, out=out)
     from robench.core import weights as W

@@ -516,7 +516,7 @@ def print_summary(report: dict[str, Any]) -> None:
             metric, clean, att = "2AFC", s["clean_2afc"], s["attacked_2afc"]
         else:
             clean, att = s["clean_srocc"], s["attacked_srocc"]
-        bad = FL.active(c.get("flags"))  # the same flag registry as the report and `check`
+        bad = FL.labels(c.get("flags"))  # the same flag registry as the report and `check`
         codes_seen.update(bad)
         for k, e in enumerate(s["eps"]):
             table.add_row(

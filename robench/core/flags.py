@@ -27,7 +27,7 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
         "another (random) start finds > 5 % more (the better of the two per item), or, for an attack that "
         "declares a plateau probe, a run at m× the budget gains > 5 % more; or the attack's measured strength "
         f"at this profile is below {STRENGTH_FLOOR:g} of a converged reference (robench bench attack-strength; "
-        "the fraction is in the cell)",
+        "the number beside it is that fraction)",
         lambda f: bool(f.get("not_converged")) or bool(f.get("below_reference")),
     ),
     (
@@ -91,9 +91,25 @@ def active(flags: dict[str, Any] | None) -> list[str]:
     return [code for code, _, test in FLAGS if test(f)]
 
 
+def labels(flags: dict[str, Any] | None) -> list[str]:
+    """What a table shows for one cell's flags: the active codes, and beside ``nc`` the attack's
+    measured strength when that is what flags it (``nc 0.93``: 0.93 of a converged reference)."""
+    f = flags or {}
+    out = active(f)
+    frac = (f.get("strength") or {}).get("fraction")
+    if "nc" in out and f.get("below_reference") and frac is not None:
+        out[out.index("nc")] = f"nc {float(frac):.2f}"
+    return out
+
+
+def code_of(label: str) -> str:
+    """The code of a shown label (``nc 0.93`` → ``nc``)."""
+    return label.split(" ", 1)[0]
+
+
 def legend(codes) -> str:
-    """One sentence explaining the given codes (empty when none)."""
-    used = [c for c, _, _ in FLAGS if c in set(codes)]
+    """One sentence explaining the given codes or labels (empty when none)."""
+    used = [c for c, _, _ in FLAGS if c in {code_of(x) for x in codes}]
     if not used:
         return ""
     return "Flags: " + "; ".join(f"[{c}] {LEGEND[c]}" for c in used) + "."

@@ -16,6 +16,10 @@ from robench.core.errors import MissingWeightsError, RobenchError
 from robench.core.home import robench_home
 from robench.core.profiles import get_profile, inner_objective
 from robench.core.registry import DEFENSES, default_dataset, training_recipes
+from robench.core import weights as W
+from robench.core.device import device_record, resolve_device
+from robench.core.provenance import git_commit, versions
+from robench.core.target import fingerprint, fit_calibration
 from robench.core.training import Trainer, config_hash, random_crop_pair
 
 #: least-squares calibration fit: at most this many training items (a seeded subset) **[choice]**
@@ -75,33 +79,20 @@ def adversarial_train(
     ``overrides`` any of its fields (``aat_band_fraction``, ``aat_hinge_norm``, …: each one that
     changes the run is in the recipe's hyper-parameters, hence in the config hash)."""
     from robench.models import split_name
-    from robench.core import weights as W
-    from robench.core.target import fingerprint, fit_calibration
-    from robench.core.device import device_record, resolve_device
-    from robench.core.provenance import git_commit, versions
     from robench.engine.train import evaluate, training_data
-
-    dev = resolve_device(device)
-    dataset = dataset or default_dataset()
 
     cls = DEFENSES.get(recipe)  # an unknown name: did-you-mean
     if recipe not in training_recipes():
         raise RobenchError(f"{recipe!r} is not a training recipe (recipes: {', '.join(training_recipes())})")
-    prof = get_profile(profile)
-    from dataclasses import fields
-
-    unknown = sorted(set(overrides or {}) - {f.name for f in fields(prof)})
-    if unknown:
-        raise RobenchError(f"unknown profile field(s) {', '.join(map(repr, unknown))} in the fine-tune's overrides")
-    prof = replace(prof, **(overrides or {}), **({} if inner is None else {"adv_inner": inner}))
-    inner_objective(prof)  # an unknown name fails before anything is trained
+    dev = resolve_device(device)
+    dataset = dataset or default_dataset()
+    prof = _fine_tune_profile(profile, overrides, inner)
     base, tag = split_name(model)
     if tag is not None:
         raise RobenchError(f"give the architecture ({base!r}), not a variant: the recipe makes {base}.{recipe}")
     ds_opts, _ = training_data(dataset, prof, seed, dataset_options)
     target = ensure_clean(base, dataset, prof.name, seed, ds_opts, progress, device=dev)
-    clean_sha = fingerprint(target)
-    clean_desc = target.card.weights.describe()
+    clean = {"clean_weights": target.card.weights.describe(), "clean_sha256": fingerprint(target)}
     _, (data, val) = training_data(dataset, prof, seed, ds_opts, "train", "val")
     if data.kind != "pairs":
         raise RobenchError(f"adversarial training needs a pairs dataset; {dataset!r} is {data.kind}")
@@ -109,25 +100,10 @@ def adversarial_train(
     task = cls(target, data, prof, tseed, base, heldout=val)
     n_steps = int(steps or prof.adv_steps)  # the cap: the held-out rule may stop the run sooner
     task.cap = n_steps
-    inner = inner_objective(prof)
-    # the inner objective enters the record only when it is not "up", so weights trained before
-    # the choice existed (inner PGD on the raised score) keep their config hash
-    hp = {
-        "recipe": recipe,
-        "eps_train": prof.adv_eps,
-        "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
-        **({} if inner == "up" else {"inner_objective": inner}),
-        "steps": n_steps,
-        "batch": task.batch,
-        "lr": prof.adv_lr,
-        "crop": prof.train_crop,
-        "loss_lambda": prof.train_loss_lambda,
-        **task.provenance_extra(),
-        **task.stopping_config(),
-    }
+    hp = _hyper_parameters(recipe, prof, task, n_steps)
     task.run_cfg = {
         "model": base,
-        "clean_sha256": clean_sha,
+        "clean_sha256": clean["clean_sha256"],
         "dataset": dataset,
         "dataset_options": ds_opts,
         "profile": prof.name,
@@ -137,19 +113,16 @@ def adversarial_train(
     }
     if tseed != seed:  # only then: a run with train seed = data seed keeps its config hash (and last.pt)
         task.run_cfg["train_seed"] = tseed
-    cfg_hash = config_hash(task.run_cfg, exclude=("steps",))
+    suffix = f"-train{tseed}" if tseed != seed else ""
     out = (
         Path(out)
         if out
-        else robench_home()
-        / "runs"
-        / "train"
-        / (f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}" + (f"-train{tseed}" if tseed != seed else ""))
+        else robench_home() / "runs" / "train" / f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}{suffix}"
     )
     trainer = Trainer(
         task,
         out,
-        cfg_hash,
+        config_hash(task.run_cfg, exclude=("steps",)),
         n_steps,
         prof.adv_lr,
         clip_grad=prof.train_clip_grad,
@@ -157,29 +130,14 @@ def adversarial_train(
         progress=progress,
     )
     if not trainer.resume():
-        if target.predicts_mos:
-            task.calibration_init = {
-                "skipped": "the target regresses MOS itself",
-                "a": target.calibration.a,
-                "b": float(target.calibration.b),
-            }
-        else:
-            # the calibration starts where least squares puts it, on the crops training will see
-            crop_gen = torch.Generator().manual_seed((tseed + 1) * 1_000_003 - 1)  # no step uses this seed
-
-            def as_trained(r, d, _chunk):
-                return random_crop_pair(r, d, prof.train_crop, crop_gen) if prof.train_crop else (r, d)
-
-            task.calibration_init = fit_calibration(
-                target, data, batch_size=prof.eval_batch, max_items=CALIBRATION_ITEMS, seed=tseed, transform=as_trained
-            )
+        task.calibration_init = _calibration_start(target, data, prof, tseed)
     t_all = time.perf_counter()
     trainer.run()
 
     target.eval()
     v = evaluate(target, val, prof.eval_batch)
-    elapsed = trainer.clock.elapsed
     stop = task.stop_summary(trainer.step)
+    elapsed = trainer.clock.elapsed
     provenance = {
         "dataset": dataset,
         "split": "train",
@@ -187,17 +145,11 @@ def adversarial_train(
         "seed": seed,
         "train_seed": tseed,
         "defense": recipe,
-        "clean_weights": clean_desc,
-        "clean_sha256": clean_sha,
+        **clean,
         **hp,
         **task.final_provenance(trainer.rows),
         "recipe_version": cls.recipe_version,
-        "stop_reason": stop["stopped"],
-        "steps_run": stop["steps_run"],
-        "stopped_at": stop["stopped_at"],
-        "scale_guard": stop["scale_guard"],
-        "best_heldout_ema": stop["best_heldout_ema"],
-        "best_heldout_step": stop["best_heldout_step"],
+        **_stop_record(stop),
         "calibration_init": task.calibration_init,
         "val_srocc": v["srocc"],
         "train_seconds": round(elapsed, 2),
@@ -206,14 +158,8 @@ def adversarial_train(
         "run": str(out),
         "device": device_record(dev),
     }
-    path = out / "final.safetensors"
-    W.save_safetensors(
-        target.state_dict(),
-        path,
-        {"config": dict(getattr(target, "config", {}) or {}), "provenance": provenance, "format": "robench-target-v1"},
-    )
     name = W.seeded_name(f"{base}.{recipe}", train_seed)
-    entry = W.register(name, path, source="trained-here", provenance=provenance)
+    entry = _save_and_register(target, out / "final.safetensors", name, provenance)
     return {
         "name": name,
         "out": str(out),
@@ -226,3 +172,76 @@ def adversarial_train(
         "stopped": stop["stopped"],
         "wall_seconds": round(time.perf_counter() - t_all, 1),
     }
+
+
+def _fine_tune_profile(profile: str, overrides: dict[str, Any] | None, inner: str | None):
+    """The profile with the fine-tune's overrides (each a known field) and inner objective."""
+    from dataclasses import fields
+
+    prof = get_profile(profile)
+    unknown = sorted(set(overrides or {}) - {f.name for f in fields(prof)})
+    if unknown:
+        raise RobenchError(f"unknown profile field(s) {', '.join(map(repr, unknown))} in the fine-tune's overrides")
+    prof = replace(prof, **(overrides or {}), **({} if inner is None else {"adv_inner": inner}))
+    inner_objective(prof)  # an unknown name fails before anything is trained
+    return prof
+
+
+def _hyper_parameters(recipe: str, prof, task, n_steps: int) -> dict[str, Any]:
+    """What the fine-tune's config hash and provenance record of the recipe's settings. The inner
+    objective enters only when it is not "up", so weights trained before the choice existed
+    (inner PGD on the raised score) keep their config hash."""
+    inner = inner_objective(prof)
+    return {
+        "recipe": recipe,
+        "eps_train": prof.adv_eps,
+        "inner": f"PGD-{prof.adv_pgd_steps}, step eps/4, random start",
+        **({} if inner == "up" else {"inner_objective": inner}),
+        "steps": n_steps,
+        "batch": task.batch,
+        "lr": prof.adv_lr,
+        "crop": prof.train_crop,
+        "loss_lambda": prof.train_loss_lambda,
+        **task.provenance_extra(),
+        **task.stopping_config(),
+    }
+
+
+def _calibration_start(target, data, prof, tseed: int) -> dict[str, Any]:
+    """Where the MOS calibration ``a·q + b`` starts: least squares on the crops training will see
+    (a target that regresses MOS itself keeps its own)."""
+    if target.predicts_mos:
+        return {
+            "skipped": "the target regresses MOS itself",
+            "a": target.calibration.a,
+            "b": float(target.calibration.b),
+        }
+    crop_gen = torch.Generator().manual_seed((tseed + 1) * 1_000_003 - 1)  # no step uses this seed
+
+    def as_trained(r, d, _chunk):
+        return random_crop_pair(r, d, prof.train_crop, crop_gen) if prof.train_crop else (r, d)
+
+    return fit_calibration(
+        target, data, batch_size=prof.eval_batch, max_items=CALIBRATION_ITEMS, seed=tseed, transform=as_trained
+    )
+
+
+def _stop_record(stop: dict[str, Any]) -> dict[str, Any]:
+    """The stopping rule's outcome, as the provenance names it."""
+    return {
+        "stop_reason": stop["stopped"],
+        "steps_run": stop["steps_run"],
+        "stopped_at": stop["stopped_at"],
+        "scale_guard": stop["scale_guard"],
+        "best_heldout_ema": stop["best_heldout_ema"],
+        "best_heldout_step": stop["best_heldout_step"],
+    }
+
+
+def _save_and_register(target, path: Path, name: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    W.save_safetensors(
+        target.state_dict(),
+        path,
+        {"config": dict(getattr(target, "config", {}) or {}), "provenance": provenance, "format": "robench-target-v1"},
+    )
+    return W.register(name, path, source="trained-here", provenance=provenance)

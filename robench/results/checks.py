@@ -172,7 +172,7 @@ def check(
     for ident, c in current.items():
         codes = c.active_flags
         if codes:
-            flagged.append({"cell": ident, "flags": codes})
+            flagged.append({"cell": ident, "flags": FL.labels(c.flags)})  # shown with the strength fraction
             bad = [f for f in codes if f in fail_on]
             if bad:
                 rows.append(
@@ -256,7 +256,7 @@ def check(
             s: sum(r["status"] == s for r in rows) for s in ("ok", "fail", "drop-not-significant", "new", "missing")
         },
         "flagged": flagged,
-        "flag_legend": {f: FL.LEGEND[f] for f in sorted({x for r in flagged for x in r["flags"]})},
+        "flag_legend": {f: FL.LEGEND[f] for f in sorted({FL.code_of(x) for r in flagged for x in r["flags"]})},
         "fail_on": list(fail_on),
         "rows": rows,
     }

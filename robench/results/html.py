@@ -173,7 +173,7 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
             )
             for a in e["attacked"]:
                 key = f"{kind}|{short}|{e['attack']}|{a['eps']:g}"
-                badges = "".join(_badge(f) for f in e["flags"])
+                badges = "".join(_badge(f) for f in FL.labels(e.get("flag_details")) or e["flags"])
                 vals[key] = (a["value"], _with_ci(a) + badges)
                 if kind == "SROCC" and a["value"] is not None:
                     worst[short] = min(worst.get(short, np.inf), a["value"])
@@ -281,8 +281,9 @@ def _with_ci(v: dict) -> str:
     return _num(v.get("value")) + (f" <span class='ci'>[{_num(ci[0])}, {_num(ci[1])}]</span>" if ci else "")
 
 
-def _badge(code: str) -> str:
-    return f"<span class='badge' title='{_e(FL.LEGEND.get(code, code))}'>{_e(code)}</span>"
+def _badge(label: str) -> str:
+    """A flag label (``nc``, or ``nc 0.93`` with an attack's measured strength) with its legend."""
+    return f"<span class='badge' title='{_e(FL.LEGEND.get(FL.code_of(label), label))}'>{_e(label)}</span>"
 
 
 # --------------------------------------------------------------------------------------------

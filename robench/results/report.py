@@ -805,9 +805,10 @@ class Reporter:
     def _flag(self, flags: dict, idx, col, *cells: CellData | None) -> None:
         """Attach the active flags of the cell(s) behind a value (a defence's IR-Score depends on
         its base cell too)."""
-        codes = {f for c in cells if c is not None for f in c.active_flags}
-        if codes:
-            flags[(idx, col)] = [c for c, _, _ in FL.FLAGS if c in codes]
+        shown = {f for c in cells if c is not None for f in FL.labels(c.flags)}
+        if shown:
+            order = {c: i for i, (c, _, _) in enumerate(FL.FLAGS)}
+            flags[(idx, col)] = sorted(shown, key=lambda x: (order[FL.code_of(x)], x))
 
     def items_note(self, rows: list[tuple], attacks: list[str], df: pd.DataFrame) -> str:
         """What a reader needs when the row's cells differ in items, and when an attack raised SROCC."""
@@ -1248,6 +1249,8 @@ def _write(
                     "attack": c.attack,
                     "direction": c.direction,
                     "flags": c.active_flags,
+                    # an attack below its measured strength: the fraction and what measured it
+                    **({"strength": c.flags["strength"]} if c.flags.get("below_reference") else {}),
                 }
                 for c in cells
                 if c.active_flags
