@@ -108,3 +108,40 @@ def test_index_html_in_headless_chromium(report, tmp_path):
     res = _browser("--hide-scrollbars", "--window-size=1400,1800", f"--screenshot={shot}", url)
     assert shot.is_file() and shot.stat().st_size > 10_000, res.stderr[-500:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_leaderboard_marks_a_row_only_when_its_ranking_figure_is_flagged():
+    """A flagged cell shows its codes; the row is 'unreliable' only when its worst case under the
+    ranking attack (the figure it is sorted by) comes from a flagged evaluation."""
+    from robench.results.html import leaderboard
+
+    def ev(key, attack, value, flags, details=None):
+        return {
+            "cell_key": key,
+            "attack": attack,
+            "direction": "mos-split",
+            "dataset": {"kind": "pairs"},
+            "clean": {"value": 0.8, "ci": None},
+            "attacked": [{"eps": 4.0, "value": value, "ci": None}],
+            "flags": flags,
+            "flag_details": details or {},
+        }
+
+    def rec(target, evals):
+        flags = sorted({f for e in evals for f in e["flags"]})
+        return {
+            "model": {"target": target, "arch": target},
+            "defense": {"name": "none"},
+            "evaluations": evals,
+            "flags": flags,
+            "unreliable": bool(flags),
+        }
+
+    strength = {"below_reference": True, "strength": {"fraction": 0.93}}
+    ok_row = rec("a", [ev("k1", "pgd", -0.5, []), ev("k2", "uap", 0.6, ["nc"], strength)])  # flag off the worst
+    bad_row = rec("b", [ev("k3", "pgd", -0.7, ["nc"], strength), ev("k4", "fgsm", 0.1, [])])
+    html = leaderboard([ok_row, bad_row], [], [], [])
+    rows = html.split("<tbody>")[1].split("</tr>")
+    a, b = next(x for x in rows if ">a<" in x), next(x for x in rows if ">b<" in x)
+    assert "unreliable" not in a and "nc 0.93" in a  # the flagged cell carries its code and fraction
+    assert "unreliable" in b and "flagged" in b

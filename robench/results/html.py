@@ -164,6 +164,7 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
             plcc = (st.get("clean") or {}).get("plcc")
             vals["plcc"] = (plcc, _num(plcc))
         worst: dict[str, float] = {}
+        worst_labels: dict[str, list[str]] = {}  # the flags of the evaluation each worst case comes from
         for e in r["evaluations"]:
             kind = "SROCC" if e["dataset"]["kind"] == "pairs" else "2AFC"
             short = (
@@ -173,10 +174,10 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
             )
             for a in e["attacked"]:
                 key = f"{kind}|{short}|{e['attack']}|{a['eps']:g}"
-                badges = "".join(_badge(f) for f in FL.labels(e.get("flag_details")) or e["flags"])
-                vals[key] = (a["value"], _with_ci(a) + badges)
-                if kind == "SROCC" and a["value"] is not None:
-                    worst[short] = min(worst.get(short, np.inf), a["value"])
+                shown = FL.labels(e.get("flag_details")) or e["flags"]
+                vals[key] = (a["value"], _with_ci(a) + "".join(_badge(f) for f in shown))
+                if kind == "SROCC" and a["value"] is not None and a["value"] < worst.get(short, np.inf):
+                    worst[short], worst_labels[short] = a["value"], list(shown)
             if kind == "2AFC":
                 st = stats.get(e["cell_key"], {})
                 vals[f"2AFC|clean|{e['attack']}"] = (e["clean"]["value"], _with_ci(e["clean"]))
@@ -184,7 +185,11 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
                     if d.get("flip_rate") is not None:
                         vals[f"flips|{e['attack']}|{d['eps']:g}"] = (d["flip_rate"], _num(d["flip_rate"]))
         for short, v in worst.items():
-            vals[f"worst|{short}"] = (v, f"<b>{_num(v)}</b>")
+            vals[f"worst|{short}"] = (v, f"<b>{_num(v)}</b>" + "".join(_badge(f) for f in worst_labels[short]))
+        # the row is ranked by its worst case under the ranking attack (else its first protocol's):
+        # unreliable only when that figure comes from a flagged evaluation
+        ranked = "ranking" if "ranking" in worst else next(iter(worst), None)
+        r = {**r, "unreliable": bool(worst_labels.get(ranked)) if ranked else bool(r["flags"])}
         if ir is not None:
             for idx, row in ir.df.iterrows():
                 if idx[0] == r["model"]["arch"] and idx[-2] == defense_label(r["defense"]["name"]):
@@ -240,8 +245,9 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
         f"bootstrap where the items come from ≥ 10 photos, else item, as each record says); <i>worst</i>: the "
         f"lowest SROCC over the row's attacks and ε per protocol; IR: IR-Score vs the base row per attack with "
         f"its interval; flip: 2AFC decision-flip rate; cert: median certified interval width (MOS) per L2 radius. "
-        f"Click a header to sort; default order: worst case under the ranking attack, most robust first. Rows "
-        f"with a flagged evaluation are marked <span class='unreliable'>unreliable</span>.</p>"
+        f"Click a header to sort; default order: worst case under the ranking attack, most robust first. A flagged "
+        f"value carries its flag codes; a row is marked <span class='unreliable'>unreliable</span> only when "
+        f"the figure it is ranked by (its worst case) comes from a flagged evaluation.</p>"
         f"<div class='scroll'><table id='leaderboard-table' class='sortable' data-default='{default}'>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
         f"<details><summary>Flag legend</summary><ul class='legend'>{legend}</ul></details></section>"
