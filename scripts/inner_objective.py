@@ -125,7 +125,7 @@ def run_slice(args) -> dict:
     }
 
 
-def merge(paths: list[str], out: str) -> None:
+def merge(paths: list[str], out: str, note: str = "") -> None:
     runs = sorted(
         (json.loads(Path(p).read_text()) for p in paths), key=lambda r: (r["recipe"], r["inner"], str(r.get("set")))
     )
@@ -169,6 +169,8 @@ def merge(paths: list[str], out: str) -> None:
         + ", ".join(f"{k}: {v[0]} ({v[1]:.3f})" for k, v in sorted(best.items()))
         + ".",
     ]
+    if note:
+        lines += ["", note]
     Path(out + ".md").write_text("\n".join(lines) + "\n")
     Path(out + ".json").write_text(json.dumps({"runs": runs, "best": best}, indent=1) + "\n")
     print("\n".join(lines))
@@ -188,9 +190,10 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--merge", nargs="*", default=None)
     ap.add_argument("--out", default="reports/bench/inner-objective")
+    ap.add_argument("--note", default="", help="with --merge: a reading of the table, appended to the markdown")
     args = ap.parse_args()
     if args.merge is not None:
-        merge(args.merge, args.out)
+        merge(args.merge, args.out, args.note)
         return
     text = json.dumps(run_slice(args), indent=1)
     if args.json:

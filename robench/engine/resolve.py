@@ -28,6 +28,15 @@ def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> 
     name = seeded_name(f"{base}.{recipe}", spec.train_seed) if recipe else spec.model
     try:
         target = load_model(name, weights=spec.weights)
+        if recipe and spec.weights is None and not _fits_clean(target, base):
+            # shipped recipe weights fine-tuned from another clean model than the one this
+            # machine uses for `base` (its own trained or imported weights): not comparable
+            if not train:
+                raise MissingWeightsError(
+                    f"{name}: the shipped weights were fine-tuned from other {base} weights than this "
+                    f"machine's; `robench train --model {base} --defense {recipe}` makes matching ones"
+                )
+            target = _train_missing(base, recipe, spec, progress)
     except MissingWeightsError:
         if spec.weights is not None or not train:
             raise
@@ -44,6 +53,20 @@ def resolve_target(spec: RunSpec, progress: bool = True, train: bool = True) -> 
     if recipe and spec.train_seed:  # seed 0 (or none given) keeps the record, hence the stored cell keys
         record["train_seed"] = int(spec.train_seed)
     return target, record
+
+
+def _fits_clean(target: Target, base: str) -> bool:
+    """Whether recipe weights from the package were fine-tuned from the clean ``base`` weights in
+    use here (a shipped file names the digest it was rounded from). Weights trained or imported
+    on this machine are taken as they are."""
+    from robench.core import weights as W
+
+    w = target.card.weights
+    clean = (w.provenance or {}).get("clean_sha256")
+    if w.source != "shipped" or not clean:
+        return True
+    entry = W.lookup(base)
+    return entry is None or clean in (entry.get("sha256"), entry.get("rounded_from_sha256"))
 
 
 def _prepare_defences(spec: RunSpec, progress: bool) -> None:
