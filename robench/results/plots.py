@@ -119,6 +119,22 @@ def read_heldout(path: str | Path) -> list[dict[str, Any]]:
     return list(json.loads(p.read_text()).get("heldout") or [])
 
 
+def _stop_line(log: str | Path, held: list[dict[str, Any]], last: int) -> tuple[int, str]:
+    """Where and why the run ended, as its log records it (``stopped``: settled by the held-out
+    rule, the scale guard, the cap); older logs without it: a settled evaluation, else the cap."""
+    p = Path(log)
+    rec = json.loads((p / "steps.json" if p.is_dir() else p).read_text())
+    why, at = rec.get("stopped"), rec.get("stopped_at")
+    names = {"settled": "settled", "scale-collapse": "scale guard", "cap": "cap"}
+    if why in names:
+        at = int(at if at is not None else last)
+        kept = ((rec.get("scale_guard") or {}).get("collapsed") or {}).get("kept_step")
+        return at, f"{names[why]} at {at}" + (f" (weights of step {kept} kept)" if kept is not None else "")
+    settled = [r["step"] for r in held if r.get("settled")]
+    end = settled[0] if settled else last
+    return end, ("settled" if settled else "cap") + f" at {end}"
+
+
 def plot_training(log: str | Path, stem: str | Path) -> list[str]:
     """A recipe's fine-tune as it ran: (a) the training loss per step and its EMA-20, (b) the
     held-out objective the stopping rule watches (each evaluation and its EMA, the step where it
@@ -136,9 +152,8 @@ def plot_training(log: str | Path, stem: str | Path) -> list[str]:
         hs = np.array([r["step"] for r in held])
         b.plot(hs, [r["loss"] for r in held], "o", ms=3, alpha=0.6, label="held-out objective")
         b.plot(hs, [r["ema"] for r in held], "-o", ms=2, lw=1.6, label="its EMA (the stopping rule's)")
-        settled = [r["step"] for r in held if r.get("settled")]
-        end = settled[0] if settled else int(s.max())
-        b.axvline(end, color="0.3", ls="--", lw=1.0, label=("settled" if settled else "cap") + f" at {end}")
+        x, why = _stop_line(log, held, int(s.max()))
+        b.axvline(x, color="0.3", ls="--", lw=1.0, label=why)
         c.plot(hs, [r.get("clean_sd_ratio", np.nan) for r in held], "-o", ms=2, lw=1.4, label="clean SD / step-0 SD")
         c.plot(hs, [r.get("clean_r2", np.nan) for r in held], "-o", ms=2, lw=1.4, label="calibrated R²")
     else:
