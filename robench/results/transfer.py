@@ -12,16 +12,17 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from robench.core.directions import directed_gain, item_signs, protocol_of
+from robench.core.stats import bootstrap_units, bootstrap_weights
 
 N_BOOT = 1000
 
 
-def _cluster_resamples(sources: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
-    """Index arrays of a photo bootstrap: resample source photos with all their items."""
-    rng = np.random.default_rng(seed)
-    units = np.unique(sources)
-    members = [np.nonzero(sources == u)[0] for u in units]
-    return [np.concatenate([members[j] for j in rng.integers(0, len(units), len(units))]) for _ in range(n_boot)]
+def _resamples(sources: np.ndarray, n_boot: int, seed: int) -> tuple[list[np.ndarray], str]:
+    """Index arrays of the report's one bootstrap (core.stats, ``auto``): source photos with all
+    their items when there are enough photos, else items — with the unit's label."""
+    clusters, unit = bootstrap_units("auto", sources, "the transfer items")
+    w = bootstrap_weights(len(sources), n_boot, seed, clusters)
+    return [np.repeat(np.arange(len(sources)), row) for row in w], unit
 
 
 def _srocc(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,8 +33,9 @@ def _srocc(a: np.ndarray, b: np.ndarray) -> float:
 
 def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
     """One entry per (source cell, to target, ε): mean directed gain of the to target in units of
-    its clean-score SD and SROCC of its scores of the adversarial images vs MOS, each with a
-    photo-bootstrap 95 % interval (the same resamples for every entry of one item set)."""
+    its clean-score SD and SROCC of its scores of the adversarial images vs MOS, each with a 95 %
+    interval of the report's one bootstrap (photos when there are ≥ 10, else items; named in
+    ``interval``), the same resamples for every entry of one item set."""
     if not _has_table(store, "transfer_runs"):  # a reader: never creates tables in the store it reads
         return []
     runs = store.db.execute(
@@ -43,7 +45,7 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
         return []
     cells = store.cells(status="done").set_index("key")
     out = []
-    resamples: dict[str, list[np.ndarray]] = {}
+    resamples: dict[str, tuple[list[np.ndarray], str]] = {}
     for src_key, to, sha, lb in runs:
         if src_key not in cells.index:
             continue
@@ -61,7 +63,9 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
         mos = first["mos"].to_numpy(float) if cfg["dataset"]["kind"] == "pairs" else None
         sources = (first["source"].fillna(first["ref_id"]) if "source" in first else first["ref_id"]).to_numpy(str)
         signs = item_signs(direction, mos, len(first))
-        rs = resamples.setdefault(cfg["dataset"]["items_sha256"], _cluster_resamples(sources, n_boot, seed))
+        if cfg["dataset"]["items_sha256"] not in resamples:
+            resamples[cfg["dataset"]["items_sha256"]] = _resamples(sources, n_boot, seed)
+        rs, unit = resamples[cfg["dataset"]["items_sha256"]]
         orient = -1.0 if lb else 1.0
         for e, grp in tr.groupby("eps"):
             grp = grp.sort_values("item")
@@ -84,6 +88,7 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
                 "eps": float(e),
                 "n": int(len(grp)),
                 "photos": int(len(np.unique(sources))),
+                "interval": f"95 % {unit}",
                 "white_box": to == cell["target"],
                 "gain_sd": gain_sd(slice(None)),
                 "gain_sd_ci": _ci([gain_sd(i) for i in rs]),
@@ -134,6 +139,7 @@ def transfer_tables(entries: list[dict[str, Any]]):
         df = pd.DataFrame(data, index=pd.Index(srcs, name="crafted against"), columns=tos)
         n = sorted({x["n"] for x in sel})
         photos = sorted({x["photos"] for x in sel})
+        units = sorted({x["interval"] for x in sel})
         tables.append(
             Table(
                 f"transfer-{attack}" + ("" if direction == "up" else f"-{direction}"),
@@ -143,7 +149,7 @@ def transfer_tables(entries: list[dict[str, Any]]):
                     f"{what}; rows: the target the {attack} images were crafted against (white-box on the "
                     f"diagonal), columns: the target scoring them. Protocol: {protocol_of(direction)}; "
                     f"ε = {e:g}/255 (L∞); {'/'.join(map(str, n))} items over {'/'.join(map(str, photos))} photos; "
-                    f"[95 % photo-bootstrap interval]."
+                    f"[{'; '.join(units)}]."
                 ),
                 footnote=(
                     "Gains are directed (sign · (q_adv − q_clean), oriented quality, higher = better for every "
