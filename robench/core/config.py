@@ -26,27 +26,21 @@ from robench.core.errors import RobenchError, UnknownNameError
 NO_DEFENSE = "none"
 
 
-@dataclass
-class RunSpec:
-    """One target × one defence of a grid (what the engine plans and keys)."""
+@dataclass(kw_only=True)
+class RunSettings:
+    """The settings a grid (:class:`RunConfig`) and each of its target × defence units
+    (:class:`RunSpec`) share: one field list, inherited by both."""
 
-    model: str
-    attacks: list[str]
-    dataset: str | None = None  # None = the registry's default dataset
-    eps: list[float] | None = None  # /255 units; None = the profile's
+    dataset: str | None = None  # None: the registry's default dataset (offline)
+    eps: list[float] | None = None  # /255 units; None: the profile's
     profile: str = "quick"
-    n: int | None = None  # items; None = the profile's (0 = whole split)
+    n: int | None = None  # items per cell; None: the profile's; 0: the whole split
     seed: int = 0
     split: str = "test"
-    defense: str | None = None
-    # the training recipe's fine-tuning seed (RunConfig.seeds): None = the run's seed
-    # (the single-seed behaviour); k > 0 loads/trains the weights ``M.<recipe>-s<k>``
-    train_seed: int | None = None
-    weights: str | None = None
+    weights: str | None = None  # one weights file or "none" (a single target only)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    store: Path | None = None
     force: bool = False
     device: str = "cpu"  # auto | cpu | cuda | cuda:N: recorded with every cell, never part of its key
     # speed options (robench.engine.speed): bf16 autocast is part of a cell's key (another
@@ -57,12 +51,25 @@ class RunSpec:
     # converged (engine.cell.run_cell); not keyed: a converged cell is the same measurement at
     # any cap, and a stored flagged cell is re-opened by a run with a larger cap (engine.grid)
     escalate: int = 0
-    # attack directions (core.directions): one cell per attack × direction; "up" keeps old keys
-    directions: list[str] = field(default_factory=lambda: ["up"])
     # adversarial images kept beside the store (engine.images): "top" (default: the report's
     # gallery, a few items per cell), "all" (robench transfer), "none"; not keyed: the same
     # measurement, kept or not (a stored cell without them is computed again for "all")
     keep_images: str = "top"
+
+
+@dataclass
+class RunSpec(RunSettings):
+    """One target × one defence of a grid (what the engine plans and keys)."""
+
+    model: str
+    attacks: list[str]
+    defense: str | None = None
+    # the training recipe's fine-tuning seed (RunConfig.seeds): None = the run's seed
+    # (the single-seed behaviour); k > 0 loads/trains the weights ``M.<recipe>-s<k>``
+    train_seed: int | None = None
+    store: Path | None = None
+    # attack directions (core.directions): one cell per attack × direction; "up" keeps old keys
+    directions: list[str] = field(default_factory=lambda: ["up"])
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -102,39 +109,23 @@ def _comma(v: Any) -> list[str]:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(RunSettings):
     """A grid: every target × defence × attack over the ε list, on one dataset split."""
 
     targets: list[str]
     attacks: list[str] = field(default_factory=lambda: ["all"])
     defenses: list[str] = field(default_factory=lambda: [NO_DEFENSE])
-    eps: list[float] | None = None  # /255 units; None: the profile's
-    dataset: str | None = None  # None: the registry's default dataset (offline)
-    split: str = "test"
-    n: int | None = None  # items per cell; None: the profile's; 0: the whole split
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    profile: str = "quick"
-    seed: int = 0
     # training seeds of the recipes: each recipe defence (r, at, aat, with or without
     # inference wrappers) is fine-tuned and evaluated once per seed; None = one fine-tuning with
     # ``seed`` (the single-seed behaviour). Seed 0 is the weights ``M.<recipe>``, k > 0 ``M.<recipe>-s<k>``
     seeds: list[int] | None = None
-    weights: str | None = None  # one weights file or "none" (a single target only)
     executor: str = "serial"
     executor_options: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"  # recorded with the results; not part of a cell's key
-    amp: str | None = None  # "bf16": autocast (keyed: another measurement); None: float32
-    compile: bool = False  # torch.compile of the targets (recorded, not keyed)
-    escalate: int = 0  # budget doublings for a cell flagged not converged (RunSpec.escalate)
-    keep_images: str = "top"  # adversarial images kept beside the store: top | all | none (RunSpec.keep_images)
     # attack directions (core.directions): up (score inflation), down, mos-split (the ranking
     # attack); each attack runs once per direction, and the direction is part of the cell's key.
     # None: core.directions.run_default for the dataset's kind (up and mos-split on pairs data)
     directions: list[str] | None = None
     store: str | None = None
-    force: bool = False
     resolved: bool = False
 
     # -- building ----------------------------------------------------------------------------
@@ -293,28 +284,13 @@ class RunConfig:
         c = self if self.resolved else self.resolve()
         return [
             RunSpec(
+                **_shared(c),
                 model=m,
                 attacks=list(c.attacks),
-                dataset=c.dataset,
-                eps=list(c.eps),
-                profile=c.profile,
-                n=c.n,
-                seed=c.seed,
-                split=c.split,
                 defense=None if d == NO_DEFENSE else d,
                 train_seed=s,
-                weights=c.weights,
                 store=Path(c.store) if c.store else None,
-                force=c.force,
-                device=c.device,
-                amp=c.amp,
-                compile=c.compile,
-                escalate=c.escalate,
-                keep_images=c.keep_images,
                 directions=list(c.directions),
-                dataset_options=json.loads(json.dumps(c.dataset_options)),
-                attack_params={k: dict(v) for k, v in c.attack_params.items()},
-                defense_options={k: dict(v) for k, v in c.defense_options.items()},
             )
             for m in c.targets
             for d in c.defenses
@@ -333,6 +309,15 @@ class RunConfig:
         if header:
             d = {"robench": header, **d}
         return dumps_toml(d)
+
+
+def _shared(c: RunSettings) -> dict[str, Any]:
+    """The shared settings of ``c`` as fresh values (a spec never aliases its config's lists)."""
+    import copy
+
+    out = {f.name: copy.deepcopy(getattr(c, f.name)) for f in fields(RunSettings)}
+    out["dataset_options"] = json.loads(json.dumps(c.dataset_options))
+    return out
 
 
 def parse_seeds(v: Any, where: str = "--seeds") -> list[int]:
