@@ -87,3 +87,29 @@ def test_train_reproduces_the_shipped_clean_birqa(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBENCH_SHIPPED_WEIGHTS", "0")
     res = train("birqa", progress=False)
     assert abs(res.best_val_srocc - e["provenance"]["val_srocc"]) <= 0.005, (res.best_val_srocc, e["provenance"])
+
+
+def test_shipped_recipe_weights_need_the_clean_weights_they_were_fine_tuned_from(monkeypatch):
+    """A shipped ``M.<recipe>`` is used only when this machine's clean ``M`` is the one it was
+    fine-tuned from (its digest, or the float32 digest a shipped clean file was rounded from);
+    weights trained or imported here are taken as they are."""
+    from types import SimpleNamespace
+
+    from robench.core import weights as W
+    from robench.engine.resolve import _fits_clean
+
+    def target(source):
+        return SimpleNamespace(
+            card=SimpleNamespace(weights=SimpleNamespace(source=source, provenance={"clean_sha256": "abc"}))
+        )
+
+    for clean, ok in (
+        ({"sha256": "abc"}, True),
+        ({"sha256": "f16", "rounded_from_sha256": "abc"}, True),
+        ({"sha256": "other"}, False),
+        (None, True),
+    ):
+        monkeypatch.setattr(W, "lookup", lambda name, e=clean: e)
+        assert _fits_clean(target("shipped"), "birqa") is ok, clean
+    monkeypatch.setattr(W, "lookup", lambda name: {"sha256": "other"})
+    assert _fits_clean(target("trained-here"), "birqa")
