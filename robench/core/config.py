@@ -315,9 +315,8 @@ def _shared(c: RunSettings) -> dict[str, Any]:
     """The shared settings of ``c`` as fresh values (a spec never aliases its config's lists)."""
     import copy
 
-    out = {f.name: copy.deepcopy(getattr(c, f.name)) for f in fields(RunSettings)}
-    out["dataset_options"] = json.loads(json.dumps(c.dataset_options))
-    return out
+    out = {f.name: copy.deepcopy(getattr(c, f.name)) for f in fields(RunSettings) if f.name != "dataset_options"}
+    return {**out, "dataset_options": json.loads(json.dumps(c.dataset_options))}
 
 
 def parse_seeds(v: Any, where: str = "--seeds") -> list[int]:
@@ -351,7 +350,8 @@ def has_recipe(defense: str | None) -> bool:
     toks = [t.strip() for t in (defense or "").split("+") if t.strip() and t.strip() != NO_DEFENSE]
     for t in toks:
         DEFENSES.get(t)  # an unknown name: did-you-mean
-    return any(t in training_recipes() for t in toks)
+    recipes = training_recipes()
+    return any(t in recipes for t in toks)
 
 
 # ------------------------------------------------------------------------------------------

@@ -107,6 +107,14 @@ def code_of(label: str) -> str:
     return label.split(" ", 1)[0]
 
 
+_RANK = {code: i for i, (code, _, _) in enumerate(FLAGS)}
+
+
+def ordered(shown) -> list[str]:
+    """Labels of one or more cells (a value may rest on several), in :data:`FLAGS` order."""
+    return sorted(set(shown), key=lambda x: (_RANK[code_of(x)], x))
+
+
 def legend(codes) -> str:
     """One sentence explaining the given codes or labels (empty when none)."""
     used = [c for c, _, _ in FLAGS if c in {code_of(x) for x in codes}]

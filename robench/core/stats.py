@@ -142,6 +142,12 @@ def paired_bootstrap(
         "n_items": int(len(a)),
         "n_clusters": n_clusters,
     }
+    return _summary(out, d, observed, alpha)
+
+
+def _summary(out: dict, d: np.ndarray, observed: float, alpha: float) -> dict:
+    """A bootstrap's result record: ``out`` plus the median resampled Δ (the effect), its
+    percentile CI, whether the CI excludes 0 and the p-value (NaN when no resample was finite)."""
     if d.size == 0:
         return {**out, "effect": float("nan"), "ci": [float("nan")] * 2, "significant": False, "p": float("nan")}
     lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
@@ -209,16 +215,7 @@ def seeded_paired_bootstrap(
         "n_seeds": [int(a.shape[0]), int(b.shape[0])],
         "per_seed": [per_a, per_b],
     }
-    if d.size == 0:
-        return {**out, "effect": float("nan"), "ci": [float("nan")] * 2, "significant": False, "p": float("nan")}
-    lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {
-        **out,
-        "effect": float(np.median(d)),
-        "ci": [float(lo), float(hi)],
-        "significant": bool(lo > 0 or hi < 0),
-        "p": bootstrap_p(observed, d),
-    }
+    return _summary(out, d, observed, alpha)
 
 
 def bootstrap_p(observed: float, d) -> float:

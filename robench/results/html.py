@@ -174,7 +174,7 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
             )
             for a in e["attacked"]:
                 key = f"{kind}|{short}|{e['attack']}|{a['eps']:g}"
-                shown = FL.labels(e.get("flag_details")) or e["flags"]
+                shown = FL.labels(e["flag_details"])
                 vals[key] = (a["value"], _with_ci(a) + "".join(_badge(f) for f in shown))
                 if kind == "SROCC" and a["value"] is not None and a["value"] < worst.get(short, np.inf):
                     worst[short], worst_labels[short] = a["value"], list(shown)

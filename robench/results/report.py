@@ -805,10 +805,9 @@ class Reporter:
     def _flag(self, flags: dict, idx, col, *cells: CellData | None) -> None:
         """Attach the active flags of the cell(s) behind a value (a defence's IR-Score depends on
         its base cell too)."""
-        shown = {f for c in cells if c is not None for f in FL.labels(c.flags)}
+        shown = FL.ordered(f for c in cells if c is not None for f in FL.labels(c.flags))
         if shown:
-            order = {c: i for i, (c, _, _) in enumerate(FL.FLAGS)}
-            flags[(idx, col)] = sorted(shown, key=lambda x: (order[FL.code_of(x)], x))
+            flags[(idx, col)] = shown
 
     def items_note(self, rows: list[tuple], attacks: list[str], df: pd.DataFrame) -> str:
         """What a reader needs when the row's cells differ in items, and when an attack raised SROCC."""
