@@ -20,7 +20,8 @@ import numpy as np
 
 from robench.core.registry import DATASETS
 from robench.engine.items import stratified_subset
-from robench.results.report import Reporter, load_cells
+from robench.results.analysis import Analysis
+from robench.results.cells import load_cells
 from robench.core.stats import paired_bootstrap
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     cells, weights = load_cells(a.store)
-    rep = Reporter(cells, weights)
+    rep = Analysis(cells, weights)
     out = []
     for c in rep.cells:
         if c.attack != a.attack or c.defense == "none":
@@ -48,7 +49,7 @@ def main() -> None:
         ka, kb = c.eps_index(a.eps), b.eps_index(a.eps)
         for k in [int(x) for x in a.ks.split(",")]:
             want = ids[stratified_subset(data.table, k, c.seed)]
-            # aligned like Reporter.compare, then cut to the first k items of the stratified order
+            # aligned like Analysis.compare, then cut to the first k items of the stratified order
             common, ia, ib = np.intersect1d(c.item_ids, b.item_ids, return_indices=True)
             keep = np.isin(common, want)
             if keep.sum() < k:

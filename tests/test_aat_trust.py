@@ -263,7 +263,8 @@ def _steps(vacuous_every: int = 3, n: int = 12):
 
 def test_bound_summary_plot_and_report_note(tmp_path):
     from robench.results import plots as P
-    from robench.results.report import aat_bounds, aat_bounds_markdown
+    from robench.results.model import aat_bounds
+    from robench.results.report import aat_bounds_markdown
 
     run = tmp_path / "run"
     run.mkdir()
@@ -281,7 +282,7 @@ def test_bound_summary_plot_and_report_note(tmp_path):
             "cd" * 32: {"name": "birqa.r", "provenance": {"recipe": "r", "run": str(run)}},
         }
     )
-    b = aat_bounds(rep)
+    b = aat_bounds(rep.weights)
     assert [x["weights"] for x in b] == ["birqa.aat"] and b[0]["non_vacuous"] == 8 and b[0]["n_batches"] == 12
     md = aat_bounds_markdown(b)
     assert "non-vacuous on 8/12 (67 %)" in md and "not evidence" in md

@@ -286,7 +286,7 @@ def test_flags_reach_report_tables_json_and_check(tiny_mini, tmp_path):
 
 
 def test_vacuous_aat_bound_is_a_flag_of_every_cell_of_those_weights(tiny_mini, tmp_path):
-    from robench.results.report import load_cells
+    from robench.results.cells import load_cells
     from robench.core.config import RunSpec
     from robench.engine.grid import run
     from robench.engine.store import Store

@@ -67,7 +67,7 @@ def test_run_mos_split_never_ends_against_direction_and_lowers_srocc(tiny_mini, 
     q than clean, the rest never lower, and its SROCC is below the same run's up SROCC; the
     direction is keyed (two cells) and recorded."""
     from robench.engine.store import Store
-    from robench.results.report import load_cells
+    from robench.results.cells import load_cells
 
     store = tmp_path / "s.sqlite"
     out = robench.run(

@@ -71,13 +71,13 @@ def test_claims_follow_the_papers_own_numbers():
 
 
 # --------------------------------------------------------------------------------------------
-# a synthetic Reporter: hand-checkable cases
+# a synthetic Analysis: hand-checkable cases
 
 
 def _twoafc_cell(target, arch, defense, training, inference, attack, needs, gain, rng_seed=0, n=80):
     """A 2AFC cell built directly: the less-preferred image attacked, its quality raised by
     ``gain`` per triplet (the same triplets and clean scores for every cell)."""
-    from robench.results.report import CellData
+    from robench.results.cells import CellData
 
     rng = np.random.default_rng(rng_seed)
     t0, t1 = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
@@ -126,7 +126,8 @@ def reporter(tmp_path_factory):
     from test_report import add_cell
 
     from robench.engine.store import Store
-    from robench.results.report import Reporter, load_cells
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
 
     path = tmp_path_factory.mktemp("paper") / "s.sqlite"
     rng = np.random.default_rng(0)
@@ -178,7 +179,7 @@ def reporter(tmp_path_factory):
             ),
             _twoafc_cell("lpips.alex", "lpips.alex", "none", None, [], attack, needs, 2 * g),
         ]
-    return Reporter(cells + two, weights, ot="exact", n_boot=200)
+    return Analysis(cells + two, weights, ot="exact", n_boot=200)
 
 
 def _status(records, claim, attack, b=None, a=None):
@@ -271,7 +272,8 @@ def test_claims_are_evaluated_at_every_budget_and_their_agreement_shown(tmp_path
     from test_report import add_cell
 
     from robench.engine.store import Store
-    from robench.results.report import Reporter, load_cells
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
 
     path = tmp_path / "s.sqlite"
     rng = np.random.default_rng(0)
@@ -299,7 +301,7 @@ def test_claims_are_evaluated_at_every_budget_and_their_agreement_shown(tmp_path
                 train_seconds=60.0,
             )
     cells, weights = load_cells(path)
-    rep = Reporter(cells, weights, ot="exact", n_boot=200)
+    rep = Analysis(cells, weights, ot="exact", n_boot=200)
     got = [
         r
         for r in P.evaluate_claims(rep)

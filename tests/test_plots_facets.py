@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from robench.results import plots as P
-from robench.results.report import CellData, Reporter
+from robench.results.analysis import Analysis
+from robench.results.cells import CellData
 
 EPS = [1.0, 2.0, 4.0, 8.0]
 TARGETS = {
@@ -51,14 +52,14 @@ def _cell(arch: str, defense: str, attack: str, n: int = 40, seed: int = 0) -> C
     )
 
 
-def _reporter(attacks=("pgd",)) -> Reporter:
+def _reporter(attacks=("pgd",)) -> Analysis:
     cells, k = [], 0
     for a in attacks:
         for t, ds in TARGETS.items():
             for d in ds:
                 cells.append(_cell(t, d, a, seed=k))
                 k += 1
-    return Reporter(cells, {}, n_boot=30, seed=0, bootstrap="item")
+    return Analysis(cells, {}, n_boot=30, seed=0, bootstrap="item")
 
 
 @pytest.fixture

@@ -333,7 +333,8 @@ def grid_store(tmp_path_factory, robench_home):
 
 
 def test_report_writes_every_table_and_plot(grid_store, tmp_path):
-    from robench.results.report import load_cells, write_report
+    from robench.results.cells import load_cells
+    from robench.results.report import write_report
 
     out = tmp_path / "rep"
     res = write_report(grid_store, out, ot="exact", n_boot=200, pdf=False)
@@ -361,11 +362,14 @@ def test_report_writes_every_table_and_plot(grid_store, tmp_path):
 
 
 def test_robustness_table_ir_bold_and_significance(grid_store):
-    from robench.results.report import Reporter, load_cells, to_latex
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
+    from robench.results.render import to_latex
+    from robench.results.tables import robustness, significance
 
     cells, weights = load_cells(grid_store)
-    rep = Reporter([c for c in cells if c.dataset == "synthetic"], weights, ot="exact", n_boot=300)
-    t = rep.robustness()
+    rep = Analysis([c for c in cells if c.dataset == "synthetic"], weights, ot="exact", n_boot=300)
+    t = robustness(rep)
     df = t.df
     assert df.loc[("toy", "AAT"), ("IR-Score", "fgsm")] > 0.9  # gains quartered
     assert df.loc[("toy", "R"), ("IR-Score", "fgsm")] == 0.5  # identical gains: all ties
@@ -375,7 +379,7 @@ def test_robustness_table_ir_bold_and_significance(grid_store):
     assert t.marks[(("toy", "AAT"), ("SROCC", "fgsm"))] == "+"  # significantly better than base
     tex = to_latex(t)
     assert "\\textbf{" in tex and "\\dagger" in tex and "IR-Score" in tex
-    sig = rep.significance().df
+    sig = significance(rep).df
     row = sig.loc[("SROCC", "toy", "AAT vs base", "fgsm", "8")]
     assert row["significant"] == "yes" and row["CI low"] > 0
 
@@ -651,7 +655,8 @@ def test_check_resamples_source_photos_not_references(tmp_path, photos, units):
 def test_bf16_cells_are_a_row_of_their_own(tmp_path):
     """--amp bf16 cells are another measurement (keyed apart): the report shows them as their own
     row, labelled, never as the float32 row's latest cell."""
-    from robench.results.report import Reporter, load_cells
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
 
     rng = np.random.default_rng(0)
     n = 30
@@ -674,7 +679,7 @@ def test_bf16_cells_are_a_row_of_their_own(tmp_path):
                 amp=amp,
             )
     cells, weights = load_cells(tmp_path / "s.sqlite")
-    rep = Reporter(cells, weights, ot="exact", n_boot=50)
+    rep = Analysis(cells, weights, ot="exact", n_boot=50)
     rows = rep.rows("pairs")
     assert len(rows) == 2 and {r[-1] for r in rows} == {"fp32", "bf16"}
     labels = [rep.label(r) for r in rows]
@@ -714,12 +719,14 @@ def test_worst_is_computed_on_the_items_cells_share():
     footnote says the clean column belongs to one item set."""
     from pathlib import Path
 
-    from robench.results.report import Reporter, load_cells
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
+    from robench.results.tables import robustness
 
     store = Path(__file__).resolve().parents[1] / "reports" / "quick" / "results.sqlite"
     cells, weights = load_cells(store)
-    rep = Reporter([c for c in cells if c.direction == "up"], weights, ot="exact", n_boot=20)
-    t = rep.robustness()
+    rep = Analysis([c for c in cells if c.direction == "up"], weights, ot="exact", n_boot=20)
+    t = robustness(rep)
     worst = t.df[("SROCC", "worst")].to_numpy(dtype=float)
     assert np.isfinite(worst).all()
     per = t.df[[("SROCC", a) for a in ("fgsm", "pgd", "cw", "zhang")]].to_numpy(dtype=float)

@@ -56,7 +56,8 @@ def store(tiny_mini, squash, tmp_path):
 
 def test_collapsed_target_is_flagged_everywhere(store, tmp_path):
     from robench.results.checks import check, make_baseline, write_baseline
-    from robench.results.report import load_cells, write_report
+    from robench.results.cells import load_cells
+    from robench.results.report import write_report
 
     cells, _ = load_cells(store)
     squashed = [c for c in cells if c.defense == "test-squash"]

@@ -202,7 +202,8 @@ def one_thread():
 
 def test_report_shows_mean_and_spread_over_seeds(tmp_path, one_thread):
     from robench.engine.store import Store
-    from robench.results.report import load_cells, write_report
+    from robench.results.cells import load_cells
+    from robench.results.report import write_report
 
     rng = np.random.default_rng(0)
     n = 60
@@ -299,7 +300,10 @@ def test_run_with_two_seeds_end_to_end(tiny_training, tmp_path):
     import robench
     from robench.core import weights as W
     from robench.engine.store import Store
-    from robench.results.report import Reporter, load_cells, to_markdown
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
+    from robench.results.render import to_markdown
+    from robench.results.tables import robustness
 
     store = tmp_path / "s.sqlite"
     settings = dict(
@@ -335,8 +339,8 @@ def test_run_with_two_seeds_end_to_end(tiny_training, tmp_path):
     ] * 3
     # the reporter's robustness table and comparison rows (write_report adds the neural-OT IR
     # table, tens of seconds, exercised by test 3)
-    rep = Reporter(*load_cells(store), ot="exact", n_boot=100)
-    md = to_markdown(rep.robustness())
+    rep = Analysis(*load_cells(store), ot="exact", n_boot=100)
+    md = to_markdown(robustness(rep))
     assert " ± " in md and "training seeds (0, 1" in md
     comp = [c for c in rep.comparisons() if c["defense"] == "r" and c["versus"] == "none"]
     assert comp and all(c["seeds"] == [0, 1] and c["versus_seeds"] == [0] for c in comp)

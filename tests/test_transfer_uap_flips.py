@@ -134,7 +134,7 @@ def test_uap_trained_on_train_items_raises_q_on_unseen_test_items(tiny_mini, rob
 
 
 def test_flip_rate_against_a_hand_computed_case():
-    from robench.results.report import CellData
+    from robench.results.cells import CellData
 
     # four triplets; side = which image is attacked; the metric prefers p0 when q_p0 > q_p1
     side = np.array([0, 1, 0, 1])

@@ -204,11 +204,12 @@ def plot_sweep_cmd(
 ) -> None:
     """Metric vs ε: one panel per target (× attack), one line per defence (≤ 6 a panel), bootstrap bands."""
     from robench.results.plots import plot_sweep
-    from robench.results.report import Reporter, load_cells
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
     from robench.engine.grid import default_store
 
     cells, weights = load_cells(store or default_store())
-    rep = Reporter(cells, weights, n_boot=n_boot, seed=seed)
+    rep = Analysis(cells, weights, n_boot=n_boot, seed=seed)
     names = []
     for kind in ("pairs", "2afc"):
         names += plot_sweep(rep, out.with_name(f"{out.name}-{kind}"), kind)
@@ -224,7 +225,7 @@ def plot_speed_cmd(
 ) -> None:
     """Accuracy (clean SROCC from the store) vs images/s, marker area ∝ parameters (paper Fig. 3)."""
     from robench.results.plots import clean_accuracy, plot_speed
-    from robench.results.report import load_cells
+    from robench.results.cells import load_cells
     from robench.engine.grid import default_store
 
     cells, _ = load_cells(store or default_store())

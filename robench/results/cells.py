@@ -149,15 +149,34 @@ class CellData:
 
 def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]:
     """Every finished cell of a store with its per-image arrays, and the weights provenance."""
+    cells, weights, _ = load_store(store_path)
+    return cells, weights
+
+
+def load_store(store_path: str | Path) -> tuple[list[CellData], dict[str, dict], pd.DataFrame]:
+    """:func:`load_cells` and the store's finished cell rows, from one read of the store."""
     from robench.engine.store import Store
 
     path = Path(store_path)
     if not path.is_file():
         raise RobenchError(f"no store at {path} (run `robench run ... --store {path}` first)")
     with Store(path, readonly=True) as st:
-        cells, res, weights = st.cells("done"), st.results(), st.weights()
+        raw = st.cells("done")
+        return (*read_cells(raw, results_by_cell(st.results()), st.weights()), raw)
+
+
+def results_by_cell(res: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A store's per-image rows split by cell, each in the store's order (ε, item) and indexed
+    from 0 as ``Store.results(key)`` returns them."""
+    return {k: g.reset_index(drop=True) for k, g in res.groupby("cell_key")} if len(res) else {}
+
+
+def read_cells(
+    cells: pd.DataFrame, groups: dict[str, pd.DataFrame], weights: dict[str, dict]
+) -> tuple[list[CellData], dict[str, dict]]:
+    """:func:`load_cells` on rows already read from a store (the finished cells, their per-image
+    rows by cell, the weights)."""
     out = []
-    groups = dict(tuple(res.groupby("cell_key"))) if len(res) else {}
     for _, c in cells.iterrows():
         cfg = c["config"]
         rows = groups.get(c["key"])

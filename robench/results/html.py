@@ -316,66 +316,61 @@ def table_html(t) -> str:
     )
 
 
-def gallery(store_path: Path, per_cell: int = GALLERY_PER_CELL) -> tuple[str, int]:
+def gallery(model, per_cell: int = GALLERY_PER_CELL) -> tuple[str, int]:
     """The kept items (engine.images, "top") of every cell at its largest ε: reference, distorted,
     adversarial, perturbation ×(0.5/ε) around grey, scores before/after (oriented q, and MOS units
     by the least-squares map of the cell's clean scores), PSNR/SSIM of the change."""
     from robench.engine.images import images_folder, load_image
-    from robench.engine.store import Store
     from robench.core.errors import RobenchError
 
-    folder = images_folder(store_path)
+    folder = images_folder(model.store)
     out, n_img = [], 0
-    with Store(store_path, readonly=True) as st:
-        cells = st.cells()
-        for _, c in cells.iterrows():
-            res = st.results(c["key"])
-            if "dist_image" not in res or res["dist_image"].isna().all():
-                continue
-            cfg = c["config"]
-            e_max = float(res["eps"].max())
-            top = res[(res["eps"] == e_max) & res["dist_image"].notna() & res["image"].notna()]
-            orient = -1.0 if cfg["target"]["lower_better"] else 1.0
-            first = res[res["eps"] == e_max].sort_values("item")
-            a = b = None
-            if cfg["dataset"]["kind"] == "pairs" and first["mos"].notna().all() and len(first) > 2:
-                q0 = orient * first["clean_score"].to_numpy(float)
-                if np.ptp(q0) > 0:
-                    a, b = np.polyfit(q0, first["mos"].to_numpy(float), 1)
-            top = top.assign(move=(orient * (top["score"] - top["clean_score"])).abs()).sort_values(
-                "move", ascending=False
+    for _, c in model.raw.iterrows():
+        res = model.rows.get(c["key"])
+        if res is None or "dist_image" not in res or res["dist_image"].isna().all():
+            continue
+        cfg = c["config"]
+        e_max = float(res["eps"].max())
+        top = res[(res["eps"] == e_max) & res["dist_image"].notna() & res["image"].notna()]
+        orient = -1.0 if cfg["target"]["lower_better"] else 1.0
+        first = res[res["eps"] == e_max].sort_values("item")
+        a = b = None
+        if cfg["dataset"]["kind"] == "pairs" and first["mos"].notna().all() and len(first) > 2:
+            q0 = orient * first["clean_score"].to_numpy(float)
+            if np.ptp(q0) > 0:
+                a, b = np.polyfit(q0, first["mos"].to_numpy(float), 1)
+        top = top.assign(move=(orient * (top["score"] - top["clean_score"])).abs()).sort_values("move", ascending=False)
+        figs = []
+        for _, r in top.head(per_cell).iterrows():
+            try:
+                ref, dist, adv = (load_image(folder, r[k]).numpy() for k in ("ref_image", "dist_image", "image"))
+            except RobenchError:
+                continue  # images moved or deleted: the cell shows no gallery
+            pert = np.clip(0.5 + (adv - dist) * (0.5 / (e_max / 255)), 0, 1)
+            q0, q1 = orient * r["clean_score"], orient * r["score"]
+            mos = f"; MOS units {a * q0 + b:.2f} → {a * q1 + b:.2f}" if a is not None else ""
+            psnr = "∞" if r["psnr"] is None or not np.isfinite(r["psnr"]) else f"{r['psnr']:.1f} dB"
+            ssim = "—" if r["ssim"] is None or not np.isfinite(r["ssim"]) else f"{r['ssim']:.3f}"
+            imgs = "".join(
+                f"<figure><img src='{_png(im)}' alt='{lab}'><figcaption>{lab}</figcaption></figure>"
+                for im, lab in (
+                    (ref, "reference"),
+                    (dist, "distorted"),
+                    (adv, "adversarial"),
+                    (pert, f"δ × {0.5 / (e_max / 255):.0f} + ½"),
+                )
             )
-            figs = []
-            for _, r in top.head(per_cell).iterrows():
-                try:
-                    ref, dist, adv = (load_image(folder, r[k]).numpy() for k in ("ref_image", "dist_image", "image"))
-                except RobenchError:
-                    continue  # images moved or deleted: the cell shows no gallery
-                pert = np.clip(0.5 + (adv - dist) * (0.5 / (e_max / 255)), 0, 1)
-                q0, q1 = orient * r["clean_score"], orient * r["score"]
-                mos = f"; MOS units {a * q0 + b:.2f} → {a * q1 + b:.2f}" if a is not None else ""
-                psnr = "∞" if r["psnr"] is None or not np.isfinite(r["psnr"]) else f"{r['psnr']:.1f} dB"
-                ssim = "—" if r["ssim"] is None or not np.isfinite(r["ssim"]) else f"{r['ssim']:.3f}"
-                imgs = "".join(
-                    f"<figure><img src='{_png(im)}' alt='{lab}'><figcaption>{lab}</figcaption></figure>"
-                    for im, lab in (
-                        (ref, "reference"),
-                        (dist, "distorted"),
-                        (adv, "adversarial"),
-                        (pert, f"δ × {0.5 / (e_max / 255):.0f} + ½"),
-                    )
-                )
-                n_img += 4
-                figs.append(
-                    f"<div class='item'>{imgs}<p>item {_e(r['item_id'])} ({_e(r['distortion'])}, MOS "
-                    f"{_num(r['mos'], 2)}): q {q0:.3f} → {q1:.3f}{mos}; change PSNR {psnr}, SSIM {ssim}</p></div>"
-                )
-            if figs:
-                d = cfg.get("direction") or "up"
-                out.append(
-                    f"<div class='cell'><h4>{_e(c['target'])} · {_e(c['defense'])} · {_e(c['attack'])} · "
-                    f"{_e(d)} · ε {e_max:g}/255</h4>{''.join(figs)}</div>"
-                )
+            n_img += 4
+            figs.append(
+                f"<div class='item'>{imgs}<p>item {_e(r['item_id'])} ({_e(r['distortion'])}, MOS "
+                f"{_num(r['mos'], 2)}): q {q0:.3f} → {q1:.3f}{mos}; change PSNR {psnr}, SSIM {ssim}</p></div>"
+            )
+        if figs:
+            d = cfg.get("direction") or "up"
+            out.append(
+                f"<div class='cell'><h4>{_e(c['target'])} · {_e(c['defense'])} · {_e(c['attack'])} · "
+                f"{_e(d)} · ε {e_max:g}/255</h4>{''.join(figs)}</div>"
+            )
     if not out:
         return (
             "<section id='gallery'><h2>Adversarial examples</h2><p>No kept images in this store (runs keep the "
@@ -445,19 +440,13 @@ JS = """
 """
 
 
-def write_index(
-    out_tmp: Path,
-    store_path: Path,
-    tables: list,
-    report_json: dict,
-    records: list[dict],
-    certified: list[dict],
-    weights: dict[str, dict],
-    raw,
-) -> Path:
-    """Write ``index.html`` into the report's (temporary) folder."""
+def write_index(out_tmp: Path, model, tables: list) -> Path:
+    """Write ``index.html`` of ``model`` (a results.model.ResultsModel) into the report's
+    (temporary) folder, beside the figures already drawn there."""
+    store_path, report_json, weights, raw = model.store, model.document, model.weights, model.raw
+    records, certified = model.records(), model.certified
     figs = sorted((out_tmp / "plots").glob("*.png")) if (out_tmp / "plots").is_dir() else []
-    gal, n_img = gallery(store_path)
+    gal, n_img = gallery(model)
     fig_html = "".join(
         f"<figure class='figs'><img src='{_file_uri(p)}' alt='{_e(p.stem)}'><figcaption>{_e(p.name)}"
         f"</figcaption></figure>"

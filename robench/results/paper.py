@@ -7,7 +7,7 @@ listed under ``unreadable`` and never guessed. Each file also holds the qualitat
 paper makes in that table's context (``claims``), each with its source.
 
 :func:`write_paper` writes ``paper.md`` and ``paper.tex`` (and ``paper.json``) from a
-:class:`~robench.results.report.Reporter`:
+:class:`~robench.results.analysis.Analysis`:
 
 1. side-by-side tables: paper value | robench value | robench's setting (target, dataset, split,
    profile, image side, n items, ε), rows matched by model, defence and attack; "not measured"
@@ -29,37 +29,13 @@ import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import numpy as np
 
 from robench.core import flags as FL
+from robench.results.analysis import Analysis
 from robench.results.cells import CellData
-
-
-class Reporter(Protocol):
-    """What paper.py reads of a protocol's results (results.report.Reporter provides it; named
-    here as a protocol so the two modules do not import each other)."""
-
-    cells: list[CellData]
-    eps: float
-    all_eps: list[float]
-    bootstrap: str
-    correction: str
-    n_boot: int
-    ot: str
-
-    def rows(self, kind: str, where: Callable[[CellData], bool] = ...) -> list[tuple]: ...
-    def cell(
-        self, row: tuple, attack: str, eps: float | None = None, train_seed: int | None = None
-    ) -> CellData | None: ...
-    def base_row(self, row: tuple) -> tuple: ...
-    def compare(self, a: CellData, b: CellData, eps: float | None) -> dict | None: ...
-    def family(self) -> list[dict]: ...
-    def ir(self, d: CellData, b: CellData) -> float: ...
-    def train_minutes(self, c: CellData) -> float: ...
-    @property
-    def correction_name(self) -> str: ...
 
 
 PAPER_TABLES = (3, 7, 9)
@@ -182,14 +158,14 @@ def claim_instances(table: dict) -> list[dict[str, Any]]:
 # robench's side: rows, values, comparisons
 
 
-def _matching_rows(rep: Reporter, kind: str, model: str, defence: str) -> list[tuple]:
-    """Reporter rows of ``kind`` for a paper (model, defence), preferred target first."""
+def _matching_rows(rep: Analysis, kind: str, model: str, defence: str) -> list[tuple]:
+    """Analysis rows of ``kind`` for a paper (model, defence), preferred target first."""
     archs, dname = MODEL_TARGETS.get(model, ()), DEFENCE_NAMES.get(defence)
     rows = [r for r in rep.rows(kind) if r[0] in archs and r[1] == dname]
     return sorted(rows, key=lambda r: (archs.index(r[0]), r[2:]))
 
 
-def _any_cell(rep: Reporter, row: tuple) -> CellData | None:
+def _any_cell(rep: Analysis, row: tuple) -> CellData | None:
     from robench.results.labels import attack_order
 
     for a in attack_order(c.attack for c in rep.cells if c.row == row):
@@ -209,7 +185,7 @@ def _image_side(dataset: str, profile: str) -> int | None:
         return None
 
 
-def setting_of(rep: Reporter, c: CellData | None, row: tuple, eps: str) -> str:
+def setting_of(rep: Analysis, c: CellData | None, row: tuple, eps: str) -> str:
     """robench's setting of a value: target, dataset/split, profile (image side), seed, n, ε."""
     dataset, split, _kind, profile, seed, amp = row[2:]
     side = _image_side(dataset, profile)
@@ -226,7 +202,7 @@ def _codes(*cells: CellData | None, only: tuple[str, ...] | None = None) -> list
     return [c for c, _, _ in FL.FLAGS if c in got]
 
 
-def robench_value(rep: Reporter, row: tuple, metric: str, attack: str | None) -> dict[str, Any]:
+def robench_value(rep: Analysis, row: tuple, metric: str, attack: str | None) -> dict[str, Any]:
     """robench's number for one paper cell on one row: value (NaN: not measured), setting, flags."""
     eps_txt = f"ε = {rep.eps:g}/255"
     atk = ATTACK_NAMES.get(attack) if attack is not None else None
@@ -264,7 +240,7 @@ def robench_value(rep: Reporter, row: tuple, metric: str, attack: str | None) ->
     return {"value": v, "setting": setting_of(rep, c, row, eps_txt), "flags": _codes(c), "note": ""}
 
 
-def side_by_side(rep: Reporter, table: dict) -> list[dict[str, Any]]:
+def side_by_side(rep: Analysis, table: dict) -> list[dict[str, Any]]:
     """One line per paper cell and matching robench row ("not measured" when none matches)."""
     out = []
     for cell in table["cells"]:
@@ -296,14 +272,14 @@ def side_by_side(rep: Reporter, table: dict) -> list[dict[str, Any]]:
     return out
 
 
-def _row_pairs(rep: Reporter, inst: dict) -> list[tuple[tuple, tuple]]:
+def _row_pairs(rep: Analysis, inst: dict) -> list[tuple[tuple, tuple]]:
     ra = _matching_rows(rep, inst["kind"], inst["a"]["model"], inst["a"]["defence"])
     rb = _matching_rows(rep, inst["kind"], inst["b"]["model"], inst["b"]["defence"])
     same_model = inst["a"]["model"] == inst["b"]["model"]
     return [(x, y) for x in ra for y in rb if x[2:] == y[2:] and (not same_model or x[0] == y[0])]
 
 
-def _descriptive(rep: Reporter, inst: dict) -> str:
+def _descriptive(rep: Analysis, inst: dict) -> str:
     """robench's own values of an untested claim's two sides, for the reader (no verdict)."""
     parts = []
     for ra, rb in _row_pairs(rep, inst):
@@ -316,7 +292,7 @@ def _descriptive(rep: Reporter, inst: dict) -> str:
     return "; robench's values (descriptive, no test): " + "; ".join(parts) if parts else ""
 
 
-def _family_lookup(rep: Reporter) -> dict[tuple, dict]:
+def _family_lookup(rep: Analysis) -> dict[tuple, dict]:
     out = {}
     for rec in rep.family():
         key = (rec["row"], rec["other"], rec["attack"], None if rec["eps"] is None else round(float(rec["eps"]), 9))
@@ -329,7 +305,7 @@ def _flip(res: dict) -> dict:
     return {**res, "delta": -res["delta"], "effect": -res["effect"], "ci": [-hi, -lo]}
 
 
-def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
+def evaluate_claims(rep: Analysis) -> list[dict[str, Any]]:
     """Every claim instance of Tables 3, 7, 9 against robench: one record per instance and
     matching robench row pair, with its status and reason (module docstring)."""
     from robench.core.stats import benjamini_hochberg, holm
@@ -411,7 +387,7 @@ def evaluate_claims(rep: Reporter) -> list[dict[str, Any]]:
 
 
 def _claim_at(
-    rep: Reporter, base: dict, ra: tuple, rb: tuple, atk: str | None, e: float | None, lookup: dict, extras: dict
+    rep: Analysis, base: dict, ra: tuple, rb: tuple, atk: str | None, e: float | None, lookup: dict, extras: dict
 ) -> dict:
     """One claim instance on one robench row pair at one ε (None: clean): the family's
     comparison when it holds it, else a comparison outside it (``extras``, corrected later), else
@@ -513,7 +489,7 @@ def _num(x: float, fmt: str = "+.3f") -> str:
     return "nan" if x is None or not np.isfinite(x) else format(x, fmt)
 
 
-def _classify(rep: Reporter, rec: dict, n_family: int) -> None:
+def _classify(rep: Analysis, rec: dict, n_family: int) -> None:
     res = rec["res"]
     delta, effect, (lo, hi) = res["delta"], res["effect"], res["ci"]
     pa = res.get("p_adjusted", float("nan"))
@@ -573,7 +549,7 @@ def _classify(rep: Reporter, rec: dict, n_family: int) -> None:
 # writers
 
 
-def scale_note(rep: Reporter) -> str:
+def scale_note(rep: Analysis) -> str:
     """What the paper measured against what robench measured: the honest header of both files."""
     settings = {}
     for c in rep.cells:
@@ -665,7 +641,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def to_markdown(rep: Reporter, tables: list[dict], sides: dict[int, list[dict]], records: list[dict]) -> str:
+def to_markdown(rep: Analysis, tables: list[dict], sides: dict[int, list[dict]], records: list[dict]) -> str:
     lines = [
         "# The paper side by side",
         "",
@@ -837,7 +813,7 @@ def _tex_tables(
     return out
 
 
-def to_latex(rep: Reporter, tables: list[dict], sides: dict[int, list[dict]], records: list[dict]) -> str:
+def to_latex(rep: Analysis, tables: list[dict], sides: dict[int, list[dict]], records: list[dict]) -> str:
     out = [
         "% The paper side by side (robench.results.paper): paper Tables 3, 7, 9 against robench",
         "\\paragraph{The paper side by side.} " + _tex(scale_note(rep)),
@@ -932,17 +908,17 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _ranked(ranking: Reporter | None, metric: str, attack: str | None) -> bool:
+def _ranked(ranking: Analysis | None, metric: str, attack: str | None) -> bool:
     """Whether a paper number is an SROCC under attack: the paper's SROCC columns come from the
     ranking attack (mos-split), so robench compares them with its mos-split cells when it has them."""
     return ranking is not None and metric == "SROCC" and attack not in (None, "clean")
 
 
-def _protocol_setting(r: Reporter, setting: str) -> str:
+def _protocol_setting(r: Analysis, setting: str) -> str:
     return f"{r.protocol} · {setting}" if setting and setting != "—" else setting
 
 
-def write_paper(rep: Reporter, folder: Path, ranking: Reporter | None = None) -> list[str]:
+def write_paper(rep: Analysis, folder: Path, ranking: Analysis | None = None) -> list[str]:
     """``paper.md``, ``paper.tex`` and ``paper.json`` under ``folder``: the paper's Tables 3, 7, 9
     and claims beside robench's measurements (module docstring). ``rep``: score inflation (IR-Score,
     clean numbers, 2AFC); ``ranking``: the mos-split cells, which the paper's SROCC-under-attack

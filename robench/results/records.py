@@ -57,14 +57,12 @@ def make_records(
 ) -> list[dict[str, Any]]:
     """``loaded``: ``(cells, weights, raw cells frame)`` already read from ``store`` (the report
     reads the store once and hands them on); None reads them here."""
-    from robench.engine.store import Store
     from robench.results.entries import cell_entry, latest
-    from robench.results.cells import load_cells
 
     if loaded is None:
-        cells, weights = load_cells(store)
-        with Store(store, readonly=True) as st:
-            raw = st.cells()
+        from robench.results.cells import load_store
+
+        cells, weights, raw = load_store(store)
     else:
         cells, weights, raw = loaded
     if not cells:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -352,24 +351,3 @@ def plot_certified(entries: list[dict[str, Any]], folder: Path) -> list[str]:
     fig.savefig(folder / "certified-width.png", dpi=120)
     plt.close(fig)
     return ["certified-width.png"]
-
-
-def write_sections(
-    store_path, tmp: Path, n_boot: int, seed: int, plots: bool
-) -> tuple[list, dict[str, Any], list[str]]:
-    """Tables, report.json sections and figure names of the transfer matrices and certificates
-    (empty when the store holds neither)."""
-    from robench.engine.store import Store
-
-    with Store(store_path, readonly=True) as store:
-        entries = transfer_data(store, n_boot=n_boot, seed=seed)
-        cert = certified_data(store)
-    tables = transfer_tables(entries)
-    ct = certified_table(cert)
-    if ct is not None:
-        tables.append(ct)
-    figures = []
-    if plots:
-        figures += plot_transfer(entries, tmp / "plots") if entries else []
-        figures += plot_certified(cert, tmp / "plots")
-    return tables, {"transfer": json.loads(json.dumps(entries, default=float)), "certified": cert}, figures
