@@ -151,6 +151,51 @@ class ModeGuard:
             p.requires_grad_(rg)
 
 
+@dataclass
+class _Buffers:
+    """What one attack call fills batch by batch: per ε × item scores, queries, norms and
+    perceptibility of the change, the clean scores, the images when kept, the probes."""
+
+    scores: torch.Tensor
+    queries: torch.Tensor
+    linf: torch.Tensor
+    l2: torch.Tensor
+    clean: torch.Tensor
+    images: torch.Tensor | None
+    psnr: torch.Tensor
+    ssim: torch.Tensor
+    probes: dict[str, Any]
+    extra: dict[str, torch.Tensor]
+
+    @property
+    def n(self) -> int:
+        return self.clean.shape[0]
+
+    @classmethod
+    def empty(cls, K: int, n: int, shape, return_images: bool) -> _Buffers:
+        return cls(
+            scores=torch.empty(K, n),
+            queries=torch.zeros(K, n, dtype=torch.long),
+            linf=torch.empty(K, n),
+            l2=torch.empty(K, n),
+            clean=torch.empty(n),
+            images=torch.empty(K, *shape) if return_images else None,
+            psnr=torch.empty(K, n),
+            ssim=torch.empty(K, n),
+            probes={"zero_grad": 0, "nan_grad": 0, "probed": 0, "randomised": False, "kept_clean": [0] * K},
+            extra={},
+        )
+
+    def put(self, k: int, sl: slice, adv: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> None:
+        self.scores[k, sl] = s
+        d = (adv - x).flatten(1)
+        self.linf[k, sl] = d.abs().amax(dim=1)
+        self.l2[k, sl] = d.norm(dim=1)
+        self.psnr[k, sl], self.ssim[k, sl] = perceptibility(adv, x)
+        if self.images is not None:
+            self.images[k, sl] = adv
+
+
 class Attack:
     """Base class; subclasses register with ``@ATTACKS.register(name)``."""
 
@@ -336,7 +381,6 @@ class Attack:
         epses = as_eps(eps)
         self.check(target)
         self.resolve(target)
-        eot = int(self.params["eot"])
         streamed = getattr(dist, "streamed", False) is True  # runner.StreamedImages: decoded per batch
         if not streamed:
             validate_pair(dist, ref, target.card.min_size)
@@ -344,18 +388,7 @@ class Attack:
         signs = torch.ones(n) if signs is None else as_signs(signs, n, f"attack {self.name!r}")
         self.run_signs = sorted({int(v) for v in signs.tolist()}, reverse=True)
         bs = batch_size or n
-        K = len(epses)
-        device = target.device
-        scores = torch.empty(K, n)
-        queries = torch.zeros(K, n, dtype=torch.long)
-        linf = torch.empty(K, n)
-        l2 = torch.empty(K, n)
-        clean = torch.empty(n)
-        images = torch.empty(K, *dist.shape) if return_images else None
-        psnr = torch.empty(K, n)
-        ssim = torch.empty(K, n)
-        probes = {"zero_grad": 0, "nan_grad": 0, "probed": 0, "randomised": False, "kept_clean": [0] * K}
-        extra: dict[str, torch.Tensor] = {}
+        buf = _Buffers.empty(len(epses), n, dist.shape, return_images)
         compute = 0.0
         with ModeGuard(target), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -365,73 +398,15 @@ class Attack:
 
             def one(start: int, stop: int) -> None:
                 nonlocal compute
-                kept = copy.deepcopy(probes)
+                kept = copy.deepcopy(buf.probes)
                 try:
-                    compute += batch(slice(start, stop), start)
+                    compute += self._batch(target, dist, ref, signs, slice(start, stop), epses, streamed, buf)
                 except BaseException:
-                    probes.clear()  # a batch retried at half its size must not count its probes twice
-                    probes.update(kept)
+                    buf.probes.clear()  # a batch retried at half its size must not count its probes twice
+                    buf.probes.update(kept)
                     raise
                 if progress is not None:
                     progress(stop - start)
-
-            def batch(sl: slice, start: int) -> float:
-                spent_s = 0.0
-                # a copy on the target's device (items stay on the CPU; on the CPU this is clone())
-                x, r = dist[sl].detach().to(device, copy=True), ref[sl].detach().to(device, copy=True)
-                if streamed:
-                    validate_pair(x, r, target.card.min_size)
-                x_keep, r_keep = x.clone(), r.clone()
-                sg = signs[sl].to(device)
-                t0 = time.perf_counter()
-                # the attack sees the directed objective sign · q (and its clean value)
-                f = target.bind(r, eot=eot, sign=sg)
-                with torch.no_grad():
-                    s0 = target.expected_score(x, r, eot)
-                q0 = target.orient(s0) * sg
-                clean[sl] = s0
-                spent_s += time.perf_counter() - t0
-                if start == 0:
-                    self._probe(target, f, x[: self.PROBE_N], probes)
-                t0 = time.perf_counter()
-                if self.kind == "minimisation":
-                    f.queries.zero_()
-                    far = self.minimise(f, x, q0, max(epses))
-                    fars = [c.detach() for c in far] if isinstance(far, (list, tuple)) else [far.detach()]
-                    spent = f.queries.clone()
-                spent_s += time.perf_counter() - t0
-                for k, e in enumerate(epses):
-                    if self.kind == "minimisation":
-                        t0 = time.perf_counter()
-                        adv = self._best_clipped(target, fars, x, r, e, eot, sg)
-                        spent_s += time.perf_counter() - t0
-                        queries[k, sl] = spent
-                    else:
-                        t0 = time.perf_counter()
-                        f.queries.zero_()
-                        adv = self.perturb(f, x, e, q0).detach()
-                        queries[k, sl] = f.queries
-                        spent_s += time.perf_counter() - t0
-                    for key, val in getattr(self, "_extra", {}).items():
-                        extra.setdefault(key, torch.zeros(K, n, dtype=val.dtype))[k, sl] = val
-                    adv = self._verify(adv, x, x_keep, r, r_keep, e)
-                    t0 = time.perf_counter()
-                    with torch.no_grad():
-                        s = target.expected_score(adv, r, eot)
-                    spent_s += time.perf_counter() - t0
-                    worse = target.orient(s) * sg < q0
-                    if worse.any():  # δ = 0 is feasible: never report against the direction
-                        adv[worse] = x[worse]
-                        s = torch.where(worse, s0, s)
-                        probes["kept_clean"][k] += int(worse.sum())
-                    scores[k, sl] = s
-                    d = (adv - x).flatten(1)
-                    linf[k, sl] = d.abs().amax(dim=1)
-                    l2[k, sl] = d.norm(dim=1)
-                    psnr[k, sl], ssim[k, sl] = perceptibility(adv, x)
-                    if images is not None:
-                        images[k, sl] = adv
-                return spent_s
 
             # an out-of-memory batch is retried at half its size (down to 1); the batch size in
             # use at the end is recorded with the result. Seeding is per call and per batch (the
@@ -439,26 +414,78 @@ class Attack:
             # attack's numbers depend on the batch size: equal to a run at the smaller batch from
             # the start when the first batch fails (the global RNG is rewound), deterministic
             # attacks equal per item wherever it fails
-            used, halved = halving_batches(n, bs, one, device, what=f"attack {self.name!r} on {target.card.name}")
+            what = f"attack {self.name!r} on {target.card.name}"
+            used, halved = halving_batches(n, bs, one, target.device, what=what)
         if self.trained():
-            probes["trained"] = self.trained()  # provenance of the generator / patch the images came from
+            buf.probes["trained"] = self.trained()  # provenance of the generator / patch the images came from
         return AttackResult(
             eps=epses,
-            clean_scores=clean,
-            scores=scores,
-            queries=queries,
-            linf=linf,
-            l2=l2,
-            images=images,
-            psnr=psnr,
-            ssim=ssim,
-            probes=probes,
-            extra=extra,
+            clean_scores=buf.clean,
+            scores=buf.scores,
+            queries=buf.queries,
+            linf=buf.linf,
+            l2=buf.l2,
+            images=buf.images,
+            psnr=buf.psnr,
+            ssim=buf.ssim,
+            probes=buf.probes,
+            extra=buf.extra,
             compute_seconds=compute,
             batch_size=bs,
             batch_size_used=used,
             oom_halved=halved,
         )
+
+    def _batch(self, target: Target, dist, ref, signs, sl: slice, epses: list[float], streamed: bool, buf) -> float:
+        """Attack the items ``sl`` at every ε into ``buf`` (a _Buffers); the seconds of attack compute."""
+        eot = int(self.params["eot"])
+        # a copy on the target's device (items stay on the CPU; on the CPU this is clone())
+        x, r = dist[sl].detach().to(target.device, copy=True), ref[sl].detach().to(target.device, copy=True)
+        if streamed:
+            validate_pair(x, r, target.card.min_size)
+        x_keep, r_keep = x.clone(), r.clone()
+        sg = signs[sl].to(target.device)
+        t0 = time.perf_counter()
+        # the attack sees the directed objective sign · q (and its clean value)
+        f = target.bind(r, eot=eot, sign=sg)
+        with torch.no_grad():
+            s0 = target.expected_score(x, r, eot)
+        q0 = target.orient(s0) * sg
+        buf.clean[sl] = s0
+        spent_s = time.perf_counter() - t0
+        if sl.start == 0:
+            self._probe(target, f, x[: self.PROBE_N], buf.probes)
+        t0 = time.perf_counter()
+        if self.kind == "minimisation":
+            f.queries.zero_()
+            far = self.minimise(f, x, q0, max(epses))
+            fars = [c.detach() for c in far] if isinstance(far, (list, tuple)) else [far.detach()]
+            spent = f.queries.clone()
+        spent_s += time.perf_counter() - t0
+        for k, e in enumerate(epses):
+            t0 = time.perf_counter()
+            if self.kind == "minimisation":
+                adv = self._best_clipped(target, fars, x, r, e, eot, sg)
+                buf.queries[k, sl] = spent
+            else:
+                f.queries.zero_()
+                adv = self.perturb(f, x, e, q0).detach()
+                buf.queries[k, sl] = f.queries
+            spent_s += time.perf_counter() - t0
+            for key, val in getattr(self, "_extra", {}).items():
+                buf.extra.setdefault(key, torch.zeros(len(epses), buf.n, dtype=val.dtype))[k, sl] = val
+            adv = self._verify(adv, x, x_keep, r, r_keep, e)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                s = target.expected_score(adv, r, eot)
+            spent_s += time.perf_counter() - t0
+            worse = target.orient(s) * sg < q0
+            if worse.any():  # δ = 0 is feasible: never report against the direction
+                adv[worse] = x[worse]
+                s = torch.where(worse, s0, s)
+                buf.probes["kept_clean"][k] += int(worse.sum())
+            buf.put(k, sl, adv, x, s)
+        return spent_s
 
     def _best_clipped(
         self,

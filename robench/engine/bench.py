@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -479,10 +480,8 @@ def attack_strength(
     item moved one way). ``curve_steps``: PGD at k steps for each k (the profile's other settings)."""
     import sys
 
-    import numpy as np
-
     from robench.core.config import dataset_options_for
-    from robench.core.directions import directed_gain, get_direction
+    from robench.core.directions import get_direction
     from robench.core.profiles import get_profile
     from robench.core.registry import ATTACKS, default_dataset
     from robench.engine.items import load_items
@@ -501,6 +500,7 @@ def attack_strength(
     mos = items.labels.get("mos") if items.kind == "pairs" else None
     clusters, unit = bootstrap_units("auto", items.labels.get("source"), "the items")
     weights = bootstrap_weights(len(items), n_resamples, seed, clusters)
+    ref = {"steps": ref_steps, "restarts": ref_restarts, "schedule": "cosine", "inertia": ref_inertia}
     out: dict[str, Any] = {
         "machine": machine(device),
         "eps": epses,
@@ -510,14 +510,7 @@ def attack_strength(
         "dataset": dataset,
         "split": split,
         "interval": f"95 % {unit}",
-        "reference": {
-            "attack": curve_name,
-            "steps": ref_steps,
-            "restarts": ref_restarts,
-            "schedule": "cosine",
-            "inertia": ref_inertia,
-            "first": "zero, then random",
-        },
+        "reference": {"attack": curve_name, **ref, "first": "zero, then random"},
         "references": [],
         "rows": [],
     }
@@ -529,107 +522,113 @@ def attack_strength(
             signs = torch.from_numpy(get_direction(direction).signs(mos, len(items))[0]).float()
             for e255 in epses:
                 e = e255 / 255
-                moves: dict[str, dict[str, Any]] = {}
 
-                def run(atk):
-                    t1 = time.perf_counter()
-                    res = atk(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch, signs=signs)
-                    q_clean, q_adv = (v.numpy() for v in res.oriented(target.lower_better))
-                    return {
-                        "g": directed_gain(q_clean, q_adv[0], signs.numpy()),
-                        "seconds": time.perf_counter() - t1,
-                        "budget": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
-                        # what the profile (and any override) set: starts, early exit, …
-                        "settings": {
-                            k: atk.params[k]
-                            for k in {**atk.budgets.get(prof.name, {}), **dict((attack_params or {}).get(atk.name, {}))}
-                        },
-                        "kept_clean": int(res.probes.get("kept_clean", [0])[0]),
-                    }
-
-                # the reference: the curve attack itself, many steps × starts, through the public API
-                reference = ATTACKS.get(curve_name)(
-                    profile=prof.name,
-                    seed=seed,
-                    steps=ref_steps,
-                    restarts=ref_restarts,
-                    schedule="cosine",
-                    first="zero",
-                    patience=0,
-                    inertia=ref_inertia,
+                run = partial(
+                    _strength_run, target=target, x=x, r=r, e=e, signs=signs, prof=prof, overrides=attack_params
                 )
-                ref_run = run(reference)
-                g_ref, ref_seconds = ref_run["g"], ref_run["seconds"]
+                # the reference: the curve attack itself, many steps × starts, through the public API
+                ref_run = run(ATTACKS.get(curve_name)(profile=prof.name, seed=seed, **ref, first="zero", patience=0))
                 curve = {
                     k: run(ATTACKS.get(curve_name)(profile=prof.name, seed=seed, steps=int(k))) for k in curve_steps
                 }
-                for a in attacks:
-                    moves[a] = run(
-                        ATTACKS.get(a)(profile=prof.name, seed=seed, **dict((attack_params or {}).get(a, {})))
-                    )
-                best = np.max(
-                    np.stack([g_ref] + [v["g"] for v in moves.values()] + [v["g"] for v in curve.values()]), axis=0
-                ).clip(min=0)
-                # a mixed direction (mos-split) is also measured on each half: its downward items are
-                # the high-MOS ones, where dist ≈ ref and a zero start is weakest
-                groups = [("all", np.ones(len(best), bool))]
-                if (signs > 0).any() and (signs < 0).any():
-                    groups += [("up", signs.numpy() > 0), ("down", signs.numpy() < 0)]
-                for group, m in groups:
-                    w = weights[:, m]
-                    best_w = w @ best[m]
-
-                    def ratio(g, m=m, w=w, best_w=best_w):
-                        b = np.divide(w @ g[m], best_w, out=np.full(len(best_w), np.nan), where=best_w > 0)
-                        b = b[np.isfinite(b)]
-                        lo, hi = np.percentile(b, [2.5, 97.5]) if b.size else (float("nan"), float("nan"))
-                        mb = float(best[m].mean())
-                        return (float(g[m].mean()) / mb if mb > 0 else float("nan")), float(lo), float(hi)
-
-                    ratios = {a: ratio(v["g"]) for a, v in moves.items()}
-                    curve_ratios = {str(k): ratio(v["g"])[0] for k, v in curve.items()}
-                    for a, v in moves.items():
-                        rt, lo, hi = ratios[a]
-                        out["rows"].append(
-                            {
-                                "model": name,
-                                "direction": direction,
-                                "items": group,
-                                "eps": e255,
-                                "attack": a,
-                                "budget": v["budget"],
-                                "settings": v["settings"],
-                                "n": int(m.sum()),
-                                "mean_move": float(v["g"][m].mean()),
-                                "ratio": rt,
-                                "lo": lo,
-                                "hi": hi,
-                                "moved": int((v["g"][m] > 0).sum()),
-                                "kept_clean": v["kept_clean"],
-                                "seconds": round(v["seconds"], 2),
-                            }
-                        )
-                    out["references"].append(
-                        {
-                            "model": name,
-                            "direction": direction,
-                            "items": group,
-                            "eps": e255,
-                            "best_move": float(best[m].mean()),
-                            "reference_move": float(g_ref[m].mean()),
-                            "reference_ratio": ratio(g_ref)[0],
-                            "reference_seconds": round(ref_seconds, 1),
-                            "pgd_curve": curve_ratios,
-                        }
-                    )
-                    log(
-                        f"{name} {direction}{'' if group == 'all' else ' (' + group + ' items)'} ε {e255:g}/255: "
-                        f"best move {best[m].mean():.4g} (reference {ref_seconds:.0f} s); "
-                        + ", ".join(f"{a} {v[0]:.3f}" for a, v in ratios.items())
-                        + (
-                            "; PGD curve " + ", ".join(f"{k}: {v:.2f}" for k, v in curve_ratios.items())
-                            if curve
-                            else ""
-                        )
-                    )
+                moves = {
+                    a: run(ATTACKS.get(a)(profile=prof.name, seed=seed, **dict((attack_params or {}).get(a, {}))))
+                    for a in attacks
+                }
+                for line in _strength_records(
+                    out, name, direction, e255, signs.numpy(), weights, ref_run, moves, curve
+                ):
+                    log(line)
     return out
+
+
+def _strength_run(atk, *, target, x, r, e, signs, prof, overrides) -> dict[str, Any]:
+    """One attack on the strength items: per-item directed move, time, budget and settings."""
+    from robench.core.directions import directed_gain
+
+    t1 = time.perf_counter()
+    res = atk(target, x, r, eps=[e], return_images=False, batch_size=prof.attack_batch, signs=signs)
+    q_clean, q_adv = (v.numpy() for v in res.oriented(target.lower_better))
+    return {
+        "g": directed_gain(q_clean, q_adv[0], signs.numpy()),
+        "seconds": time.perf_counter() - t1,
+        "budget": {k: atk.params[k] for k in atk.budget_params if k in atk.params},
+        # what the profile (and any override) set: starts, early exit, …
+        "settings": {
+            k: atk.params[k] for k in {**atk.budgets.get(prof.name, {}), **dict((overrides or {}).get(atk.name, {}))}
+        },
+        "kept_clean": int(res.probes.get("kept_clean", [0])[0]),
+    }
+
+
+def _strength_ratio(g, best, m, w) -> tuple[float, float, float]:
+    """Mean move of ``g`` over the per-item best on items ``m``, with its resampled interval."""
+    import numpy as np
+
+    best_w = w @ best[m]
+    b = np.divide(w @ g[m], best_w, out=np.full(len(best_w), np.nan), where=best_w > 0)
+    b = b[np.isfinite(b)]
+    lo, hi = np.percentile(b, [2.5, 97.5]) if b.size else (float("nan"), float("nan"))
+    mb = float(best[m].mean())
+    return (float(g[m].mean()) / mb if mb > 0 else float("nan")), float(lo), float(hi)
+
+
+def _strength_records(out, name, direction, e255, signs, weights, ref_run, moves, curve) -> list[str]:
+    """Append one target × direction × ε's rows and reference records to ``out``; the log lines."""
+    import numpy as np
+
+    g_ref, ref_seconds = ref_run["g"], ref_run["seconds"]
+    best = np.max(np.stack([g_ref] + [v["g"] for v in moves.values()] + [v["g"] for v in curve.values()]), axis=0).clip(
+        min=0
+    )
+    # a mixed direction (mos-split) is also measured on each half: its downward items are
+    # the high-MOS ones, where dist ≈ ref and a zero start is weakest
+    groups = [("all", np.ones(len(best), bool))]
+    if (signs > 0).any() and (signs < 0).any():
+        groups += [("up", signs > 0), ("down", signs < 0)]
+    lines = []
+    for group, m in groups:
+        w = weights[:, m]
+        ratios = {a: _strength_ratio(v["g"], best, m, w) for a, v in moves.items()}
+        curve_ratios = {str(k): _strength_ratio(v["g"], best, m, w)[0] for k, v in curve.items()}
+        for a, v in moves.items():
+            rt, lo, hi = ratios[a]
+            out["rows"].append(
+                {
+                    "model": name,
+                    "direction": direction,
+                    "items": group,
+                    "eps": e255,
+                    "attack": a,
+                    "budget": v["budget"],
+                    "settings": v["settings"],
+                    "n": int(m.sum()),
+                    "mean_move": float(v["g"][m].mean()),
+                    "ratio": rt,
+                    "lo": lo,
+                    "hi": hi,
+                    "moved": int((v["g"][m] > 0).sum()),
+                    "kept_clean": v["kept_clean"],
+                    "seconds": round(v["seconds"], 2),
+                }
+            )
+        out["references"].append(
+            {
+                "model": name,
+                "direction": direction,
+                "items": group,
+                "eps": e255,
+                "best_move": float(best[m].mean()),
+                "reference_move": float(g_ref[m].mean()),
+                "reference_ratio": _strength_ratio(g_ref, best, m, w)[0],
+                "reference_seconds": round(ref_seconds, 1),
+                "pgd_curve": curve_ratios,
+            }
+        )
+        lines.append(
+            f"{name} {direction}{'' if group == 'all' else ' (' + group + ' items)'} ε {e255:g}/255: "
+            f"best move {best[m].mean():.4g} (reference {ref_seconds:.0f} s); "
+            + ", ".join(f"{a} {v[0]:.3f}" for a, v in ratios.items())
+            + ("; PGD curve " + ", ".join(f"{k}: {v:.2f}" for k, v in curve_ratios.items()) if curve else "")
+        )
+    return lines

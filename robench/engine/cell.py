@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -124,77 +125,12 @@ def run_cell(
         signs=signs,
     )
     # after an out-of-memory error the rest of the cell runs at the batch size the attack ended with
-    bs, halved = res.batch_size_used, res.oom_halved
-    compute = res.compute_seconds
-    convergence = convergence_check(target, attack, items, eps, bs, res, signs)
+    run = _Spent(compute=res.compute_seconds, batch_size=res.batch_size_used, halved=res.oom_halved)
+    convergence = convergence_check(target, attack, items, eps, run.batch_size, res, signs)
     if convergence is not None:
-        compute += convergence.pop("seconds")
-        bs, more = convergence.pop("batch_size_used"), convergence.pop("oom_halved")
-        halved += more
-        ladder = [
-            {"params": convergence["half_params"], "gain": convergence["half_gain"], "items": convergence["items"]},
-            {"params": _budget(attack, attack.params), "gain": directed_gains(res, target.lower_better, signs)},
-        ]
-        k = 0
-        while convergence["not_converged"] and k < int(escalate):
-            k += 1
-            params = attack.scaled_budget(2**k)
-            res = _run_at(attack, params, target, items, eps, bs, signs, keep_images=keep)
-            compute += res.compute_seconds
-            bs, halved = res.batch_size_used, halved + res.oom_halved
-            full, prev = directed_gains(res, target.lower_better, signs), ladder[-1]["gain"]
-            ladder.append({"params": _budget(attack, params), "gain": full})
-            gap = _rel_gap(full, prev)
-            # rungs above the first compare all items' gains
-            convergence.update(
-                half_params=ladder[-2]["params"],
-                full_gain=full,
-                half_gain=prev,
-                rel_gap=gap,
-                not_converged=_short(gap),
-                items=len(items),
-                item_index=None,
-            )
-        if escalate:
-            # the run's cap and what it used: a later run with a larger cap re-opens a flagged cell
-            convergence.update(escalate=int(escalate), escalated=k, budget_used=ladder[-1]["params"], ladder=ladder)
-        if not convergence["not_converged"] and attack.plateau_probe:
-            probe = _plateau_probe(convergence, attack, 2**k, target, items, eps, bs, signs)
-            compute += probe.compute_seconds
-            bs, halved = probe.batch_size_used, halved + probe.oom_halved
-        if attack.another_start is not None:
-            other = _another_start(
-                convergence,
-                attack,
-                attack.scaled_budget(2**k) if k else attack.params,
-                target,
-                items,
-                eps,
-                bs,
-                signs,
-                res,
-            )
-            compute += other.compute_seconds
-            bs, halved = other.batch_size_used, halved + other.oom_halved
-    other_scores = None
-    t1 = time.perf_counter()
-    if items.other is not None:
-        # seeded like the attack: a randomised defence's draws for the unattacked image must be
-        # the same in every run (2AFC accuracy reproducible, a resumed store identical)
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(attack.seed + 1)
-            # the unattacked image of a 2AFC triplet: like every reported score, a mean over
-            # the EOT draws when the target is randomised
-            eot = int(attack.params["eot"])
-            dev = target.device  # items stay on the CPU; batches go to the target
-            other_scores = torch.empty(len(items))
-
-            def score_other(i: int, j: int) -> None:
-                other_scores[i:j] = target.expected_score(items.other[i:j].to(dev), items.ref[i:j].to(dev), eot).cpu()
-
-            bs, more = halving_batches(len(items), bs, score_other, dev, what=f"2AFC scores of {target.card.name}")
-            halved += more
-    compute += time.perf_counter() - t1
+        res = _converge(convergence, attack, target, items, eps, signs, res, run, escalate, keep)
+    other_scores = _other_scores(target, attack, items, run)
+    compute, bs, halved = run.compute, run.batch_size, run.halved
     rows = make_rows(res, items, eps, other_scores)
     summary = summarise(res, items, eps, target.lower_better, other_scores, signs)
     summary["direction"] = dir_info
@@ -236,6 +172,88 @@ CONVERGENCE_TOL = 0.05
 CHECK_FRACTION = 0.25
 CHECK_MIN_ITEMS = 16
 CHECK_MAX_ITEMS = 128
+
+
+@dataclass
+class _Spent:
+    """A cell's running account: attack compute seconds, the batch size in use (after an
+    out-of-memory error the rest of the cell runs at the size the last run ended with), and how
+    many times a batch was halved."""
+
+    compute: float
+    batch_size: int
+    halved: int
+
+    def add(self, res) -> None:
+        self.compute += res.compute_seconds
+        self.batch_size, self.halved = res.batch_size_used, self.halved + res.oom_halved
+
+
+def _converge(convergence, attack, target, items, eps, signs, res, run: _Spent, escalate: int, keep: bool):
+    """The cell's convergence evidence beyond the half-budget check (filled into ``convergence``):
+    ``escalate`` budget doublings while it is short, the plateau probe, another start. Returns
+    the result the cell keeps (the largest budget's)."""
+    run.compute += convergence.pop("seconds")
+    run.batch_size, more = convergence.pop("batch_size_used"), convergence.pop("oom_halved")
+    run.halved += more
+    ladder = [
+        {"params": convergence["half_params"], "gain": convergence["half_gain"], "items": convergence["items"]},
+        {"params": _budget(attack, attack.params), "gain": directed_gains(res, target.lower_better, signs)},
+    ]
+    k = 0
+    while convergence["not_converged"] and k < int(escalate):
+        k += 1
+        params = attack.scaled_budget(2**k)
+        res = _run_at(attack, params, target, items, eps, run.batch_size, signs, keep_images=keep)
+        run.add(res)
+        full, prev = directed_gains(res, target.lower_better, signs), ladder[-1]["gain"]
+        ladder.append({"params": _budget(attack, params), "gain": full})
+        gap = _rel_gap(full, prev)
+        # rungs above the first compare all items' gains
+        convergence.update(
+            half_params=ladder[-2]["params"],
+            full_gain=full,
+            half_gain=prev,
+            rel_gap=gap,
+            not_converged=_short(gap),
+            items=len(items),
+            item_index=None,
+        )
+    if escalate:
+        # the run's cap and what it used: a later run with a larger cap re-opens a flagged cell
+        convergence.update(escalate=int(escalate), escalated=k, budget_used=ladder[-1]["params"], ladder=ladder)
+    if not convergence["not_converged"] and attack.plateau_probe:
+        run.add(_plateau_probe(convergence, attack, 2**k, target, items, eps, run.batch_size, signs))
+    if attack.another_start is not None:
+        params = attack.scaled_budget(2**k) if k else attack.params
+        run.add(_another_start(convergence, attack, params, target, items, eps, run.batch_size, signs, res))
+    return res
+
+
+def _other_scores(target, attack, items, run: _Spent):
+    """The scores of each 2AFC triplet's unattacked image (None for pairs)."""
+    if items.other is None:
+        return None
+    t1 = time.perf_counter()
+    # seeded like the attack: a randomised defence's draws for the unattacked image must be
+    # the same in every run (2AFC accuracy reproducible, a resumed store identical)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(attack.seed + 1)
+        # the unattacked image of a 2AFC triplet: like every reported score, a mean over
+        # the EOT draws when the target is randomised
+        eot = int(attack.params["eot"])
+        dev = target.device  # items stay on the CPU; batches go to the target
+        out = torch.empty(len(items))
+
+        def score_other(i: int, j: int) -> None:
+            out[i:j] = target.expected_score(items.other[i:j].to(dev), items.ref[i:j].to(dev), eot).cpu()
+
+        run.batch_size, more = halving_batches(
+            len(items), run.batch_size, score_other, dev, what=f"2AFC scores of {target.card.name}"
+        )
+        run.halved += more
+    run.compute += time.perf_counter() - t1
+    return out
 
 
 def check_items(n: int, seed: int, attack: Attack | None = None) -> torch.Tensor:

@@ -186,22 +186,7 @@ def run_grid(
     harness_total = sum(p.items.load_seconds for p in plans)
     by_key: dict[str, tuple[Plan, Any, Attack]] = {}
     with Store(store_path) as store, progress_bar(progress) as bar:
-        todo = []
-        for p in plans:
-            store.record_weights(weights_records(p.target))
-            for t, a in zip(p.tasks, p.attacks):
-                entry = {"key": t.key, "attack": a.name, "direction": t.direction, "repr": repr(a)}
-                p.report["cells"].append(entry)
-                done = store.status(t.key) == "done"
-                if done and p.spec.escalate and _reopens(store.cell_flags(t.key), p.spec.escalate):
-                    entry["reopened"] = "not converged at a smaller --escalate"  # replaced when it is committed
-                elif done and p.spec.keep_images == "all" and not store.has_images(t.key):
-                    entry["reopened"] = "stored without its images (--keep-images)"
-                if not p.spec.force and done and "reopened" not in entry:
-                    entry["status"] = "cached"
-                else:
-                    todo.append(t)
-                    by_key[t.key] = (p, entry, a)
+        todo = _pending(store, plans, by_key)
         ex = (
             executor
             if isinstance(executor, Executor)
@@ -220,74 +205,15 @@ def run_grid(
         try:
             for t, result in ex.run(todo, local) if ex is not None else []:
                 p, entry, a = by_key[t.key]
-                t_commit = time.perf_counter()
-                # where it ran: provenance beside the key, never in it (an executor reports its worker's)
-                ran_on = result.get("device") if isinstance(result, dict) else None
-                if ran_on is None and t.device != p.report["device"].get("device"):
-                    # a cell that failed before saying where it ran: the device it was sent to
-                    # (a Ray GPU cell), not the driver's
-                    ran_on = {"device": t.device, "reported": False}
-                # with the speed options and their agreement check (how it ran: provenance too)
-                speed = {"speed": p.report["speed"]} if p.report.get("speed") else {}
-                cell = {
-                    "config": t.extra["config"],
-                    "versions": vers,
-                    "git_commit": commit,
-                    "device": {**(ran_on or p.report["device"]), **speed},
-                }
-                if isinstance(result, BaseException) or "failed" in result:
-                    msg = str(result) if isinstance(result, BaseException) else result["failed"]
-                    store.record_failure(t.key, cell, msg)
-                    entry.update(status="failed", error=msg)
-                    if log:
-                        log(f"cell {t.label} failed: {msg}")
-                else:
-                    record = result["record"]
-                    images = record.pop("images", None)
-                    if images is not None:  # content-addressed files first: the rows name them
-                        from robench.engine.cell import direction_signs
-                        from robench.engine.images import images_folder, keep_rows
-
-                        keep_rows(
-                            result["rows"],
-                            images,
-                            p.items,
-                            direction_signs(t.direction, p.items)[0].numpy(),
-                            p.target.lower_better,
-                            p.spec.keep_images,
-                            images_folder(store_path),
-                            p.eps,
-                        )
-                    if result.get("attempts", 1) > 1:  # a worker died and Ray re-ran the cell: say so
-                        record = {**record, "flags": {**(record.get("flags") or {}), "retried": result["attempts"] - 1}}
-                        entry["retried"] = result["attempts"] - 1
-                    written = store.commit_cell(
-                        t.key,
-                        {**cell, **record},
-                        result["rows"],
-                        replace=p.spec.force or "reopened" in entry,
-                        before_commit=_fault_hook(a.name),
-                    )
-                    wall = result.get("wall", record["seconds"]) + (time.perf_counter() - t_commit)
-                    compute_total += record["attack_seconds"]
-                    harness_total += wall - record["attack_seconds"]
-                    entry.update(
-                        status="done" if written else "cached", seconds=wall, attack_seconds=record["attack_seconds"]
-                    )
+                compute, harness = _commit(store, t, result, p, entry, a, {"versions": vers, "git_commit": commit}, log)
+                compute_total += compute
+                harness_total += harness
                 if overall is not None:
                     bar.advance(overall, 1)
         finally:
             if ex is not None and not isinstance(executor, Executor):
                 ex.close()
-        for p in plans:
-            cross_cell_checks(store, [c["key"] for c in p.report["cells"] if c.get("status") in ("done", "cached")])
-        table = store.cells(status=None)
-        for p in plans:
-            for entry in p.report["cells"]:
-                row = table[table["key"] == entry["key"]]
-                if len(row):
-                    r = row.iloc[0]
-                    entry.update(summary=r["summary"], flags=r["flags"], status_in_store=r["status"])
+        _settle(store, plans)
     seconds = time.perf_counter() - t_run
     for p in plans:
         p.report.update(
@@ -301,6 +227,95 @@ def run_grid(
         "executor": ex.name if ex is not None else "none",
         "store": str(store_path),
     }
+
+
+def _pending(store: Store, plans: list[Plan], by_key: dict) -> list:
+    """Each plan's cells into its report; the tasks not stored yet (or reopened) into ``by_key``."""
+    todo = []
+    for p in plans:
+        store.record_weights(weights_records(p.target))
+        for t, a in zip(p.tasks, p.attacks):
+            entry = {"key": t.key, "attack": a.name, "direction": t.direction, "repr": repr(a)}
+            p.report["cells"].append(entry)
+            done = store.status(t.key) == "done"
+            if done and p.spec.escalate and _reopens(store.cell_flags(t.key), p.spec.escalate):
+                entry["reopened"] = "not converged at a smaller --escalate"  # replaced when it is committed
+            elif done and p.spec.keep_images == "all" and not store.has_images(t.key):
+                entry["reopened"] = "stored without its images (--keep-images)"
+            if not p.spec.force and done and "reopened" not in entry:
+                entry["status"] = "cached"
+            else:
+                todo.append(t)
+                by_key[t.key] = (p, entry, a)
+    return todo
+
+
+def _commit(store: Store, t, result, p: Plan, entry: dict, a: Attack, prov: dict, log) -> tuple[float, float]:
+    """Commit one returned cell (or its failure) in one transaction and fill its report entry;
+    the attack's compute seconds and the harness's."""
+    t_commit = time.perf_counter()
+    # where it ran: provenance beside the key, never in it (an executor reports its worker's)
+    ran_on = result.get("device") if isinstance(result, dict) else None
+    if ran_on is None and t.device != p.report["device"].get("device"):
+        # a cell that failed before saying where it ran: the device it was sent to
+        # (a Ray GPU cell), not the driver's
+        ran_on = {"device": t.device, "reported": False}
+    # with the speed options and their agreement check (how it ran: provenance too)
+    speed = {"speed": p.report["speed"]} if p.report.get("speed") else {}
+    cell = {
+        "config": t.extra["config"],
+        **prov,
+        "device": {**(ran_on or p.report["device"]), **speed},
+    }
+    if isinstance(result, BaseException) or "failed" in result:
+        msg = str(result) if isinstance(result, BaseException) else result["failed"]
+        store.record_failure(t.key, cell, msg)
+        entry.update(status="failed", error=msg)
+        if log:
+            log(f"cell {t.label} failed: {msg}")
+        return 0.0, 0.0
+    record = result["record"]
+    images = record.pop("images", None)
+    if images is not None:  # content-addressed files first: the rows name them
+        from robench.engine.cell import direction_signs
+        from robench.engine.images import images_folder, keep_rows
+
+        keep_rows(
+            result["rows"],
+            images,
+            p.items,
+            direction_signs(t.direction, p.items)[0].numpy(),
+            p.target.lower_better,
+            p.spec.keep_images,
+            images_folder(store.path),
+            p.eps,
+        )
+    if result.get("attempts", 1) > 1:  # a worker died and Ray re-ran the cell: say so
+        record = {**record, "flags": {**(record.get("flags") or {}), "retried": result["attempts"] - 1}}
+        entry["retried"] = result["attempts"] - 1
+    written = store.commit_cell(
+        t.key,
+        {**cell, **record},
+        result["rows"],
+        replace=p.spec.force or "reopened" in entry,
+        before_commit=_fault_hook(a.name),
+    )
+    wall = result.get("wall", record["seconds"]) + (time.perf_counter() - t_commit)
+    entry.update(status="done" if written else "cached", seconds=wall, attack_seconds=record["attack_seconds"])
+    return record["attack_seconds"], wall - record["attack_seconds"]
+
+
+def _settle(store: Store, plans: list[Plan]) -> None:
+    """The cross-cell checks of each plan's stored cells, then each report entry's stored state."""
+    for p in plans:
+        cross_cell_checks(store, [c["key"] for c in p.report["cells"] if c.get("status") in ("done", "cached")])
+    table = store.cells(status=None)
+    for p in plans:
+        for entry in p.report["cells"]:
+            row = table[table["key"] == entry["key"]]
+            if len(row):
+                r = row.iloc[0]
+                entry.update(summary=r["summary"], flags=r["flags"], status_in_store=r["status"])
 
 
 def _reopens(flags: dict[str, Any] | None, escalate: int) -> bool:
