@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	# torchattacks pins requests~=2.25.1 and torchvision, which it never imports: no deps
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
+	# pyiqa's metadata pulls torchvision (no CPU build for this torch on the index) and every
+	# learned metric's stack; robench imports only its classic metrics' modules: no deps
+	$(BIN)/pip install -q --no-deps -c constraints.txt pyiqa
 	touch $@
 
 run: $(STAMP)

@@ -3,10 +3,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 
 import pytest
-import torch
 
 import robench
 from robench.core.errors import RobenchError
@@ -53,34 +51,7 @@ def test_ls_models_json_has_lower_better():
     assert all("summary" in row for row in rows.values())
 
 
-def test_pyiqa_adapter_with_a_stand_in_module(monkeypatch):
-    """pyiqa is optional; a stand-in module with pyiqa's create_metric API checks the plumbing."""
-
-    class FakeMetric(torch.nn.Module):
-        lower_better = True
-        metric_mode = "FR"
-
-        def forward(self, dist, ref):
-            return ((dist - ref) ** 2).mean(dim=(1, 2, 3), keepdim=True)  # pyiqa returns N×1
-
-    calls = {}
-
-    def create_metric(name, as_loss=False, device=None, **kw):
-        calls.update(name=name, as_loss=as_loss)
-        return FakeMetric()
-
-    monkeypatch.setitem(sys.modules, "pyiqa", types.SimpleNamespace(create_metric=create_metric))
-    t = robench.load_model("pyiqa:fake_mse")
-    assert calls == {"name": "fake_mse", "as_loss": True} and t.lower_better
-    ref = torch.rand(2, 3, 16, 16)
-    dist = (ref + 0.1).clamp(0, 1).requires_grad_(True)
-    q = t.oriented_quality(dist, ref)
-    assert q.shape == (2,)
-    q.sum().backward()
-    assert (dist.grad.abs() > 0).any()
-
-
 def test_pyiqa_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyiqa", None)  # import fails
-    with pytest.raises(RobenchError, match="pip install pyiqa"):
+    with pytest.raises(RobenchError, match="pip install --no-deps pyiqa==0.1.16"):
         robench.load_model("pyiqa:lpips")

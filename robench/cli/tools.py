@@ -17,19 +17,51 @@ from robench.cli.run import _parse_nested
 @app.command("ls")
 @user_errors
 def ls(
-    kind: str = typer.Argument(..., help="models | attacks | defenses | datasets"),
+    kind: str = typer.Argument(..., help="models | attacks | defenses | datasets | targets"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout."),
 ) -> None:
-    """List what is registered."""
+    """List what is registered; ``targets``: every target (robench's and pyiqa's full-reference
+    metrics) with whether it runs here, offline."""
     from robench.core.registry import REGISTRIES
 
+    if kind == "targets":
+        return _print_rows("targets", _targets(), as_json)
     if kind not in REGISTRIES:
         import difflib
 
         close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise RobenchError(f"unknown registry {kind!r}{hint} (choose from {', '.join(REGISTRIES)})")
-    rows = REGISTRIES[kind].info()
+        raise RobenchError(f"unknown registry {kind!r}{hint} (choose from {', '.join(REGISTRIES)}, targets)")
+    _print_rows(kind, REGISTRIES[kind].info(), as_json)
+
+
+def _targets() -> list[dict]:
+    """robench's targets with their weights' offline status, then pyiqa's FR metrics (when installed)."""
+    import importlib.util
+
+    from robench.core import weights as W
+    from robench.core.registry import MODELS
+    from robench.models import pyiqa_catalogue
+
+    rows = []
+    for r in MODELS.info():
+        if not getattr(MODELS.get(r["name"]), "requires_weights", True):
+            status, detail = "ok", "no weights (analytic)"
+        elif (w := W.lookup(r["name"])) is not None:
+            status, detail = "ok", f"weights {w['source']}: {w['path']}"
+        else:
+            status, detail = (
+                "weights",
+                f"no weights here: `robench train --model {r['name']}` or `robench weights import`",
+            )
+        rows.append({**r, "status": status, "detail": detail})
+    if importlib.util.find_spec("pyiqa") is None:
+        err.print("pyiqa is not installed: its metrics are not listed (pip install --no-deps pyiqa==0.1.16)")
+        return rows
+    return rows + pyiqa_catalogue()
+
+
+def _print_rows(kind: str, rows: list[dict], as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return

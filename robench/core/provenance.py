@@ -35,10 +35,17 @@ def versions() -> dict[str, str]:
 
     from robench.core.version import __version__
 
-    return {
+    out = {
         "robench": __version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "python": platform.python_version(),
     }
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the optional metric library whose code a pyiqa target runs
+        out["pyiqa"] = version("pyiqa")
+    except PackageNotFoundError:
+        pass
+    return out

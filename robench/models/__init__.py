@@ -27,6 +27,13 @@ def split_name(name: str) -> tuple[str, str | None]:
     raise AssertionError  # pragma: no cover
 
 
+def pyiqa_catalogue() -> list[dict[str, Any]]:
+    """Every pyiqa full-reference metric with whether it runs here (robench.models.pyiqa_adapter)."""
+    from robench.models.pyiqa_adapter import catalogue
+
+    return catalogue()
+
+
 def build(name: str, **kwargs: Any):
     """The architecture only (random initialisation)."""
     from robench.core.registry import MODELS
