@@ -200,3 +200,28 @@ def test_geometric_ladder_uses_symlog_and_keeps_every_tick(tmp_path, captured):
     assert ax.get_xscale() == "symlog"
     _check_layout(fig, eps)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.5", "1", "2", "4", "8", "16"]
+
+
+def test_leaderboard_figure_ranks_undefended_targets_by_their_worst_attack(tmp_path):
+    """One line per undefended target: SROCC clean, then per ε the lowest over its attacks; most
+    robust first, a target without the largest ε last; nothing below four targets."""
+    cells, k = [], 0
+    for t in ("a", "b", "c", "d"):
+        for a in ("fgsm", "pgd"):
+            c = _cell(t, "none", a, seed=k)
+            if t == "b":  # b's PGD barely moves it: b is the most robust
+                c.q_adv = np.stack([c.q_clean + 0.01 * k for k in range(len(EPS))])
+            if t == "d":  # d stored only its two smallest budgets
+                c.eps, c.q_adv = EPS[:2], c.q_adv[:2]
+            cells.append(c)
+            k += 1
+    cells.append(_cell("a", "aat", "pgd", seed=99))  # a defended row: not on the board
+    rep = Analysis(cells, {}, n_boot=30, seed=0, bootstrap="item")
+    series = P.leaderboard_series(rep)
+    assert [s["target"] for s in series][0] != "d" and series[-1]["target"] == "d"
+    b = next(s for s in series if s["target"] == "b")
+    cb = [c for c in cells if c.target == "b"]
+    assert b["worst"] == [min(c.metric(e) for c in cb) for e in EPS]
+    assert P.plot_leaderboard(rep, tmp_path / "lb") == ["lb.pdf", "lb.png"]
+    few = Analysis([c for c in cells if c.target in ("a", "b")], {}, n_boot=30, seed=0, bootstrap="item")
+    assert P.plot_leaderboard(few, tmp_path / "none") == []

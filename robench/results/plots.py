@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from robench.core import flags as FL
 from robench.core.errors import RobenchError
 from robench.core.stats import bound_summary  # noqa: F401  (plots.bound_summary: the plot and report read it)
 from robench.results.labels import BASE, recipe_declares
@@ -382,6 +383,54 @@ def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
     protocol = getattr(rep, "protocol", None)
     setting = f"{protocol + ' · ' if protocol else ''}{where}, {n} items, seed {seeds}" if cells else ""
     return draw_sweep(series, stem, metric=metric, note=f"{rep.n_boot} resamples", setting=setting)
+
+
+#: the leaderboard figure needs this many undefended targets (fewer: the sweep plot says it all)
+LEADERBOARD_MIN_TARGETS = 4
+
+
+def leaderboard_series(rep) -> list[dict[str, Any]]:
+    """Per undefended target of ``rep`` (one protocol): SROCC clean and, per stored ε, the lowest
+    SROCC over its attacks at that ε; sorted most robust first (by the value at the largest ε)."""
+    from robench.results.labels import BASE, attack_order
+
+    out = []
+    for row in rep.rows("pairs", lambda c: c.defense == BASE and not c.inference):
+        attacks = attack_order(c.attack for c in rep.cells if c.row == row)
+        cells = [c for c in (rep.cell(row, a) for a in attacks) if c is not None]
+        if not cells:
+            continue
+        eps = sorted({e for c in cells for e in c.eps})
+        worst = [min(c.metric(e) for c in cells if c.eps_index(e) is not None) for e in eps]
+        flagged = sorted({f for c in cells for f in FL.active(c.flags)})
+        out.append({"target": row[0], "clean": cells[0].clean_metric(), "eps": eps, "worst": worst, "flags": flagged})
+    # a target without the largest stored ε ranks after those with it
+    top = max((s["eps"][-1] for s in out), default=0.0)
+    return sorted(out, key=lambda s: (s["eps"][-1] < top, -s["worst"][-1]))
+
+
+def plot_leaderboard(rep, stem: Path) -> list[str]:
+    """One panel: each undefended target's SROCC against ε under its worst attack (clean at 0),
+    most robust first in the legend; nothing when the store holds fewer than
+    LEADERBOARD_MIN_TARGETS targets."""
+    series = leaderboard_series(rep)
+    if len(series) < LEADERBOARD_MIN_TARGETS:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    cmap = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    for i, s in enumerate(series):
+        x, y = [0.0, *s["eps"]], [s["clean"], *s["worst"]]
+        codes = f" [{','.join(s['flags'])}]" if s["flags"] else ""
+        ax.plot(x, y, marker="os^vDP<>"[i % 8], ms=4, lw=1.3, color=cmap(i % 20), label=f"{s['target']}{codes}")
+    _eps_axis(ax, sorted({0.0, *(e for s in series for e in s["eps"])}))
+    ax.set_xlabel("ε (/255 of [0, 1])")
+    ax.set_ylabel("SROCC under the worst attack")
+    cells = [c for c in rep.cells if c.kind == "pairs"]
+    n = "/".join(str(x) for x in sorted({c.n for c in cells}))
+    ax.set_title(f"{getattr(rep, 'protocol', '')}: {n} items, each target's strongest attack per ε", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="most robust first [flags]")
+    return _save(fig, stem)
 
 
 # --------------------------------------------------------------------------------------------

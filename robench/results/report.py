@@ -173,6 +173,9 @@ def _write(model: ResultsModel, out: Path, tmp: Path, plots: bool, pdf: bool, be
                 written["plots"] += [
                     str(out / "plots" / n) for n in P.plot_sweep(r, tmp / "plots" / f"sweep-pairs-{d}")
                 ]
+        # metric × ε at a glance: the ranking attack's when stored (the leaderboard's protocol)
+        board = reps.get("mos-split") or rep
+        written["plots"] += [str(out / "plots" / n) for n in P.plot_leaderboard(board, tmp / "plots" / "leaderboard")]
     written["plots"] += [str(out / "plots" / n) for n in figures]
     # index.html: the browsable, self-contained report over the same numbers
     write_index(tmp, model, tables)
