@@ -182,15 +182,12 @@ def calibration_of(target, spec: CertifySpec, dataset: str, options: dict[str, A
 def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
     """Certify the items; return the run's record and per-item results (from the store)."""
     from robench.core.config import RunSpec, dataset_options_for
-    from robench.core.device import device_record, resolve_device, tune_cpu_allocator
+    from robench.core.device import resolve_device, tune_cpu_allocator
     from robench.core.profiles import get_profile
-    from robench.core.progress import progress_bar
-    from robench.core.provenance import git_commit, versions
-    from robench.core.target import fingerprint
     from robench.engine.grid import default_store
     from robench.engine.items import load_items
     from robench.engine.resolve import resolve_target
-    from robench.engine.store import Store, canonical
+    from robench.engine.store import Store
 
     tune_cpu_allocator()
     spec.check()
@@ -214,6 +211,31 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
     n = spec.n if spec.n is not None else prof.attack_n
     items = load_items(run.dataset, spec.split, n or None, spec.seed, opts)
     radii = sorted({float(r) for r in spec.radii})
+    config = _config(spec, target, defense, run, opts, items, prof, radii)
+    key = run_key(config)
+    store_path = Path(spec.store) if spec.store else default_store()
+    t0 = time.perf_counter()
+    with Store(store_path) as store:
+        open_tables(store)
+        if spec.force:
+            with store._transaction("certify --force") as db:
+                db.execute("DELETE FROM certify_items WHERE run_key=?", (key,))
+                db.execute("DELETE FROM certify_runs WHERE key=?", (key,))
+        _run_record(store, key, config, target, spec, run, opts, items, defense, device)
+        _certify_items(store, key, target, items, radii, spec, device, progress)
+        seconds = time.perf_counter() - t0
+        with store._transaction("certify run finished") as db:
+            db.execute(
+                "UPDATE certify_runs SET seconds=COALESCE(seconds, 0) + ?, finished=? WHERE key=?",
+                (seconds, time.time(), key),
+            )
+        return load_certified(store, key)
+
+
+def _config(spec: CertifySpec, target, defense, run, opts, items, prof, radii: list[float]) -> dict[str, Any]:
+    """The run's configuration (its key is the hash of it)."""
+    from robench.core.target import fingerprint
+
     check = (
         {
             "name": spec.check_attack,
@@ -250,71 +272,71 @@ def certify(spec: CertifySpec, progress: bool = True) -> dict[str, Any]:
         "profile": prof.name,
         "check_attack": check,
     }
-    key = run_key(config)
-    store_path = Path(spec.store) if spec.store else default_store()
-    t0 = time.perf_counter()
-    with Store(store_path) as store:
-        open_tables(store)
-        if spec.force:
-            with store._transaction("certify --force") as db:
-                db.execute("DELETE FROM certify_items WHERE run_key=?", (key,))
-                db.execute("DELETE FROM certify_runs WHERE key=?", (key,))
-        row = store.db.execute("SELECT calibration FROM certify_runs WHERE key=?", (key,)).fetchone()
-        if row is None:
-            calib = calibration_of(target, spec, run.dataset, opts, items.kind)
-            with store._transaction("certify run record") as db:
-                db.execute(
-                    "INSERT OR IGNORE INTO certify_runs (key, target, weights_sha256, defense, dataset, split, "
-                    "config, calibration, versions, git_commit, device, n_items) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        key,
-                        target.card.name,
-                        config["target"]["weights_sha256"],
-                        defense["name"],
-                        run.dataset,
-                        spec.split,
-                        canonical(config),
-                        json.dumps(calib),
-                        json.dumps(versions()),
-                        git_commit(),
-                        json.dumps(device_record(device)),
-                        len(items),
-                    ),
-                )
-        else:
-            calib = json.loads(row[0])
-        done = {int(r[0]) for r in store.db.execute("SELECT DISTINCT item FROM certify_items WHERE run_key=?", (key,))}
-        todo = [i for i in range(len(items)) if i not in done]
-        L = items.labels
-        with progress_bar(progress) as bar:
-            task = bar.add_task(f"certify {target.card.name}", total=len(items), completed=len(done)) if bar else None
-            for start in range(0, len(todo), spec.batch):
-                chunk = todo[start : start + spec.batch]
-                rows = _certify_batch(target, items, chunk, radii, spec, device)
-                for r in rows:
-                    i = r["item"]
-                    r.update(
-                        item_id=L["item_id"][i],
-                        ref_id=L["ref_id"][i],
-                        source=L["source"][i],
-                        distortion=L["distortion"][i],
-                        mos=L["mos"][i] if "mos" in L else None,
-                    )
-                with store._transaction(f"certified items of {key[:12]}") as db:
-                    db.executemany(
-                        f"INSERT OR REPLACE INTO certify_items (run_key, {', '.join(ROW_COLUMNS)}) "
-                        f"VALUES (?{', ?' * len(ROW_COLUMNS)})",
-                        [(key, *[r.get(c) for c in ROW_COLUMNS]) for r in rows],
-                    )
-                if bar:
-                    bar.advance(task, len(chunk))
-        seconds = time.perf_counter() - t0
-        with store._transaction("certify run finished") as db:
+    return config
+
+
+def _run_record(store, key: str, config: dict, target, spec: CertifySpec, run, opts, items, defense, device) -> dict:
+    """The run's record in the store (written once, with its calibration); the calibration."""
+    from robench.core.device import device_record
+    from robench.core.provenance import git_commit, versions
+    from robench.engine.store import canonical
+
+    row = store.db.execute("SELECT calibration FROM certify_runs WHERE key=?", (key,)).fetchone()
+    if row is None:
+        calib = calibration_of(target, spec, run.dataset, opts, items.kind)
+        with store._transaction("certify run record") as db:
             db.execute(
-                "UPDATE certify_runs SET seconds=COALESCE(seconds, 0) + ?, finished=? WHERE key=?",
-                (seconds, time.time(), key),
+                "INSERT OR IGNORE INTO certify_runs (key, target, weights_sha256, defense, dataset, split, "
+                "config, calibration, versions, git_commit, device, n_items) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    key,
+                    target.card.name,
+                    config["target"]["weights_sha256"],
+                    defense["name"],
+                    run.dataset,
+                    spec.split,
+                    canonical(config),
+                    json.dumps(calib),
+                    json.dumps(versions()),
+                    git_commit(),
+                    json.dumps(device_record(device)),
+                    len(items),
+                ),
             )
-        return load_certified(store, key)
+    else:
+        calib = json.loads(row[0])
+    return calib
+
+
+def _certify_items(store, key: str, target, items, radii, spec: CertifySpec, device, progress) -> None:
+    """Certify the items the store does not hold yet, a batch per transaction (resumable)."""
+    from robench.core.progress import progress_bar
+
+    done = {int(r[0]) for r in store.db.execute("SELECT DISTINCT item FROM certify_items WHERE run_key=?", (key,))}
+    todo = [i for i in range(len(items)) if i not in done]
+    L = items.labels
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"certify {target.card.name}", total=len(items), completed=len(done)) if bar else None
+        for start in range(0, len(todo), spec.batch):
+            chunk = todo[start : start + spec.batch]
+            rows = _certify_batch(target, items, chunk, radii, spec, device)
+            for r in rows:
+                i = r["item"]
+                r.update(
+                    item_id=L["item_id"][i],
+                    ref_id=L["ref_id"][i],
+                    source=L["source"][i],
+                    distortion=L["distortion"][i],
+                    mos=L["mos"][i] if "mos" in L else None,
+                )
+            with store._transaction(f"certified items of {key[:12]}") as db:
+                db.executemany(
+                    f"INSERT OR REPLACE INTO certify_items (run_key, {', '.join(ROW_COLUMNS)}) "
+                    f"VALUES (?{', ?' * len(ROW_COLUMNS)})",
+                    [(key, *[r.get(c) for c in ROW_COLUMNS]) for r in rows],
+                )
+            if bar:
+                bar.advance(task, len(chunk))
 
 
 def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: CertifySpec, device) -> list[dict]:

@@ -69,6 +69,73 @@ def _source_cells(store, sources: list[str], attacks: list[str] | None):
     return sel[sel["key"].isin(kept)]
 
 
+def _cell_items(cell, cache: dict) -> tuple[str, Any]:
+    """The items a source cell attacked (loaded once per item set), checked against its digest."""
+    from robench.engine.items import load_items
+
+    cfg = cell["config"]
+    ds = cfg["dataset"]
+    ik = json.dumps(
+        [ds["name"], ds["split"], ds.get("n_requested"), cfg["seed"], ds.get("options")], sort_keys=True, default=str
+    )
+    if ik not in cache:
+        it = load_items(
+            ds["name"], ds["split"], ds.get("n_requested") or None, cfg["seed"], dict(ds.get("options") or {})
+        )
+        if it.digest != ds["items_sha256"]:
+            raise RobenchError(
+                f"cell {cell['key'][:12]}: its items ({ds['name']} {ds['split']}) no longer "
+                "match the stored ones (the dataset changed)"
+            )
+        cache[ik] = it
+    return ik, cache[ik]
+
+
+def _score_kept(tgt, sha: str, key: str, rows, items, clean, folder, batch: int, dev) -> list[tuple]:
+    """The ``to`` target's score of every kept adversarial image of a source cell: transfer rows."""
+    from robench.engine.images import load_image
+
+    out = []
+    order = list(rows.itertuples(index=False))
+    for start in range(0, len(order), batch):
+        part = order[start : start + batch]
+        adv = torch.stack([load_image(folder, r.image) for r in part])
+        ref = torch.cat([items.ref[int(r.item) : int(r.item) + 1] for r in part])
+        with torch.no_grad():
+            s = tgt(adv.to(dev), ref.to(dev)).cpu()
+        out += [
+            (key, tgt.card.name, sha, int(r.item), float(r.eps), float(clean[int(r.item)]), float(v))
+            for r, v in zip(part, s)
+        ]
+    return out
+
+
+def _commit_pair(store, key: str, tgt, sha: str, out: list[tuple], dev, seconds: float) -> None:
+    """One source cell × to target in one transaction (a rerun with --force replaces it)."""
+    from robench.core.device import device_record
+    from robench.core.provenance import git_commit, versions
+
+    with store._transaction(f"transfer {key[:12]} → {tgt.card.name}") as db:
+        where = "WHERE source_key=? AND to_target=? AND to_weights_sha256=?"
+        db.execute(f"DELETE FROM transfer_rows {where}", (key, tgt.card.name, sha))
+        db.execute(f"DELETE FROM transfer_runs {where}", (key, tgt.card.name, sha))
+        db.executemany("INSERT INTO transfer_rows VALUES (?,?,?,?,?,?,?)", out)
+        db.execute(
+            "INSERT INTO transfer_runs VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                key,
+                tgt.card.name,
+                sha,
+                int(tgt.lower_better),
+                json.dumps(versions()),
+                git_commit(),
+                json.dumps(device_record(dev)),
+                seconds,
+                time.time(),
+            ),
+        )
+
+
 def transfer(
     store_path: str | Path,
     sources: list[str],
@@ -82,12 +149,10 @@ def transfer(
     """Score every kept image of the sources' cells with every ``to`` target; returns what was
     computed and what was already stored."""
     from robench.core.config import RunSpec
-    from robench.core.device import device_record, resolve_device, tune_cpu_allocator
+    from robench.core.device import resolve_device, tune_cpu_allocator
     from robench.core.progress import progress_bar
-    from robench.core.provenance import git_commit, versions
     from robench.core.target import fingerprint
-    from robench.engine.images import images_folder, load_image
-    from robench.engine.items import load_items
+    from robench.engine.images import images_folder
     from robench.engine.resolve import resolve_target, weights_records
     from robench.engine.store import Store
 
@@ -115,27 +180,7 @@ def transfer(
             task = bar.add_task("transfer", total=len(cells) * len(to)) if bar else None
             for _, cell in cells.iterrows():
                 cfg = cell["config"]
-                ds = cfg["dataset"]
-                ik = json.dumps(
-                    [ds["name"], ds["split"], ds.get("n_requested"), cfg["seed"], ds.get("options")],
-                    sort_keys=True,
-                    default=str,
-                )
-                if ik not in items_cache:
-                    it = load_items(
-                        ds["name"],
-                        ds["split"],
-                        ds.get("n_requested") or None,
-                        cfg["seed"],
-                        dict(ds.get("options") or {}),
-                    )
-                    if it.digest != ds["items_sha256"]:
-                        raise RobenchError(
-                            f"cell {cell['key'][:12]}: its items ({ds['name']} {ds['split']}) no longer "
-                            "match the stored ones (the dataset changed)"
-                        )
-                    items_cache[ik] = it
-                items = items_cache[ik]
+                ik, items = _cell_items(cell, items_cache)
                 rows = store.results(cell["key"])
                 for name, tgt in targets.items():
                     sha = fingerprint(tgt)
@@ -159,51 +204,8 @@ def transfer(
                     ck = (ik, tgt.card.name, sha)
                     if ck not in clean_cache:
                         clean_cache[ck] = _score(tgt, items.dist, items.ref, range(len(items)), batch, dev)
-                    clean = clean_cache[ck]
-                    out = []
-                    order = list(rows.itertuples(index=False))
-                    for start in range(0, len(order), batch):
-                        part = order[start : start + batch]
-                        adv = torch.stack([load_image(folder, r.image) for r in part])
-                        ref = torch.cat([items.ref[int(r.item) : int(r.item) + 1] for r in part])
-                        with torch.no_grad():
-                            s = tgt(adv.to(dev), ref.to(dev)).cpu()
-                        out += [
-                            (
-                                cell["key"],
-                                tgt.card.name,
-                                sha,
-                                int(r.item),
-                                float(r.eps),
-                                float(clean[int(r.item)]),
-                                float(v),
-                            )
-                            for r, v in zip(part, s)
-                        ]
-                    with store._transaction(f"transfer {cell['key'][:12]} → {tgt.card.name}") as db:
-                        db.execute(
-                            "DELETE FROM transfer_rows WHERE source_key=? AND to_target=? AND to_weights_sha256=?",
-                            (cell["key"], tgt.card.name, sha),
-                        )
-                        db.execute(
-                            "DELETE FROM transfer_runs WHERE source_key=? AND to_target=? AND to_weights_sha256=?",
-                            (cell["key"], tgt.card.name, sha),
-                        )
-                        db.executemany("INSERT INTO transfer_rows VALUES (?,?,?,?,?,?,?)", out)
-                        db.execute(
-                            "INSERT INTO transfer_runs VALUES (?,?,?,?,?,?,?,?,?)",
-                            (
-                                cell["key"],
-                                tgt.card.name,
-                                sha,
-                                int(tgt.lower_better),
-                                json.dumps(versions()),
-                                git_commit(),
-                                json.dumps(device_record(dev)),
-                                time.perf_counter() - t0,
-                                time.time(),
-                            ),
-                        )
+                    out = _score_kept(tgt, sha, cell["key"], rows, items, clean_cache[ck], folder, batch, dev)
+                    _commit_pair(store, cell["key"], tgt, sha, out, dev, time.perf_counter() - t0)
                     report["pairs"].append(
                         {**pair, "status": "done", "rows": len(out), "seconds": time.perf_counter() - t0}
                     )

@@ -44,46 +44,16 @@ def robustness(an: Analysis) -> Table | None:
         base = None if row[1] == BASE else {a: an.cell(an.base_row(row), a, an.eps) for a in attacks}
         per_seed, cells_of, any_cs = [], {a: [] for a in attacks}, []
         for s in seeds_of[row]:  # one pass for a row of one seed: the single-run numbers
-            vals = {}
-            cs = {a: an.cell(row, a, an.eps, s) for a in attacks}
-            any_c = next((c for c in cs.values() if c is not None), None) or an.cell(row, attacks[0], train_seed=s)
+            vals, cs, any_c = _seed_values(an, row, s, attacks, base, ir, ("SROCC", "worst") in cols)
             used += [c for c in cs.values() if c is not None]
-            vals[("SROCC", "clean")] = any_c.clean_metric() if any_c else np.nan
             for a, c in cs.items():
-                vals[("SROCC", a)] = c.metric(an.eps) if c else np.nan
-                vals[("IR-Score", a)] = (
-                    an.ir(c, base[a]) if ir and c is not None and base and base[a] is not None else np.nan
-                )
                 if c is not None:
                     cells_of[a].append(c)
             if any_c is not None:
                 any_cs.append(any_c)
-            if ("SROCC", "worst") in cols:
-                vals[("SROCC", "worst")] = an.worst(list(cs.values()))
-            vals[("Train time (min)", "")] = an.train_minutes(any_c) if any_c else np.nan
             per_seed.append(vals)
-        for a in attacks:
-            cs_a = cells_of[a]
-            _flag(flags, idx, ("SROCC", a), *(cs_a or [None]))
-            if cs_a and base and base[a] is not None and ir:
-                _flag(flags, idx, ("IR-Score", a), *cs_a, base[a])
-            if cs_a and base and base[a] is not None:
-                # over every seed of the row: the seed-and-photo bootstrap (one seed: the photo bootstrap)
-                _mark(an, marks, idx, ("SROCC", a), an.compare_seeds(cs_a, [base[a]], an.eps))
-        if any_cs and base:
-            b = next((x for x in base.values() if x is not None), None)
-            if b is not None:
-                _mark(an, marks, idx, ("SROCC", "clean"), an.compare_seeds(any_cs, [b], None))
-        if len(per_seed) == 1:
-            vals = per_seed[0]
-        else:  # mean ± sample s.d. over the seeds that hold the value
-            vals = {}
-            for col in cols:
-                v = np.array([x.get(col, np.nan) for x in per_seed], dtype=float)
-                v = v[np.isfinite(v)]
-                vals[col] = float(v.mean()) if v.size else np.nan
-                if v.size > 1:
-                    spread[(idx, col)] = float(v.std(ddof=1))
+        _row_marks(an, idx, attacks, cells_of, any_cs, base, ir, flags, marks)
+        vals = per_seed[0] if len(per_seed) == 1 else _over_seeds(per_seed, cols, idx, spread)
         if multi:
             vals[("Seeds", "")] = len(per_seed)
             spread.pop((idx, ("Seeds", "")), None)
@@ -94,32 +64,12 @@ def robustness(an: Analysis) -> Table | None:
         columns=pd.MultiIndex.from_tuples(cols),
     )
     bold = best(df, exclude=[("Train time (min)", ""), ("Seeds", "")])
-    seeds_note = ""
-    if multi:
-        several = sorted({s for r in rows if len(seeds_of[r]) > 1 for s in seeds_of[r]})
-        seeds_note = (
-            f" Rows over several training seeds ({', '.join(map(str, several))}; 'Seeds': how many): "
-            f"mean ± sample standard deviation over the seeds, each seed a separate fine-tuning of the "
-            f"same clean model; their †/‡ from the two-stage bootstrap that resamples the seeds "
-            f"and the photos."
-        )
+    several = sorted({s for r in rows if len(seeds_of[r]) > 1 for s in seeds_of[r]})
     return Table(
         "robustness",
         "Robustness of trained defences (paper Table 3 shape)",
         df,
-        caption=(
-            f"SROCC of oriented quality vs MOS, clean and under each attack at ε = {an.eps:g}/255 "
-            f"('worst': per image the attack that moved it most, on the items all the row's attacks "
-            f"share)"
-            + (
-                f"; IR-Score over every stored ε ({an.ot} OT; 0.5 = as movable as base, 1 = never moved more)"
-                if ir
-                else ""
-            )
-            + ". "
-            + an.setting(used, f"ε = {an.eps:g}/255" + (" (IR: all stored ε)" if ir else ""))
-            + seeds_note
-        ),
+        caption=_robustness_caption(an, used, ir, several),
         footnote=sig_note(an, "SROCC") + " Train time: clean training; for R/AT/AAT the clean "
         "training plus the fine-tuning. " + items_note(an, rows, attacks, df) + flag_note(flags) + an.provenance(used),
         bold=bold,
@@ -128,6 +78,69 @@ def robustness(an: Analysis) -> Table | None:
         spread=spread,
         col_precision={("Train time (min)", ""): 1, **({("Seeds", ""): 0} if multi else {})},
     )
+
+
+def _robustness_caption(an: Analysis, used: list, ir: bool, several: list[int]) -> str:
+    seeds_note = (
+        f" Rows over several training seeds ({', '.join(map(str, several))}; 'Seeds': how many): "
+        f"mean ± sample standard deviation over the seeds, each seed a separate fine-tuning of the "
+        f"same clean model; their †/‡ from the two-stage bootstrap that resamples the seeds "
+        f"and the photos."
+        if several
+        else ""
+    )
+    return (
+        f"SROCC of oriented quality vs MOS, clean and under each attack at ε = {an.eps:g}/255 "
+        f"('worst': per image the attack that moved it most, on the items all the row's attacks "
+        f"share)"
+        + (f"; IR-Score over every stored ε ({an.ot} OT; 0.5 = as movable as base, 1 = never moved more)" if ir else "")
+        + ". "
+        + an.setting(used, f"ε = {an.eps:g}/255" + (" (IR: all stored ε)" if ir else ""))
+        + seeds_note
+    )
+
+
+def _seed_values(an: Analysis, row: tuple, s: int, attacks: list[str], base, ir: bool, worst: bool):
+    """One training seed's robustness-table values of a row; its cells per attack; any one cell."""
+    vals = {}
+    cs = {a: an.cell(row, a, an.eps, s) for a in attacks}
+    any_c = next((c for c in cs.values() if c is not None), None) or an.cell(row, attacks[0], train_seed=s)
+    vals[("SROCC", "clean")] = any_c.clean_metric() if any_c else np.nan
+    for a, c in cs.items():
+        vals[("SROCC", a)] = c.metric(an.eps) if c else np.nan
+        vals[("IR-Score", a)] = an.ir(c, base[a]) if ir and c is not None and base and base[a] is not None else np.nan
+    if worst:
+        vals[("SROCC", "worst")] = an.worst(list(cs.values()))
+    vals[("Train time (min)", "")] = an.train_minutes(any_c) if any_c else np.nan
+    return vals, cs, any_c
+
+
+def _row_marks(an: Analysis, idx, attacks, cells_of, any_cs, base, ir: bool, flags: dict, marks: dict) -> None:
+    """A row's flags and its †/‡ against the base row, over every seed of the row (the
+    seed-and-photo bootstrap; one seed: the photo bootstrap)."""
+    for a in attacks:
+        cs_a = cells_of[a]
+        _flag(flags, idx, ("SROCC", a), *(cs_a or [None]))
+        if cs_a and base and base[a] is not None and ir:
+            _flag(flags, idx, ("IR-Score", a), *cs_a, base[a])
+        if cs_a and base and base[a] is not None:
+            _mark(an, marks, idx, ("SROCC", a), an.compare_seeds(cs_a, [base[a]], an.eps))
+    if any_cs and base:
+        b = next((x for x in base.values() if x is not None), None)
+        if b is not None:
+            _mark(an, marks, idx, ("SROCC", "clean"), an.compare_seeds(any_cs, [b], None))
+
+
+def _over_seeds(per_seed: list[dict], cols, idx, spread: dict) -> dict:
+    """Mean ± sample s.d. over the seeds that hold each value (the s.d. into ``spread``)."""
+    vals = {}
+    for col in cols:
+        v = np.array([x.get(col, np.nan) for x in per_seed], dtype=float)
+        v = v[np.isfinite(v)]
+        vals[col] = float(v.mean()) if v.size else np.nan
+        if v.size > 1:
+            spread[(idx, col)] = float(v.std(ddof=1))
+    return vals
 
 
 def accuracy_table(an: Analysis, name: str, title: str, rows: list[tuple], shape: str) -> Table | None:
