@@ -143,6 +143,47 @@ def _paired(cur: CellData, base: dict[str, Any], key: str, q: np.ndarray, n_boot
     return {**out, "units": units}
 
 
+def _point_row(ident, c, b, key, e, old, new, codes, tolerance: float, n_boot: int, seed: int) -> dict[str, Any]:
+    """One metric point of a cell against the baseline: ok, a significant drop (fail), or a drop
+    the paired bootstrap cannot tell from noise."""
+    row = {
+        "cell": ident,
+        "point": key,
+        "metric": c.metric_name,
+        "baseline": old,
+        "current": new,
+        "flags": codes,
+    }
+    if old is None or new is None or not (np.isfinite(old) and np.isfinite(new)):
+        row.update(
+            status="fail" if (old is not None and np.isfinite(old)) else "ok",
+            delta=None,
+            reason="metric is NaN now" if (old is not None and np.isfinite(old)) else "NaN in both",
+        )
+        return row
+    delta = new - old
+    row["delta"] = delta
+    if -delta <= tolerance:
+        row["status"] = "ok"
+    else:
+        boot = _paired(c, b, key, c.q_at(e), n_boot, seed)
+        if boot is None:
+            row.update(status="fail", reason=f"drop {-delta:.3f} > tolerance {tolerance} (no per-image pairing)")
+        else:
+            row["ci"], row["units"] = boot["ci"], boot["units"]
+            sig = boot["ci"][1] < 0
+            row.update(
+                status="fail" if sig else "drop-not-significant",
+                reason=(
+                    f"drop {-delta:.3f} > tolerance {tolerance}, 95 % CI of Δ "
+                    f"[{boot['ci'][0]:+.3f}, {boot['ci'][1]:+.3f}]"
+                    + (" excludes 0" if sig else " includes 0")
+                    + f"; {boot['units']}"
+                ),
+            )
+    return row
+
+
 def check(
     store: str | Path,
     baseline_path: str | Path,
@@ -192,46 +233,9 @@ def check(
         for k, e in enumerate(b["eps"]):
             if c.eps_index(e) is not None:
                 points.append((f"{e:g}", e, b["attacked"][k], c.metric(e)))
-        for key, e, old, new in points:
-            row = {
-                "cell": ident,
-                "point": key,
-                "metric": c.metric_name,
-                "baseline": old,
-                "current": new,
-                "flags": codes,
-            }
-            if old is None or new is None or not (np.isfinite(old) and np.isfinite(new)):
-                row.update(
-                    status="fail" if (old is not None and np.isfinite(old)) else "ok",
-                    delta=None,
-                    reason="metric is NaN now" if (old is not None and np.isfinite(old)) else "NaN in both",
-                )
-                rows.append(row)
-                continue
-            delta = new - old
-            row["delta"] = delta
-            if -delta <= tolerance:
-                row["status"] = "ok"
-            else:
-                boot = _paired(c, b, key, c.q_at(e), n_boot, seed)
-                if boot is None:
-                    row.update(
-                        status="fail", reason=f"drop {-delta:.3f} > tolerance {tolerance} (no per-image pairing)"
-                    )
-                else:
-                    row["ci"], row["units"] = boot["ci"], boot["units"]
-                    sig = boot["ci"][1] < 0
-                    row.update(
-                        status="fail" if sig else "drop-not-significant",
-                        reason=(
-                            f"drop {-delta:.3f} > tolerance {tolerance}, 95 % CI of Δ "
-                            f"[{boot['ci'][0]:+.3f}, {boot['ci'][1]:+.3f}]"
-                            + (" excludes 0" if sig else " includes 0")
-                            + f"; {boot['units']}"
-                        ),
-                    )
-            rows.append(row)
+        rows += [
+            _point_row(ident, c, b, key, e, old, new, codes, tolerance, n_boot, seed) for key, e, old, new in points
+        ]
     for ident in sorted(set(baseline["cells"]) - set(current) - set(failed_now)):
         # a baseline cell the store lacks fails the gate (a shrunken suite, a changed --n) unless
         # the caller checks a subset on purpose

@@ -144,67 +144,73 @@ def _photos(raw) -> str:
 # the leaderboard
 
 
+def _board_row(r: dict, stats: dict, ir, certified: list[dict]) -> tuple[dict, dict[str, tuple[Any, str]]]:
+    """One leaderboard row (a record) marked unreliable or not, and its cells: column key →
+    (sort value, html)."""
+    from robench.results.labels import defense_label
+
+    vals: dict[str, tuple[Any, str]] = {}  # key → (sort value, html)
+    pairs = [e for e in r["evaluations"] if e["dataset"]["kind"] == "pairs"]
+    if pairs:
+        e0 = pairs[0]
+        st = stats.get(e0["cell_key"], {})
+        vals["clean"] = (e0["clean"]["value"], _with_ci(e0["clean"]))
+        plcc = (st.get("clean") or {}).get("plcc")
+        vals["plcc"] = (plcc, _num(plcc))
+    worst: dict[str, float] = {}
+    worst_labels: dict[str, list[str]] = {}  # the flags of the evaluation each worst case comes from
+    for e in r["evaluations"]:
+        kind = "SROCC" if e["dataset"]["kind"] == "pairs" else "2AFC"
+        short = (
+            "ranking" if e["direction"] == "mos-split" else ("inflation" if e["direction"] == "up" else e["direction"])
+        )
+        for a in e["attacked"]:
+            key = f"{kind}|{short}|{e['attack']}|{a['eps']:g}"
+            shown = FL.labels(e["flag_details"])
+            vals[key] = (a["value"], _with_ci(a) + "".join(_badge(f) for f in shown))
+            if kind == "SROCC" and a["value"] is not None and a["value"] < worst.get(short, np.inf):
+                worst[short], worst_labels[short] = a["value"], list(shown)
+        if kind == "2AFC":
+            st = stats.get(e["cell_key"], {})
+            vals[f"2AFC|clean|{e['attack']}"] = (e["clean"]["value"], _with_ci(e["clean"]))
+            for d in st.get("attacked") or []:
+                if d.get("flip_rate") is not None:
+                    vals[f"flips|{e['attack']}|{d['eps']:g}"] = (d["flip_rate"], _num(d["flip_rate"]))
+    for short, v in worst.items():
+        vals[f"worst|{short}"] = (v, f"<b>{_num(v)}</b>" + "".join(_badge(f) for f in worst_labels[short]))
+    # the row is ranked by its worst case under the ranking attack (else its first protocol's):
+    # unreliable only when that figure comes from a flagged evaluation
+    ranked = "ranking" if "ranking" in worst else next(iter(worst), None)
+    r = {**r, "unreliable": bool(worst_labels.get(ranked)) if ranked else bool(r["flags"])}
+    if ir is not None:
+        for idx, row in ir.df.iterrows():
+            if idx[0] == r["model"]["arch"] and idx[-2] == defense_label(r["defense"]["name"]):
+                col = [c for c in ir.df.columns if str(c).startswith("IR (")][0]
+                vals[f"IR|{idx[-1]}"] = (
+                    row[col],
+                    f"{_num(row[col])} [{_num(row['CI low'])}, {_num(row['CI high'])}]",
+                )
+    for c in certified:
+        if (
+            c["target"] == r["model"]["target"]
+            and c["defense"] == r["defense"]["name"]
+            and c["median_width_mos"] is not None
+        ):
+            vals[f"cert|{c['radius']:g}"] = (c["median_width_mos"], _num(c["median_width_mos"]))
+    return r, vals
+
+
 def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certified: list[dict]) -> str:
     """One row per target × defence (records), columns: clean SROCC/PLCC, the metric under each
     protocol × attack × ε with its interval, the worst case per protocol, IR-Score, 2AFC and flip
     rate, certified width; flag badges; unreliable rows marked."""
-    from robench.results.labels import defense_label
 
     stats = {c["key"]: c for c in cells_json}
     ir = next((t for t in tables if t.name == "ir"), None)
     cols: list[tuple[str, str]] = []  # (key, header)
     rows = []
     for r in records:
-        vals: dict[str, tuple[Any, str]] = {}  # key → (sort value, html)
-        pairs = [e for e in r["evaluations"] if e["dataset"]["kind"] == "pairs"]
-        if pairs:
-            e0 = pairs[0]
-            st = stats.get(e0["cell_key"], {})
-            vals["clean"] = (e0["clean"]["value"], _with_ci(e0["clean"]))
-            plcc = (st.get("clean") or {}).get("plcc")
-            vals["plcc"] = (plcc, _num(plcc))
-        worst: dict[str, float] = {}
-        worst_labels: dict[str, list[str]] = {}  # the flags of the evaluation each worst case comes from
-        for e in r["evaluations"]:
-            kind = "SROCC" if e["dataset"]["kind"] == "pairs" else "2AFC"
-            short = (
-                "ranking"
-                if e["direction"] == "mos-split"
-                else ("inflation" if e["direction"] == "up" else e["direction"])
-            )
-            for a in e["attacked"]:
-                key = f"{kind}|{short}|{e['attack']}|{a['eps']:g}"
-                shown = FL.labels(e["flag_details"])
-                vals[key] = (a["value"], _with_ci(a) + "".join(_badge(f) for f in shown))
-                if kind == "SROCC" and a["value"] is not None and a["value"] < worst.get(short, np.inf):
-                    worst[short], worst_labels[short] = a["value"], list(shown)
-            if kind == "2AFC":
-                st = stats.get(e["cell_key"], {})
-                vals[f"2AFC|clean|{e['attack']}"] = (e["clean"]["value"], _with_ci(e["clean"]))
-                for d in st.get("attacked") or []:
-                    if d.get("flip_rate") is not None:
-                        vals[f"flips|{e['attack']}|{d['eps']:g}"] = (d["flip_rate"], _num(d["flip_rate"]))
-        for short, v in worst.items():
-            vals[f"worst|{short}"] = (v, f"<b>{_num(v)}</b>" + "".join(_badge(f) for f in worst_labels[short]))
-        # the row is ranked by its worst case under the ranking attack (else its first protocol's):
-        # unreliable only when that figure comes from a flagged evaluation
-        ranked = "ranking" if "ranking" in worst else next(iter(worst), None)
-        r = {**r, "unreliable": bool(worst_labels.get(ranked)) if ranked else bool(r["flags"])}
-        if ir is not None:
-            for idx, row in ir.df.iterrows():
-                if idx[0] == r["model"]["arch"] and idx[-2] == defense_label(r["defense"]["name"]):
-                    col = [c for c in ir.df.columns if str(c).startswith("IR (")][0]
-                    vals[f"IR|{idx[-1]}"] = (
-                        row[col],
-                        f"{_num(row[col])} [{_num(row['CI low'])}, {_num(row['CI high'])}]",
-                    )
-        for c in certified:
-            if (
-                c["target"] == r["model"]["target"]
-                and c["defense"] == r["defense"]["name"]
-                and c["median_width_mos"] is not None
-            ):
-                vals[f"cert|{c['radius']:g}"] = (c["median_width_mos"], _num(c["median_width_mos"]))
+        r, vals = _board_row(r, stats, ir, certified)
         for k in vals:
             if k not in [c[0] for c in cols]:
                 cols.append((k, k))

@@ -663,6 +663,16 @@ def to_markdown(rep: Analysis, tables: list[dict], sides: dict[int, list[dict]],
         ["claim", "table", "statement", "source", *STATUSES],
         [[s["claim"], str(s["table"]), s["template"], s["source"], *(str(s[k]) for k in STATUSES)] for s in summ],
     )
+    lines += _md_budgets(records)
+    lines += _md_instances(rep, records)
+    for t in tables:
+        lines += _md_side_table(t, sides[t["table"]])
+    return "\n".join(lines) + "\n"
+
+
+def _md_budgets(records: list[dict]) -> list[str]:
+    """Whether each claim's verdict is the same at every ε (both readings of the paper's units)."""
+    lines: list[str] = []
     agree = budget_agreement(records)
     if agree:
         per_claim: dict[str, list[bool]] = {}
@@ -689,6 +699,12 @@ def to_markdown(rep: Analysis, tables: list[dict], sides: dict[int, list[dict]],
                 ["claim", "instance", "robench rows", "verdict per ε"],
                 [[g["claim"], g["instance"], g["robench"], g["per_eps"]] for g in differ],
             )
+    return lines
+
+
+def _md_instances(rep: Analysis, records: list[dict]) -> list[str]:
+    """Every claim instance with its ε, both readings, robench's Δ and status."""
+    lines: list[str] = []
     lines += ["", "### Every claim instance", ""]
     lines += _md_table(
         [
@@ -730,47 +746,52 @@ def to_markdown(rep: Analysis, tables: list[dict], sides: dict[int, list[dict]],
     legend = FL.legend({f for r in records for f in r["flags"]})
     if legend:
         lines += ["", legend]
-    for t in tables:
-        n = t["table"]
+    return lines
+
+
+def _md_side_table(t: dict, sides: list[dict]) -> list[str]:
+    """One paper table beside robench's values."""
+    lines: list[str] = []
+    n = t["table"]
+    lines += [
+        "",
+        f"## Table {n}: {t['title']}",
+        "",
+        f"Paper: {t['dataset']}. Identified: {t['identified_by']}.",
+        "",
+    ]
+    lines += _md_table(
+        ["model", "defence", "metric", "attack", "paper", "robench", "robench setting"],
+        [
+            [
+                s["model"],
+                s["defence"],
+                s["metric"],
+                s["attack"] or "—",
+                _fmt(s["paper"], s["metric"]),
+                _fmt(s["robench"], s["metric"], robench=True)
+                + (f" {s['note']}" if s["note"] else "")
+                + (f" [{','.join(s['flags'])}]" if s["flags"] else ""),
+                s["setting"],
+            ]
+            for s in sides
+        ],
+    )
+    legend = FL.legend({f for s in sides for f in s["flags"]})
+    if legend:
+        lines += ["", legend]
+    lines += ["", "Notes: " + " ".join(t.get("notes", [])) if t.get("notes") else ""]
+    if t.get("not_reported"):
         lines += [
             "",
-            f"## Table {n}: {t['title']}",
-            "",
-            f"Paper: {t['dataset']}. Identified: {t['identified_by']}.",
-            "",
+            "Not reported in the paper (printed '—'): "
+            + "; ".join(f"{x['defence']} {x['model']} {x['metric']} {x['attack']}" for x in t["not_reported"])
+            + f" — {t['not_reported'][0]['why']}.",
         ]
-        lines += _md_table(
-            ["model", "defence", "metric", "attack", "paper", "robench", "robench setting"],
-            [
-                [
-                    s["model"],
-                    s["defence"],
-                    s["metric"],
-                    s["attack"] or "—",
-                    _fmt(s["paper"], s["metric"]),
-                    _fmt(s["robench"], s["metric"], robench=True)
-                    + (f" {s['note']}" if s["note"] else "")
-                    + (f" [{','.join(s['flags'])}]" if s["flags"] else ""),
-                    s["setting"],
-                ]
-                for s in sides[n]
-            ],
-        )
-        legend = FL.legend({f for s in sides[n] for f in s["flags"]})
-        if legend:
-            lines += ["", legend]
-        lines += ["", "Notes: " + " ".join(t.get("notes", [])) if t.get("notes") else ""]
-        if t.get("not_reported"):
-            lines += [
-                "",
-                "Not reported in the paper (printed '—'): "
-                + "; ".join(f"{x['defence']} {x['model']} {x['metric']} {x['attack']}" for x in t["not_reported"])
-                + f" — {t['not_reported'][0]['why']}.",
-            ]
-        lines += ["", "Unreadable in the extraction:"] + [
-            f"- {u['what']} ({u['where']}): {u['why']}" for u in t["unreadable"]
-        ]
-    return "\n".join(lines) + "\n"
+    lines += ["", "Unreadable in the extraction:"] + [
+        f"- {u['what']} ({u['where']}): {u['why']}" for u in t["unreadable"]
+    ]
+    return lines
 
 
 def _tex(text: Any) -> str:

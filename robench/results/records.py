@@ -52,12 +52,57 @@ def _units(c) -> str:
     return bootstrap_units("auto", c.sources)[1]
 
 
+def _evaluation(ident: str, c, r, n_boot: int, seed: int) -> dict[str, Any]:
+    """One cell of a record: what was attacked how, the metric clean and per ε with its interval,
+    flags and provenance (``r``: the cell's store row)."""
+    from robench.results.entries import cell_entry
+
+    entry = cell_entry(c)
+    return {
+        "identity": ident,
+        "cell_key": c.key,
+        "attack": c.attack,
+        "attack_params": c.attack_params,
+        "needs": c.needs,
+        "direction": c.direction,
+        "protocol": c.protocol,
+        "dataset": {
+            "name": c.dataset,
+            "split": c.split,
+            "kind": c.kind,
+            "n": c.n,
+            "photos": int(len(np.unique(c.sources))) if c.sources is not None else None,
+        },
+        "profile": c.profile,
+        "seed": c.seed,
+        "metric": c.metric_name,
+        "clean": {"value": entry["clean"], "ci": _ci(c, c.q_clean, n_boot, seed)},
+        "attacked": [
+            {
+                "eps": float(e),
+                "units": "/255",
+                "value": entry["attacked"][k],
+                "ci": _ci(c, c.q_adv[k], n_boot, seed),
+            }
+            for k, e in enumerate(c.eps)
+        ],
+        "interval": f"95 % {_units(c)}",
+        "flags": c.active_flags,
+        "flag_details": c.flags,
+        "versions": r["versions"] or {},
+        "git_commit": r["git_commit"],
+        "device": r["device"] or {},
+        # what `robench check` pairs on: per-item values and labels
+        "baseline": entry,
+    }
+
+
 def make_records(
     store: str | Path, n_boot: int = N_BOOT, seed: int = 0, loaded: tuple | None = None
 ) -> list[dict[str, Any]]:
     """``loaded``: ``(cells, weights, raw cells frame)`` already read from ``store`` (the report
     reads the store once and hands them on); None reads them here."""
-    from robench.results.entries import cell_entry, latest
+    from robench.results.entries import latest
 
     if loaded is None:
         from robench.results.cells import load_store
@@ -77,47 +122,7 @@ def make_records(
         w = weights.get(first.weights_sha, {})
         evals, flags = [], set()
         for ident, c in sorted(entries, key=lambda t: t[0]):
-            r = raw.loc[c.key]
-            entry = cell_entry(c)
-            evals.append(
-                {
-                    "identity": ident,
-                    "cell_key": c.key,
-                    "attack": c.attack,
-                    "attack_params": c.attack_params,
-                    "needs": c.needs,
-                    "direction": c.direction,
-                    "protocol": c.protocol,
-                    "dataset": {
-                        "name": c.dataset,
-                        "split": c.split,
-                        "kind": c.kind,
-                        "n": c.n,
-                        "photos": int(len(np.unique(c.sources))) if c.sources is not None else None,
-                    },
-                    "profile": c.profile,
-                    "seed": c.seed,
-                    "metric": c.metric_name,
-                    "clean": {"value": entry["clean"], "ci": _ci(c, c.q_clean, n_boot, seed)},
-                    "attacked": [
-                        {
-                            "eps": float(e),
-                            "units": "/255",
-                            "value": entry["attacked"][k],
-                            "ci": _ci(c, c.q_adv[k], n_boot, seed),
-                        }
-                        for k, e in enumerate(c.eps)
-                    ],
-                    "interval": f"95 % {_units(c)}",
-                    "flags": c.active_flags,
-                    "flag_details": c.flags,
-                    "versions": r["versions"] or {},
-                    "git_commit": r["git_commit"],
-                    "device": r["device"] or {},
-                    # what `robench check` pairs on: per-item values and labels
-                    "baseline": entry,
-                }
-            )
+            evals.append(_evaluation(ident, c, raw.loc[c.key], n_boot, seed))
             flags |= set(c.active_flags)
         from robench.core.version import __version__
         from robench.core.provenance import git_commit
