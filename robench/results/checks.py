@@ -34,13 +34,23 @@ from robench.results.entries import (
 )
 
 
-def failed_identities(store: str | Path) -> dict[str, str]:
-    """Cells whose latest record in the store is a failure (identity → error): a baseline cell
-    that now fails must fail the gate, not pass as 'missing'."""
+def _read(store: str | Path) -> tuple[list[CellData], Any]:
+    """The store's finished cells and every cell row (failed ones too), from one read."""
     from robench.engine.store import Store
+    from robench.results.cells import read_cells, results_by_cell
 
+    if not Path(store).is_file():
+        raise RobenchError(f"no store at {store} (run `robench run ... --store {store}` first)")
     with Store(store, readonly=True) as st:
-        allc = st.cells(status=None)
+        allc, groups, weights = st.cells(status=None), results_by_cell(st.results()), st.weights()
+    cells, _ = read_cells(allc[allc["status"] == "done"], groups, weights)
+    return cells, allc
+
+
+def failed_identities(allc) -> dict[str, str]:
+    """Cells whose latest record in the store is a failure (identity → error; ``allc``: every
+    cell row, by finish time): a baseline cell that now fails must fail the gate, not pass as
+    'missing'."""
     latest: dict[str, tuple[str, str]] = {}
     for _, c in allc.iterrows():  # ordered by finish time
         cfg = c["config"]
@@ -202,9 +212,9 @@ def check(
     if not tolerance >= 0:
         raise RobenchError(f"--tolerance must be ≥ 0, got {tolerance}")
     baseline = read_baseline(baseline_path)
-    cells, _ = load_cells(store)
+    cells, allc = _read(store)
     current = latest(cells)
-    failed_now = failed_identities(store)
+    failed_now = failed_identities(allc)
     rows: list[dict[str, Any]] = []
     for ident, error in sorted(failed_now.items()):
         current.pop(ident, None)  # an older finished record must not stand in for a failed rerun
