@@ -171,6 +171,69 @@ def results_by_cell(res: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {k: g.reset_index(drop=True) for k, g in res.groupby("cell_key")} if len(res) else {}
 
 
+def _cell_data(c, rows: pd.DataFrame) -> CellData:
+    """One finished cell's arrays from its store row and per-image rows."""
+    cfg = c["config"]
+    eps = [float(e) for e in cfg["eps"]]
+    sign = -1.0 if cfg["target"]["lower_better"] else 1.0
+    first = rows[np.isclose(rows["eps"], eps[0])].sort_values("item")
+    adv = np.stack([rows[np.isclose(rows["eps"], e)].sort_values("item")["score"].to_numpy(float) for e in eps])
+
+    def per_eps(col):  # stores written before the perceptibility columns have NULLs there
+        if col not in rows.columns:
+            return None
+        return np.stack(
+            [
+                pd.to_numeric(rows[np.isclose(rows["eps"], e)].sort_values("item")[col], errors="coerce").to_numpy(
+                    float
+                )
+                for e in eps
+            ]
+        )
+
+    kind = cfg["dataset"]["kind"]
+    return CellData(
+        key=c["key"],
+        target=cfg["target"]["name"],
+        arch=_arch(cfg),
+        defense=cfg["defense"]["name"],
+        training=cfg["defense"].get("training"),
+        inference=[d["name"] for d in cfg["defense"].get("inference", [])],
+        attack=cfg["attack"]["name"],
+        needs=cfg["attack"]["needs"],
+        kind=kind,
+        dataset=cfg["dataset"]["name"],
+        split=cfg["dataset"]["split"],
+        profile=cfg["profile"],
+        seed=int(cfg["seed"]),
+        items_sha=cfg["dataset"]["items_sha256"],
+        weights_sha=cfg["target"]["weights_sha256"],
+        eps=eps,
+        item_ids=first["item_id"].astype(str).to_numpy(),
+        ref_ids=first["ref_id"].astype(str).to_numpy(),
+        sources=(
+            first["source"].astype(str).to_numpy()
+            if "source" in first.columns and first["source"].notna().all()
+            else None
+        ),
+        mos=first["mos"].to_numpy(float) if kind == "pairs" else None,
+        judge=first["judge"].to_numpy(float) if kind != "pairs" else None,
+        side=first["attacked_side"].to_numpy(int) if kind != "pairs" else None,
+        q_other=sign * first["other_score"].to_numpy(float) if kind != "pairs" else None,
+        q_clean=sign * first["clean_score"].to_numpy(float),
+        q_adv=sign * adv,
+        seconds=c["seconds"],
+        flags=c["flags"] or {},
+        attack_params=cfg["attack"].get("params", {}),
+        psnr=per_eps("psnr"),
+        ssim=per_eps("ssim"),
+        train_seed=int(cfg["defense"].get("train_seed", 0) or 0),
+        amp=cfg.get("amp") or "fp32",
+        direction=cfg.get("direction") or "up",
+        signs=item_signs(cfg.get("direction"), first["mos"].to_numpy(float) if kind == "pairs" else None, len(first)),
+    )
+
+
 def read_cells(
     cells: pd.DataFrame, groups: dict[str, pd.DataFrame], weights: dict[str, dict]
 ) -> tuple[list[CellData], dict[str, dict]]:
@@ -182,68 +245,7 @@ def read_cells(
         rows = groups.get(c["key"])
         if rows is None or rows.empty:
             continue
-        eps = [float(e) for e in cfg["eps"]]
-        sign = -1.0 if cfg["target"]["lower_better"] else 1.0
-        first = rows[np.isclose(rows["eps"], eps[0])].sort_values("item")
-        adv = np.stack([rows[np.isclose(rows["eps"], e)].sort_values("item")["score"].to_numpy(float) for e in eps])
-
-        def per_eps(col):  # stores written before the perceptibility columns have NULLs there
-            if col not in rows.columns:
-                return None
-            return np.stack(
-                [
-                    pd.to_numeric(rows[np.isclose(rows["eps"], e)].sort_values("item")[col], errors="coerce").to_numpy(
-                        float
-                    )
-                    for e in eps
-                ]
-            )
-
-        kind = cfg["dataset"]["kind"]
-        out.append(
-            CellData(
-                key=c["key"],
-                target=cfg["target"]["name"],
-                arch=_arch(cfg),
-                defense=cfg["defense"]["name"],
-                training=cfg["defense"].get("training"),
-                inference=[d["name"] for d in cfg["defense"].get("inference", [])],
-                attack=cfg["attack"]["name"],
-                needs=cfg["attack"]["needs"],
-                kind=kind,
-                dataset=cfg["dataset"]["name"],
-                split=cfg["dataset"]["split"],
-                profile=cfg["profile"],
-                seed=int(cfg["seed"]),
-                items_sha=cfg["dataset"]["items_sha256"],
-                weights_sha=cfg["target"]["weights_sha256"],
-                eps=eps,
-                item_ids=first["item_id"].astype(str).to_numpy(),
-                ref_ids=first["ref_id"].astype(str).to_numpy(),
-                sources=(
-                    first["source"].astype(str).to_numpy()
-                    if "source" in first.columns and first["source"].notna().all()
-                    else None
-                ),
-                mos=first["mos"].to_numpy(float) if kind == "pairs" else None,
-                judge=first["judge"].to_numpy(float) if kind != "pairs" else None,
-                side=first["attacked_side"].to_numpy(int) if kind != "pairs" else None,
-                q_other=sign * first["other_score"].to_numpy(float) if kind != "pairs" else None,
-                q_clean=sign * first["clean_score"].to_numpy(float),
-                q_adv=sign * adv,
-                seconds=c["seconds"],
-                flags=c["flags"] or {},
-                attack_params=cfg["attack"].get("params", {}),
-                psnr=per_eps("psnr"),
-                ssim=per_eps("ssim"),
-                train_seed=int(cfg["defense"].get("train_seed", 0) or 0),
-                amp=cfg.get("amp") or "fp32",
-                direction=cfg.get("direction") or "up",
-                signs=item_signs(
-                    cfg.get("direction"), first["mos"].to_numpy(float) if kind == "pairs" else None, len(first)
-                ),
-            )
-        )
+        out.append(_cell_data(c, rows))
         t1 = ((weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}).get("theorem1")
         if t1 and t1.get("n_batches"):  # AAT weights: the training bound's evidence is a flag of every cell
             out[-1].flags = {**out[-1].flags, "bound_non_vacuous_fraction": t1["non_vacuous_fraction"]}
