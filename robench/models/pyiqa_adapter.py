@@ -13,6 +13,7 @@ dir ``/pyiqa``), and a metric whose file is absent is refused at once, naming th
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -96,14 +97,23 @@ def configs() -> dict[str, dict[str, Any]]:
     return {k: v for k, v in table.items() if v.get("metric_mode") == "FR"}
 
 
+@functools.cache
+def _arch_modules(archs: Path) -> dict[str, str]:
+    """Class name → the ``*_arch.py`` module defining it, read once per installation (without
+    importing any: most need packages robench does not install)."""
+    out: dict[str, str] = {}
+    for path in sorted(archs.glob("*_arch.py")):
+        for name in re.findall(r"^class (\w+)\(", path.read_text(errors="replace"), re.M):
+            out.setdefault(name, path.stem)
+    return out
+
+
 def _arch(type_name: str):
     """The class of a pyiqa architecture, importing only the module that defines it."""
-    root = _namespace()
-    pat = re.compile(rf"^class {re.escape(type_name)}\(", re.M)
-    for path in sorted((root / "archs").glob("*_arch.py")):
-        if pat.search(path.read_text(errors="replace")):
-            return getattr(importlib.import_module(f"pyiqa.archs.{path.stem}"), type_name)
-    raise RobenchError(f"pyiqa {PYIQA_VERSION} defines no architecture {type_name!r}")
+    module = _arch_modules(_namespace() / "archs").get(type_name)
+    if module is None:
+        raise RobenchError(f"pyiqa {PYIQA_VERSION} defines no architecture {type_name!r}")
+    return getattr(importlib.import_module(f"pyiqa.archs.{module}"), type_name)
 
 
 def _score_range(text: str | None) -> tuple[float, float] | None:

@@ -153,16 +153,32 @@ def load_cells(store_path: str | Path) -> tuple[list[CellData], dict[str, dict]]
     return cells, weights
 
 
-def load_store(store_path: str | Path) -> tuple[list[CellData], dict[str, dict], pd.DataFrame]:
-    """:func:`load_cells` and the store's finished cell rows, from one read of the store."""
+def load_store(
+    store_path: str | Path, status: str | None = "done"
+) -> tuple[list[CellData], dict[str, dict], pd.DataFrame]:
+    """:func:`load_cells` and the store's cell rows of ``status`` (None: every cell, failed ones
+    too), from one read of the store."""
     from robench.engine.store import Store
 
+    with Store(existing_store(store_path), readonly=True) as st:
+        cells, weights, raw, _ = read_store(st, status)
+    return cells, weights, raw
+
+
+def existing_store(store_path: str | Path) -> Path:
+    """The store's path; a missing one is refused, naming how to make it."""
     path = Path(store_path)
     if not path.is_file():
         raise RobenchError(f"no store at {path} (run `robench run ... --store {path}` first)")
-    with Store(path, readonly=True) as st:
-        raw = st.cells("done")
-        return (*read_cells(raw, results_by_cell(st.results()), st.weights()), raw)
+    return path
+
+
+def read_store(st, status: str | None = "done"):
+    """From an open store: its finished cells with their arrays, the weights, the cell rows of
+    ``status`` and the per-image rows by cell."""
+    raw, rows = st.cells(status), results_by_cell(st.results())
+    cells, weights = read_cells(raw[raw["status"] == "done"], rows, st.weights())
+    return cells, weights, raw, rows
 
 
 def results_by_cell(res: pd.DataFrame) -> dict[str, pd.DataFrame]:

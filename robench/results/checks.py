@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from robench.core.errors import RobenchError
-from robench.results.cells import CellData, load_cells
+from robench.results.cells import CellData, load_cells, load_store
 from robench.core.stats import bootstrap_units, mean_weighted, paired_bootstrap, srocc_weighted
 
 from robench.results.entries import (
@@ -32,19 +32,6 @@ from robench.results.entries import (
     identity,  # noqa: F401
     latest,
 )
-
-
-def _read(store: str | Path) -> tuple[list[CellData], Any]:
-    """The store's finished cells and every cell row (failed ones too), from one read."""
-    from robench.engine.store import Store
-    from robench.results.cells import read_cells, results_by_cell
-
-    if not Path(store).is_file():
-        raise RobenchError(f"no store at {store} (run `robench run ... --store {store}` first)")
-    with Store(store, readonly=True) as st:
-        allc, groups, weights = st.cells(status=None), results_by_cell(st.results()), st.weights()
-    cells, _ = read_cells(allc[allc["status"] == "done"], groups, weights)
-    return cells, allc
 
 
 def failed_identities(allc) -> dict[str, str]:
@@ -212,7 +199,7 @@ def check(
     if not tolerance >= 0:
         raise RobenchError(f"--tolerance must be ≥ 0, got {tolerance}")
     baseline = read_baseline(baseline_path)
-    cells, allc = _read(store)
+    cells, _, allc = load_store(store, status=None)  # failed cells too: one read
     current = latest(cells)
     failed_now = failed_identities(allc)
     rows: list[dict[str, Any]] = []

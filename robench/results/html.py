@@ -446,10 +446,11 @@ JS = """
 """
 
 
-def write_index(out_tmp: Path, model, tables: list) -> Path:
+def write_index(out_tmp: Path, model) -> Path:
     """Write ``index.html`` of ``model`` (a results.model.ResultsModel) into the report's
     (temporary) folder, beside the figures already drawn there."""
     store_path, report_json, weights, raw = model.store, model.document, model.weights, model.raw
+    tables = model.tables
     records, certified = model.records(), model.certified
     figs = sorted((out_tmp / "plots").glob("*.png")) if (out_tmp / "plots").is_dir() else []
     gal, n_img = gallery(model)

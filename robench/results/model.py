@@ -22,7 +22,7 @@ from robench.core.directions import DIRECTIONS
 from robench.core.errors import RobenchError
 from robench.results import tables as T
 from robench.results.analysis import Analysis, cell_stats
-from robench.results.cells import CellData, read_cells, results_by_cell
+from robench.results.cells import CellData, existing_store, read_store
 from robench.results.labels import recipe_declares
 from robench.results.table import Table
 
@@ -57,15 +57,12 @@ class ResultsModel:
         from robench.engine.store import Store
         from robench.results.transfer import certified_data, transfer_data
 
-        path = Path(store)
+        path = existing_store(store)
         opts = options or ReportOptions()
-        if not path.is_file():
-            raise RobenchError(f"no store at {path} (run `robench run ... --store {path}` first)")
         with Store(path, readonly=True) as st:
-            raw, rows, weights = st.cells("done"), results_by_cell(st.results()), st.weights()
+            cells, weights, raw, rows = read_store(st)
             transfer = transfer_data(st, n_boot=opts.n_boot, seed=opts.seed)
             certified = certified_data(st)
-        cells, weights = read_cells(raw, rows, weights)
         return cls(path, cells, weights, raw, rows, transfer, certified, opts)
 
     @cached_property

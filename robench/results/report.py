@@ -42,7 +42,16 @@ def write_report(
     moved into place, so a failure leaves no half report."""
     out = Path(out)
     check_report_folder(out)  # before any work: a folder of someone else's files is refused
-    opts = ReportOptions(eps, ot, n_boot, seed, cluster, ot_options, bootstrap, correction)
+    opts = ReportOptions(
+        eps=eps,
+        ot=ot,
+        n_boot=n_boot,
+        seed=seed,
+        cluster=cluster,
+        ot_options=ot_options,
+        bootstrap=bootstrap,
+        correction=correction,
+    )
     model = ResultsModel.load(store, opts)
     model.primary  # noqa: B018  (refuses an empty store before any folder is made)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +187,7 @@ def _write(model: ResultsModel, out: Path, tmp: Path, plots: bool, pdf: bool, be
         written["plots"] += [str(out / "plots" / n) for n in P.plot_leaderboard(board, tmp / "plots" / "leaderboard")]
     written["plots"] += [str(out / "plots" / n) for n in figures]
     # index.html: the browsable, self-contained report over the same numbers
-    write_index(tmp, model, tables)
+    write_index(tmp, model)
     written["html"] = str(out / "index.html")
     if pdf:
         try:
