@@ -416,14 +416,13 @@ def test_escalate_doubles_a_flagged_budget_until_converged_and_reopens_stored_ce
 def _stalling_attack(plateau_probe: int, stall: bool):
     """A signed-gradient step whose size depends on the budget like a generator that stalls:
     half of ε up to 8 steps, all of ε from 32 (stall) — or half of ε at every budget."""
-    from robench.attacks.base import Attack
+    from robench.attacks.base import Attack, Param
 
     class Stalling(Attack):
         name = "stalling"
         kind = "fixed"
         needs = "gradients"
-        budget_params = ("steps",)
-        defaults = {"steps": 8}
+        steps = Param(8, "budget", budget=True)
 
         def cost(self):
             return {"grad": 1, "forward": 0}

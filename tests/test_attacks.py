@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import robench
-from robench.attacks.base import Attack, BudgetViolation, ScoreLogits
+from robench.attacks.base import Attack, BudgetViolation, Param, ScoreLogits
 from robench.core.errors import RobenchError, UnknownNameError
 from robench.models import build
 from robench.core.registry import ATTACKS
@@ -128,7 +128,7 @@ def test_gradient_attacks_refuse_non_differentiable_targets(name):
 
 class _Broken(Attack):
     name = "broken"
-    defaults = {"mode": "over"}
+    mode = Param("over", "which contract it breaks")
 
     def perturb(self, f, x, eps, q0):
         if self.mode == "over":
@@ -292,3 +292,22 @@ def test_zhang_raises_quality_and_its_ssim_term_keeps_the_image_close():
     assert (s_default > 0.98).all()  # measured ≈ 0.990 at ε = 8/255
     # +λ·SSIM keeps the image closer (the AT- authors' loss, minimised, would lower SSIM instead)
     assert (s_close > s_plain + 2e-3).all(), (s_close, s_plain)  # measured +0.004
+
+
+def test_params_are_declared_fields():
+    """Hyper-parameters are Param fields: the class lists them with their meaning, an instance reads
+    the resolved value (profile budget, then the user's), and a dict of defaults is refused."""
+    from robench.attacks.pgd import PGD
+
+    assert isinstance(PGD.steps, Param) and PGD.steps.budget and PGD.steps.doc
+    assert PGD.budget_params == ("steps",)
+    assert PGD.quiet_defaults == {"first": "zero", "patience": 0, "amp": None, "inertia": 0.0}
+    a = PGD(profile="quick", steps=7)
+    assert a.steps == 7 and a.restarts == PGD.budgets["quick"]["restarts"]
+    assert PGD(profile="paper").steps == PGD.budgets["paper"]["steps"]
+    with pytest.raises(AttributeError):
+        a.no_such_param  # noqa: B018 — no catch-all lookup behind the fields
+    with pytest.raises(TypeError, match="Param fields"):
+
+        class Old(Attack):  # noqa: F841
+            defaults = {"steps": 3}

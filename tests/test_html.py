@@ -145,3 +145,10 @@ def test_leaderboard_marks_a_row_only_when_its_ranking_figure_is_flagged():
     a, b = next(x for x in rows if ">a<" in x), next(x for x in rows if ">b<" in x)
     assert "unreliable" not in a and "nc 0.93" in a  # the flagged cell carries its code and fraction
     assert "unreliable" in b and "flagged" in b
+    # a masked target: its gradient attack cannot rank it, its score-only attack does
+    masked = rec("m", [ev("k5", "pgd", 0.79, ["mask"]), ev("k6", "square", 0.2, [])])
+    only = rec("o", [ev("k7", "fgsm", 0.8, ["mask"])])
+    rows = leaderboard([masked, only], [], [], []).split("<tbody>")[1].split("</tr>")
+    m, o = next(x for x in rows if ">m<" in x), next(x for x in rows if ">o<" in x)
+    assert "<b>0.2" in m and "unreliable" not in m and "mask" in m
+    assert "unreliable" in o  # nothing but masked figures: no robustness figure to rank it by

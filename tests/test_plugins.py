@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, declared_params
 from robench.core.errors import RobenchError, UnknownNameError
 from robench.core.profiles import PROFILES
 from robench.core.registry import (
@@ -133,6 +133,11 @@ def check_attack_declarations(name: str) -> None:
     assert isinstance(cls.iterative, bool)
     assert isinstance(cls.defaults, dict)
     keys = set(cls.defaults)
+    fields = declared_params(cls)
+    assert keys <= set(fields), "every hyper-parameter is a Param field"
+    for k, p in fields.items():
+        assert p.doc.strip(), f"{name}.{k}: a Param says what it means"
+        assert getattr(cls(profile="quick"), k) == cls(profile="quick").params[k]  # reads the resolved value
     assert set(cls.budget_params) <= keys, f"budget_params {cls.budget_params} not all in defaults"
     for profile, params in cls.budgets.items():
         assert profile in PROFILES, f"budgets names unknown profile {profile!r} (profiles: {list(PROFILES)})"

@@ -94,6 +94,9 @@ def test_zero_gradient_metric_is_flagged(tmp_path):
     assert masked
     res = robench.load_attack("fgsm")(t, dist, ref, eps=[4 / 255], return_images=False)
     assert res.probes["zero_grad"] + res.probes["nan_grad"] > 0
+    from robench.core.flags import active
+
+    assert "mask" in active({"zero_grad": res.probes["zero_grad"], "nan_grad": res.probes["nan_grad"]})
 
 
 def test_unknown_metric_and_absent_weights_are_refused_at_once(tmp_path, monkeypatch):

@@ -93,7 +93,7 @@ def test_state_round_trips_and_resumes_the_same_decision():
 
 def test_profiles_declare_the_rule_and_keep_the_caps():
     q, p = PROFILES["quick"], PROFILES["paper"]
-    assert q.adv_steps == 60 and p.adv_steps == 500
+    assert q.adv_steps == 400 and p.adv_steps == 500
     for prof in (q, p):
         assert 0 < prof.adv_eval_every < prof.adv_steps and prof.adv_patience >= 1 and 0 < prof.adv_min_delta < 1
         assert prof.adv_eval_every * prof.adv_patience < prof.adv_steps  # the rule can fire before the cap

@@ -129,3 +129,13 @@ def test_cli_help_lists_groups():
     assert r.returncode == 0
     for group in ("ls", "data"):
         assert group in r.stdout
+
+
+def test_cli_ls_one_attack_lists_its_parameters():
+    r = _cli("ls", "attacks", "pgd", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["steps"]["budget"] is True and rows["steps"]["default"] == 20 and rows["steps"]["quick"] == 80
+    assert all(row["summary"] for row in rows.values())
+    bad = _cli("ls", "attacks", "pgdd")
+    assert bad.returncode != 0 and "did you mean 'pgd'" in bad.stderr

@@ -392,7 +392,6 @@ def test_an_attack_that_does_nothing_is_flagged(tiny_mini, tmp_path, monkeypatch
 
     class Idle(Attack):  # a broken attack: returns its input
         name = "idle"
-        defaults = {}
 
         def perturb(self, f, x, eps, q0):
             return x.clone()

@@ -248,7 +248,6 @@ def test_budget_violation_aborts_the_cell(tiny_mini, tmp_path, monkeypatch):
 
     class Cheat(Attack):
         name = "cheat"
-        defaults = {}
 
         def perturb(self, f, x, eps, q0):
             return (x + 3 * eps).clamp(0, 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from robench.attacks._ascent import ascend
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, Param
 from robench.attacks.square import square_search
 from robench.core.registry import ATTACKS
 
@@ -19,16 +19,12 @@ from robench.core.registry import ATTACKS
 class AutoAttack(Attack):
     kind = "fixed"
     needs = "gradients"
-    budget_params = ("apgd_iter", "square_queries")
-    defaults = {
-        "apgd_iter": 100,
-        "apgd_restarts": 1,
-        "apgd_rho": 0.75,
-        "square_queries": 5000,
-        "square_p_init": 0.8,
-        "apgd_first": "zero",
-    }
-    quiet_defaults = {"apgd_first": "zero"}
+    apgd_iter: Param[int] = Param(100, "APGD iterations per start (each of its two losses)", budget=True)
+    apgd_restarts: Param[int] = Param(1, "APGD starts: the first from apgd_first, the rest random")
+    apgd_rho: Param[float] = Param(0.75, "APGD's step-halving checkpoint criterion ρ")
+    square_queries: Param[int] = Param(5000, "score queries of the Square stage", budget=True)
+    square_p_init: Param[float] = Param(0.8, "Square's initial share of pixels per square")
+    apgd_first: Param[str] = Param("zero", "where APGD's first start begins: 'zero' or 'random'", quiet=True)
     another_start = {"apgd_first": "random"}
     suite = 4
     # quick: two APGD runs of 30 (δ = 0, then a random start) for the one run of 60 before: on SSIM

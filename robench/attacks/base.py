@@ -26,9 +26,10 @@ Conventions (stated once, here):
 * A minimisation attack may return several candidate perturbations (a ``list``, e.g. snapshots
   along its trajectory): clipped to each ε, the one with the highest ``q`` is kept per image and
   budget — the best unclipped point is rarely the best after clipping to a small ε.
-* ``budget_params`` names the hyper-parameters that set an attack's iterations or queries: the
-  runner re-runs a cell at half of them and flags it ``not_converged`` when the full budget's gain
-  exceeds the half budget's by more than 5 % of the gain.
+* Hyper-parameters are :class:`Param` fields of the attack class, each with its default and what
+  it means; ``budget=True`` marks one that sets the iterations or queries: the runner re-runs a
+  cell at half of them and flags it ``not_converged`` when the full budget's gain exceeds the half
+  budget's by more than 5 % of the gain.
 * Queries count forward evaluations of the target per image, a gradient evaluation being one.
   The clean score and the sanity probes are not counted.
 * The target's train/eval mode (every submodule) and its parameters' ``requires_grad`` are saved,
@@ -41,7 +42,7 @@ import copy
 import difflib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Generic, Sequence, TypeVar, overload
 
 import torch
 
@@ -53,6 +54,49 @@ from robench.core.target import BoundTarget, Target, as_signs, validate_pair
 
 WHITE_BOX_NEEDS = "gradients"
 BUDGET_TOL = 1e-6
+
+
+T = TypeVar("T")
+
+
+class Param(Generic[T]):
+    """One hyper-parameter of an attack, declared as a class field: its default and what it means.
+
+    Read on an instance it gives the resolved value (profile budget, then the user's option);
+    read on the class it gives this declaration. ``budget``: it sets the iterations or queries
+    (the convergence check halves it). ``quiet``: added after cells were stored with the value of
+    its default, so it is left out of the record (and the cell key) while it holds that value."""
+
+    __slots__ = ("default", "doc", "budget", "quiet", "name")
+
+    def __init__(self, default: T, doc: str, *, budget: bool = False, quiet: bool = False):
+        self.default, self.doc, self.budget, self.quiet = default, doc, budget, quiet
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> "Param[T]": ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> "T | Param[T]":
+        if obj is None:
+            return self
+        return obj.params[self.name]  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"Param({self.default!r}, {self.doc!r}{', budget=True' if self.budget else ''})"
+
+
+def declared_params(cls: type) -> dict[str, Param[Any]]:
+    """The :class:`Param` fields of an attack class, base classes' first, in declaration order."""
+    out: dict[str, Param[Any]] = {}
+    for klass in reversed(cls.__mro__):
+        for k, v in vars(klass).items():
+            if isinstance(v, Param):
+                out[k] = v
+    return out
 
 
 class BudgetViolation(RobenchError):
@@ -203,10 +247,14 @@ class Attack:
     kind: ClassVar[str] = "fixed"  # or "minimisation"
     needs: ClassVar[str] = WHITE_BOX_NEEDS  # or "scores"
     iterative: ClassVar[bool] = True
-    #: hyper-parameters that set the iterations/queries (halved by the convergence check)
+    #: derived from the :class:`Param` fields (never declared): the ``budget`` ones, which set the
+    #: iterations/queries (halved by the convergence check) ...
     budget_params: ClassVar[tuple[str, ...]] = ()
-    #: every hyper-parameter with its default; the profile's budgets override some, users any
+    #: ... every attack-specific one with its default (the profile's budgets override some, users
+    #: any) ...
     defaults: ClassVar[dict[str, Any]] = {}
+    #: ... and the ``quiet`` ones with the default that reproduces cells stored before they existed
+    quiet_defaults: ClassVar[dict[str, Any]] = {}
     #: budgets per profile name (``quick``, ``paper``): the parameters a profile sets
     budgets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: place in ``--attacks all`` and in report tables (None: registered, not in the suite)
@@ -230,9 +278,6 @@ class Attack:
     #: ``prepare``: an attack that prepares per direction (a generator) reads it
     run_signs: list[int] = [1]
 
-    #: parameters added after cells were stored, with the value that reproduces those cells:
-    #: left out of the record (and so of the cell key) while they hold that value
-    quiet_defaults: ClassVar[dict[str, Any]] = {}
     #: parameters that make the attack start somewhere else (a random first point): the
     #: convergence check runs the attack once more with them and another seed on its items and
     #: flags the cell not converged when the per-item better of the two gains > 5 % more (a start
@@ -246,9 +291,25 @@ class Attack:
     #: fraction. Empty: not measured
     strength: ClassVar[dict[str, dict[str, float]]] = {}
 
-    #: harness parameters every attack takes: ``eot`` draws per objective evaluation ("auto": the
-    #: profile's ``eot_draws`` against a randomised target, else 1)
-    HARNESS_DEFAULTS: ClassVar[dict[str, Any]] = {"eot": "auto"}
+    #: the harness parameter every attack takes
+    eot: Param[int | str] = Param(
+        "auto", "draws per objective evaluation ('auto': the profile's eot_draws against a randomised target, else 1)"
+    )
+    #: the harness parameters with their defaults (set below the class, from its Param fields)
+    HARNESS_DEFAULTS: ClassVar[dict[str, Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for derived in ("defaults", "budget_params", "quiet_defaults"):
+            if derived in vars(cls):
+                raise TypeError(
+                    f"attack class {cls.__name__}: declare hyper-parameters as Param fields "
+                    f"(steps = Param(20, 'what it does', budget=True)), not {derived!r}"
+                )
+        fields = {k: p for k, p in declared_params(cls).items() if k not in Attack.HARNESS_DEFAULTS}
+        cls.defaults = {k: p.default for k, p in fields.items()}
+        cls.budget_params = tuple(k for k, p in fields.items() if p.budget)
+        cls.quiet_defaults = {k: p.default for k, p in fields.items() if p.quiet}
 
     def __init__(self, profile: str = "quick", seed: int = 0, **params: Any):
         prof = get_profile(profile)
@@ -276,6 +337,7 @@ class Attack:
             "kind": cls.kind,
             "needs": cls.needs,
             "defaults": dict(cls.defaults),
+            "params": {k: p.doc for k, p in declared_params(cls).items()},
             "suite": cls.suite,
             "iterative": cls.iterative,
             "budgets": {k: dict(v) for k, v in cls.budgets.items()},
@@ -314,12 +376,6 @@ class Attack:
     @property
     def white_box(self) -> bool:
         return self.needs == WHITE_BOX_NEEDS
-
-    def __getattr__(self, key: str) -> Any:
-        params = self.__dict__.get("params", {})
-        if key in params:
-            return params[key]
-        raise AttributeError(key)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -559,6 +615,9 @@ class Attack:
             i = int(dev.argmax())
             raise BudgetViolation(f"{where}: image {i} has L∞ {float(dev[i]) * 255:.4g}/255 > ε")
         return adv.clone()
+
+
+Attack.HARNESS_DEFAULTS = {k: p.default for k, p in declared_params(Attack).items()}
 
 
 def perceptibility(adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, observed_scale
+from robench.attacks.base import Attack, Param, observed_scale
 from robench.core.registry import ATTACKS
 
 
@@ -26,8 +26,14 @@ from robench.core.registry import ATTACKS
 class CW(Attack):
     kind = "minimisation"
     needs = "gradients"
-    budget_params = ("steps",)
-    defaults = {"binary_steps": 5, "steps": 100, "lr": 0.01, "c_init": 10.0, "kappa": 0.0, "target_gain": 0.25}
+    binary_steps: Param[int] = Param(5, "rounds of the per-image binary search over c")
+    steps: Param[int] = Param(100, "Adam steps per round", budget=True)
+    lr: Param[float] = Param(0.01, "Adam learning rate on w (x + δ = (tanh w + 1)/2)")
+    c_init: Param[float] = Param(10.0, "first trade-off constant c")
+    kappa: Param[float] = Param(0.0, "κ: the hinge stops at a gain this far (in scale units) past the target")
+    target_gain: Param[float] = Param(
+        0.25, "target gain in units of the batch's clean spread (q_target = q_clean + target_gain · scale)"
+    )
     suite = 3
     budgets = {"quick": {"binary_steps": 3, "steps": 20}, "paper": {"binary_steps": 5, "steps": 100}}
     #: measured (reports/bench/attack-strength.md): lowest ratio to a converged reference per way

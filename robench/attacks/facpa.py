@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.attacks._cache import publish
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, Param
 from robench.core.home import robench_home
 from robench.core.progress import progress_bar
 from robench.core.registry import ATTACKS
@@ -65,18 +65,15 @@ class FACPA(Attack):
     kind = "fixed"
     needs = "gradients"  # to train the generator; applying it is one forward pass
     iterative = False
-    budget_params = ("steps", "epochs")  # the generator's training
-    defaults = {
-        "width": 16,
-        "steps": None,
-        "epochs": 5,
-        "batch": 8,
-        "lr": 1e-3,
-        "train_eps": 8 / 255,
-        "crop": 256,
-        "dataset": "mini",
-        "dataset_options": {},
-    }
+    width: Param[int] = Param(16, "channels of the generator's first layer")
+    steps: Param[int | None] = Param(None, "generator training steps (None: epochs decide)", budget=True)
+    epochs: Param[int] = Param(5, "passes over the train split when steps is None", budget=True)
+    batch: Param[int] = Param(8, "training batch")
+    lr: Param[float] = Param(1e-3, "Adam learning rate of the generator")
+    train_eps: Param[float] = Param(8 / 255, "budget the generator trains at ([0, 1] units)")
+    crop: Param[int] = Param(256, "training crop side in pixels")
+    dataset: Param[str] = Param("mini", "dataset the generator trains on (the engine sets the run's)")
+    dataset_options: Param[dict] = Param({}, "that dataset's options (the engine sets the run's)")
     suite = 7
     # quick: 240 generator steps; 60 were flagged not converged (on quick-trained BiRQA, mini v2,
     # 32 items, ε 8/255: gain 0.048 vs 0.032 at 30; 240 steps: 0.148 vs 0.143 at 120)

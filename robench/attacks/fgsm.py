@@ -19,7 +19,5 @@ class FGSM(Attack):
     def cost(self) -> dict[str, float]:
         return {"grad": 1, "forward": 0}
 
-    defaults: dict = {}
-
     def perturb(self, f, x, eps, q0):
         return _torchattacks.run("FGSM", f, x, q0, eps=eps)

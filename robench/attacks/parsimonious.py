@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, Param
 from robench.core.registry import ATTACKS
 
 
@@ -29,8 +29,10 @@ from robench.core.registry import ATTACKS
 class Parsimonious(Attack):
     kind = "fixed"
     needs = "scores"
-    budget_params = ("queries",)
-    defaults = {"queries": 10000, "block_size": None, "batch_blocks": 64, "max_rounds": 5}
+    queries: Param[int] = Param(10000, "score queries per image", budget=True)
+    block_size: Param[int | None] = Param(None, "initial block side in pixels (None: 1/8 of the image side)")
+    batch_blocks: Param[int] = Param(64, "blocks per mini-batch of the lazy-greedy search (the paper: 64)")
+    max_rounds: Param[int] = Param(5, "insertion/deletion passes per mini-batch")
     suite = 6
     # quick: initial block 32 px on the profile's 128-px images (¼ of the side, not the paper's ⅛):
     # on BiRQA-AAT, 16 items, ε 8/255, mean gain at 300 / 600 queries 0.068 / 0.081 with block 32,

@@ -10,7 +10,7 @@ measured convergence curve (``robench bench attack-strength``; README)."""
 from __future__ import annotations
 
 from robench.attacks._ascent import ascend
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, Param
 from robench.core.registry import ATTACKS
 
 
@@ -18,22 +18,18 @@ from robench.core.registry import ATTACKS
 class PGD(Attack):
     kind = "fixed"
     needs = "gradients"
-    budget_params = ("steps",)
-    defaults = {
-        "steps": 20,
-        "restarts": 1,
-        "schedule": "cosine",
-        "step0": 0.5,
-        "first": "zero",
-        "patience": 0,
-        "amp": None,
-        "inertia": 0.0,
-    }
-    # first: restart 0 from δ = 0 ("zero") or a random point; patience: an item leaves the batch
-    # after that many steps without a 0.1 % rise of its walk's best (0: never); amp: "bf16"
-    # search direction, float32 values; inertia: share of the last displacement carried into each
-    # step (APGD's heavy ball; attacks/_ascent.py)
-    quiet_defaults = {"first": "zero", "patience": 0, "amp": None, "inertia": 0.0}
+    steps: Param[int] = Param(20, "sign steps per start", budget=True)
+    restarts: Param[int] = Param(1, "starts: the first from δ = 0 (see first), the rest uniform in the ball")
+    schedule: Param[str] = Param("cosine", "step size schedule: 'cosine' decay or 'apgd' halving")
+    step0: Param[float] = Param(0.5, "first step size as a fraction of ε")
+    first: Param[str] = Param("zero", "where start 0 begins: 'zero' (δ = 0) or 'random'", quiet=True)
+    patience: Param[int] = Param(
+        0, "an item leaves the batch after this many steps without a 0.1 % rise of its best (0: never)", quiet=True
+    )
+    amp: Param[str | None] = Param(None, "'bf16': bf16 search direction, every kept value float32", quiet=True)
+    inertia: Param[float] = Param(
+        0.0, "share of the last displacement carried into each step (APGD's heavy ball)", quiet=True
+    )
     another_start = {"first": "random"}
     suite = 2
     # quick (BiRQA shipped weights, 128 px, 32 items, ε 4/255, downwards, per item the best of 18

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, Param
 from robench.core.registry import ATTACKS
 from robench.core.target import BoundTarget
 
@@ -65,8 +65,8 @@ def square_search(
 class Square(Attack):
     kind = "fixed"
     needs = "scores"
-    budget_params = ("queries",)
-    defaults = {"queries": 10000, "p_init": 0.05}
+    queries: Param[int] = Param(10000, "score queries per image", budget=True)
+    p_init: Param[float] = Param(0.05, "initial share of pixels a square covers")
     suite = 5
     # quick: 32 queries never moved the score; 300 do. p_init 0.8 (AutoAttack's own
     # Square setting) for the quick profile's 128-px images: on BiRQA-AAT, 16 items, ε 8/255, mean

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from robench.attacks._cache import publish
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, Param
 from robench.core.home import robench_home
 from robench.core.progress import progress_bar
 from robench.core.registry import ATTACKS
@@ -49,8 +49,12 @@ class UAP(Attack):
     kind = "fixed"
     needs = "gradients"  # to train the patch; applying it is one addition
     iterative = False
-    budget_params = ("steps",)  # the patch's training
-    defaults = {"tile": 64, "steps": 120, "batch": 16, "lr": 0.1, "dataset": "mini", "dataset_options": {}}
+    tile: Param[int] = Param(64, "side of the universal patch, tiled over the image")
+    steps: Param[int] = Param(120, "patch training steps", budget=True)
+    batch: Param[int] = Param(16, "training batch")
+    lr: Param[float] = Param(0.1, "Adam learning rate of the patch")
+    dataset: Param[str] = Param("mini", "dataset the patch trains on (the engine sets the run's)")
+    dataset_options: Param[dict] = Param({}, "that dataset's options (the engine sets the run's)")
     suite = 9
     # quick: 120 steps of batch 16 (≈ 1 900 train images, ~1.5 epochs of mini's train split);
     # paper: 2 000 steps on the 512-px sets

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, observed_scale
+from robench.attacks.base import Attack, Param, observed_scale
 from robench.core.errors import RobenchError
 from robench.models.classic import ssim_rgb
 from robench.core.registry import ATTACKS
@@ -56,13 +56,13 @@ class Zhang(Attack):
     kind = "fixed"
     needs = "gradients"
     iterative = True
-    budget_params = ("steps",)
-    #: steps: Adam steps per budget; lr: Adam learning rate on δ (Zhang et al.'s code and the AT-
-    #: authors': 0.005); lam: weight of SSIM(x', x) against the score gain in units of the clean spread
-    defaults = {"steps": 100, "lr": 0.005, "lam": 1.0, "restarts": 1, "first": "zero"}
-    # restarts: Adam runs of ``steps`` each, the first from δ = 0 (``first="random"``: from a random
-    # point too), the rest from uniform points of the ball; per image the best iterate of all
-    quiet_defaults = {"restarts": 1, "first": "zero"}
+    steps: Param[int] = Param(100, "Adam steps per run and budget", budget=True)
+    lr: Param[float] = Param(0.005, "Adam learning rate on δ (Zhang et al.'s code and the AT- authors')")
+    lam: Param[float] = Param(1.0, "weight of SSIM(x', x) against the score gain in units of the clean spread")
+    restarts: Param[int] = Param(
+        1, "Adam runs of steps each, the first from δ = 0 (see first), the rest uniform in the ball", quiet=True
+    )
+    first: Param[str] = Param("zero", "where run 0 begins: 'zero' (δ = 0) or 'random'", quiet=True)
     another_start = {"first": "random"}
     suite = 8
     # quick: two Adam runs of 40 (δ = 0, then a random start) for one of 80: from δ = 0 alone it

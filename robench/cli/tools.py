@@ -18,11 +18,12 @@ from robench.cli.run import _parse_nested
 @user_errors
 def ls(
     kind: str = typer.Argument(..., help="models | attacks | defenses | datasets | targets"),
+    name: Optional[str] = typer.Argument(None, help="attacks only: one attack, with its parameters"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout."),
 ) -> None:
     """List what is registered; ``targets``: every target (robench's and pyiqa's full-reference
-    metrics) with whether it runs here, offline."""
-    from robench.core.registry import REGISTRIES
+    metrics) with whether it runs here, offline; ``attacks NAME``: that attack's parameters."""
+    from robench.core.registry import ATTACKS, REGISTRIES
 
     if kind == "targets":
         return _print_rows("targets", _targets(), as_json)
@@ -32,7 +33,27 @@ def ls(
         close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise RobenchError(f"unknown registry {kind!r}{hint} (choose from {', '.join(REGISTRIES)}, targets)")
+    if name is not None:
+        if REGISTRIES[kind] is not ATTACKS:
+            raise RobenchError(f"a NAME lists one attack's parameters; got it with {kind!r}")
+        return _print_rows(f"attack {name}: parameters", _attack_params(ATTACKS.get(name)), as_json)
     _print_rows(kind, REGISTRIES[kind].info(), as_json)
+
+
+def _attack_params(cls) -> list[dict]:
+    """One row per hyper-parameter: its default, each profile's value, whether it is a budget."""
+    from robench.attacks.base import declared_params
+
+    return [
+        {
+            "name": k,
+            "summary": p.doc,
+            "default": p.default,
+            **{f"{prof}": v[k] for prof, v in cls.budgets.items() if k in v},
+            "budget": p.budget,
+        }
+        for k, p in declared_params(cls).items()
+    ]
 
 
 def _targets() -> list[dict]:
@@ -66,7 +87,9 @@ def _print_rows(kind: str, rows: list[dict], as_json: bool) -> None:
         emit_json(rows)
         return
     table = Table(title=f"robench {kind}")
-    cols = ["name", "summary"] + sorted({k for r in rows for k in r} - {"name", "summary", "origin"})
+    # nested values (parameters, budgets) are unreadable in a cell: --json, or `ls attacks NAME`
+    nested = {k for r in rows for k, v in r.items() if isinstance(v, (dict, list))}
+    cols = ["name", "summary"] + sorted({k for r in rows for k in r} - {"name", "summary", "origin"} - nested)
     for c in cols:
         table.add_column(c, overflow="fold")
     for r in rows:

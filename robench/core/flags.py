@@ -46,8 +46,10 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
         lambda f: f.get("bound_non_vacuous_fraction") is not None and f["bound_non_vacuous_fraction"] < 0.5,
     ),
     (
-        "grad",
-        "zero or NaN input gradients at the clean image",
+        "mask",
+        "gradient masking: zero or NaN input gradients at the clean image, so a gradient attack's figure is no "
+        "evidence of robustness (the leaderboard ranks such a target by its score-only attacks: Square, "
+        "Parsimonious)",
         lambda f: bool(f.get("zero_grad", 0)) or bool(f.get("nan_grad", 0)),
     ),
     # the budget it needed (robench run --escalate): the cell's convergence record holds the ladder

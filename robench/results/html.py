@@ -168,7 +168,9 @@ def _board_row(r: dict, stats: dict, ir, certified: list[dict]) -> tuple[dict, d
             key = f"{kind}|{short}|{e['attack']}|{a['eps']:g}"
             shown = FL.labels(e["flag_details"])
             vals[key] = (a["value"], _with_ci(a) + "".join(_badge(f) for f in shown))
-            if kind == "SROCC" and a["value"] is not None and a["value"] < worst.get(short, np.inf):
+            # a masked gradient never ranks a row: what the attack failed to move is not robustness
+            masked = "mask" in e["flags"]
+            if kind == "SROCC" and not masked and a["value"] is not None and a["value"] < worst.get(short, np.inf):
                 worst[short], worst_labels[short] = a["value"], list(shown)
         if kind == "2AFC":
             st = stats.get(e["cell_key"], {})
@@ -179,7 +181,7 @@ def _board_row(r: dict, stats: dict, ir, certified: list[dict]) -> tuple[dict, d
     for short, v in worst.items():
         vals[f"worst|{short}"] = (v, f"<b>{_num(v)}</b>" + "".join(_badge(f) for f in worst_labels[short]))
     # the row is ranked by its worst case under the ranking attack (else its first protocol's):
-    # unreliable only when that figure comes from a flagged evaluation
+    # unreliable only when that figure comes from a flagged evaluation, or when there is none
     ranked = "ranking" if "ranking" in worst else next(iter(worst), None)
     r = {**r, "unreliable": bool(worst_labels.get(ranked)) if ranked else bool(r["flags"])}
     if ir is not None:
@@ -253,7 +255,8 @@ def leaderboard(records: list[dict], cells_json: list[dict], tables: list, certi
         f"its interval; flip: 2AFC decision-flip rate; cert: median certified interval width (MOS) per L2 radius. "
         f"Click a header to sort; default order: worst case under the ranking attack, most robust first. A flagged "
         f"value carries its flag codes; a row is marked <span class='unreliable'>unreliable</span> only when "
-        f"the figure it is ranked by (its worst case) comes from a flagged evaluation.</p>"
+        f"the figure it is ranked by (its worst case) comes from a flagged evaluation; a gradient attack on a "
+        f"target that masks its gradient ([mask]) gives no worst case.</p>"
         f"<div class='scroll'><table id='leaderboard-table' class='sortable' data-default='{default}'>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
         f"<details><summary>Flag legend</summary><ul class='legend'>{legend}</ul></details></section>"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, Param
 from robench.core.registry import ATTACKS
 
 
@@ -20,8 +20,10 @@ class RandomSignHillClimb(Attack):
     kind = "fixed"  # run once per ε ("minimisation": run once, clipped to every ε by the harness)
     needs = "scores"  # forwards only; "gradients" attacks refuse non-differentiable targets
     iterative = True
-    defaults = {"queries": 100, "step": 0.5}  # every hyper-parameter with its default
-    budget_params = ("queries",)  # halved by the engine's convergence check (flag not_converged)
+    # every hyper-parameter: its default and what it means; budget=True: halved by the engine's
+    # convergence check (flag not_converged) and scaled by --escalate
+    queries: Param[int] = Param(100, "score queries per image", budget=True)
+    step: Param[float] = Param(0.5, "proposal size as a fraction of ε")
     budgets = {"quick": {"queries": 20}, "paper": {"queries": 200}}  # what each profile sets
     test_options = {"queries": 4}  # small parameters for the generic tests
     suite = None  # not in `--attacks all` (an int places it in the suite and in report tables)
