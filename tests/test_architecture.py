@@ -255,11 +255,9 @@ MAX_BODY = 60
 LONG = {  # "module:function": (current body lines, why it is still long)
     "robench/data/mini.py:build_mini": (122, "the built set's one pass: photos, distortions, labels, manifest"),
     "robench/engine/train.py:train": (110, "clean training driver: data, trainer, selection, provenance"),
-    "robench/cli/run.py:run_cmd": (102, "a CLI command: its length is its option handling"),
     "robench/engine/finetune.py:adversarial_train": (94, "fine-tune driver: recipe, trainer, provenance"),
     "robench/engine/validate.py:dry_build": (88, "the paper grid's dry build and cost table"),
     "robench/results/plots.py:draw_sweep": (85, "one figure's facets, bands and legend"),
-    "robench/cli/run.py:train_cmd": (84, "a CLI command: its length is its option handling"),
     "robench/engine/bench.py:kernels": (83, "the kernel benchmark's interleaved rounds"),
     "robench/results/paper.py:to_latex": (80, "paper.tex's sections"),
     "robench/defenses/diffpure.py:train_diffpure": (78, "the purifier's training driver"),

@@ -86,18 +86,7 @@ def train_cmd(
     from robench.engine.train import train
 
     resolve_device(device)  # before any data is read
-
-    # an inference defence that trains weights of its own (DiffPure's DDPM) declares `train_weights`;
-    # recipes (r, at, aat) fine-tune MODEL; the CLI names neither
-    own = None
-    if defense:
-        from robench.core.registry import DEFENSES
-
-        cls = DEFENSES.get(defense)
-        if getattr(cls, "kind", None) == "inference":
-            own = getattr(cls, "train_weights", None)
-            if own is None:
-                raise RobenchError(f"--defense {defense} has no weights to train (an inference-time defence)")
+    own = _own_weights_trainer(defense)
     if own is None and not model:
         raise RobenchError("give --model (the architecture to train, e.g. --model birqa)")
     if train_seed is not None and (not defense or own is not None):
@@ -152,6 +141,28 @@ def train_cmd(
         max_steps_per_epoch=max_steps_per_epoch,
         device=device,
     )
+    _print_trained(r, as_json)
+
+
+def _own_weights_trainer(defense: str | None):
+    """An inference defence that trains weights of its own (DiffPure's DDPM) declares
+    ``train_weights``: that function; None for no defence or a recipe (r, at, aat: they fine-tune
+    MODEL). The CLI names neither."""
+    if not defense:
+        return None
+    from robench.core.registry import DEFENSES
+
+    cls = DEFENSES.get(defense)
+    if getattr(cls, "kind", None) != "inference":
+        return None
+    own = getattr(cls, "train_weights", None)
+    if own is None:
+        raise RobenchError(f"--defense {defense} has no weights to train (an inference-time defence)")
+    return own
+
+
+def _print_trained(r, as_json: bool) -> None:
+    """A clean training's result: JSON on stdout, or one line on stderr."""
     res = {
         "name": r.name,
         "out": str(r.out),
@@ -342,14 +353,13 @@ def run_cmd(
     """Attack targets across ε budgets; store every cell; print clean vs attacked SROCC (or 2AFC accuracy).
     --model and --defense take comma lists: the grid is every model × defence × attack. The
     settings form one run configuration (written beside the store as config.toml)."""
-    from robench.core.config import RunConfig
     from robench.core.target import check_amp
-    from robench.engine.executors import check_name
     from robench.engine.grid import run_config
 
     amp = check_amp(amp)  # an unknown value fails here, naming the allowed ones
     n_items = parse_n(n)
     eps = parse_eps(eps, eps_units)
+    keep = "all" if keep_images else "none" if no_gallery else None
     if config is not None:
         given = {
             "--model": model,
@@ -368,73 +378,26 @@ def run_cmd(
             "--amp": amp,
             "--direction": direction,
         }
-        clash = [k for k, v in given.items() if v] + [
-            k
-            for k, v, d in (
-                ("--attacks", attacks, "all"),
-                ("--split", split, "test"),
-                ("--profile", profile, "quick"),
-                ("--seed", seed, 0),
-                ("--executor", executor, "serial"),
-            )
-            if v != d
-        ]
+        changed = (
+            ("--attacks", attacks, "all"),
+            ("--split", split, "test"),
+            ("--profile", profile, "quick"),
+            ("--seed", seed, 0),
+            ("--executor", executor, "serial"),
+        )
+        clash = [k for k, v in given.items() if v] + [k for k, v, d in changed if v != d]
         if clash:
             raise RobenchError(f"--config {config} holds the settings: drop {', '.join(clash)} (edit the file instead)")
-        cfg = RunConfig.from_toml(config)
-        if store is not None:
-            cfg.store = str(store)
-        if device is not None:
-            cfg.device = device
-        if compile_:
-            cfg.compile = True
-        if escalate:
-            cfg.escalate = escalate
-        if keep_images or no_gallery:
-            cfg.keep_images = "all" if keep_images else "none"
-        cfg.force = cfg.force or force or not resume
+        cfg = _config_from_file(config, store, device, compile_, escalate, keep, force or not resume)
     else:
-        if not model:
-            raise RobenchError("give --model (e.g. --model birqa) or --config run.toml")
-        check_name(executor)
-        opts: dict[str, Any] = {}
-        if root is not None:
-            opts["root"] = str(root)
-        opts.update(_parse_kv(dataset_option, "--dataset-option"))
-        ex_opts = (
-            {"address": address, "num_cpus": workers, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell}
-            if executor == "ray"
-            else {}
-        )
-        cfg = RunConfig.from_dict(
-            {
-                "targets": model,
-                "attacks": attacks,
-                "defenses": defense or "none",
-                "dataset": dataset,
-                "split": split,
-                "eps": eps,
-                "profile": profile,
-                "n": n_items,
-                "seed": seed,
-                "seeds": seeds,
-                "weights": weights,
-                "store": str(store) if store else None,
-                "force": force or not resume,
-                "dataset_options": opts,
-                "attack_params": _parse_nested(attack_option, "--attack-option", "attack"),
-                "defense_options": _parse_nested(defense_option, "--defense-option", "defence"),
-                "executor": executor,
-                "executor_options": ex_opts,
-                "device": device or "cpu",
-                "amp": amp,
-                "compile": compile_,
-                "escalate": escalate,
-                "keep_images": "all" if keep_images else "none" if no_gallery else "top",
-                **({"directions": direction} if direction else {}),
-            },
-            where="robench run",
-        )
+        cfg = _config_from_flags(
+            model=model, attacks=attacks, defense=defense, dataset=dataset, split=split, eps=eps, profile=profile,
+            n=n_items, seed=seed, seeds=seeds, weights=weights, store=store, force=force or not resume, root=root,
+            dataset_option=dataset_option, attack_option=attack_option, defense_option=defense_option,
+            executor=executor, address=address, workers=workers, cpus_per_cell=cpus_per_cell,
+            gpus_per_cell=gpus_per_cell, device=device, amp=amp, compile_=compile_, escalate=escalate, keep=keep,
+            direction=direction,
+        )  # fmt: skip
     grid = run_config(cfg, progress=True, log=lambda m: err.print("[yellow]warning:[/] " + escape(m), markup=True))
     if as_json:
         emit_json(grid["runs"][0] if len(grid["runs"]) == 1 else grid)
@@ -444,6 +407,78 @@ def run_cmd(
         err.print(f"run configuration: {grid['config']}")
     if any(c.get("status") == "failed" for r in grid["runs"] for c in r["cells"]):
         raise typer.Exit(1)
+
+
+def _config_from_flags(
+    *,
+    model, attacks, defense, dataset, split, eps, profile, n, seed, seeds, weights, store, force, root,
+    dataset_option, attack_option, defense_option, executor, address, workers, cpus_per_cell, gpus_per_cell,
+    device, amp, compile_, escalate, keep, direction,
+):  # fmt: skip
+    """The run configuration the command line's flags give (no --config)."""
+    from robench.core.config import RunConfig
+    from robench.engine.executors import check_name
+
+    if not model:
+        raise RobenchError("give --model (e.g. --model birqa) or --config run.toml")
+    check_name(executor)
+    opts: dict[str, Any] = {} if root is None else {"root": str(root)}
+    opts.update(_parse_kv(dataset_option, "--dataset-option"))
+    ex_opts = (
+        {"address": address, "num_cpus": workers, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell}
+        if executor == "ray"
+        else {}
+    )
+    return RunConfig.from_dict(
+        {
+            "targets": model,
+            "attacks": attacks,
+            "defenses": defense or "none",
+            "dataset": dataset,
+            "split": split,
+            "eps": eps,
+            "profile": profile,
+            "n": n,
+            "seed": seed,
+            "seeds": seeds,
+            "weights": weights,
+            "store": str(store) if store else None,
+            "force": force,
+            "dataset_options": opts,
+            "attack_params": _parse_nested(attack_option, "--attack-option", "attack"),
+            "defense_options": _parse_nested(defense_option, "--defense-option", "defence"),
+            "executor": executor,
+            "executor_options": ex_opts,
+            "device": device or "cpu",
+            "amp": amp,
+            "compile": compile_,
+            "escalate": escalate,
+            "keep_images": keep or "top",
+            **({"directions": direction} if direction else {}),
+        },
+        where="robench run",
+    )
+
+
+def _config_from_file(
+    path: Path, store: Path | None, device: str | None, compile_: bool, escalate: int, keep: str | None, force: bool
+):
+    """``--config FILE``: its settings, with the flags that may override a file's."""
+    from robench.core.config import RunConfig
+
+    cfg = RunConfig.from_toml(path)
+    if store is not None:
+        cfg.store = str(store)
+    if device is not None:
+        cfg.device = device
+    if compile_:
+        cfg.compile = True
+    if escalate:
+        cfg.escalate = escalate
+    if keep is not None:
+        cfg.keep_images = keep
+    cfg.force = cfg.force or force
+    return cfg
 
 
 def parse_n(n: str | None) -> int | None:
