@@ -299,3 +299,27 @@ def test_a_collapsing_run_stops_and_keeps_the_last_weights_above_the_floor(clean
     _, (data, val) = training_data("mini", prof, 0, TINY, "train", "val")
     task = recipes.R(robench.load_model("birqa.r"), data, prof, 0, "birqa", heldout=val)
     assert task.scale_stats()["clean_sd"] == pytest.approx(kept["clean_sd"], rel=1e-4)
+
+
+def test_a_recipe_may_have_its_own_learning_rate():
+    """quick gives R- its own learning rate (at adv_lr its scale guard restored the clean weights);
+    the other recipes keep adv_lr, and an explicit override wins."""
+    from robench.engine.finetune import _fine_tune_profile
+
+    q = PROFILES["quick"]
+    assert _fine_tune_profile("quick", None, None, "r").adv_lr == q.adv_lr_by_recipe["r"] != q.adv_lr
+    assert _fine_tune_profile("quick", None, None, "aat").adv_lr == q.adv_lr
+    assert _fine_tune_profile("quick", {"adv_lr": 3e-3}, None, "r").adv_lr == 3e-3
+
+
+def test_a_fine_tune_that_did_not_train_is_flagged():
+    """[untr]: the guard kept the step-0 weights, or the held-out EMA never fell by min_delta."""
+    from robench.core.flags import active, fine_tune_untrained
+
+    kept0 = {"scale_guard": {"collapsed": {"kept_step": 0}}}
+    flat = {"heldout_start": 1.652, "best_heldout_ema": 1.6514, "min_delta": 0.01}  # −0.04 %: noise
+    fell = {"heldout_start": 1.547, "best_heldout_ema": 1.187, "min_delta": 0.01}
+    assert fine_tune_untrained(kept0) and fine_tune_untrained(flat)
+    assert not fine_tune_untrained(fell) and not fine_tune_untrained({"best_heldout_step": 0})  # old records
+    assert not fine_tune_untrained({"scale_guard": {"collapsed": {"kept_step": 30}}})
+    assert "untr" in active({"untrained": True}) and "untr" not in active({})

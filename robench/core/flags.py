@@ -46,6 +46,13 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
         lambda f: f.get("bound_non_vacuous_fraction") is not None and f["bound_non_vacuous_fraction"] < 0.5,
     ),
     (
+        "untr",
+        "the defence's fine-tune did not train: its held-out objective never fell by the stopping rule's margin "
+        "below its step-0 value, or its collapse guard restored the step-0 weights — the row is its clean model "
+        "(plus noise), not a trained defence",
+        lambda f: bool(f.get("untrained")),
+    ),
+    (
         "mask",
         "gradient masking: zero or NaN input gradients at the clean image, so a gradient attack's figure is no "
         "evidence of robustness (the leaderboard ranks such a target by its score-only attacks: Square, "
@@ -85,6 +92,17 @@ FLAGS: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
     ),
 )
 LEGEND = {code: text for code, text, _ in FLAGS}
+
+
+def fine_tune_untrained(provenance: dict[str, Any] | None) -> bool:
+    """Whether recipe weights' provenance says the fine-tune did not train ([untr]): the collapse
+    guard kept the step-0 weights, or the best held-out EMA is not ``min_delta`` (relative) below
+    the step-0 one. False where the provenance predates these records."""
+    p = provenance or {}
+    if ((p.get("scale_guard") or {}).get("collapsed") or {}).get("kept_step") == 0:
+        return True
+    start, best, tol = p.get("heldout_start"), p.get("best_heldout_ema"), p.get("min_delta")
+    return None not in (start, best, tol) and best > start * (1 - tol)
 
 
 def active(flags: dict[str, Any] | None) -> list[str]:

@@ -382,6 +382,8 @@ class TrainingRecipe(TrainTask):
             "steps_run": steps_done,
             "best_heldout_ema": st.best,
             "best_heldout_step": st.best_step,
+            # the step-0 EMA: a run whose best is not min_delta below it did not train
+            "heldout_start": self.heldout_rows[0]["ema"] if self.heldout_rows else None,
             "heldout_evals": len(self.heldout_rows),
             "scale_guard": self.scale_guard(),
         }

@@ -86,7 +86,7 @@ def adversarial_train(
         raise RobenchError(f"{recipe!r} is not a training recipe (recipes: {', '.join(training_recipes())})")
     dev = resolve_device(device)
     dataset = dataset or default_dataset()
-    prof = _fine_tune_profile(profile, overrides, inner)
+    prof = _fine_tune_profile(profile, overrides, inner, recipe)
     base, tag = split_name(model)
     if tag is not None:
         raise RobenchError(f"give the architecture ({base!r}), not a variant: the recipe makes {base}.{recipe}")
@@ -174,15 +174,17 @@ def adversarial_train(
     }
 
 
-def _fine_tune_profile(profile: str, overrides: dict[str, Any] | None, inner: str | None):
-    """The profile with the fine-tune's overrides (each a known field) and inner objective."""
+def _fine_tune_profile(profile: str, overrides: dict[str, Any] | None, inner: str | None, recipe: str = ""):
+    """The profile with the recipe's own learning rate (``adv_lr_by_recipe``), the fine-tune's
+    overrides (each a known field) and inner objective."""
     from dataclasses import fields
 
     prof = get_profile(profile)
     unknown = sorted(set(overrides or {}) - {f.name for f in fields(prof)})
     if unknown:
         raise RobenchError(f"unknown profile field(s) {', '.join(map(repr, unknown))} in the fine-tune's overrides")
-    prof = replace(prof, **(overrides or {}), **({} if inner is None else {"adv_inner": inner}))
+    own_lr = {"adv_lr": prof.adv_lr_by_recipe[recipe]} if recipe in prof.adv_lr_by_recipe else {}
+    prof = replace(prof, **{**own_lr, **(overrides or {})}, **({} if inner is None else {"adv_inner": inner}))
     inner_objective(prof)  # an unknown name fails before anything is trained
     return prof
 
@@ -235,6 +237,7 @@ def _stop_record(stop: dict[str, Any]) -> dict[str, Any]:
         "scale_guard": stop["scale_guard"],
         "best_heldout_ema": stop["best_heldout_ema"],
         "best_heldout_step": stop["best_heldout_step"],
+        "heldout_start": stop["heldout_start"],
     }
 
 

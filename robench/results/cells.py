@@ -262,9 +262,12 @@ def read_cells(
         if rows is None or rows.empty:
             continue
         out.append(_cell_data(c, rows))
-        t1 = ((weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}).get("theorem1")
+        prov = (weights.get(cfg["target"]["weights_sha256"]) or {}).get("provenance") or {}
+        t1 = prov.get("theorem1")
         if t1 and t1.get("n_batches"):  # AAT weights: the training bound's evidence is a flag of every cell
             out[-1].flags = {**out[-1].flags, "bound_non_vacuous_fraction": t1["non_vacuous_fraction"]}
+        if (cfg.get("defense") or {}).get("training") and FL.fine_tune_untrained(prov):
+            out[-1].flags = {**out[-1].flags, "untrained": True}
         out[-1].clean_scale = (c["summary"] or {}).get("clean_scale")
     scale_checks(out)
     return out, weights

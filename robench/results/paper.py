@@ -60,7 +60,7 @@ PAPER_DATASETS = dict(_NAMES["PAPER_DATASETS"])
 STATUSES = ("reproduced", "contradicted", "inconclusive", "not measured")
 NOT_MEASURED = "not measured"
 #: flags of a cell that concern a clean comparison too (the weights, not the attack)
-CLEAN_FLAGS = ("vac", "mask")
+CLEAN_FLAGS = ("vac", "untr", "mask")
 
 
 # --------------------------------------------------------------------------------------------
