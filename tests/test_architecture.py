@@ -265,17 +265,8 @@ LONG = {  # "module:function": (current body lines, why it is still long)
     "robench/results/paper.py:evaluate_claims": (76, "every claim instance at every ε"),
     "robench/engine/items.py:load_items": (75, "a dataset's items: subset, size, digest"),
     "robench/results/html.py:setting": (72, "the page's setting section"),
-    "robench/results/checks.py:check": (70, "the regression gate's rows"),
-    "robench/core/config.py:from_dict": (69, "a run configuration's validation"),
     "robench/engine/certify.py:_certify_batch": (68, "one batch of certificates and its check attack"),
-    "robench/results/html.py:gallery": (66, "the kept images of every cell"),
     "robench/attacks/_ascent.py:ascend": (66, "the shared ascent loop (hot path)"),
-    "robench/engine/transfer.py:transfer": (65, "the transfer driver"),
-    "robench/results/transfer.py:transfer_data": (63, "transfer entries with their intervals"),
-    "robench/engine/grid.py:run_grid": (63, "the grid driver"),
-    "robench/engine/certify.py:load_certified": (63, "certificates read back"),
-    "robench/results/transfer.py:certified_table": (62, "the certificate table"),
-    "robench/engine/bench.py:attack_strength": (62, "the strength benchmark driver"),
 }
 
 

@@ -133,25 +133,7 @@ class RunConfig(RunSettings):
     def from_dict(cls, data: dict[str, Any], where: str = "run configuration") -> "RunConfig":
         """Keys as in the TOML file; ``model``/``defense``/``attack`` (comma lists) are accepted
         for ``targets``/``defenses``/``attacks``, as the CLI flags are named."""
-        data = dict(data)
-        alias = {
-            "model": "targets",
-            "models": "targets",
-            "defense": "defenses",
-            "attack": "attacks",
-            "direction": "directions",
-        }
-        for a, k in alias.items():
-            if a in data:
-                if k in data:
-                    raise RobenchError(f"{where}: give {k!r} or {a!r}, not both")
-                data[k] = data.pop(a)
-        known = {f.name for f in fields(cls)}
-        for k in data:
-            if k not in known:
-                close = difflib.get_close_matches(k, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise UnknownNameError(f"{where}: unknown setting {k!r}{hint} (settings: {', '.join(sorted(known))})")
+        data = _known_settings(cls, data, where)
         if "targets" not in data or not _comma(data["targets"]):
             raise RobenchError(f'{where}: no target given (targets = ["birqa"] or --model)')
         data["targets"] = _comma(data["targets"])
@@ -167,13 +149,7 @@ class RunConfig(RunSettings):
                 raise RobenchError(
                     f"{where}: --eps / eps must be comma-separated numbers in /255 units, got {eps!r}"
                 ) from None
-        for k in ("dataset_options", "attack_params", "defense_options", "executor_options"):
-            if not isinstance(data.get(k, {}), dict):
-                raise RobenchError(f"{where}: {k} must be a table, got {data[k]!r}")
-        for k in ("attack_params", "defense_options"):
-            for name, v in data.get(k, {}).items():
-                if not isinstance(v, dict):
-                    raise RobenchError(f"{where}: {k}.{name} must be a table of parameters, got {v!r}")
+        _check_tables(data, where)
         if data.get("store") is not None:
             data["store"] = str(data["store"])
         if data.get("device") is not None:
@@ -317,6 +293,44 @@ def _shared(c: RunSettings) -> dict[str, Any]:
 
     out = {f.name: copy.deepcopy(getattr(c, f.name)) for f in fields(RunSettings) if f.name != "dataset_options"}
     return {**out, "dataset_options": json.loads(json.dumps(c.dataset_options))}
+
+
+#: the CLI's flag names accepted as settings
+SETTING_ALIASES = {
+    "model": "targets",
+    "models": "targets",
+    "defense": "defenses",
+    "attack": "attacks",
+    "direction": "directions",
+}
+
+
+def _known_settings(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The settings with the CLI's aliases renamed; an unknown one fails with a suggestion."""
+    data = dict(data)
+    for a, k in SETTING_ALIASES.items():
+        if a in data:
+            if k in data:
+                raise RobenchError(f"{where}: give {k!r} or {a!r}, not both")
+            data[k] = data.pop(a)
+    known = {f.name for f in fields(cls)}
+    for k in data:
+        if k not in known:
+            close = difflib.get_close_matches(k, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"{where}: unknown setting {k!r}{hint} (settings: {', '.join(sorted(known))})")
+    return data
+
+
+def _check_tables(data: dict[str, Any], where: str) -> None:
+    """The option settings are tables, and each attack's or defence's entry a table of parameters."""
+    for k in ("dataset_options", "attack_params", "defense_options", "executor_options"):
+        if not isinstance(data.get(k, {}), dict):
+            raise RobenchError(f"{where}: {k} must be a table, got {data[k]!r}")
+    for k in ("attack_params", "defense_options"):
+        for name, v in data.get(k, {}).items():
+            if not isinstance(v, dict):
+                raise RobenchError(f"{where}: {k}.{name} must be a table of parameters, got {v!r}")
 
 
 def parse_seeds(v: Any, where: str = "--seeds") -> list[int]:

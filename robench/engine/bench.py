@@ -515,14 +515,11 @@ def attack_strength(
         "rows": [],
     }
     for name in models:
-        target = load_model(name, device=device).eval()
-        for p in target.parameters():
-            p.requires_grad_(False)
+        target = load_model(name, device=device).eval().requires_grad_(False)
         for direction in directions:
             signs = torch.from_numpy(get_direction(direction).signs(mos, len(items))[0]).float()
             for e255 in epses:
                 e = e255 / 255
-
                 run = partial(
                     _strength_run, target=target, x=x, r=r, e=e, signs=signs, prof=prof, overrides=attack_params
                 )

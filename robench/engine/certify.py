@@ -422,43 +422,7 @@ def load_certified(store, key: str | None = None) -> dict[str, Any] | list[dict[
         rows = store.db.execute(
             f"SELECT {', '.join(ROW_COLUMNS)} FROM certify_items WHERE run_key=? ORDER BY item, radius", (k,)
         ).fetchall()
-        items: dict[int, dict[str, Any]] = {}
-        a, b = cal.get("a"), cal.get("b")
-        to_mos = (lambda v: None if v is None else a * v + b) if a is not None else (lambda v: None)
-        for vals in rows:
-            r = dict(zip(ROW_COLUMNS, vals))
-            it = items.setdefault(
-                r["item"],
-                {
-                    "item": r["item"],
-                    "item_id": r["item_id"],
-                    "ref_id": r["ref_id"],
-                    "source": r["source"],
-                    "distortion": r["distortion"],
-                    "mos": r["mos"],
-                    "clean": r["clean"],
-                    "smoothed": r["smoothed"],
-                    "clean_mos": to_mos(r["clean"]),
-                    "smoothed_mos": to_mos(r["smoothed"]),
-                    "radii": [],
-                },
-            )
-            it["radii"].append(
-                {
-                    "radius": r["radius"],
-                    "lower": r["lower"],
-                    "upper": r["upper"],
-                    "abstain": bool(r["abstain"]),
-                    "lower_mos": to_mos(r["lower"]),
-                    "upper_mos": to_mos(r["upper"]),
-                    "attacked_up": r["attacked_up"],
-                    "attacked_down": r["attacked_down"],
-                    "attacked_up_low": r["attacked_up_low"],
-                    "attacked_down_high": r["attacked_down_high"],
-                    "outside": None if r["outside"] is None else bool(r["outside"]),
-                    "violated": None if r["violated"] is None else bool(r["violated"]),
-                }
-            )
+        items = _certified_items(rows, cal)
         rec = {
             "key": k,
             "config": cfg,
@@ -468,7 +432,7 @@ def load_certified(store, key: str | None = None) -> dict[str, Any] | list[dict[
             "device": json.loads(dev or "{}"),
             "seconds": secs,
             "n_items": n,
-            "items": list(items.values()),
+            "items": items,
         }
         rec["summary"] = summarise(rec)
         out.append(rec)
@@ -477,6 +441,49 @@ def load_certified(store, key: str | None = None) -> dict[str, Any] | list[dict[
             raise RobenchError(f"no certification run {key[:12]} in {store.path}")
         return out[0]
     return out
+
+
+def _certified_items(rows: list, cal: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's stored rows as items, each with its radii (and the MOS-scale values where the run
+    has a calibration)."""
+    items: dict[int, dict[str, Any]] = {}
+    a, b = cal.get("a"), cal.get("b")
+    to_mos = (lambda v: None if v is None else a * v + b) if a is not None else (lambda v: None)
+    for vals in rows:
+        r = dict(zip(ROW_COLUMNS, vals))
+        it = items.setdefault(
+            r["item"],
+            {
+                "item": r["item"],
+                "item_id": r["item_id"],
+                "ref_id": r["ref_id"],
+                "source": r["source"],
+                "distortion": r["distortion"],
+                "mos": r["mos"],
+                "clean": r["clean"],
+                "smoothed": r["smoothed"],
+                "clean_mos": to_mos(r["clean"]),
+                "smoothed_mos": to_mos(r["smoothed"]),
+                "radii": [],
+            },
+        )
+        it["radii"].append(
+            {
+                "radius": r["radius"],
+                "lower": r["lower"],
+                "upper": r["upper"],
+                "abstain": bool(r["abstain"]),
+                "lower_mos": to_mos(r["lower"]),
+                "upper_mos": to_mos(r["upper"]),
+                "attacked_up": r["attacked_up"],
+                "attacked_down": r["attacked_down"],
+                "attacked_up_low": r["attacked_up_low"],
+                "attacked_down_high": r["attacked_down_high"],
+                "outside": None if r["outside"] is None else bool(r["outside"]),
+                "violated": None if r["violated"] is None else bool(r["violated"]),
+            }
+        )
+    return list(items.values())
 
 
 def summarise(rec: dict[str, Any]) -> list[dict[str, Any]]:

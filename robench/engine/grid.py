@@ -170,16 +170,12 @@ def run_grid(
     from robench.core.provenance import git_commit, versions
 
     tune_cpu_allocator()
-
     if isinstance(executor, str):
         from robench.engine.executors import check_name
 
         check_name(executor)
-    stores = {str(Path(s.store) if s.store else default_store()) for s in specs}
-    if len(stores) != 1:
-        raise RobenchError(f"one grid writes one store, got {sorted(stores)}")
+    store_path = _one_store(specs)
     plans = [plan(s, progress) for s in specs]
-    store_path = Path(stores.pop())
     commit, vers = git_commit(), versions()
     t_run = time.perf_counter()
     compute_total = 0.0
@@ -187,11 +183,9 @@ def run_grid(
     by_key: dict[str, tuple[Plan, Any, Attack]] = {}
     with Store(store_path) as store, progress_bar(progress) as bar:
         todo = _pending(store, plans, by_key)
-        ex = (
-            executor
-            if isinstance(executor, Executor)
-            else (make_executor(executor, **(executor_options or {})) if todo else None)
-        )
+        ex = executor if isinstance(executor, Executor) else None
+        if ex is None and todo:
+            ex = make_executor(executor, **(executor_options or {}))
         local = {}
         if ex is not None and ex.name == "serial":
             for t in todo:  # in process: reuse the loaded target and items, per-item progress
@@ -227,6 +221,14 @@ def run_grid(
         "executor": ex.name if ex is not None else "none",
         "store": str(store_path),
     }
+
+
+def _one_store(specs: list[RunSpec]) -> Path:
+    """The store every spec writes (one grid, one store: the driver is its only writer)."""
+    stores = {str(Path(s.store) if s.store else default_store()) for s in specs}
+    if len(stores) != 1:
+        raise RobenchError(f"one grid writes one store, got {sorted(stores)}")
+    return Path(stores.pop())
 
 
 def _pending(store: Store, plans: list[Plan], by_key: dict) -> list:

@@ -148,12 +148,10 @@ def transfer(
 ) -> dict[str, Any]:
     """Score every kept image of the sources' cells with every ``to`` target; returns what was
     computed and what was already stored."""
-    from robench.core.config import RunSpec
     from robench.core.device import resolve_device, tune_cpu_allocator
     from robench.core.progress import progress_bar
     from robench.core.target import fingerprint
     from robench.engine.images import images_folder
-    from robench.engine.resolve import resolve_target, weights_records
     from robench.engine.store import Store
 
     tune_cpu_allocator()
@@ -169,11 +167,7 @@ def transfer(
     with Store(store_path) as store:
         open_tables(store)
         cells = _source_cells(store, sources, attacks)
-        targets = {}
-        for name in to:  # every to target loads before any work (an unknown name fails at once)
-            t, _ = resolve_target(RunSpec(model=name, attacks=[]), progress, train=False)
-            targets[name] = t.to(dev).eval().requires_grad_(False)
-            store.record_weights(weights_records(targets[name]))
+        targets = _load_targets(store, to, dev, progress)
         items_cache: dict[str, Any] = {}
         clean_cache: dict[tuple, torch.Tensor] = {}
         with progress_bar(progress) as bar:
@@ -191,11 +185,7 @@ def transfer(
                         "direction": cfg.get("direction") or "up",
                         "to": tgt.card.name,
                     }
-                    stored = store.db.execute(
-                        "SELECT 1 FROM transfer_runs WHERE source_key=? AND to_target=? AND to_weights_sha256=?",
-                        (cell["key"], tgt.card.name, sha),
-                    ).fetchone()
-                    if stored and not force:
+                    if _stored(store, cell["key"], tgt.card.name, sha) and not force:
                         report["pairs"].append({**pair, "status": "cached"})
                         if bar:
                             bar.advance(task)
@@ -213,6 +203,26 @@ def transfer(
                         bar.advance(task)
     report["seconds"] = time.perf_counter() - t_all
     return report
+
+
+def _load_targets(store, names: list[str], dev, progress: bool) -> dict[str, Any]:
+    """Every to target, loaded before any work (an unknown name fails at once), frozen, in eval
+    mode, its weights recorded in the store."""
+    from robench.core.config import RunSpec
+    from robench.engine.resolve import resolve_target, weights_records
+
+    targets = {}
+    for name in names:
+        t, _ = resolve_target(RunSpec(model=name, attacks=[]), progress, train=False)
+        targets[name] = t.to(dev).eval().requires_grad_(False)
+        store.record_weights(weights_records(targets[name]))
+    return targets
+
+
+def _stored(store, source_key: str, to: str, sha: str) -> bool:
+    """Whether the store holds this source cell scored by the to target's weights."""
+    q = "SELECT 1 FROM transfer_runs WHERE source_key=? AND to_target=? AND to_weights_sha256=?"
+    return store.db.execute(q, (source_key, to, sha)).fetchone() is not None
 
 
 def _score(target, dist, ref, idx, batch: int, dev) -> torch.Tensor:

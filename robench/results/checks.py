@@ -213,15 +213,8 @@ def check(
             flagged.append({"cell": ident, "flags": FL.labels(c.flags)})  # shown with the strength fraction
             bad = [f for f in codes if f in fail_on]
             if bad:
-                rows.append(
-                    {
-                        "cell": ident,
-                        "status": "fail",
-                        "point": "flags",
-                        "flags": codes,
-                        "reason": "flagged " + ", ".join(f"[{f}] {FL.LEGEND[f]}" for f in bad),
-                    }
-                )
+                reason = "flagged " + ", ".join(f"[{f}] {FL.LEGEND[f]}" for f in bad)
+                rows.append({"cell": ident, "status": "fail", "point": "flags", "flags": codes, "reason": reason})
         b = baseline["cells"].get(ident)
         if b is None:
             rows.append({"cell": ident, "status": "new", "point": "—", "flags": codes})
@@ -236,15 +229,8 @@ def check(
     for ident in sorted(set(baseline["cells"]) - set(current) - set(failed_now)):
         # a baseline cell the store lacks fails the gate (a shrunken suite, a changed --n) unless
         # the caller checks a subset on purpose
-        rows.append(
-            {
-                "cell": ident,
-                "status": "missing" if allow_missing else "fail",
-                "point": "—",
-                "reason": "in the baseline, not in the store"
-                + ("" if allow_missing else " (--allow-missing to accept)"),
-            }
-        )
+        reason = "in the baseline, not in the store" + ("" if allow_missing else " (--allow-missing to accept)")
+        rows.append({"cell": ident, "status": "missing" if allow_missing else "fail", "point": "—", "reason": reason})
     failed = [r for r in rows if r["status"] == "fail"]
     return {
         "store": str(store),

@@ -325,6 +325,24 @@ def table_html(t) -> str:
     )
 
 
+NO_GALLERY = (
+    "<section id='gallery'><h2>Adversarial examples</h2><p>No kept images in this store (runs keep the "
+    "4 most-moved items of each cell by default; <code>--no-gallery</code> keeps none, and the images "
+    "folder beside the store is not committed).</p></section>"
+)
+
+
+def _mos_map(first, orient: float, kind: str) -> tuple[float | None, float | None]:
+    """The least-squares map from a cell's clean oriented scores to MOS (slope, intercept); None
+    without MOS, with fewer than 3 items or no spread."""
+    if kind == "pairs" and first["mos"].notna().all() and len(first) > 2:
+        q0 = orient * first["clean_score"].to_numpy(float)
+        if np.ptp(q0) > 0:
+            a, b = np.polyfit(q0, first["mos"].to_numpy(float), 1)
+            return a, b
+    return None, None
+
+
 def gallery(model, per_cell: int = GALLERY_PER_CELL) -> tuple[str, int]:
     """The kept items (engine.images, "top") of every cell at its largest ε: reference, distorted,
     adversarial, perturbation ×(0.5/ε) around grey, scores before/after (oriented q, and MOS units
@@ -342,12 +360,7 @@ def gallery(model, per_cell: int = GALLERY_PER_CELL) -> tuple[str, int]:
         e_max = float(res["eps"].max())
         top = res[(res["eps"] == e_max) & res["dist_image"].notna() & res["image"].notna()]
         orient = -1.0 if cfg["target"]["lower_better"] else 1.0
-        first = res[res["eps"] == e_max].sort_values("item")
-        a = b = None
-        if cfg["dataset"]["kind"] == "pairs" and first["mos"].notna().all() and len(first) > 2:
-            q0 = orient * first["clean_score"].to_numpy(float)
-            if np.ptp(q0) > 0:
-                a, b = np.polyfit(q0, first["mos"].to_numpy(float), 1)
+        a, b = _mos_map(res[res["eps"] == e_max].sort_values("item"), orient, cfg["dataset"]["kind"])
         top = top.assign(move=(orient * (top["score"] - top["clean_score"])).abs()).sort_values("move", ascending=False)
         figs = []
         for _, r in top.head(per_cell).iterrows():
@@ -381,12 +394,7 @@ def gallery(model, per_cell: int = GALLERY_PER_CELL) -> tuple[str, int]:
                 f"{_e(d)} · ε {e_max:g}/255</h4>{''.join(figs)}</div>"
             )
     if not out:
-        return (
-            "<section id='gallery'><h2>Adversarial examples</h2><p>No kept images in this store (runs keep the "
-            "4 most-moved items of each cell by default; <code>--no-gallery</code> keeps none, and the images "
-            "folder beside the store is not committed).</p></section>",
-            0,
-        )
+        return NO_GALLERY, 0
     return (
         "<section id='gallery'><h2>Adversarial examples</h2><p>Per target · defence · attack · direction, the "
         f"items the attack moved most at the cell's largest ε (up to {per_cell}): the reference, the distorted image, "

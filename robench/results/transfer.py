@@ -51,12 +51,7 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
         cell = cells.loc[src_key]
         cfg = cell["config"]
         res = store.results(src_key)
-        tr = pd.read_sql_query(
-            "SELECT item, eps, clean_score, score FROM transfer_rows WHERE source_key=? AND "
-            "to_target=? AND to_weights_sha256=? ORDER BY eps, item",
-            store.db,
-            params=(src_key, to, sha),
-        )
+        tr = _transfer_rows(store, src_key, to, sha)
         direction = cfg.get("direction") or "up"
         first = res[np.isclose(res["eps"], res["eps"].iloc[0])].sort_values("item")
         mos = first["mos"].to_numpy(float) if cfg["dataset"]["kind"] == "pairs" else None
@@ -98,6 +93,16 @@ def transfer_data(store, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, 
                 )
             out.append(entry)
     return out
+
+
+def _transfer_rows(store, src_key: str, to: str, sha: str) -> pd.DataFrame:
+    """The to target's clean and adversarial scores of one source cell's images, by ε and item."""
+    return pd.read_sql_query(
+        "SELECT item, eps, clean_score, score FROM transfer_rows WHERE source_key=? AND "
+        "to_target=? AND to_weights_sha256=? ORDER BY eps, item",
+        store.db,
+        params=(src_key, to, sha),
+    )
 
 
 def _ci(vals: list[float]) -> list[float] | None:
@@ -261,6 +266,20 @@ def certified_data(store) -> list[dict[str, Any]]:
     return out
 
 
+#: the certificate table's columns, in the order certified_table fills them
+CERTIFIED_COLUMNS = (
+    "items",
+    "abstained",
+    "median width (q)",
+    "median width (MOS)",
+    "within ±0.5 MOS",
+    "certified ranking",
+    "… in MOS order",
+    "violations",
+    "estimate outside",
+)
+
+
 def certified_table(entries: list[dict[str, Any]]):
     from robench.results.table import Table
 
@@ -282,19 +301,10 @@ def certified_table(entries: list[dict[str, Any]]):
                 f"{x.get('outside', 0)}/{x['checked']}" if x["checked"] else "—",
             ]
         )
-    cols = [
-        "items",
-        "abstained",
-        "median width (q)",
-        "median width (MOS)",
-        "within ±0.5 MOS",
-        "certified ranking",
-        "… in MOS order",
-        "violations",
-        "estimate outside",
-    ]
     df = pd.DataFrame(
-        data, index=pd.MultiIndex.from_tuples(rows, names=["target", "defence", "σ", "R (L2)"]), columns=cols
+        data,
+        index=pd.MultiIndex.from_tuples(rows, names=["target", "defence", "σ", "R (L2)"]),
+        columns=list(CERTIFIED_COLUMNS),
     )
     df["items"] = df["items"].astype(object)
     df["abstained"] = df["abstained"].astype(object)
