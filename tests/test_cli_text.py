@@ -97,6 +97,7 @@ def test_every_flag_shows_in_run_summary_and_is_accepted_by_check(capsys):
         "gain_monotone_in_eps": False,
         "iterative_ge_single_step": False,
         "bound_non_vacuous_fraction": 0.1,
+        "untrained": True,
         "zero_grad": 3,
         "escalated": 1,
         "oom_halved": 1,

@@ -149,8 +149,11 @@ def clean_tiny_birqa(stop_home):
 
 
 def _prof(**kw):
-    # quick with a small batch and PGD-1 (speed), and the rule's settings of the test
-    return dataclasses.replace(get_profile("quick"), **{"train_batch": 4, "adv_pgd_steps": 1, **kw})
+    # quick with a small batch and PGD-1 (speed), and the rule's settings of the test; every recipe
+    # at the test's adv_lr (no recipe's own rate)
+    return dataclasses.replace(
+        get_profile("quick"), **{"train_batch": 4, "adv_pgd_steps": 1, "adv_lr_by_recipe": {}, **kw}
+    )
 
 
 def _log(out):
