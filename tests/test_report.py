@@ -732,3 +732,25 @@ def test_worst_is_computed_on_the_items_cells_share():
     per = t.df[[("SROCC", a) for a in ("fgsm", "pgd", "cw", "zhang")]].to_numpy(dtype=float)
     assert (worst <= per.max(axis=1) + 1e-9).all()
     assert "different item sets" in t.footnote and "own clean value" in t.footnote
+
+
+def test_sweep_takes_each_budget_from_the_cell_that_holds_it(tmp_path):
+    """A grid run in slices stores ε 1, 2, 4 and ε 8 of one row × attack in two cells: the sweep
+    shows every ε (the latest cell alone would blank 1, 2 and 4)."""
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
+    from robench.results.tables import sweep
+
+    rng = np.random.default_rng(0)
+    n = 30
+    mos, refs = rng.uniform(1, 5, n), np.arange(n)
+    q = mos / 5 + rng.normal(0, 0.2, n)
+    with Store(tmp_path / "s.sqlite") as st:
+        for eps in ([1, 2, 4], [8]):
+            adv = [q - 0.05 * e * rng.uniform(0, 1, n) for e in eps]
+            kw = dict(target="m", defense="none", training=None, attack="pgd", needs="gradients")
+            add_cell(st, **kw, eps=eps, mos=mos, q_clean=q, q_adv=adv, ref_ids=refs)
+    cells, weights = load_cells(tmp_path / "s.sqlite")
+    df = sweep(Analysis(cells, weights, ot="exact", n_boot=50)).df
+    assert len(df) == 1
+    assert all(np.isfinite(float(df.iloc[0][f"{e}/255"])) for e in (1, 2, 4, 8)), df.iloc[0]

@@ -283,36 +283,30 @@ def sweep(an: Analysis) -> Table | None:
         for row in an.rows(kind):
             for a in attack_order(c.attack for c in an.cells if c.row == row):
                 c = an.cell(row, a)
+                # each ε from the latest cell that holds it: a grid run in slices stores ε 1, 2, 4
+                # and ε 8 of one row × attack in two cells
+                at = {e: an.cell(row, a, e) or c for e in all_eps}
                 idx = (c.metric_name, *an.label(row), a)
                 index.append(idx)
-                q = c.q_at(an.eps)
-                msu = msu_scores(c.q_clean, q) if q is not None else {"abs_gain": np.nan, "R": np.nan}
-                psnr, ssim = c.perceptibility(an.eps)
-                k = c.eps_index(an.eps)
-                gain = float(np.mean(c.directed_gain(k))) if k is not None else np.nan
-                sd = c.clean_sd
+                ce = an.cell(row, a, an.eps) or c
+                q = ce.q_at(an.eps)
+                msu = msu_scores(ce.q_clean, q) if q is not None else {"abs_gain": np.nan, "R": np.nan}
+                psnr, ssim = ce.perceptibility(an.eps)
+                k = ce.eps_index(an.eps)
+                gain = float(np.mean(ce.directed_gain(k))) if k is not None else np.nan
+                sd = ce.clean_sd
                 data.append(
                     [c.clean_metric()]
-                    + [c.metric(e) for e in all_eps]
+                    + [at[e].metric(e) for e in all_eps]
                     + [gain, gain / sd if sd > 0 else np.nan, msu["abs_gain"], msu["R"], psnr, ssim]
                 )
                 for e in all_eps:
-                    if c.eps_index(e) is not None:  # no marker on a budget the cell does not hold
-                        _flag(flags, idx, f"{e:g}/255", c)
+                    if at[e].eps_index(e) is not None:  # no marker on a budget the cell does not hold
+                        _flag(flags, idx, f"{e:g}/255", at[e])
     if not data:
         return None
-    cols = (
-        ["clean"]
-        + [f"{e:g}/255" for e in all_eps]
-        + [
-            f"gain@{an.eps:g}",
-            f"gain/SD@{an.eps:g}",
-            f"MSU gain@{an.eps:g}",
-            f"MSU R@{an.eps:g}",
-            f"PSNR@{an.eps:g}",
-            f"SSIM@{an.eps:g}",
-        ]
-    )
+    at_eps = [f"{m}@{an.eps:g}" for m in ("gain", "gain/SD", "MSU gain", "MSU R", "PSNR", "SSIM")]
+    cols = ["clean"] + [f"{e:g}/255" for e in all_eps] + at_eps
     df = pd.DataFrame(
         data, index=pd.MultiIndex.from_tuples(index, names=["metric", *an.label_names(), "attack"]), columns=cols
     )
