@@ -254,18 +254,9 @@ def test_engine_results_and_contracts_name_no_plugin():
 MAX_BODY = 60
 LONG = {  # "module:function": (current body lines, why it is still long)
     "robench/data/mini.py:build_mini": (122, "the built set's one pass: photos, distortions, labels, manifest"),
-    "robench/engine/train.py:train": (110, "clean training driver: data, trainer, selection, provenance"),
-    "robench/engine/finetune.py:adversarial_train": (94, "fine-tune driver: recipe, trainer, provenance"),
-    "robench/engine/validate.py:dry_build": (88, "the paper grid's dry build and cost table"),
-    "robench/results/plots.py:draw_sweep": (85, "one figure's facets, bands and legend"),
-    "robench/engine/bench.py:kernels": (83, "the kernel benchmark's interleaved rounds"),
-    "robench/results/paper.py:to_latex": (80, "paper.tex's sections"),
+    "robench/engine/train.py:train": (94, "clean training driver: data, trainer, selection, provenance"),
+    "robench/engine/finetune.py:adversarial_train": (86, "fine-tune driver: recipe, trainer, provenance"),
     "robench/defenses/diffpure.py:train_diffpure": (78, "the purifier's training driver"),
-    "robench/engine/grid.py:plan": (77, "one run spec's target, items and cells"),
-    "robench/results/paper.py:evaluate_claims": (76, "every claim instance at every ε"),
-    "robench/engine/items.py:load_items": (75, "a dataset's items: subset, size, digest"),
-    "robench/results/html.py:setting": (72, "the page's setting section"),
-    "robench/engine/certify.py:_certify_batch": (68, "one batch of certificates and its check attack"),
     "robench/attacks/_ascent.py:ascend": (66, "the shared ascent loop (hot path)"),
 }
 

@@ -8,7 +8,7 @@
 #   3 the 2AFC decision flips on mini-2afc (up, ε 4): FGSM, PGD
 #   4 median-smoothing certified intervals (robench certify, σ 0.12, 100 draws)
 # Targets run cheapest first (measured fwd+bwd at 128 px, README of this folder). pyiqa's mad has
-# no finite gradient (every cell [grad]) and costs ~2.8 s an image: FGSM only, which shows the
+# no finite gradient (every cell [mask]) and costs ~2.8 s an image: FGSM only, which shows the
 # flag; pyiqa's ms_ssim needs ≥ 176 px and is left out at 128 px. A slice whose JSON exists is
 # skipped and a stored cell is skipped, so rerunning resumes. Two processes, one thread each:
 #   git worktree add /work/leaderboard HEAD && cd /work/leaderboard

@@ -10,6 +10,7 @@
 #   5 the ranking attack at eps 8
 #   6 FACPA (ranking attack, eps 1, 2, 4, 8)
 #   7 Table 7/9 shape on mini-2afc: BiRQA base, AAT, base + flip / rotate, FGSM and PGD
+#   8 the extensions: transfer matrix, UAP, certified intervals (base models; certificates of AAT too)
 # Two processes, one thread each (PART=a and PART=b split each slice by defence); every slice's
 # --json summary lands beside the store. Trains what is missing into $ROBENCH_HOME first (the
 # recipes at the profile's settings). Run it from a worktree at a fixed commit:
@@ -53,4 +54,23 @@ if [ "${PART:-all}" != b ]; then  # 2AFC: base and its purification wrappers, on
 fi
 if [ "${PART:-all}" != a ]; then
   DEFS="aat" slice 7 birqa fgsm,pgd 1,2,4,8 up mini-2afc
+fi
+# 8 the extensions on the same items (base models; certificates also for BiRQA-AAT): PGD at ε 8
+#   under both protocols with the images kept, the transfer matrix between the four sources, UAP
+#   beside FGSM, median-smoothing certified intervals with the L2 check attack. Costs measured at
+#   32 items (reports/extensions, ×3 for 96): PGD ≈ 35 min, UAP ≈ 3 h, certificates ≈ 1 h 40 min.
+SOURCES=${SOURCES:-birqa,lpips.alex,ssim,ms-ssim}
+ext() {  # name command...
+  local f="$OUT/ext-$1.json"; shift
+  [ -s "$f" ] && { echo "skip $f"; return; }
+  "$@" --store "$STORE" --json > "$f.tmp" && mv "$f.tmp" "$f"
+}
+if [ "${PART:-all}" != b ]; then  # ≈ 3 h 35 min
+  ext pgd $RB run --model "$SOURCES" --attacks pgd --eps 8 --n "$N" --direction up,mos-split --keep-images
+  ext transfer $RB transfer --source "$SOURCES" --to "$SOURCES"
+  ext uap $RB run --model "$SOURCES" --attacks fgsm,uap --eps 8 --n "$N" --direction up,mos-split
+fi
+if [ "${PART:-all}" != a ]; then  # ≈ 1 h 40 min (BiRQA-AAT's certificates: not measured before)
+  for m in ssim birqa; do ext "certify-$m" $RB certify --model "$m" --n "$N" --check-attack pgd; done
+  ext certify-birqa-aat $RB certify --model birqa --defense aat --n "$N" --check-attack pgd
 fi

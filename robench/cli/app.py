@@ -51,6 +51,19 @@ app.add_typer(plot_app, name="plot")
 # styled lines pass markup=True with their user text escaped
 err = Console(stderr=True, markup=False)
 
+
+def out_console() -> Console:
+    """The console of a command's tables on stdout. Written to a file or a pipe (a log, `make run
+    > log`), rich assumes 80 columns and cut the flags column of the run summary off; there it
+    gets 160. A terminal keeps its width, and ``COLUMNS`` wins either way."""
+    import os
+    import sys
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=160)
+
+
 #: the help of every ``--device`` (resolved and checked by robench.core.device.resolve_device)
 DEVICE_HELP = (
     "Where to compute: auto (CUDA when torch.cuda.is_available(), else CPU) | cpu | cuda | cuda:N. "

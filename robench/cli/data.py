@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from robench.cli.app import data_app, emit_json, err, user_errors, weights_app
+from robench.cli.app import out_console, data_app, emit_json, err, user_errors, weights_app
 from robench.core.errors import RobenchError
 
 
@@ -96,7 +95,7 @@ def data_info(
                 table.add_row(f"sources {s} ({d['n_sources']})", ", ".join(d["sources"]))
             continue
         table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
-    Console().print(table)
+    out_console().print(table)
 
 
 @data_app.command("verify")
@@ -180,7 +179,7 @@ def weights_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     for r in rows:
         src = r["source"] + ("" if r.get("in_use", True) else " (not used: this machine's own comes first)")
         table.add_row(r["name"], src, r["sha256"][:16], r["file"])
-    Console().print(table)
+    out_console().print(table)
 
 
 @weights_app.command("import")

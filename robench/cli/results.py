@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from robench.cli.app import app, emit_json, err, plot_app, user_errors
+from robench.cli.app import out_console, app, emit_json, err, plot_app, user_errors
 from robench.core import flags as FL
 from robench.core.errors import RobenchError
 
@@ -149,14 +148,14 @@ def check_cmd(
                 ",".join(r.get("flags") or []) or "—",
                 f"[{colour}]{status}[/]" if colour else status,
             )
-        Console().print(table)
+        out_console().print(table)
         if res["flagged"]:
-            Console().print(
+            out_console().print(
                 f"[yellow]{len(res['flagged'])} flagged cell(s)[/]: "
                 + escape("; ".join(f"[{k}] {v}" for k, v in res["flag_legend"].items()))
             )
         c = res["counts"]
-        Console().print(
+        out_console().print(
             ("[bold green]PASSED[/]" if res["passed"] else "[bold red]FAILED[/]")
             + f" — {c['ok']} ok, {c['fail']} failed, {c['drop-not-significant']} drops not significant, "
             f"{c['new']} new, {c['missing']} missing"

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from robench.cli.app import DEVICE_HELP, app, emit_json, err, user_errors
+from robench.cli.app import out_console, DEVICE_HELP, app, emit_json, err, user_errors
 from robench.core.errors import RobenchError
 
 
@@ -530,7 +529,7 @@ def _label(cell: dict[str, Any]) -> str:
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    out = Console()
+    out = out_console()
     metric = "SROCC"
     table = Table(
         title=f"{report['target']} on {report['dataset']}/{report['split']} (n={report['n']}, "

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robench.cli.app import DEVICE_HELP, app, bench_app, emit_json, err, user_errors
+from robench.cli.app import out_console, DEVICE_HELP, app, bench_app, emit_json, err, user_errors
 from robench.core.errors import RobenchError
 from robench.cli.run import _parse_nested
 
@@ -94,7 +94,7 @@ def _print_rows(kind: str, rows: list[dict], as_json: bool) -> None:
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*[str(r.get(c, "")) for c in cols])
-    Console().print(table)
+    out_console().print(table)
 
 
 @app.command("validate")
@@ -129,8 +129,10 @@ def validate_cmd(
                 table.add_column(c, overflow="fold")
             for c in res["checks"]:
                 table.add_row(c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAILED[/]", c["detail"])
-            Console().print(table)
-            Console().print("[bold green]installation OK[/]" if res["ok"] else "[bold red]installation has problems[/]")
+            out_console().print(table)
+            out_console().print(
+                "[bold green]installation OK[/]" if res["ok"] else "[bold red]installation has problems[/]"
+            )
         if not res["ok"]:
             raise typer.Exit(1)
         return
@@ -140,7 +142,7 @@ def validate_cmd(
     if as_json:
         emit_json(res)
         return
-    out = Console()
+    out = out_console()
     out.print(
         f"profile {res['profile']}: {len(res['targets'])} targets × {len(res['defenses'])} defences × "
         f"{len(res['attacks'])} attacks = [bold]{res['cells']} cells[/], {res['items_per_cell']} {res['dataset']} "
@@ -216,7 +218,7 @@ def bench_speed(
         table.add_row(
             r["model"], f"{r['images_per_s']:.2f}", f"{r['parameters'] / 1e6:.2f} M", f"{ratio:.2f}" if ratio else "—"
         )
-    Console().print(table)
+    out_console().print(table)
 
 
 @bench_app.command("attack")

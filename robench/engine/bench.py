@@ -282,37 +282,11 @@ def kernels(
                     flops = step_flops(bound["fast"], dist)
                     for nt in threads:
                         torch.set_num_threads(nt)
-                        times: dict[str, list[float]] = {"reference": [], "fast": []}
-                        last = {}
-                        for r in range(rounds + 1):  # round 0 warms up
-                            for mode in times:
-                                tune_cpu_allocator(mode == "fast")
-                                with reference_kernels(mode == "reference"):
-                                    seconds, q, g = _time_step(bound[mode], dist)
-                                last[mode] = (q, g)
-                                if r:
-                                    times[mode].append(seconds)
-                        med = {m: sorted(v)[len(v) // 2] / bsz for m, v in times.items()}
-                        (q0, g0), (q1, g1) = last["reference"], last["fast"]
-                        peak = out["peaks"][str(nt)]
-                        row = {
-                            "model": name,
-                            "size": f"{w}x{h}",
-                            "batch": bsz,
-                            "threads": nt,
-                            "reference_ms_per_image": 1e3 * med["reference"],
-                            "fast_ms_per_image": 1e3 * med["fast"],
-                            "speedup": med["reference"] / med["fast"],
-                            "gflop_per_image": flops / bsz / 1e9,
-                        }
-                        for m in times:
-                            gf = flops / bsz / med[m] / 1e9
-                            row[f"{m}_gflops"] = gf
-                            row[f"{m}_fraction_of_peak"] = gf / max(peak.values())
-                        row["score_rel_diff"] = float((q0 - q1).abs().max() / q0.abs().max().clamp_min(1e-12))
-                        row["grad_rel_diff"] = float((g0 - g1).abs().max() / g0.abs().max().clamp_min(1e-12))
+                        row = _kernel_row(name, bound, dist, (w, h), bsz, nt, rounds, flops, out["peaks"][str(nt)])
                         if isolated:
-                            iso = {m: isolated_step(name, (w, h), bsz, nt, m, rounds, seed) for m in times}
+                            iso = {
+                                m: isolated_step(name, (w, h), bsz, nt, m, rounds, seed) for m in ("reference", "fast")
+                            }
                             row.update(
                                 isolated_reference_ms_per_image=1e3 * iso["reference"],
                                 isolated_fast_ms_per_image=1e3 * iso["fast"],
@@ -320,21 +294,61 @@ def kernels(
                             )
                         out["results"].append(row)
                         if log is not None:
-                            log(
-                                f"{name} {w}x{h} batch {bsz}, {nt} thread(s): {row['reference_ms_per_image']:.1f} → "
-                                f"{row['fast_ms_per_image']:.1f} ms/img ({row['speedup']:.2f}×)"
-                                + (
-                                    f"; own processes {row['isolated_reference_ms_per_image']:.1f} → "
-                                    f"{row['isolated_fast_ms_per_image']:.1f} ({row['isolated_speedup']:.2f}×)"
-                                    if isolated
-                                    else ""
-                                )
-                            )
+                            log(_kernel_line(row, isolated))
                 del target, bound
     finally:
         torch.set_num_threads(was)
         tune_cpu_allocator(True)
     return out
+
+
+def _kernel_row(name, bound: dict, dist, size, bsz: int, nt: int, rounds: int, flops: float, peak: dict) -> dict:
+    """One model × size × threads: both paths' steps interleaved round by round (round 0 warms up)."""
+    from robench.core.device import tune_cpu_allocator
+    from robench.models import reference_kernels
+
+    times: dict[str, list[float]] = {"reference": [], "fast": []}
+    last = {}
+    for r in range(rounds + 1):
+        for mode in times:
+            tune_cpu_allocator(mode == "fast")
+            with reference_kernels(mode == "reference"):
+                seconds, q, g = _time_step(bound[mode], dist)
+            last[mode] = (q, g)
+            if r:
+                times[mode].append(seconds)
+    med = {m: sorted(v)[len(v) // 2] / bsz for m, v in times.items()}
+    (q0, g0), (q1, g1) = last["reference"], last["fast"]
+    row = {
+        "model": name,
+        "size": f"{size[0]}x{size[1]}",
+        "batch": bsz,
+        "threads": nt,
+        "reference_ms_per_image": 1e3 * med["reference"],
+        "fast_ms_per_image": 1e3 * med["fast"],
+        "speedup": med["reference"] / med["fast"],
+        "gflop_per_image": flops / bsz / 1e9,
+    }
+    for m in times:
+        gf = flops / bsz / med[m] / 1e9
+        row[f"{m}_gflops"] = gf
+        row[f"{m}_fraction_of_peak"] = gf / max(peak.values())
+    row["score_rel_diff"] = float((q0 - q1).abs().max() / q0.abs().max().clamp_min(1e-12))
+    row["grad_rel_diff"] = float((g0 - g1).abs().max() / g0.abs().max().clamp_min(1e-12))
+    return row
+
+
+def _kernel_line(row: dict, isolated: bool) -> str:
+    return (
+        f"{row['model']} {row['size']} batch {row['batch']}, {row['threads']} thread(s): "
+        f"{row['reference_ms_per_image']:.1f} → {row['fast_ms_per_image']:.1f} ms/img ({row['speedup']:.2f}×)"
+        + (
+            f"; own processes {row['isolated_reference_ms_per_image']:.1f} → "
+            f"{row['isolated_fast_ms_per_image']:.1f} ({row['isolated_speedup']:.2f}×)"
+            if isolated
+            else ""
+        )
+    )
 
 
 def own_process_step(

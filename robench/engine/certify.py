@@ -340,8 +340,6 @@ def _certify_items(store, key: str, target, items, radii, spec: CertifySpec, dev
 
 
 def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: CertifySpec, device) -> list[dict]:
-    from robench.attacks import CHECK_ATTACKS
-
     x = torch.cat([items.dist[i : i + 1] for i in chunk]).to(device)
     r = torch.cat([items.ref[i : i + 1] for i in chunk]).to(device)
     # one generator per item, seeded by the run seed and the item: the same draws at any batch size
@@ -355,59 +353,69 @@ def _certify_batch(target, items, chunk: list[int], radii: list[float], spec: Ce
     cert = certify_draws(draws, spec.sigma, radii, spec.alpha)
     out = []
     for j, R in enumerate(radii):
-        up = down = None
-        if spec.check_attack:
-            agen = torch.Generator().manual_seed(int(spec.seed) * 7919 + int(chunk[0]) * 31 + j)
-            att, conf = {}, {}
-            for sign in (1.0, -1.0):
-                xa = CHECK_ATTACKS[spec.check_attack](
-                    target, x, prep, local, sign, R, spec.sigma, spec.attack_steps, spec.attack_eot, agen
-                )
-                egens = [
-                    torch.Generator().manual_seed(
-                        int(spec.seed) * 1_000_003 + int(i) + 10_000_019 * (j + 1) + (0 if sign > 0 else 5_000_011)
-                    )
-                    for i in chunk
-                ]
-                dr = _smoothed_draws(target, xa, prep, local, spec.sigma, spec.samples, egens, chunk_imgs).cpu().numpy()
-                att[sign] = median_of(dr)
-                # the attacked point's own 1 − α interval for its true median (radius 0: p = ½ both sides)
-                ci = certify_draws(dr, spec.sigma, [0.0], spec.alpha)
-                conf[sign] = ci["lower"][:, 0] if sign > 0 else ci["upper"][:, 0]
-            up, down = att[1.0], att[-1.0]
+        checked = _check_attack(target, x, prep, local, chunk, j, R, spec, chunk_imgs) if spec.check_attack else None
         for b, i in enumerate(chunk):
-            ab = bool(cert["abstain"][b, j])
-            row = {
-                "item": int(i),
-                "radius": R,
-                "clean": float(clean[b]),
-                "smoothed": float(cert["smoothed"][b]),
-                "lower": None if ab else float(cert["lower"][b, j]),
-                "upper": None if ab else float(cert["upper"][b, j]),
-                "abstain": int(ab),
-                "attacked_up": None,
-                "attacked_down": None,
-                "attacked_up_low": None,
-                "attacked_down_high": None,
-                "outside": None,
-                "violated": None,
-            }
-            if up is not None:
-                up_low, down_high = conf[1.0][b], conf[-1.0][b]
-                row.update(
-                    attacked_up=float(up[b]),
-                    attacked_down=float(down[b]),
-                    attacked_up_low=None if np.isnan(up_low) else float(up_low),
-                    attacked_down_high=None if np.isnan(down_high) else float(down_high),
-                )
-                if not ab:
-                    row["outside"] = int(down[b] < row["lower"] or up[b] > row["upper"])
-                    row["violated"] = int(
-                        (not np.isnan(down_high) and down_high < row["lower"])
-                        or (not np.isnan(up_low) and up_low > row["upper"])
-                    )
-            out.append(row)
+            out.append(_certified_row(int(i), R, float(clean[b]), cert, b, j, checked))
     return out
+
+
+def _check_attack(target, x, prep, local, chunk, j: int, R: float, spec: CertifySpec, chunk_imgs: int):
+    """The check attack at radius R, up and down: each attacked point's smoothed median and its
+    own 1 − α bound on the side the attack pushed (radius 0: p = ½ both sides)."""
+    from robench.attacks import CHECK_ATTACKS
+
+    agen = torch.Generator().manual_seed(int(spec.seed) * 7919 + int(chunk[0]) * 31 + j)
+    att, conf = {}, {}
+    for sign in (1.0, -1.0):
+        xa = CHECK_ATTACKS[spec.check_attack](
+            target, x, prep, local, sign, R, spec.sigma, spec.attack_steps, spec.attack_eot, agen
+        )
+        egens = [
+            torch.Generator().manual_seed(
+                int(spec.seed) * 1_000_003 + int(i) + 10_000_019 * (j + 1) + (0 if sign > 0 else 5_000_011)
+            )
+            for i in chunk
+        ]
+        dr = _smoothed_draws(target, xa, prep, local, spec.sigma, spec.samples, egens, chunk_imgs).cpu().numpy()
+        att[sign] = median_of(dr)
+        ci = certify_draws(dr, spec.sigma, [0.0], spec.alpha)
+        conf[sign] = ci["lower"][:, 0] if sign > 0 else ci["upper"][:, 0]
+    return att[1.0], att[-1.0], conf[1.0], conf[-1.0]
+
+
+def _certified_row(item: int, R: float, clean: float, cert: dict, b: int, j: int, checked) -> dict:
+    ab = bool(cert["abstain"][b, j])
+    row = {
+        "item": item,
+        "radius": R,
+        "clean": clean,
+        "smoothed": float(cert["smoothed"][b]),
+        "lower": None if ab else float(cert["lower"][b, j]),
+        "upper": None if ab else float(cert["upper"][b, j]),
+        "abstain": int(ab),
+        "attacked_up": None,
+        "attacked_down": None,
+        "attacked_up_low": None,
+        "attacked_down_high": None,
+        "outside": None,
+        "violated": None,
+    }
+    if checked is None:
+        return row
+    up, down, up_conf, down_conf = checked
+    up_low, down_high = up_conf[b], down_conf[b]
+    row.update(
+        attacked_up=float(up[b]),
+        attacked_down=float(down[b]),
+        attacked_up_low=None if np.isnan(up_low) else float(up_low),
+        attacked_down_high=None if np.isnan(down_high) else float(down_high),
+    )
+    if not ab:
+        row["outside"] = int(down[b] < row["lower"] or up[b] > row["upper"])
+        row["violated"] = int(
+            (not np.isnan(down_high) and down_high < row["lower"]) or (not np.isnan(up_low) and up_low > row["upper"])
+        )
+    return row
 
 
 def load_certified(store, key: str | None = None) -> dict[str, Any] | list[dict[str, Any]]:

@@ -17,8 +17,7 @@ from robench.core.home import robench_home
 from robench.core.profiles import get_profile, inner_objective
 from robench.core.registry import DEFENSES, default_dataset, training_recipes
 from robench.core import weights as W
-from robench.core.device import device_record, resolve_device
-from robench.core.provenance import git_commit, versions
+from robench.core.device import resolve_device
 from robench.core.target import fingerprint, fit_calibration
 from robench.core.training import Trainer, config_hash, random_crop_pair
 
@@ -79,7 +78,7 @@ def adversarial_train(
     ``overrides`` any of its fields (``aat_band_fraction``, ``aat_hinge_norm``, …: each one that
     changes the run is in the recipe's hyper-parameters, hence in the config hash)."""
     from robench.models import split_name
-    from robench.engine.train import evaluate, training_data
+    from robench.engine.train import evaluate, run_facts, training_data
 
     cls = DEFENSES.get(recipe)  # an unknown name: did-you-mean
     if recipe not in training_recipes():
@@ -113,12 +112,7 @@ def adversarial_train(
     }
     if tseed != seed:  # only then: a run with train seed = data seed keeps its config hash (and last.pt)
         task.run_cfg["train_seed"] = tseed
-    suffix = f"-train{tseed}" if tseed != seed else ""
-    out = (
-        Path(out)
-        if out
-        else robench_home() / "runs" / "train" / f"{base}.{recipe}-{dataset}-{prof.name}-seed{seed}{suffix}"
-    )
+    out = Path(out) if out else _fine_tune_dir(base, recipe, dataset, prof.name, seed, tseed)
     trainer = Trainer(
         task,
         out,
@@ -153,10 +147,7 @@ def adversarial_train(
         "calibration_init": task.calibration_init,
         "val_srocc": v["srocc"],
         "train_seconds": round(elapsed, 2),
-        "git_commit": git_commit(),
-        "versions": versions(),
-        "run": str(out),
-        "device": device_record(dev),
+        **run_facts(out, dev),
     }
     name = W.seeded_name(f"{base}.{recipe}", train_seed)
     entry = _save_and_register(target, out / "final.safetensors", name, provenance)
@@ -172,6 +163,11 @@ def adversarial_train(
         "stopped": stop["stopped"],
         "wall_seconds": round(time.perf_counter() - t_all, 1),
     }
+
+
+def _fine_tune_dir(base: str, recipe: str, dataset: str, profile: str, seed: int, tseed: int) -> Path:
+    suffix = f"-train{tseed}" if tseed != seed else ""
+    return robench_home() / "runs" / "train" / f"{base}.{recipe}-{dataset}-{profile}-seed{seed}{suffix}"
 
 
 def _fine_tune_profile(profile: str, overrides: dict[str, Any] | None, inner: str | None, recipe: str = ""):

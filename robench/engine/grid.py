@@ -68,30 +68,14 @@ class Plan:
 
 def plan(spec: RunSpec, progress: bool = True) -> Plan:
     """Check names, train what is missing, load target and items, and describe every cell."""
-    from robench.engine.executors import CellTask
-
     prof = get_profile(spec.profile)
     device = resolve_device(spec.device)  # before any training: a missing GPU fails at once
-    names = expand_attacks(spec.attacks)
     # the profile's dataset options (a built set's size) under the user's: the same for a spec
     # from the CLI, a config file or Python
     spec = replace(spec, dataset_options=dataset_options_for(spec.dataset, prof, spec.dataset_options))
-    # sorted and unique: `--eps 8,8` would write each row twice, and `8,2` is the same cell as `2,8`
-    eps = sorted({float(e) for e in (spec.eps if spec.eps else prof.eps)})
-    for e in eps:
-        if not (0 < e <= 255):
-            raise RobenchError(f"--eps values are in /255 units and must be in (0, 255], got {e:g}")
+    eps = _grid_eps(spec, prof)
     n = spec.n if spec.n is not None else prof.attack_n
-    attacks = []
-    for name in names:
-        params = dict(spec.attack_params.get(name, {}))
-        cls = ATTACKS.get(name)
-        # an attack that trains on data (a generator) declares which parameters take the run's
-        # dataset and its options, so it trains on the same dataset's train split
-        run_data = {"dataset": spec.dataset, "dataset_options": dict(spec.dataset_options)}
-        for k in cls.training_data_params:
-            params.setdefault(k, run_data[k])
-        attacks.append(cls(profile=prof.name, seed=spec.seed, **params))
+    attacks = _grid_attacks(spec, prof)
     target, defense = resolve_target(spec, progress)
     target = target.to(device)  # the cells' items follow it there (the attack harness moves each batch)
     for a in attacks:  # refuse the whole grid before any compute; fix eot="auto" for this target
@@ -119,32 +103,56 @@ def plan(spec: RunSpec, progress: bool = True) -> Plan:
         "device": device_record(device),
         "speed": {**speed_of(target), "agreement": speed} if speed else None,
     }
-    spec_dict = {k: v for k, v in spec.__dict__.items() if k not in ("store", "force")}
-    tasks, cell_attacks = [], []
     directions = parse_directions(spec.directions)
     for d in directions:  # a direction the items cannot take (mos-split on 2AFC) fails before any compute
         direction_signs(d, items)
-    for a in attacks:
-        for d in directions:
-            config = cell_config(target, defense, a, eps, spec, items, n, d)
-            tasks.append(
-                CellTask(
-                    key=cell_key(config, __version__),
-                    spec=spec_dict,
-                    attack=a.name,
-                    attack_params=dict(a.params),
-                    eps=eps,
-                    batch_size=prof.attack_batch,
-                    n=n,
-                    home=str(robench_home()),
-                    device=str(device),
-                    label=f"{target.card.name} · {a.name}" + ("" if d == DEFAULT_DIRECTION else f" · {d}"),
-                    extra={"config": config},
-                    direction=d,
-                )
-            )
-            cell_attacks.append(a)  # one per task (zipped with the tasks by the driver)
-    return Plan(spec, target, defense, items, eps, cell_attacks, tasks, report)
+    cells = [(a, d) for a in attacks for d in directions]
+    tasks = [_cell_task(spec, prof, target, defense, a, eps, items, n, d, device) for a, d in cells]
+    # one attack per task (zipped with the tasks by the driver)
+    return Plan(spec, target, defense, items, eps, [a for a, _ in cells], tasks, report)
+
+
+def _grid_eps(spec: RunSpec, prof) -> list[float]:
+    # sorted and unique: `--eps 8,8` would write each row twice, and `8,2` is the same cell as `2,8`
+    eps = sorted({float(e) for e in (spec.eps if spec.eps else prof.eps)})
+    for e in eps:
+        if not (0 < e <= 255):
+            raise RobenchError(f"--eps values are in /255 units and must be in (0, 255], got {e:g}")
+    return eps
+
+
+def _grid_attacks(spec: RunSpec, prof) -> list:
+    attacks = []
+    for name in expand_attacks(spec.attacks):
+        params = dict(spec.attack_params.get(name, {}))
+        cls = ATTACKS.get(name)
+        # an attack that trains on data (a generator) declares which parameters take the run's
+        # dataset and its options, so it trains on the same dataset's train split
+        run_data = {"dataset": spec.dataset, "dataset_options": dict(spec.dataset_options)}
+        for k in cls.training_data_params:
+            params.setdefault(k, run_data[k])
+        attacks.append(cls(profile=prof.name, seed=spec.seed, **params))
+    return attacks
+
+
+def _cell_task(spec: RunSpec, prof, target, defense, a, eps, items, n, d, device):
+    from robench.engine.executors import CellTask
+
+    config = cell_config(target, defense, a, eps, spec, items, n, d)
+    return CellTask(
+        key=cell_key(config, __version__),
+        spec={k: v for k, v in spec.__dict__.items() if k not in ("store", "force")},
+        attack=a.name,
+        attack_params=dict(a.params),
+        eps=eps,
+        batch_size=prof.attack_batch,
+        n=n,
+        home=str(robench_home()),
+        device=str(device),
+        label=f"{target.card.name} · {a.name}" + ("" if d == DEFAULT_DIRECTION else f" · {d}"),
+        extra={"config": config},
+        direction=d,
+    )
 
 
 def run(

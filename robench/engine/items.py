@@ -144,21 +144,7 @@ def load_items(
     labels: dict[str, list] = {"ref_id": [], "source": [], "distortion": []}
     labels.update({"mos": [], "level": []} if data.kind == "pairs" else {"judge": [], "attacked_side": []})
     for i in range(len(data)):
-        s = data[i]
-        if data.kind == "2afc":
-            j = float(s["judge"])
-            side = 1 if j < 0.5 else 0  # attack the image people prefer less
-            labels["judge"].append(j)
-            labels["attacked_side"].append(side)
-            imgs = {"attacked": s["p1"] if side else s["p0"], "other": s["p0"] if side else s["p1"], "ref": s["ref"]}
-        else:
-            labels["mos"].append(float(s["mos"]))
-            labels["level"].append(int(s.get("level", 0)))
-            imgs = {"dist": s["dist"], "ref": s["ref"]}
-        labels["ref_id"].append(str(s["ref_id"]))
-        # the source photo (crops of one photo share it): the bootstrap's independent unit
-        labels["source"].append(str(s.get("source", s["ref_id"])))
-        labels["distortion"].append(str(s["distortion"]))
+        imgs = _item_labels(data, i, labels)
         first_shape = first_shape or tuple(imgs["ref"].shape)
         shapes.setdefault(tuple(imgs["ref"].shape), i)
         if held is not None:
@@ -168,13 +154,7 @@ def load_items(
             else:
                 for r in roles:
                     held[r].append(imgs[r])
-    t = data.table
-    id_col = next((c for c in ("dist_path", "index", "p0_index", "p0_path") if c in t.columns), None)
-    ids = [str(v) for v in (t[id_col] if id_col else range(len(t)))]
-    if data.kind == "2afc":
-        id_col1 = "p1_index" if "p1_index" in t.columns else "p1_path"
-        ids = [f"{a}|{b}" for a, b in zip(ids, t[id_col1].astype(str))]
-    labels["item_id"] = ids
+    ids = labels["item_id"] = _item_ids(data)
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     N = len(data)
     if len(shapes) > 1:  # the same check in memory and streamed: before any compute, naming items
@@ -206,3 +186,33 @@ def load_items(
         load_seconds=time.perf_counter() - t0,
         streamed=streamed,
     )
+
+
+def _item_labels(data, i: int, labels: dict[str, list]) -> dict[str, torch.Tensor]:
+    """Item i's labels appended to ``labels``; its images by role."""
+    s = data[i]
+    if data.kind == "2afc":
+        j = float(s["judge"])
+        side = 1 if j < 0.5 else 0  # attack the image people prefer less
+        labels["judge"].append(j)
+        labels["attacked_side"].append(side)
+        imgs = {"attacked": s["p1"] if side else s["p0"], "other": s["p0"] if side else s["p1"], "ref": s["ref"]}
+    else:
+        labels["mos"].append(float(s["mos"]))
+        labels["level"].append(int(s.get("level", 0)))
+        imgs = {"dist": s["dist"], "ref": s["ref"]}
+    labels["ref_id"].append(str(s["ref_id"]))
+    # the source photo (crops of one photo share it): the bootstrap's independent unit
+    labels["source"].append(str(s.get("source", s["ref_id"])))
+    labels["distortion"].append(str(s["distortion"]))
+    return imgs
+
+
+def _item_ids(data) -> list[str]:
+    t = data.table
+    id_col = next((c for c in ("dist_path", "index", "p0_index", "p0_path") if c in t.columns), None)
+    ids = [str(v) for v in (t[id_col] if id_col else range(len(t)))]
+    if data.kind == "2afc":
+        id_col1 = "p1_index" if "p1_index" in t.columns else "p1_path"
+        ids = [f"{a}|{b}" for a, b in zip(ids, t[id_col1].astype(str))]
+    return ids

@@ -231,9 +231,9 @@ def train(
     registry's default dataset) on ``device`` (auto | cpu | cuda | cuda:N: recorded in the
     provenance, not part of the run's identity — a run resumes on another device)."""
     from robench.core import weights as W
-    from robench.core.device import device_record, resolve_device, tune_cpu_allocator
+    from robench.core.device import resolve_device, tune_cpu_allocator
     from robench.core.registry import default_dataset
-    from robench.models import build, split_name
+    from robench.models import split_name
 
     tune_cpu_allocator()
     dev = resolve_device(device)
@@ -252,20 +252,7 @@ def train(
     if train_set.kind != "pairs":
         raise RobenchError(f"clean training needs a pairs dataset; {dataset!r} is {train_set.kind}")
 
-    # the random initialisation is part of the run: seeded, or two runs (or a killed run's first
-    # epoch and its rerun) start from different weights
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng(devices=[]) does not restore CUDA's
-        target = build(base, **(model_options or {}))
-    if not getattr(target, "requires_weights", True):
-        raise RobenchError(f"{base!r} is an analytic metric: nothing to train")
-    start_from = "random"
-    if hasattr(target, "official_state"):
-        official = target.official_state()
-        if official is not None:
-            target.load_upstream(official, "official weights")
-            start_from = "official"
-    target = target.to(dev)  # initialised on the CPU: the same start on any device
+    target, start_from = _initial_target(base, model_options, seed, dev)
     config = dict(getattr(target, "config", {}) or (model_options or {}))
     run_cfg = {
         "model": base,
@@ -330,16 +317,40 @@ def train(
         "train_seconds": round(elapsed, 2),
         "start_from": start_from,
         "dataset_options": ds_opts,
-        "git_commit": git_commit(),
-        "versions": versions(),
-        "run": str(out),
-        "device": device_record(dev),
+        **run_facts(out, dev),
     }
     best_path = out / "best.safetensors"
     _save_best(target, best_path, config, provenance, reload_from=best_path)
     name = register_as or base
     entry = W.register(name, best_path, source="trained-here", provenance=provenance)
     return TrainResult(name, out, best_path, best, best_epoch, epochs, elapsed, entry["sha256"], provenance)
+
+
+def _initial_target(base: str, model_options: dict | None, seed: int, dev):
+    """The untrained target on ``dev`` and where it starts from (random, or official weights)."""
+    from robench.models import build
+
+    # the random initialisation is part of the run: seeded, or two runs (or a killed run's first
+    # epoch and its rerun) start from different weights
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng(devices=[]) does not restore CUDA's
+        target = build(base, **(model_options or {}))
+    if not getattr(target, "requires_weights", True):
+        raise RobenchError(f"{base!r} is an analytic metric: nothing to train")
+    start_from = "random"
+    if hasattr(target, "official_state"):
+        official = target.official_state()
+        if official is not None:
+            target.load_upstream(official, "official weights")
+            start_from = "official"
+    return target.to(dev), start_from  # initialised on the CPU: the same start on any device
+
+
+def run_facts(out: Path, dev) -> dict:
+    """What reproduces a training run besides its configuration: commit, versions, run folder, device."""
+    from robench.core.device import device_record
+
+    return {"git_commit": git_commit(), "versions": versions(), "run": str(out), "device": device_record(dev)}
 
 
 def _save_best(target, path: Path, config: dict, provenance: dict, reload_from: Path | None = None) -> None:

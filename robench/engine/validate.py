@@ -138,8 +138,13 @@ def dry_build(
         "device": device,
         "estimate": None,
     }
-    if not sample:
-        return out
+    if sample:
+        out["estimate"] = _dry_estimate(prof, grid, attacks, sizes, n_items, size, device, progress)
+    return out
+
+
+def _dry_estimate(prof, grid: dict, attacks: dict, sizes: dict, n_items: int, size, device: str, progress) -> dict:
+    n_eps = len(prof.eps)
     timing = {}
     for tname in grid["targets"]:
         if progress:
@@ -170,7 +175,7 @@ def dry_build(
         t: 3 * prof.adv_steps * prof.train_batch * (prof.adv_pgd_steps + 1) * timing[t]["grad_s"]
         for t in grid["targets"]
     }
-    out["estimate"] = {
+    return {
         "kind": "lower bound from per-image evaluation counts × timed passes (batch overheads ignored)",
         "timing_per_image": timing,
         "per_cell": per_cell,
@@ -179,7 +184,6 @@ def dry_build(
         "recipe_training_hours": {t: v / 3600 for t, v in recipes.items()},
         "total_hours": (attack_total + sum(train.values()) + sum(recipes.values())) / 3600,
     }
-    return out
 
 
 # --------------------------------------------------------------------------------------------

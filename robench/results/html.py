@@ -57,55 +57,28 @@ def _num(v: Any, digits: int = 3) -> str:
 # the setting
 
 
+_PROVENANCE_SHOWN = (
+    "dataset",
+    "profile",
+    "epochs",
+    "recipe",
+    "seed",
+    "val_srocc",
+    "git_commit",
+    "steps",
+    "train_seconds",
+)
+
+
 def setting(raw, weights: dict[str, dict]) -> str:
     """The run's setting from the stored cells (raw store rows) and weights provenance."""
     cfgs = list(raw["config"])
-    targets = {}
-    for c in cfgs:
-        t = c["target"]
-        targets[(t["name"], t["weights_sha256"])] = t.get("weights_source", "")
-    rows = []
-    for (name, sha), src in targets.items():
-        prov = (weights.get(sha) or {}).get("provenance") or {}
-        keep = {
-            k: prov[k]
-            for k in (
-                "dataset",
-                "profile",
-                "epochs",
-                "recipe",
-                "seed",
-                "val_srocc",
-                "git_commit",
-                "steps",
-                "train_seconds",
-            )
-            if k in prov
-        }
-        rows.append(
-            f"<tr><td>{_e(name)}</td><td><code>{_e(sha)}</code></td><td>{_e(src)}</td>"
-            f"<td><code>{_e(json.dumps(keep, default=str))}</code></td></tr>"
-        )
     defs = {json.dumps(c["defense"], sort_keys=True, default=str): c["defense"] for c in cfgs}
     atts = {json.dumps(c["attack"], sort_keys=True, default=str): c["attack"] for c in cfgs}
-    eps = sorted({float(e) for c in cfgs for e in c["eps"]})
-    dirs = sorted({c.get("direction") or "up" for c in cfgs})
-    data = sorted(
-        {
-            f"{c['dataset']['name']} / {c['dataset']['split']} ({c['dataset']['kind']}, n = {c['dataset']['n']})"
-            for c in cfgs
-        }
-    )
-    from robench.core.directions import protocol_of
-
-    vers = {json.dumps(v, sort_keys=True) for v in raw["versions"] if isinstance(v, dict) and v}
-    dev = [d if isinstance(d, dict) else {} for d in raw["device"]]  # NULL in stores written before it was recorded
-    devices = sorted({d.get("device", "?") + (f" ({d['gpu']})" if d.get("gpu") else "") for d in dev})
-    commits = sorted({c for c in raw["git_commit"] if isinstance(c, str) and c})
     out = [
         "<section id='setting'><h2>Setting</h2>",
         "<h3>Targets</h3><table class='plain'><tr><th>target</th><th>weights sha256</th><th>source</th>"
-        "<th>provenance</th></tr>" + "".join(rows) + "</table>",
+        "<th>provenance</th></tr>" + "".join(_target_rows(cfgs, weights)) + "</table>",
         "<h3>Defences</h3><ul>"
         + "".join(
             f"<li><code>{_e(d['name'])}</code>: training {_e(d.get('training'))}; "
@@ -120,6 +93,43 @@ def setting(raw, weights: dict[str, dict]) -> str:
             for a in atts.values()
         )
         + "</ul>",
+        _protocol_list(raw, cfgs),
+    ]
+    return "\n".join(out)
+
+
+def _target_rows(cfgs: list[dict], weights: dict[str, dict]) -> list[str]:
+    targets = {}
+    for c in cfgs:
+        t = c["target"]
+        targets[(t["name"], t["weights_sha256"])] = t.get("weights_source", "")
+    rows = []
+    for (name, sha), src in targets.items():
+        prov = (weights.get(sha) or {}).get("provenance") or {}
+        keep = {k: prov[k] for k in _PROVENANCE_SHOWN if k in prov}
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td><code>{_e(sha)}</code></td><td>{_e(src)}</td>"
+            f"<td><code>{_e(json.dumps(keep, default=str))}</code></td></tr>"
+        )
+    return rows
+
+
+def _protocol_list(raw, cfgs: list[dict]) -> str:
+    from robench.core.directions import protocol_of
+
+    eps = sorted({float(e) for c in cfgs for e in c["eps"]})
+    dirs = sorted({c.get("direction") or "up" for c in cfgs})
+    data = sorted(
+        {
+            f"{c['dataset']['name']} / {c['dataset']['split']} ({c['dataset']['kind']}, n = {c['dataset']['n']})"
+            for c in cfgs
+        }
+    )
+    vers = {json.dumps(v, sort_keys=True) for v in raw["versions"] if isinstance(v, dict) and v}
+    dev = [d if isinstance(d, dict) else {} for d in raw["device"]]  # NULL in stores written before it was recorded
+    devices = sorted({d.get("device", "?") + (f" ({d['gpu']})" if d.get("gpu") else "") for d in dev})
+    commits = sorted({c for c in raw["git_commit"] if isinstance(c, str) and c})
+    return (
         "<h3>Protocols, budgets, data</h3><ul>"
         f"<li>directions: {', '.join(_e(f'{d} — {protocol_of(d)}') for d in dirs)}</li>"
         f"<li>ε (L∞, /255): {', '.join(f'{e:g}' for e in eps)}</li>"
@@ -128,9 +138,8 @@ def setting(raw, weights: dict[str, dict]) -> str:
         f"<li>seeds: {_e(sorted({int(s) for s in raw['seed']}))}; profiles: {_e(sorted(set(raw['profile'])))}</li>"
         f"<li>device: {_e(', '.join(devices))}</li>"
         f"<li>versions: {'; '.join('<code>' + _e(v) + '</code>' for v in sorted(vers))}</li>"
-        f"<li>git commit(s): {_e(', '.join(commits) or 'unknown')}</li></ul></section>",
-    ]
-    return "\n".join(out)
+        f"<li>git commit(s): {_e(', '.join(commits) or 'unknown')}</li></ul></section>"
+    )
 
 
 def _photos(raw) -> str:

@@ -308,82 +308,82 @@ def _flip(res: dict) -> dict:
 def evaluate_claims(rep: Analysis) -> list[dict[str, Any]]:
     """Every claim instance of Tables 3, 7, 9 against robench: one record per instance and
     matching robench row pair, with its status and reason (module docstring)."""
-    from robench.core.stats import benjamini_hochberg, holm
-
     fam = rep.family()
     lookup = _family_lookup(rep)
     records, extras = [], {}
     for table in paper_tables():
         for inst in claim_instances(table):
-            base = {
-                k: inst[k]
-                for k in (
-                    "claim",
-                    "table",
-                    "metric",
-                    "statement",
-                    "attack",
-                    "direction",
-                    "paper_a",
-                    "paper_b",
-                    "paper_delta",
-                    "source",
-                )
-            }
-            base.update(
-                {
-                    "a": f"{inst['a']['defence']} {inst['a']['model']}",
-                    "b": f"{inst['b']['defence']} {inst['b']['model']}",
-                }
-            )
-            if not inst["testable"]:
-                records.append(
-                    {
-                        **base,
-                        "setting": "—",
-                        "status": NOT_MEASURED,
-                        "flags": [],
-                        "reason": inst["why_untestable"] + _descriptive(rep, inst),
-                    }
-                )
-                continue
-            pairs = _row_pairs(rep, inst)
-            if not pairs:
-                missing = [
-                    f"{s['defence']} {s['model']}"
-                    for s in (inst["a"], inst["b"])
-                    if not _matching_rows(rep, inst["kind"], s["model"], s["defence"])
-                ]
-                why = (
-                    f"robench has no {' and no '.join(missing)} row on {inst['kind']} data"
-                    if missing
-                    else "robench's rows of the two sides share no setting (dataset, split, profile, seed)"
-                )
-                records.append({**base, "setting": "—", "status": NOT_MEASURED, "reason": why, "flags": []})
-                continue
-            atk = ATTACK_NAMES[inst["attack"]]
-            clean = atk is None
-            for ra, rb in pairs:
-                got = [_claim_at(rep, base, ra, rb, atk, e, lookup, extras) for e in ([None] if clean else rep.all_eps)]
-                measured = [r for r in got if "res" in r]
-                # every budget the pair was compared at; "not measured" once when it was at none
-                records += measured or [next((r for r in got if r["eps"] in (None, rep.eps)), got[0])]
-    # comparisons outside the report's family: corrected together with it (a larger family can
-    # only raise the adjusted p of Holm / BH, never lower it)
-    if extras:
-        adjust = holm if rep.correction == "holm" else benjamini_hochberg
-        keys = [k for k, v in extras.items() if v is not None]
-        p = [r["res"]["p"] for r in fam] + [extras[k]["p"] for k in keys]
-        adj = adjust(p)[len(fam) :]
-        for k, pa in zip(keys, adj):
-            extras[k]["p_adjusted"] = float(pa)
-            extras[k]["significant"] = bool(np.isfinite(pa) and pa < 0.05)
-            extras[k]["family_size"] = len(p)
+            records += _instance_records(rep, inst, lookup, extras)
+    _adjust_extras(rep, fam, extras)
     for rec in records:
         if "res" in rec:
             _classify(rep, rec, len(fam))
     budget_agreement(records)  # each record's "across_eps"
     return records
+
+
+_INSTANCE_FIELDS = (
+    "claim",
+    "table",
+    "metric",
+    "statement",
+    "attack",
+    "direction",
+    "paper_a",
+    "paper_b",
+    "paper_delta",
+    "source",
+)
+
+
+def _instance_records(rep: Analysis, inst: dict, lookup: dict, extras: dict) -> list[dict[str, Any]]:
+    """One claim instance's records: one per matching robench row pair and budget, or one
+    "not measured" record saying why."""
+    base = {k: inst[k] for k in _INSTANCE_FIELDS}
+    base["a"] = f"{inst['a']['defence']} {inst['a']['model']}"
+    base["b"] = f"{inst['b']['defence']} {inst['b']['model']}"
+    if not inst["testable"]:
+        why = inst["why_untestable"] + _descriptive(rep, inst)
+        return [{**base, "setting": "—", "status": NOT_MEASURED, "flags": [], "reason": why}]
+    pairs = _row_pairs(rep, inst)
+    if not pairs:
+        missing = [
+            f"{s['defence']} {s['model']}"
+            for s in (inst["a"], inst["b"])
+            if not _matching_rows(rep, inst["kind"], s["model"], s["defence"])
+        ]
+        why = (
+            f"robench has no {' and no '.join(missing)} row on {inst['kind']} data"
+            if missing
+            else "robench's rows of the two sides share no setting (dataset, split, profile, seed)"
+        )
+        return [{**base, "setting": "—", "status": NOT_MEASURED, "reason": why, "flags": []}]
+    atk = ATTACK_NAMES[inst["attack"]]
+    records = []
+    for ra, rb in pairs:
+        budgets = [None] if atk is None else rep.all_eps
+        got = [_claim_at(rep, base, ra, rb, atk, e, lookup, extras) for e in budgets]
+        measured = [r for r in got if "res" in r]
+        # every budget the pair was compared at; "not measured" once when it was at none
+        records += measured or [next((r for r in got if r["eps"] in (None, rep.eps)), got[0])]
+    return records
+
+
+def _adjust_extras(rep: Analysis, fam: list[dict], extras: dict) -> None:
+    """Comparisons outside the report's family, corrected together with it (a larger family can
+    only raise the adjusted p of Holm / BH, never lower it)."""
+    from robench.core.stats import benjamini_hochberg, holm
+
+    if not extras:
+        return
+    adjust = holm if rep.correction == "holm" else benjamini_hochberg
+    keys = [k for k, v in extras.items() if v is not None]
+    p = [r["res"]["p"] for r in fam] + [extras[k]["p"] for k in keys]
+    adj = adjust(p)[len(fam) :]
+    for k, pa in zip(keys, adj):
+        extras[k]["p_adjusted"] = float(pa)
+        extras[k]["significant"] = bool(np.isfinite(pa) and pa < 0.05)
+        extras[k]["family_size"] = len(p)
 
 
 def _claim_at(
@@ -840,8 +840,17 @@ def to_latex(rep: Analysis, tables: list[dict], sides: dict[int, list[dict]], re
         "\\paragraph{The paper side by side.} " + _tex(scale_note(rep)),
         "",
     ]
-    summ = _summary(records)
-    out += _tex_tables(
+    out += _tex_claim_summary(rep, records)
+    out.append("\\clearpage")
+    out += _tex_claim_instances(rep, records)
+    for t in tables:
+        out.append("\\clearpage")
+        out += _tex_paper_table(t, sides[t["table"]])
+    return "\n".join(out) + "\n"
+
+
+def _tex_claim_summary(rep: Analysis, records: list[dict]) -> list[str]:
+    return _tex_tables(
         f"Paper claims (Tables 3, 7, 9) against robench: instances per status. Reproduced: robench's "
         f"paired bootstrap of the same pair significant in the paper's direction after the "
         f"{rep.correction_name} correction; contradicted: significant the other way; inconclusive: "
@@ -851,13 +860,15 @@ def to_latex(rep: Analysis, tables: list[dict], sides: dict[int, list[dict]], re
         ["claim", "table", "statement", "source", "repr.", "contr.", "inconcl.", "not meas."],
         [
             [_tex(s["claim"]), str(s["table"]), _tex(s["template"]), _tex(s["source"]), *(str(s[k]) for k in STATUSES)]
-            for s in summ
+            for s in _summary(records)
         ],
         chunk=20,
     )
-    out.append("\\clearpage")
+
+
+def _tex_claim_instances(rep: Analysis, records: list[dict]) -> list[str]:
     legend = FL.legend({f for r in records for f in r["flags"]})
-    out += _tex_tables(
+    return _tex_tables(
         "Every paper claim instance against robench's comparison of the same pair. " + (legend + " " if legend else ""),
         "tab:paper-claim-instances",
         "p{0.1\\linewidth}p{0.17\\linewidth}lrlll p{0.35\\linewidth}",
@@ -886,35 +897,34 @@ def to_latex(rep: Analysis, tables: list[dict], sides: dict[int, list[dict]], re
         ],
         chunk=22,
     )
-    for t in tables:
-        n = t["table"]
-        out.append("\\clearpage")
-        legend = FL.legend({f for s in sides[n] for f in s["flags"]})
-        unread = " ".join(f"{u['what']}: {u['why']}." for u in t["unreadable"])
-        out += _tex_tables(
-            f"Paper Table {n} ({t['title']}; paper: {t['dataset']}) beside robench. "
-            + (legend + " " if legend else "")
-            + f"Unreadable in the extraction: {unread}",
-            f"tab:paper-table{n}",
-            "llllrrp{0.42\\linewidth}",
-            ["model", "defence", "metric", "attack", "paper", "robench", "robench setting"],
+
+
+def _tex_paper_table(t: dict, side: list[dict]) -> list[str]:
+    n = t["table"]
+    legend = FL.legend({f for s in side for f in s["flags"]})
+    unread = " ".join(f"{u['what']}: {u['why']}." for u in t["unreadable"])
+    return _tex_tables(
+        f"Paper Table {n} ({t['title']}; paper: {t['dataset']}) beside robench. "
+        + (legend + " " if legend else "")
+        + f"Unreadable in the extraction: {unread}",
+        f"tab:paper-table{n}",
+        "llllrrp{0.42\\linewidth}",
+        ["model", "defence", "metric", "attack", "paper", "robench", "robench setting"],
+        [
             [
-                [
-                    _tex(s["model"]),
-                    _tex(s["defence"]),
-                    _tex(s["metric"]),
-                    _tex(s["attack"] or "—"),
-                    _fmt(s["paper"], s["metric"]),
-                    _tex(
-                        _fmt(s["robench"], s["metric"], robench=True)
-                        + (f" [{','.join(s['flags'])}]" if s["flags"] else "")
-                    ),
-                    _tex(s["setting"] + (f"; {s['note']}" if s["note"] else "")),
-                ]
-                for s in sides[n]
-            ],
-        )
-    return "\n".join(out) + "\n"
+                _tex(s["model"]),
+                _tex(s["defence"]),
+                _tex(s["metric"]),
+                _tex(s["attack"] or "—"),
+                _fmt(s["paper"], s["metric"]),
+                _tex(
+                    _fmt(s["robench"], s["metric"], robench=True) + (f" [{','.join(s['flags'])}]" if s["flags"] else "")
+                ),
+                _tex(s["setting"] + (f"; {s['note']}" if s["note"] else "")),
+            ]
+            for s in side
+        ],
+    )
 
 
 def _jsonable(x: Any) -> Any:

@@ -296,51 +296,13 @@ def draw_sweep(
         defences.insert(0, BASE_LABEL)
     style = defence_styles(defences)
     all_eps = sorted({e for s in series for e in s["eps"]})
-    panels = []  # (attack, title, [series]) in attack order, target order, chunk order
-    for a in attacks:
-        mine = [s for s in series if s["attack"] == a]
-        for t in dict.fromkeys(s["target"] for s in mine):
-            by_def = {s["defence"]: s for s in mine if s["target"] == t}
-            order = [d for d in defences if d in by_def]
-            chunks = facet_chunks(order, max_lines, keep=BASE_LABEL)
-            for i, ch in enumerate(chunks):
-                title = t + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else "")
-                if len(attacks) > 1:
-                    title += f"\n{a}"
-                panels.append((a, title, [by_def[d] for d in ch]))
-    per_attack = [sum(p[0] == a for p in panels) for a in attacks]
-    ncol = min(4, max(per_attack))
-    rows_of = [-(-n // ncol) for n in per_attack]  # every attack starts a new row of panels
-    nrow = sum(rows_of)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.7 * nrow), squeeze=False, sharey=True)
-    slots = []
-    r0 = 0
-    for n, nr in zip(per_attack, rows_of):
-        slots += [axes[r0 + k // ncol, k % ncol] for k in range(n)]
-        for k in range(n, nr * ncol):
-            axes[r0 + k // ncol, k % ncol].axis("off")
-        r0 += nr
+    panels = _sweep_panels(series, attacks, defences, max_lines)
+    fig, axes, slots = _panel_grid(plt, panels, attacks)
+    nrow = axes.shape[0]
     banded = False
     for ax, (_, title, ss) in zip(slots, panels):
         for s in ss:
-            xs, ys = np.asarray(s["eps"], float), np.asarray(s["y"], float)
-            st = style[s["defence"]]
-            ax.plot(xs, ys, color=st["color"], marker=st["marker"], ms=4, lw=1.3, label=s["defence"])
-            lo, hi = s.get("lo"), s.get("hi")
-            if lo is not None and hi is not None:
-                lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-                ok = np.isfinite(lo) & np.isfinite(hi)
-                if ok.any():  # only where an interval exists; nothing drawn in its place elsewhere
-                    ax.fill_between(
-                        xs,
-                        np.where(ok, lo, np.nan),
-                        np.where(ok, hi, np.nan),
-                        where=ok,
-                        color=st["color"],
-                        alpha=0.10,
-                        lw=0,
-                    )
-                    banded = True
+            banded |= _draw_series(ax, s, style[s["defence"]])
         ax.set_title(title, fontsize=8)
         _eps_axis(ax, all_eps)
         ax.set_xlabel("ε (/255, 0 = clean)", fontsize=8)
@@ -369,6 +331,59 @@ def draw_sweep(
         frameon=False,
     )
     return _save(fig, stem)
+
+
+def _sweep_panels(series: list[dict], attacks: list, defences: list, max_lines: int) -> list[tuple]:
+    """(attack, title, [series]) in attack order, target order, chunk order."""
+    from robench.results.labels import BASE_LABEL
+
+    panels = []
+    for a in attacks:
+        mine = [s for s in series if s["attack"] == a]
+        for t in dict.fromkeys(s["target"] for s in mine):
+            by_def = {s["defence"]: s for s in mine if s["target"] == t}
+            order = [d for d in defences if d in by_def]
+            chunks = facet_chunks(order, max_lines, keep=BASE_LABEL)
+            for i, ch in enumerate(chunks):
+                title = t + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else "")
+                if len(attacks) > 1:
+                    title += f"\n{a}"
+                panels.append((a, title, [by_def[d] for d in ch]))
+    return panels
+
+
+def _panel_grid(plt, panels: list[tuple], attacks: list):
+    """The figure and its axes, every attack starting a new row of panels; the panels' axes in order."""
+    per_attack = [sum(p[0] == a for p in panels) for a in attacks]
+    ncol = min(4, max(per_attack))
+    rows_of = [-(-n // ncol) for n in per_attack]
+    nrow = sum(rows_of)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.7 * nrow), squeeze=False, sharey=True)
+    slots = []
+    r0 = 0
+    for n, nr in zip(per_attack, rows_of):
+        slots += [axes[r0 + k // ncol, k % ncol] for k in range(n)]
+        for k in range(n, nr * ncol):
+            axes[r0 + k // ncol, k % ncol].axis("off")
+        r0 += nr
+    return fig, axes, slots
+
+
+def _draw_series(ax, s: dict, st: dict) -> bool:
+    """One defence's line, and its band where the series carry a finite interval (True if drawn)."""
+    xs, ys = np.asarray(s["eps"], float), np.asarray(s["y"], float)
+    ax.plot(xs, ys, color=st["color"], marker=st["marker"], ms=4, lw=1.3, label=s["defence"])
+    lo, hi = s.get("lo"), s.get("hi")
+    if lo is None or hi is None:
+        return False
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():  # only where an interval exists; nothing drawn in its place elsewhere
+        return False
+    ax.fill_between(
+        xs, np.where(ok, lo, np.nan), np.where(ok, hi, np.nan), where=ok, color=st["color"], alpha=0.10, lw=0
+    )
+    return True
 
 
 def plot_sweep(rep, stem: Path, kind: str = "pairs") -> list[str]:
