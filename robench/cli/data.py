@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from robench.cli.app import out_console, data_app, emit_json, err, user_errors, weights_app
+from robench.cli.app import data_app, emit_json, err, out_console, user_errors, weights_app
 from robench.core.errors import RobenchError
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from robench.cli.app import out_console, app, emit_json, err, plot_app, user_errors
+from robench.cli.app import app, emit_json, err, out_console, plot_app, user_errors
 from robench.core import flags as FL
 from robench.core.errors import RobenchError
 
@@ -148,14 +148,15 @@ def check_cmd(
                 ",".join(r.get("flags") or []) or "—",
                 f"[{colour}]{status}[/]" if colour else status,
             )
-        out_console().print(table)
+        con = out_console()
+        con.print(table)
         if res["flagged"]:
-            out_console().print(
+            con.print(
                 f"[yellow]{len(res['flagged'])} flagged cell(s)[/]: "
                 + escape("; ".join(f"[{k}] {v}" for k, v in res["flag_legend"].items()))
             )
         c = res["counts"]
-        out_console().print(
+        con.print(
             ("[bold green]PASSED[/]" if res["passed"] else "[bold red]FAILED[/]")
             + f" — {c['ok']} ok, {c['fail']} failed, {c['drop-not-significant']} drops not significant, "
             f"{c['new']} new, {c['missing']} missing"

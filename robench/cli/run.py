@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from robench.cli.app import out_console, DEVICE_HELP, app, emit_json, err, user_errors
+from robench.cli.app import DEVICE_HELP, app, emit_json, err, out_console, user_errors
 from robench.core.errors import RobenchError
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robench.cli.app import out_console, DEVICE_HELP, app, bench_app, emit_json, err, user_errors
+from robench.cli.app import DEVICE_HELP, app, bench_app, emit_json, err, out_console, user_errors
 from robench.core.errors import RobenchError
 from robench.cli.run import _parse_nested
 
@@ -129,10 +129,9 @@ def validate_cmd(
                 table.add_column(c, overflow="fold")
             for c in res["checks"]:
                 table.add_row(c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAILED[/]", c["detail"])
-            out_console().print(table)
-            out_console().print(
-                "[bold green]installation OK[/]" if res["ok"] else "[bold red]installation has problems[/]"
-            )
+            con = out_console()
+            con.print(table)
+            con.print("[bold green]installation OK[/]" if res["ok"] else "[bold red]installation has problems[/]")
         if not res["ok"]:
             raise typer.Exit(1)
         return
