@@ -157,3 +157,14 @@ def test_run_shows_nc_for_an_unconverged_cell(tiny_mini, tmp_path):
     assert flags["not_converged"]  # 2 PGD steps gain more than 1 by > 5 %: stored as not converged …
     out = " ".join(res.output.split())
     assert "│ nc" in out and "[nc] not converged" in out  # … and shown, with its legend
+
+
+def test_tables_written_to_a_pipe_keep_every_column():
+    # rich assumes 80 columns off a terminal and squeezes a run summary's flags column away;
+    # a pipe or file gets 160, and COLUMNS still decides when set
+    piped = runner.invoke(app, ["ls", "attacks"], env={"COLUMNS": None})
+    assert piped.exit_code == 0, piped.output
+    assert max(len(line) for line in piped.output.splitlines()) == 160
+    assert "suite" in piped.output  # the last column's header, whole
+    narrow = runner.invoke(app, ["ls", "attacks"], env={"COLUMNS": "100"})
+    assert max(len(line) for line in narrow.output.splitlines()) == 100
