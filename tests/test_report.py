@@ -754,3 +754,45 @@ def test_sweep_takes_each_budget_from_the_cell_that_holds_it(tmp_path):
     df = sweep(Analysis(cells, weights, ot="exact", n_boot=50)).df
     assert len(df) == 1
     assert all(np.isfinite(float(df.iloc[0][f"{e}/255"])) for e in (1, 2, 4, 8)), df.iloc[0]
+
+
+def test_comparisons_cover_every_eps_of_cells_run_in_slices(tmp_path):
+    """A grid run in slices stores ε 1, 2, 4 in one cell and ε 8 in a later one: a defence is
+    compared with its base at every ε both rows hold, on the cells that hold it — not only at the
+    ε of each row's latest cell (which share none here)."""
+    from robench.results.analysis import Analysis
+    from robench.results.cells import load_cells
+
+    rng = np.random.default_rng(0)
+    n = 30
+    mos, refs = rng.uniform(1, 5, n), np.arange(n)
+    q = mos / 5 + rng.normal(0, 0.05, n)
+    down = np.where(mos > mos.mean(), -1.0, 1.0)
+    with Store(tmp_path / "s.sqlite") as st:
+        slices = (
+            ("toy", "none", None, [1, 2, 4], 0.3),
+            ("toy", "none", None, [8], 0.3),
+            ("toy.aat", "aat", "aat", [1, 2, 4], 0.03),
+        )
+        for target, defense, training, eps, move in slices:
+            add_cell(
+                st,
+                target=target,
+                defense=defense,
+                training=training,
+                attack="pgd",
+                needs="gradients",
+                eps=eps,
+                mos=mos,
+                q_clean=q,
+                q_adv=[q + down * move * e for e in eps],
+                ref_ids=refs,
+            )
+    cells, weights = load_cells(tmp_path / "s.sqlite")
+    rep = Analysis(cells, weights, ot="exact", n_boot=200)
+    base = next(r for r in rep.rows("pairs") if r[1] == "none")
+    assert rep.row_eps(base, "pgd") == [1.0, 2.0, 4.0, 8.0]
+    got = {r["eps"]: r for r in rep.comparisons() if r["defense"] == "aat" and r["attack"] == "pgd"}
+    assert sorted(got) == [1.0, 2.0, 4.0]  # ε 8: the AAT row has no such cell
+    # the base is pushed ten times further: AAT is significantly above it at ε 4
+    assert got[4.0]["delta"] > 0 and got[4.0]["significant"]

@@ -240,12 +240,8 @@ class Analysis:
                             res = self.compare_seeds(cs, bs, None)
                             if res:
                                 recs.append({**meta, "attack": "clean", "eps": None, "res": res, "flags": []})
-                        codes = [f for x in cs + bs for f in FL.active(x.flags)]
-                        codes = [f for f, _, _ in FL.FLAGS if f in codes]
-                        for e in [e for e in c.eps if all(x.eps_index(e) is not None for x in cs + bs)]:
-                            res = self.compare_seeds(cs, bs, e)
-                            if res:
-                                recs.append({**meta, "attack": a, "eps": e, "res": res, "flags": codes})
+                        for e in self.row_eps(row, a):
+                            recs += self._compared_at(row, other, a, e)
         adjust = holm if self.correction == "holm" else benjamini_hochberg
         p_adj = adjust([r["res"]["p"] for r in recs]) if recs else []
         for r, pa in zip(recs, p_adj):
@@ -255,6 +251,32 @@ class Analysis:
             r["res"]["significant"] = bool(np.isfinite(pa) and pa < 0.05)
         self._family = recs
         return recs
+
+    def row_eps(self, row: tuple, attack: str) -> list[float]:
+        """Every ε a row holds for an attack, over all its cells (a grid run in slices stores ε 8
+        in another cell than ε 1, 2, 4), in increasing order."""
+        found = {round(e, 9): e for c in self.cells if c.row == row and c.attack == attack for e in c.eps}
+        return [found[k] for k in sorted(found)]
+
+    def _compared_at(self, row: tuple, other: tuple, attack: str, eps: float) -> list[dict]:
+        """The comparison of two rows at one ε, on the latest cells of each side that hold it
+        (none when a side has no such cell); its flags are those cells' flags."""
+        cs, bs = self.seed_cells(row, attack, eps), self.seed_cells(other, attack, eps)
+        # every training seed of each side must hold ε (a seed without it: no comparison)
+        if (
+            not cs
+            or not bs
+            or len(cs) != len(self.seed_cells(row, attack))
+            or len(bs) != len(self.seed_cells(other, attack))
+        ):
+            return []
+        res = self.compare_seeds(cs, bs, eps)
+        if not res:
+            return []
+        codes = [f for x in cs + bs for f in FL.active(x.flags)]
+        codes = [f for f, _, _ in FL.FLAGS if f in codes]
+        meta = {"row": row, "other": other, "cell": cs[0], "versus_cell": bs[0], "cells": cs, "versus_cells": bs}
+        return [{**meta, "attack": attack, "eps": eps, "res": res, "flags": codes}]
 
     def comparisons(self) -> list[dict]:
         """report.json's comparison rows (schema in docs/statistics.md)."""
