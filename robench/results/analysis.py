@@ -241,7 +241,9 @@ class Analysis:
                             if res:
                                 recs.append({**meta, "attack": "clean", "eps": None, "res": res, "flags": []})
                         for e in self.row_eps(row, a):
-                            recs += self._compared_at(row, other, a, e)
+                            rec = self._compared_at(row, other, a, e, (len(cs), len(bs)))
+                            if rec:
+                                recs.append(rec)
         adjust = holm if self.correction == "holm" else benjamini_hochberg
         p_adj = adjust([r["res"]["p"] for r in recs]) if recs else []
         for r, pa in zip(recs, p_adj):
@@ -253,30 +255,24 @@ class Analysis:
         return recs
 
     def row_eps(self, row: tuple, attack: str) -> list[float]:
-        """Every ε a row holds for an attack, over all its cells (a grid run in slices stores ε 8
-        in another cell than ε 1, 2, 4), in increasing order."""
-        found = {round(e, 9): e for c in self.cells if c.row == row and c.attack == attack for e in c.eps}
-        return [found[k] for k in sorted(found)]
+        """Every ε of the store a row holds for an attack, in any of its cells (a grid run in
+        slices stores ε 8 in another cell than ε 1, 2, 4)."""
+        return [e for e in self.all_eps if self.cell(row, attack, e) is not None]
 
-    def _compared_at(self, row: tuple, other: tuple, attack: str, eps: float) -> list[dict]:
-        """The comparison of two rows at one ε, on the latest cells of each side that hold it
-        (none when a side has no such cell); its flags are those cells' flags."""
+    def _compared_at(self, row: tuple, other: tuple, attack: str, eps: float, seeds: tuple[int, int]) -> dict | None:
+        """The comparison of two rows at one ε, on the latest cells of each side that hold it;
+        None unless all ``seeds`` (each side's number of training seeds) hold it. Its flags are
+        those cells' flags."""
         cs, bs = self.seed_cells(row, attack, eps), self.seed_cells(other, attack, eps)
-        # every training seed of each side must hold ε (a seed without it: no comparison)
-        if (
-            not cs
-            or not bs
-            or len(cs) != len(self.seed_cells(row, attack))
-            or len(bs) != len(self.seed_cells(other, attack))
-        ):
-            return []
+        if not cs or not bs or (len(cs), len(bs)) != seeds:
+            return None
         res = self.compare_seeds(cs, bs, eps)
         if not res:
-            return []
+            return None
         codes = [f for x in cs + bs for f in FL.active(x.flags)]
         codes = [f for f, _, _ in FL.FLAGS if f in codes]
         meta = {"row": row, "other": other, "cell": cs[0], "versus_cell": bs[0], "cells": cs, "versus_cells": bs}
-        return [{**meta, "attack": attack, "eps": eps, "res": res, "flags": codes}]
+        return {**meta, "attack": attack, "eps": eps, "res": res, "flags": codes}
 
     def comparisons(self) -> list[dict]:
         """report.json's comparison rows (schema in docs/statistics.md)."""
